@@ -1,0 +1,1 @@
+"""Database plumbing: tables, engines, migrations and the outbox."""

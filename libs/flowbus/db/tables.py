@@ -1,0 +1,242 @@
+"""The SQLModel tables of flowbus, and which service owns (writes) each.
+
+| table          | owner (writer)                                   |
+| -------------- | ------------------------------------------------ |
+| project        | registration                                     |
+| flow_group     | registration                                     |
+| flow           | registration                                     |
+| flow_run       | run_creation inserts; state alone changes it     |
+| task_run       | run_creation inserts; state alone changes it     |
+| state_history  | run_creation (the first Scheduled); state        |
+| log            | state                                            |
+| agent          | heartbeat                                        |
+| run_heartbeat  | heartbeat                                        |
+| outbox         | each service, rows tagged with its name          |
+
+Other services only read. These classes never leave a service: replies and
+events are the pydantic messages of flowbus.schemas.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no offset)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)  # type: ignore[call-overload]
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_type=sa.JSON, **kw)  # type: ignore[call-overload]
+
+
+def _fk(target: str, **kw: Any) -> Any:
+    return Field(
+        sa_column_args=[sa.ForeignKey(target, ondelete="CASCADE")],
+        max_length=36,
+        **kw,
+    )
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "project"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    description: str | None = None
+    created: datetime = _ts(default_factory=utcnow)
+
+
+class FlowGroup(SQLModel, table=True):
+    __tablename__ = "flow_group"
+    __table_args__ = (sa.Index("ix_flow_group_project_name", "project_id", "name"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=255)
+    project_id: str = _fk("project.id")
+    name: str = Field(max_length=255)
+    labels: list[str] | None = _json(default=None)
+    default_parameters: dict[str, Any] = _json(default_factory=dict)
+    schedule: dict[str, Any] | None = _json(default=None)
+    run_config: dict[str, Any] | None = _json(default=None)
+    heartbeat_enabled: bool = True
+    lazarus_enabled: bool = True
+    version_locking_enabled: bool = False
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    created: datetime = _ts(default_factory=utcnow)
+    updated: datetime = _ts(default_factory=utcnow)
+
+
+class Flow(SQLModel, table=True):
+    __tablename__ = "flow"
+    # Versions are unique per group: two racing registrations cannot both win.
+    __table_args__ = (
+        sa.UniqueConstraint("flow_group_id", "version", name="uq_flow_group_version"),
+        sa.Index("ix_flow_project_name", "project_id", "name"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    project_id: str = _fk("project.id")
+    flow_group_id: str = Field(
+        sa_column_args=[sa.ForeignKey("flow_group.id", ondelete="CASCADE")], max_length=255
+    )
+    name: str = Field(max_length=255)
+    version: int
+    description: str | None = None
+    serialized_flow: dict[str, Any] = _json()
+    parameters: list[dict[str, Any]] = _json(default_factory=list)
+    tasks: list[dict[str, Any]] = _json(default_factory=list)
+    edges: list[dict[str, Any]] = _json(default_factory=list)
+    storage: dict[str, Any] = _json()
+    run_config: dict[str, Any] = _json(default_factory=dict)
+    schedule: dict[str, Any] | None = _json(default=None)
+    is_schedule_active: bool = False
+    archived: bool = False
+    core_version: str = Field(default="", max_length=64)
+    created: datetime = _ts(default_factory=utcnow)
+
+
+class FlowRun(SQLModel, table=True):
+    __tablename__ = "flow_run"
+    __table_args__ = (
+        sa.UniqueConstraint("flow_id", "idempotency_key", name="uq_flow_run_idempotency"),
+        sa.Index("ix_flow_run_due", "state", "scheduled_start_time"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    flow_id: str = _fk("flow.id")
+    flow_group_id: str = Field(max_length=255)
+    name: str = Field(max_length=255)
+    parameters: dict[str, Any] = _json(default_factory=dict)
+    context: dict[str, Any] = _json(default_factory=dict)
+    labels: list[str] = _json(default_factory=list)
+    run_config: dict[str, Any] | None = _json(default=None)
+    scheduled_start_time: datetime = _ts()
+    auto_scheduled: bool = False
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    idempotency_expires: datetime | None = _ts(default=None)
+    state: str = Field(max_length=32)
+    state_message: str | None = None
+    state_timestamp: datetime = _ts(default_factory=utcnow)
+    state_result: Any = _json(default=None)
+    version: int = 1
+    agent_id: str | None = Field(default=None, max_length=255)
+    start_time: datetime | None = _ts(default=None)
+    end_time: datetime | None = _ts(default=None)
+    times_resurrected: int = 0
+    created: datetime = _ts(default_factory=utcnow)
+    updated: datetime = _ts(default_factory=utcnow)
+
+
+class TaskRun(SQLModel, table=True):
+    __tablename__ = "task_run"
+    __table_args__ = (
+        sa.UniqueConstraint("flow_run_id", "task_slug", "map_index", name="uq_task_run_slot"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    flow_run_id: str = _fk("flow_run.id", index=True)
+    task_slug: str = Field(max_length=255)
+    task_name: str = Field(max_length=255)
+    map_index: int = -1
+    max_retries: int = 0
+    retry_delay_seconds: float | None = None
+    state: str = Field(max_length=32)
+    state_message: str | None = None
+    state_timestamp: datetime = _ts(default_factory=utcnow)
+    state_result: Any = _json(default=None)
+    version: int = 1
+    start_time: datetime | None = _ts(default=None)
+    end_time: datetime | None = _ts(default=None)
+    created: datetime = _ts(default_factory=utcnow)
+    updated: datetime = _ts(default_factory=utcnow)
+
+
+class StateHistory(SQLModel, table=True):
+    __tablename__ = "state_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow_run_id: str = _fk("flow_run.id", index=True)
+    task_run_id: str | None = Field(default=None, max_length=36)
+    type: str = Field(max_length=32)
+    message: str | None = None
+    result: Any = _json(default=None)
+    version: int
+    timestamp: datetime = _ts(default_factory=utcnow)
+
+
+class Log(SQLModel, table=True):
+    __tablename__ = "log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow_run_id: str = _fk("flow_run.id", index=True)
+    task_run_id: str | None = Field(default=None, max_length=36)
+    timestamp: datetime = _ts()
+    name: str = Field(max_length=255)
+    level: str = Field(max_length=16)
+    message: str
+    info: dict[str, Any] | None = _json(default=None)
+
+
+class Agent(SQLModel, table=True):
+    __tablename__ = "agent"
+
+    id: str = Field(primary_key=True, max_length=255)
+    name: str = Field(max_length=255)
+    type: str = Field(max_length=64)
+    labels: list[str] = _json(default_factory=list)
+    last_seen: datetime = _ts(default_factory=utcnow)
+    created: datetime = _ts(default_factory=utcnow)
+
+
+class RunHeartbeat(SQLModel, table=True):
+    __tablename__ = "run_heartbeat"
+
+    flow_run_id: str = _fk("flow_run.id", primary_key=True)
+    last_heartbeat: datetime = _ts()
+
+
+class Outbox(SQLModel, table=True):
+    """Messages to publish after the transaction that produced them commits."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=64, index=True)
+    subject: str = Field(max_length=1024)
+    msg_id: str = Field(max_length=255)
+    payload: bytes = Field(sa_type=sa.LargeBinary)  # type: ignore[call-overload]
+    created: datetime = _ts(default_factory=utcnow)

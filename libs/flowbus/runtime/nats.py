@@ -1,0 +1,81 @@
+"""NATS connections and the JetStream streams every component relies on.
+
+Streams: EVENTS (``flowbus.evt.>``), LOGS (``flowbus.logs.>``) and RUNQ
+(``flowbus.runq.>``). Creation is idempotent: whichever component starts
+first declares them, later ones find them.
+"""
+
+from __future__ import annotations
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from flowbus import subjects
+from flowbus.settings import Settings
+
+
+class NatsUnavailable(ConnectionError):
+    """No NATS server answered at the configured URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the flowbus NATS server at {url}: {reason}")
+        self.url = url
+
+
+async def connect(settings: Settings, name: str) -> NatsClient:
+    """Connect once, failing fast with the URL in the message instead of retrying forever."""
+    url = settings.resolved_nats_url()
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            connect_timeout=settings.nats.connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise NatsUnavailable(url, str(exc) or type(exc).__name__) from exc
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    tuning = settings.nats
+    common = {
+        "storage": StorageType.FILE,
+        "num_replicas": tuning.stream_replicas,
+        "duplicate_window": tuning.duplicate_window_seconds,
+        "discard": DiscardPolicy.OLD,
+        "retention": RetentionPolicy.LIMITS,
+    }
+    return [
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.EVENTS_ALL],
+            max_age=tuning.events_max_age_seconds,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=subjects.LOGS_STREAM,
+            subjects=[subjects.LOGS_ALL],
+            max_age=tuning.logs_max_age_seconds,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=subjects.RUNQ_STREAM,
+            subjects=[subjects.RUNQ_ALL],
+            max_age=tuning.runq_max_age_seconds,
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    for config in stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with a different config (a changed setting): adopt the new one.
+            await js.update_stream(config)

@@ -1,0 +1,246 @@
+"""The composition root shared by every service: broker, middleware, lifespan.
+
+``build_service`` gives each service the same shape: a faststream NATS
+broker whose command handlers always answer with a ``Reply`` envelope (a
+malformed, wrong-typed or oversize command gets ``VALIDATION_ERROR``, a
+refusal its stable code, a bug ``INTERNAL``; the service keeps serving), an
+ASGI app with /healthz, /readyz and /docs/asyncapi, OpenTelemetry spans with
+the trace context carried in NATS headers, a database with migrations
+applied, the JetStream streams, an outbox relay and the service's own
+background loops. Services add only their handlers and use cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.message import StreamMessage
+from faststream.middlewares import BaseMiddleware, ExceptionMiddleware
+from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.specification import AsyncAPI
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from flowbus.db.engine import Database
+from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.nats import connect, ensure_streams
+from flowbus.runtime.outbox import OutboxRelay
+from flowbus.runtime.telemetry import tracer_provider
+from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Reply
+from flowbus.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What a service's handlers and loops need; filled in during startup."""
+
+    name: str
+    settings: Settings
+    db: Database
+    broker: NatsBroker
+    nc: NatsClient | None = None
+    js: JetStreamContext | None = None
+    relay: OutboxRelay | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        assert self.js is not None, "JetStream is available after startup"
+        return self.js
+
+    def kick_outbox(self) -> None:
+        if self.relay is not None:
+            self.relay.kick()
+
+
+Loop = Callable[[ServiceContext], Awaitable[None]]
+
+
+def lenient_json_decoder(max_bytes: int) -> Callable[..., Awaitable[Any]]:
+    """Decode JSON if it is JSON; anything else reaches pydantic as bytes and fails there.
+
+    faststream's own decoder raises on malformed JSON before the handler runs,
+    which would leave the requester without a reply.
+    """
+
+    async def decode(msg: StreamMessage[Any]) -> Any:
+        body = msg.body
+        if len(body) > max_bytes:
+            return _Oversize(len(body), max_bytes)
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body
+
+    return decode
+
+
+@dataclass(frozen=True)
+class _Oversize:
+    size: int
+    limit: int
+
+
+class _OversizeGuard(BaseMiddleware):
+    """Turns a payload over the limit into a VALIDATION_ERROR before validation."""
+
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        decoded = await msg.decode()
+        if isinstance(decoded, _Oversize):
+            raise OversizePayload(decoded.size, decoded.limit)
+        return await call_next(msg)
+
+
+class OversizePayload(FlowbusError):
+    code = ErrorCode.VALIDATION_ERROR
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
+
+
+def _error_reply(info: ErrorInfo) -> dict[str, Any]:
+    return Reply[Any](ok=False, error=info).model_dump(mode="json")
+
+
+def envelope_middleware() -> ExceptionMiddleware:
+    """Map every failure of a command handler to an error envelope reply."""
+    mw = ExceptionMiddleware()
+
+    @mw.add_handler(ValidationError, publish=True)
+    async def _invalid(exc: ValidationError) -> dict[str, Any]:
+        details = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid"}
+        where = ".".join(first["loc"]) or "message"
+        return _error_reply(
+            ErrorInfo(
+                code=ErrorCode.VALIDATION_ERROR,
+                message=f"invalid message: {where}: {first['msg']}",
+                details=details,
+            )
+        )
+
+    @mw.add_handler(FlowbusError, publish=True)
+    async def _refused(exc: FlowbusError) -> dict[str, Any]:
+        return _error_reply(exc.info())
+
+    @mw.add_handler(Exception, publish=True)
+    async def _bug(exc: Exception) -> dict[str, Any]:
+        log.error("unhandled error in handler", exc_info=exc)
+        return _error_reply(ErrorInfo(code=ErrorCode.INTERNAL, message="internal error; see service logs"))
+
+    return mw
+
+
+def make_broker(settings: Settings, name: str) -> NatsBroker:
+    return NatsBroker(
+        settings.resolved_nats_url(),
+        name=f"flowbus-{name}",
+        connect_timeout=int(max(1, settings.nats.connect_timeout)),
+        decoder=lenient_json_decoder(settings.nats.max_command_bytes),
+        middlewares=[
+            NatsTelemetryMiddleware(tracer_provider=tracer_provider(name)),
+            envelope_middleware(),
+            _OversizeGuard,
+        ],
+        # faststream logs two lines per message at INFO: too much on hot paths.
+        log_level=logging.DEBUG,
+        graceful_timeout=5.0,
+    )
+
+
+def build_service(
+    name: str,
+    settings: Settings,
+    register: Callable[[ServiceContext], None],
+    loops: Sequence[Loop] = (),
+    *,
+    migrate: bool = True,
+) -> AsgiFastStream:
+    """Assemble one service. ``register`` adds its handlers to ``ctx.broker``."""
+    broker = make_broker(settings, name)
+    db = Database(settings.resolved_database_url())
+    ctx = ServiceContext(name=name, settings=settings, db=db, broker=broker)
+    register(ctx)
+
+    async def on_startup() -> None:
+        if migrate:
+            await upgrade_async(db.url)
+        ctx.nc = await connect(settings, f"flowbus-{name}-relay")
+        ctx.js = ctx.nc.jetstream()
+        await ensure_streams(ctx.js, settings)
+        ctx.relay = OutboxRelay(name, db, ctx.js)
+
+    async def after_startup() -> None:
+        assert ctx.relay is not None
+        ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
+        for loop in loops:
+            ctx.tasks.append(asyncio.create_task(_guarded(loop, ctx), name=f"{name}-{loop.__name__}"))
+
+    async def on_shutdown() -> None:
+        for task in ctx.tasks:
+            task.cancel()
+        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        ctx.tasks.clear()
+
+    async def after_shutdown() -> None:
+        if ctx.nc is not None and not ctx.nc.is_closed:
+            await ctx.nc.drain()
+        await db.dispose()
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        return AsgiResponse(b'{"status":"ok"}', 200, headers={"content-type": "application/json"})
+
+    @get(include_in_schema=False)
+    async def readyz(scope: Any) -> AsgiResponse:
+        problems = []
+        if not await broker.ping(timeout=2.0):
+            problems.append("nats")
+        try:
+            async with db.session() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:
+            problems.append("database")
+        body = json.dumps({"status": "ok" if not problems else "unavailable", "failing": problems})
+        return AsgiResponse(body.encode(), 200 if not problems else 503, headers={"content-type": "application/json"})
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
+        asyncapi_path="/docs/asyncapi",
+        specification=AsyncAPI(broker, title=f"flowbus {name}", version="0.1.0"),
+        on_startup=[on_startup],
+        after_startup=[after_startup],
+        on_shutdown=[on_shutdown],
+        after_shutdown=[after_shutdown],
+    )
+    app.context.set_global("flowbus", ctx)
+    setattr(app, "flowbus_context", ctx)  # noqa: B010  (tests and the embedded runner reach it)
+    return app
+
+
+async def _guarded(loop: Loop, ctx: ServiceContext) -> None:
+    """Run a background loop, restarting it after an unexpected error."""
+    while True:
+        try:
+            await loop(ctx)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s loop %s crashed; restarting", ctx.name, loop.__name__)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,29 @@
+"""OpenTelemetry set-up shared by every component.
+
+Spans are always created (faststream's NATS middleware puts the W3C trace
+context in message headers, so one trace spans CLI, services and agent);
+they are exported to the console when ``FLOWBUS_OTEL_CONSOLE=1``, and to any
+exporter an operator configures on the global provider.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+
+@cache
+def tracer_provider(service: str) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": f"flowbus-{service}"}))
+    if os.environ.get("FLOWBUS_OTEL_CONSOLE") == "1":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    return provider
+
+
+def tracer(service: str) -> trace.Tracer:
+    return tracer_provider(service).get_tracer("flowbus")

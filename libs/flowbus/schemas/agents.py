@@ -1,0 +1,53 @@
+"""Messages of the heartbeat service: heartbeats and the agent registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from flowbus.schemas.common import Message
+from flowbus.schemas.flows import Key, Labels, Name
+
+
+class RunHeartbeat(Message):
+    """Published on ``flowbus.hb.flow_run.<id>`` by a runner every interval."""
+
+    flow_run_id: Key
+    task_run_id: Key | None = None
+    timestamp: datetime
+
+
+class RegisterAgent(Message):
+    agent_id: Key
+    name: Name
+    type: Name = "local"
+    labels: Labels = Field(default_factory=list)
+
+
+class AgentHeartbeat(Message):
+    """Published on ``flowbus.hb.agent.<id>``."""
+
+    agent_id: Key
+    timestamp: datetime
+
+
+class AgentOut(Message):
+    id: str
+    name: str
+    type: str
+    labels: list[str]
+    last_seen: datetime
+
+
+class ListAgents(Message):
+    pass
+
+
+class AgentList(Message):
+    agents: list[AgentOut]
+
+
+class SchedulerStatus(Message):
+    released_total: int
+    last_release: datetime | None

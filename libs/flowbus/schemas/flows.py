@@ -1,0 +1,202 @@
+"""Messages of the registration service: projects, serialized flows, flows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, JsonValue, StringConstraints, model_validator
+
+from flowbus.schemas.common import LABEL_MAX, MAX_LABELS, NAME_MAX, Message
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX)]
+Labels = Annotated[list[Label], Field(max_length=MAX_LABELS)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
+
+
+# ---- the serialized flow (what `flow.serialize()` produces) ---------------
+
+
+class ParameterSpec(Message):
+    name: Name
+    required: bool = False
+    default: JsonValue = None
+
+
+class TaskSpec(Message):
+    slug: Name
+    name: Name
+    max_retries: int = Field(default=0, ge=0)
+    retry_delay_seconds: float | None = Field(default=None, ge=0)
+    tags: list[Label] = Field(default_factory=list)
+
+
+class EdgeSpec(Message):
+    upstream: Name
+    downstream: Name
+    key: str | None = None
+
+
+class StorageSpec(Message):
+    """Where the flow's code lives. The code itself never reaches the backend."""
+
+    type: Literal["script", "module"]
+    path: str | None = Field(default=None, max_length=4096)
+    module: str | None = Field(default=None, max_length=NAME_MAX)
+
+    @model_validator(mode="after")
+    def _location(self) -> StorageSpec:
+        if self.type == "script" and not self.path:
+            raise ValueError("script storage needs a path")
+        if self.type == "module" and not self.module:
+            raise ValueError("module storage needs a module")
+        return self
+
+
+class RunConfigSpec(Message):
+    labels: Labels | None = None
+    env: dict[str, str] | None = None
+
+
+class ClockSpec(Message):
+    type: Literal["cron", "interval", "dates"]
+    cron: str | None = None
+    timezone: str | None = None
+    interval_seconds: float | None = Field(default=None, gt=0)
+    start_date: datetime | None = None
+    dates: list[datetime] | None = None
+    parameter_defaults: dict[str, JsonValue] = Field(default_factory=dict)
+    labels: Labels | None = None
+
+
+class ScheduleSpec(Message):
+    clocks: list[ClockSpec] = Field(min_length=1)
+
+
+class SerializedFlow(Message):
+    name: Name
+    description: str | None = Field(default=None, max_length=10_000)
+    parameters: list[ParameterSpec] = Field(default_factory=list)
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    edges: list[EdgeSpec] = Field(default_factory=list)
+    storage: StorageSpec
+    run_config: RunConfigSpec = Field(default_factory=RunConfigSpec)
+    schedule: ScheduleSpec | None = None
+    core_version: str = Field(default="", max_length=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SerializedFlow:
+        slugs = [t.slug for t in self.tasks]
+        duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate task slugs: {duplicates}")
+        names = [p.name for p in self.parameters]
+        dup_params = sorted({n for n in names if names.count(n) > 1})
+        if dup_params:
+            raise ValueError(f"duplicate parameter names: {dup_params}")
+        known = set(slugs)
+        for edge in self.edges:
+            if edge.upstream not in known or edge.downstream not in known:
+                raise ValueError(f"edge {edge.upstream} -> {edge.downstream} names an unknown task")
+        return self
+
+
+# ---- projects --------------------------------------------------------------
+
+
+class CreateProject(Message):
+    name: Name
+    description: str | None = Field(default=None, max_length=10_000)
+    skip_if_exists: bool = False
+
+
+class GetProject(Message):
+    project_id: str | None = None
+    name: Name | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> GetProject:
+        if (self.project_id is None) == (self.name is None):
+            raise ValueError("give exactly one of project_id and name")
+        return self
+
+
+class ProjectOut(Message):
+    id: str
+    name: str
+    description: str | None
+    created: datetime
+
+
+class ProjectList(Message):
+    projects: list[ProjectOut]
+
+
+# ---- flows -----------------------------------------------------------------
+
+
+class RegisterFlow(Message):
+    project_name: Name
+    serialized_flow: SerializedFlow
+    version_group_id: Key | None = None
+    idempotency_key: Key | None = None
+    labels: Labels | None = None
+    set_schedule_active: bool = True
+
+
+class GetFlow(Message):
+    flow_id: Key
+
+
+class ListFlows(Message):
+    project_name: Name | None = None
+    name: Name | None = None
+    archived: bool | None = None
+    newest_only: bool = True
+
+
+class FlowSettings(Message):
+    heartbeat_enabled: bool
+    lazarus_enabled: bool
+    version_locking_enabled: bool
+
+
+class FlowOut(Message):
+    id: str
+    project_id: str
+    project_name: str
+    flow_group_id: str
+    name: str
+    version: int
+    description: str | None
+    archived: bool
+    labels: list[str]
+    parameters: list[ParameterSpec]
+    tasks: list[TaskSpec]
+    edges: list[EdgeSpec]
+    storage: StorageSpec
+    run_config: RunConfigSpec
+    schedule: ScheduleSpec | None
+    is_schedule_active: bool
+    core_version: str
+    settings: FlowSettings
+    created: datetime
+    # True when an idempotent registration matched and created nothing.
+    skipped: bool = False
+
+
+class FlowList(Message):
+    flows: list[FlowOut]
+
+
+class FlowEvent(Message):
+    """Published on ``flowbus.evt.flow.<id>.<fact>``."""
+
+    flow_id: str
+    flow_group_id: str
+    project_id: str
+    fact: str
+    version: int
+    archived: bool
+    data: dict[str, Any] = Field(default_factory=dict)

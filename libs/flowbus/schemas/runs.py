@@ -1,0 +1,184 @@
+"""Messages about flow runs: creation, states, queries, logs and the run queue."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field, JsonValue, StringConstraints, model_validator
+
+from flowbus.schemas.common import Message
+from flowbus.schemas.flows import Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
+from flowbus.states import StateType
+
+LogLevel = Annotated[str, StringConstraints(pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")]
+
+
+class StateSpec(Message):
+    type: StateType
+    message: str | None = Field(default=None, max_length=10_000)
+    result: JsonValue = None
+
+
+class StateOut(Message):
+    type: StateType
+    message: str | None
+    timestamp: datetime
+    version: int
+
+
+# ---- creation --------------------------------------------------------------
+
+
+class CreateFlowRun(Message):
+    """Create a run. Give ``flow_id``, or ``version_group_id``, or ``flow_name``."""
+
+    flow_id: Key | None = None
+    version_group_id: Key | None = None
+    flow_name: Name | None = None
+    project_name: Name | None = None
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    context: dict[str, JsonValue] = Field(default_factory=dict)
+    labels: Labels | None = None
+    run_config: RunConfigSpec | None = None
+    run_name: Name | None = None
+    scheduled_start_time: datetime | None = None
+    idempotency_key: Key | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> CreateFlowRun:
+        given = [x for x in (self.flow_id, self.version_group_id, self.flow_name) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of flow_id, version_group_id and flow_name")
+        return self
+
+
+class TaskRunOut(Message):
+    id: str
+    flow_run_id: str
+    task_slug: str
+    task_name: str
+    map_index: int
+    version: int
+    state: StateOut
+    max_retries: int
+    retry_delay_seconds: float | None
+
+
+class FlowRunOut(Message):
+    id: str
+    flow_id: str
+    flow_name: str
+    flow_group_id: str
+    project_name: str
+    name: str
+    parameters: dict[str, Any]
+    context: dict[str, Any]
+    labels: list[str]
+    scheduled_start_time: datetime
+    auto_scheduled: bool
+    idempotency_key: str | None
+    version: int
+    state: StateOut
+    agent_id: str | None
+    start_time: datetime | None
+    end_time: datetime | None
+    times_resurrected: int
+    created: datetime
+    updated: datetime
+
+
+class FlowRunDetail(Message):
+    """A run with what its runner needs: the flow's storage, tasks and settings."""
+
+    run: FlowRunOut
+    task_runs: list[TaskRunOut]
+    storage: StorageSpec
+    tasks: list[TaskSpec]
+    run_config: RunConfigSpec
+    heartbeat_enabled: bool
+    version_locking_enabled: bool
+
+
+class GetFlowRun(Message):
+    flow_run_id: Key
+
+
+class RunQueued(Message):
+    """Published on ``flowbus.runq.<label-set key>`` when a run is due."""
+
+    flow_run_id: str
+    flow_id: str
+    version: int
+    labels: list[str]
+    scheduled_start_time: datetime
+
+
+# ---- states ----------------------------------------------------------------
+
+
+class SetFlowRunState(Message):
+    flow_run_id: Key
+    version: int = Field(ge=1)
+    state: StateSpec
+    agent_id: Key | None = None
+
+
+class SetTaskRunState(Message):
+    task_run_id: Key
+    version: int = Field(ge=1)
+    state: StateSpec
+
+
+class StateSet(Message):
+    id: str
+    version: int
+    state: StateOut
+
+
+class StateChanged(Message):
+    """Published on ``flowbus.evt.flow_run.<id>.state`` (and task_run) after commit."""
+
+    flow_run_id: str
+    task_run_id: str | None = None
+    version: int
+    state: StateOut
+    previous: StateType | None = None
+
+
+class FlowRunCreated(Message):
+    """Published on ``flowbus.evt.flow_run.<id>.created``."""
+
+    flow_run_id: str
+    flow_id: str
+    name: str
+    labels: list[str]
+    scheduled_start_time: datetime
+
+
+# ---- logs ------------------------------------------------------------------
+
+
+class LogRecord(Message):
+    flow_run_id: Key
+    task_run_id: Key | None = None
+    timestamp: datetime
+    name: str = Field(max_length=255)
+    level: LogLevel
+    message: str = Field(max_length=100_000)
+    info: dict[str, JsonValue] | None = None
+
+
+class LogBatch(Message):
+    """Published on ``flowbus.logs.<flow_run_id>`` by runners and services."""
+
+    records: list[LogRecord] = Field(min_length=1, max_length=1000)
+
+
+class GetFlowRunLogs(Message):
+    flow_run_id: Key
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class LogList(Message):
+    records: list[LogRecord]

@@ -1,0 +1,93 @@
+"""Settings of every flowbus component, read once from the environment.
+
+All variables carry the ``FLOWBUS_`` prefix; nested groups use ``__``
+(``FLOWBUS_SCHEDULER__RELEASE_INTERVAL=0.2``). Two are flat because users
+type them: ``FLOWBUS_NATS_URL`` and ``FLOWBUS_DATABASE_URL``. When the NATS
+URL is not set, clients read the endpoint file that ``flowbus up`` writes in
+``$FLOWBUS_HOME``, so a second shell finds the running server with no setup.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENDPOINT_FILE = "endpoint.json"
+DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
+
+
+class NatsTuning(BaseModel):
+    request_timeout: float = 10.0
+    connect_timeout: float = 2.0
+    # Commands larger than this are refused with VALIDATION_ERROR before decoding.
+    max_command_bytes: int = 1024 * 1024
+    events_max_age_seconds: float = 7 * 24 * 3600
+    logs_max_age_seconds: float = 7 * 24 * 3600
+    runq_max_age_seconds: float = 24 * 3600
+    # Run-queue messages are deduplicated by run and version inside this window.
+    duplicate_window_seconds: float = 120.0
+    stream_replicas: int = 1
+
+
+class SchedulerSettings(BaseModel):
+    # How often due runs are (re)released onto run queues. Releases are
+    # deduplicated by Nats-Msg-Id, so a short interval costs little.
+    release_interval: float = 1.0
+    release_batch: int = 500
+
+
+class HeartbeatSettings(BaseModel):
+    interval_seconds: float = 30.0
+    agent_interval_seconds: float = 10.0
+
+
+class AgentSettings(BaseModel):
+    name: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    no_hostname_label: bool = False
+    max_concurrent_runs: int = 16
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLOWBUS_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".flowbus")
+    nats_url: str | None = None
+    database_url: str | None = None
+    log_level: str = "INFO"
+    # Flow-run idempotency keys never expire unless this is set (seed 002's
+    # 24 h sliding window is then available by setting 86400).
+    idempotency_ttl_seconds: float | None = None
+    service_host: str = "127.0.0.1"
+    service_port: int = 0
+
+    nats: NatsTuning = Field(default_factory=NatsTuning)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    @property
+    def endpoint_file(self) -> Path:
+        return self.home / ENDPOINT_FILE
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.home / 'flowbus.db'}"
+
+    def resolved_nats_url(self) -> str:
+        """The NATS URL to connect to: the setting, else the running `flowbus up`."""
+        if self.nats_url:
+            return self.nats_url
+        try:
+            data = json.loads(self.endpoint_file.read_text())
+            return str(data["nats_url"])
+        except (OSError, ValueError, KeyError):
+            return f"nats://127.0.0.1:{DEFAULT_EMBEDDED_NATS_PORT}"

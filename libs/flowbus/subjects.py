@@ -1,0 +1,189 @@
+"""Every NATS subject, JetStream stream, consumer and KV bucket name of flowbus.
+
+This is the only module that spells a subject. Services, the SDK, the agent
+and the CLI import the names from here, so a rename is one edit and the
+AsyncAPI document in proto/ always matches the code.
+
+Scheme:
+- ``flowbus.cmd.<service>.<verb>``: request-reply commands, served by a queue
+  group per service so that instances share the load.
+- ``flowbus.evt.<entity>.<id>.<fact>``: events, kept in the EVENTS stream,
+  ordered per entity.
+- ``flowbus.logs.<flow_run_id>``: log batches, kept in the LOGS stream.
+- ``flowbus.runq.<label-set key>``: runs that are due, kept in the RUNQ stream.
+- ``flowbus.hb.<kind>.<id>``: heartbeats (core NATS, fire and forget).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from itertools import combinations
+from typing import Final
+
+PREFIX: Final = "flowbus"
+
+# ---- commands (request-reply) ---------------------------------------------
+
+
+class Registration:
+    """Commands served by services/registration."""
+
+    QUEUE: Final = "registration"
+    CREATE_PROJECT: Final = f"{PREFIX}.cmd.registration.create_project"
+    GET_PROJECT: Final = f"{PREFIX}.cmd.registration.get_project"
+    LIST_PROJECTS: Final = f"{PREFIX}.cmd.registration.list_projects"
+    REGISTER_FLOW: Final = f"{PREFIX}.cmd.registration.register_flow"
+    GET_FLOW: Final = f"{PREFIX}.cmd.registration.get_flow"
+    LIST_FLOWS: Final = f"{PREFIX}.cmd.registration.list_flows"
+
+
+class RunCreation:
+    """Commands served by services/run_creation."""
+
+    QUEUE: Final = "run_creation"
+    CREATE_FLOW_RUN: Final = f"{PREFIX}.cmd.run_creation.create_flow_run"
+
+
+class State:
+    """Commands served by services/state."""
+
+    QUEUE: Final = "state"
+    SET_FLOW_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_flow_run_state"
+    SET_TASK_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_task_run_state"
+    GET_FLOW_RUN: Final = f"{PREFIX}.cmd.state.get_flow_run"
+    GET_FLOW_RUN_LOGS: Final = f"{PREFIX}.cmd.state.get_flow_run_logs"
+
+
+class Heartbeat:
+    """Commands served by services/heartbeat."""
+
+    QUEUE: Final = "heartbeat"
+    REGISTER_AGENT: Final = f"{PREFIX}.cmd.heartbeat.register_agent"
+    LIST_AGENTS: Final = f"{PREFIX}.cmd.heartbeat.list_agents"
+
+
+class Scheduler:
+    """Commands served by services/scheduler."""
+
+    QUEUE: Final = "scheduler"
+    STATUS: Final = f"{PREFIX}.cmd.scheduler.status"
+
+
+# Every command subject, for the validation tests and the AsyncAPI document.
+COMMAND_SUBJECTS: Final[tuple[str, ...]] = tuple(
+    value
+    for group in (Registration, RunCreation, State, Heartbeat, Scheduler)
+    for name, value in vars(group).items()
+    if name.isupper() and name != "QUEUE"
+)
+
+# ---- events (JetStream stream EVENTS) --------------------------------------
+
+EVENTS_STREAM: Final = "FLOWBUS_EVENTS"
+EVENTS_ALL: Final = f"{PREFIX}.evt.>"
+
+
+def project_event(project_id: str, fact: str) -> str:
+    return f"{PREFIX}.evt.project.{project_id}.{fact}"
+
+
+def flow_event(flow_id: str, fact: str) -> str:
+    return f"{PREFIX}.evt.flow.{flow_id}.{fact}"
+
+
+def flow_run_event(flow_run_id: str, fact: str) -> str:
+    return f"{PREFIX}.evt.flow_run.{flow_run_id}.{fact}"
+
+
+def flow_run_events(flow_run_id: str) -> str:
+    """Filter for every event of one flow run (its state changes, creation...)."""
+    return f"{PREFIX}.evt.flow_run.{flow_run_id}.>"
+
+
+def task_run_event(task_run_id: str, fact: str) -> str:
+    return f"{PREFIX}.evt.task_run.{task_run_id}.{fact}"
+
+
+# ---- logs (JetStream stream LOGS) ------------------------------------------
+
+LOGS_STREAM: Final = "FLOWBUS_LOGS"
+LOGS_ALL: Final = f"{PREFIX}.logs.>"
+LOGS_DURABLE: Final = "state-log-writer"
+
+
+def logs(flow_run_id: str) -> str:
+    return f"{PREFIX}.logs.{flow_run_id}"
+
+
+# ---- run queues (JetStream stream RUNQ) ------------------------------------
+
+RUNQ_STREAM: Final = "FLOWBUS_RUNQ"
+RUNQ_ALL: Final = f"{PREFIX}.runq.>"
+# A run with no labels goes only to agents with no labels (the 1.x rule).
+NO_LABELS_KEY: Final = "none"
+# An agent consumes every non-empty subset of its labels: 2**n subjects.
+MAX_AGENT_LABELS: Final = 8
+
+
+def label_set_key(labels: Iterable[str]) -> str:
+    """A subject-safe, order-independent key of a label set.
+
+    Labels may hold dots, spaces or wildcards, none of which may appear in a
+    subject token, so the key is a digest of the sorted, de-duplicated set.
+    """
+    unique = sorted(set(labels))
+    if not unique:
+        return NO_LABELS_KEY
+    digest = hashlib.sha256("\n".join(unique).encode()).hexdigest()
+    return digest[:32]
+
+
+def run_queue(labels: Iterable[str]) -> str:
+    return f"{PREFIX}.runq.{label_set_key(labels)}"
+
+
+def agent_run_queues(agent_labels: Iterable[str]) -> list[str]:
+    """Every run-queue subject an agent with these labels must consume.
+
+    A run goes to an agent when the run's labels are a subset of the agent's,
+    so the agent listens on the queue of every non-empty subset; an agent with
+    no labels listens on the no-label queue only.
+    """
+    unique = sorted(set(agent_labels))
+    if len(unique) > MAX_AGENT_LABELS:
+        raise ValueError(f"An agent may have at most {MAX_AGENT_LABELS} labels, got {len(unique)}.")
+    if not unique:
+        return [run_queue([])]
+    return [
+        run_queue(subset)
+        for size in range(1, len(unique) + 1)
+        for subset in combinations(unique, size)
+    ]
+
+
+def agent_durable(agent_labels: Iterable[str]) -> str:
+    """Agents with the same label set share one durable consumer (load balancing)."""
+    return f"agents-{label_set_key(agent_labels)}"
+
+
+# ---- heartbeats (core NATS) -------------------------------------------------
+
+HEARTBEAT_ALL: Final = f"{PREFIX}.hb.>"
+
+
+def flow_run_heartbeat(flow_run_id: str) -> str:
+    return f"{PREFIX}.hb.flow_run.{flow_run_id}"
+
+
+def task_run_heartbeat(task_run_id: str) -> str:
+    return f"{PREFIX}.hb.task_run.{task_run_id}"
+
+
+def agent_heartbeat(agent_id: str) -> str:
+    return f"{PREFIX}.hb.agent.{agent_id}"
+
+
+# ---- KV buckets -------------------------------------------------------------
+
+LEASES_BUCKET: Final = "flowbus_leases"

@@ -1,0 +1,1 @@
+"""Registration service: projects, flow groups, flows and their settings."""

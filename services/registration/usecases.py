@@ -1,0 +1,235 @@
+"""Registration use cases: plain async functions over a session.
+
+Owns the project, flow_group and flow tables. Stages events for
+``flowbus.evt.project.<id>.created`` and ``flowbus.evt.flow.<id>.<fact>``
+(registered, archived) in the outbox; writes nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flowbus import subjects
+from flowbus.db.engine import Database
+from flowbus.db.tables import Flow, FlowGroup, Project
+from flowbus.db.views import flow_out, load_flow, project_out
+from flowbus.runtime.outbox import stage
+from flowbus.schemas.common import Conflict, NotFound
+from flowbus.schemas.flows import (
+    CreateProject,
+    FlowEvent,
+    FlowList,
+    FlowOut,
+    GetFlow,
+    GetProject,
+    ListFlows,
+    ProjectList,
+    ProjectOut,
+    RegisterFlow,
+)
+
+OWNER = "registration"
+# Concurrent registrations into one group collide on (flow_group_id, version);
+# the loser re-reads the highest version and tries again.
+VERSION_RETRIES = 10
+
+
+async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
+    async with db.transaction() as session:
+        existing = (await session.exec(select(Project).where(Project.name == cmd.name))).first()  # type: ignore[call-overload]
+        if existing is not None:
+            if cmd.skip_if_exists:
+                return project_out(existing[0])
+            raise Conflict(f'Project "{cmd.name}" already exists.')
+        project = Project(name=cmd.name, description=cmd.description)
+        session.add(project)
+        await session.flush()
+        out = project_out(project)
+        stage(session, OWNER, subjects.project_event(project.id, "created"), out, f"project:{project.id}:created")
+    return out
+
+
+async def _project_by_name(session: AsyncSession, name: str) -> Project:
+    row = (await session.execute(select(Project).where(Project.name == name))).first()  # type: ignore[arg-type]
+    if row is None:
+        raise NotFound(f'Project "{name}" not found.')
+    return row[0]
+
+
+async def get_project(db: Database, query: GetProject) -> ProjectOut:
+    async with db.session() as session:
+        if query.name is not None:
+            return project_out(await _project_by_name(session, query.name))
+        project = await session.get(Project, query.project_id)
+        if project is None:
+            raise NotFound(f"Project {query.project_id} not found.")
+        return project_out(project)
+
+
+async def list_projects(db: Database) -> ProjectList:
+    async with db.session() as session:
+        rows = (await session.execute(select(Project).order_by(Project.name))).all()  # type: ignore[arg-type]
+        return ProjectList(projects=[project_out(r[0]) for r in rows])
+
+
+async def register_flow(db: Database, cmd: RegisterFlow) -> FlowOut:
+    for _attempt in range(VERSION_RETRIES):
+        try:
+            return await _register_once(db, cmd)
+        except IntegrityError:
+            continue
+    raise Conflict("Too many concurrent registrations into this version group; try again.")
+
+
+async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
+    spec = cmd.serialized_flow
+    async with db.transaction() as session:
+        project = await _project_by_name(session, cmd.project_name)
+        group = await _choose_group(session, project, cmd)
+
+        if cmd.idempotency_key is not None and group.idempotency_key == cmd.idempotency_key:
+            newest = (
+                await session.execute(
+                    select(Flow)
+                    .where(Flow.flow_group_id == group.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
+                    .order_by(Flow.version.desc())  # type: ignore[attr-defined]
+                    .limit(1)
+                )
+            ).first()
+            if newest is not None:
+                return flow_out(newest[0], group, project, skipped=True)
+
+        highest = (
+            await session.execute(select(func.max(Flow.version)).where(Flow.flow_group_id == group.id))  # type: ignore[arg-type]
+        ).scalar()
+        labels = sorted(set(spec.run_config.labels or []) | set(cmd.labels or []))
+        run_config = spec.run_config.model_dump(mode="json")
+        run_config["labels"] = labels
+        flow = Flow(
+            project_id=project.id,
+            flow_group_id=group.id,
+            name=spec.name,
+            version=(highest or 0) + 1,
+            description=spec.description,
+            serialized_flow=spec.model_dump(mode="json"),
+            parameters=[p.model_dump(mode="json") for p in spec.parameters],
+            tasks=[t.model_dump(mode="json") for t in spec.tasks],
+            edges=[e.model_dump(mode="json") for e in spec.edges],
+            storage=spec.storage.model_dump(mode="json"),
+            run_config=run_config,
+            schedule=spec.schedule.model_dump(mode="json") if spec.schedule else None,
+            is_schedule_active=bool(cmd.set_schedule_active and spec.schedule),
+            core_version=spec.core_version,
+        )
+        session.add(flow)
+        await session.flush()  # the (group, version) constraint fires here
+
+        # A new version archives every other version of its group.
+        archived_ids = (
+            await session.execute(
+                update(Flow)
+                .where(Flow.flow_group_id == group.id, Flow.id != flow.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
+                .values(archived=True, is_schedule_active=False)
+                .returning(Flow.id)
+            )
+        ).scalars().all()
+        if cmd.idempotency_key is not None:
+            group.idempotency_key = cmd.idempotency_key
+            session.add(group)
+
+        out = flow_out(flow, group, project)
+        _stage_flow_event(session, out, "registered")
+        for archived_id in archived_ids:
+            stage(
+                session,
+                OWNER,
+                subjects.flow_event(archived_id, "archived"),
+                FlowEvent(
+                    flow_id=archived_id,
+                    flow_group_id=group.id,
+                    project_id=project.id,
+                    fact="archived",
+                    version=0,
+                    archived=True,
+                    data={"superseded_by": flow.id},
+                ),
+                f"flow:{archived_id}:archived:{flow.id}",
+            )
+    return out
+
+
+def _stage_flow_event(session: AsyncSession, out: FlowOut, fact: str) -> None:
+    event = FlowEvent(
+        flow_id=out.id,
+        flow_group_id=out.flow_group_id,
+        project_id=out.project_id,
+        fact=fact,
+        version=out.version,
+        archived=out.archived,
+    )
+    stage(session, OWNER, subjects.flow_event(out.id, fact), event, f"flow:{out.id}:{fact}:{uuid.uuid4()}")
+
+
+async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFlow) -> FlowGroup:
+    """The group a registration joins: the given id, else the newest same-named flow's, else new."""
+    if cmd.version_group_id is not None:
+        group = await session.get(FlowGroup, cmd.version_group_id)
+        if group is not None:
+            if group.project_id != project.id:
+                raise Conflict(
+                    f"Version group {cmd.version_group_id} belongs to another project."
+                )
+            return group
+        group = FlowGroup(id=cmd.version_group_id, project_id=project.id, name=cmd.serialized_flow.name)
+    else:
+        row = (
+            await session.execute(
+                select(FlowGroup)
+                .join(Flow, Flow.flow_group_id == FlowGroup.id)  # type: ignore[arg-type]
+                .where(Flow.project_id == project.id, Flow.name == cmd.serialized_flow.name)  # type: ignore[arg-type]
+                .order_by(Flow.created.desc())  # type: ignore[attr-defined]
+                .limit(1)
+            )
+        ).first()
+        if row is not None:
+            return row[0]
+        group = FlowGroup(project_id=project.id, name=cmd.serialized_flow.name)
+    session.add(group)
+    await session.flush()
+    return group
+
+
+async def get_flow(db: Database, query: GetFlow) -> FlowOut:
+    async with db.session() as session:
+        flow, group, project = await load_flow(session, query.flow_id)
+        return flow_out(flow, group, project)
+
+
+async def list_flows(db: Database, query: ListFlows) -> FlowList:
+    async with db.session() as session:
+        stmt = (
+            select(Flow, FlowGroup, Project)
+            .join(FlowGroup, FlowGroup.id == Flow.flow_group_id)  # type: ignore[arg-type]
+            .join(Project, Project.id == Flow.project_id)  # type: ignore[arg-type]
+        )
+        if query.project_name is not None:
+            stmt = stmt.where(Project.name == query.project_name)  # type: ignore[arg-type]
+        if query.name is not None:
+            stmt = stmt.where(Flow.name == query.name)  # type: ignore[arg-type]
+        if query.archived is not None:
+            stmt = stmt.where(Flow.archived.is_(query.archived))  # type: ignore[attr-defined]
+        stmt = stmt.order_by(Project.name, Flow.name, Flow.version.desc())  # type: ignore[attr-defined]
+        rows = (await session.execute(stmt)).all()
+        seen: set[str] = set()
+        flows = []
+        for flow, group, project in rows:
+            if query.newest_only:
+                if group.id in seen:
+                    continue
+                seen.add(group.id)
+            flows.append(flow_out(flow, group, project))
+        return FlowList(flows=flows)
