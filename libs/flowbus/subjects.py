@@ -101,9 +101,6 @@ def flow_run_events(flow_run_id: str) -> str:
     return f"{PREFIX}.evt.flow_run.{flow_run_id}.>"
 
 
-def task_run_event(task_run_id: str, fact: str) -> str:
-    return f"{PREFIX}.evt.task_run.{task_run_id}.{fact}"
-
 
 # ---- logs (JetStream stream LOGS) ------------------------------------------
 

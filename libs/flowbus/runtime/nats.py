@@ -7,6 +7,10 @@ first declares them, later ones find them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from urllib.parse import urlparse
+
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -15,6 +19,8 @@ from nats.js.errors import BadRequestError
 
 from flowbus import subjects
 from flowbus.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class NatsUnavailable(ConnectionError):
@@ -25,9 +31,27 @@ class NatsUnavailable(ConnectionError):
         self.url = url
 
 
+async def _quiet_error(exc: Exception) -> None:
+    # nats-py prints every failed (re)connect with a traceback by default.
+    log.debug("nats: %s", exc)
+
+
+async def _probe(url: str, timeout: float) -> None:
+    """Fail fast when nothing listens: nats-py would retry the first connect forever."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise NatsUnavailable(url, "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc) or "timed out") from None
+    writer.close()
+
+
 async def connect(settings: Settings, name: str) -> NatsClient:
-    """Connect once, failing fast with the URL in the message instead of retrying forever."""
+    """Connect, failing fast with the URL in the message; reconnect for ever once connected."""
     url = settings.resolved_nats_url()
+    first = url.split(",")[0]
+    await _probe(first, settings.nats.connect_timeout)
     try:
         return await nats.connect(
             url,
@@ -36,6 +60,7 @@ async def connect(settings: Settings, name: str) -> NatsClient:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            error_cb=_quiet_error,
         )
     except Exception as exc:  # nats-py raises several unrelated types here
         raise NatsUnavailable(url, str(exc) or type(exc).__name__) from exc

@@ -1,0 +1,1 @@
+"""The local agent and the flow-run runner it starts in a subprocess."""

@@ -1,0 +1,1 @@
+"""The ``flowbus`` command line."""

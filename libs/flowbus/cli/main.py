@@ -1,0 +1,303 @@
+"""The ``flowbus`` command: start the system, manage projects and flows, run flows.
+
+Every command that talks to the server fails at once with a one-line error
+naming the NATS URL when nothing answers there; errors from the services
+are printed as ``CODE: message`` with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import runpy
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from flowbus.client import AsyncClient, ServiceUnavailable
+from flowbus.runtime.nats import NatsUnavailable
+from flowbus.schemas.common import FlowbusError
+from flowbus.schemas.runs import LogRecord, StateChanged
+from flowbus.settings import Settings
+from flowbus.states import is_failed
+
+app = typer.Typer(help="flowbus: workflow orchestration over NATS.", no_args_is_help=True, add_completion=False)
+create_app = typer.Typer(help="Create things.", no_args_is_help=True)
+get_app = typer.Typer(help="Show things.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run agents.", no_args_is_help=True)
+local_agent_app = typer.Typer(help="The local agent.", no_args_is_help=True)
+service_app = typer.Typer(help="Run one service on its own.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(create_app, name="create")
+app.add_typer(get_app, name="get")
+app.add_typer(agent_app, name="agent")
+agent_app.add_typer(local_agent_app, name="local")
+app.add_typer(service_app, name="service")
+app.add_typer(db_app, name="db")
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def with_client(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command body with a connected client; map failures to one line."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        async def go() -> T:
+            async with AsyncClient(Settings()) as client:
+                return await fn(client, *args, **kwargs)
+
+        try:
+            return asyncio.run(go())
+        except NatsUnavailable as exc:
+            raise fail(f"{exc} (is `flowbus up` running? FLOWBUS_NATS_URL overrides)") from None
+        except ServiceUnavailable as exc:
+            raise fail(str(exc)) from None
+        except FlowbusError as exc:
+            raise fail(f"{exc.code.value}: {exc.message}") from None
+
+    return wrapper
+
+
+def _strip_client(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Hide the injected client from typer's view of the signature."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1:]
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return fn
+
+
+def client_command(typer_app: typer.Typer, name: str, help_text: str) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+    def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
+        wrapped = _strip_client(with_client(fn))
+        return typer_app.command(name, help=help_text)(wrapped)
+
+    return decorate
+
+
+# ---- running the system ---------------------------------------------------
+
+
+@app.command("up", help="Start NATS, the database and all services in the foreground (Ctrl-C stops).")
+def up() -> None:
+    from flowbus.embedded import run_foreground
+
+    try:
+        run_foreground(Settings())
+    except NatsUnavailable as exc:
+        raise fail(str(exc)) from None
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+
+
+@service_app.command("run", help="Run one service alone under uvicorn, with /healthz, /readyz, /docs/asyncapi.")
+def service_run(
+    name: Annotated[str, typer.Argument(help="registration, run_creation, state, heartbeat or scheduler")],
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> None:
+    import uvicorn
+
+    from flowbus.embedded import SERVICE_MODULES, build_service_app
+
+    if name not in SERVICE_MODULES:
+        raise fail(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
+    uvicorn.run(build_service_app(name, Settings()), host=host, port=port, log_level="info")
+
+
+@db_app.command("upgrade", help="Apply the schema migrations to FLOWBUS_DATABASE_URL.")
+def db_upgrade() -> None:
+    from flowbus.db.migrate import upgrade
+
+    url = Settings().resolved_database_url()
+    upgrade(url)
+    typer.echo(f"database at {url} is up to date")
+
+
+# ---- projects ---------------------------------------------------------------
+
+
+@client_command(create_app, "project", "Create a project.")
+async def create_project(
+    client: AsyncClient,
+    name: str,
+    description: Annotated[str | None, typer.Option("--description", "-d")] = None,
+    skip_if_exists: Annotated[bool, typer.Option("--skip-if-exists")] = False,
+) -> None:
+    out = await client.create_project(name, description, skip_if_exists)
+    typer.echo(f"{out.name} created ({out.id})" if not skip_if_exists else f"{out.name} ({out.id})")
+
+
+@client_command(get_app, "projects", "List projects.")
+async def get_projects(client: AsyncClient) -> None:
+    for project in await client.get_projects():
+        typer.echo(f"{project.name}\t{project.id}\t{project.description or ''}")
+
+
+# ---- flows ------------------------------------------------------------------
+
+
+@client_command(get_app, "flows", "List flows (newest version of each).")
+async def get_flows(
+    client: AsyncClient,
+    project: Annotated[str | None, typer.Option("--project")] = None,
+    all_versions: Annotated[bool, typer.Option("--all-versions")] = False,
+) -> None:
+    for flow in await client.get_flows(project_name=project, newest_only=not all_versions):
+        archived = " (archived)" if flow.archived else ""
+        typer.echo(f"{flow.name}\tv{flow.version}{archived}\t{flow.project_name}\t{flow.id}")
+
+
+@client_command(get_app, "flow", "Show one flow.")
+async def get_flow(client: AsyncClient, flow_id: str) -> None:
+    flow = await client.get_flow(flow_id)
+    typer.echo(json.dumps(flow.model_dump(mode="json"), indent=2))
+
+
+@client_command(app, "register", "Register the flows of a script or module.")
+async def register(
+    client: AsyncClient,
+    project: Annotated[str, typer.Option("--project")],
+    path: Annotated[Path | None, typer.Option("--path", "-p")] = None,
+    module: Annotated[str | None, typer.Option("--module", "-m")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Register even when unchanged.")] = False,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l")] = None,
+) -> None:
+    from flowbus.sdk import context
+    from flowbus.sdk.flow import LOADED_SCRIPT_PREFIX, Flow
+
+    if (path is None) == (module is None):
+        raise fail("give exactly one of --path and --module", 2)
+    with context.scope(loading_flow=True):
+        if path is not None:
+            sys.path.insert(0, str(path.resolve().parent))
+            namespace = runpy.run_path(str(path.resolve()), run_name=LOADED_SCRIPT_PREFIX)
+        else:
+            assert module is not None
+            namespace = vars(importlib.import_module(module))
+    flows = [v for v in namespace.values() if isinstance(v, Flow)]
+    if not flows:
+        raise fail(f"no flows found in {path or module}")
+    for flow in flows:
+        out = await client.register(
+            flow.serialize(),
+            project,
+            idempotency_key=None if force else flow.serialized_hash(),
+            labels=label,
+        )
+        status = "skipped (unchanged)" if out.skipped else f"registered as version {out.version}"
+        typer.echo(f"{flow.name}: {status} ({out.id})")
+
+
+# ---- runs ---------------------------------------------------------------------
+
+
+def _parse_params(values: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise fail(f"--param takes KEY=VALUE, got {item!r}", 2)
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+@client_command(app, "run", "Create a flow run; with --watch, stream its states and logs until it ends.")
+async def run(
+    client: AsyncClient,
+    flow_id: Annotated[str | None, typer.Option("--id", help="Flow id or flow group id.")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    project: Annotated[str | None, typer.Option("--project")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE (VALUE parsed as JSON)")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name")] = None,
+    start_time: Annotated[datetime | None, typer.Option("--start-time")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    watch: Annotated[bool, typer.Option("--watch")] = False,
+) -> None:
+    if (flow_id is None) == (name is None):
+        raise fail("give exactly one of --id and --name", 2)
+    common: dict[str, Any] = {
+        "parameters": _parse_params(param),
+        "labels": label,
+        "run_name": run_name,
+        "scheduled_start_time": start_time.astimezone() if start_time else None,
+        "idempotency_key": idempotency_key,
+    }
+    if flow_id is not None:
+        try:
+            created = await client.create_flow_run(flow_id, **common)
+        except FlowbusError as exc:
+            if exc.code.value != "NOT_FOUND":
+                raise
+            created = await client.create_flow_run(version_group_id=flow_id, **common)
+    else:
+        created = await client.create_flow_run(flow_name=name, project_name=project, **common)
+    typer.echo(f"Flow run {created.name} created: {created.id}")
+    if not watch:
+        return
+    final_failed = False
+    async for item in client.watch_flow_run(created.id):
+        if isinstance(item, StateChanged):
+            message = f": {item.state.message}" if item.state.message else ""
+            typer.echo(f"{item.state.timestamp:%H:%M:%S} | Entered state {item.state.type.value}{message}")
+            final_failed = is_failed(item.state.type) or item.state.type.value == "Cancelled"
+        elif isinstance(item, LogRecord):
+            typer.echo(f"{item.timestamp:%H:%M:%S} | {item.level:<7} | {item.name} | {item.message}")
+    if final_failed:
+        raise typer.Exit(1)
+
+
+@client_command(get_app, "flow-run", "Show one flow run.")
+async def get_flow_run(client: AsyncClient, flow_run_id: str) -> None:
+    detail = await client.get_flow_run(flow_run_id)
+    typer.echo(json.dumps(detail.model_dump(mode="json"), indent=2))
+
+
+@client_command(get_app, "logs", "Show a flow run's stored logs.")
+async def get_logs(client: AsyncClient, flow_run_id: str) -> None:
+    for record in await client.get_flow_run_logs(flow_run_id):
+        typer.echo(f"{record.timestamp:%H:%M:%S} | {record.level:<7} | {record.name} | {record.message}")
+
+
+# ---- agents ---------------------------------------------------------------------
+
+
+@local_agent_app.command("start", help="Start a local agent that runs flow runs here (Ctrl-C stops).")
+def local_agent_start(
+    label: Annotated[list[str] | None, typer.Option("--label", "-l")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    no_hostname_label: Annotated[bool, typer.Option("--no-hostname-label")] = False,
+) -> None:
+    from flowbus.agent.local import run_local_agent
+
+    try:
+        run_local_agent(labels=label or [], name=name, hostname_label=not no_hostname_label)
+    except NatsUnavailable as exc:
+        raise fail(f"{exc} (is `flowbus up` running? FLOWBUS_NATS_URL overrides)") from None
+    except (ServiceUnavailable, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

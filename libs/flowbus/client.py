@@ -1,0 +1,331 @@
+"""The Python client: ``AsyncClient`` for asyncio code, ``Client`` for scripts.
+
+Both speak the command subjects of flowbus.subjects and unwrap the reply
+envelope: data is returned, an error is raised as the matching
+``FlowbusError`` subclass (NotFound, Archived, ...). ``watch_flow_run``
+streams a run's state events and logs from JetStream.
+
+Reads: ``flowbus.evt.flow_run.<id>.>`` and ``flowbus.logs.<id>`` (watching).
+Writes: ``flowbus.cmd.*`` requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from datetime import datetime
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import BaseModel, JsonValue
+
+from flowbus import subjects
+from flowbus.runtime.nats import NatsUnavailable, connect
+from flowbus.schemas.agents import AgentList, ListAgents
+from flowbus.schemas.common import Empty, Message, Reply, error_from_info
+from flowbus.schemas.flows import (
+    CreateProject,
+    FlowList,
+    FlowOut,
+    GetFlow,
+    GetProject,
+    ListFlows,
+    ProjectList,
+    ProjectOut,
+    RegisterFlow,
+    SerializedFlow,
+)
+from flowbus.schemas.runs import (
+    CreateFlowRun,
+    FlowRunDetail,
+    FlowRunOut,
+    GetFlowRun,
+    GetFlowRunLogs,
+    LogBatch,
+    LogList,
+    LogRecord,
+    SetFlowRunState,
+    SetTaskRunState,
+    StateChanged,
+    StateSet,
+    StateSpec,
+)
+from flowbus.settings import Settings
+from flowbus.states import StateType, is_finished
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+# A watcher that vanishes leaves consumers behind; the server drops them after this.
+WATCH_CONSUMER_EXPIRY = 60.0
+
+
+class ServiceUnavailable(ConnectionError):
+    """The server is reachable but no instance of a service answered."""
+
+
+class AsyncClient:
+    def __init__(self, settings: Settings | None = None, nc: NatsClient | None = None) -> None:
+        self.settings = settings or Settings()
+        self._nc = nc
+        self._owns_connection = nc is None
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> NatsClient:
+        if self._nc is None:
+            self._nc = await connect(self.settings, "flowbus-client")
+        return self._nc
+
+    async def close(self) -> None:
+        if self._nc is not None and self._owns_connection and not self._nc.is_closed:
+            await self._nc.drain()
+        self._nc = None if self._owns_connection else self._nc
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "call connect() first"
+        return self._nc
+
+    async def request(self, subject: str, message: Message, reply: type[M]) -> M:
+        nc = await self.connect()
+        try:
+            msg = await nc.request(
+                subject, message.model_dump_json().encode(), timeout=self.settings.nats.request_timeout
+            )
+        except NoRespondersError as exc:
+            service = subject.split(".")[2]
+            raise ServiceUnavailable(f"no {service} service is running (nothing answered on {subject})") from exc
+        except NatsTimeout as exc:
+            raise ServiceUnavailable(f"the {subject.split('.')[2]} service did not answer in time") from exc
+        envelope = Reply[reply].model_validate_json(msg.data)  # type: ignore[valid-type]
+        if not envelope.ok:
+            assert envelope.error is not None
+            raise error_from_info(envelope.error)
+        assert envelope.data is not None
+        return envelope.data  # type: ignore[no-any-return]
+
+    # ---- projects and flows -------------------------------------------------
+
+    async def create_project(
+        self, name: str, description: str | None = None, skip_if_exists: bool = False
+    ) -> ProjectOut:
+        cmd = CreateProject(name=name, description=description, skip_if_exists=skip_if_exists)
+        return await self.request(subjects.Registration.CREATE_PROJECT, cmd, ProjectOut)
+
+    async def get_project(self, name: str) -> ProjectOut:
+        return await self.request(subjects.Registration.GET_PROJECT, GetProject(name=name), ProjectOut)
+
+    async def get_projects(self) -> list[ProjectOut]:
+        out = await self.request(subjects.Registration.LIST_PROJECTS, Empty(), ProjectList)
+        return out.projects
+
+    async def register(
+        self,
+        serialized_flow: SerializedFlow,
+        project_name: str,
+        version_group_id: str | None = None,
+        idempotency_key: str | None = None,
+        labels: list[str] | None = None,
+        set_schedule_active: bool = True,
+    ) -> FlowOut:
+        cmd = RegisterFlow(
+            project_name=project_name,
+            serialized_flow=serialized_flow,
+            version_group_id=version_group_id,
+            idempotency_key=idempotency_key,
+            labels=labels,
+            set_schedule_active=set_schedule_active,
+        )
+        return await self.request(subjects.Registration.REGISTER_FLOW, cmd, FlowOut)
+
+    async def get_flow(self, flow_id: str) -> FlowOut:
+        return await self.request(subjects.Registration.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut)
+
+    async def get_flows(
+        self,
+        project_name: str | None = None,
+        name: str | None = None,
+        archived: bool | None = None,
+        newest_only: bool = True,
+    ) -> list[FlowOut]:
+        query = ListFlows(project_name=project_name, name=name, archived=archived, newest_only=newest_only)
+        return (await self.request(subjects.Registration.LIST_FLOWS, query, FlowList)).flows
+
+    # ---- runs ---------------------------------------------------------------
+
+    async def create_flow_run(
+        self,
+        flow_id: str | None = None,
+        *,
+        version_group_id: str | None = None,
+        flow_name: str | None = None,
+        project_name: str | None = None,
+        parameters: dict[str, JsonValue] | None = None,
+        context: dict[str, JsonValue] | None = None,
+        labels: list[str] | None = None,
+        run_name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> FlowRunOut:
+        cmd = CreateFlowRun(
+            flow_id=flow_id,
+            version_group_id=version_group_id,
+            flow_name=flow_name,
+            project_name=project_name,
+            parameters=parameters or {},
+            context=context or {},
+            labels=labels,
+            run_name=run_name,
+            scheduled_start_time=scheduled_start_time,
+            # A random key per call makes the client's own retries safe.
+            idempotency_key=idempotency_key or f"client-{uuid.uuid4()}",
+        )
+        return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut)
+
+    async def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
+        return await self.request(subjects.State.GET_FLOW_RUN, GetFlowRun(flow_run_id=flow_run_id), FlowRunDetail)
+
+    async def set_flow_run_state(
+        self,
+        flow_run_id: str,
+        version: int,
+        state: StateType,
+        message: str | None = None,
+        agent_id: str | None = None,
+    ) -> StateSet:
+        cmd = SetFlowRunState(
+            flow_run_id=flow_run_id,
+            version=version,
+            state=StateSpec(type=state, message=message),
+            agent_id=agent_id,
+        )
+        return await self.request(subjects.State.SET_FLOW_RUN_STATE, cmd, StateSet)
+
+    async def set_task_run_state(
+        self, task_run_id: str, version: int, state: StateType, message: str | None = None
+    ) -> StateSet:
+        cmd = SetTaskRunState(task_run_id=task_run_id, version=version, state=StateSpec(type=state, message=message))
+        return await self.request(subjects.State.SET_TASK_RUN_STATE, cmd, StateSet)
+
+    async def get_flow_run_logs(self, flow_run_id: str) -> list[LogRecord]:
+        out = await self.request(subjects.State.GET_FLOW_RUN_LOGS, GetFlowRunLogs(flow_run_id=flow_run_id), LogList)
+        return out.records
+
+    async def get_agents(self) -> AgentList:
+        return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList)
+
+    async def watch_flow_run(self, flow_run_id: str) -> AsyncIterator[StateChanged | LogRecord]:
+        """Yield the run's state changes and log records, from the first, live.
+
+        Both come from JetStream (deliver all), so nothing published
+        before the watch started is missed. Ends after a finished state.
+        """
+        nc = await self.connect()
+        js = nc.jetstream()
+        queue: asyncio.Queue[StateChanged | LogRecord] = asyncio.Queue()
+
+        async def on_event(msg: Any) -> None:
+            if msg.subject.endswith(".state"):
+                queue.put_nowait(StateChanged.model_validate_json(msg.data))
+
+        async def on_logs(msg: Any) -> None:
+            for record in LogBatch.model_validate_json(msg.data).records:
+                queue.put_nowait(record)
+
+        # Plain ephemeral push consumers: nats-py's ordered consumer drops live
+        # messages when other subjects of the stream interleave with the filter.
+        def config() -> ConsumerConfig:
+            return ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=WATCH_CONSUMER_EXPIRY)
+
+        events = await js.subscribe(subjects.flow_run_events(flow_run_id), cb=on_event, config=config())
+        logs = await js.subscribe(subjects.logs(flow_run_id), cb=on_logs, config=config())
+        try:
+            while True:
+                item = await queue.get()
+                yield item
+                if isinstance(item, StateChanged) and is_finished(item.state.type):
+                    # Let log batches flushed just before the final state arrive.
+                    await _drain_tail(queue, self.settings.nats.request_timeout / 10)
+                    while not queue.empty():
+                        yield queue.get_nowait()
+                    return
+        finally:
+            await events.unsubscribe()
+            await logs.unsubscribe()
+
+
+
+
+async def _drain_tail(queue: asyncio.Queue[Any], quiet: float) -> None:
+    """Wait until no new item arrived for ``quiet`` seconds."""
+    size = -1
+    while queue.qsize() != size:
+        size = queue.qsize()
+        await asyncio.sleep(quiet)
+
+
+class Client:
+    """Blocking client for scripts: every AsyncClient method, run on a private loop thread."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="flowbus-client", daemon=True)
+        self._thread.start()
+        self._async = AsyncClient(settings)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_project(self, name: str, description: str | None = None, skip_if_exists: bool = False) -> ProjectOut:
+        return self._run(self._async.create_project(name, description, skip_if_exists))
+
+    def get_projects(self) -> list[ProjectOut]:
+        return self._run(self._async.get_projects())
+
+    def register(self, serialized_flow: SerializedFlow, project_name: str, **kwargs: Any) -> FlowOut:
+        return self._run(self._async.register(serialized_flow, project_name, **kwargs))
+
+    def get_flow(self, flow_id: str) -> FlowOut:
+        return self._run(self._async.get_flow(flow_id))
+
+    def get_flows(self, **kwargs: Any) -> list[FlowOut]:
+        return self._run(self._async.get_flows(**kwargs))
+
+    def create_flow_run(self, flow_id: str | None = None, **kwargs: Any) -> str:
+        """Create a run and return its id (as the 1.x client did)."""
+        return self._run(self._async.create_flow_run(flow_id, **kwargs)).id
+
+    def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
+        return self._run(self._async.get_flow_run(flow_run_id))
+
+    def set_flow_run_state(self, flow_run_id: str, version: int, state: StateType, message: str | None = None) -> StateSet:
+        return self._run(self._async.set_flow_run_state(flow_run_id, version, state, message))
+
+    def get_flow_run_logs(self, flow_run_id: str) -> list[LogRecord]:
+        return self._run(self._async.get_flow_run_logs(flow_run_id))
+
+
+__all__ = ["AsyncClient", "Client", "NatsUnavailable", "ServiceUnavailable"]

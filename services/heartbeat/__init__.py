@@ -1,0 +1,1 @@
+"""Heartbeat service: liveness of runs and agents, the agent registry."""

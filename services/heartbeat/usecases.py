@@ -1,0 +1,59 @@
+"""Heartbeat use cases. Owns the agent and run_heartbeat tables.
+
+Zombie Killer and Lazarus will live here too; they only ever *propose*
+transitions to the state service, never write runs themselves.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from flowbus.db.engine import Database
+from flowbus.db.tables import Agent, RunHeartbeat, utcnow
+from flowbus.schemas.agents import AgentList, AgentOut, RegisterAgent
+
+
+def _agent_out(agent: Agent) -> AgentOut:
+    return AgentOut(id=agent.id, name=agent.name, type=agent.type, labels=agent.labels, last_seen=agent.last_seen)
+
+
+async def register_agent(db: Database, cmd: RegisterAgent) -> AgentOut:
+    async with db.transaction() as session:
+        agent = await session.get(Agent, cmd.agent_id)
+        if agent is None:
+            agent = Agent(id=cmd.agent_id, name=cmd.name, type=cmd.type, labels=sorted(set(cmd.labels)))
+        else:
+            agent.name, agent.type, agent.labels = cmd.name, cmd.type, sorted(set(cmd.labels))
+            agent.last_seen = utcnow()
+        session.add(agent)
+        await session.flush()
+        return _agent_out(agent)
+
+
+async def agent_seen(db: Database, agent_id: str, when: datetime) -> None:
+    async with db.transaction() as session:
+        await session.execute(update(Agent).where(Agent.id == agent_id).values(last_seen=when))  # type: ignore[arg-type]
+
+
+async def list_agents(db: Database) -> AgentList:
+    async with db.session() as session:
+        rows = (await session.execute(select(Agent).order_by(Agent.name))).all()  # type: ignore[arg-type]
+        return AgentList(agents=[_agent_out(a) for (a,) in rows])
+
+
+async def run_heartbeat(db: Database, flow_run_id: str, when: datetime) -> bool:
+    """Record a run's heartbeat; False when the run does not exist."""
+    try:
+        async with db.transaction() as session:
+            row = await session.get(RunHeartbeat, flow_run_id)
+            if row is None:
+                session.add(RunHeartbeat(flow_run_id=flow_run_id, last_heartbeat=when))
+            elif row.last_heartbeat < when:
+                row.last_heartbeat = when
+                session.add(row)
+        return True
+    except IntegrityError:
+        return False

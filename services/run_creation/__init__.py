@@ -1,0 +1,1 @@
+"""Run-creation service: resolve the flow, merge parameters, create the run."""

@@ -1,0 +1,1 @@
+"""Scheduler service: time. Releases due runs onto run queues."""

@@ -1,0 +1,1 @@
+"""State service: flow-run and task-run states, their history, and logs."""
