@@ -90,7 +90,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         if self._nc is not None and self._owns_connection and not self._nc.is_closed:
-            await self._nc.drain()
+            # flush, not drain: drain waits up to 30 s on idle JetStream subscriptions.
+            await self._nc.flush()
+            await self._nc.close()
         self._nc = None if self._owns_connection else self._nc
 
     @property

@@ -198,7 +198,8 @@ def build_service(
 
     async def after_shutdown() -> None:
         if ctx.nc is not None and not ctx.nc.is_closed:
-            await ctx.nc.drain()
+            # The loops are stopped and every outbox publish was acknowledged.
+            await ctx.nc.close()
         await db.dispose()
 
     @get(include_in_schema=False)

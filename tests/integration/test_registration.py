@@ -1,0 +1,109 @@
+"""Registration through the service: projects, versions, archiving, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowbus.client import AsyncClient
+from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
+from flowbus.schemas.flows import SerializedFlow
+from tests.conftest import unique
+from tests.helpers import register, serialized_flow
+
+
+async def test_project_names_are_unique(client: AsyncClient) -> None:
+    name = unique("proj")
+    created = await client.create_project(name)
+    with pytest.raises(Conflict, match="already exists"):
+        await client.create_project(name)
+    again = await client.create_project(name, skip_if_exists=True)
+    assert again.id == created.id
+    assert name in [p.name for p in await client.get_projects()]
+
+
+async def test_register_needs_a_project(client: AsyncClient) -> None:
+    with pytest.raises(NotFound, match="not found"):
+        await client.register(serialized_flow("f"), unique("missing"))
+
+
+async def test_new_version_archives_the_old_one(client: AsyncClient) -> None:
+    project = unique("proj")
+    v1 = await register(client, project, "etl")
+    v2 = await register(client, project, "etl")
+    assert (v1.version, v2.version) == (1, 2)
+    assert v2.flow_group_id == v1.flow_group_id
+    assert (await client.get_flow(v1.id)).archived is True
+    assert (await client.get_flow(v2.id)).archived is False
+    newest = await client.get_flows(project_name=project)
+    assert [f.id for f in newest] == [v2.id]
+    assert len(await client.get_flows(project_name=project, newest_only=False)) == 2
+
+
+async def test_same_name_in_another_project_is_another_group(client: AsyncClient) -> None:
+    a = await register(client, unique("a"), "etl")
+    b = await register(client, unique("b"), "etl")
+    assert a.flow_group_id != b.flow_group_id
+    assert b.version == 1
+
+
+async def test_idempotency_key_skips_unchanged_registration(client: AsyncClient) -> None:
+    project = unique("proj")
+    first = await register(client, project, "etl", idempotency_key="hash-1")
+    again = await register(client, project, "etl", idempotency_key="hash-1")
+    assert again.skipped is True
+    assert again.id == first.id
+    changed = await register(client, project, "etl", idempotency_key="hash-2")
+    assert changed.version == 2
+
+
+async def test_explicit_version_group(client: AsyncClient) -> None:
+    project = unique("proj")
+    group = unique("group")
+    a = await register(client, project, "one", version_group_id=group)
+    b = await register(client, project, "two", version_group_id=group)
+    assert a.flow_group_id == b.flow_group_id == group
+    assert b.version == 2
+
+
+async def test_invalid_serialized_flows_are_refused(client: AsyncClient) -> None:
+    project = unique("proj")
+    await client.create_project(project)
+    good = serialized_flow("f").model_dump(mode="json")
+    bad_variants = [
+        {k: v for k, v in good.items() if k != "name"},
+        {**good, "tasks": [{"slug": "a", "name": "a"}, {"slug": "a", "name": "b"}]},
+        {**good, "parameters": {"x": 1}},
+    ]
+    for variant in bad_variants:
+        with pytest.raises(Exception) as info:  # noqa: PT011
+            SerializedFlow.model_validate(variant)
+        assert "validation error" in str(info.value).lower()
+    # And through the wire: the service refuses and stores nothing.
+    import json
+
+    import nats
+
+    from flowbus import subjects
+
+    nc = await nats.connect(client.settings.nats_url)
+    try:
+        for variant in bad_variants:
+            body = json.dumps({"project_name": project, "serialized_flow": variant}).encode()
+            reply = json.loads((await nc.request(subjects.Registration.REGISTER_FLOW, body, timeout=10)).data)
+            assert reply["error"]["code"] == "VALIDATION_ERROR"
+    finally:
+        await nc.close()
+    assert await client.get_flows(project_name=project) == []
+    with pytest.raises(ValidationFailed):
+        raise ValidationFailed("sanity")
+
+
+async def test_concurrent_registrations_never_duplicate_versions(client: AsyncClient) -> None:
+    import asyncio
+
+    project = unique("proj")
+    await client.create_project(project)
+    outs = await asyncio.gather(*(client.register(serialized_flow("race"), project) for _ in range(8)))
+    assert sorted(o.version for o in outs) == list(range(1, 9))
+    unarchived = await client.get_flows(project_name=project, archived=False, newest_only=False)
+    assert len(unarchived) == 1

@@ -1,0 +1,62 @@
+"""Every command subject answers bad input with VALIDATION_ERROR and keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+import pytest
+
+from flowbus import subjects
+from flowbus.client import AsyncClient
+from flowbus.settings import Settings
+
+BAD_BODIES = [
+    pytest.param(b"this is not json", id="malformed-json"),
+    pytest.param(b"[1, 2, 3]", id="not-an-object"),
+    pytest.param(json.dumps({"no_such_field": 1}).encode(), id="unknown-field"),
+    pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+]
+
+
+async def _request(settings: Settings, subject: str, body: bytes) -> dict:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        reply = await nc.request(subject, body, timeout=10)
+        return json.loads(reply.data)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+async def test_every_command_subject_refuses_bad_input(stack: Settings, body: bytes) -> None:
+    for subject in subjects.COMMAND_SUBJECTS:
+        reply = await _request(stack, subject, body)
+        assert reply["ok"] is False, subject
+        assert reply["error"]["code"] == "VALIDATION_ERROR", (subject, reply)
+        assert reply["error"]["message"], subject
+    # Still serving afterwards.
+    async with AsyncClient(stack) as client:
+        assert isinstance(await client.get_projects(), list)
+
+
+async def test_wrong_types_name_the_field(stack: Settings) -> None:
+    reply = await _request(stack, subjects.Registration.CREATE_PROJECT, json.dumps({"name": 5}).encode())
+    assert reply["error"]["code"] == "VALIDATION_ERROR"
+    assert "name" in reply["error"]["message"]
+
+
+async def test_oversize_payload_is_refused_and_changes_nothing(stack: Settings) -> None:
+    limit = stack.nats.max_command_bytes
+    body = json.dumps({"name": "big", "description": "x" * (limit + 10)}).encode()
+    reply = await _request(stack, subjects.Registration.CREATE_PROJECT, body)
+    assert reply["error"]["code"] == "VALIDATION_ERROR"
+    assert str(limit) in reply["error"]["message"]
+    async with AsyncClient(stack) as client:
+        assert "big" not in [p.name for p in await client.get_projects()]
+
+
+async def test_empty_and_overlong_names(stack: Settings) -> None:
+    for name in ["", "   ", "n" * 256]:
+        reply = await _request(stack, subjects.Registration.CREATE_PROJECT, json.dumps({"name": name}).encode())
+        assert reply["error"]["code"] == "VALIDATION_ERROR", name
