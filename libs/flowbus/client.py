@@ -268,8 +268,6 @@ class AsyncClient:
             await logs.unsubscribe()
 
 
-
-
 async def _drain_tail(queue: asyncio.Queue[Any], quiet: float) -> None:
     """Wait until no new item arrived for ``quiet`` seconds."""
     size = -1
@@ -323,7 +321,9 @@ class Client:
     def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
         return self._run(self._async.get_flow_run(flow_run_id))
 
-    def set_flow_run_state(self, flow_run_id: str, version: int, state: StateType, message: str | None = None) -> StateSet:
+    def set_flow_run_state(
+        self, flow_run_id: str, version: int, state: StateType, message: str | None = None
+    ) -> StateSet:
         return self._run(self._async.set_flow_run_state(flow_run_id, version, state, message))
 
     def get_flow_run_logs(self, flow_run_id: str) -> list[LogRecord]:

@@ -108,16 +108,20 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
-                "-c", str(config),
-                "-a", "127.0.0.1",
-                "-p", str(self.port),
+                "-c",
+                str(config),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
                 "-js",
-                "-sd", str(self.store_dir),
+                "-sd",
+                str(self.store_dir),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite+aiosqlite:///{self.home / 'flowbus.db'}"
 
+    def nats_servers(self) -> list[str]:
+        """The NATS URL(s): ``FLOWBUS_NATS_URL`` may list a cluster, comma-separated."""
+        return [u.strip() for u in self.resolved_nats_url().split(",") if u.strip()]
+
     def resolved_nats_url(self) -> str:
         """The NATS URL to connect to: the setting, else the running `flowbus up`."""
         if self.nats_url:

@@ -101,7 +101,6 @@ def flow_run_events(flow_run_id: str) -> str:
     return f"{PREFIX}.evt.flow_run.{flow_run_id}.>"
 
 
-
 # ---- logs (JetStream stream LOGS) ------------------------------------------
 
 LOGS_STREAM: Final = "FLOWBUS_LOGS"
@@ -152,11 +151,7 @@ def agent_run_queues(agent_labels: Iterable[str]) -> list[str]:
         raise ValueError(f"An agent may have at most {MAX_AGENT_LABELS} labels, got {len(unique)}.")
     if not unique:
         return [run_queue([])]
-    return [
-        run_queue(subset)
-        for size in range(1, len(unique) + 1)
-        for subset in combinations(unique, size)
-    ]
+    return [run_queue(subset) for size in range(1, len(unique) + 1) for subset in combinations(unique, size)]
 
 
 def agent_durable(agent_labels: Iterable[str]) -> str:

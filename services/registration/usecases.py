@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
@@ -40,10 +41,10 @@ VERSION_RETRIES = 10
 
 async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
     async with db.transaction() as session:
-        existing = (await session.exec(select(Project).where(Project.name == cmd.name))).first()  # type: ignore[call-overload]
+        existing = (await session.exec(select(Project).where(col(Project.name) == cmd.name))).first()
         if existing is not None:
             if cmd.skip_if_exists:
-                return project_out(existing[0])
+                return project_out(existing)
             raise Conflict(f'Project "{cmd.name}" already exists.')
         project = Project(name=cmd.name, description=cmd.description)
         session.add(project)
@@ -54,10 +55,10 @@ async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
 
 
 async def _project_by_name(session: AsyncSession, name: str) -> Project:
-    row = (await session.execute(select(Project).where(Project.name == name))).first()  # type: ignore[arg-type]
-    if row is None:
+    project = (await session.exec(select(Project).where(col(Project.name) == name))).first()
+    if project is None:
         raise NotFound(f'Project "{name}" not found.')
-    return row[0]
+    return project
 
 
 async def get_project(db: Database, query: GetProject) -> ProjectOut:
@@ -130,13 +131,17 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
 
         # A new version archives every other version of its group.
         archived_ids = (
-            await session.execute(
-                update(Flow)
-                .where(Flow.flow_group_id == group.id, Flow.id != flow.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
-                .values(archived=True, is_schedule_active=False)
-                .returning(Flow.id)
+            (
+                await session.execute(
+                    update(Flow)
+                    .where(Flow.flow_group_id == group.id, Flow.id != flow.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
+                    .values(archived=True, is_schedule_active=False)
+                    .returning(col(Flow.id))
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         if cmd.idempotency_key is not None:
             group.idempotency_key = cmd.idempotency_key
             session.add(group)
@@ -180,9 +185,7 @@ async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFl
         group = await session.get(FlowGroup, cmd.version_group_id)
         if group is not None:
             if group.project_id != project.id:
-                raise Conflict(
-                    f"Version group {cmd.version_group_id} belongs to another project."
-                )
+                raise Conflict(f"Version group {cmd.version_group_id} belongs to another project.")
             return group
         group = FlowGroup(id=cmd.version_group_id, project_id=project.id, name=cmd.serialized_flow.name)
     else:
@@ -196,7 +199,8 @@ async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFl
             )
         ).first()
         if row is not None:
-            return row[0]
+            found: FlowGroup = row[0]
+            return found
         group = FlowGroup(project_id=project.id, name=cmd.serialized_flow.name)
     session.add(group)
     await session.flush()

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
@@ -113,9 +114,7 @@ async def _create(db: Database, cmd: CreateFlowRun, idempotency_ttl: float | Non
                 )
             )
         session.add(
-            StateHistory(
-                flow_run_id=run.id, type=run.state, message=SCHEDULED_MESSAGE, version=1, timestamp=now
-            )
+            StateHistory(flow_run_id=run.id, type=run.state, message=SCHEDULED_MESSAGE, version=1, timestamp=now)
         )
         await session.flush()
         out = flow_run_out(run, flow, project)
@@ -174,7 +173,7 @@ async def _resolve_flow(session: AsyncSession, cmd: CreateFlowRun) -> tuple[Flow
         return flow, group, project
 
     stmt = (
-        select(Flow.id)
+        select(col(Flow.id))
         .join(Project, Project.id == Flow.project_id)  # type: ignore[arg-type]
         .where(Flow.archived.is_(False))  # type: ignore[attr-defined]
     )
@@ -185,9 +184,7 @@ async def _resolve_flow(session: AsyncSession, cmd: CreateFlowRun) -> tuple[Flow
                 raise NotFound(f"Version group {cmd.version_group_id} not found")
             raise NotFound(f"Version group {cmd.version_group_id} has no unarchived flows.")
         if len(ids) > 1:
-            raise Conflict(
-                f"Version group {cmd.version_group_id} has {len(ids)} unarchived flows; give a flow id."
-            )
+            raise Conflict(f"Version group {cmd.version_group_id} has {len(ids)} unarchived flows; give a flow id.")
         return await load_flow(session, ids[0])
 
     stmt = stmt.where(Flow.name == cmd.flow_name)  # type: ignore[arg-type]
@@ -201,13 +198,9 @@ async def _resolve_flow(session: AsyncSession, cmd: CreateFlowRun) -> tuple[Flow
     groups = {flow.flow_group_id for flow, _g, _p in candidates}
     if len(groups) > 1:
         projects = sorted({p.name for _f, _g, p in candidates})
-        raise Conflict(
-            f'Flow name "{cmd.flow_name}" is not unique (projects: {", ".join(projects)}); give a project.'
-        )
+        raise Conflict(f'Flow name "{cmd.flow_name}" is not unique (projects: {", ".join(projects)}); give a project.')
     if len(candidates) > 1:
-        raise Conflict(
-            f'Flow "{cmd.flow_name}" has {len(candidates)} unarchived versions; give a flow id.'
-        )
+        raise Conflict(f'Flow "{cmd.flow_name}" has {len(candidates)} unarchived versions; give a flow id.')
     return candidates[0]
 
 

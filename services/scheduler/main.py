@@ -25,9 +25,7 @@ def build_app(settings: Settings | None = None) -> AsgiFastStream:
     def register(ctx: ServiceContext) -> None:
         @ctx.broker.subscriber(subjects.Scheduler.STATUS, queue=subjects.Scheduler.QUEUE, title="status")
         async def status(query: Empty) -> Reply[SchedulerStatus]:
-            return Reply.success(
-                SchedulerStatus(released_total=state.released_total, last_release=state.last_release)
-            )
+            return Reply.success(SchedulerStatus(released_total=state.released_total, last_release=state.last_release))
 
     return build_service(NAME, settings or Settings(), register, loops=[release_loop(state)])
 

@@ -54,7 +54,9 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
         previous = state.recent.get(run_id)
         if previous is not None and previous[0] == version and mono - previous[1] < window:
             continue
-        due.append(RunQueued(flow_run_id=run_id, flow_id=flow_id, version=version, labels=labels, scheduled_start_time=start))
+        due.append(
+            RunQueued(flow_run_id=run_id, flow_id=flow_id, version=version, labels=labels, scheduled_start_time=start)
+        )
     if due:
         js = ctx.jetstream
         await asyncio.gather(

@@ -72,7 +72,7 @@ async def write_logs(ctx: ServiceContext) -> None:
     while True:
         try:
             msgs = await psub.fetch(LOG_FETCH_BATCH, timeout=1.0)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             continue
         records: list[LogRecord] = []
         for msg in msgs:

@@ -36,12 +36,8 @@ def leave_finished_only_to_rerun(p: Proposal) -> None:
 
 def claim_once(p: Proposal) -> None:
     """One agent claims a run: Submitted only from a Scheduled (or Queued) state."""
-    if p.target is StateType.SUBMITTED and not (
-        is_a(p.current, StateType.SCHEDULED) or p.current is StateType.QUEUED
-    ):
-        raise Conflict(
-            f"{p.kind.capitalize()} {p.run_id} was already claimed ({p.current.value})."
-        )
+    if p.target is StateType.SUBMITTED and not (is_a(p.current, StateType.SCHEDULED) or p.current is StateType.QUEUED):
+        raise Conflict(f"{p.kind.capitalize()} {p.run_id} was already claimed ({p.current.value}).")
 
 
 def task_runs_inside_running_flow_run(p: Proposal) -> None:
@@ -51,9 +47,7 @@ def task_runs_inside_running_flow_run(p: Proposal) -> None:
         and (p.flow_run_state is None or not is_a(p.flow_run_state, StateType.RUNNING))
     ):
         state = p.flow_run_state.value if p.flow_run_state else "unknown"
-        raise Conflict(
-            f"Task run {p.run_id} cannot run while its flow run is {state}."
-        )
+        raise Conflict(f"Task run {p.run_id} cannot run while its flow run is {state}.")
 
 
 RULES: tuple[Callable[[Proposal], None], ...] = (

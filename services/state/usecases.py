@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
@@ -282,7 +283,7 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
     async with db.transaction() as session:
         run_ids = {r.flow_run_id for r in records}
         known = set(
-            (await session.execute(select(FlowRun.id).where(FlowRun.id.in_(run_ids)))).scalars().all()  # type: ignore[attr-defined]
+            (await session.execute(select(col(FlowRun.id)).where(col(FlowRun.id).in_(run_ids)))).scalars().all()  # type: ignore[attr-defined]
         )
         kept = [r for r in records if r.flow_run_id in known]
         dropped = len(records) - len(kept)

@@ -13,7 +13,6 @@ from flowbus.schemas.runs import LogRecord, StateChanged
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from tests.conftest import unique
-from tests.helpers import register
 
 FLOW_SCRIPT = """
 import flowbus
@@ -72,7 +71,9 @@ async def _registered(client: AsyncClient, tmp_path: Path, fail: bool = False) -
     return out.id
 
 
-async def test_agent_runs_a_flow_to_success_and_ships_logs(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
+async def test_agent_runs_a_flow_to_success_and_ships_logs(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
     flow_id = await _registered(client, tmp_path)
     agent = LocalAgent(stack, labels=["itest"], hostname_label=True)
     task = asyncio.create_task(agent.run())
@@ -109,7 +110,9 @@ async def test_failing_flow_ends_failed(stack: Settings, client: AsyncClient, tm
         await task
 
 
-async def test_run_waits_for_an_agent_with_matching_labels(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
+async def test_run_waits_for_an_agent_with_matching_labels(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
     flow_id = await _registered(client, tmp_path)
     # Created before any agent exists; a non-matching agent must not take it.
     run = await client.create_flow_run(flow_id, labels=["itest", "gpu"])
@@ -139,7 +142,8 @@ async def test_future_run_is_released_by_the_scheduler(stack: Settings, client: 
         states, _ = await watch_until_finished(client, run.id)
         assert states[-1] is StateType.SUCCESS
         detail = await client.get_flow_run(run.id)
-        assert detail.run.start_time is not None and detail.run.start_time >= start
+        assert detail.run.start_time is not None
+        assert detail.run.start_time >= start
     finally:
         agent.stop()
         await task

@@ -15,6 +15,7 @@ Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -92,7 +93,7 @@ class LocalAgent:
             while not self._stop.is_set():
                 try:
                     msgs = await psub.fetch(batch=8, timeout=1.0)
-                except (NatsTimeout, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeout):
                     continue
                 for msg in msgs:
                     await self._handle(msg)
@@ -150,27 +151,29 @@ class LocalAgent:
             message = f"Submitted for execution: PID: {proc.pid}"
             log.info("Flow run %s: %s", queued.flow_run_id, message)
             shipper.log(logging.INFO, message)
-            await shipper.flush()
+            await shipper.publish_pending()
             code = await proc.wait()
             if code != 0:
                 await self._fail_if_unfinished(queued.flow_run_id, f"Flow run process exited with code {code}.")
         except FlowbusError as exc:
             log.error("Flow run %s: %s", queued.flow_run_id, exc.message)
         finally:
-            await shipper.close()
+            await shipper.stop()
             self._slots.release()
 
     async def _fail_if_unfinished(self, flow_run_id: str, message: str) -> None:
         detail = await self.client.get_flow_run(flow_run_id)
         if not is_finished(detail.run.state.type):
-            try:
+            # Losing here means the run already moved on (e.g. the runner finished it).
+            with contextlib.suppress(VersionLockingError, Conflict):
                 await self.client.set_flow_run_state(flow_run_id, detail.run.version, StateType.FAILED, message)
-            except (VersionLockingError, Conflict):
-                pass
 
 
 def run_local_agent(
-    labels: list[str] | None = None, name: str | None = None, hostname_label: bool = True, settings: Settings | None = None
+    labels: list[str] | None = None,
+    name: str | None = None,
+    hostname_label: bool = True,
+    settings: Settings | None = None,
 ) -> None:
     """Run an agent in the foreground until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s | %(message)s")

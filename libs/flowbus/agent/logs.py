@@ -65,9 +65,9 @@ class LogShipper(logging.Handler):
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             # Shielded: cancelling the loop never drops records taken off the queue.
-            await asyncio.shield(self.flush())
+            await asyncio.shield(self.publish_pending())
 
-    async def flush(self) -> None:
+    async def publish_pending(self) -> None:
         """Publish everything queued so far (call before the run's final state)."""
         async with self._lock:
             while not self.queue.empty():
@@ -75,12 +75,12 @@ class LogShipper(logging.Handler):
                 payload = LogBatch(records=records).model_dump_json().encode()
                 await self.js.publish(subjects.logs(self.flow_run_id), payload)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self.flush()
+        await self.publish_pending()
 
 
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}

@@ -110,7 +110,7 @@ async def execute(flow_run_id: str, settings: Settings) -> int:
         heartbeat: asyncio.Task[None] | None = None
 
         async def finish(state: StateType, message: str) -> None:
-            await shipper.flush()
+            await shipper.publish_pending()
             await client.set_flow_run_state(run.id, version, state, message)
 
         try:
@@ -150,7 +150,7 @@ async def execute(flow_run_id: str, settings: Settings) -> int:
             if heartbeat is not None:
                 heartbeat.cancel()
             logging.getLogger("flowbus").removeHandler(shipper)
-            await shipper.close()
+            await shipper.stop()
 
 
 async def _heartbeats(client: AsyncClient, flow_run_id: str, interval: float) -> None:

@@ -110,9 +110,7 @@ class Flow(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     project_id: str = _fk("project.id")
-    flow_group_id: str = Field(
-        sa_column_args=[sa.ForeignKey("flow_group.id", ondelete="CASCADE")], max_length=255
-    )
+    flow_group_id: str = Field(sa_column_args=[sa.ForeignKey("flow_group.id", ondelete="CASCADE")], max_length=255)
     name: str = Field(max_length=255)
     version: int
     description: str | None = None
@@ -163,9 +161,7 @@ class FlowRun(SQLModel, table=True):
 
 class TaskRun(SQLModel, table=True):
     __tablename__ = "task_run"
-    __table_args__ = (
-        sa.UniqueConstraint("flow_run_id", "task_slug", "map_index", name="uq_task_run_slot"),
-    )
+    __table_args__ = (sa.UniqueConstraint("flow_run_id", "task_slug", "map_index", name="uq_task_run_slot"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     flow_run_id: str = _fk("flow_run.id", index=True)

@@ -25,9 +25,7 @@ from flowbus.states import StateType
 
 
 def project_out(project: Project) -> ProjectOut:
-    return ProjectOut(
-        id=project.id, name=project.name, description=project.description, created=project.created
-    )
+    return ProjectOut(id=project.id, name=project.name, description=project.description, created=project.created)
 
 
 def flow_out(flow: Flow, group: FlowGroup, project: Project, *, skipped: bool = False) -> FlowOut:

@@ -43,18 +43,29 @@ async def _probe(url: str, timeout: float) -> None:
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError) as exc:
-        raise NatsUnavailable(url, "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc) or "timed out") from None
+        raise NatsUnavailable(
+            url, "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc) or "timed out"
+        ) from None
     writer.close()
 
 
 async def connect(settings: Settings, name: str) -> NatsClient:
     """Connect, failing fast with the URL in the message; reconnect for ever once connected."""
-    url = settings.resolved_nats_url()
-    first = url.split(",")[0]
-    await _probe(first, settings.nats.connect_timeout)
+    servers = settings.nats_servers()
+    url = ",".join(servers)
+    # One reachable member of a cluster is enough to start.
+    failures: list[NatsUnavailable] = []
+    for server in servers:
+        try:
+            await _probe(server, settings.nats.connect_timeout)
+            break
+        except NatsUnavailable as exc:
+            failures.append(exc)
+    else:
+        raise failures[0] if len(failures) == 1 else NatsUnavailable(url, "no server of the cluster answered")
     try:
         return await nats.connect(
-            url,
+            servers,
             name=name,
             connect_timeout=settings.nats.connect_timeout,
             allow_reconnect=True,

@@ -11,6 +11,7 @@ drops the repeat by its message id within the duplicate window).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.js import JetStreamContext
@@ -25,17 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def stage(session: AsyncSession, owner: str, subject: str, message: Message, msg_id: str) -> None:
-    session.add(
-        Outbox(owner=owner, subject=subject, msg_id=msg_id, payload=message.model_dump_json().encode())
-    )
+    session.add(Outbox(owner=owner, subject=subject, msg_id=msg_id, payload=message.model_dump_json().encode()))
 
 
 class OutboxRelay:
     """Publishes one owner's outbox rows; wake it with :meth:`kick` after a commit."""
 
-    def __init__(
-        self, owner: str, db: Database, js: JetStreamContext, batch: int = 256, idle: float = 1.0
-    ) -> None:
+    def __init__(self, owner: str, db: Database, js: JetStreamContext, batch: int = 256, idle: float = 1.0) -> None:
         self.owner = owner
         self.db = db
         self.js = js
@@ -56,10 +53,8 @@ class OutboxRelay:
             except Exception:
                 # NATS or the database is briefly away: the rows stay and are retried.
                 log.exception("outbox relay of %s failed; retrying", self.owner)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.idle)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def flush(self) -> int:

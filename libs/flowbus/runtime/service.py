@@ -147,7 +147,7 @@ def envelope_middleware() -> ExceptionMiddleware:
 
 def make_broker(settings: Settings, name: str) -> NatsBroker:
     return NatsBroker(
-        settings.resolved_nats_url(),
+        settings.nats_servers(),
         name=f"flowbus-{name}",
         connect_timeout=int(max(1, settings.nats.connect_timeout)),
         decoder=lenient_json_decoder(settings.nats.max_command_bytes),

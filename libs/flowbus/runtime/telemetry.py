@@ -2,8 +2,9 @@
 
 Spans are always created (faststream's NATS middleware puts the W3C trace
 context in message headers, so one trace spans CLI, services and agent);
-they are exported to the console when ``FLOWBUS_OTEL_CONSOLE=1``, and to any
-exporter an operator configures on the global provider.
+they are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set
+(the collector of docker-compose.yml), and to the console when
+``FLOWBUS_OTEL_CONSOLE=1``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 @cache
 def tracer_provider(service: str) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": f"flowbus-{service}"}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if os.environ.get("FLOWBUS_OTEL_CONSOLE") == "1":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     return provider

@@ -92,8 +92,7 @@ class InternalError(FlowbusError):
 
 
 ERRORS_BY_CODE: dict[ErrorCode, type[FlowbusError]] = {
-    cls.code: cls
-    for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, InternalError)
+    cls.code: cls for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, InternalError)
 }
 
 

@@ -67,7 +67,9 @@ def run_flow(flow: Flow, parameters: dict[str, Any], hooks: Hooks) -> FlowResult
             args = [results[a.slug] if isinstance(a, TaskRef) else a for a in node.args]
             kwargs = {k: results[v.slug] if isinstance(v, TaskRef) else v for k, v in node.kwargs.items()}
             logger = logging.getLogger(f"flowbus.task.{node.task.name}")
-            with context.scope(logger=logger, task_name=node.task.name, task_slug=node.slug, **hooks.task_scope(node.slug)):
+            with context.scope(
+                logger=logger, task_name=node.task.name, task_slug=node.slug, **hooks.task_scope(node.slug)
+            ):
                 states[node.slug], results[node.slug] = _run_task(node.slug, node.task, args, kwargs, hooks, logger)
     terminal = [slug for slug in flow.nodes if slug not in downstream_of]
     if all(states.get(slug) is StateType.SUCCESS for slug in terminal):

@@ -160,7 +160,9 @@ class Flow:
                 for n in self.nodes.values()
             ],
             edges=[
-                EdgeSpec(upstream=up, downstream=n.slug, key=key) for n in self.nodes.values() for up, key in n.upstreams()
+                EdgeSpec(upstream=up, downstream=n.slug, key=key)
+                for n in self.nodes.values()
+                for up, key in n.upstreams()
             ],
             storage=self._storage,
             run_config=RunConfigSpec(labels=sorted(labels)),

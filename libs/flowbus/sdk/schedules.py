@@ -23,8 +23,13 @@ class CronClock(Clock):
         self.cron, self.timezone = cron, timezone
 
     def spec(self) -> ClockSpec:
-        return ClockSpec(type="cron", cron=self.cron, timezone=self.timezone,
-                         parameter_defaults=self.parameter_defaults, labels=self.labels)
+        return ClockSpec(
+            type="cron",
+            cron=self.cron,
+            timezone=self.timezone,
+            parameter_defaults=self.parameter_defaults,
+            labels=self.labels,
+        )
 
 
 class IntervalClock(Clock):
@@ -33,8 +38,13 @@ class IntervalClock(Clock):
         self.interval, self.start_date = interval, start_date
 
     def spec(self) -> ClockSpec:
-        return ClockSpec(type="interval", interval_seconds=self.interval.total_seconds(), start_date=self.start_date,
-                         parameter_defaults=self.parameter_defaults, labels=self.labels)
+        return ClockSpec(
+            type="interval",
+            interval_seconds=self.interval.total_seconds(),
+            start_date=self.start_date,
+            parameter_defaults=self.parameter_defaults,
+            labels=self.labels,
+        )
 
 
 class DatesClock(Clock):

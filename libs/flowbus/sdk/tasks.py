@@ -81,7 +81,11 @@ def task(fn: Callable[..., Any], /) -> Task: ...
 
 @overload
 def task(
-    *, name: str | None = None, max_retries: int = 0, retry_delay: timedelta | None = None, tags: list[str] | None = None
+    *,
+    name: str | None = None,
+    max_retries: int = 0,
+    retry_delay: timedelta | None = None,
+    tags: list[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Task]: ...
 
 

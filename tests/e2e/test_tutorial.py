@@ -1,0 +1,252 @@
+"""The "First Flow" tutorial (seed 003, both variants), as a new user runs it.
+
+Everything is a subprocess driven through the `flowbus` command and plain
+`python` scripts, sharing only ``FLOWBUS_HOME`` (no URL is configured: the
+CLI and SDK find the server through the endpoint file of `flowbus up`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+FLOWBUS = str(BIN / "flowbus")
+
+HELLO_FLOW = """
+import flowbus
+from flowbus import task, Flow
+
+@task
+def say_hello():
+    logger = flowbus.context.get("logger")
+    logger.info("Hello, Cloud!")
+
+with Flow("hello-flow") as flow:
+    say_hello()
+
+# Register the flow under the "tutorial" project
+flow.register(project_name="tutorial")
+"""
+
+HELLO_FLOW_V2 = """
+import flowbus
+from flowbus import task, Flow
+
+@task
+def hello_task():
+    logger = flowbus.context.get("logger")
+    logger.info("Hello, Cloud!")
+
+flow = Flow("hello-flow-2", tasks=[hello_task])
+flow.register(project_name="tutorial", idempotency_key=flow.serialized_hash())
+flow.run_agent()
+"""
+
+FAILING_FLOW = """
+from flowbus import task, Flow
+
+@task
+def broken():
+    raise ValueError("this flow fails")
+
+flow = Flow("failing-flow", tasks=[broken])
+flow.register(project_name="tutorial")
+"""
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBUS_")}
+    env["FLOWBUS_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(args: list[str], home: Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> list[str]:
+    """Read the process's output until a line contains ``needle`` (the event we wait for)."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} never appeared; output so far:\n{''.join(seen)}")
+
+
+def start(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, env=_env(home), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    return proc.returncode
+
+
+def nats_is_listening(url: str) -> bool:
+    host, port = url.removeprefix("nats://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "flowbus-home"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    (path / "hello_flow.py").write_text(textwrap.dedent(HELLO_FLOW))
+    (path / "hello_flow_2.py").write_text(textwrap.dedent(HELLO_FLOW_V2))
+    (path / "failing_flow.py").write_text(textwrap.dedent(FAILING_FLOW))
+    return path
+
+
+@pytest.fixture
+def server(home: Path, workdir: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = start([FLOWBUS, "up"], home, workdir)
+    try:
+        wait_for_line(proc, "Press Ctrl-C to stop.")
+        yield proc
+    finally:
+        stop(proc)
+
+
+def test_no_server_fails_at_once_with_the_url(home: Path, workdir: Path) -> None:
+    from flowbus.embedded import free_port
+
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = {**_env(home), "FLOWBUS_NATS_URL": url}
+    result = subprocess.run(
+        [FLOWBUS, "create", "project", "tutorial"], env=env, cwd=workdir, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert url in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir: Path) -> None:
+    endpoint = json.loads((home / "endpoint.json").read_text())
+    assert not endpoint["nats_url"].endswith(":4222"), "must never take the system NATS port"
+
+    # 3. create the project; a duplicate is an error, --skip-if-exists is not.
+    created = run([FLOWBUS, "create", "project", "tutorial"], home, workdir)
+    assert created.returncode == 0, created.stderr
+    duplicate = run([FLOWBUS, "create", "project", "tutorial"], home, workdir)
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr
+    assert run([FLOWBUS, "create", "project", "tutorial", "--skip-if-exists"], home, workdir).returncode == 0
+
+    # 4. register by running the script.
+    registered = run([sys.executable, "hello_flow.py"], home, workdir)
+    assert registered.returncode == 0, registered.stderr
+    assert "Project: tutorial" in registered.stdout
+    assert "Version: 1" in registered.stdout
+    assert f"Labels: ['{socket.gethostname()}']" in registered.stdout
+    flow_id = next(line.split("ID: ")[1] for line in registered.stdout.splitlines() if "ID: " in line).strip()
+
+    # 5. a local agent waits for runs.
+    agent = start([FLOWBUS, "agent", "local", "start"], home, workdir)
+    try:
+        wait_for_line(agent, "waiting for flow runs")
+
+        # 6. run and watch: states and the flow's log line, live; exit 0.
+        watched = run([FLOWBUS, "run", "--name", "hello-flow", "--project", "tutorial", "--watch"], home, workdir)
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        out = watched.stdout
+        for needle in ("Entered state Scheduled", "Entered state Submitted", "Entered state Running",
+                       "Entered state Success", "Hello, Cloud!", "Submitted for execution: PID:"):
+            assert needle in out, out
+        assert out.index("Entered state Submitted") < out.index("Hello, Cloud!") < out.index("Entered state Success")
+
+        # A failing flow ends with exit code 1.
+        assert run([sys.executable, "failing_flow.py"], home, workdir).returncode == 0
+        failed = run([FLOWBUS, "run", "--name", "failing-flow", "--watch"], home, workdir)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "Entered state Failed" in failed.stdout
+
+        # The Python client creates runs too.
+        code = f"from flowbus import Client; print(Client().create_flow_run(flow_id={flow_id!r}))"
+        by_client = run([sys.executable, "-c", code], home, workdir)
+        assert by_client.returncode == 0, by_client.stderr
+        assert len(by_client.stdout.strip()) == 36
+    finally:
+        assert stop(agent) == 0
+
+
+def test_second_variant_registers_idempotently_and_runs_its_own_agent(
+    server: subprocess.Popen[str], home: Path, workdir: Path
+) -> None:
+    assert run([FLOWBUS, "create", "project", "tutorial", "--skip-if-exists"], home, workdir).returncode == 0
+    script_agent = start([sys.executable, "hello_flow_2.py"], home, workdir)
+    try:
+        first = wait_for_line(script_agent, "waiting for flow runs")
+        assert any("Version: 1" in line for line in first)
+        watched = run([FLOWBUS, "run", "--name", "hello-flow-2", "--watch"], home, workdir)
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        assert "Hello, Cloud!" in watched.stdout
+    finally:
+        stop(script_agent)
+    # Unchanged flow, same key: no new version.
+    again = start([sys.executable, "hello_flow_2.py"], home, workdir)
+    try:
+        lines = wait_for_line(again, "waiting for flow runs")
+        assert any("skipped: unchanged" in line for line in lines), lines
+        assert any("Version: 1" in line for line in lines), lines
+    finally:
+        stop(again)
+
+
+def test_up_stops_cleanly_and_reuses_its_data(home: Path, workdir: Path) -> None:
+    first = start([FLOWBUS, "up"], home, workdir)
+    wait_for_line(first, "Press Ctrl-C to stop.")
+    url = json.loads((home / "endpoint.json").read_text())["nats_url"]
+    assert run([FLOWBUS, "create", "project", "kept"], home, workdir).returncode == 0
+    assert stop(first, signal.SIGTERM) == 0
+    assert not (home / "endpoint.json").exists()
+    assert not nats_is_listening(url), "the NATS server must stop with flowbus up"
+
+    second = start([FLOWBUS, "up"], home, workdir)
+    try:
+        wait_for_line(second, "Press Ctrl-C to stop.")
+        projects = run([FLOWBUS, "get", "projects"], home, workdir)
+        assert "kept" in projects.stdout
+    finally:
+        assert stop(second) == 0
