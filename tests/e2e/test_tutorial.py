@@ -96,9 +96,7 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60)
 
 
 def start(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args, env=_env(home), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return subprocess.Popen(args, env=_env(home), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
@@ -153,7 +151,13 @@ def test_no_server_fails_at_once_with_the_url(home: Path, workdir: Path) -> None
     url = f"nats://127.0.0.1:{free_port()}"
     env = {**_env(home), "FLOWBUS_NATS_URL": url}
     result = subprocess.run(
-        [FLOWBUS, "create", "project", "tutorial"], env=env, cwd=workdir, capture_output=True, text=True, timeout=30
+        [FLOWBUS, "create", "project", "tutorial"],
+        check=False,
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -191,8 +195,14 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
         watched = run([FLOWBUS, "run", "--name", "hello-flow", "--project", "tutorial", "--watch"], home, workdir)
         assert watched.returncode == 0, watched.stdout + watched.stderr
         out = watched.stdout
-        for needle in ("Entered state Scheduled", "Entered state Submitted", "Entered state Running",
-                       "Entered state Success", "Hello, Cloud!", "Submitted for execution: PID:"):
+        for needle in (
+            "Entered state Scheduled",
+            "Entered state Submitted",
+            "Entered state Running",
+            "Entered state Success",
+            "Hello, Cloud!",
+            "Submitted for execution: PID:",
+        ):
             assert needle in out, out
         assert out.index("Entered state Submitted") < out.index("Hello, Cloud!") < out.index("Entered state Success")
 
