@@ -159,6 +159,10 @@ async def serve(settings: Settings, stop: asyncio.Event, announce: bool = True) 
     """Run everything until ``stop`` is set."""
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
+    running = _running_pid(settings.endpoint_file)
+    if running is not None:
+        # Two servers on one JetStream folder and database would corrupt both.
+        raise RuntimeError(f"flowbus is already running with FLOWBUS_HOME={home} (pid {running})")
     server: NatsServer | None = None
     if settings.nats_url is None:
         server = NatsServer(home / "jetstream", choose_port(), home / "nats-server.log")
@@ -194,6 +198,21 @@ async def serve(settings: Settings, stop: asyncio.Event, announce: bool = True) 
             server.stop()
         if announce:
             print("flowbus stopped.", flush=True)
+
+
+def _running_pid(endpoint_file: Path) -> int | None:
+    """The pid of a live `flowbus up` that wrote ``endpoint_file``, if any."""
+    try:
+        pid = int(json.loads(endpoint_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # left behind by a killed process
+    except PermissionError:
+        return pid
+    return pid
 
 
 def run_foreground(settings: Settings) -> None:

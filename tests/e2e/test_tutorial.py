@@ -258,5 +258,8 @@ def test_up_stops_cleanly_and_reuses_its_data(home: Path, workdir: Path) -> None
         wait_for_line(second, "Press Ctrl-C to stop.")
         projects = run([FLOWBUS, "get", "projects"], home, workdir)
         assert "kept" in projects.stdout
+        duplicate = run([FLOWBUS, "up"], home, workdir, timeout=60)
+        assert duplicate.returncode == 1
+        assert "already running" in duplicate.stderr
     finally:
         assert stop(second) == 0
