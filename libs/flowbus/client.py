@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, JsonValue
 
 from flowbus import subjects
@@ -242,9 +244,15 @@ class AsyncClient:
             if msg.subject.endswith(".state"):
                 queue.put_nowait(StateChanged.model_validate_json(msg.data))
 
+        delivered = 0  # stream sequence of the last log batch received
+        progressed = asyncio.Event()
+
         async def on_logs(msg: Any) -> None:
+            nonlocal delivered
             for record in LogBatch.model_validate_json(msg.data).records:
                 queue.put_nowait(record)
+            delivered = msg.metadata.sequence.stream
+            progressed.set()
 
         # Plain ephemeral push consumers: nats-py's ordered consumer drops live
         # messages when other subjects of the stream interleave with the filter.
@@ -258,8 +266,12 @@ class AsyncClient:
                 item = await queue.get()
                 yield item
                 if isinstance(item, StateChanged) and is_finished(item.state.type):
-                    # Let log batches flushed just before the final state arrive.
-                    await _drain_tail(queue, self.settings.nats.request_timeout / 10)
+                    # The runner ships its logs before the final state; the two
+                    # streams arrive independently, so wait for the last batch.
+                    last = await _last_sequence(js, subjects.LOGS_STREAM, subjects.logs(flow_run_id))
+                    while delivered < last:
+                        progressed.clear()
+                        await progressed.wait()
                     while not queue.empty():
                         yield queue.get_nowait()
                     return
@@ -268,12 +280,12 @@ class AsyncClient:
             await logs.unsubscribe()
 
 
-async def _drain_tail(queue: asyncio.Queue[Any], quiet: float) -> None:
-    """Wait until no new item arrived for ``quiet`` seconds."""
-    size = -1
-    while queue.qsize() != size:
-        size = queue.qsize()
-        await asyncio.sleep(quiet)
+async def _last_sequence(js: JetStreamContext, stream: str, subject: str) -> int:
+    """Stream sequence of the newest message on ``subject`` (0 when there is none)."""
+    try:
+        return (await js.get_last_msg(stream, subject)).seq or 0
+    except NotFoundError:
+        return 0
 
 
 class Client:

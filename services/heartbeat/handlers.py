@@ -8,9 +8,9 @@ queue group ``heartbeat``: a malformed heartbeat is logged and dropped).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
@@ -20,6 +20,7 @@ from services.heartbeat import usecases
 
 S = subjects.Heartbeat
 log = logging.getLogger(__name__)
+B = TypeVar("B", bound=BaseModel)
 
 
 def register(ctx: ServiceContext) -> None:
@@ -38,19 +39,20 @@ def register(ctx: ServiceContext) -> None:
     # one is dropped with a log line instead of an error reply to nobody.
     @sub(subjects.flow_run_heartbeat("*"), queue=S.QUEUE, title="flow_run_heartbeat", no_reply=True)
     async def flow_run_heartbeat(body: Any) -> None:
-        try:
-            beat = RunHeartbeat.model_validate(body)
-        except ValidationError:
-            log.warning("dropping a malformed flow-run heartbeat")
-            return
-        if not await usecases.run_heartbeat(db, beat.flow_run_id, beat.timestamp):
+        beat = _parse_or_drop(RunHeartbeat, body)
+        if beat is not None and not await usecases.run_heartbeat(db, beat.flow_run_id, beat.timestamp):
             log.warning("heartbeat for unknown flow run %s", beat.flow_run_id)
 
     @sub(subjects.agent_heartbeat("*"), queue=S.QUEUE, title="agent_heartbeat", no_reply=True)
     async def agent_heartbeat(body: Any) -> None:
-        try:
-            beat = AgentHeartbeat.model_validate(body)
-        except ValidationError:
-            log.warning("dropping a malformed agent heartbeat")
-            return
-        await usecases.agent_seen(db, beat.agent_id, beat.timestamp)
+        beat = _parse_or_drop(AgentHeartbeat, body)
+        if beat is not None:
+            await usecases.agent_seen(db, beat.agent_id, beat.timestamp)
+
+
+def _parse_or_drop(model: type[B], body: Any) -> B | None:
+    try:
+        return model.model_validate(body)
+    except ValidationError:
+        log.warning("dropping a malformed %s", model.__name__)
+        return None

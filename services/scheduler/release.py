@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -81,7 +82,7 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
     return len(due)
 
 
-def release_loop(state: ReleaseState):  # type: ignore[no-untyped-def]
+def release_loop(state: ReleaseState) -> Callable[[ServiceContext], Awaitable[None]]:
     async def release_due(ctx: ServiceContext) -> None:
         while True:
             await release_due_runs(ctx, state)

@@ -40,6 +40,7 @@ from flowbus.schemas.runs import (
     StateChanged,
     StateOut,
     StateSet,
+    StateSpec,
 )
 from flowbus.states import StateType, is_finished
 from services.state.rules import Proposal, check
@@ -54,13 +55,41 @@ def _version_error(kind: str, run_id: str, current: int, given: int) -> VersionL
     )
 
 
-def _time_columns(row: FlowRun | TaskRun, target: StateType, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if target is StateType.RUNNING and row.start_time is None:
+async def _write_state(
+    session: AsyncSession,
+    row: FlowRun | TaskRun,
+    given_version: int,
+    state: StateSpec,
+    now: datetime,
+    extra: dict[str, Any],
+) -> StateOut:
+    """The optimistic-locked write shared by flow and task runs.
+
+    The conditional UPDATE is the lock: a racing writer that read the same
+    version matches no row and gets VERSION_LOCKING_ERROR.
+    """
+    table = type(row)
+    kind = "Flow run" if table is FlowRun else "Task run"
+    values: dict[str, Any] = {
+        "state": state.type.value,
+        "state_message": state.message,
+        "state_timestamp": now,
+        "state_result": state.result,
+        "version": given_version + 1,
+        "updated": now,
+    }
+    if state.type is StateType.RUNNING and row.start_time is None:
         values["start_time"] = now
-    if is_finished(target):
+    if is_finished(state.type):
         values["end_time"] = now
-    return values
+    values.update(extra)
+    result = await session.execute(
+        update(table).where(col(table.id) == row.id, col(table.version) == given_version).values(**values)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise _version_error(kind, row.id, row.version, given_version)
+    await session.refresh(row)
+    return state_out_of_run(row)
 
 
 async def set_flow_run_state(db: Database, cmd: SetFlowRunState) -> StateSet:
@@ -75,30 +104,12 @@ async def set_flow_run_state(db: Database, cmd: SetFlowRunState) -> StateSet:
         target = cmd.state.type
         check(Proposal(kind="flow run", run_id=run.id, current=current, target=target))
 
-        new_version = run.version + 1
-        values: dict[str, Any] = {
-            "state": target.value,
-            "state_message": cmd.state.message,
-            "state_timestamp": now,
-            "state_result": cmd.state.result,
-            "version": new_version,
-            "updated": now,
-            **_time_columns(run, target, now),
-        }
+        extra: dict[str, Any] = {}
         if target is StateType.SUBMITTED:
-            values["agent_id"] = cmd.agent_id
+            extra["agent_id"] = cmd.agent_id
         if target is StateType.SCHEDULED:
-            values["end_time"] = None
-        # The conditional write is the lock: a racing writer matches no row.
-        result = await session.execute(
-            update(FlowRun)
-            .where(FlowRun.id == run.id, FlowRun.version == cmd.version)  # type: ignore[arg-type]
-            .values(**values)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise _version_error("Flow run", run.id, run.version, cmd.version)
-        await session.refresh(run)
-        state = state_out_of_run(run)
+            extra["end_time"] = None
+        state = await _write_state(session, run, cmd.version, cmd.state, now, extra)
         _record(session, run.id, None, state, cmd.state.result, current)
 
         if target is StateType.CANCELLED:
@@ -111,13 +122,13 @@ async def set_flow_run_state(db: Database, cmd: SetFlowRunState) -> StateSet:
                 RunQueued(
                     flow_run_id=run.id,
                     flow_id=run.flow_id,
-                    version=new_version,
+                    version=state.version,
                     labels=run.labels,
                     scheduled_start_time=run.scheduled_start_time,
                 ),
-                f"runq:{run.id}:{new_version}",
+                f"runq:{run.id}:{state.version}",
             )
-    return StateSet(id=run.id, version=new_version, state=state)
+    return StateSet(id=run.id, version=state.version, state=state)
 
 
 def _record(
@@ -179,36 +190,18 @@ async def set_task_run_state(db: Database, cmd: SetTaskRunState) -> StateSet:
             raise _version_error("Task run", task_run.id, task_run.version, cmd.version)
         flow_run = await session.get(FlowRun, task_run.flow_run_id)
         current = StateType(task_run.state)
-        target = cmd.state.type
         check(
             Proposal(
                 kind="task run",
                 run_id=task_run.id,
                 current=current,
-                target=target,
+                target=cmd.state.type,
                 flow_run_state=StateType(flow_run.state) if flow_run else None,
             )
         )
-        new_version = task_run.version + 1
-        result = await session.execute(
-            update(TaskRun)
-            .where(TaskRun.id == task_run.id, TaskRun.version == cmd.version)  # type: ignore[arg-type]
-            .values(
-                state=target.value,
-                state_message=cmd.state.message,
-                state_timestamp=now,
-                state_result=cmd.state.result,
-                version=new_version,
-                updated=now,
-                **_time_columns(task_run, target, now),
-            )
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise _version_error("Task run", task_run.id, task_run.version, cmd.version)
-        await session.refresh(task_run)
-        state = state_out_of_run(task_run)
+        state = await _write_state(session, task_run, cmd.version, cmd.state, now, {})
         _record(session, task_run.flow_run_id, task_run.id, state, cmd.state.result, current)
-    return StateSet(id=task_run.id, version=new_version, state=state)
+    return StateSet(id=task_run.id, version=state.version, state=state)
 
 
 async def get_flow_run(db: Database, flow_run_id: str) -> FlowRunDetail:
@@ -242,32 +235,11 @@ async def get_flow_run_logs(db: Database, query: GetFlowRunLogs) -> LogList:
                 .limit(query.limit)
             )
         ).all()
-        return LogList(
-            records=[
-                LogRecord(
-                    flow_run_id=r.flow_run_id,
-                    task_run_id=r.task_run_id,
-                    timestamp=r.timestamp,
-                    name=r.name,
-                    level=r.level,
-                    message=r.message,
-                    info=r.info,
-                )
-                for (r,) in rows
-            ]
-        )
+        return LogList(records=[LogRecord.model_validate(r, from_attributes=True) for (r,) in rows])
 
 
 def _log_row(record: LogRecord) -> Log:
-    return Log(
-        flow_run_id=record.flow_run_id,
-        task_run_id=record.task_run_id,
-        timestamp=record.timestamp,
-        name=record.name,
-        level=record.level,
-        message=record.message,
-        info=record.info,
-    )
+    return Log(**record.model_dump())
 
 
 async def store_logs(db: Database, records: list[LogRecord]) -> int:

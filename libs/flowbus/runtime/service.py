@@ -229,7 +229,6 @@ def build_service(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    app.context.set_global("flowbus", ctx)
     setattr(app, "flowbus_context", ctx)  # noqa: B010  (tests and the embedded runner reach it)
     return app
 

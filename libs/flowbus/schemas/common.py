@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 NAME_MAX = 255
 LABEL_MAX = 255
@@ -102,7 +102,3 @@ def error_from_info(info: ErrorInfo) -> FlowbusError:
 
 class Empty(Message):
     """A command or reply with no fields."""
-
-
-def now_field() -> Any:
-    return Field(default_factory=utcnow)

@@ -38,7 +38,3 @@ def scope(**values: Any) -> Iterator[None]:
         yield
     finally:
         _values.reset(token)
-
-
-def __getitem__(key: str) -> Any:  # pragma: no cover - module-level dunder is a convenience
-    return _values.get()[key]
