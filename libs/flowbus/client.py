@@ -31,7 +31,11 @@ from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.schemas.agents import AgentList, ListAgents
 from flowbus.schemas.common import Empty, Message, Reply, error_from_info
 from flowbus.schemas.flows import (
+    ArchiveFlow,
     CreateProject,
+    Deleted,
+    DeleteProject,
+    FlowGroupOut,
     FlowList,
     FlowOut,
     GetFlow,
@@ -39,11 +43,20 @@ from flowbus.schemas.flows import (
     ListFlows,
     ProjectList,
     ProjectOut,
+    ProjectRef,
     RegisterFlow,
+    RenameProject,
     SerializedFlow,
+    SetFlowGroupDefaultParameters,
+    SetFlowGroupLabels,
+    SetFlowScheduleState,
+    SetFlowSettings,
+    SetProjectDescription,
+    UnarchiveFlow,
 )
 from flowbus.schemas.runs import (
     CreateFlowRun,
+    FlowRunDeleted,
     FlowRunDetail,
     FlowRunOut,
     GetFlowRun,
@@ -157,6 +170,64 @@ class AsyncClient:
     async def get_flow(self, flow_id: str) -> FlowOut:
         return await self.request(subjects.Registration.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut)
 
+    async def rename_project(self, name: str, new_name: str) -> ProjectOut:
+        cmd = RenameProject(project=ProjectRef(name=name), new_name=new_name)
+        return await self.request(subjects.Registration.RENAME_PROJECT, cmd, ProjectOut)
+
+    async def set_project_description(self, name: str, description: str | None) -> ProjectOut:
+        cmd = SetProjectDescription(project=ProjectRef(name=name), description=description)
+        return await self.request(subjects.Registration.SET_PROJECT_DESCRIPTION, cmd, ProjectOut)
+
+    async def delete_project(self, name: str) -> Deleted:
+        cmd = DeleteProject(project=ProjectRef(name=name))
+        return await self.request(subjects.Registration.DELETE_PROJECT, cmd, Deleted)
+
+    async def archive_flow(self, flow_id: str) -> FlowOut:
+        return await self.request(subjects.Registration.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut)
+
+    async def unarchive_flow(self, flow_id: str) -> FlowOut:
+        return await self.request(subjects.Registration.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut)
+
+    async def set_flow_settings(
+        self,
+        flow_id: str,
+        *,
+        heartbeat_enabled: bool | None = None,
+        lazarus_enabled: bool | None = None,
+        version_locking_enabled: bool | None = None,
+    ) -> FlowOut:
+        cmd = SetFlowSettings(
+            flow_id=flow_id,
+            heartbeat_enabled=heartbeat_enabled,
+            lazarus_enabled=lazarus_enabled,
+            version_locking_enabled=version_locking_enabled,
+        )
+        return await self.request(subjects.Registration.SET_FLOW_SETTINGS, cmd, FlowOut)
+
+    # The three mutations of seed 000, by their GraphQL names.
+    async def disable_flow_heartbeat(self, flow_id: str, value: bool = True) -> FlowOut:
+        return await self.set_flow_settings(flow_id, heartbeat_enabled=not value)
+
+    async def disable_lazarus_for_flow(self, flow_id: str, value: bool = True) -> FlowOut:
+        return await self.set_flow_settings(flow_id, lazarus_enabled=not value)
+
+    async def enable_flow_version_locking(self, flow_id: str, value: bool = True) -> FlowOut:
+        return await self.set_flow_settings(flow_id, version_locking_enabled=value)
+
+    async def set_flow_schedule_state(self, flow_id: str, active: bool) -> FlowOut:
+        cmd = SetFlowScheduleState(flow_id=flow_id, active=active)
+        return await self.request(subjects.Registration.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut)
+
+    async def set_flow_group_labels(self, flow_group_id: str, labels: list[str] | None) -> FlowGroupOut:
+        cmd = SetFlowGroupLabels(flow_group_id=flow_group_id, labels=labels)
+        return await self.request(subjects.Registration.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut)
+
+    async def set_flow_group_default_parameters(
+        self, flow_group_id: str, parameters: dict[str, JsonValue]
+    ) -> FlowGroupOut:
+        cmd = SetFlowGroupDefaultParameters(flow_group_id=flow_group_id, parameters=parameters)
+        return await self.request(subjects.Registration.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut)
+
     async def get_flows(
         self,
         project_name: str | None = None,
@@ -230,7 +301,7 @@ class AsyncClient:
     async def get_agents(self) -> AgentList:
         return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList)
 
-    async def watch_flow_run(self, flow_run_id: str) -> AsyncIterator[StateChanged | LogRecord]:
+    async def watch_flow_run(self, flow_run_id: str) -> AsyncIterator[StateChanged | LogRecord | FlowRunDeleted]:
         """Yield the run's state changes and log records, from the first, live.
 
         Both come from JetStream (deliver all), so nothing published
@@ -238,11 +309,13 @@ class AsyncClient:
         """
         nc = await self.connect()
         js = nc.jetstream()
-        queue: asyncio.Queue[StateChanged | LogRecord] = asyncio.Queue()
+        queue: asyncio.Queue[StateChanged | LogRecord | FlowRunDeleted] = asyncio.Queue()
 
         async def on_event(msg: Any) -> None:
             if msg.subject.endswith(".state"):
                 queue.put_nowait(StateChanged.model_validate_json(msg.data))
+            elif msg.subject.endswith(".deleted"):
+                queue.put_nowait(FlowRunDeleted.model_validate_json(msg.data))
 
         delivered = 0  # stream sequence of the last log batch received
         progressed = asyncio.Event()
@@ -265,6 +338,8 @@ class AsyncClient:
             while True:
                 item = await queue.get()
                 yield item
+                if isinstance(item, FlowRunDeleted):
+                    return
                 if isinstance(item, StateChanged) and is_finished(item.state.type):
                     # The runner ships its logs before the final state; the two
                     # streams arrive independently, so wait for the last batch.
@@ -322,6 +397,42 @@ class Client:
 
     def get_flow(self, flow_id: str) -> FlowOut:
         return self._run(self._async.get_flow(flow_id))
+
+    def archive_flow(self, flow_id: str) -> FlowOut:
+        return self._run(self._async.archive_flow(flow_id))
+
+    def unarchive_flow(self, flow_id: str) -> FlowOut:
+        return self._run(self._async.unarchive_flow(flow_id))
+
+    def set_flow_settings(self, flow_id: str, **settings: bool | None) -> FlowOut:
+        return self._run(self._async.set_flow_settings(flow_id, **settings))
+
+    def disable_flow_heartbeat(self, flow_id: str, value: bool = True) -> FlowOut:
+        return self._run(self._async.disable_flow_heartbeat(flow_id, value))
+
+    def disable_lazarus_for_flow(self, flow_id: str, value: bool = True) -> FlowOut:
+        return self._run(self._async.disable_lazarus_for_flow(flow_id, value))
+
+    def enable_flow_version_locking(self, flow_id: str, value: bool = True) -> FlowOut:
+        return self._run(self._async.enable_flow_version_locking(flow_id, value))
+
+    def set_flow_schedule_state(self, flow_id: str, active: bool) -> FlowOut:
+        return self._run(self._async.set_flow_schedule_state(flow_id, active))
+
+    def set_flow_group_labels(self, flow_group_id: str, labels: list[str] | None) -> FlowGroupOut:
+        return self._run(self._async.set_flow_group_labels(flow_group_id, labels))
+
+    def set_flow_group_default_parameters(self, flow_group_id: str, parameters: dict[str, JsonValue]) -> FlowGroupOut:
+        return self._run(self._async.set_flow_group_default_parameters(flow_group_id, parameters))
+
+    def rename_project(self, name: str, new_name: str) -> ProjectOut:
+        return self._run(self._async.rename_project(name, new_name))
+
+    def set_project_description(self, name: str, description: str | None) -> ProjectOut:
+        return self._run(self._async.set_project_description(name, description))
+
+    def delete_project(self, name: str) -> Deleted:
+        return self._run(self._async.delete_project(name))
 
     def get_flows(self, **kwargs: Any) -> list[FlowOut]:
         return self._run(self._async.get_flows(**kwargs))

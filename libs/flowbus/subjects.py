@@ -36,6 +36,15 @@ class Registration:
     REGISTER_FLOW: Final = f"{PREFIX}.cmd.registration.register_flow"
     GET_FLOW: Final = f"{PREFIX}.cmd.registration.get_flow"
     LIST_FLOWS: Final = f"{PREFIX}.cmd.registration.list_flows"
+    RENAME_PROJECT: Final = f"{PREFIX}.cmd.registration.rename_project"
+    SET_PROJECT_DESCRIPTION: Final = f"{PREFIX}.cmd.registration.set_project_description"
+    DELETE_PROJECT: Final = f"{PREFIX}.cmd.registration.delete_project"
+    ARCHIVE_FLOW: Final = f"{PREFIX}.cmd.registration.archive_flow"
+    UNARCHIVE_FLOW: Final = f"{PREFIX}.cmd.registration.unarchive_flow"
+    SET_FLOW_SETTINGS: Final = f"{PREFIX}.cmd.registration.set_flow_settings"
+    SET_FLOW_SCHEDULE_STATE: Final = f"{PREFIX}.cmd.registration.set_flow_schedule_state"
+    SET_FLOW_GROUP_LABELS: Final = f"{PREFIX}.cmd.registration.set_flow_group_labels"
+    SET_FLOW_GROUP_DEFAULT_PARAMETERS: Final = f"{PREFIX}.cmd.registration.set_flow_group_default_parameters"
 
 
 class RunCreation:
@@ -90,6 +99,30 @@ def project_event(project_id: str, fact: str) -> str:
 
 def flow_event(flow_id: str, fact: str) -> str:
     return f"{PREFIX}.evt.flow.{flow_id}.{fact}"
+
+
+class FlowFact:
+    """The facts published on ``flowbus.evt.flow.<id>.<fact>``."""
+
+    REGISTERED: Final = "registered"
+    ARCHIVED: Final = "archived"
+    UNARCHIVED: Final = "unarchived"
+    SETTINGS: Final = "settings"
+    SCHEDULE_ON: Final = "schedule_on"
+    SCHEDULE_OFF: Final = "schedule_off"
+    GROUP_CHANGED: Final = "group_changed"
+
+
+# The state service removes or cancels a flow's waiting runs on these facts.
+FLOW_RUN_CLEANUP_FILTERS: Final = (
+    f"{PREFIX}.evt.flow.*.{FlowFact.ARCHIVED}",
+    f"{PREFIX}.evt.flow.*.{FlowFact.SCHEDULE_OFF}",
+)
+FLOW_RUN_CLEANUP_DURABLE: Final = "state-flow-run-cleanup"
+
+
+def flow_group_event(flow_group_id: str, fact: str) -> str:
+    return f"{PREFIX}.evt.flow_group.{flow_group_id}.{fact}"
 
 
 def flow_run_event(flow_run_id: str, fact: str) -> str:

@@ -6,11 +6,17 @@ Writes: replies; events go through the outbox (see usecases).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Empty, Reply
 from flowbus.schemas.flows import (
+    ArchiveFlow,
     CreateProject,
+    Deleted,
+    DeleteProject,
+    FlowGroupOut,
     FlowList,
     FlowOut,
     GetFlow,
@@ -19,21 +25,32 @@ from flowbus.schemas.flows import (
     ProjectList,
     ProjectOut,
     RegisterFlow,
+    RenameProject,
+    SetFlowGroupDefaultParameters,
+    SetFlowGroupLabels,
+    SetFlowScheduleState,
+    SetFlowSettings,
+    SetProjectDescription,
+    UnarchiveFlow,
 )
 from services.registration import usecases
 
 S = subjects.Registration
+T = TypeVar("T")
 
 
 def register(ctx: ServiceContext) -> None:
     sub = ctx.broker.subscriber
     db = ctx.db
 
-    @sub(S.CREATE_PROJECT, queue=S.QUEUE, title="create_project")
-    async def create_project(cmd: CreateProject) -> Reply[ProjectOut]:
-        out = await usecases.create_project(db, cmd)
+    def changed(out: T) -> Reply[T]:
+        """Reply after a write: its events wait in the outbox, so wake the relay."""
         ctx.kick_outbox()
         return Reply.success(out)
+
+    @sub(S.CREATE_PROJECT, queue=S.QUEUE, title="create_project")
+    async def create_project(cmd: CreateProject) -> Reply[ProjectOut]:
+        return changed(await usecases.create_project(db, cmd))
 
     @sub(S.GET_PROJECT, queue=S.QUEUE, title="get_project")
     async def get_project(query: GetProject) -> Reply[ProjectOut]:
@@ -45,9 +62,7 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(S.REGISTER_FLOW, queue=S.QUEUE, title="register_flow")
     async def register_flow(cmd: RegisterFlow) -> Reply[FlowOut]:
-        out = await usecases.register_flow(db, cmd)
-        ctx.kick_outbox()
-        return Reply.success(out)
+        return changed(await usecases.register_flow(db, cmd))
 
     @sub(S.GET_FLOW, queue=S.QUEUE, title="get_flow")
     async def get_flow(query: GetFlow) -> Reply[FlowOut]:
@@ -56,3 +71,39 @@ def register(ctx: ServiceContext) -> None:
     @sub(S.LIST_FLOWS, queue=S.QUEUE, title="list_flows")
     async def list_flows(query: ListFlows) -> Reply[FlowList]:
         return Reply.success(await usecases.list_flows(db, query))
+
+    @sub(S.RENAME_PROJECT, queue=S.QUEUE, title="rename_project")
+    async def rename_project(cmd: RenameProject) -> Reply[ProjectOut]:
+        return changed(await usecases.rename_project(db, cmd))
+
+    @sub(S.SET_PROJECT_DESCRIPTION, queue=S.QUEUE, title="set_project_description")
+    async def set_project_description(cmd: SetProjectDescription) -> Reply[ProjectOut]:
+        return changed(await usecases.set_project_description(db, cmd))
+
+    @sub(S.DELETE_PROJECT, queue=S.QUEUE, title="delete_project")
+    async def delete_project(cmd: DeleteProject) -> Reply[Deleted]:
+        return changed(await usecases.delete_project(db, cmd))
+
+    @sub(S.ARCHIVE_FLOW, queue=S.QUEUE, title="archive_flow")
+    async def archive_flow(cmd: ArchiveFlow) -> Reply[FlowOut]:
+        return changed(await usecases.archive_flow(db, cmd))
+
+    @sub(S.UNARCHIVE_FLOW, queue=S.QUEUE, title="unarchive_flow")
+    async def unarchive_flow(cmd: UnarchiveFlow) -> Reply[FlowOut]:
+        return changed(await usecases.unarchive_flow(db, cmd))
+
+    @sub(S.SET_FLOW_SETTINGS, queue=S.QUEUE, title="set_flow_settings")
+    async def set_flow_settings(cmd: SetFlowSettings) -> Reply[FlowOut]:
+        return changed(await usecases.set_flow_settings(db, cmd))
+
+    @sub(S.SET_FLOW_SCHEDULE_STATE, queue=S.QUEUE, title="set_flow_schedule_state")
+    async def set_flow_schedule_state(cmd: SetFlowScheduleState) -> Reply[FlowOut]:
+        return changed(await usecases.set_flow_schedule_state(db, cmd))
+
+    @sub(S.SET_FLOW_GROUP_LABELS, queue=S.QUEUE, title="set_flow_group_labels")
+    async def set_flow_group_labels(cmd: SetFlowGroupLabels) -> Reply[FlowGroupOut]:
+        return changed(await usecases.set_flow_group_labels(db, cmd))
+
+    @sub(S.SET_FLOW_GROUP_DEFAULT_PARAMETERS, queue=S.QUEUE, title="set_flow_group_default_parameters")
+    async def set_flow_group_default_parameters(cmd: SetFlowGroupDefaultParameters) -> Reply[FlowGroupOut]:
+        return changed(await usecases.set_flow_group_default_parameters(db, cmd))

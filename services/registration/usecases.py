@@ -8,29 +8,46 @@ Owns the project, flow_group and flow tables. Stages events for
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
 from flowbus.db.engine import Database
-from flowbus.db.tables import Flow, FlowGroup, Project
-from flowbus.db.views import flow_out, load_flow, project_out
+from flowbus.db.tables import Flow, FlowGroup, Project, utcnow
+from flowbus.db.views import effective_schedule, flow_group_out, flow_out, load_flow, project_out
 from flowbus.runtime.outbox import stage
-from flowbus.schemas.common import Conflict, NotFound
+from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
 from flowbus.schemas.flows import (
+    ArchiveFlow,
     CreateProject,
+    Deleted,
+    DeleteProject,
     FlowEvent,
+    FlowGroupOut,
     FlowList,
     FlowOut,
+    FlowVersion,
     GetFlow,
     GetProject,
     ListFlows,
+    ParameterSpec,
     ProjectList,
     ProjectOut,
+    ProjectRef,
     RegisterFlow,
+    RenameProject,
+    ScheduleSpec,
+    SetFlowGroupDefaultParameters,
+    SetFlowGroupLabels,
+    SetFlowScheduleState,
+    SetFlowSettings,
+    SetProjectDescription,
+    UnarchiveFlow,
 )
 
 OWNER = "registration"
@@ -61,14 +78,60 @@ async def _project_by_name(session: AsyncSession, name: str) -> Project:
     return project
 
 
+async def _project(session: AsyncSession, ref: ProjectRef) -> Project:
+    if ref.name is not None:
+        return await _project_by_name(session, ref.name)
+    project = await session.get(Project, ref.project_id)
+    if project is None:
+        raise NotFound(f"Project {ref.project_id} not found.")
+    return project
+
+
 async def get_project(db: Database, query: GetProject) -> ProjectOut:
     async with db.session() as session:
-        if query.name is not None:
-            return project_out(await _project_by_name(session, query.name))
-        project = await session.get(Project, query.project_id)
-        if project is None:
-            raise NotFound(f"Project {query.project_id} not found.")
-        return project_out(project)
+        return project_out(await _project(session, query))
+
+
+async def rename_project(db: Database, cmd: RenameProject) -> ProjectOut:
+    try:
+        async with db.transaction() as session:
+            project = await _project(session, cmd.project)
+            project.name = cmd.new_name
+            session.add(project)
+            await session.flush()  # the unique name constraint fires here
+            out = project_out(project)
+            stage(
+                session,
+                OWNER,
+                subjects.project_event(project.id, "renamed"),
+                out,
+                f"project:{project.id}:{uuid.uuid4()}",
+            )
+    except IntegrityError:
+        raise Conflict(f'Project "{cmd.new_name}" already exists.') from None
+    return out
+
+
+async def set_project_description(db: Database, cmd: SetProjectDescription) -> ProjectOut:
+    async with db.transaction() as session:
+        project = await _project(session, cmd.project)
+        project.description = cmd.description
+        session.add(project)
+        out = project_out(project)
+        stage(
+            session, OWNER, subjects.project_event(project.id, "described"), out, f"project:{project.id}:{uuid.uuid4()}"
+        )
+    return out
+
+
+async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
+    """Delete a project; the database cascades to its flows, runs, task runs, states and logs."""
+    async with db.transaction() as session:
+        project = await _project(session, cmd.project)
+        out = Deleted(id=project.id)
+        await session.execute(delete(Project).where(col(Project.id) == project.id))
+        stage(session, OWNER, subjects.project_event(project.id, "deleted"), out, f"project:{project.id}:deleted")
+    return out
 
 
 async def list_projects(db: Database) -> ProjectList:
@@ -123,7 +186,11 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
             storage=spec.storage.model_dump(mode="json"),
             run_config=run_config,
             schedule=spec.schedule.model_dump(mode="json") if spec.schedule else None,
-            is_schedule_active=bool(cmd.set_schedule_active and spec.schedule),
+            is_schedule_active=bool(
+                cmd.set_schedule_active
+                and spec.schedule
+                and schedule_covers_required(spec.parameters, group.default_parameters, spec.schedule)
+            ),
             core_version=spec.core_version,
         )
         session.add(flow)
@@ -135,7 +202,8 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
                 await session.execute(
                     update(Flow)
                     .where(Flow.flow_group_id == group.id, Flow.id != flow.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
-                    .values(archived=True, is_schedule_active=False)
+                    # The schedule switch is kept, so unarchiving restores it.
+                    .values(archived=True)
                     .returning(col(Flow.id))
                 )
             )
@@ -147,17 +215,17 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
             session.add(group)
 
         out = flow_out(flow, group, project)
-        _stage_flow_event(session, out, "registered")
+        _stage_flow_event(session, out, subjects.FlowFact.REGISTERED)
         for archived_id in archived_ids:
             stage(
                 session,
                 OWNER,
-                subjects.flow_event(archived_id, "archived"),
+                subjects.flow_event(archived_id, subjects.FlowFact.ARCHIVED),
                 FlowEvent(
                     flow_id=archived_id,
                     flow_group_id=group.id,
                     project_id=project.id,
-                    fact="archived",
+                    fact=subjects.FlowFact.ARCHIVED,
                     version=0,
                     archived=True,
                     data={"superseded_by": flow.id},
@@ -207,10 +275,134 @@ async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFl
     return group
 
 
+async def _versions(session: AsyncSession, group_id: str) -> list[FlowVersion]:
+    rows = (
+        await session.exec(select(Flow).where(col(Flow.flow_group_id) == group_id).order_by(col(Flow.version).desc()))
+    ).all()
+    return [FlowVersion(id=f.id, version=f.version, archived=f.archived, created=f.created) for f in rows]
+
+
 async def get_flow(db: Database, query: GetFlow) -> FlowOut:
     async with db.session() as session:
         flow, group, project = await load_flow(session, query.flow_id)
-        return flow_out(flow, group, project)
+        return flow_out(flow, group, project, versions=await _versions(session, group.id))
+
+
+async def _change_flow(db: Database, flow_id: str, fact: str, change: Callable[[Flow, FlowGroup], bool]) -> FlowOut:
+    """Apply ``change`` to a flow and its group in one transaction; publish ``fact`` if it changed anything."""
+    async with db.transaction() as session:
+        flow, group, project = await load_flow(session, flow_id)
+        if change(flow, group):
+            group.updated = utcnow()
+            session.add_all([flow, group])
+            await session.flush()
+            out = flow_out(flow, group, project)
+            _stage_flow_event(session, out, fact)
+        versions = await _versions(session, group.id)
+    return flow_out(flow, group, project, versions=versions)
+
+
+async def archive_flow(db: Database, cmd: ArchiveFlow) -> FlowOut:
+    """Archive a flow. The state service reacts to the event: it deletes the
+    flow's not-started auto-scheduled runs and cancels its ad-hoc Scheduled ones."""
+
+    def change(flow: Flow, _group: FlowGroup) -> bool:
+        if flow.archived:
+            return False
+        flow.archived = True
+        return True
+
+    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.ARCHIVED, change)
+
+
+async def unarchive_flow(db: Database, cmd: UnarchiveFlow) -> FlowOut:
+    """Make a flow runnable again; its schedule switch is as it was (two versions may both be live)."""
+
+    def change(flow: Flow, _group: FlowGroup) -> bool:
+        if not flow.archived:
+            return False
+        flow.archived = False
+        return True
+
+    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.UNARCHIVED, change)
+
+
+async def set_flow_settings(db: Database, cmd: SetFlowSettings) -> FlowOut:
+    def change(_flow: Flow, group: FlowGroup) -> bool:
+        before = (group.heartbeat_enabled, group.lazarus_enabled, group.version_locking_enabled)
+        if cmd.heartbeat_enabled is not None:
+            group.heartbeat_enabled = cmd.heartbeat_enabled
+        if cmd.lazarus_enabled is not None:
+            group.lazarus_enabled = cmd.lazarus_enabled
+        if cmd.version_locking_enabled is not None:
+            group.version_locking_enabled = cmd.version_locking_enabled
+        return before != (group.heartbeat_enabled, group.lazarus_enabled, group.version_locking_enabled)
+
+    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.SETTINGS, change)
+
+
+async def set_flow_schedule_state(db: Database, cmd: SetFlowScheduleState) -> FlowOut:
+    """Turn auto-scheduling on (refused while a required parameter is not covered
+    by every clock) or off (the state service then deletes the flow's
+    not-started auto-scheduled runs)."""
+
+    def change(flow: Flow, group: FlowGroup) -> bool:
+        if cmd.active:
+            schedule = effective_schedule(flow, group)
+            if schedule is None:
+                raise ValidationFailed(f"Flow {flow.id} has no schedule.")
+            declared = [ParameterSpec.model_validate(p) for p in flow.parameters]
+            if not schedule_covers_required(declared, group.default_parameters, schedule):
+                raise ValidationFailed("Can not schedule a flow that has required parameters.")
+        if flow.is_schedule_active == cmd.active:
+            return False
+        flow.is_schedule_active = cmd.active
+        return True
+
+    fact = subjects.FlowFact.SCHEDULE_ON if cmd.active else subjects.FlowFact.SCHEDULE_OFF
+    return await _change_flow(db, cmd.flow_id, fact, change)
+
+
+def schedule_covers_required(
+    declared: list[ParameterSpec], group_defaults: dict[str, Any], schedule: ScheduleSpec
+) -> bool:
+    """True when every clock, with the group's defaults, supplies every required parameter."""
+    required = {p.name for p in declared if p.required} - set(group_defaults)
+    return all(required <= set(clock.parameter_defaults) for clock in schedule.clocks)
+
+
+async def _change_group(db: Database, group_id: str, change: Callable[[FlowGroup], None]) -> FlowGroupOut:
+    async with db.transaction() as session:
+        group = await session.get(FlowGroup, group_id)
+        if group is None:
+            raise NotFound(f"Flow group {group_id} not found")
+        change(group)
+        group.updated = utcnow()
+        session.add(group)
+        await session.flush()
+        out = flow_group_out(group)
+        stage(
+            session,
+            OWNER,
+            subjects.flow_group_event(group.id, subjects.FlowFact.GROUP_CHANGED),
+            out,
+            f"flow_group:{group.id}:{uuid.uuid4()}",
+        )
+    return out
+
+
+async def set_flow_group_labels(db: Database, cmd: SetFlowGroupLabels) -> FlowGroupOut:
+    def change(group: FlowGroup) -> None:
+        group.labels = sorted(set(cmd.labels)) if cmd.labels is not None else None
+
+    return await _change_group(db, cmd.flow_group_id, change)
+
+
+async def set_flow_group_default_parameters(db: Database, cmd: SetFlowGroupDefaultParameters) -> FlowGroupOut:
+    def change(group: FlowGroup) -> None:
+        group.default_parameters = dict(cmd.parameters)
+
+    return await _change_group(db, cmd.flow_group_id, change)
 
 
 async def list_flows(db: Database, query: ListFlows) -> FlowList:

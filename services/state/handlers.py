@@ -1,29 +1,26 @@
 """NATS handlers and the log-writer loop of the state service.
 
 Reads: ``flowbus.cmd.state.*`` (queue group ``state``); the LOGS stream
-through the durable pull consumer ``state-log-writer``.
+through the durable ``state-log-writer``; ``flowbus.evt.flow.*.archived`` and
+``...schedule_off`` through the durable ``state-flow-run-cleanup``.
 Writes: replies; state events and re-queued runs through the outbox.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig
-from pydantic import ValidationError
-
 from flowbus import subjects
+from flowbus.runtime.consumer import consume
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Reply
+from flowbus.schemas.flows import FlowEvent
 from flowbus.schemas.runs import (
     FlowRunDetail,
     GetFlowRun,
     GetFlowRunLogs,
     LogBatch,
     LogList,
-    LogRecord,
     SetFlowRunState,
     SetTaskRunState,
     StateSet,
@@ -61,26 +58,35 @@ def register(ctx: ServiceContext) -> None:
 
 
 async def write_logs(ctx: ServiceContext) -> None:
-    """Persist log batches from the LOGS stream; every instance shares one durable."""
-    js = ctx.jetstream
-    psub = await js.pull_subscribe(
-        subjects.LOGS_ALL,
-        durable=subjects.LOGS_DURABLE,
+    """Persist log batches from the LOGS stream."""
+
+    async def store(batches: list[tuple[str, LogBatch]]) -> None:
+        await usecases.store_logs(ctx.db, [r for _subject, b in batches for r in b.records])
+
+    await consume(
+        ctx.jetstream,
         stream=subjects.LOGS_STREAM,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000, ack_wait=30),
+        durable=subjects.LOGS_DURABLE,
+        filter_subjects=[subjects.LOGS_ALL],
+        model=LogBatch,
+        handle=store,
     )
-    while True:
-        try:
-            msgs = await psub.fetch(LOG_FETCH_BATCH, timeout=1.0)
-        except (TimeoutError, NatsTimeout):
-            continue
-        records: list[LogRecord] = []
-        for msg in msgs:
-            try:
-                records.extend(LogBatch.model_validate_json(msg.data).records)
-            except ValidationError:
-                # A malformed batch can never succeed: drop it for good.
-                log.warning("dropping a malformed log batch on %s", msg.subject)
-                await msg.term()
-        await usecases.store_logs(ctx.db, records)
-        await asyncio.gather(*(m.ack() for m in msgs if not m._ackd))
+
+
+async def clean_up_flow_runs(ctx: ServiceContext) -> None:
+    """Delete or cancel a flow's waiting runs when it is archived or unscheduled."""
+
+    async def apply(events: list[tuple[str, FlowEvent]]) -> None:
+        for _subject, event in events:
+            await usecases.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
+        ctx.kick_outbox()
+
+    await consume(
+        ctx.jetstream,
+        stream=subjects.EVENTS_STREAM,
+        durable=subjects.FLOW_RUN_CLEANUP_DURABLE,
+        filter_subjects=subjects.FLOW_RUN_CLEANUP_FILTERS,
+        model=FlowEvent,
+        handle=apply,
+        batch=64,
+    )

@@ -10,13 +10,13 @@ from faststream.asgi import AsgiFastStream
 
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
-from services.state.handlers import register, write_logs
+from services.state.handlers import clean_up_flow_runs, register, write_logs
 
 NAME = "state"
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
-    return build_service(NAME, settings or Settings(), register, loops=[write_logs])
+    return build_service(NAME, settings or Settings(), register, loops=[write_logs, clean_up_flow_runs])
 
 
 app = build_app()

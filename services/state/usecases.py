@@ -12,9 +12,9 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
@@ -30,6 +30,7 @@ from flowbus.runtime.outbox import stage
 from flowbus.schemas.common import NotFound, VersionLockingError
 from flowbus.schemas.flows import RunConfigSpec, StorageSpec, TaskSpec
 from flowbus.schemas.runs import (
+    FlowRunDeleted,
     FlowRunDetail,
     GetFlowRunLogs,
     LogList,
@@ -263,3 +264,40 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
             log.warning("dropped %d log records of unknown flow runs", dropped)
         session.add_all([_log_row(r) for r in kept])
     return len(kept)
+
+
+ARCHIVED_MESSAGE = "Flow {flow_id} was archived."
+
+
+async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
+    """A flow was archived or its schedule turned off: its not-started
+    auto-scheduled runs are deleted; when archived, its ad-hoc Scheduled runs
+    are also Cancelled("Flow <id> was archived."). Idempotent: a redelivered
+    event finds nothing left to do. Returns how many runs were touched."""
+    now = utcnow()
+    touched = 0
+    async with db.transaction() as session:
+        waiting = (
+            await session.exec(
+                select(FlowRun).where(col(FlowRun.flow_id) == flow_id, col(FlowRun.state) == StateType.SCHEDULED.value)
+            )
+        ).all()
+        for run in waiting:
+            if run.auto_scheduled:
+                await session.delete(run)
+                stage(
+                    session,
+                    OWNER,
+                    subjects.flow_run_event(run.id, "deleted"),
+                    FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"),
+                    f"flow_run:{run.id}:deleted",
+                )
+            elif fact == subjects.FlowFact.ARCHIVED:
+                cancelled = StateSpec(type=StateType.CANCELLED, message=ARCHIVED_MESSAGE.format(flow_id=flow_id))
+                state = await _write_state(session, run, run.version, cancelled, now, {})
+                _record(session, run.id, None, state, None, StateType.SCHEDULED)
+                await _cancel_task_runs(session, run.id, now)
+            else:
+                continue
+            touched += 1
+    return touched

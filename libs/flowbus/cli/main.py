@@ -23,7 +23,8 @@ import typer
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.runtime.nats import NatsUnavailable
 from flowbus.schemas.common import FlowbusError
-from flowbus.schemas.runs import LogRecord, StateChanged
+from flowbus.schemas.flows import FlowOut
+from flowbus.schemas.runs import FlowRunDeleted, LogRecord, StateChanged
 from flowbus.settings import Settings
 from flowbus.states import is_failed
 
@@ -34,12 +35,16 @@ agent_app = typer.Typer(help="Run agents.", no_args_is_help=True)
 local_agent_app = typer.Typer(help="The local agent.", no_args_is_help=True)
 service_app = typer.Typer(help="Run one service on its own.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+project_app = typer.Typer(help="Change or delete projects.", no_args_is_help=True)
+flow_app = typer.Typer(help="Archive flows, change their settings, schedule, labels, defaults.", no_args_is_help=True)
 app.add_typer(create_app, name="create")
 app.add_typer(get_app, name="get")
 app.add_typer(agent_app, name="agent")
 agent_app.add_typer(local_agent_app, name="local")
 app.add_typer(service_app, name="service")
 app.add_typer(db_app, name="db")
+app.add_typer(project_app, name="project")
+app.add_typer(flow_app, name="flow")
 
 T = TypeVar("T")
 
@@ -150,15 +155,115 @@ async def get_projects(client: AsyncClient) -> None:
 # ---- flows ------------------------------------------------------------------
 
 
-@client_command(get_app, "flows", "List flows (newest version of each).")
+@client_command(get_app, "project", "Show one project.")
+async def get_project(client: AsyncClient, name: str) -> None:
+    project = await client.get_project(name)
+    typer.echo(json.dumps(project.model_dump(mode="json"), indent=2))
+
+
+@client_command(project_app, "rename", "Rename a project.")
+async def rename_project(client: AsyncClient, name: str, new_name: str) -> None:
+    out = await client.rename_project(name, new_name)
+    typer.echo(f"{name} renamed to {out.name}")
+
+
+@client_command(project_app, "describe", "Set a project's description.")
+async def describe_project(client: AsyncClient, name: str, description: str) -> None:
+    await client.set_project_description(name, description or None)
+    typer.echo(f"{name}: description set")
+
+
+@client_command(project_app, "delete", "Delete a project with its flows, runs and logs.")
+async def delete_project(
+    client: AsyncClient, name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
+) -> None:
+    if not yes and not typer.confirm(f"Delete project {name!r} with all its flows, runs and logs?"):
+        raise typer.Exit(1)
+    out = await client.delete_project(name)
+    typer.echo(f"{name} deleted ({out.id})")
+
+
+def _describe_flow(verb: str, flow: FlowOut) -> str:
+    return f"{flow.name} v{flow.version} ({flow.id}): {verb}"
+
+
+@client_command(flow_app, "archive", "Archive a flow: it cannot be run; its waiting runs are removed or cancelled.")
+async def archive_flow(client: AsyncClient, flow_id: str) -> None:
+    typer.echo(_describe_flow("archived", await client.archive_flow(flow_id)))
+
+
+@client_command(flow_app, "unarchive", "Make an archived flow runnable again.")
+async def unarchive_flow(client: AsyncClient, flow_id: str) -> None:
+    typer.echo(_describe_flow("unarchived", await client.unarchive_flow(flow_id)))
+
+
+@client_command(flow_app, "settings", "Turn heartbeats, Lazarus or version locking on or off for a flow's group.")
+async def flow_settings(
+    client: AsyncClient,
+    flow_id: str,
+    heartbeat: Annotated[bool | None, typer.Option("--heartbeat/--no-heartbeat")] = None,
+    lazarus: Annotated[bool | None, typer.Option("--lazarus/--no-lazarus")] = None,
+    version_locking: Annotated[bool | None, typer.Option("--version-locking/--no-version-locking")] = None,
+) -> None:
+    if heartbeat is None and lazarus is None and version_locking is None:
+        raise fail("give at least one of --[no-]heartbeat, --[no-]lazarus, --[no-]version-locking", 2)
+    flow = await client.set_flow_settings(
+        flow_id, heartbeat_enabled=heartbeat, lazarus_enabled=lazarus, version_locking_enabled=version_locking
+    )
+    s = flow.settings
+    typer.echo(
+        f"{flow.name}: heartbeat {_on(s.heartbeat_enabled)}, lazarus {_on(s.lazarus_enabled)}, "
+        f"version locking {_on(s.version_locking_enabled)}"
+    )
+
+
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
+@client_command(flow_app, "schedule", "Turn a flow's auto-scheduling on or off.")
+async def flow_schedule(client: AsyncClient, flow_id: str, on: Annotated[bool, typer.Option("--on/--off")]) -> None:
+    flow = await client.set_flow_schedule_state(flow_id, on)
+    typer.echo(f"{flow.name}: schedule {_on(flow.is_schedule_active)}")
+
+
+@client_command(flow_app, "labels", "Set (or --clear) the labels of a flow's group; its runs use them.")
+async def flow_labels(
+    client: AsyncClient,
+    flow_id: str,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Unset: runs use the flow's own labels.")] = False,
+) -> None:
+    if clear == bool(label):
+        raise fail("give --label (one or more) or --clear", 2)
+    flow = await client.get_flow(flow_id)
+    group = await client.set_flow_group_labels(flow.flow_group_id, None if clear else label)
+    typer.echo(f"{flow.name}: labels {group.labels if group.labels is not None else 'unset'}")
+
+
+@client_command(flow_app, "params", "Set the default parameters of a flow's group (KEY=VALUE, VALUE as JSON).")
+async def flow_params(
+    client: AsyncClient,
+    flow_id: str,
+    param: Annotated[list[str] | None, typer.Option("--param")] = None,
+) -> None:
+    flow = await client.get_flow(flow_id)
+    group = await client.set_flow_group_default_parameters(flow.flow_group_id, _parse_params(param))
+    typer.echo(f"{flow.name}: default parameters {json.dumps(group.default_parameters)}")
+
+
+@client_command(get_app, "flows", "List flows (newest version of each unless --all-versions).")
 async def get_flows(
     client: AsyncClient,
     project: Annotated[str | None, typer.Option("--project")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    archived: Annotated[bool | None, typer.Option("--archived/--unarchived")] = None,
     all_versions: Annotated[bool, typer.Option("--all-versions")] = False,
 ) -> None:
-    for flow in await client.get_flows(project_name=project, newest_only=not all_versions):
-        archived = " (archived)" if flow.archived else ""
-        typer.echo(f"{flow.name}\tv{flow.version}{archived}\t{flow.project_name}\t{flow.id}")
+    flows = await client.get_flows(project_name=project, name=name, archived=archived, newest_only=not all_versions)
+    for flow in flows:
+        mark = " (archived)" if flow.archived else ""
+        typer.echo(f"{flow.name}\tv{flow.version}{mark}\t{flow.project_name}\t{flow.id}")
 
 
 @client_command(get_app, "flow", "Show one flow.")
@@ -260,6 +365,9 @@ async def run(
             final_failed = is_failed(item.state.type) or item.state.type.value == "Cancelled"
         elif isinstance(item, LogRecord):
             typer.echo(f"{item.timestamp:%H:%M:%S} | {item.level:<7} | {item.name} | {item.message}")
+        elif isinstance(item, FlowRunDeleted):
+            typer.echo(f"Flow run deleted: {item.reason}")
+            final_failed = True
     if final_failed:
         raise typer.Exit(1)
 

@@ -11,8 +11,10 @@ from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, TaskRun
 from flowbus.schemas.common import NotFound
 from flowbus.schemas.flows import (
     EdgeSpec,
+    FlowGroupOut,
     FlowOut,
     FlowSettings,
+    FlowVersion,
     ParameterSpec,
     ProjectOut,
     RunConfigSpec,
@@ -28,7 +30,39 @@ def project_out(project: Project) -> ProjectOut:
     return ProjectOut(id=project.id, name=project.name, description=project.description, created=project.created)
 
 
-def flow_out(flow: Flow, group: FlowGroup, project: Project, *, skipped: bool = False) -> FlowOut:
+def flow_settings(group: FlowGroup) -> FlowSettings:
+    return FlowSettings(
+        heartbeat_enabled=group.heartbeat_enabled,
+        lazarus_enabled=group.lazarus_enabled,
+        version_locking_enabled=group.version_locking_enabled,
+    )
+
+
+def flow_group_out(group: FlowGroup) -> FlowGroupOut:
+    return FlowGroupOut(
+        id=group.id,
+        project_id=group.project_id,
+        name=group.name,
+        labels=group.labels,
+        default_parameters=group.default_parameters,
+        settings=flow_settings(group),
+    )
+
+
+def effective_schedule(flow: Flow, group: FlowGroup) -> ScheduleSpec | None:
+    """The group's schedule overrides the flow's own when set."""
+    raw = group.schedule or flow.schedule
+    return ScheduleSpec.model_validate(raw) if raw else None
+
+
+def flow_out(
+    flow: Flow,
+    group: FlowGroup,
+    project: Project,
+    *,
+    skipped: bool = False,
+    versions: list[FlowVersion] | None = None,
+) -> FlowOut:
     run_config = RunConfigSpec.model_validate(flow.run_config or {})
     return FlowOut(
         id=flow.id,
@@ -45,16 +79,14 @@ def flow_out(flow: Flow, group: FlowGroup, project: Project, *, skipped: bool = 
         edges=[EdgeSpec.model_validate(e) for e in flow.edges],
         storage=StorageSpec.model_validate(flow.storage),
         run_config=run_config,
-        schedule=ScheduleSpec.model_validate(flow.schedule) if flow.schedule else None,
+        schedule=effective_schedule(flow, group),
         is_schedule_active=flow.is_schedule_active,
         core_version=flow.core_version,
-        settings=FlowSettings(
-            heartbeat_enabled=group.heartbeat_enabled,
-            lazarus_enabled=group.lazarus_enabled,
-            version_locking_enabled=group.version_locking_enabled,
-        ),
+        settings=flow_settings(group),
+        default_parameters=group.default_parameters,
         created=flow.created,
         skipped=skipped,
+        versions=versions,
     )
 
 

@@ -111,15 +111,39 @@ class CreateProject(Message):
     skip_if_exists: bool = False
 
 
-class GetProject(Message):
-    project_id: str | None = None
+class ProjectRef(Message):
+    """Names a project by id or by name (exactly one)."""
+
+    project_id: Key | None = None
     name: Name | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> GetProject:
+    def _one(self) -> ProjectRef:
         if (self.project_id is None) == (self.name is None):
             raise ValueError("give exactly one of project_id and name")
         return self
+
+
+class GetProject(ProjectRef):
+    pass
+
+
+class RenameProject(Message):
+    project: ProjectRef
+    new_name: Name
+
+
+class SetProjectDescription(Message):
+    project: ProjectRef
+    description: str | None = Field(default=None, max_length=10_000)
+
+
+class DeleteProject(Message):
+    project: ProjectRef
+
+
+class Deleted(Message):
+    id: str
 
 
 class ProjectOut(Message):
@@ -162,6 +186,62 @@ class FlowSettings(Message):
     version_locking_enabled: bool
 
 
+class FlowGroupOut(Message):
+    id: str
+    project_id: str
+    name: str
+    labels: list[str] | None
+    default_parameters: dict[str, Any]
+    settings: FlowSettings
+
+
+class FlowVersion(Message):
+    id: str
+    version: int
+    archived: bool
+    created: datetime
+
+
+class ArchiveFlow(Message):
+    flow_id: Key
+
+
+class UnarchiveFlow(Message):
+    flow_id: Key
+
+
+class SetFlowSettings(Message):
+    """Change the settings of a flow's group; fields left out stay as they are."""
+
+    flow_id: Key
+    heartbeat_enabled: bool | None = None
+    lazarus_enabled: bool | None = None
+    version_locking_enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> SetFlowSettings:
+        if self.heartbeat_enabled is None and self.lazarus_enabled is None and self.version_locking_enabled is None:
+            raise ValueError("give at least one setting")
+        return self
+
+
+class SetFlowScheduleState(Message):
+    flow_id: Key
+    active: bool
+
+
+class SetFlowGroupLabels(Message):
+    """``labels=None`` unsets the group's labels (runs fall back to the flow's)."""
+
+    flow_group_id: Key
+    labels: Labels | None
+
+
+class SetFlowGroupDefaultParameters(Message):
+    flow_group_id: Key
+    parameters: dict[Name, JsonValue]
+
+
 class FlowOut(Message):
     id: str
     project_id: str
@@ -181,9 +261,12 @@ class FlowOut(Message):
     is_schedule_active: bool
     core_version: str
     settings: FlowSettings
+    default_parameters: dict[str, Any]
     created: datetime
     # True when an idempotent registration matched and created nothing.
     skipped: bool = False
+    # Every version of the flow's group, newest first (single-flow queries only).
+    versions: list[FlowVersion] | None = None
 
 
 class FlowList(Message):

@@ -146,6 +146,13 @@ class StateChanged(Message):
     previous: StateType | None = None
 
 
+class FlowRunDeleted(Message):
+    """Published on ``flowbus.evt.flow_run.<id>.deleted``."""
+
+    flow_run_id: str
+    reason: str
+
+
 class FlowRunCreated(Message):
     """Published on ``flowbus.evt.flow_run.<id>.created``."""
 
