@@ -60,3 +60,6 @@ async def test_empty_and_overlong_names(stack: Settings) -> None:
     for name in ["", "   ", "n" * 256]:
         reply = await _request(stack, subjects.Registration.CREATE_PROJECT, json.dumps({"name": name}).encode())
         assert reply["error"]["code"] == "VALIDATION_ERROR", name
+        rename = {"project": {"name": "anything"}, "new_name": name}
+        reply = await _request(stack, subjects.Registration.RENAME_PROJECT, json.dumps(rename).encode())
+        assert reply["error"]["code"] == "VALIDATION_ERROR", name

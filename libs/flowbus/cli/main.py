@@ -12,6 +12,7 @@ import importlib
 import json
 import runpy
 import sys
+import typing
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import wraps
@@ -79,9 +80,11 @@ def _strip_client(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Hide the injected client from typer's view of the signature."""
     import inspect
 
+    # Resolved annotations: typer ignores Annotated[...] options given as strings.
+    hints = typing.get_type_hints(fn, include_extras=True)
     sig = inspect.signature(fn)
-    params = list(sig.parameters.values())[1:]
-    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in list(sig.parameters.values())[1:]]
+    fn.__signature__ = sig.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
     return fn
 
 

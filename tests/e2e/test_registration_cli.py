@@ -1,0 +1,126 @@
+"""Registration through the CLI, as a user: register, re-register, version, archive, settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_tutorial import FLOWBUS, run, start, stop, wait_for_line
+
+pytestmark = pytest.mark.e2e
+
+ETL_V1 = """
+from flowbus import Flow, Parameter, task
+
+@task
+def extract(n):
+    return list(range(n))
+
+with Flow("etl") as flow:
+    extract(Parameter("n", default=3))
+"""
+
+ETL_V2 = (
+    ETL_V1
+    + """
+@task
+def load(rows):
+    return len(rows)
+
+with flow:
+    load(extract(Parameter("m", default=1)))
+"""
+)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    proc = start([FLOWBUS, "up"], home, work)
+    try:
+        wait_for_line(proc, "Press Ctrl-C to stop.")
+        yield home, work
+    finally:
+        stop(proc)
+
+
+def flowbus(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = run([FLOWBUS, *args], home, work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def flow_json(home: Path, work: Path, flow_id: str) -> dict:
+    return json.loads(flowbus(home, work, "get", "flow", flow_id).stdout)
+
+
+def registered_id(output: str) -> str:
+    return output.strip().rsplit("(", 1)[1].rstrip(")")
+
+
+def test_register_version_archive_and_settings(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    script = work / "etl.py"
+    script.write_text(textwrap.dedent(ETL_V1))
+    flowbus(home, work, "create", "project", "data")
+
+    first = flowbus(home, work, "register", "--project", "data", "-p", str(script))
+    assert "registered as version 1" in first.stdout
+    v1 = registered_id(first.stdout)
+    again = flowbus(home, work, "register", "--project", "data", "-p", str(script))
+    assert "skipped (unchanged)" in again.stdout
+    assert registered_id(again.stdout) == v1
+
+    script.write_text(textwrap.dedent(ETL_V2))
+    second = flowbus(home, work, "register", "--project", "data", "-p", str(script), "--label", "etl")
+    assert "registered as version 2" in second.stdout
+    v2 = registered_id(second.stdout)
+    assert flow_json(home, work, v1)["archived"] is True
+    shown = flow_json(home, work, v2)
+    assert shown["version"] == 2
+    assert "etl" in shown["labels"]
+    assert [(v["version"], v["archived"]) for v in shown["versions"]] == [(2, False), (1, True)]
+
+    forced = flowbus(home, work, "register", "--project", "data", "-p", str(script), "--force")
+    assert "registered as version 3" in forced.stdout
+
+    assert "unarchived" in flowbus(home, work, "flow", "unarchive", v1).stdout
+    assert flow_json(home, work, v1)["archived"] is False
+
+    flowbus(home, work, "flow", "settings", v1, "--no-heartbeat")
+    flowbus(home, work, "flow", "settings", v1, "--no-lazarus")
+    flowbus(home, work, "flow", "settings", v1, "--version-locking")
+    assert flow_json(home, work, v1)["settings"] == {
+        "heartbeat_enabled": False,
+        "lazarus_enabled": False,
+        "version_locking_enabled": True,
+    }
+    flowbus(home, work, "flow", "settings", v1, "--heartbeat", "--lazarus", "--no-version-locking")
+    assert flow_json(home, work, v1)["settings"] == {
+        "heartbeat_enabled": True,
+        "lazarus_enabled": True,
+        "version_locking_enabled": False,
+    }
+
+    # Version 3 archived version 2: it cannot be run.
+    archived = run([FLOWBUS, "run", "--id", v2], home, work)
+    assert archived.returncode == 1
+    assert f"ARCHIVED: Flow {v2} is archived." in archived.stderr
+
+    refused = run([FLOWBUS, "flow", "schedule", v1, "--on"], home, work)
+    assert refused.returncode == 1
+    assert "has no schedule" in refused.stderr
+
+    listed = flowbus(home, work, "get", "flows", "--project", "data", "--all-versions").stdout
+    assert listed.count("etl\t") == 3
+    flowbus(home, work, "project", "delete", "data", "--yes")
+    assert "data" not in flowbus(home, work, "get", "projects").stdout
+    gone = run([FLOWBUS, "get", "flow", v1], home, work)
+    assert gone.returncode == 1
+    assert "NOT_FOUND" in gone.stderr
