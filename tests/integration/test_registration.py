@@ -107,3 +107,17 @@ async def test_concurrent_registrations_never_duplicate_versions(client: AsyncCl
     assert sorted(o.version for o in outs) == list(range(1, 9))
     unarchived = await client.get_flows(project_name=project, archived=False, newest_only=False)
     assert len(unarchived) == 1
+
+
+async def test_two_registration_instances_racing_never_share_a_version(stack, client: AsyncClient) -> None:
+    """A second registration service on the same database and queue group: the
+    version constraint, not a read-then-write, keeps numbers unique."""
+    import asyncio
+
+    from flowbus.embedded import build_service_app
+
+    project = unique("proj")
+    await client.create_project(project)
+    async with build_service_app("registration", stack):
+        outs = await asyncio.gather(*(client.register(serialized_flow("race2"), project) for _ in range(16)))
+    assert sorted(o.version for o in outs) == list(range(1, 17))

@@ -107,3 +107,23 @@ def test_failed_upstream_triggers_downstream_failure() -> None:
     result = flow.run()
     assert result.state is StateType.FAILED
     assert result.states["after-1"] is StateType.TRIGGER_FAILED
+
+
+def test_parameters_and_clock_defaults_serialize() -> None:
+    from datetime import timedelta
+
+    from flowbus import CronClock, IntervalClock, Schedule
+
+    @task
+    def use(x: int, y: int) -> int:
+        return x + y
+
+    schedule = Schedule([CronClock("0 6 * * *", parameter_defaults={"y": 2}), IntervalClock(timedelta(hours=1))])
+    with Flow("scheduled", schedule=schedule) as flow:
+        use(Parameter("x", default=1), Parameter("y", required=True))
+    spec = flow.serialize()
+    assert [(p.name, p.required, p.default) for p in spec.parameters] == [("x", False, 1), ("y", True, None)]
+    assert spec.schedule is not None
+    assert [c.type for c in spec.schedule.clocks] == ["cron", "interval"]
+    assert spec.schedule.clocks[0].parameter_defaults == {"y": 2}
+    assert spec.schedule.clocks[1].interval_seconds == 3600
