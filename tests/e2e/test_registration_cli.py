@@ -69,6 +69,10 @@ def test_register_version_archive_and_settings(stack: tuple[Path, Path]) -> None
     script = work / "etl.py"
     script.write_text(textwrap.dedent(ETL_V1))
     flowbus(home, work, "create", "project", "data")
+    broken = run([FLOWBUS, "register", "--project", "data", "-p", str(work / "missing.py")], home, work)
+    assert broken.returncode == 1
+    assert "cannot load flows" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
     first = flowbus(home, work, "register", "--project", "data", "-p", str(script))
     assert "registered as version 1" in first.stdout

@@ -289,13 +289,16 @@ async def register(
 
     if (path is None) == (module is None):
         raise fail("give exactly one of --path and --module", 2)
-    with context.scope(loading_flow=True):
-        if path is not None:
-            sys.path.insert(0, str(path.resolve().parent))
-            namespace = runpy.run_path(str(path.resolve()), run_name=LOADED_SCRIPT_PREFIX)
-        else:
-            assert module is not None
-            namespace = vars(importlib.import_module(module))
+    try:
+        with context.scope(loading_flow=True):
+            if path is not None:
+                sys.path.insert(0, str(path.resolve().parent))
+                namespace = runpy.run_path(str(path.resolve()), run_name=LOADED_SCRIPT_PREFIX)
+            else:
+                assert module is not None
+                namespace = vars(importlib.import_module(module))
+    except Exception as exc:  # the user's code: report it in one line
+        raise fail(f"cannot load flows from {path or module}: {exc!r}") from None
     flows = [v for v in namespace.values() if isinstance(v, Flow)]
     if not flows:
         raise fail(f"no flows found in {path or module}")
