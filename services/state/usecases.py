@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +56,23 @@ def _version_error(kind: str, run_id: str, current: int, given: int) -> VersionL
     )
 
 
+R = TypeVar("R", FlowRun, TaskRun)
+
+
+def _kind(table: type[FlowRun] | type[TaskRun]) -> str:
+    return "Flow run" if table is FlowRun else "Task run"
+
+
+async def _row_at_version(session: AsyncSession, table: type[R], row_id: str, version: int) -> R:
+    """The run a state write targets, refused early when the writer's version is stale."""
+    row = await session.get(table, row_id)
+    if row is None:
+        raise NotFound(f"{_kind(table)} {row_id} not found")
+    if row.version != version:
+        raise _version_error(_kind(table), row.id, row.version, version)
+    return row
+
+
 async def _write_state(
     session: AsyncSession,
     row: FlowRun | TaskRun,
@@ -70,7 +87,6 @@ async def _write_state(
     version matches no row and gets VERSION_LOCKING_ERROR.
     """
     table = type(row)
-    kind = "Flow run" if table is FlowRun else "Task run"
     values: dict[str, Any] = {
         "state": state.type.value,
         "state_message": state.message,
@@ -88,7 +104,7 @@ async def _write_state(
         update(table).where(col(table.id) == row.id, col(table.version) == given_version).values(**values)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise _version_error(kind, row.id, row.version, given_version)
+        raise _version_error(_kind(table), row.id, row.version, given_version)
     await session.refresh(row)
     return state_out_of_run(row)
 
@@ -96,11 +112,7 @@ async def _write_state(
 async def set_flow_run_state(db: Database, cmd: SetFlowRunState) -> StateSet:
     now = utcnow()
     async with db.transaction() as session:
-        run = await session.get(FlowRun, cmd.flow_run_id)
-        if run is None:
-            raise NotFound(f"Flow run {cmd.flow_run_id} not found")
-        if run.version != cmd.version:
-            raise _version_error("Flow run", run.id, run.version, cmd.version)
+        run = await _row_at_version(session, FlowRun, cmd.flow_run_id, cmd.version)
         current = StateType(run.state)
         target = cmd.state.type
         check(Proposal(kind="flow run", run_id=run.id, current=current, target=target))
@@ -184,11 +196,7 @@ async def _cancel_task_runs(session: AsyncSession, flow_run_id: str, now: dateti
 async def set_task_run_state(db: Database, cmd: SetTaskRunState) -> StateSet:
     now = utcnow()
     async with db.transaction() as session:
-        task_run = await session.get(TaskRun, cmd.task_run_id)
-        if task_run is None:
-            raise NotFound(f"Task run {cmd.task_run_id} not found")
-        if task_run.version != cmd.version:
-            raise _version_error("Task run", task_run.id, task_run.version, cmd.version)
+        task_run = await _row_at_version(session, TaskRun, cmd.task_run_id, cmd.version)
         flow_run = await session.get(FlowRun, task_run.flow_run_id)
         current = StateType(task_run.state)
         check(
