@@ -43,14 +43,14 @@ def register(ctx: ServiceContext) -> None:
     sub = ctx.broker.subscriber
     db = ctx.db
 
-    def changed(out: T) -> Reply[T]:
-        """Reply after a write: its events wait in the outbox, so wake the relay."""
-        ctx.kick_outbox()
+    async def changed(out: T) -> Reply[T]:
+        """Reply after a write, once its events are published."""
+        await ctx.publish_outbox()
         return Reply.success(out)
 
     @sub(S.CREATE_PROJECT, queue=S.QUEUE, title="create_project")
     async def create_project(cmd: CreateProject) -> Reply[ProjectOut]:
-        return changed(await usecases.create_project(db, cmd))
+        return await changed(await usecases.create_project(db, cmd))
 
     @sub(S.GET_PROJECT, queue=S.QUEUE, title="get_project")
     async def get_project(query: GetProject) -> Reply[ProjectOut]:
@@ -62,7 +62,7 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(S.REGISTER_FLOW, queue=S.QUEUE, title="register_flow")
     async def register_flow(cmd: RegisterFlow) -> Reply[FlowOut]:
-        return changed(await usecases.register_flow(db, cmd))
+        return await changed(await usecases.register_flow(db, cmd))
 
     @sub(S.GET_FLOW, queue=S.QUEUE, title="get_flow")
     async def get_flow(query: GetFlow) -> Reply[FlowOut]:
@@ -74,36 +74,36 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(S.RENAME_PROJECT, queue=S.QUEUE, title="rename_project")
     async def rename_project(cmd: RenameProject) -> Reply[ProjectOut]:
-        return changed(await usecases.rename_project(db, cmd))
+        return await changed(await usecases.rename_project(db, cmd))
 
     @sub(S.SET_PROJECT_DESCRIPTION, queue=S.QUEUE, title="set_project_description")
     async def set_project_description(cmd: SetProjectDescription) -> Reply[ProjectOut]:
-        return changed(await usecases.set_project_description(db, cmd))
+        return await changed(await usecases.set_project_description(db, cmd))
 
     @sub(S.DELETE_PROJECT, queue=S.QUEUE, title="delete_project")
     async def delete_project(cmd: DeleteProject) -> Reply[Deleted]:
-        return changed(await usecases.delete_project(db, cmd))
+        return await changed(await usecases.delete_project(db, cmd))
 
     @sub(S.ARCHIVE_FLOW, queue=S.QUEUE, title="archive_flow")
     async def archive_flow(cmd: ArchiveFlow) -> Reply[FlowOut]:
-        return changed(await usecases.archive_flow(db, cmd))
+        return await changed(await usecases.archive_flow(db, cmd))
 
     @sub(S.UNARCHIVE_FLOW, queue=S.QUEUE, title="unarchive_flow")
     async def unarchive_flow(cmd: UnarchiveFlow) -> Reply[FlowOut]:
-        return changed(await usecases.unarchive_flow(db, cmd))
+        return await changed(await usecases.unarchive_flow(db, cmd))
 
     @sub(S.SET_FLOW_SETTINGS, queue=S.QUEUE, title="set_flow_settings")
     async def set_flow_settings(cmd: SetFlowSettings) -> Reply[FlowOut]:
-        return changed(await usecases.set_flow_settings(db, cmd))
+        return await changed(await usecases.set_flow_settings(db, cmd))
 
     @sub(S.SET_FLOW_SCHEDULE_STATE, queue=S.QUEUE, title="set_flow_schedule_state")
     async def set_flow_schedule_state(cmd: SetFlowScheduleState) -> Reply[FlowOut]:
-        return changed(await usecases.set_flow_schedule_state(db, cmd))
+        return await changed(await usecases.set_flow_schedule_state(db, cmd))
 
     @sub(S.SET_FLOW_GROUP_LABELS, queue=S.QUEUE, title="set_flow_group_labels")
     async def set_flow_group_labels(cmd: SetFlowGroupLabels) -> Reply[FlowGroupOut]:
-        return changed(await usecases.set_flow_group_labels(db, cmd))
+        return await changed(await usecases.set_flow_group_labels(db, cmd))
 
     @sub(S.SET_FLOW_GROUP_DEFAULT_PARAMETERS, queue=S.QUEUE, title="set_flow_group_default_parameters")
     async def set_flow_group_default_parameters(cmd: SetFlowGroupDefaultParameters) -> Reply[FlowGroupOut]:
-        return changed(await usecases.set_flow_group_default_parameters(db, cmd))
+        return await changed(await usecases.set_flow_group_default_parameters(db, cmd))

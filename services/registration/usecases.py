@@ -54,6 +54,7 @@ OWNER = "registration"
 # Concurrent registrations into one group collide on (flow_group_id, version);
 # the loser re-reads the highest version and tries again.
 VERSION_RETRIES = 10
+GROUP_NAMESPACE = uuid.UUID("7b0b8a52-6a0e-4c1d-9a57-6f1f2c3e4d5a")
 
 
 async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
@@ -269,7 +270,15 @@ async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFl
         if row is not None:
             found: FlowGroup = row[0]
             return found
-        group = FlowGroup(project_id=project.id, name=cmd.serialized_flow.name)
+        # A first registration of a name: the group id is derived from the
+        # project and name, so two racing first registrations collide on the
+        # primary key (and the loser retries into the winner's group) instead
+        # of each creating a group of its own.
+        group = FlowGroup(
+            id=str(uuid.uuid5(GROUP_NAMESPACE, f"{project.id}/{cmd.serialized_flow.name}")),
+            project_id=project.id,
+            name=cmd.serialized_flow.name,
+        )
     session.add(group)
     await session.flush()
     return group

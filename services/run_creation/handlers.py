@@ -19,5 +19,5 @@ def register(ctx: ServiceContext) -> None:
     @ctx.broker.subscriber(S.CREATE_FLOW_RUN, queue=S.QUEUE, title="create_flow_run")
     async def create_flow_run(cmd: CreateFlowRun) -> Reply[FlowRunOut]:
         out = await usecases.create_flow_run(ctx.db, cmd, ctx.settings.idempotency_ttl_seconds)
-        ctx.kick_outbox()
+        await ctx.publish_outbox()
         return Reply.success(out)

@@ -39,13 +39,13 @@ def register(ctx: ServiceContext) -> None:
     @sub(S.SET_FLOW_RUN_STATE, queue=S.QUEUE, title="set_flow_run_state")
     async def set_flow_run_state(cmd: SetFlowRunState) -> Reply[StateSet]:
         out = await usecases.set_flow_run_state(db, cmd)
-        ctx.kick_outbox()
+        await ctx.publish_outbox()
         return Reply.success(out)
 
     @sub(S.SET_TASK_RUN_STATE, queue=S.QUEUE, title="set_task_run_state")
     async def set_task_run_state(cmd: SetTaskRunState) -> Reply[StateSet]:
         out = await usecases.set_task_run_state(db, cmd)
-        ctx.kick_outbox()
+        await ctx.publish_outbox()
         return Reply.success(out)
 
     @sub(S.GET_FLOW_RUN, queue=S.QUEUE, title="get_flow_run")
@@ -79,7 +79,7 @@ async def clean_up_flow_runs(ctx: ServiceContext) -> None:
     async def apply(events: list[tuple[str, FlowEvent]]) -> None:
         for _subject, event in events:
             await usecases.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
-        ctx.kick_outbox()
+        await ctx.publish_outbox()
 
     await consume(
         ctx.jetstream,

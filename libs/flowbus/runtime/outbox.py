@@ -1,8 +1,10 @@
 """The transactional outbox: events leave a service only after its commit.
 
 A use case stages messages with :func:`stage` in the same transaction as
-its writes. After the commit, :class:`OutboxRelay` publishes the rows to
-JetStream in id order with ``Nats-Msg-Id`` set, then deletes them. A crash
+its writes. After the commit, the handler awaits
+:meth:`OutboxRelay.publish_pending`, which publishes the rows to JetStream in
+id order with ``Nats-Msg-Id`` set, then deletes them; a background sweep
+retries whatever a failed attempt left. A crash
 between commit and publish loses nothing (the rows wait for the next relay
 pass) and a crash between publish and delete duplicates nothing (JetStream
 drops the repeat by its message id within the duplicate window).
@@ -11,7 +13,6 @@ drops the repeat by its message id within the duplicate window).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nats.js import JetStreamContext
@@ -30,7 +31,7 @@ def stage(session: AsyncSession, owner: str, subject: str, message: Message, msg
 
 
 class OutboxRelay:
-    """Publishes one owner's outbox rows; wake it with :meth:`kick` after a commit."""
+    """Publishes one owner's outbox rows, in id order, one flusher at a time."""
 
     def __init__(self, owner: str, db: Database, js: JetStreamContext, batch: int = 256, idle: float = 1.0) -> None:
         self.owner = owner
@@ -38,27 +39,29 @@ class OutboxRelay:
         self.js = js
         self.batch = batch
         self.idle = idle
-        self._wake = asyncio.Event()
-
-    def kick(self) -> None:
-        self._wake.set()
+        self._lock = asyncio.Lock()
 
     async def run(self) -> None:
+        """Background sweep: publishes rows a failed or crashed earlier attempt left."""
         while True:
             try:
-                while await self.flush() == self.batch:
-                    pass
+                await self.publish_pending()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # NATS or the database is briefly away: the rows stay and are retried.
                 log.exception("outbox relay of %s failed; retrying", self.owner)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.idle)
-            self._wake.clear()
+            await asyncio.sleep(self.idle)
 
-    async def flush(self) -> int:
-        """Publish up to one batch of pending rows; returns how many were sent."""
+    async def publish_pending(self) -> None:
+        """Publish every pending row. Handlers await this after their commit and
+        before replying, so whoever acts on a reply acts after its events are in
+        the stream: per-run order holds across services."""
+        async with self._lock:
+            while await self._flush() == self.batch:
+                pass
+
+    async def _flush(self) -> int:
         async with self.db.session() as session:
             rows = (
                 await session.execute(

@@ -59,9 +59,18 @@ class ServiceContext:
         assert self.js is not None, "JetStream is available after startup"
         return self.js
 
-    def kick_outbox(self) -> None:
-        if self.relay is not None:
-            self.relay.kick()
+    async def publish_outbox(self) -> None:
+        """Publish this service's staged events now (call after a commit, before replying).
+
+        A publish failure does not fail the command: it is committed, and the
+        relay's sweep publishes the rows once NATS is back.
+        """
+        if self.relay is None:
+            return
+        try:
+            await self.relay.publish_pending()
+        except Exception:
+            log.warning("%s: events stay in the outbox for the next sweep", self.name, exc_info=True)
 
 
 Loop = Callable[[ServiceContext], Awaitable[None]]
