@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionReconnectingError, NoRespondersError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -79,6 +80,10 @@ T = TypeVar("T")
 
 # A watcher that vanishes leaves consumers behind; the server drops them after this.
 WATCH_CONSUMER_EXPIRY = 60.0
+# An idempotent command's first try: long enough for any healthy service.
+FIRST_ATTEMPT_TIMEOUT = 2.0
+# About how long a replicated stream takes to elect a new leader after losing one.
+FAILOVER_SECONDS = 30.0
 
 
 class ServiceUnavailable(ConnectionError):
@@ -115,17 +120,43 @@ class AsyncClient:
         assert self._nc is not None, "call connect() first"
         return self._nc
 
-    async def request(self, subject: str, message: Message, reply: type[M]) -> M:
+    async def request(self, subject: str, message: Message, reply: type[M], *, idempotent: bool = False) -> M:
+        """Send a command and unwrap its reply envelope.
+
+        A command that no service received (none running yet, or this
+        connection failing over to another NATS node) is resent for up to
+        ``unavailable_retry_seconds``. A command that may have been received but
+        got no answer is resent once only when ``idempotent`` (a query, or a
+        command carrying an idempotency key): its first attempt then waits
+        briefly, since during a fail-over a request can vanish with a node.
+        """
         nc = await self.connect()
-        try:
-            msg = await nc.request(
-                subject, message.model_dump_json().encode(), timeout=self.settings.nats.request_timeout
-            )
-        except NoRespondersError as exc:
-            service = subject.split(".")[2]
-            raise ServiceUnavailable(f"no {service} service is running (nothing answered on {subject})") from exc
-        except NatsTimeout as exc:
-            raise ServiceUnavailable(f"the {subject.split('.')[2]} service did not answer in time") from exc
+        payload = message.model_dump_json().encode()
+        service = subject.split(".")[2]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.nats.unavailable_retry_seconds
+        delay = 0.05
+        full = self.settings.nats.request_timeout
+        timeouts = [min(FIRST_ATTEMPT_TIMEOUT, full), full] if idempotent else [full]
+        while True:
+            try:
+                msg = await nc.request(subject, payload, timeout=timeouts[0])
+                break
+            except (NoRespondersError, ConnectionReconnectingError) as exc:
+                # Nothing received the command (a service restarting, or this
+                # connection failing over to another NATS node): safe to resend.
+                if loop.time() + delay > deadline:
+                    raise ServiceUnavailable(
+                        f"no {service} service is running (nothing answered on {subject})"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except NatsTimeout as exc:
+                if len(timeouts) > 1:
+                    timeouts.pop(0)
+                    continue
+                # It may have been applied: not resent; the caller decides.
+                raise ServiceUnavailable(f"the {service} service did not answer in time") from exc
         envelope = Reply[reply].model_validate_json(msg.data)  # type: ignore[valid-type]
         if not envelope.ok:
             assert envelope.error is not None
@@ -142,10 +173,10 @@ class AsyncClient:
         return await self.request(subjects.Registration.CREATE_PROJECT, cmd, ProjectOut)
 
     async def get_project(self, name: str) -> ProjectOut:
-        return await self.request(subjects.Registration.GET_PROJECT, GetProject(name=name), ProjectOut)
+        return await self.request(subjects.Registration.GET_PROJECT, GetProject(name=name), ProjectOut, idempotent=True)
 
     async def get_projects(self) -> list[ProjectOut]:
-        out = await self.request(subjects.Registration.LIST_PROJECTS, Empty(), ProjectList)
+        out = await self.request(subjects.Registration.LIST_PROJECTS, Empty(), ProjectList, idempotent=True)
         return out.projects
 
     async def register(
@@ -165,10 +196,12 @@ class AsyncClient:
             labels=labels,
             set_schedule_active=set_schedule_active,
         )
-        return await self.request(subjects.Registration.REGISTER_FLOW, cmd, FlowOut)
+        return await self.request(
+            subjects.Registration.REGISTER_FLOW, cmd, FlowOut, idempotent=idempotency_key is not None
+        )
 
     async def get_flow(self, flow_id: str) -> FlowOut:
-        return await self.request(subjects.Registration.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut)
+        return await self.request(subjects.Registration.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut, idempotent=True)
 
     async def rename_project(self, name: str, new_name: str) -> ProjectOut:
         cmd = RenameProject(project=ProjectRef(name=name), new_name=new_name)
@@ -183,10 +216,14 @@ class AsyncClient:
         return await self.request(subjects.Registration.DELETE_PROJECT, cmd, Deleted)
 
     async def archive_flow(self, flow_id: str) -> FlowOut:
-        return await self.request(subjects.Registration.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut)
+        return await self.request(
+            subjects.Registration.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+        )
 
     async def unarchive_flow(self, flow_id: str) -> FlowOut:
-        return await self.request(subjects.Registration.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut)
+        return await self.request(
+            subjects.Registration.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+        )
 
     async def set_flow_settings(
         self,
@@ -202,7 +239,7 @@ class AsyncClient:
             lazarus_enabled=lazarus_enabled,
             version_locking_enabled=version_locking_enabled,
         )
-        return await self.request(subjects.Registration.SET_FLOW_SETTINGS, cmd, FlowOut)
+        return await self.request(subjects.Registration.SET_FLOW_SETTINGS, cmd, FlowOut, idempotent=True)
 
     # The three mutations of seed 000, by their GraphQL names.
     async def disable_flow_heartbeat(self, flow_id: str, value: bool = True) -> FlowOut:
@@ -216,17 +253,19 @@ class AsyncClient:
 
     async def set_flow_schedule_state(self, flow_id: str, active: bool) -> FlowOut:
         cmd = SetFlowScheduleState(flow_id=flow_id, active=active)
-        return await self.request(subjects.Registration.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut)
+        return await self.request(subjects.Registration.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut, idempotent=True)
 
     async def set_flow_group_labels(self, flow_group_id: str, labels: list[str] | None) -> FlowGroupOut:
         cmd = SetFlowGroupLabels(flow_group_id=flow_group_id, labels=labels)
-        return await self.request(subjects.Registration.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut)
+        return await self.request(subjects.Registration.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut, idempotent=True)
 
     async def set_flow_group_default_parameters(
         self, flow_group_id: str, parameters: dict[str, JsonValue]
     ) -> FlowGroupOut:
         cmd = SetFlowGroupDefaultParameters(flow_group_id=flow_group_id, parameters=parameters)
-        return await self.request(subjects.Registration.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut)
+        return await self.request(
+            subjects.Registration.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut, idempotent=True
+        )
 
     async def get_flows(
         self,
@@ -236,7 +275,7 @@ class AsyncClient:
         newest_only: bool = True,
     ) -> list[FlowOut]:
         query = ListFlows(project_name=project_name, name=name, archived=archived, newest_only=newest_only)
-        return (await self.request(subjects.Registration.LIST_FLOWS, query, FlowList)).flows
+        return (await self.request(subjects.Registration.LIST_FLOWS, query, FlowList, idempotent=True)).flows
 
     # ---- runs ---------------------------------------------------------------
 
@@ -267,10 +306,12 @@ class AsyncClient:
             # A random key per call makes the client's own retries safe.
             idempotency_key=idempotency_key or f"client-{uuid.uuid4()}",
         )
-        return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut)
+        return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
 
     async def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
-        return await self.request(subjects.State.GET_FLOW_RUN, GetFlowRun(flow_run_id=flow_run_id), FlowRunDetail)
+        return await self.request(
+            subjects.State.GET_FLOW_RUN, GetFlowRun(flow_run_id=flow_run_id), FlowRunDetail, idempotent=True
+        )
 
     async def set_flow_run_state(
         self,
@@ -295,11 +336,13 @@ class AsyncClient:
         return await self.request(subjects.State.SET_TASK_RUN_STATE, cmd, StateSet)
 
     async def get_flow_run_logs(self, flow_run_id: str) -> list[LogRecord]:
-        out = await self.request(subjects.State.GET_FLOW_RUN_LOGS, GetFlowRunLogs(flow_run_id=flow_run_id), LogList)
+        out = await self.request(
+            subjects.State.GET_FLOW_RUN_LOGS, GetFlowRunLogs(flow_run_id=flow_run_id), LogList, idempotent=True
+        )
         return out.records
 
     async def get_agents(self) -> AgentList:
-        return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList)
+        return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)
 
     async def watch_flow_run(self, flow_run_id: str) -> AsyncIterator[StateChanged | LogRecord | FlowRunDeleted]:
         """Yield the run's state changes and log records, from the first, live.
@@ -332,8 +375,21 @@ class AsyncClient:
         def config() -> ConsumerConfig:
             return ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=WATCH_CONSUMER_EXPIRY)
 
-        events = await js.subscribe(subjects.flow_run_events(flow_run_id), cb=on_event, config=config())
-        logs = await js.subscribe(subjects.logs(flow_run_id), cb=on_logs, config=config())
+        async def subscribe(subject: str, stream: str, cb: Callable[[Any], Awaitable[None]]) -> Any:
+            # A stream electing a new leader (NATS fail-over) refuses consumers for
+            # a few seconds: keep trying for as long as a command would.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(self.settings.nats.request_timeout, FAILOVER_SECONDS)
+            while True:
+                try:
+                    return await js.subscribe(subject, stream=stream, cb=cb, config=config())
+                except NatsError:
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+
+        events = await subscribe(subjects.flow_run_events(flow_run_id), subjects.EVENTS_STREAM, on_event)
+        logs = await subscribe(subjects.logs(flow_run_id), subjects.LOGS_STREAM, on_logs)
         try:
             while True:
                 item = await queue.get()

@@ -22,6 +22,12 @@ DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
 class NatsTuning(BaseModel):
     request_timeout: float = 10.0
     connect_timeout: float = 2.0
+    # How long a command is resent while no service instance receives it
+    # (restarts, NATS fail-over) before the client gives up.
+    unavailable_retry_seconds: float = 3.0
+    # How long a command waits for its events to be published before it
+    # replies anyway (they stay in the outbox; only ordering is then best effort).
+    publish_wait_seconds: float = 2.0
     # Commands larger than this are refused with VALIDATION_ERROR before decoding.
     max_command_bytes: int = 1024 * 1024
     events_max_age_seconds: float = 7 * 24 * 3600

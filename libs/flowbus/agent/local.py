@@ -24,6 +24,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
@@ -95,6 +96,11 @@ class LocalAgent:
                     msgs = await psub.fetch(batch=8, timeout=1.0)
                 except (TimeoutError, NatsTimeout):
                     continue
+                except NatsError as exc:
+                    # Fail-over to another NATS node: the durable consumer keeps our place.
+                    log.warning("run queue unavailable (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
                 for msg in msgs:
                     await self._handle(msg)
         finally:
@@ -124,10 +130,11 @@ class LocalAgent:
                 queued.flow_run_id, queued.version, StateType.SUBMITTED, "Submitted for execution", agent_id=self.id
             )
         except (VersionLockingError, Conflict, NotFound):
-            # Claimed by another agent, already run, or gone: nothing to do.
-            self._slots.release()
-            await msg.ack()  # type: ignore[attr-defined]
-            return
+            if not await self._claimed_by_us(queued):
+                # Claimed by another agent, already run, or gone: nothing to do.
+                self._slots.release()
+                await msg.ack()  # type: ignore[attr-defined]
+                return
         except ServiceUnavailable:
             self._slots.release()
             await msg.nak(delay=2.0)  # type: ignore[attr-defined]
@@ -140,6 +147,19 @@ class LocalAgent:
         self._children.add(task)
         task.add_done_callback(self._children.discard)
 
+    async def _claimed_by_us(self, queued: RunQueued) -> bool:
+        """True when an earlier claim of ours went through but its reply was lost
+        (a redelivery after a NATS fail-over): the run is ours to start."""
+        try:
+            run = (await self.client.get_flow_run(queued.flow_run_id)).run
+        except FlowbusError:
+            return False
+        return (
+            run.agent_id == self.id
+            and run.state.type is StateType.SUBMITTED
+            and run.version == queued.version + 1
+        )
+
     async def _run_child(self, queued: RunQueued) -> None:
         shipper = LogShipper(self.client.nc.jetstream(), queued.flow_run_id, asyncio.get_running_loop())
         try:
@@ -151,7 +171,7 @@ class LocalAgent:
             message = f"Submitted for execution: PID: {proc.pid}"
             log.info("Flow run %s: %s", queued.flow_run_id, message)
             shipper.log(logging.INFO, message)
-            await shipper.publish_pending()
+            await shipper.drain()
             code = await proc.wait()
             if code != 0:
                 await self._fail_if_unfinished(queued.flow_run_id, f"Flow run process exited with code {code}.")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from datetime import UTC, datetime
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from flowbus import subjects
@@ -20,6 +22,9 @@ from flowbus.sdk import context
 
 BATCH = 100
 FLUSH_INTERVAL = 0.2
+# A NATS fail-over (stream leader election) takes seconds: wait that long at the end.
+STOP_PATIENCE = 30.0
+log = logging.getLogger(__name__)
 
 
 class LogShipper(logging.Handler):
@@ -28,7 +33,8 @@ class LogShipper(logging.Handler):
         self.js = js
         self.flow_run_id = flow_run_id
         self.loop = loop
-        self.queue: asyncio.Queue[LogRecord] = asyncio.Queue()
+        # Touched only on the loop's thread (emit hops there with call_soon_threadsafe).
+        self.pending: deque[LogRecord] = deque()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -42,13 +48,13 @@ class LogShipper(logging.Handler):
                 level=record.levelname if record.levelname in _LEVELS else "INFO",
                 message=self.format(record)[:100_000],
             )
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.pending.append, item)
         except Exception:  # a log call must never break the flow
             self.handleError(record)
 
     def log(self, level: int, message: str, name: str = "flowbus.agent") -> None:
         """Ship a record written by flowbus itself (agent or runner)."""
-        self.queue.put_nowait(
+        self.pending.append(
             LogRecord(
                 flow_run_id=self.flow_run_id,
                 timestamp=datetime.now(UTC),
@@ -64,23 +70,45 @@ class LogShipper(logging.Handler):
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            # Shielded: cancelling the loop never drops records taken off the queue.
-            await asyncio.shield(self.publish_pending())
+            try:
+                # Shielded: cancelling the loop never interrupts a batch in flight.
+                await asyncio.shield(self.publish_pending())
+            except NatsError as exc:
+                log.warning("log shipping paused (%s); records kept for the next try", type(exc).__name__)
 
     async def publish_pending(self) -> None:
-        """Publish everything queued so far (call before the run's final state)."""
+        """Publish everything queued so far. A failed batch goes back to the
+        front of the queue, so a NATS fail-over delays logs but loses none."""
         async with self._lock:
-            while not self.queue.empty():
-                records = [self.queue.get_nowait() for _ in range(min(BATCH, self.queue.qsize()))]
+            while self.pending:
+                records = [self.pending.popleft() for _ in range(min(BATCH, len(self.pending)))]
                 payload = LogBatch(records=records).model_dump_json().encode()
-                await self.js.publish(subjects.logs(self.flow_run_id), payload)
+                try:
+                    await self.js.publish(subjects.logs(self.flow_run_id), payload)
+                except BaseException:
+                    self.pending.extendleft(reversed(records))
+                    raise
 
-    async def stop(self) -> None:
+    async def stop(self, patience: float = STOP_PATIENCE) -> None:
+        """Stop the background shipping and publish what is left."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self.publish_pending()
+        await self.drain(patience)
+
+    async def drain(self, patience: float = STOP_PATIENCE) -> None:
+        """Publish everything queued, retrying through a fail-over for up to ``patience`` seconds."""
+        deadline = self.loop.time() + patience
+        while True:
+            try:
+                await self.publish_pending()
+                return
+            except NatsError:
+                if self.loop.time() > deadline:
+                    log.error("dropping %d log records of flow run %s", len(self.pending), self.flow_run_id)
+                    return
+                await asyncio.sleep(0.5)
 
 
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}

@@ -110,7 +110,8 @@ async def execute(flow_run_id: str, settings: Settings) -> int:
         heartbeat: asyncio.Task[None] | None = None
 
         async def finish(state: StateType, message: str) -> None:
-            await shipper.publish_pending()
+            # Logs first: a watcher sees them before the final state.
+            await shipper.drain()
             await client.set_flow_run_state(run.id, version, state, message)
 
         try:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -52,6 +53,10 @@ async def consume(
         try:
             msgs = await psub.fetch(batch, timeout=1.0)
         except (TimeoutError, NatsTimeout):
+            continue
+        except NatsError as exc:
+            log.warning("%s: consumer %s unavailable (%s); retrying", stream, durable, type(exc).__name__)
+            await asyncio.sleep(0.5)
             continue
         parsed: list[tuple[str, M]] = []
         good = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from sqlalchemy import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -48,6 +49,8 @@ class OutboxRelay:
                 await self.publish_pending()
             except asyncio.CancelledError:
                 raise
+            except NatsError as exc:
+                log.warning("outbox of %s waits for NATS (%s)", self.owner, type(exc).__name__)
             except Exception:
                 # NATS or the database is briefly away: the rows stay and are retried.
                 log.exception("outbox relay of %s failed; retrying", self.owner)

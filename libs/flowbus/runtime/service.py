@@ -68,9 +68,14 @@ class ServiceContext:
         if self.relay is None:
             return
         try:
-            await self.relay.publish_pending()
-        except Exception:
-            log.warning("%s: events stay in the outbox for the next sweep", self.name, exc_info=True)
+            # Shielded: on a time-out the publish goes on; only the reply stops waiting.
+            await asyncio.wait_for(
+                asyncio.shield(self.relay.publish_pending()), self.settings.nats.publish_wait_seconds
+            )
+        except TimeoutError:
+            log.warning("%s: events still publishing (NATS fail-over?); replying anyway", self.name)
+        except Exception as exc:
+            log.warning("%s: events stay in the outbox for the next sweep (%s)", self.name, exc)
 
 
 Loop = Callable[[ServiceContext], Awaitable[None]]
@@ -159,6 +164,10 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         settings.nats_servers(),
         name=f"flowbus-{name}",
         connect_timeout=int(max(1, settings.nats.connect_timeout)),
+        # Fail over to another cluster node quickly and never give up.
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
         decoder=lenient_json_decoder(settings.nats.max_command_bytes),
         middlewares=[
             NatsTelemetryMiddleware(tracer_provider=tracer_provider(name)),

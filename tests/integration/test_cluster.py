@@ -1,0 +1,135 @@
+"""The production topology with real processes: a 3-node NATS cluster with
+JetStream (streams replicated 3 times), the services connected to all three
+nodes, and an agent. A node dies mid-way and the system keeps running runs."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from flowbus.agent.local import LocalAgent
+from flowbus.client import AsyncClient
+from flowbus.embedded import SERVICE_MODULES, build_service_app, free_port, nats_server_binary
+from flowbus.runtime.nats import connect
+from flowbus.settings import NatsTuning, SchedulerSettings, Settings
+from flowbus.states import StateType
+from tests.conftest import unique
+from tests.integration.test_agent import _registered, watch_until_finished
+
+NODES = 3
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.client_ports = [free_port() for _ in range(NODES)]
+        self.route_ports = [free_port() for _ in range(NODES)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.root = root
+
+    @property
+    def url(self) -> str:
+        return ",".join(f"nats://127.0.0.1:{p}" for p in self.client_ports)
+
+    def start(self) -> None:
+        for i in range(NODES):
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i)
+            conf = self.root / f"n{i}.conf"
+            conf.write_text(
+                f"""
+server_name: n{i}
+listen: 127.0.0.1:{self.client_ports[i]}
+jetstream {{ store_dir: "{self.root / f"n{i}"}" }}
+cluster {{
+  name: flowbus
+  listen: 127.0.0.1:{self.route_ports[i]}
+  routes: [{routes}]
+}}
+"""
+            )
+            log = (self.root / f"n{i}.log").open("wb")
+            self.procs.append(subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log))
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        """Until JetStream answers through the cluster (a meta leader is elected)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    nc = await connect(Settings(nats_url=self.url), "probe")
+                    try:
+                        await nc.jetstream().account_info()
+                        return
+                    finally:
+                        await nc.close()
+                except Exception:
+                    await asyncio.sleep(0.2)
+
+    def kill(self, index: int) -> None:
+        self.procs[index].kill()
+        self.procs[index].wait()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    nodes = Cluster(tmp_path)
+    nodes.start()
+    try:
+        asyncio.run(nodes.wait_ready())
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+async def cluster_stack(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Settings]:
+    settings = Settings(
+        home=tmp_path / "home",
+        nats_url=cluster.url,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}",
+        nats=NatsTuning(stream_replicas=3, request_timeout=15.0),
+        scheduler=SchedulerSettings(release_interval=0.1),
+    )
+    async with AsyncExitStack() as apps:
+        for name in SERVICE_MODULES:
+            await apps.enter_async_context(build_service_app(name, settings))
+        yield settings
+
+
+async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: Settings, tmp_path: Path) -> None:
+    async with AsyncClient(cluster_stack) as client:
+        info = await client.nc.jetstream().stream_info("FLOWBUS_EVENTS")
+        assert info.config.num_replicas == 3
+
+        flow_id = await _registered(client, tmp_path)
+        agent = LocalAgent(cluster_stack, labels=["itest"], hostname_label=False)
+        task = asyncio.create_task(agent.run())
+        try:
+            first = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("before"))
+            states, messages = await watch_until_finished(client, first.id)
+            assert states[-1] is StateType.SUCCESS
+            assert "Hello, Cloud!" in messages
+
+            # The worst node to lose: the one leading the events stream. The
+            # other two keep a quorum and elect a new leader within seconds.
+            leader = (await client.nc.jetstream().stream_info("FLOWBUS_EVENTS")).cluster
+            assert leader is not None
+            assert leader.leader is not None
+            cluster.kill(int(leader.leader.removeprefix("n")))
+
+            second = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("after"))
+            states, messages = await watch_until_finished(client, second.id)
+            assert states[-1] is StateType.SUCCESS
+            assert "Hello, Cloud!" in messages
+        finally:
+            agent.stop()
+            await task
