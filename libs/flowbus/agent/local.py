@@ -154,11 +154,7 @@ class LocalAgent:
             run = (await self.client.get_flow_run(queued.flow_run_id)).run
         except FlowbusError:
             return False
-        return (
-            run.agent_id == self.id
-            and run.state.type is StateType.SUBMITTED
-            and run.version == queued.version + 1
-        )
+        return run.agent_id == self.id and run.state.type is StateType.SUBMITTED and run.version == queued.version + 1
 
     async def _run_child(self, queued: RunQueued) -> None:
         shipper = LogShipper(self.client.nc.jetstream(), queued.flow_run_id, asyncio.get_running_loop())
