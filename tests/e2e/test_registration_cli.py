@@ -69,6 +69,7 @@ def test_register_version_archive_and_settings(stack: tuple[Path, Path]) -> None
     script = work / "etl.py"
     script.write_text(textwrap.dedent(ETL_V1))
     flowbus(home, work, "create", "project", "data")
+    flowbus(home, work, "create", "project", "other")
     broken = run([FLOWBUS, "register", "--project", "data", "-p", str(work / "missing.py")], home, work)
     assert broken.returncode == 1
     assert "cannot load flows" in broken.stderr
@@ -125,6 +126,15 @@ def test_register_version_archive_and_settings(stack: tuple[Path, Path]) -> None
     assert listed.count("etl\t") == 3
     flowbus(home, work, "project", "delete", "data", "--yes")
     assert "data" not in flowbus(home, work, "get", "projects").stdout
+    (work / "etl_module.py").write_text(textwrap.dedent(ETL_V1).replace('"etl"', '"etl-module"'))
+    by_module = flowbus(home, work, "register", "--project", "other", "-m", "etl_module")
+    assert "registered as version 1" in by_module.stdout
+    assert flow_json(home, work, registered_id(by_module.stdout))["storage"] == {
+        "type": "module",
+        "path": None,
+        "module": "etl_module",
+    }
+
     gone = run([FLOWBUS, "get", "flow", v1], home, work)
     assert gone.returncode == 1
     assert "NOT_FOUND" in gone.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import runpy
 import sys
 import typing
@@ -296,6 +297,8 @@ async def register(
                 namespace = runpy.run_path(str(path.resolve()), run_name=LOADED_SCRIPT_PREFIX)
             else:
                 assert module is not None
+                # As `python -m` would: modules in the current folder are importable.
+                sys.path.insert(0, os.getcwd())
                 namespace = vars(importlib.import_module(module))
     except Exception as exc:  # the user's code: report it in one line
         raise fail(f"cannot load flows from {path or module}: {exc!r}") from None
