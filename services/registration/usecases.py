@@ -198,26 +198,22 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
         await session.flush()  # the (group, version) constraint fires here
 
         # A new version archives every other version of its group.
-        archived_ids = (
-            (
-                await session.execute(
-                    update(Flow)
-                    .where(Flow.flow_group_id == group.id, Flow.id != flow.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
-                    # The schedule switch is kept, so unarchiving restores it.
-                    .values(archived=True)
-                    .returning(col(Flow.id))
-                )
+        archived = (
+            await session.execute(
+                update(Flow)
+                .where(col(Flow.flow_group_id) == group.id, col(Flow.id) != flow.id, col(Flow.archived).is_(False))
+                # The schedule switch is kept, so unarchiving restores it.
+                .values(archived=True)
+                .returning(col(Flow.id), col(Flow.version))
             )
-            .scalars()
-            .all()
-        )
+        ).all()
         if cmd.idempotency_key is not None:
             group.idempotency_key = cmd.idempotency_key
             session.add(group)
 
         out = flow_out(flow, group, project)
         _stage_flow_event(session, out, subjects.FlowFact.REGISTERED)
-        for archived_id in archived_ids:
+        for archived_id, archived_version in archived:
             stage(
                 session,
                 OWNER,
@@ -227,7 +223,7 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
                     flow_group_id=group.id,
                     project_id=project.id,
                     fact=subjects.FlowFact.ARCHIVED,
-                    version=0,
+                    version=archived_version,
                     archived=True,
                     data={"superseded_by": flow.id},
                 ),
