@@ -15,7 +15,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NatsClient
@@ -80,6 +80,8 @@ T = TypeVar("T")
 
 # A watcher that vanishes leaves consumers behind; the server drops them after this.
 WATCH_CONSUMER_EXPIRY = 60.0
+# An agent is online while its last heartbeat is at most this many intervals old.
+AGENT_ONLINE_BEATS = 3
 # An idempotent command's first try: long enough for any healthy service.
 FIRST_ATTEMPT_TIMEOUT = 2.0
 # About how long a replicated stream takes to elect a new leader after losing one.
@@ -340,6 +342,27 @@ class AsyncClient:
             subjects.State.GET_FLOW_RUN_LOGS, GetFlowRunLogs(flow_run_id=flow_run_id), LogList, idempotent=True
         )
         return out.records
+
+    async def explain_waiting_run(self, flow_run_id: str) -> str | None:
+        """Why a due Scheduled run is not being picked up, or None when nothing is wrong.
+
+        1.x left users guessing; this names the cause: no agent online, or no
+        online agent whose labels cover the run's.
+        """
+        run = (await self.get_flow_run(flow_run_id)).run
+        if run.state.type is not StateType.SCHEDULED or run.scheduled_start_time > datetime.now(UTC):
+            return None
+        horizon = datetime.now(UTC) - timedelta(
+            seconds=AGENT_ONLINE_BEATS * self.settings.heartbeat.agent_interval_seconds
+        )
+        online = [a for a in (await self.get_agents()).agents if a.last_seen >= horizon]
+        if not online:
+            return "No agent is online: start one with `flowbus agent local start`."
+        if not any(subjects.agent_can_take(a.labels, run.labels) for a in online):
+            seen = "; ".join(f"{a.name}: {a.labels}" for a in online)
+            needs = f"labels {run.labels}" if run.labels else "an agent without labels"
+            return f"No online agent can take this run: it needs {needs}; online agents have {seen}."
+        return None
 
     async def get_agents(self) -> AgentList:
         return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)

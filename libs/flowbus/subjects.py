@@ -187,6 +187,13 @@ def agent_run_queues(agent_labels: Iterable[str]) -> list[str]:
     return [run_queue(subset) for size in range(1, len(unique) + 1) for subset in combinations(unique, size)]
 
 
+def agent_can_take(agent_labels: Iterable[str], run_labels: Iterable[str]) -> bool:
+    """The matching rule the run-queue subjects implement: a run's labels must be a
+    subset of the agent's, and a run without labels goes only to an agent without."""
+    agent, run = set(agent_labels), set(run_labels)
+    return run <= agent if run else not agent
+
+
 def agent_durable(agent_labels: Iterable[str]) -> str:
     """Agents with the same label set share one durable consumer (load balancing)."""
     return f"agents-{label_set_key(agent_labels)}"

@@ -147,3 +147,25 @@ async def test_future_run_is_released_by_the_scheduler(stack: Settings, client: 
     finally:
         agent.stop()
         await task
+
+
+async def test_a_waiting_run_is_explained(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
+    flow_id = await _registered(client, tmp_path)
+    run = await client.create_flow_run(flow_id, labels=["itest", "explain-gpu"])
+    # Each test has its own database, so no agent is registered yet.
+    assert await client.explain_waiting_run(run.id) == (
+        "No agent is online: start one with `flowbus agent local start`."
+    )
+    wrong = LocalAgent(stack, labels=["itest"], hostname_label=False)
+    task = asyncio.create_task(wrong.run())
+    try:
+        async with asyncio.timeout(30):
+            while wrong.id not in [a.id for a in (await client.get_agents()).agents]:
+                await asyncio.sleep(0.05)
+        reason = await client.explain_waiting_run(run.id)
+        assert reason is not None
+        assert "No online agent can take this run" in reason
+        assert "['explain-gpu', 'itest']" in reason
+    finally:
+        wrong.stop()
+        await task

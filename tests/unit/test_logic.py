@@ -127,3 +127,16 @@ def test_parameters_and_clock_defaults_serialize() -> None:
     assert [c.type for c in spec.schedule.clocks] == ["cron", "interval"]
     assert spec.schedule.clocks[0].parameter_defaults == {"y": 2}
     assert spec.schedule.clocks[1].interval_seconds == 3600
+
+
+def test_agent_matching_rule_agrees_with_the_run_queues() -> None:
+    cases = [
+        ([], [], True),
+        (["a"], [], False),
+        ([], ["a"], False),
+        (["a", "b"], ["a"], True),
+        (["a"], ["a", "b"], False),
+    ]
+    for agent, run, expected in cases:
+        assert subjects.agent_can_take(agent, run) is expected, (agent, run)
+        assert (subjects.run_queue(run) in subjects.agent_run_queues(agent)) is expected, (agent, run)

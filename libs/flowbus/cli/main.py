@@ -8,6 +8,7 @@ are printed as ``CODE: message`` with exit code 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -15,7 +16,7 @@ import runpy
 import sys
 import typing
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -28,7 +29,7 @@ from flowbus.schemas.common import FlowbusError
 from flowbus.schemas.flows import FlowOut
 from flowbus.schemas.runs import FlowRunDeleted, LogRecord, StateChanged
 from flowbus.settings import Settings
-from flowbus.states import is_failed
+from flowbus.states import StateType, is_failed
 
 app = typer.Typer(help="flowbus: workflow orchestration over NATS.", no_args_is_help=True, add_completion=False)
 create_app = typer.Typer(help="Create things.", no_args_is_help=True)
@@ -49,6 +50,8 @@ app.add_typer(project_app, name="project")
 app.add_typer(flow_app, name="flow")
 
 T = TypeVar("T")
+# How long `run --watch` lets a due run wait before explaining why.
+EXPLAIN_AFTER_SECONDS = 5.0
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -367,7 +370,11 @@ async def run(
     if not watch:
         return
     final_failed = False
+    due_in = (created.scheduled_start_time - datetime.now(UTC)).total_seconds()
+    explainer = asyncio.create_task(_explain_if_stuck(client, created.id, max(0.0, due_in) + EXPLAIN_AFTER_SECONDS))
     async for item in client.watch_flow_run(created.id):
+        if isinstance(item, StateChanged) and item.state.type is not StateType.SCHEDULED:
+            explainer.cancel()
         if isinstance(item, StateChanged):
             message = f": {item.state.message}" if item.state.message else ""
             typer.echo(f"{item.state.timestamp:%H:%M:%S} | Entered state {item.state.type.value}{message}")
@@ -377,8 +384,18 @@ async def run(
         elif isinstance(item, FlowRunDeleted):
             typer.echo(f"Flow run deleted: {item.reason}")
             final_failed = True
+    explainer.cancel()
     if final_failed:
         raise typer.Exit(1)
+
+
+async def _explain_if_stuck(client: AsyncClient, flow_run_id: str, after: float) -> None:
+    """If the run is still waiting a while after it is due, say why (once)."""
+    await asyncio.sleep(after)
+    with contextlib.suppress(FlowbusError, ServiceUnavailable):
+        reason = await client.explain_waiting_run(flow_run_id)
+        if reason:
+            typer.echo(f"Waiting: {reason}")
 
 
 @client_command(get_app, "flow-run", "Show one flow run.")
