@@ -205,7 +205,6 @@ def subjects_document() -> dict[str, Any]:
             "max_agent_labels": subjects.MAX_AGENT_LABELS,
             "agent_durable": subjects.agent_durable([]).removesuffix(subjects.NO_LABELS_KEY) + "{key}",
         },
-        "kv_buckets": {"leases": subjects.LEASES_BUCKET},
     }
 
 

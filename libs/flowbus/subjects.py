@@ -208,14 +208,5 @@ def flow_run_heartbeat(flow_run_id: str) -> str:
     return f"{PREFIX}.hb.flow_run.{flow_run_id}"
 
 
-def task_run_heartbeat(task_run_id: str) -> str:
-    return f"{PREFIX}.hb.task_run.{task_run_id}"
-
-
 def agent_heartbeat(agent_id: str) -> str:
     return f"{PREFIX}.hb.agent.{agent_id}"
-
-
-# ---- KV buckets -------------------------------------------------------------
-
-LEASES_BUCKET: Final = "flowbus_leases"
