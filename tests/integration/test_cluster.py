@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
 from flowbus.embedded import SERVICE_MODULES, build_service_app, free_port, nats_server_binary
@@ -66,6 +67,20 @@ cluster {{
                     finally:
                         await nc.close()
                 except Exception:
+                    await asyncio.sleep(0.2)
+
+    async def wait_for_leaders(self, client: AsyncClient, dead: str, timeout: float = 60) -> None:
+        """Until every stream has elected a leader other than the dead node."""
+        js = client.nc.jetstream()
+        async with asyncio.timeout(timeout):
+            for stream in (subjects.EVENTS_STREAM, subjects.LOGS_STREAM, subjects.RUNQ_STREAM):
+                while True:
+                    try:
+                        info = (await js.stream_info(stream)).cluster
+                        if info is not None and info.leader not in (None, dead):
+                            break
+                    except Exception:  # no leader yet: the request itself fails
+                        pass
                     await asyncio.sleep(0.2)
 
     def kill(self, index: int) -> None:
@@ -124,7 +139,9 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
             leader = (await client.nc.jetstream().stream_info("FLOWBUS_EVENTS")).cluster
             assert leader is not None
             assert leader.leader is not None
-            cluster.kill(int(leader.leader.removeprefix("n")))
+            dead = leader.leader
+            cluster.kill(int(dead.removeprefix("n")))
+            await cluster.wait_for_leaders(client, dead)
 
             second = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("after"))
             states, messages = await watch_until_finished(client, second.id)

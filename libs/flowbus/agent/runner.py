@@ -26,10 +26,11 @@ from typing import Any
 
 from flowbus import subjects
 from flowbus.agent.logs import LogShipper
-from flowbus.client import AsyncClient
+from flowbus.client import AsyncClient, NatsUnavailable, ServiceUnavailable
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.common import Conflict, FlowbusError, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
+from flowbus.schemas.runs import FlowRunOut, StateSet, TaskRunOut
 from flowbus.sdk import context
 from flowbus.sdk.engine import RunAbandoned, run_flow
 from flowbus.sdk.flow import LOADED_SCRIPT_PREFIX, Flow
@@ -67,11 +68,47 @@ def load_flow(storage: StorageSpec, name: str) -> Flow:
     return flows[0]
 
 
+async def write_own_state(
+    client: AsyncClient,
+    flow_run_id: str,
+    version: int,
+    state: StateType,
+    message: str | None,
+    task_run_id: str | None = None,
+) -> StateSet:
+    """A state write that survives a lost reply (a NATS fail-over).
+
+    After a time-out the write may or may not have happened; the run is read
+    back, and if it sits at ``version + 1`` in ``state`` the write went
+    through. Only the runner writes these states of its own run, so that
+    reading is unambiguous.
+    """
+    try:
+        if task_run_id is not None:
+            return await client.set_task_run_state(task_run_id, version, state, message)
+        return await client.set_flow_run_state(flow_run_id, version, state, message)
+    except ServiceUnavailable:
+        detail = await client.get_flow_run(flow_run_id)
+        rows: list[FlowRunOut | TaskRunOut] = (
+            [detail.run] if task_run_id is None else [t for t in detail.task_runs if t.id == task_run_id]
+        )
+        if rows and rows[0].version == version + 1 and rows[0].state.type is state:
+            return StateSet(id=rows[0].id, version=rows[0].version, state=rows[0].state)
+        raise
+
+
 class BackendHooks:
     """Reports task-run states to the state service from the engine's thread."""
 
-    def __init__(self, client: AsyncClient, loop: asyncio.AbstractEventLoop, task_runs: dict[str, tuple[str, int]]):
+    def __init__(
+        self,
+        client: AsyncClient,
+        loop: asyncio.AbstractEventLoop,
+        flow_run_id: str,
+        task_runs: dict[str, tuple[str, int]],
+    ):
         self.client = client
+        self.flow_run_id = flow_run_id
         self.loop = loop
         self.task_runs = task_runs  # slug -> (task run id, version)
 
@@ -85,7 +122,7 @@ class BackendHooks:
             return True
         task_run_id, version = entry
         future = asyncio.run_coroutine_threadsafe(
-            self.client.set_task_run_state(task_run_id, version, state, message), self.loop
+            write_own_state(self.client, self.flow_run_id, version, state, message, task_run_id), self.loop
         )
         try:
             out = future.result()
@@ -112,7 +149,7 @@ async def execute(flow_run_id: str, settings: Settings) -> int:
         async def finish(state: StateType, message: str) -> None:
             # Logs first: a watcher sees them before the final state.
             await shipper.drain()
-            await client.set_flow_run_state(run.id, version, state, message)
+            await write_own_state(client, run.id, version, state, message)
 
         try:
             try:
@@ -122,7 +159,7 @@ async def execute(flow_run_id: str, settings: Settings) -> int:
                 await finish(StateType.FAILED, str(exc))
                 return 1
             try:
-                version = (await client.set_flow_run_state(run.id, version, StateType.RUNNING, "Running flow.")).version
+                version = (await write_own_state(client, run.id, version, StateType.RUNNING, "Running flow.")).version
             except (VersionLockingError, Conflict) as exc:
                 # Someone else owns this run now: run nothing (once and only once).
                 log.warning("Not running flow run %s: %s", run.id, exc.message)
@@ -130,7 +167,7 @@ async def execute(flow_run_id: str, settings: Settings) -> int:
             if detail.heartbeat_enabled:
                 heartbeat = asyncio.create_task(_heartbeats(client, run.id, settings.heartbeat.interval_seconds))
             task_runs = {t.task_slug: (t.id, t.version) for t in detail.task_runs}
-            hooks = BackendHooks(client, loop, task_runs)
+            hooks = BackendHooks(client, loop, run.id, task_runs)
 
             def work() -> Any:
                 with context.scope(flow_run_id=run.id, flow_run_name=run.name, flow_id=run.flow_id):
@@ -172,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(execute(args[0], Settings()))
     except FlowbusError as exc:
         print(f"flowbus runner: {exc.code.value}: {exc.message}", file=sys.stderr)
+        return 1
+    except (NatsUnavailable, ServiceUnavailable) as exc:
+        print(f"flowbus runner: {exc}", file=sys.stderr)
         return 1
 
 
