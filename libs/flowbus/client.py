@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import ConnectionReconnectingError, NoRespondersError
@@ -25,12 +25,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel, JsonValue, ValidationError
 
 from flowbus import subjects
 from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.schemas.agents import AgentList, ListAgents
-from flowbus.schemas.common import Empty, Message, Reply, error_from_info
+from flowbus.schemas.common import Empty, Message, Reply, error_from_info, validation_failed
 from flowbus.schemas.flows import (
     ArchiveFlow,
     CreateProject,
@@ -56,26 +56,35 @@ from flowbus.schemas.flows import (
     UnarchiveFlow,
 )
 from flowbus.schemas.runs import (
+    CancelFlowRun,
     CreateFlowRun,
     FlowRunDeleted,
     FlowRunDetail,
+    FlowRunList,
     FlowRunOut,
     GetFlowRun,
+    GetFlowRunHistory,
     GetFlowRunLogs,
+    HistoryEntry,
+    ListFlowRuns,
     LogBatch,
     LogList,
     LogRecord,
     SetFlowRunState,
     SetTaskRunState,
     StateChanged,
+    StateHistoryList,
     StateSet,
     StateSpec,
 )
 from flowbus.settings import Settings
-from flowbus.states import StateType, is_finished
+from flowbus.states import State, StateType, is_finished
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+# A state to set: ``Success(message="It worked!")``, the JSON form
+# ``{"type": "Success", "message": "It worked!"}``, or a StateType.
+StateLike: TypeAlias = State | type[State] | StateType | Mapping[str, Any]
 
 
 # A watcher that vanishes leaves consumers behind; the server drops them after this.
@@ -295,7 +304,9 @@ class AsyncClient:
         scheduled_start_time: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> FlowRunOut:
-        cmd = CreateFlowRun(
+        """Create a run (Scheduled, version 1); ``scheduled_start_time`` must be timezone-aware."""
+        cmd = build(
+            CreateFlowRun,
             flow_id=flow_id,
             version_group_id=version_group_id,
             flow_name=flow_name,
@@ -311,37 +322,97 @@ class AsyncClient:
         return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
 
     async def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
+        """The run (with its version and state), its task runs, and what a runner needs."""
         return await self.request(
-            subjects.State.GET_FLOW_RUN, GetFlowRun(flow_run_id=flow_run_id), FlowRunDetail, idempotent=True
+            subjects.State.GET_FLOW_RUN, build(GetFlowRun, flow_run_id=flow_run_id), FlowRunDetail, idempotent=True
         )
+
+    async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
+        """The 1.x name of :meth:`get_flow_run`."""
+        return await self.get_flow_run(flow_run_id)
+
+    async def get_flow_runs(
+        self,
+        flow_id: str | None = None,
+        flow_group_id: str | None = None,
+        project_name: str | None = None,
+        states: Sequence[StateType | str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[FlowRunOut]:
+        """Runs, newest scheduled first; NOT_FOUND for an unknown project."""
+        query = build(
+            ListFlowRuns,
+            flow_id=flow_id,
+            flow_group_id=flow_group_id,
+            project_name=project_name,
+            states=list(states) if states is not None else None,
+            limit=limit,
+            offset=offset,
+        )
+        return (await self.request(subjects.State.LIST_FLOW_RUNS, query, FlowRunList, idempotent=True)).runs
 
     async def set_flow_run_state(
         self,
         flow_run_id: str,
         version: int,
-        state: StateType,
+        state: StateLike,
         message: str | None = None,
         agent_id: str | None = None,
     ) -> StateSet:
-        cmd = SetFlowRunState(
+        """Set a state at the run's current ``version`` (optimistic locking).
+
+        ``state`` is a State object (``Success(message="It worked!")``), its JSON
+        form (``{"type": "Success", "message": "It worked!"}``) or a StateType;
+        ``message``, when given, replaces the state's own.
+        """
+        cmd = build(
+            SetFlowRunState,
             flow_run_id=flow_run_id,
             version=version,
-            state=StateSpec(type=state, message=message),
+            state=state_spec(state, message),
             agent_id=agent_id,
         )
         return await self.request(subjects.State.SET_FLOW_RUN_STATE, cmd, StateSet)
 
     async def set_task_run_state(
-        self, task_run_id: str, version: int, state: StateType, message: str | None = None
+        self, task_run_id: str, version: int, state: StateLike, message: str | None = None
     ) -> StateSet:
-        cmd = SetTaskRunState(task_run_id=task_run_id, version=version, state=StateSpec(type=state, message=message))
+        """Set a task run's state at its current ``version``; ``state`` as for set_flow_run_state."""
+        cmd = build(SetTaskRunState, task_run_id=task_run_id, version=version, state=state_spec(state, message))
         return await self.request(subjects.State.SET_TASK_RUN_STATE, cmd, StateSet)
 
-    async def get_flow_run_logs(self, flow_run_id: str) -> list[LogRecord]:
-        out = await self.request(
-            subjects.State.GET_FLOW_RUN_LOGS, GetFlowRunLogs(flow_run_id=flow_run_id), LogList, idempotent=True
+    async def cancel_flow_run(self, flow_run_id: str, message: str | None = None) -> StateSet:
+        """Cancel a run: Cancelling while it runs, Cancelled before; a finished run is
+        left as it is (``changed`` is False)."""
+        cmd = build(CancelFlowRun, flow_run_id=flow_run_id, message=message)
+        return await self.request(subjects.State.CANCEL_FLOW_RUN, cmd, StateSet, idempotent=True)
+
+    async def get_flow_run_history(self, flow_run_id: str, include_task_runs: bool = False) -> list[HistoryEntry]:
+        """Every accepted state of the run (and of its task runs), oldest first."""
+        query = build(GetFlowRunHistory, flow_run_id=flow_run_id, include_task_runs=include_task_runs)
+        return (
+            await self.request(subjects.State.GET_FLOW_RUN_HISTORY, query, StateHistoryList, idempotent=True)
+        ).entries
+
+    async def get_flow_run_logs(
+        self,
+        flow_run_id: str,
+        level: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[LogRecord]:
+        """Stored logs in time order: ``level`` and above, ``since``/``until`` inclusive (timezone-aware)."""
+        query = build(
+            GetFlowRunLogs,
+            flow_run_id=flow_run_id,
+            level=level.upper() if level else None,
+            since=since,
+            until=until,
+            limit=limit,
         )
-        return out.records
+        return (await self.request(subjects.State.GET_FLOW_RUN_LOGS, query, LogList, idempotent=True)).records
 
     async def explain_waiting_run(self, flow_run_id: str) -> str | None:
         """Why a due Scheduled run is not being picked up, or None when nothing is wrong.
@@ -434,6 +505,32 @@ class AsyncClient:
             await logs.unsubscribe()
 
 
+def build(model: type[M], **fields: Any) -> M:
+    """A command from the caller's values, refused as a service would refuse it
+    (ValidationFailed, code VALIDATION_ERROR) when they are invalid."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
+
+
+def state_spec(state: StateLike, message: str | None = None) -> StateSpec:
+    """The wire form of a state given as a State object (or class), its JSON dict
+    or a StateType; ``message``, when given, replaces the state's own."""
+    if isinstance(state, type):
+        state = state()
+    fields: dict[str, Any]
+    if isinstance(state, State):
+        fields = {"type": state.type, "message": state.message, "result": state.result}
+    elif isinstance(state, str):
+        fields = {"type": state}
+    else:
+        fields = dict(state)
+    if message is not None:
+        fields["message"] = message
+    return build(StateSpec, **fields)
+
+
 async def _last_sequence(js: JetStreamContext, stream: str, subject: str) -> int:
     """Stream sequence of the newest message on ``subject`` (0 when there is none)."""
     try:
@@ -516,20 +613,84 @@ class Client:
     def get_flows(self, **kwargs: Any) -> list[FlowOut]:
         return self._run(self._async.get_flows(**kwargs))
 
-    def create_flow_run(self, flow_id: str | None = None, **kwargs: Any) -> str:
+    def create_flow_run(
+        self,
+        flow_id: str | None = None,
+        *,
+        version_group_id: str | None = None,
+        parameters: dict[str, JsonValue] | None = None,
+        labels: list[str] | None = None,
+        run_name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+        context: dict[str, JsonValue] | None = None,
+        flow_name: str | None = None,
+        project_name: str | None = None,
+    ) -> str:
         """Create a run and return its id (as the 1.x client did)."""
-        return self._run(self._async.create_flow_run(flow_id, **kwargs)).id
+        run = self._run(
+            self._async.create_flow_run(
+                flow_id,
+                version_group_id=version_group_id,
+                flow_name=flow_name,
+                project_name=project_name,
+                parameters=parameters,
+                context=context,
+                labels=labels,
+                run_name=run_name,
+                scheduled_start_time=scheduled_start_time,
+                idempotency_key=idempotency_key,
+            )
+        )
+        return run.id
 
     def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
         return self._run(self._async.get_flow_run(flow_run_id))
 
-    def set_flow_run_state(
-        self, flow_run_id: str, version: int, state: StateType, message: str | None = None
-    ) -> StateSet:
-        return self._run(self._async.set_flow_run_state(flow_run_id, version, state, message))
+    def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
+        return self._run(self._async.get_flow_run_info(flow_run_id))
 
-    def get_flow_run_logs(self, flow_run_id: str) -> list[LogRecord]:
-        return self._run(self._async.get_flow_run_logs(flow_run_id))
+    def get_flow_runs(
+        self,
+        flow_id: str | None = None,
+        flow_group_id: str | None = None,
+        project_name: str | None = None,
+        states: Sequence[StateType | str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[FlowRunOut]:
+        return self._run(self._async.get_flow_runs(flow_id, flow_group_id, project_name, states, limit, offset))
+
+    def set_flow_run_state(
+        self,
+        flow_run_id: str,
+        version: int,
+        state: StateLike,
+        message: str | None = None,
+        agent_id: str | None = None,
+    ) -> StateSet:
+        return self._run(self._async.set_flow_run_state(flow_run_id, version, state, message, agent_id))
+
+    def set_task_run_state(
+        self, task_run_id: str, version: int, state: StateLike, message: str | None = None
+    ) -> StateSet:
+        return self._run(self._async.set_task_run_state(task_run_id, version, state, message))
+
+    def cancel_flow_run(self, flow_run_id: str, message: str | None = None) -> StateSet:
+        return self._run(self._async.cancel_flow_run(flow_run_id, message))
+
+    def get_flow_run_history(self, flow_run_id: str, include_task_runs: bool = False) -> list[HistoryEntry]:
+        return self._run(self._async.get_flow_run_history(flow_run_id, include_task_runs))
+
+    def get_flow_run_logs(
+        self,
+        flow_run_id: str,
+        level: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[LogRecord]:
+        return self._run(self._async.get_flow_run_logs(flow_run_id, level, since, until, limit))
 
 
 __all__ = ["AsyncClient", "Client", "NatsUnavailable", "ServiceUnavailable"]

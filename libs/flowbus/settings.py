@@ -10,13 +10,50 @@ URL is not set, clients read the endpoint file that ``flowbus up`` writes in
 from __future__ import annotations
 
 import json
+import re
+from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENDPOINT_FILE = "endpoint.json"
 DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float) -> timedelta:
+    """``90``, ``90s``, ``30m``, ``24h``, ``1d`` (a bare number is seconds) as a timedelta."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value.lower())
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (give a number of seconds or e.g. 90s, 30m, 24h, 1d)")
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def _seconds(value: object) -> object:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return parse_duration(value).total_seconds()
+    return value
+
+
+def _never(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in {"", "never", "none"}:
+        return None
+    return value
+
+
+# A duration in seconds, also given as "90s", "30m", "24h" or "1d".
+Seconds = Annotated[float, Field(ge=0), BeforeValidator(_seconds)]
+PositiveSeconds = Annotated[float, Field(gt=0), BeforeValidator(_seconds)]
 
 
 class NatsTuning(BaseModel):
@@ -30,6 +67,9 @@ class NatsTuning(BaseModel):
     publish_wait_seconds: float = 2.0
     # Commands larger than this are refused with VALIDATION_ERROR before decoding.
     max_command_bytes: int = 1024 * 1024
+    # Messages a service instance handles at once per faststream subject (the
+    # hot-path commands go through the fast lane and group commit instead).
+    max_concurrent_messages: int = 16
     events_max_age_seconds: float = 7 * 24 * 3600
     logs_max_age_seconds: float = 7 * 24 * 3600
     runq_max_age_seconds: float = 24 * 3600
@@ -55,6 +95,8 @@ class AgentSettings(BaseModel):
     labels: list[str] = Field(default_factory=list)
     no_hostname_label: bool = False
     max_concurrent_runs: int = 16
+    # How long a cancelled flow's process gets to stop after SIGTERM before SIGKILL.
+    cancel_grace_seconds: float = 5.0
 
 
 class Settings(BaseSettings):
@@ -68,9 +110,11 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     database_url: str | None = None
     log_level: str = "INFO"
-    # Flow-run idempotency keys never expire unless this is set (seed 002's
-    # 24 h sliding window is then available by setting 86400).
-    idempotency_ttl_seconds: float | None = None
+    # FLOWBUS_IDEMPOTENCY_TTL: flow-run idempotency keys never expire unless
+    # this is set (``24h`` gives seed 002's sliding window).
+    idempotency_ttl: Annotated[PositiveSeconds | None, BeforeValidator(_never)] = None
+    # How long `run --watch` / `watch` let a due run wait unclaimed before saying why.
+    watch_explain_after: Seconds = 15.0
     service_host: str = "127.0.0.1"
     service_port: int = 0
 
@@ -78,6 +122,10 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    @property
+    def idempotency_ttl_seconds(self) -> float | None:
+        return self.idempotency_ttl
 
     @property
     def endpoint_file(self) -> Path:

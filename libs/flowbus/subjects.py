@@ -62,6 +62,9 @@ class State:
     SET_TASK_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_task_run_state"
     GET_FLOW_RUN: Final = f"{PREFIX}.cmd.state.get_flow_run"
     GET_FLOW_RUN_LOGS: Final = f"{PREFIX}.cmd.state.get_flow_run_logs"
+    GET_FLOW_RUN_HISTORY: Final = f"{PREFIX}.cmd.state.get_flow_run_history"
+    LIST_FLOW_RUNS: Final = f"{PREFIX}.cmd.state.list_flow_runs"
+    CANCEL_FLOW_RUN: Final = f"{PREFIX}.cmd.state.cancel_flow_run"
 
 
 class Heartbeat:

@@ -24,7 +24,7 @@ B = TypeVar("B", bound=BaseModel)
 
 
 def register(ctx: ServiceContext) -> None:
-    sub = ctx.broker.subscriber
+    sub = ctx.subscriber
     db = ctx.db
 
     @sub(S.REGISTER_AGENT, queue=S.QUEUE, title="register_agent")

@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 
 def register(ctx: ServiceContext) -> None:
-    sub = ctx.broker.subscriber
+    sub = ctx.subscriber
     db = ctx.db
 
     async def changed(out: T) -> Reply[T]:

@@ -7,6 +7,8 @@ Owns the project, flow_group and flow tables. Stages events for
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -52,8 +54,9 @@ from flowbus.schemas.flows import (
 
 OWNER = "registration"
 # Concurrent registrations into one group collide on (flow_group_id, version);
-# the loser re-reads the highest version and tries again.
-VERSION_RETRIES = 10
+# the loser re-reads the highest version and tries again after a short random
+# wait, so that a crowd of racers spreads out instead of colliding again.
+VERSION_RETRIES = 30
 GROUP_NAMESPACE = uuid.UUID("7b0b8a52-6a0e-4c1d-9a57-6f1f2c3e4d5a")
 
 
@@ -146,7 +149,7 @@ async def register_flow(db: Database, cmd: RegisterFlow) -> FlowOut:
         try:
             return await _register_once(db, cmd)
         except IntegrityError:
-            continue
+            await asyncio.sleep(random.uniform(0.001, 0.02))
     raise Conflict("Too many concurrent registrations into this version group; try again.")
 
 

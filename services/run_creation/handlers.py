@@ -1,14 +1,16 @@
 """NATS handlers of the run-creation service.
 
-Reads: ``flowbus.cmd.run_creation.create_flow_run`` (queue group ``run_creation``).
+Reads: ``flowbus.cmd.run_creation.create_flow_run`` (queue group ``run_creation``,
+through the fast lane into a group committer).
 Writes: replies; events and run-queue messages through the outbox.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import Reply
 from flowbus.schemas.runs import CreateFlowRun, FlowRunOut
 from services.run_creation import usecases
 
@@ -16,8 +18,18 @@ S = subjects.RunCreation
 
 
 def register(ctx: ServiceContext) -> None:
-    @ctx.broker.subscriber(S.CREATE_FLOW_RUN, queue=S.QUEUE, title="create_flow_run")
-    async def create_flow_run(cmd: CreateFlowRun) -> Reply[FlowRunOut]:
-        out = await usecases.create_flow_run(ctx.db, cmd, ctx.settings.idempotency_ttl_seconds)
-        await ctx.publish_outbox()
-        return Reply.success(out)
+    # Concurrent creates share one transaction; their events are published
+    # before any of them is answered.
+    creates = ctx.group_committer(
+        "create_flow_run",
+        partial(usecases.create_flow_runs, ctx.db, idempotency_ttl=ctx.settings.idempotency_ttl_seconds),
+    )
+
+    ctx.fast_command(
+        S.CREATE_FLOW_RUN,
+        queue=S.QUEUE,
+        model=CreateFlowRun,
+        reply=FlowRunOut,
+        committer=creates,
+        title="create_flow_run",
+    )

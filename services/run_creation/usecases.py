@@ -1,30 +1,40 @@
 """Creating flow runs (SEMANTICS.md, "Creating flow runs").
 
-Inserts the flow_run row (Scheduled, version 1), its task runs (Pending)
-and the first state-history entry in one transaction, and stages in the
-outbox: ``flowbus.evt.flow_run.<id>.created``, ``...<id>.state`` and, when
+``create_flow_runs`` takes a batch of create commands (the group committer
+gathers concurrent ones) and, in one transaction, inserts each new run
+(Scheduled, version 1), its task runs (Pending) and its first state-history
+entry with prebuilt statements run with executemany, and stages in the
+outbox ``flowbus.evt.flow_run.<id>.created``, ``...<id>.state`` and, when
 the run is already due, its ``flowbus.runq.<label-set key>`` message
 (message id ``runq:<run>:<version>``, the same one the scheduler uses, so
 the run is queued once).
+
+Idempotency: a create whose key (per flow) is already taken returns the
+first run and changes nothing. Inside a batch the same holds by lookup; across
+processes the unique constraint (flow_id, idempotency_key) decides: the batch
+that loses rolls back, and each of its commands is retried alone, where the
+loser finds the winner's run.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
 from flowbus.db.engine import Database
-from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, utcnow
-from flowbus.db.views import flow_run_out, load_flow, load_flow_run, state_out_of_run
+from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id, utcnow
+from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
-from flowbus.runtime.outbox import stage
-from flowbus.schemas.common import Archived, Conflict, NotFound, ValidationFailed
+from flowbus.runtime.outbox import outbox_row, stage_rows
+from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunCreated, FlowRunOut, RunQueued, StateChanged
 from flowbus.states import StateType
@@ -32,176 +42,318 @@ from flowbus.states import StateType
 OWNER = "run_creation"
 SCHEDULED_MESSAGE = "Flow run scheduled."
 
+_f = Flow.__table__  # type: ignore[attr-defined]
+_g = FlowGroup.__table__  # type: ignore[attr-defined]
+_p = Project.__table__  # type: ignore[attr-defined]
+_fr = FlowRun.__table__  # type: ignore[attr-defined]
 
-async def create_flow_run(db: Database, cmd: CreateFlowRun, idempotency_ttl: float | None) -> FlowRunOut:
-    try:
-        return await _create(db, cmd, idempotency_ttl)
-    except IntegrityError:
-        # A concurrent create with the same idempotency key won the insert.
-        if cmd.idempotency_key is None:
-            raise
-        async with db.session() as session:
-            flow, _group, _project = await _resolve_flow(session, cmd)
-            existing = await _existing(session, flow.id, cmd.idempotency_key)
-            if existing is None:
-                raise
-            run, flow, _g, project = await load_flow_run(session, existing.id)
-            return flow_run_out(run, flow, project)
+# Prebuilt once: building statements per request costs more than running them.
+_TARGET_COLUMNS = (
+    _f.c.id,
+    _f.c.name,
+    _f.c.archived,
+    _f.c.parameters,
+    _f.c.tasks,
+    _f.c.run_config,
+    _f.c.flow_group_id,
+    _g.c.labels.label("group_labels"),
+    _g.c.default_parameters.label("group_default_parameters"),
+    _g.c.run_config.label("group_run_config"),
+    _p.c.name.label("project_name"),
+)
+_FROM_TARGET = _f.join(_g, _g.c.id == _f.c.flow_group_id).join(_p, _p.c.id == _f.c.project_id)
+_SELECT_FLOW = select(*_TARGET_COLUMNS).select_from(_FROM_TARGET).where(_f.c.id == bindparam("flow_id"))
+_SELECT_UNARCHIVED = select(*_TARGET_COLUMNS).select_from(_FROM_TARGET).where(_f.c.archived.is_(False))
+_SELECT_GROUP = select(_g.c.id).where(_g.c.id == bindparam("group_id"))
+_SELECT_KEYS = select(_fr).where(
+    _fr.c.flow_id == bindparam("flow_id"), _fr.c.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+_RELEASE_OR_REFRESH_KEY = (
+    update(_fr)
+    .where(_fr.c.id == bindparam("b_id"))
+    .values(idempotency_key=bindparam("key"), idempotency_expires=bindparam("expires"))
+)
+_INSERT_RUN = insert(_fr)
+_INSERT_TASK_RUN = insert(TaskRun.__table__)  # type: ignore[attr-defined]
+_INSERT_HISTORY = insert(StateHistory.__table__)  # type: ignore[attr-defined]
 
 
-async def _create(db: Database, cmd: CreateFlowRun, idempotency_ttl: float | None) -> FlowRunOut:
-    now = utcnow()
-    async with db.transaction() as session:
-        flow, group, project = await _resolve_flow(session, cmd)
+@dataclass(frozen=True)
+class _Target:
+    """What a create needs of the flow it targets, its group and project."""
 
-        if cmd.idempotency_key is not None:
-            existing = await _existing(session, flow.id, cmd.idempotency_key)
+    flow_id: str
+    flow_name: str
+    flow_group_id: str
+    project_name: str
+    archived: bool
+    parameters: list[ParameterSpec]
+    tasks: list[dict[str, Any]]
+    flow_run_config: RunConfigSpec
+    group_labels: list[str] | None
+    group_default_parameters: dict[str, Any]
+    group_run_config: RunConfigSpec
+
+    @classmethod
+    def of(cls, row: Any) -> _Target:
+        return cls(
+            flow_id=row.id,
+            flow_name=row.name,
+            flow_group_id=row.flow_group_id,
+            project_name=row.project_name,
+            archived=row.archived,
+            parameters=[ParameterSpec.model_validate(p) for p in row.parameters],
+            tasks=list(row.tasks),
+            flow_run_config=RunConfigSpec.model_validate(row.run_config or {}),
+            group_labels=row.group_labels,
+            group_default_parameters=dict(row.group_default_parameters or {}),
+            group_run_config=RunConfigSpec.model_validate(row.group_run_config or {}),
+        )
+
+
+class _Batch:
+    def __init__(self, conn: AsyncConnection, now: datetime, idempotency_ttl: float | None) -> None:
+        self.conn = conn
+        self.now = now
+        self.ttl = idempotency_ttl
+        self.targets: dict[tuple[str, str | None, str | None], _Target | FlowbusError] = {}
+        # (flow id, key) -> the run that holds the key: stored, or created in this batch.
+        self.keys: dict[tuple[str, str], FlowRunOut] = {}
+        self.expires: dict[str, datetime] = {}  # run id -> when its key expires (TTL set)
+        self.key_updates: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []
+        self.task_runs: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+
+    # ---- reading ----------------------------------------------------------
+
+    async def load(self, commands: Sequence[CreateFlowRun]) -> None:
+        """Resolve every distinct target, then look up every key in one query per flow."""
+        wanted: dict[str, set[str]] = {}
+        for cmd in commands:
+            target = await self.target(cmd)
+            if isinstance(target, _Target) and cmd.idempotency_key is not None:
+                wanted.setdefault(target.flow_id, set()).add(cmd.idempotency_key)
+        for flow_id, keys in wanted.items():
+            rows = (await self.conn.execute(_SELECT_KEYS, {"flow_id": flow_id, "keys": sorted(keys)})).all()
+            for row in rows:
+                target = self.targets[(flow_id, None, None)]
+                assert isinstance(target, _Target)
+                self.keys[(flow_id, row.idempotency_key)] = flow_run_out(row, target.flow_name, target.project_name)
+                if row.idempotency_expires is not None:
+                    self.expires[row.id] = row.idempotency_expires
+
+    async def target(self, cmd: CreateFlowRun) -> _Target | FlowbusError:
+        key = (cmd.flow_id or "", cmd.version_group_id, None if cmd.flow_id else f"{cmd.project_name}/{cmd.flow_name}")
+        if key not in self.targets:
+            try:
+                target = await self._resolve(cmd)
+                self.targets[key] = target
+                self.targets.setdefault((target.flow_id, None, None), target)
+            except FlowbusError as refusal:
+                self.targets[key] = refusal
+        return self.targets[key]
+
+    async def _by_id(self, flow_id: str) -> _Target:
+        cached = self.targets.get((flow_id, None, None))
+        if isinstance(cached, _Target):
+            return cached
+        row = (await self.conn.execute(_SELECT_FLOW, {"flow_id": flow_id})).first()
+        if row is None:
+            raise NotFound(f"Flow {flow_id} not found")
+        return _Target.of(row)
+
+    async def _resolve(self, cmd: CreateFlowRun) -> _Target:
+        """The flow a create targets: by id, by version group, or by name (+ project)."""
+        if cmd.flow_id is not None:
+            target = await self._by_id(cmd.flow_id)
+            if target.archived:
+                raise Archived(f"Flow {target.flow_id} is archived.")
+            return target
+        if cmd.version_group_id is not None:
+            group_id = cmd.version_group_id
+            rows = (await self.conn.execute(_SELECT_UNARCHIVED.where(_f.c.flow_group_id == group_id))).all()
+            if not rows:
+                if (await self.conn.execute(_SELECT_GROUP, {"group_id": group_id})).first() is None:
+                    raise NotFound(f"Version group {group_id} not found")
+                raise NotFound(f"Version group {group_id} has no unarchived flows.")
+            if len(rows) > 1:
+                raise Conflict(f"Version group {group_id} has {len(rows)} unarchived flows; give a flow id.")
+            return _Target.of(rows[0])
+        stmt = _SELECT_UNARCHIVED.where(_f.c.name == cmd.flow_name)
+        if cmd.project_name is not None:
+            stmt = stmt.where(_p.c.name == cmd.project_name)
+        rows = (await self.conn.execute(stmt.order_by(_f.c.version.desc()))).all()
+        where = f' in project "{cmd.project_name}"' if cmd.project_name else ""
+        if not rows:
+            raise NotFound(f'No unarchived flow named "{cmd.flow_name}"{where} found.')
+        if len({r.flow_group_id for r in rows}) > 1:
+            projects = ", ".join(sorted({r.project_name for r in rows}))
+            raise Conflict(f'Flow name "{cmd.flow_name}" is not unique (projects: {projects}); give a project.')
+        if len(rows) > 1:
+            raise Conflict(f'Flow "{cmd.flow_name}" has {len(rows)} unarchived versions; give a flow id.')
+        return _Target.of(rows[0])
+
+    # ---- deciding ---------------------------------------------------------
+
+    async def apply(self, cmd: CreateFlowRun) -> FlowRunOut | FlowbusError:
+        target = await self.target(cmd)
+        if isinstance(target, FlowbusError):
+            return target
+        key = cmd.idempotency_key
+        if key is not None:
+            existing = self.keys.get((target.flow_id, key))
             if existing is not None:
-                expired = existing.idempotency_expires is not None and existing.idempotency_expires <= now
-                if not expired:
-                    if idempotency_ttl is not None:
+                expires = self.expires.get(existing.id)
+                if expires is None or expires > self.now:
+                    if expires is not None and self.ttl is not None:
                         # Seed 002's sliding window: every hit refreshes the key.
-                        existing.idempotency_expires = now + timedelta(seconds=idempotency_ttl)
-                        session.add(existing)
-                    return flow_run_out(existing, flow, project)
+                        self._set_key(existing.id, key, self.now + timedelta(seconds=self.ttl))
+                    return existing
                 # The old run keeps its history but gives up the key.
-                existing.idempotency_key = None
-                existing.idempotency_expires = None
-                session.add(existing)
-                await session.flush()
+                self._set_key(existing.id, None, None)
+        try:
+            out = self._create(cmd, target)
+        except FlowbusError as refusal:
+            return refusal
+        if key is not None:
+            self.keys[(target.flow_id, key)] = out
+            self.expires.pop(out.id, None)
+            if self.ttl is not None:
+                self.expires[out.id] = self.now + timedelta(seconds=self.ttl)
+        return out
 
-        parameters = merge_parameters(
-            [ParameterSpec.model_validate(p) for p in flow.parameters],
-            group.default_parameters,
-            cmd.parameters,
-        )
-        labels = resolve_labels(cmd, group, RunConfigSpec.model_validate(flow.run_config or {}))
+    def _set_key(self, run_id: str, key: str | None, expires: datetime | None) -> None:
+        self.key_updates.append({"b_id": run_id, "key": key, "expires": expires})
+        if expires is not None:
+            self.expires[run_id] = expires
+
+    def _create(self, cmd: CreateFlowRun, target: _Target) -> FlowRunOut:
+        now = self.now
+        parameters = merge_parameters(target.parameters, target.group_default_parameters, cmd.parameters)
+        labels = resolve_labels(cmd, target.group_labels, target.group_run_config, target.flow_run_config)
         start = cmd.scheduled_start_time or now
-        run = FlowRun(
-            flow_id=flow.id,
-            flow_group_id=group.id,
-            name=cmd.run_name or generate_run_name(),
-            parameters=parameters,
-            context=dict(cmd.context),
-            labels=labels,
-            run_config=cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
-            scheduled_start_time=start,
-            idempotency_key=cmd.idempotency_key,
-            idempotency_expires=(
-                now + timedelta(seconds=idempotency_ttl)
-                if cmd.idempotency_key is not None and idempotency_ttl is not None
-                else None
+        run_id = new_id()
+        row: dict[str, Any] = {
+            "id": run_id,
+            "flow_id": target.flow_id,
+            "flow_group_id": target.flow_group_id,
+            "name": cmd.run_name or generate_run_name(),
+            "parameters": parameters,
+            "context": dict(cmd.context),
+            "labels": labels,
+            "run_config": cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
+            "scheduled_start_time": start,
+            "auto_scheduled": False,
+            "idempotency_key": cmd.idempotency_key,
+            "idempotency_expires": (
+                now + timedelta(seconds=self.ttl) if cmd.idempotency_key is not None and self.ttl is not None else None
             ),
-            state=StateType.SCHEDULED.value,
-            state_message=SCHEDULED_MESSAGE,
-            state_timestamp=now,
-            version=1,
-            created=now,
-            updated=now,
-        )
-        session.add(run)
-        await session.flush()
-        for task in flow.tasks:
-            session.add(
-                TaskRun(
-                    flow_run_id=run.id,
-                    task_slug=task["slug"],
-                    task_name=task["name"],
-                    max_retries=task.get("max_retries", 0),
-                    retry_delay_seconds=task.get("retry_delay_seconds"),
-                    state=StateType.PENDING.value,
-                    state_timestamp=now,
-                )
+            "state": StateType.SCHEDULED.value,
+            "state_message": SCHEDULED_MESSAGE,
+            "state_timestamp": now,
+            "state_result": None,
+            "version": 1,
+            "agent_id": None,
+            "start_time": None,
+            "end_time": None,
+            "times_resurrected": 0,
+            "created": now,
+            "updated": now,
+        }
+        self.runs.append(row)
+        for task in target.tasks:
+            self.task_runs.append(
+                {
+                    "id": new_id(),
+                    "flow_run_id": run_id,
+                    "task_slug": task["slug"],
+                    "task_name": task["name"],
+                    "map_index": -1,
+                    "max_retries": task.get("max_retries", 0),
+                    "retry_delay_seconds": task.get("retry_delay_seconds"),
+                    "state": StateType.PENDING.value,
+                    "state_message": None,
+                    "state_timestamp": now,
+                    "state_result": None,
+                    "version": 1,
+                    "start_time": None,
+                    "end_time": None,
+                    "created": now,
+                    "updated": now,
+                }
             )
-        session.add(
-            StateHistory(flow_run_id=run.id, type=run.state, message=SCHEDULED_MESSAGE, version=1, timestamp=now)
+        self.history.append(
+            {
+                "flow_run_id": run_id,
+                "task_run_id": None,
+                "type": StateType.SCHEDULED.value,
+                "message": SCHEDULED_MESSAGE,
+                "result": None,
+                "version": 1,
+                "timestamp": now,
+            }
         )
-        await session.flush()
-        out = flow_run_out(run, flow, project)
-        stage(
-            session,
-            OWNER,
-            subjects.flow_run_event(run.id, "created"),
-            FlowRunCreated(
-                flow_run_id=run.id,
-                flow_id=flow.id,
-                name=run.name,
-                labels=labels,
-                scheduled_start_time=start,
-            ),
-            f"flow_run:{run.id}:created",
+        out = _run_out(row, target)
+        created = FlowRunCreated(
+            flow_run_id=run_id, flow_id=target.flow_id, name=out.name, labels=labels, scheduled_start_time=start
         )
-        stage(
-            session,
-            OWNER,
-            subjects.flow_run_event(run.id, "state"),
-            StateChanged(flow_run_id=run.id, version=1, state=state_out_of_run(run)),
-            f"flow_run:{run.id}:state:1",
+        self.outbox.append(
+            outbox_row(OWNER, subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
+        )
+        self.outbox.append(
+            outbox_row(
+                OWNER,
+                subjects.flow_run_event(run_id, "state"),
+                StateChanged(flow_run_id=run_id, version=1, state=out.state),
+                f"flow_run:{run_id}:state:1",
+            )
         )
         if start <= now:
-            stage(
-                session,
-                OWNER,
-                subjects.run_queue(labels),
-                RunQueued(
-                    flow_run_id=run.id,
-                    flow_id=flow.id,
-                    version=1,
-                    labels=labels,
-                    scheduled_start_time=start,
-                ),
-                f"runq:{run.id}:1",
+            queued = RunQueued(
+                flow_run_id=run_id, flow_id=target.flow_id, version=1, labels=labels, scheduled_start_time=start
             )
-    return out
+            self.outbox.append(outbox_row(OWNER, subjects.run_queue(labels), queued, f"runq:{run_id}:1"))
+        return out
+
+    # ---- writing ----------------------------------------------------------
+
+    async def flush(self) -> None:
+        for params in self.key_updates:
+            await self.conn.execute(_RELEASE_OR_REFRESH_KEY, params)
+        if self.runs:
+            await self.conn.execute(_INSERT_RUN, self.runs)
+        if self.task_runs:
+            await self.conn.execute(_INSERT_TASK_RUN, self.task_runs)
+        if self.history:
+            await self.conn.execute(_INSERT_HISTORY, self.history)
+        await stage_rows(self.conn, self.outbox)
 
 
-async def _existing(session: AsyncSession, flow_id: str, key: str) -> FlowRun | None:
-    row = (
-        await session.execute(
-            select(FlowRun).where(FlowRun.flow_id == flow_id, FlowRun.idempotency_key == key)  # type: ignore[arg-type]
-        )
-    ).first()
-    return row[0] if row else None
+def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
+    return flow_run_out(SimpleNamespace(**row), target.flow_name, target.project_name)
 
 
-async def _resolve_flow(session: AsyncSession, cmd: CreateFlowRun) -> tuple[Flow, FlowGroup, Project]:
-    """The flow a create targets: by id, by version group, or by name (+ project)."""
-    if cmd.flow_id is not None:
-        flow, group, project = await load_flow(session, cmd.flow_id)
-        if flow.archived:
-            raise Archived(f"Flow {flow.id} is archived.")
-        return flow, group, project
-
-    stmt = (
-        select(col(Flow.id))
-        .join(Project, Project.id == Flow.project_id)  # type: ignore[arg-type]
-        .where(Flow.archived.is_(False))  # type: ignore[attr-defined]
-    )
-    if cmd.version_group_id is not None:
-        ids = (await session.execute(stmt.where(Flow.flow_group_id == cmd.version_group_id))).scalars().all()  # type: ignore[arg-type]
-        if not ids:
-            if await session.get(FlowGroup, cmd.version_group_id) is None:
-                raise NotFound(f"Version group {cmd.version_group_id} not found")
-            raise NotFound(f"Version group {cmd.version_group_id} has no unarchived flows.")
-        if len(ids) > 1:
-            raise Conflict(f"Version group {cmd.version_group_id} has {len(ids)} unarchived flows; give a flow id.")
-        return await load_flow(session, ids[0])
-
-    stmt = stmt.where(Flow.name == cmd.flow_name)  # type: ignore[arg-type]
-    if cmd.project_name is not None:
-        stmt = stmt.where(Project.name == cmd.project_name)  # type: ignore[arg-type]
-    ids = (await session.execute(stmt.order_by(Flow.version.desc()))).scalars().all()  # type: ignore[attr-defined]
-    where = f' in project "{cmd.project_name}"' if cmd.project_name else ""
-    if not ids:
-        raise NotFound(f'No unarchived flow named "{cmd.flow_name}"{where} found.')
-    candidates = [await load_flow(session, flow_id) for flow_id in ids]
-    groups = {flow.flow_group_id for flow, _g, _p in candidates}
-    if len(groups) > 1:
-        projects = sorted({p.name for _f, _g, p in candidates})
-        raise Conflict(f'Flow name "{cmd.flow_name}" is not unique (projects: {", ".join(projects)}); give a project.')
-    if len(candidates) > 1:
-        raise Conflict(f'Flow "{cmd.flow_name}" has {len(candidates)} unarchived versions; give a flow id.')
-    return candidates[0]
+async def create_flow_runs(
+    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None
+) -> list[FlowRunOut | FlowbusError]:
+    """Create a batch of runs in one transaction; one outcome per command."""
+    for attempt in range(2):
+        try:
+            async with db.write() as conn:
+                batch = _Batch(conn, utcnow(), idempotency_ttl)
+                await batch.load(commands)
+                outcomes = [await batch.apply(cmd) for cmd in commands]
+                await batch.flush()
+            return outcomes
+        except IntegrityError:
+            # Another process took one of the keys first. Alone, the command
+            # finds the winner's run on its second attempt; in a batch, the
+            # group committer retries the commands one by one.
+            if len(commands) != 1 or attempt == 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def merge_parameters(
@@ -225,13 +377,14 @@ def merge_parameters(
     return merged
 
 
-def resolve_labels(cmd: CreateFlowRun, group: FlowGroup, flow_run_config: RunConfigSpec) -> list[str]:
+def resolve_labels(
+    cmd: CreateFlowRun, group_labels: list[str] | None, group_run_config: RunConfigSpec, flow_run_config: RunConfigSpec
+) -> list[str]:
     """The first label set that is given wins (SEMANTICS.md order)."""
-    group_run_config = RunConfigSpec.model_validate(group.run_config or {})
     for candidate in (
         cmd.labels,
         cmd.run_config.labels if cmd.run_config else None,
-        group.labels,
+        group_labels,
         group_run_config.labels,
         flow_run_config.labels,
     ):

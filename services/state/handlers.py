@@ -9,6 +9,7 @@ Writes: replies; state events and re-queued runs through the outbox.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flowbus import subjects
 from flowbus.runtime.consumer import consume
@@ -16,16 +17,22 @@ from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Reply
 from flowbus.schemas.flows import FlowEvent
 from flowbus.schemas.runs import (
+    CancelFlowRun,
     FlowRunDetail,
+    FlowRunList,
     GetFlowRun,
+    GetFlowRunHistory,
     GetFlowRunLogs,
+    ListFlowRuns,
     LogBatch,
     LogList,
     SetFlowRunState,
     SetTaskRunState,
+    StateHistoryList,
     StateSet,
 )
-from services.state import usecases
+from services.state import queries, usecases
+from services.state.transitions import apply_transitions
 
 S = subjects.State
 log = logging.getLogger(__name__)
@@ -33,28 +40,36 @@ LOG_FETCH_BATCH = 256
 
 
 def register(ctx: ServiceContext) -> None:
-    sub = ctx.broker.subscriber
+    sub = ctx.subscriber
     db = ctx.db
 
-    @sub(S.SET_FLOW_RUN_STATE, queue=S.QUEUE, title="set_flow_run_state")
-    async def set_flow_run_state(cmd: SetFlowRunState) -> Reply[StateSet]:
-        out = await usecases.set_flow_run_state(db, cmd)
-        await ctx.publish_outbox()
-        return Reply.success(out)
+    # Every state write goes through one group committer, fed by the fast
+    # lane: concurrent writes share a transaction, and their events are
+    # published before any reply.
+    transitions = ctx.group_committer("transitions", partial(apply_transitions, db))
 
-    @sub(S.SET_TASK_RUN_STATE, queue=S.QUEUE, title="set_task_run_state")
-    async def set_task_run_state(cmd: SetTaskRunState) -> Reply[StateSet]:
-        out = await usecases.set_task_run_state(db, cmd)
-        await ctx.publish_outbox()
-        return Reply.success(out)
+    for subject, model, title in (
+        (S.SET_FLOW_RUN_STATE, SetFlowRunState, "set_flow_run_state"),
+        (S.SET_TASK_RUN_STATE, SetTaskRunState, "set_task_run_state"),
+        (S.CANCEL_FLOW_RUN, CancelFlowRun, "cancel_flow_run"),
+    ):
+        ctx.fast_command(subject, queue=S.QUEUE, model=model, reply=StateSet, committer=transitions, title=title)
 
     @sub(S.GET_FLOW_RUN, queue=S.QUEUE, title="get_flow_run")
     async def get_flow_run(query: GetFlowRun) -> Reply[FlowRunDetail]:
-        return Reply.success(await usecases.get_flow_run(db, query.flow_run_id))
+        return Reply.success(await queries.get_flow_run(db, query.flow_run_id))
 
     @sub(S.GET_FLOW_RUN_LOGS, queue=S.QUEUE, title="get_flow_run_logs")
     async def get_flow_run_logs(query: GetFlowRunLogs) -> Reply[LogList]:
-        return Reply.success(await usecases.get_flow_run_logs(db, query))
+        return Reply.success(await queries.get_flow_run_logs(db, query))
+
+    @sub(S.GET_FLOW_RUN_HISTORY, queue=S.QUEUE, title="get_flow_run_history")
+    async def get_flow_run_history(query: GetFlowRunHistory) -> Reply[StateHistoryList]:
+        return Reply.success(await queries.get_flow_run_history(db, query))
+
+    @sub(S.LIST_FLOW_RUNS, queue=S.QUEUE, title="list_flow_runs")
+    async def list_flow_runs(query: ListFlowRuns) -> Reply[FlowRunList]:
+        return Reply.success(await queries.list_flow_runs(db, query))
 
 
 async def write_logs(ctx: ServiceContext) -> None:

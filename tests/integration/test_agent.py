@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
@@ -169,3 +172,59 @@ async def test_a_waiting_run_is_explained(stack: Settings, client: AsyncClient, 
     finally:
         wrong.stop()
         await task
+
+
+BLOCKING_SCRIPT = """
+import time
+import flowbus
+from flowbus import Flow, task
+
+@task
+def block():
+    flowbus.context.get("logger").info("blocking")
+    time.sleep(600)  # until cancelled
+
+with Flow("{flow_name}") as flow:
+    block()
+"""
+
+
+async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
+    from flowbus.sdk.flow import Flow
+    from flowbus.sdk.tasks import Task
+
+    name = unique("blocking")
+    path = tmp_path / f"{name}.py"
+    path.write_text(BLOCKING_SCRIPT.format(flow_name=name))
+    flow = Flow(name)
+    flow.bind(Task(lambda: None, name="block"), (), {})
+    spec = flow.serialize().model_copy(update={"storage": StorageSpec(type="script", path=str(path))})
+    await client.create_project("agents", skip_if_exists=True)
+    flow_id = (await client.register(spec, "agents", labels=["itest"])).id
+
+    agent = LocalAgent(stack, labels=["itest"], hostname_label=False)
+    agent_task = asyncio.create_task(agent.run())
+    try:
+        run = await client.create_flow_run(flow_id, labels=["itest"])
+        states: list[StateType] = []
+        pid = None
+        async with asyncio.timeout(60):
+            async for item in client.watch_flow_run(run.id):
+                if isinstance(item, LogRecord) and item.message.startswith("Submitted for execution: PID: "):
+                    pid = int(item.message.rsplit(" ", 1)[1])
+                if isinstance(item, LogRecord) and item.message == "blocking":
+                    cancel = await client.cancel_flow_run(run.id)
+                    assert cancel.state.type is StateType.CANCELLING
+                if isinstance(item, StateChanged):
+                    states.append(item.state.type)
+        assert states[-2:] == [StateType.CANCELLING, StateType.CANCELLED], states
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the flow's process is gone (reaped by the agent)
+        detail = await client.get_flow_run(run.id)
+        assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
+    finally:
+        agent.stop()
+        await agent_task

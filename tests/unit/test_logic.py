@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from flowbus import Flow, Parameter, subjects, task
-from flowbus.db.tables import FlowGroup
 from flowbus.schemas.common import Conflict, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun
@@ -60,15 +59,17 @@ def test_parameters_merge_in_order_and_refuse_unknown_or_missing() -> None:
 
 
 def test_labels_first_set_wins() -> None:
-    group = FlowGroup(project_id="p", name="g", labels=None, run_config={"labels": ["group-rc"]})
-    flow_rc = RunConfigSpec(labels=["flow"])
-    assert resolve_labels(CreateFlowRun(flow_id="f", labels=["x"]), group, flow_rc) == ["x"]
-    assert resolve_labels(CreateFlowRun(flow_id="f"), group, flow_rc) == ["group-rc"]
-    group.labels = ["group"]
-    assert resolve_labels(CreateFlowRun(flow_id="f"), group, flow_rc) == ["group"]
-    group.labels, group.run_config = None, None
-    assert resolve_labels(CreateFlowRun(flow_id="f"), group, flow_rc) == ["flow"]
-    assert resolve_labels(CreateFlowRun(flow_id="f", labels=[]), group, flow_rc) == []
+    group_rc, flow_rc = RunConfigSpec(labels=["group-rc"]), RunConfigSpec(labels=["flow"])
+    plain = CreateFlowRun(flow_id="f")
+    assert resolve_labels(CreateFlowRun(flow_id="f", labels=["x"]), ["group"], group_rc, flow_rc) == ["x"]
+    assert resolve_labels(
+        CreateFlowRun(flow_id="f", run_config=RunConfigSpec(labels=["rc"])), None, group_rc, flow_rc
+    ) == ["rc"]
+    assert resolve_labels(plain, None, group_rc, flow_rc) == ["group-rc"]
+    assert resolve_labels(plain, ["group"], group_rc, flow_rc) == ["group"]
+    assert resolve_labels(plain, None, RunConfigSpec(), flow_rc) == ["flow"]
+    assert resolve_labels(plain, None, RunConfigSpec(), RunConfigSpec()) == []
+    assert resolve_labels(CreateFlowRun(flow_id="f", labels=[]), ["group"], group_rc, flow_rc) == []
 
 
 def test_flow_graph_serializes_edges_and_runs_locally() -> None:

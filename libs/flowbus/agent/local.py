@@ -6,8 +6,11 @@ non-empty subset of its labels, and long-polls it, so a due run reaches it
 in milliseconds. For each run it claims Submitted at the version it was
 queued with: only one claim can win, however many agents or duplicate
 deliveries. The winner starts ``python -m flowbus.agent.runner <id>``.
+While it runs, the agent listens to the run's state events: a Cancelling
+(``flowbus cancel`` of a running run) stops the flow's process (SIGTERM, then
+SIGKILL after ``agent.cancel_grace_seconds``) and the run ends Cancelled.
 
-Reads: ``flowbus.runq.<key>`` (RUNQ stream).
+Reads: ``flowbus.runq.<key>`` (RUNQ stream), ``flowbus.evt.flow_run.<id>.state``.
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,
 ``flowbus.cmd.state.set_flow_run_state``, ``flowbus.logs.<run>``.
 """
@@ -22,8 +25,10 @@ import signal
 import socket
 import sys
 import uuid
+from asyncio.subprocess import Process
 from datetime import UTC, datetime, timedelta
 
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -34,7 +39,7 @@ from flowbus.agent.logs import LogShipper
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
-from flowbus.schemas.runs import RunQueued
+from flowbus.schemas.runs import RunQueued, StateChanged
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
 
@@ -157,32 +162,68 @@ class LocalAgent:
         return run.agent_id == self.id and run.state.type is StateType.SUBMITTED and run.version == queued.version + 1
 
     async def _run_child(self, queued: RunQueued) -> None:
-        shipper = LogShipper(self.client.nc.jetstream(), queued.flow_run_id, asyncio.get_running_loop())
+        run_id = queued.flow_run_id
+        shipper = LogShipper(self.client.nc.jetstream(), run_id, asyncio.get_running_loop())
+        cancelling = asyncio.Event()
+
+        async def on_state(msg: Msg) -> None:
+            with contextlib.suppress(ValidationError):
+                if StateChanged.model_validate_json(msg.data).state.type is StateType.CANCELLING:
+                    cancelling.set()
+
+        # Cancellation arrives by push: the run's state events, as they are published.
+        watch = await self.client.nc.subscribe(subjects.flow_run_event(run_id, "state"), cb=on_state)
         try:
             env = dict(os.environ)
             env["FLOWBUS_NATS_URL"] = self.settings.resolved_nats_url()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "flowbus.agent.runner", queued.flow_run_id, env=env
-            )
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "flowbus.agent.runner", run_id, env=env)
             message = f"Submitted for execution: PID: {proc.pid}"
-            log.info("Flow run %s: %s", queued.flow_run_id, message)
+            log.info("Flow run %s: %s", run_id, message)
             shipper.log(logging.INFO, message)
             await shipper.drain()
-            code = await proc.wait()
-            if code != 0:
-                await self._fail_if_unfinished(queued.flow_run_id, f"Flow run process exited with code {code}.")
+            # A cancel that came before the subscription did is in the run's state.
+            if (await self.client.get_flow_run(run_id)).run.state.type is StateType.CANCELLING:
+                cancelling.set()
+            code = await self._wait_or_cancel(proc, cancelling, shipper)
+            await self._settle(run_id, code)
         except FlowbusError as exc:
-            log.error("Flow run %s: %s", queued.flow_run_id, exc.message)
+            log.error("Flow run %s: %s", run_id, exc.message)
         finally:
+            with contextlib.suppress(NatsError):
+                await watch.unsubscribe()
             await shipper.stop()
             self._slots.release()
 
-    async def _fail_if_unfinished(self, flow_run_id: str, message: str) -> None:
+    async def _wait_or_cancel(self, proc: Process, cancelling: asyncio.Event, shipper: LogShipper) -> int:
+        """The flow process's exit code; a cancel stops it (SIGTERM, then SIGKILL after the grace period)."""
+        exited = asyncio.create_task(proc.wait())
+        cancelled = asyncio.create_task(cancelling.wait())
+        await asyncio.wait({exited, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        cancelled.cancel()
+        if not exited.done():
+            shipper.log(logging.INFO, f"Cancelling: stopping flow process {proc.pid}.")
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), self.settings.agent.cancel_grace_seconds)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        return await exited
+
+    async def _settle(self, flow_run_id: str, code: int) -> None:
+        """After the flow process ended: a cancelled run ends Cancelled, a crashed one Failed."""
         detail = await self.client.get_flow_run(flow_run_id)
-        if not is_finished(detail.run.state.type):
-            # Losing here means the run already moved on (e.g. the runner finished it).
-            with contextlib.suppress(VersionLockingError, Conflict):
-                await self.client.set_flow_run_state(flow_run_id, detail.run.version, StateType.FAILED, message)
+        state = detail.run.state.type
+        if state is StateType.CANCELLING:
+            target, message = StateType.CANCELLED, "Flow run was cancelled."
+        elif code != 0 and not is_finished(state):
+            target, message = StateType.FAILED, f"Flow run process exited with code {code}."
+        else:
+            return
+        # Losing here means the run already moved on (e.g. the runner finished it).
+        with contextlib.suppress(VersionLockingError, Conflict):
+            await self.client.set_flow_run_state(flow_run_id, detail.run.version, target, message)
 
 
 def run_local_agent(

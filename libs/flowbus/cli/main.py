@@ -15,7 +15,8 @@ import os
 import runpy
 import sys
 import typing
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -25,11 +26,11 @@ import typer
 
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.runtime.nats import NatsUnavailable
-from flowbus.schemas.common import FlowbusError
+from flowbus.schemas.common import FlowbusError, NotFound
 from flowbus.schemas.flows import FlowOut
-from flowbus.schemas.runs import FlowRunDeleted, LogRecord, StateChanged
-from flowbus.settings import Settings
-from flowbus.states import StateType, is_failed
+from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, HistoryEntry, LogRecord, StateChanged
+from flowbus.settings import Settings, parse_duration
+from flowbus.states import StateType, is_failed, is_finished
 
 app = typer.Typer(help="flowbus: workflow orchestration over NATS.", no_args_is_help=True, add_completion=False)
 create_app = typer.Typer(help="Create things.", no_args_is_help=True)
@@ -50,8 +51,6 @@ app.add_typer(project_app, name="project")
 app.add_typer(flow_app, name="flow")
 
 T = TypeVar("T")
-# How long `run --watch` lets a due run wait before explaining why.
-EXPLAIN_AFTER_SECONDS = 5.0
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -92,10 +91,12 @@ def _strip_client(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def client_command(typer_app: typer.Typer, name: str, help_text: str) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+def client_command(
+    typer_app: typer.Typer, name: str, help_text: str, hidden: bool = False
+) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
     def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
         wrapped = _strip_client(with_client(fn))
-        return typer_app.command(name, help=help_text)(wrapped)
+        return typer_app.command(name, help=help_text, hidden=hidden)(wrapped)
 
     return decorate
 
@@ -322,12 +323,13 @@ async def register(
 # ---- runs ---------------------------------------------------------------------
 
 
-def _parse_params(values: list[str] | None) -> dict[str, Any]:
+def _parse_params(values: list[str] | None, option: str = "--param") -> dict[str, Any]:
+    """KEY=VALUE pairs; VALUE is JSON when it parses, else the string itself."""
     params: dict[str, Any] = {}
     for item in values or []:
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise fail(f"--param takes KEY=VALUE, got {item!r}", 2)
+        if not sep or not key:
+            raise fail(f"{option} takes KEY=VALUE, got {item!r}", 2)
         try:
             params[key] = json.loads(raw)
         except ValueError:
@@ -335,79 +337,367 @@ def _parse_params(values: list[str] | None) -> dict[str, Any]:
     return params
 
 
-@client_command(app, "run", "Create a flow run; with --watch, stream its states and logs until it ends.")
-async def run(
-    client: AsyncClient,
-    flow_id: Annotated[str | None, typer.Option("--id", help="Flow id or flow group id.")] = None,
-    name: Annotated[str | None, typer.Option("--name")] = None,
-    project: Annotated[str | None, typer.Option("--project")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE (VALUE parsed as JSON)")] = None,
-    label: Annotated[list[str] | None, typer.Option("--label")] = None,
-    run_name: Annotated[str | None, typer.Option("--run-name")] = None,
-    start_time: Annotated[datetime | None, typer.Option("--start-time")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
-    watch: Annotated[bool, typer.Option("--watch")] = False,
-) -> None:
-    if (flow_id is None) == (name is None):
-        raise fail("give exactly one of --id and --name", 2)
-    common: dict[str, Any] = {
-        "parameters": _parse_params(param),
-        "labels": label,
-        "run_name": run_name,
-        "scheduled_start_time": start_time.astimezone() if start_time else None,
-        "idempotency_key": idempotency_key,
-    }
-    if flow_id is not None:
+def _read_param_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(f"--param-file {path}: {exc}", 2) from None
+    if not isinstance(data, dict):
+        raise fail(f"--param-file {path}: the file must hold a JSON object", 2)
+    return data
+
+
+def _aware_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time with its zone; a naive one is refused rather than guessed."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option} takes an ISO 8601 time, e.g. 2030-01-31T09:00:00+01:00, got {value!r}", 2) from None
+    if parsed.tzinfo is None:
+        raise fail(f"{option} {value!r} has no timezone; add one, e.g. {value}Z (UTC) or {value}+01:00", 2)
+    return parsed
+
+
+def _start_time(start_at: str | None, start_in: str | None) -> datetime | None:
+    if start_at is not None and start_in is not None:
+        raise fail("give at most one of --start-at and --start-in", 2)
+    if start_in is not None:
         try:
-            created = await client.create_flow_run(flow_id, **common)
-        except FlowbusError as exc:
-            if exc.code.value != "NOT_FOUND":
-                raise
-            created = await client.create_flow_run(version_group_id=flow_id, **common)
-    else:
-        created = await client.create_flow_run(flow_name=name, project_name=project, **common)
-    typer.echo(f"Flow run {created.name} created: {created.id}")
-    if not watch:
+            return datetime.now(UTC) + parse_duration(start_in)
+        except ValueError as exc:
+            raise fail(f"--start-in: {exc}", 2) from None
+    return _aware_time(start_at, "--start-at")
+
+
+def _clock(ts: datetime) -> str:
+    return f"{ts.astimezone():%H:%M:%S}"
+
+
+def _when(ts: datetime | None) -> str:
+    return f"{ts.astimezone():%Y-%m-%d %H:%M:%S %Z}" if ts else "-"
+
+
+def _state_line(state_type: StateType, message: str | None) -> str:
+    return f"{state_type.value}: {message}" if message else state_type.value
+
+
+def _log_line(record: LogRecord) -> str:
+    return f"{_clock(record.timestamp)} | {record.level:<7} | {record.name} | {record.message}"
+
+
+Shown = HistoryEntry | StateChanged | LogRecord | FlowRunDeleted
+# How many stored log records a watch replays before going live.
+REPLAY_LOG_LIMIT = 10_000
+
+
+def _log_key(record: LogRecord) -> tuple[Any, ...]:
+    return (record.timestamp, record.task_run_id, record.name, record.level, record.message)
+
+
+def _log_wanted(record: LogRecord, level: str | None, since: datetime | None, until: datetime | None) -> bool:
+    return (
+        (level is None or LOG_LEVELS.index(record.level) >= LOG_LEVELS.index(level))
+        and (since is None or record.timestamp >= since)
+        and (until is None or record.timestamp <= until)
+    )
+
+
+async def _follow(
+    client: AsyncClient,
+    flow_run_id: str,
+    *,
+    level: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = REPLAY_LOG_LIMIT,
+) -> AsyncIterator[Shown]:
+    """A run's states and logs: first what is stored, in time order, then the live
+    ones (client.watch_flow_run) until the run finishes or is deleted."""
+    history = await client.get_flow_run_history(flow_run_id)
+    stored = await client.get_flow_run_logs(flow_run_id, level=level, since=since, until=until, limit=limit)
+    replay: list[HistoryEntry | LogRecord] = [*history, *stored]
+    for stored_item in sorted(replay, key=lambda i: i.timestamp):  # stable: states before logs of one instant
+        yield stored_item
+    if history and is_finished(history[-1].type):
         return
-    final_failed = False
-    due_in = (created.scheduled_start_time - datetime.now(UTC)).total_seconds()
-    explainer = asyncio.create_task(_explain_if_stuck(client, created.id, max(0.0, due_in) + EXPLAIN_AFTER_SECONDS))
-    async for item in client.watch_flow_run(created.id):
-        if isinstance(item, StateChanged) and item.state.type is not StateType.SCHEDULED:
+    # The live stream starts from the run's first message: skip what was replayed.
+    last_version = history[-1].version if history else 0
+    replayed = Counter(_log_key(r) for r in stored)
+    async for item in client.watch_flow_run(flow_run_id):
+        if isinstance(item, StateChanged) and item.version <= last_version:
+            continue
+        if isinstance(item, LogRecord):
+            key = _log_key(item)
+            if replayed[key]:
+                replayed[key] -= 1
+                continue
+            if not _log_wanted(item, level, since, until):
+                continue
+        yield item
+
+
+async def _watch(
+    client: AsyncClient, flow_run_id: str, state: StateType, due: datetime, echo: Callable[[str], None]
+) -> int:
+    """The live view of `run --watch` and `watch`: the exit code (1 failed, cancelled or deleted)."""
+    explainer = None
+    if state is StateType.SCHEDULED:
+        delay = max(0.0, (due - datetime.now(UTC)).total_seconds()) + client.settings.watch_explain_after
+        explainer = asyncio.create_task(_explain_if_stuck(client, flow_run_id, delay, echo))
+    code = 0
+    try:
+        async for item in _follow(client, flow_run_id):
+            if isinstance(item, HistoryEntry | StateChanged):
+                state_type, message, timestamp = _entered(item)
+                if explainer is not None and state_type is not StateType.SCHEDULED:
+                    explainer.cancel()
+                echo(f"{_clock(timestamp)} | Entered state {_state_line(state_type, message)}")
+                code = 1 if is_failed(state_type) or state_type is StateType.CANCELLED else 0
+            elif isinstance(item, LogRecord):
+                echo(_log_line(item))
+            else:
+                echo(f"Flow run deleted: {item.reason}")
+                code = 1
+    finally:
+        if explainer is not None:
             explainer.cancel()
-        if isinstance(item, StateChanged):
-            message = f": {item.state.message}" if item.state.message else ""
-            typer.echo(f"{item.state.timestamp:%H:%M:%S} | Entered state {item.state.type.value}{message}")
-            final_failed = is_failed(item.state.type) or item.state.type.value == "Cancelled"
-        elif isinstance(item, LogRecord):
-            typer.echo(f"{item.timestamp:%H:%M:%S} | {item.level:<7} | {item.name} | {item.message}")
-        elif isinstance(item, FlowRunDeleted):
-            typer.echo(f"Flow run deleted: {item.reason}")
-            final_failed = True
-    explainer.cancel()
-    if final_failed:
-        raise typer.Exit(1)
+    return code
 
 
-async def _explain_if_stuck(client: AsyncClient, flow_run_id: str, after: float) -> None:
+def _entered(item: HistoryEntry | StateChanged) -> tuple[StateType, str | None, datetime]:
+    if isinstance(item, HistoryEntry):
+        return item.type, item.message, item.timestamp
+    return item.state.type, item.state.message, item.state.timestamp
+
+
+async def _explain_if_stuck(client: AsyncClient, flow_run_id: str, after: float, echo: Callable[[str], None]) -> None:
     """If the run is still waiting a while after it is due, say why (once)."""
     await asyncio.sleep(after)
     with contextlib.suppress(FlowbusError, ServiceUnavailable):
         reason = await client.explain_waiting_run(flow_run_id)
         if reason:
-            typer.echo(f"Waiting: {reason}")
+            echo(f"Waiting: {reason}")
 
 
-@client_command(get_app, "flow-run", "Show one flow run.")
-async def get_flow_run(client: AsyncClient, flow_run_id: str) -> None:
+def _quiet(_line: str) -> None:
+    pass
+
+
+@client_command(app, "run", "Create a flow run; with --watch, stream its states and logs until it ends.")
+async def run(
+    client: AsyncClient,
+    flow_id: Annotated[str | None, typer.Option("--id", help="Flow id, or flow group (version group) id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Flow name.")] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Project of --name.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="KEY=VALUE, VALUE as JSON else a string (repeatable).")
+    ] = None,
+    param_file: Annotated[
+        Path | None, typer.Option("--param-file", help="A JSON object of parameters; --param wins over it.")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="Run label (repeatable).")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name")] = None,
+    context: Annotated[
+        list[str] | None, typer.Option("--context", help="KEY=VALUE into the run's context (repeatable).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="A repeat with the same key returns the same run.")
+    ] = None,
+    start_at: Annotated[
+        str | None, typer.Option("--start-at", help="ISO 8601 time with a timezone, e.g. 2030-01-31T09:00:00Z.")
+    ] = None,
+    start_in: Annotated[str | None, typer.Option("--start-in", help="Start after 90s, 10m, 2h, 1d...")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Stream states and logs; exit 1 if the run fails.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run id.")] = False,
+) -> None:
+    if (flow_id is None) == (name is None):
+        raise fail("give exactly one of --id and --name", 2)
+    parameters = _read_param_file(param_file) if param_file is not None else {}
+    parameters.update(_parse_params(param))
+    common: dict[str, Any] = {
+        "parameters": parameters,
+        "context": _parse_params(context, "--context"),
+        "labels": label,
+        "run_name": run_name,
+        "scheduled_start_time": _start_time(start_at, start_in),
+        "idempotency_key": idempotency_key,
+    }
+    if flow_id is not None:
+        try:
+            created = await client.create_flow_run(flow_id, **common)
+        except NotFound:
+            created = await client.create_flow_run(version_group_id=flow_id, **common)
+    else:
+        created = await client.create_flow_run(flow_name=name, project_name=project, **common)
+    typer.echo(created.id if quiet else f"Flow run {created.name} created: {created.id}")
+    if watch:
+        echo = _quiet if quiet else typer.echo
+        code = await _watch(client, created.id, created.state.type, created.scheduled_start_time, echo)
+        if code:
+            raise typer.Exit(code)
+
+
+@client_command(app, "watch", "Stream a flow run's states and logs (stored, then live) until it ends.")
+async def watch_run(client: AsyncClient, flow_run_id: str) -> None:
+    run = (await client.get_flow_run(flow_run_id)).run
+    code = await _watch(client, run.id, run.state.type, run.scheduled_start_time, typer.echo)
+    if code:
+        raise typer.Exit(code)
+
+
+def _level(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.upper() not in LOG_LEVELS:
+        raise fail(f"--level takes one of {', '.join(LOG_LEVELS)}, got {value!r}", 2)
+    return value.upper()
+
+
+async def _logs(
+    client: AsyncClient,
+    flow_run_id: str,
+    level: Annotated[
+        str | None, typer.Option("--level", help="Minimum level: DEBUG INFO WARNING ERROR CRITICAL.")
+    ] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 time with a timezone (inclusive).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time with a timezone (inclusive).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 1000,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Then stream new logs until the run ends.")] = False,
+) -> None:
+    filters: dict[str, Any] = {
+        "level": _level(level),
+        "since": _aware_time(since, "--since"),
+        "until": _aware_time(until, "--until"),
+        "limit": limit,
+    }
+    if not follow:
+        for record in await client.get_flow_run_logs(flow_run_id, **filters):
+            typer.echo(_log_line(record))
+        return
+    async for item in _follow(client, flow_run_id, **filters):
+        if isinstance(item, LogRecord):
+            typer.echo(_log_line(item))
+
+
+logs = client_command(app, "logs", "Show a flow run's stored logs; --follow streams new ones until it ends.")(_logs)
+# The older spelling, kept working.
+client_command(get_app, "logs", "Same as `flowbus logs`.", hidden=True)(_logs)
+
+
+@client_command(get_app, "flow-run", "Show one flow run: its flow, version, state, parameters, times, task runs.")
+async def get_flow_run(
+    client: AsyncClient,
+    flow_run_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Everything, as JSON.")] = False,
+) -> None:
     detail = await client.get_flow_run(flow_run_id)
-    typer.echo(json.dumps(detail.model_dump(mode="json"), indent=2))
+    if as_json:
+        typer.echo(json.dumps(detail.model_dump(mode="json"), indent=2))
+        return
+    run = detail.run
+    rows = [
+        ("id", run.id),
+        ("name", run.name),
+        ("flow", f"{run.flow_name} ({run.flow_id}), project {run.project_name}"),
+        ("version", str(run.version)),
+        ("state", f"{_state_line(run.state.type, run.state.message)} (since {_when(run.state.timestamp)})"),
+        ("parameters", json.dumps(run.parameters)),
+        ("context", json.dumps(run.context)),
+        ("labels", ", ".join(run.labels) or "-"),
+        ("scheduled", _when(run.scheduled_start_time)),
+        ("started", _when(run.start_time)),
+        ("ended", _when(run.end_time)),
+        ("agent", run.agent_id or "-"),
+        ("idempotency key", run.idempotency_key or "-"),
+    ]
+    for key, value in rows:
+        typer.echo(f"{key + ':':<17}{value}")
+    if not detail.task_runs:
+        typer.echo(f"{'task runs:':<17}-")
+        return
+    typer.echo("task runs:")
+    _table(
+        [("TASK", "STATE", "VERSION", "MESSAGE")]
+        + [(t.task_slug, t.state.type.value, str(t.version), t.state.message or "") for t in detail.task_runs],
+        indent="  ",
+    )
 
 
-@client_command(get_app, "logs", "Show a flow run's stored logs.")
-async def get_logs(client: AsyncClient, flow_run_id: str) -> None:
-    for record in await client.get_flow_run_logs(flow_run_id):
-        typer.echo(f"{record.timestamp:%H:%M:%S} | {record.level:<7} | {record.name} | {record.message}")
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    """Columns padded to their widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _state_type(value: str) -> StateType:
+    by_name = {t.value.lower(): t for t in StateType}
+    if value.lower() not in by_name:
+        raise fail(f"--state takes one of {', '.join(t.value for t in StateType)}, got {value!r}", 2)
+    return by_name[value.lower()]
+
+
+@client_command(get_app, "flow-runs", "List flow runs, newest scheduled first.")
+async def get_flow_runs(
+    client: AsyncClient,
+    flow: Annotated[str | None, typer.Option("--flow", help="Flow id.")] = None,
+    flow_group: Annotated[str | None, typer.Option("--flow-group", help="Flow group (version group) id.")] = None,
+    project: Annotated[str | None, typer.Option("--project")] = None,
+    state: Annotated[
+        list[str] | None, typer.Option("--state", help="State type, e.g. Scheduled, Running, Failed (repeatable).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+) -> None:
+    states = [_state_type(s) for s in state] if state else None
+    runs = await client.get_flow_runs(
+        flow_id=flow, flow_group_id=flow_group, project_name=project, states=states, limit=limit, offset=offset
+    )
+    if not runs:
+        typer.echo("No flow runs.")
+        return
+    _table(
+        [("NAME", "ID", "FLOW", "STATE", "SCHEDULED", "VERSION")]
+        + [(r.name, r.id, r.flow_name, r.state.type.value, _when(r.scheduled_start_time), str(r.version)) for r in runs]
+    )
+
+
+@client_command(get_app, "history", "Show a flow run's state history, oldest first (--tasks: task runs too).")
+async def get_history(
+    client: AsyncClient,
+    flow_run_id: str,
+    tasks: Annotated[bool, typer.Option("--tasks", help="Include the task runs' states.")] = False,
+) -> None:
+    entries = await client.get_flow_run_history(flow_run_id, include_task_runs=tasks)
+    slugs = {t.id: t.task_slug for t in (await client.get_flow_run(flow_run_id)).task_runs} if tasks else {}
+    _table(
+        [("TIME", "RUN", "VERSION", "STATE", "MESSAGE")]
+        + [
+            (
+                _when(e.timestamp),
+                "flow run" if e.task_run_id is None else f"task {slugs.get(e.task_run_id, e.task_run_id)}",
+                str(e.version),
+                e.type.value,
+                e.message or "",
+            )
+            for e in entries
+        ]
+    )
+
+
+@client_command(app, "cancel", "Cancel a flow run: Cancelling while it runs, Cancelled before it starts.")
+async def cancel(
+    client: AsyncClient,
+    flow_run_id: str,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="The Cancelled state's message.")] = None,
+) -> None:
+    out = await client.cancel_flow_run(flow_run_id, message)
+    if not out.changed:
+        typer.echo(f"Flow run {flow_run_id} already finished ({out.state.type.value}): nothing to cancel.")
+        return
+    typer.echo(f"Flow run {flow_run_id}: {_state_line(out.state.type, out.state.message)}")
 
 
 # ---- agents ---------------------------------------------------------------------

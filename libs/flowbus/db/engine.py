@@ -1,21 +1,39 @@
 """Async engines and sessions for SQLite (embedded default) and PostgreSQL.
 
-SQLite is set up for concurrent services in one file: WAL, a busy timeout,
-foreign keys on (cascading deletes), and ``BEGIN IMMEDIATE`` so that a
-transaction takes the write lock up front instead of failing when it tries
-to upgrade a read lock that another writer raced.
+Reads and writes are told apart: ``session()`` and ``read()`` are for reads,
+``transaction()`` and ``write()`` for writes. On PostgreSQL both use one
+engine. SQLite is set up for concurrent services in one file: WAL, foreign
+keys on (cascading deletes), and two engines. Writes begin with
+``BEGIN IMMEDIATE`` (the write lock up front, instead of failing when a read
+lock cannot be upgraded) and, inside one process, queue on an asyncio lock
+per database file: SQLite's own busy handler waits by sleeping for up to
+100 ms at a time, which wrecks latency when the services of ``flowbus up``
+share a file. Reads begin a deferred transaction: in WAL mode they neither
+wait for writers nor block them.
+
+``write()`` (the Core connection of the batched hot paths) runs SQLite on
+the event loop's own thread through the synchronous driver: a statement
+takes microseconds, while handing it to aiosqlite's thread and back costs
+more than the statement, a dozen times per transaction. Such a connection
+never waits inside SQLite (busy timeout 0): when another process holds the
+write lock, ``BEGIN IMMEDIATE`` fails at once and is retried after
+an asyncio sleep, so the loop is never blocked by a lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 
@@ -23,52 +41,156 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        _setup_sqlite(engine)
+        _setup_sqlite(engine, "BEGIN IMMEDIATE" if writer else "BEGIN")
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def _setup_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+_write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _sqlite_write_lock(url: str) -> asyncio.Lock:
+    """The one write lock of a SQLite file for every Database in this process and loop."""
+    per_loop = _write_locks.setdefault(asyncio.get_running_loop(), {})
+    return per_loop.setdefault(str(make_url(url).database), asyncio.Lock())
+
+
+def _setup_sqlite(
+    engine: AsyncEngine | sa.Engine, begin: str, busy_timeout_ms: int = 30000, autocheckpoint: bool = True
+) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
+
+
+def _inline_sqlite_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(make_url(url).set(drivername="sqlite"))
+    # A checkpoint syncs the files: Database.checkpoint runs it off the loop's thread.
+    _setup_sqlite(engine, "BEGIN IMMEDIATE", busy_timeout_ms=0, autocheckpoint=False)
+    return engine
+
+
+class _InlineConnection:
+    """What the hot paths use of an AsyncConnection, over a synchronous one.
+
+    ``execute`` runs at once on the loop's thread; it is a coroutine only so
+    that the same use-case code runs on PostgreSQL's AsyncConnection.
+    """
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+
+# Waits between attempts to take SQLite's write lock from another process.
+_LOCKED_BACKOFF = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+_LOCKED_GIVE_UP_SECONDS = 30.0
 
 
 class Database:
-    """One engine and its session factory; entered through a service's lifespan."""
+    """The engines and session factories of one database; entered through a service's lifespan."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.sqlite = is_sqlite(url)
         self.engine = create_engine(url)
+        self.read_engine = create_engine(url, writer=False) if self.sqlite else self.engine
+        self._inline = _inline_sqlite_engine(url) if self.sqlite else None
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
+
+    def _writing(self) -> AbstractAsyncContextManager[Any]:
+        return _sqlite_write_lock(self.url) if self.sqlite else nullcontext()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
+        """A session for reads (it must not write: on SQLite it holds no write lock)."""
+        async with self._read_sessions() as session:
             yield session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session whose work commits on success and rolls back on error."""
-        async with self._sessions() as session, session.begin():
+        """A session for writes, committed on success and rolled back on error."""
+        async with self._writing(), self._sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a write transaction (the batched hot paths)."""
+        if self._inline is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._writing():
+            with self._inline.connect() as conn:
+                await self._begin_immediate(conn)
+                try:
+                    yield cast(AsyncConnection, _InlineConnection(conn))
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+
+    async def _begin_immediate(self, conn: sa.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _LOCKED_GIVE_UP_SECONDS
+        attempt = 0
+        while True:
+            try:
+                conn.begin()
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() > give_up:
+                    raise
+                conn.rollback()
+            await asyncio.sleep(_LOCKED_BACKOFF[min(attempt, len(_LOCKED_BACKOFF) - 1)])
+            attempt += 1
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection for reads."""
+        async with self.read_engine.connect() as conn:
+            yield conn
+
+    async def checkpoint(self) -> None:
+        """Copy SQLite's write-ahead log into the database (on aiosqlite's thread).
+
+        The inline hot-path connection never checkpoints itself: the fsync
+        would stall every request on the loop. Services call this every second.
+        """
+        if self.sqlite:
+            async with self.read_engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
     async def dispose(self) -> None:
+        if self._inline is not None:
+            self._inline.dispose()
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()

@@ -4,6 +4,8 @@ tables, but any may read)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -90,7 +92,8 @@ def flow_out(
     )
 
 
-def state_out_of_run(row: FlowRun | TaskRun) -> StateOut:
+def state_out_of_run(row: Any) -> StateOut:
+    """The current state of a flow or task run: an ORM row or anything with its columns as attributes."""
     return StateOut(
         type=StateType(row.state),
         message=row.state_message,
@@ -99,13 +102,14 @@ def state_out_of_run(row: FlowRun | TaskRun) -> StateOut:
     )
 
 
-def flow_run_out(run: FlowRun, flow: Flow, project: Project) -> FlowRunOut:
+def flow_run_out(run: Any, flow_name: str, project_name: str) -> FlowRunOut:
+    """A run as published: ``run`` is a FlowRun, a Core row of flow_run, or anything with its columns."""
     return FlowRunOut(
         id=run.id,
         flow_id=run.flow_id,
-        flow_name=flow.name,
+        flow_name=flow_name,
         flow_group_id=run.flow_group_id,
-        project_name=project.name,
+        project_name=project_name,
         name=run.name,
         parameters=run.parameters,
         context=run.context,

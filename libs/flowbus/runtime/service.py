@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.message import StreamMessage
@@ -32,13 +32,18 @@ from sqlalchemy import text
 
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.batching import GroupCommitter
+from flowbus.runtime.fastlane import FastLane
 from flowbus.runtime.nats import connect, ensure_streams
 from flowbus.runtime.outbox import OutboxRelay
-from flowbus.runtime.telemetry import tracer_provider
-from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Reply
+from flowbus.runtime.telemetry import tracer, tracer_provider
+from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
 from flowbus.settings import Settings
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
+R = TypeVar("R")
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass
@@ -49,15 +54,63 @@ class ServiceContext:
     settings: Settings
     db: Database
     broker: NatsBroker
+    # Never connected: holds every command, fast-lane ones included, for the AsyncAPI document.
+    docs: NatsBroker
+    fast_lane: FastLane
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
     relay: OutboxRelay | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    committers: list[GroupCommitter[Any, Any]] = field(default_factory=list)
 
     @property
     def jetstream(self) -> JetStreamContext:
         assert self.js is not None, "JetStream is available after startup"
         return self.js
+
+    def subscriber(self, subject: str, **kwargs: Any) -> Callable[[H], H]:
+        """A faststream subscriber that handles up to ``nats.max_concurrent_messages``
+        messages at once (faststream's default is one at a time: a slow
+        command would hold up every other on its subject)."""
+        workers = self.settings.nats.max_concurrent_messages
+        run = self.broker.subscriber(subject, max_workers=workers, **kwargs)
+        document = self.docs.subscriber(subject, max_workers=workers, **kwargs)
+
+        def decorate(handler: H) -> H:
+            document(handler)
+            return cast(H, run(handler))
+
+        return decorate
+
+    def fast_command(
+        self,
+        subject: str,
+        *,
+        queue: str,
+        model: type[Message],
+        reply: type[Message],
+        committer: GroupCommitter[Any, Any],
+        title: str,
+    ) -> None:
+        """Serve a hot-path command through the fast lane into ``committer``."""
+        self.fast_lane.add(subject, queue, model, committer)
+
+        async def documented(cmd: Any) -> Any:
+            raise NotImplementedError("served by the fast lane")
+
+        documented.__annotations__ = {"cmd": model, "return": Reply[reply]}  # type: ignore[valid-type]
+        self.docs.subscriber(subject, queue=queue, title=title)(documented)
+
+    def group_committer(
+        self, name: str, process: Callable[[Sequence[C]], Awaitable[list[R | FlowbusError]]]
+    ) -> GroupCommitter[C, R]:
+        """A group committer for a hot-path command: batches share one
+        transaction, and their events are published before any reply."""
+        committer: GroupCommitter[C, R] = GroupCommitter(
+            f"{self.name}.{name}", process, after_commit=self.publish_outbox
+        )
+        self.committers.append(committer)
+        return committer
 
     async def publish_outbox(self) -> None:
         """Publish this service's staged events now (call after a commit, before replying).
@@ -133,19 +186,7 @@ def envelope_middleware() -> ExceptionMiddleware:
 
     @mw.add_handler(ValidationError, publish=True)
     async def _invalid(exc: ValidationError) -> dict[str, Any]:
-        details = [
-            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        first = details[0] if details else {"loc": [], "msg": "invalid"}
-        where = ".".join(first["loc"]) or "message"
-        return _error_reply(
-            ErrorInfo(
-                code=ErrorCode.VALIDATION_ERROR,
-                message=f"invalid message: {where}: {first['msg']}",
-                details=details,
-            )
-        )
+        return _error_reply(validation_failed(exc).info())
 
     @mw.add_handler(FlowbusError, publish=True)
     async def _refused(exc: FlowbusError) -> dict[str, Any]:
@@ -157,6 +198,12 @@ def envelope_middleware() -> ExceptionMiddleware:
         return _error_reply(ErrorInfo(code=ErrorCode.INTERNAL, message="internal error; see service logs"))
 
     return mw
+
+
+def _faststream_logger() -> logging.Logger:
+    quiet = logging.getLogger("flowbus.faststream")
+    quiet.setLevel(logging.WARNING)
+    return quiet
 
 
 def make_broker(settings: Settings, name: str) -> NatsBroker:
@@ -174,8 +221,10 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
             envelope_middleware(),
             _OversizeGuard,
         ],
-        # faststream logs two lines per message at INFO: too much on hot paths.
+        # faststream logs two lines per message at INFO (and, for concurrent
+        # subscribers, one more per finished task): too much for a service log.
         log_level=logging.DEBUG,
+        logger=_faststream_logger(),
         graceful_timeout=5.0,
     )
 
@@ -190,8 +239,10 @@ def build_service(
 ) -> AsgiFastStream:
     """Assemble one service. ``register`` adds its handlers to ``ctx.broker``."""
     broker = make_broker(settings, name)
+    docs = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
-    ctx = ServiceContext(name=name, settings=settings, db=db, broker=broker)
+    fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
+    ctx = ServiceContext(name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane)
     register(ctx)
 
     async def on_startup() -> None:
@@ -204,17 +255,25 @@ def build_service(
 
     async def after_startup() -> None:
         assert ctx.relay is not None
+        assert ctx.nc is not None
+        await fast_lane.start(ctx.nc)
         ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
+        if db.sqlite:
+            ctx.tasks.append(asyncio.create_task(_guarded(_checkpoint, ctx), name=f"{name}-checkpoint"))
         for loop in loops:
             ctx.tasks.append(asyncio.create_task(_guarded(loop, ctx), name=f"{name}-{loop.__name__}"))
 
     async def on_shutdown() -> None:
+        await fast_lane.stop()
         for task in ctx.tasks:
             task.cancel()
         await asyncio.gather(*ctx.tasks, return_exceptions=True)
         ctx.tasks.clear()
 
     async def after_shutdown() -> None:
+        # The broker has stopped: no handler waits on a committer any more.
+        for committer in ctx.committers:
+            await committer.close()
         if ctx.nc is not None and not ctx.nc.is_closed:
             # The loops are stopped and every outbox publish was acknowledged.
             await ctx.nc.close()
@@ -241,7 +300,7 @@ def build_service(
         broker,
         asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
         asyncapi_path="/docs/asyncapi",
-        specification=AsyncAPI(broker, title=f"flowbus {name}", version="0.1.0"),
+        specification=AsyncAPI(docs, title=f"flowbus {name}", version="0.1.0"),
         on_startup=[on_startup],
         after_startup=[after_startup],
         on_shutdown=[on_shutdown],
@@ -249,6 +308,12 @@ def build_service(
     )
     setattr(app, "flowbus_context", ctx)  # noqa: B010  (tests and the embedded runner reach it)
     return app
+
+
+async def _checkpoint(ctx: ServiceContext) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        await ctx.db.checkpoint()
 
 
 async def _guarded(loop: Loop, ctx: ServiceContext) -> None:

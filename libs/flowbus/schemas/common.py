@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 NAME_MAX = 255
 LABEL_MAX = 255
@@ -94,6 +94,17 @@ class InternalError(FlowbusError):
 ERRORS_BY_CODE: dict[ErrorCode, type[FlowbusError]] = {
     cls.code: cls for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, InternalError)
 }
+
+
+def validation_failed(exc: ValidationError) -> ValidationFailed:
+    """A pydantic refusal as VALIDATION_ERROR, naming the first field at fault."""
+    details = [
+        {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    first = details[0] if details else {"loc": [], "msg": "invalid"}
+    where = ".".join(first["loc"]) or "message"
+    return ValidationFailed(f"invalid message: {where}: {first['msg']}", details=details)
 
 
 def error_from_info(info: ErrorInfo) -> FlowbusError:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
-from pydantic import Field, JsonValue, StringConstraints, model_validator
+from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
 
 from flowbus.schemas.common import Message
 from flowbus.schemas.flows import Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
 from flowbus.states import StateType
 
-LogLevel = Annotated[str, StringConstraints(pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")]
+# In severity order: a minimum level keeps itself and every level after it.
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LogLevel = Annotated[str, StringConstraints(pattern=rf"^({'|'.join(LOG_LEVELS)})$")]
 
 
 class StateSpec(Message):
@@ -42,7 +44,8 @@ class CreateFlowRun(Message):
     labels: Labels | None = None
     run_config: RunConfigSpec | None = None
     run_name: Name | None = None
-    scheduled_start_time: datetime | None = None
+    # Timezone-aware only: a naive time would be a guess about the caller's zone.
+    scheduled_start_time: AwareDatetime | None = None
     idempotency_key: Key | None = None
 
     @model_validator(mode="after")
@@ -134,6 +137,51 @@ class StateSet(Message):
     id: str
     version: int
     state: StateOut
+    # False when the command asked for nothing new (cancelling a finished run).
+    changed: bool = True
+
+
+class CancelFlowRun(Message):
+    """Cancel a run: finished -> nothing; running -> Cancelling; otherwise -> Cancelled."""
+
+    flow_run_id: Key
+    message: str | None = Field(default=None, max_length=10_000)
+
+
+class ListFlowRuns(Message):
+    """Runs, newest scheduled first, filtered by flow, flow group, project and state."""
+
+    flow_id: Key | None = None
+    flow_group_id: Key | None = None
+    project_name: Name | None = None
+    states: list[StateType] | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class FlowRunList(Message):
+    runs: list[FlowRunOut]
+
+
+class GetFlowRunHistory(Message):
+    """Every accepted state of a run (and, when asked, of its task runs), oldest first."""
+
+    flow_run_id: Key
+    include_task_runs: bool = False
+
+
+class HistoryEntry(Message):
+    flow_run_id: str
+    task_run_id: str | None
+    version: int
+    type: StateType
+    message: str | None
+    timestamp: datetime
+    result: JsonValue = None
+
+
+class StateHistoryList(Message):
+    entries: list[HistoryEntry]
 
 
 class StateChanged(Message):
@@ -183,7 +231,12 @@ class LogBatch(Message):
 
 
 class GetFlowRunLogs(Message):
+    """A run's stored logs in time order; ``level`` is the minimum level."""
+
     flow_run_id: Key
+    level: LogLevel | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)
 
 

@@ -1,0 +1,139 @@
+"""Group commit: many concurrent commands, one transaction, one publish.
+
+A hot-path handler submits its command to a :class:`GroupCommitter` and
+awaits its own outcome. One worker takes every command that is waiting,
+processes them together (one transaction, a few prebuilt statements run
+with executemany), publishes their events, then answers each. Batches form
+by themselves: while a batch is being written the next one queues, so a lone
+request goes through at once and a crowd shares the cost of a commit.
+
+Per-command refusals (a stale version, an unknown id) are outcomes, not
+failures: they leave the other commands of the batch untouched. The next batch is
+written while the previous one's events are being acknowledged (at most
+``pipeline`` batches in flight; replies still follow their own events, in
+batch order). A failure of
+the batch itself (say, a unique-constraint race with another instance) makes
+the worker retry the commands one by one, so only the command at fault fails.
+Touches no subject itself: the service's ``after_commit`` publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from flowbus.schemas.common import FlowbusError
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+R = TypeVar("R")
+
+
+Respond = Callable[[Any], Awaitable[None]]
+
+
+class GroupCommitter(Generic[C, R]):
+    def __init__(
+        self,
+        name: str,
+        process: Callable[[Sequence[C]], Awaitable[list[R | FlowbusError]]],
+        after_commit: Callable[[], Awaitable[None]] | None = None,
+        max_batch: int = 256,
+        pipeline: int = 4,
+    ) -> None:
+        self.name = name
+        self._in_flight = asyncio.Semaphore(pipeline)
+        self._finishers: set[asyncio.Task[None]] = set()
+        self._process = process
+        self._after_commit = after_commit
+        self._max_batch = max_batch
+        # Each entry: the command and where its outcome goes (a future, or a
+        # coroutine function that replies, so a caller need not wait for it).
+        self._queue: asyncio.Queue[tuple[C, asyncio.Future[R] | Respond]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name=f"group-commit-{self.name}")
+
+    async def submit(self, command: C) -> R:
+        """Queue a command; return its result or raise its refusal."""
+        self._ensure_worker()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((command, future))
+        return await future
+
+    def submit_nowait(self, command: C, respond: Respond) -> None:
+        """Queue a command; ``respond`` gets its result or refusal (an exception) later."""
+        self._ensure_worker()
+        self._queue.put_nowait((command, respond))
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._worker is not None and not self._worker.done():
+            await self._queue.join()
+        await asyncio.gather(*self._finishers, return_exceptions=True)
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._handle(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _handle(self, batch: list[tuple[C, asyncio.Future[R] | Respond]]) -> None:
+        commands = [cmd for cmd, _to in batch]
+        outcomes: list[Any]
+        try:
+            outcomes = list(await self._process(commands))
+        except Exception as exc:
+            if len(batch) == 1:
+                outcomes = [exc]
+            else:
+                log.info("%s: batch of %d failed (%s); retrying one by one", self.name, len(batch), exc)
+                outcomes = []
+                for cmd in commands:
+                    try:
+                        outcomes.extend(await self._process([cmd]))
+                    except Exception as single:
+                        outcomes.append(single)
+        # Publishing and replying overlap the next batch's writes. Finishers
+        # run in batch order: the relay's lock is first come, first served.
+        await self._in_flight.acquire()
+        finisher = asyncio.create_task(self._finish(batch, outcomes))
+        self._finishers.add(finisher)
+        finisher.add_done_callback(self._finishers.discard)
+
+    async def _finish(self, batch: list[tuple[C, asyncio.Future[R] | Respond]], outcomes: list[Any]) -> None:
+        try:
+            if self._after_commit is not None:
+                # Events are in the stream before anyone hears of the change.
+                await self._after_commit()
+            await self._deliver(batch, outcomes)
+        finally:
+            self._in_flight.release()
+
+    async def _deliver(self, batch: list[tuple[C, asyncio.Future[R] | Respond]], outcomes: list[Any]) -> None:
+        for (_cmd, to), outcome in zip(batch, outcomes, strict=True):
+            if not isinstance(to, asyncio.Future):
+                try:
+                    await to(outcome)
+                except Exception:
+                    log.exception("%s: could not deliver an outcome", self.name)
+            elif to.done():  # the requester went away
+                continue
+            elif isinstance(outcome, BaseException):
+                to.set_exception(outcome)
+            else:
+                to.set_result(outcome)

@@ -1,0 +1,128 @@
+"""The fast lane: hot-path commands straight from nats-py to a group committer.
+
+faststream handles a subscription's messages one at a time, or, with
+``max_workers``, through a task group per message; either way its per-message
+work costs more than a batched write. The commands that carry the load
+(create a run, set a state) therefore skip it: a plain nats-py queue
+subscription validates the bytes with the command's pydantic model, hands
+the command to the service's group committer without waiting, and the
+committer replies when the batch is committed and its events published.
+Replies are the same ``Reply`` envelopes as faststream handlers send, with
+the same codes: malformed, wrong-typed or oversize input gets
+VALIDATION_ERROR, a refusal its code, a bug INTERNAL.
+
+The subjects are also declared on the service's documentation broker, so
+they appear in the AsyncAPI document like any other command. A message with
+a W3C ``traceparent`` header gets a span that continues the caller's trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import propagate, trace
+from pydantic import ValidationError
+
+from flowbus.runtime.batching import GroupCommitter
+from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Lane:
+    subject: str
+    queue: str
+    model: type[Message]
+    committer: GroupCommitter[Any, Any]
+
+
+_Envelope = Reply[Any]  # parametrized once: pydantic's lookup per reply costs as much as the reply
+
+
+def error_reply(info: ErrorInfo) -> bytes:
+    return _Envelope(ok=False, error=info).model_dump_json().encode()
+
+
+def outcome_reply(outcome: Any) -> bytes:
+    """The envelope of a committer outcome: a result, a refusal or a bug."""
+    if isinstance(outcome, FlowbusError):
+        return error_reply(outcome.info())
+    if isinstance(outcome, BaseException):
+        log.error("unhandled error in a fast-lane command", exc_info=outcome)
+        return error_reply(ErrorInfo(code=ErrorCode.INTERNAL, message="internal error; see service logs"))
+    return _Envelope(ok=True, data=outcome).model_dump_json().encode()
+
+
+class FastLane:
+    def __init__(self, service: str, max_bytes: int, tracer: trace.Tracer) -> None:
+        self.service = service
+        self.max_bytes = max_bytes
+        self.tracer = tracer
+        self._lanes: list[_Lane] = []
+        self._subscriptions: list[Subscription] = []
+
+    def add(self, subject: str, queue: str, model: type[Message], committer: GroupCommitter[Any, Any]) -> None:
+        self._lanes.append(_Lane(subject, queue, model, committer))
+
+    async def start(self, nc: NatsClient) -> None:
+        for lane in self._lanes:
+            self._subscriptions.append(
+                await nc.subscribe(lane.subject, queue=lane.queue, cb=self._callback(nc, lane), pending_msgs_limit=-1)
+            )
+
+    async def stop(self) -> None:
+        """Stop taking commands; those already taken are answered by their committer."""
+        for subscription in self._subscriptions:
+            try:
+                await subscription.unsubscribe()
+            except Exception as exc:  # the connection may already be gone
+                log.debug("unsubscribe failed: %s", exc)
+        self._subscriptions.clear()
+
+    def _callback(self, nc: NatsClient, lane: _Lane) -> Callable[[Msg], Any]:
+        async def on_message(msg: Msg) -> None:
+            reply_to = msg.reply
+            if not reply_to:
+                return  # a command nobody waits for: nothing to answer, nothing to do
+            if len(msg.data) > self.max_bytes:
+                info = ErrorInfo(
+                    code=ErrorCode.VALIDATION_ERROR,
+                    message=f"payload of {len(msg.data)} bytes exceeds the limit of {self.max_bytes} bytes",
+                )
+                await nc.publish(reply_to, error_reply(info))
+                return
+            try:
+                command = lane.model.model_validate_json(msg.data)
+            except ValidationError as exc:
+                await nc.publish(reply_to, error_reply(validation_failed(exc).info()))
+                return
+            span = self._span(lane, msg)
+
+            async def respond(outcome: Any) -> None:
+                try:
+                    await nc.publish(reply_to, outcome_reply(outcome))
+                finally:
+                    if span is not None:
+                        span.end()
+
+            lane.committer.submit_nowait(command, respond)
+
+        return on_message
+
+    def _span(self, lane: _Lane, msg: Msg) -> trace.Span | None:
+        if not msg.headers or "traceparent" not in msg.headers:
+            return None
+        parent = propagate.extract(msg.headers)
+        return self.tracer.start_span(
+            f"{lane.subject} process",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": lane.subject},
+        )

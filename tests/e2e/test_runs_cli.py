@@ -1,0 +1,282 @@
+"""Runs through the CLI, as a user: run options, listing, history, logs, watch, cancel.
+
+One `flowbus up` for the module; every command is a subprocess sharing only
+``FLOWBUS_HOME``. Runs meant to stay Scheduled carry a label no agent has.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_registration_cli import flowbus
+from tests.e2e.test_tutorial import FLOWBUS, _env, run, start, stop, wait_for_line
+
+pytestmark = pytest.mark.e2e
+
+PARAMS_FLOW = """
+from flowbus import Flow, Parameter, task
+
+@task
+def show(x, y):
+    return (x, y)
+
+with Flow("params-flow") as flow:
+    show(Parameter("x", required=True), Parameter("y", default="default-y"))
+"""
+
+NOISY_FLOW = """
+import flowbus
+from flowbus import Flow, task
+
+@task
+def noisy():
+    logger = flowbus.context.get("logger")
+    logger.info("quiet remark")
+    logger.warning("careful now")
+    logger.error("something bad, but carrying on")
+
+with Flow("noisy-flow") as flow:
+    noisy()
+"""
+
+NOWHERE = "no-agent-has-this-label"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("runs-cli")
+    home, work = root / "home", root / "work"
+    work.mkdir()
+    (work / "params_flow.py").write_text(textwrap.dedent(PARAMS_FLOW))
+    (work / "noisy_flow.py").write_text(textwrap.dedent(NOISY_FLOW))
+    proc = start([FLOWBUS, "up"], home, work)
+    try:
+        wait_for_line(proc, "Press Ctrl-C to stop.")
+        flowbus(home, work, "create", "project", "runs")
+        for script in ("params_flow.py", "noisy_flow.py"):
+            flowbus(home, work, "register", "--project", "runs", "-p", str(work / script))
+        yield home, work
+    finally:
+        stop(proc)
+
+
+def refused(home: Path, work: Path, *args: str, code: int = 1) -> str:
+    """A command that must fail with one error line and no traceback: that line."""
+    result = run([FLOWBUS, *args], home, work)
+    assert result.returncode == code, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def run_json(home: Path, work: Path, run_id: str) -> dict:
+    return json.loads(flowbus(home, work, "get", "flow-run", run_id, "--json").stdout)["run"]
+
+
+def created_id(output: str) -> str:
+    return output.strip().rsplit(": ", 1)[1]
+
+
+def test_run_options(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    (work / "params.json").write_text(json.dumps({"x": 1, "y": "from the file"}))
+    args = [
+        "run",
+        "--name",
+        "params-flow",
+        "--project",
+        "runs",
+        "--param-file",
+        "params.json",
+        "--param",
+        "x=[1, 2]",
+        "--context",
+        "team=data",
+        "--context",
+        "retries=3",
+        "--label",
+        NOWHERE,
+        "--label",
+        "second",
+        "--run-name",
+        "my-run",
+        "--idempotency-key",
+        "nightly-1",
+        "-q",
+    ]
+    first = flowbus(home, work, *args).stdout.strip()
+    assert len(first) == 36, first  # -q: the id alone
+    assert flowbus(home, work, *args).stdout.strip() == first  # same key, same run
+    shown = run_json(home, work, first)
+    assert shown["parameters"] == {"x": [1, 2], "y": "from the file"}  # --param wins over the file
+    assert shown["context"] == {"team": "data", "retries": 3}
+    assert shown["labels"] == sorted([NOWHERE, "second"])
+    assert shown["name"] == "my-run"
+    assert shown["idempotency_key"] == "nightly-1"
+    readable = flowbus(home, work, "get", "flow-run", first).stdout
+    for needle in ("my-run", "params-flow", "Scheduled", '"team": "data"', "version:", "task runs:", "show-1"):
+        assert needle in readable, readable
+
+    later = flowbus(home, work, "run", "--name", "params-flow", "--param", "x=1", "--start-in", "10m").stdout
+    assert later.startswith("Flow run ")
+    waiting = run_json(home, work, created_id(later))
+    assert waiting["state"]["type"] == "Scheduled"
+    start_time = datetime.fromisoformat(waiting["scheduled_start_time"])
+    assert start_time > datetime.now(UTC) + timedelta(minutes=9)
+
+    one_run = ["run", "--name", "params-flow", "--param", "x=1"]
+    assert "timezone" in refused(home, work, *one_run, "--start-at", "2031-01-01T09:00:00", code=2)
+    at = flowbus(home, work, *one_run, "--start-at", "2031-01-01T09:00:00+01:00", "-q")
+    assert run_json(home, work, at.stdout.strip())["scheduled_start_time"].startswith("2031-01-01T08:00:00")
+    assert "Required parameters" in refused(home, work, "run", "--name", "params-flow")
+    assert "KEY=VALUE" in refused(home, work, "run", "--name", "params-flow", "--param", "x", code=2)
+
+
+def test_list_history_and_cancel(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    flows = flowbus(home, work, "get", "flows", "--project", "runs").stdout
+    flow_id = next(line.split("\t")[-1] for line in flows.splitlines() if line.startswith("params-flow\t"))
+    start_at = "2032-06-01T00:00:00Z"
+    base = ["run", "--id", flow_id, "--param", "x=1", "--label", NOWHERE, "-q"]
+    keep = flowbus(home, work, *base, "--start-at", start_at, "--run-name", "keep-me").stdout.strip()
+    drop = flowbus(home, work, *base, "--start-in", "1d", "--run-name", "drop-me").stdout.strip()
+
+    table = flowbus(home, work, "get", "flow-runs", "--flow", flow_id).stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "ID", "FLOW", "STATE"]
+    assert table[1].startswith("keep-me")  # newest scheduled first
+    assert any(line.startswith("drop-me") for line in table)
+    assert flowbus(home, work, "get", "flow-runs", "--flow", flow_id, "--limit", "1").stdout.count("\n") == 2
+
+    cancelled = flowbus(home, work, "cancel", drop).stdout
+    assert "Cancelled" in cancelled
+    assert "already finished" in flowbus(home, work, "cancel", drop).stdout
+    only_cancelled = flowbus(home, work, "get", "flow-runs", "--project", "runs", "--state", "cancelled").stdout
+    assert drop in only_cancelled
+    assert keep not in only_cancelled
+    scheduled = flowbus(home, work, "get", "flow-runs", "--project", "runs", "--state", "Scheduled").stdout
+    assert keep in scheduled
+    assert drop not in scheduled
+    assert "NOT_FOUND" in refused(home, work, "get", "flow-runs", "--project", "no-such-project")
+    assert "--state takes one of" in refused(home, work, "get", "flow-runs", "--state", "Sleeping", code=2)
+
+    history = flowbus(home, work, "get", "history", drop).stdout.splitlines()
+    assert history[0].split() == ["TIME", "RUN", "VERSION", "STATE", "MESSAGE"]
+    assert re.search(r"flow run\s+1\s+Scheduled\s+Flow run scheduled\.", history[1]), history
+    assert re.search(r"flow run\s+2\s+Cancelled", history[2]), history
+    assert len(history) == 3
+    with_tasks = flowbus(home, work, "get", "history", drop, "--tasks").stdout
+    assert "task show-1" in with_tasks
+    assert "NOT_FOUND" in refused(home, work, "get", "history", "no-such-run")
+    assert "NOT_FOUND" in refused(home, work, "cancel", "no-such-run")
+
+
+def test_a_real_run_its_logs_history_and_watch(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    agent = start([FLOWBUS, "agent", "local", "start"], home, work)
+    try:
+        wait_for_line(agent, "waiting for flow runs")
+        watched = run([FLOWBUS, "run", "--name", "noisy-flow", "--project", "runs", "--watch"], home, work)
+    finally:
+        assert stop(agent) == 0
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "careful now" in watched.stdout
+    run_id = created_id(watched.stdout.splitlines()[0])
+
+    # The log writer stores what the watch streamed; wait until it has all of it.
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while "something bad" not in flowbus(home, work, "logs", run_id).stdout:
+        assert datetime.now(UTC) < deadline, "logs never stored"
+    everything = flowbus(home, work, "logs", run_id).stdout
+    assert "quiet remark" in everything
+    warnings = flowbus(home, work, "logs", run_id, "--level", "warning").stdout
+    assert "careful now" in warnings
+    assert "something bad" in warnings
+    assert "quiet remark" not in warnings
+    assert "Submitted for execution" not in warnings  # the agent's INFO line
+    assert flowbus(home, work, "logs", run_id, "--since", "2100-01-01T00:00:00Z").stdout == ""
+    assert "quiet remark" in flowbus(home, work, "get", "logs", run_id).stdout  # the older spelling
+    assert "timezone" in refused(home, work, "logs", run_id, "--since", "2100-01-01T00:00:00", code=2)
+    # A finished run: --follow prints what is stored and returns.
+    assert "careful now" in flowbus(home, work, "logs", run_id, "--follow").stdout
+
+    history = flowbus(home, work, "get", "history", run_id, "--tasks").stdout
+    for needle in ("Scheduled", "Submitted", "Running", "Success", "task noisy-1"):
+        assert needle in history, history
+
+    # `watch` on a finished run replays it in time order and exits as the run ended.
+    replay = flowbus(home, work, "watch", run_id).stdout
+    order = [
+        "Entered state Scheduled",
+        "Entered state Submitted",
+        "Entered state Running",
+        "careful now",
+        "Entered state Success",
+    ]
+    positions = [replay.index(needle) for needle in order]
+    assert positions == sorted(positions), replay
+    assert replay.count("Entered state Running") == 1
+
+
+def test_watch_explains_a_waiting_run_and_ends_when_it_is_cancelled(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    run_id = flowbus(home, work, "run", "--name", "params-flow", "--param", "x=1", "--label", NOWHERE, "-q").stdout
+    env = {**_env(home), "FLOWBUS_WATCH_EXPLAIN_AFTER": "0.2"}
+    watcher = subprocess.Popen(
+        [FLOWBUS, "watch", run_id.strip()],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = wait_for_line(watcher, "Waiting:")
+        assert "Entered state Scheduled" in "".join(seen)
+        assert NOWHERE in seen[-1] or "No agent is online" in seen[-1]
+        assert "Cancelled" in flowbus(home, work, "cancel", run_id.strip(), "-m", "given up").stdout
+        wait_for_line(watcher, "Entered state Cancelled: given up")
+        assert watcher.wait(timeout=30) == 1
+    finally:
+        stop(watcher)
+
+
+def test_the_python_client_sets_states_and_reads_runs(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    script = f"""
+        from flowbus import Client
+        from flowbus.states import Running, StateType, Success
+
+        client = Client()
+        run_id = client.create_flow_run(
+            flow_name="params-flow", project_name="runs", parameters={{"x": 1}}, labels=[{NOWHERE!r}]
+        )
+        assert isinstance(run_id, str)
+        info = client.get_flow_run_info(run_id)
+        v = client.set_flow_run_state(run_id, info.run.version, StateType.SUBMITTED, "by type").version
+        v = client.set_flow_run_state(run_id, v, {{"type": "Running", "message": "by dict"}}).version
+        done = client.set_flow_run_state(run_id, v, Success(message="It worked!"))
+        print(done.state.type.value, done.version)
+        print([e.type.value for e in client.get_flow_run_history(run_id)])
+        print(run_id in [r.id for r in client.get_flow_runs(project_name="runs", states=["Success"])])
+        print(client.cancel_flow_run(run_id).changed)
+        print(client.get_flow_run_logs(run_id, level="ERROR"))
+        client.close()
+    """
+    result = run([sys.executable, "-c", textwrap.dedent(script)], home, work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "Success 4",
+        "['Scheduled', 'Submitted', 'Running', 'Success']",
+        "True",
+        "False",
+        "[]",
+    ]

@@ -1,0 +1,243 @@
+"""The state service's read side through the client: listing runs, state
+history, log filters, and the forms a state can be given in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import nats
+import pytest
+
+from flowbus import subjects
+from flowbus.client import AsyncClient
+from flowbus.schemas.common import NotFound, ValidationFailed
+from flowbus.schemas.runs import LogBatch, LogRecord
+from flowbus.settings import Settings
+from flowbus.states import Cached, Running, State, StateType, Success, is_finished
+from tests.conftest import unique
+from tests.helpers import register
+
+
+def later(hours: float) -> datetime:
+    return datetime.now(UTC) + timedelta(hours=hours)
+
+
+async def test_list_flow_runs_filters_orders_and_pages(client: AsyncClient) -> None:
+    project, other = unique("p"), unique("q")
+    f1 = await register(client, project, "f1")
+    f2 = await register(client, project, "f2")
+    g = await register(client, other, "g")
+    r1 = await client.create_flow_run(f1.id, scheduled_start_time=later(1))
+    r2 = await client.create_flow_run(f1.id, scheduled_start_time=later(3))
+    r3 = await client.create_flow_run(f2.id, scheduled_start_time=later(2))
+    r4 = await client.create_flow_run(g.id, scheduled_start_time=later(4))
+    await client.set_flow_run_state(r1.id, 1, StateType.CANCELLED, "not needed")
+
+    def ids(runs: list) -> list[str]:
+        return [r.id for r in runs]
+
+    assert ids(await client.get_flow_runs()) == [r4.id, r2.id, r3.id, r1.id]
+    assert ids(await client.get_flow_runs(project_name=project)) == [r2.id, r3.id, r1.id]
+    assert ids(await client.get_flow_runs(flow_id=f1.id)) == [r2.id, r1.id]
+    assert ids(await client.get_flow_runs(flow_group_id=f2.flow_group_id)) == [r3.id]
+    assert ids(await client.get_flow_runs(project_name=project, states=[StateType.SCHEDULED])) == [r2.id, r3.id]
+    assert ids(await client.get_flow_runs(states=["Cancelled", StateType.FAILED])) == [r1.id]
+    assert ids(await client.get_flow_runs(flow_id=f1.id, project_name=other)) == []
+    pages = [ids(await client.get_flow_runs(limit=1, offset=n)) for n in range(5)]
+    assert pages == [[r4.id], [r2.id], [r3.id], [r1.id], []]
+    listed = (await client.get_flow_runs(flow_id=f2.id))[0]
+    assert (listed.flow_name, listed.project_name, listed.version) == ("f2", project, 1)
+    assert listed.state.type is StateType.SCHEDULED
+    with pytest.raises(NotFound, match="not found"):
+        await client.get_flow_runs(project_name=unique("missing"))
+    with pytest.raises(ValidationFailed, match="limit"):
+        await client.get_flow_runs(limit=0)
+
+
+async def test_history_is_gap_free_and_task_runs_only_when_asked(client: AsyncClient) -> None:
+    flow = await register(client, unique("p"), "f", tasks=["a", "b"])
+    run = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED, agent_id="agent-1")).version
+    v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
+    task_a = next(t for t in (await client.get_flow_run_info(run.id)).task_runs if t.task_slug == "a-1")
+    tv = (await client.set_task_run_state(task_a.id, 1, StateType.RUNNING)).version
+    await client.set_task_run_state(task_a.id, tv, StateType.SUCCESS, "a done")
+    await client.set_flow_run_state(run.id, v, StateType.FAILED, "b never ran")
+
+    history = await client.get_flow_run_history(run.id)
+    assert [(e.version, e.type) for e in history] == [
+        (1, StateType.SCHEDULED),
+        (2, StateType.SUBMITTED),
+        (3, StateType.RUNNING),
+        (4, StateType.FAILED),
+    ]
+    assert all(e.task_run_id is None and e.flow_run_id == run.id for e in history)
+    assert history[0].message == "Flow run scheduled."
+    assert history[-1].message == "b never ran"
+    assert [e.timestamp for e in history] == sorted(e.timestamp for e in history)
+
+    full = await client.get_flow_run_history(run.id, include_task_runs=True)
+    described = [(e.task_run_id is not None, e.version, e.type) for e in full]
+    assert described == [
+        (False, 1, StateType.SCHEDULED),
+        (False, 2, StateType.SUBMITTED),
+        (False, 3, StateType.RUNNING),
+        (True, 2, StateType.RUNNING),
+        (True, 3, StateType.SUCCESS),
+        (False, 4, StateType.FAILED),
+    ]
+    assert {e.task_run_id for e in full if e.task_run_id} == {task_a.id}
+
+
+async def _publish_logs(client: AsyncClient, records: list[LogRecord]) -> None:
+    await client.nc.jetstream().publish(
+        subjects.logs(records[0].flow_run_id), LogBatch(records=records).model_dump_json().encode()
+    )
+    async with asyncio.timeout(30):  # the log writer persists the batch
+        while len(await client.get_flow_run_logs(records[0].flow_run_id)) < len(records):
+            await asyncio.sleep(0.05)
+
+
+async def test_log_filters_by_minimum_level_and_time(client: AsyncClient) -> None:
+    flow = await register(client, unique("p"), "f")
+    run = await client.create_flow_run(flow.id)
+    t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    records = [
+        LogRecord(
+            flow_run_id=run.id,
+            timestamp=t0 + timedelta(minutes=i),
+            name="flowbus.test",
+            level=level,
+            message=f"{level.lower()} at minute {i}",
+        )
+        for i, level in enumerate(levels)
+    ]
+    await _publish_logs(client, list(reversed(records)))
+
+    everything = await client.get_flow_run_logs(run.id)
+    assert [r.level for r in everything] == levels  # time order, whatever the arrival order
+    assert [r.level for r in await client.get_flow_run_logs(run.id, level="WARNING")] == [
+        "WARNING",
+        "ERROR",
+        "CRITICAL",
+    ]
+    assert [r.level for r in await client.get_flow_run_logs(run.id, level="info")] == levels[1:]
+    assert [r.level for r in await client.get_flow_run_logs(run.id, level="CRITICAL")] == ["CRITICAL"]
+    # since and until are inclusive.
+    window = await client.get_flow_run_logs(run.id, since=t0 + timedelta(minutes=1), until=t0 + timedelta(minutes=3))
+    assert [r.level for r in window] == ["INFO", "WARNING", "ERROR"]
+    # Any zone: 13:02 at +01:00 is 12:02 UTC.
+    since_local = datetime(2030, 1, 1, 13, 2, tzinfo=timezone(timedelta(hours=1)))
+    assert [r.level for r in await client.get_flow_run_logs(run.id, since=since_local)] == [
+        "WARNING",
+        "ERROR",
+        "CRITICAL",
+    ]
+    combined = await client.get_flow_run_logs(run.id, level="ERROR", until=t0 + timedelta(minutes=3), limit=5)
+    assert [r.message for r in combined] == ["error at minute 3"]
+    assert [r.level for r in await client.get_flow_run_logs(run.id, limit=2)] == ["DEBUG", "INFO"]
+    assert await client.get_flow_run_logs(run.id, since=t0 + timedelta(hours=1)) == []
+    with pytest.raises(ValidationFailed, match="level"):
+        await client.get_flow_run_logs(run.id, level="LOUD")
+    with pytest.raises(ValidationFailed, match="since"):
+        await client.get_flow_run_logs(run.id, since=datetime(2030, 1, 1, 12, 0))  # naive
+
+
+async def test_unknown_ids_are_not_found(client: AsyncClient) -> None:
+    missing = unique("run")
+    with pytest.raises(NotFound, match=f"Flow run {missing} not found"):
+        await client.get_flow_run_history(missing)
+    with pytest.raises(NotFound, match=f"Flow run {missing} not found"):
+        await client.get_flow_run_logs(missing, level="ERROR")
+    with pytest.raises(NotFound, match=f"Flow run {missing} not found"):
+        await client.get_flow_run_info(missing)
+    with pytest.raises(NotFound):
+        await client.set_flow_run_state(missing, 1, Success())
+
+
+async def _raw(settings: Settings, subject: str, body: dict) -> dict:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        return json.loads((await nc.request(subject, json.dumps(body).encode(), timeout=10)).data)
+    finally:
+        await nc.close()
+
+
+async def test_naive_times_are_refused(client: AsyncClient, stack: Settings) -> None:
+    flow = await register(client, unique("p"), "f")
+    naive = datetime.now() + timedelta(hours=1)  # naive: the point of the test
+    # The client refuses before sending, with the code the service would use...
+    with pytest.raises(ValidationFailed, match="scheduled_start_time"):
+        await client.create_flow_run(flow.id, scheduled_start_time=naive)
+    # ...and the service refuses a naive time sent by anyone else.
+    reply = await _raw(
+        stack, subjects.RunCreation.CREATE_FLOW_RUN, {"flow_id": flow.id, "scheduled_start_time": naive.isoformat()}
+    )
+    assert reply["error"]["code"] == "VALIDATION_ERROR"
+    assert "scheduled_start_time" in reply["error"]["message"]
+    run = await client.create_flow_run(flow.id)
+    reply = await _raw(stack, subjects.State.GET_FLOW_RUN_LOGS, {"flow_run_id": run.id, "until": "2030-01-01T12:00:00"})
+    assert reply["error"]["code"] == "VALIDATION_ERROR"
+    # Nothing was created by the refused commands.
+    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id)] == [run.id]
+
+
+async def test_a_state_as_object_dict_or_type(client: AsyncClient) -> None:
+    flow = await register(client, unique("p"), "f", tasks=["a"])
+    run = await client.create_flow_run(flow.id)
+    submitted = await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED, "by type")
+    running = await client.set_flow_run_state(run.id, submitted.version, {"type": "Running", "message": "by dict"})
+    done = await client.set_flow_run_state(run.id, running.version, Success(message="It worked!", result={"rows": 3}))
+    assert done.state.type is StateType.SUCCESS
+    assert done.state.message == "It worked!"
+    history = await client.get_flow_run_history(run.id)
+    assert [(e.type, e.message) for e in history[1:]] == [
+        (StateType.SUBMITTED, "by type"),
+        (StateType.RUNNING, "by dict"),
+        (StateType.SUCCESS, "It worked!"),
+    ]
+    assert history[-1].result == {"rows": 3}
+
+    again = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(again.id, 1, StateType.SUBMITTED)).version
+    v = (await client.set_flow_run_state(again.id, v, Running)).version  # a class is its empty state
+    task = (await client.get_flow_run_info(again.id)).task_runs[0]
+    tv = (await client.set_task_run_state(task.id, 1, Running(message="task by object"))).version
+    cached = await client.set_task_run_state(task.id, tv, {"type": "Cached"}, message="the message argument wins")
+    assert (cached.state.type, cached.state.message) == (StateType.CACHED, "the message argument wins")
+    with pytest.raises(ValidationFailed, match="type"):
+        await client.set_flow_run_state(again.id, v, {"type": "Exploded"})
+    with pytest.raises(ValidationFailed):
+        await client.set_flow_run_state(again.id, v, {"type": "Success", "colour": "green"})
+
+
+def test_state_objects_mirror_the_hierarchy() -> None:
+    assert isinstance(Cached(), Success)
+    assert Cached().is_successful()
+    assert Cached().is_finished()
+    assert not Running().is_finished()
+    assert State.of("Failed", "boom") == State.of(StateType.FAILED, "boom")
+    assert State.of("Failed").is_failed()
+    assert Success("x") != State.of("Failed", "x")
+    assert all(is_finished(t) == State.of(t).is_finished() for t in StateType)
+
+
+async def test_cancel_through_the_client(client: AsyncClient) -> None:
+    flow = await register(client, unique("p"), "f")
+    waiting = await client.create_flow_run(flow.id, scheduled_start_time=later(1))
+    cancelled = await client.cancel_flow_run(waiting.id, "not today")
+    assert (cancelled.changed, cancelled.state.type, cancelled.version) == (True, StateType.CANCELLED, 2)
+    assert cancelled.state.message == "not today"
+    again = await client.cancel_flow_run(waiting.id)
+    assert (again.changed, again.state.type, again.version) == (False, StateType.CANCELLED, 2)
+
+    running = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(running.id, 1, StateType.SUBMITTED)).version
+    await client.set_flow_run_state(running.id, v, StateType.RUNNING)
+    assert (await client.cancel_flow_run(running.id)).state.type is StateType.CANCELLING
+    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id, states=["Cancelling"])] == [running.id]
+    with pytest.raises(NotFound):
+        await client.cancel_flow_run(unique("missing"))

@@ -1,0 +1,207 @@
+"""The batched write path: racing writers, isolation inside a batch, and
+events that survive a crash between the commit and the publish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import AsyncExitStack
+
+import nats
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from flowbus import subjects
+from flowbus.client import AsyncClient
+from flowbus.db.engine import Database
+from flowbus.db.migrate import upgrade_async
+from flowbus.embedded import build_service_app
+from flowbus.runtime.nats import connect, ensure_streams
+from flowbus.runtime.outbox import OutboxRelay
+from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
+from flowbus.schemas.flows import CreateProject, RegisterFlow
+from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
+from flowbus.settings import Settings
+from flowbus.states import StateType
+from services.registration import usecases as registration
+from services.run_creation import usecases as run_creation
+from tests.conftest import unique
+from tests.helpers import register, serialized_flow
+
+WRITERS = 16
+ATTEMPTS = 8
+
+
+async def test_racing_writers_get_one_winner_per_version_and_a_gap_free_history(client: AsyncClient) -> None:
+    flow = await register(client, unique("p"), "race")
+    run = await client.create_flow_run(flow.id)
+    await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)
+    await client.set_flow_run_state(run.id, 2, StateType.RUNNING)
+    wins: list[int] = []
+    losses = 0
+
+    async def writer(n: int) -> None:
+        nonlocal losses
+        for attempt in range(ATTEMPTS):
+            seen = (await client.get_flow_run_info(run.id)).run.version
+            try:
+                out = await client.set_flow_run_state(run.id, seen, StateType.RUNNING, f"writer {n} try {attempt}")
+                wins.append(out.version)
+            except VersionLockingError:
+                losses += 1
+
+    await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+
+    assert losses > 0, "the writers never raced; the test proves nothing"
+    assert len(wins) + losses == WRITERS * ATTEMPTS
+    assert sorted(wins) == list(range(4, 4 + len(wins))), "each version has exactly one winner"
+    history = await client.get_flow_run_history(run.id)
+    assert [e.version for e in history] == list(range(1, 4 + len(wins)))
+
+
+async def test_a_batch_keeps_each_commands_outcome_apart(stack: Settings, client: AsyncClient) -> None:
+    """Concurrent commands share transactions; a refused one changes nothing for the others."""
+    flow = await register(client, unique("p"), "batch")
+    runs = [await client.create_flow_run(flow.id) for _ in range(20)]
+    nc = await nats.connect(stack.nats_servers())
+    try:
+
+        async def send(cmd: SetFlowRunState) -> dict[str, object]:
+            msg = await nc.request(subjects.State.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode(), timeout=10)
+            reply: dict[str, object] = json.loads(msg.data)
+            return reply
+
+        submitted = StateSpec(type=StateType.SUBMITTED)
+        commands = []
+        for i, run in enumerate(runs):
+            version = 1 if i % 2 == 0 else 7  # every odd one is stale
+            commands.append(SetFlowRunState(flow_run_id=run.id, version=version, state=submitted))
+        commands.append(SetFlowRunState(flow_run_id="no-such-run", version=1, state=submitted))
+        replies = await asyncio.gather(*(send(c) for c in commands))
+    finally:
+        await nc.close()
+
+    for i, reply in enumerate(replies[:-1]):
+        if i % 2 == 0:
+            assert reply["ok"] is True
+        else:
+            error = reply["error"]
+            assert isinstance(error, dict)
+            assert error["code"] == ErrorCode.VERSION_LOCKING_ERROR
+            assert "is at version 1" in str(error["message"])
+    last = replies[-1]["error"]
+    assert isinstance(last, dict)
+    assert last["code"] == ErrorCode.NOT_FOUND
+    for i, run in enumerate(runs):
+        info = await client.get_flow_run_info(run.id)
+        assert info.run.state.type is (StateType.SUBMITTED if i % 2 == 0 else StateType.SCHEDULED)
+    with pytest.raises(NotFound):
+        await client.get_flow_run_info("no-such-run")
+
+
+async def _events_of(settings: Settings, flow_run_id: str, expected: int) -> list[tuple[str, str | None]]:
+    """Every message of the run's event subjects in the stream, with its message id."""
+    nc = await nats.connect(settings.nats_servers())
+    try:
+        js = nc.jetstream()
+        got: list[tuple[str, str | None]] = []
+        done = asyncio.Event()
+
+        async def on_msg(msg: nats.aio.msg.Msg) -> None:
+            got.append((msg.subject, (msg.headers or {}).get("Nats-Msg-Id")))
+            if len(got) >= expected:
+                done.set()
+
+        sub = await js.subscribe(
+            subjects.flow_run_events(flow_run_id),
+            stream=subjects.EVENTS_STREAM,
+            cb=on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        async with asyncio.timeout(20):
+            await done.wait()
+        # The stream itself says how many messages each of the run's subjects holds: a duplicate would show.
+        info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.flow_run_events(flow_run_id))
+        await sub.unsubscribe()
+        assert sum((info.state.subjects or {}).values()) == expected
+        return got
+    finally:
+        await nc.close()
+
+
+async def test_events_survive_a_crash_between_commit_and_publish(settings: Settings) -> None:
+    """A create commits its run and stages its events; the process dies before
+    publishing (the relay never runs), or after publishing but before deleting
+    the rows. The next service instance publishes them, exactly once."""
+    await upgrade_async(settings.resolved_database_url())
+    db = Database(settings.resolved_database_url())
+    nc = await connect(settings, "test-crash")
+    try:
+        await ensure_streams(nc.jetstream(), settings)
+        project = unique("p")
+        await registration.create_project(db, CreateProject(name=project))
+        flow = await registration.register_flow(
+            db, RegisterFlow(project_name=project, serialized_flow=serialized_flow("crash", labels=["nobody"]))
+        )
+        # Crash 1: committed, nothing published.
+        [first] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
+        # Crash 2: committed and published, the rows not yet deleted.
+        [second] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
+        assert not isinstance(first, Exception)
+        assert not isinstance(second, Exception)
+
+        class PublishThenDie(OutboxRelay):
+            async def _flush(self) -> int:
+                rows = await self._pending()
+                await self._publish(rows)
+                raise SystemExit("killed before deleting the published rows")
+
+        with pytest.raises(SystemExit):
+            await PublishThenDie("run_creation", db, nc.jetstream()).publish_pending()
+    finally:
+        await nc.close()
+        await db.dispose()
+
+    # The restarted service's relay publishes what is left.
+    async with AsyncExitStack() as apps:
+        app = await apps.enter_async_context(build_service_app("run_creation", settings))
+        relay = app.flowbus_context.relay
+        await relay.publish_pending()  # whatever its sweep has not done yet: the outbox is empty after this
+        for run in (first, second):
+            got = await _events_of(settings, run.id, expected=2)
+            assert sorted(msg_id or "" for _s, msg_id in got) == [
+                f"flow_run:{run.id}:created",
+                f"flow_run:{run.id}:state:1",
+            ]
+        async with AsyncClient(settings) as client:
+            assert (await client.create_flow_run(flow.id, idempotency_key="after")).version == 1
+
+
+async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
+    stack: Settings, client: AsyncClient
+) -> None:
+    flow = await register(client, unique("p"), "big")
+    limit = stack.nats.max_command_bytes
+    nc = await nats.connect(stack.nats_servers())
+    try:
+        oversize = CreateFlowRun(flow_id=flow.id, context={"blob": "x" * (limit + 10)}).model_dump_json().encode()
+        bodies = [
+            oversize,
+            b'{"flow_id": "' + flow.id.encode() + b'", "parameters": [1, 2]}',
+            b'{"flow_id": "' + flow.id.encode() + b'", "scheduled_start_time": "2030-01-01T10:00:00"}',
+            b'{"flow_id": ',
+        ]
+        for body in bodies:
+            reply = json.loads((await nc.request(subjects.RunCreation.CREATE_FLOW_RUN, body, timeout=10)).data)
+            assert reply["ok"] is False
+            assert reply["error"]["code"] == ErrorCode.VALIDATION_ERROR, body[:80]
+        assert (
+            str(limit)
+            in json.loads((await nc.request(subjects.RunCreation.CREATE_FLOW_RUN, oversize, timeout=10)).data)["error"][
+                "message"
+            ]
+        )
+    finally:
+        await nc.close()
+    assert await client.get_flow_runs(flow_id=flow.id) == []
+    assert (await client.create_flow_run(flow.id)).version == 1  # and the service still serves
