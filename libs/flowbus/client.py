@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 
@@ -29,7 +29,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from flowbus import subjects
 from flowbus.runtime.nats import NatsUnavailable, connect
-from flowbus.schemas.agents import AgentList, ListAgents
+from flowbus.schemas.agents import AgentList, AgentOut, ListAgents
 from flowbus.schemas.common import Empty, Message, Reply, error_from_info, validation_failed
 from flowbus.schemas.flows import (
     ArchiveFlow,
@@ -423,10 +423,7 @@ class AsyncClient:
         run = (await self.get_flow_run(flow_run_id)).run
         if run.state.type is not StateType.SCHEDULED or run.scheduled_start_time > datetime.now(UTC):
             return None
-        horizon = datetime.now(UTC) - timedelta(
-            seconds=AGENT_ONLINE_BEATS * self.settings.heartbeat.agent_interval_seconds
-        )
-        online = [a for a in (await self.get_agents()).agents if a.last_seen >= horizon]
+        online = [a for a in (await self.get_agents()).agents if self.agent_online(a)]
         if not online:
             return "No agent is online: start one with `flowbus agent local start`."
         if not any(subjects.agent_can_take(a.labels, run.labels) for a in online):
@@ -434,6 +431,11 @@ class AsyncClient:
             needs = f"labels {run.labels}" if run.labels else "an agent without labels"
             return f"No online agent can take this run: it needs {needs}; online agents have {seen}."
         return None
+
+    def agent_online(self, agent: AgentOut) -> bool:
+        """Online: heard from within the last few agent heartbeat intervals."""
+        window = timedelta(seconds=AGENT_ONLINE_BEATS * self.settings.heartbeat.agent_interval_seconds)
+        return agent.last_seen >= datetime.now(UTC) - window
 
     async def get_agents(self) -> AgentList:
         return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)
@@ -691,6 +693,31 @@ class Client:
         limit: int = 1000,
     ) -> list[LogRecord]:
         return self._run(self._async.get_flow_run_logs(flow_run_id, level, since, until, limit))
+
+    def watch_flow_run(self, flow_run_id: str) -> Iterator[StateChanged | LogRecord | FlowRunDeleted]:
+        """Blocking form of :meth:`AsyncClient.watch_flow_run`: the same items, as they arrive.
+
+        Each item is fetched on the client's loop thread, so the caller's thread
+        just blocks (pushed, not polled) until the next one; leaving the loop
+        early removes the stream consumers.
+        """
+        stream = self._async.watch_flow_run(flow_run_id)
+        done = object()
+
+        async def step() -> StateChanged | LogRecord | FlowRunDeleted | object:
+            # Caught here: StopAsyncIteration must not cross the thread hand-off.
+            try:
+                return await anext(stream)
+            except StopAsyncIteration:
+                return done
+
+        try:
+            while (item := self._run(step())) is not done:
+                assert isinstance(item, StateChanged | LogRecord | FlowRunDeleted)
+                yield item
+        finally:
+            if isinstance(stream, AsyncGenerator) and self._loop.is_running():
+                self._run(stream.aclose())
 
 
 __all__ = ["AsyncClient", "Client", "NatsUnavailable", "ServiceUnavailable"]

@@ -5,10 +5,18 @@ every agent with the same label set) over the run-queue subject of every
 non-empty subset of its labels, and long-polls it, so a due run reaches it
 in milliseconds. For each run it claims Submitted at the version it was
 queued with: only one claim can win, however many agents or duplicate
-deliveries. The winner starts ``python -m flowbus.agent.runner <id>``.
-While it runs, the agent listens to the run's state events: a Cancelling
-(``flowbus cancel`` of a running run) stops the flow's process (SIGTERM, then
-SIGKILL after ``agent.cancel_grace_seconds``) and the run ends Cancelled.
+deliveries. The winner starts the flow in its own process (forked from a
+server with the runner preloaded, ``flowbus.agent.launcher``) with the
+run's environment, and logs "Submitted for execution: PID: <n>".
+
+``limit`` caps the runs being claimed or executed at once: the agent fetches
+only as many queued runs as it has free slots, so the rest wait in the
+stream (where other agents can take them), not in this process. ``stop()``
+(SIGTERM, SIGINT) takes no new runs, hands back any fetched but unclaimed,
+and lets the running ones finish. While a run executes, the agent listens
+to its state events: a Cancelling (``flowbus cancel`` of a running run)
+stops the flow's process (SIGTERM, then SIGKILL after
+``agent.cancel_grace_seconds``) and the run ends Cancelled.
 
 Reads: ``flowbus.runq.<key>`` (RUNQ stream), ``flowbus.evt.flow_run.<id>.state``.
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,
@@ -19,32 +27,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
-import sys
 import uuid
-from asyncio.subprocess import Process
 from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from flowbus import subjects
+from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
-from flowbus.schemas.runs import RunQueued, StateChanged
+from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
 
 log = logging.getLogger("flowbus.agent")
 CONSUMER_IDLE_EXPIRY = timedelta(days=1)
+
+
+# Runs fetched per request: a few at a time keeps claims concurrent without
+# taking more than the agent has room for.
+FETCH_BATCH = 16
+# How long one fetch long-polls; it bounds how quickly a stop is noticed.
+FETCH_WAIT = 1.0
+# Shared by every agent with the same labels, so it must not cap them: each
+# agent limits itself by fetching only as many runs as it has free slots.
+CONSUMER_MAX_ACK_PENDING = 10_000
 
 
 class LocalAgent:
@@ -54,6 +73,7 @@ class LocalAgent:
         labels: list[str] | None = None,
         name: str | None = None,
         hostname_label: bool = True,
+        limit: int | None = None,
     ) -> None:
         self.settings = settings or Settings()
         chosen = set(labels if labels is not None else self.settings.agent.labels)
@@ -61,18 +81,29 @@ class LocalAgent:
             chosen.add(socket.gethostname())
         self.labels = sorted(chosen)
         self.name = name or self.settings.agent.name or f"local-{socket.gethostname()}"
+        self.limit = limit if limit is not None else self.settings.agent.max_concurrent_runs
+        if self.limit < 1:
+            raise ValueError(f"An agent's limit must be at least 1, got {self.limit}.")
         self.id = str(uuid.uuid4())
         self.client = AsyncClient(self.settings)
-        self._slots = asyncio.Semaphore(self.settings.agent.max_concurrent_runs)
-        self._children: set[asyncio.Task[None]] = set()
+        self._launcher = Launcher()
+        # Runs being claimed or executed; never more than `limit`.
+        self._active: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
+        """Take no new runs; those running finish, then ``run()`` returns."""
         self._stop.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
 
     async def run(self) -> None:
         queues = subjects.agent_run_queues(self.labels)  # validates the label cap first
         nc = await self.client.connect()
+        await self._launcher.warm_up()
         await self.client.request(
             subjects.Heartbeat.REGISTER_AGENT,
             RegisterAgent(agent_id=self.id, name=self.name, type="local", labels=self.labels),
@@ -88,31 +119,55 @@ class LocalAgent:
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=30,
-                max_ack_pending=self.settings.agent.max_concurrent_runs * 4,
+                max_ack_pending=CONSUMER_MAX_ACK_PENDING,
                 inactive_threshold=CONSUMER_IDLE_EXPIRY.total_seconds(),
             ),
         )
-        log.info("Agent %s (%s) started with labels %s", self.name, self.id, self.labels)
-        print(f"Agent {self.name} waiting for flow runs (labels: {self.labels})", flush=True)
+        log.info("Agent %s (%s) started with labels %s, limit %d", self.name, self.id, self.labels, self.limit)
+        print(f"Agent {self.name} waiting for flow runs (labels: {self.labels}, limit: {self.limit})", flush=True)
         beat = asyncio.create_task(self._heartbeats())
         try:
-            while not self._stop.is_set():
-                try:
-                    msgs = await psub.fetch(batch=8, timeout=1.0)
-                except (TimeoutError, NatsTimeout):
-                    continue
-                except NatsError as exc:
-                    # Fail-over to another NATS node: the durable consumer keeps our place.
-                    log.warning("run queue unavailable (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    await self._handle(msg)
+            await self._take_runs(psub)
         finally:
             beat.cancel()
-            if self._children:
-                await asyncio.gather(*self._children, return_exceptions=True)
+            if self._active:
+                print(f"Agent {self.name} stopping: waiting for {len(self._active)} flow run(s) to finish", flush=True)
+                await asyncio.gather(*self._active, return_exceptions=True)
             await self.client.close()
+            print(f"Agent {self.name} stopped", flush=True)
+
+    async def _take_runs(self, psub: JetStreamContext.PullSubscription) -> None:
+        while not self._stop.is_set():
+            free = self.limit - len(self._active)
+            if free <= 0:
+                # At the limit, further runs wait in the stream, not in this process.
+                self._slot_freed.clear()
+                await _first_of(self._slot_freed, self._stop)
+                continue
+            try:
+                msgs = await psub.fetch(batch=min(free, FETCH_BATCH), timeout=FETCH_WAIT)
+            except (TimeoutError, NatsTimeout):
+                continue
+            except NatsError as exc:
+                # Fail-over to another NATS node: the durable consumer keeps our place.
+                log.warning("run queue unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                if self._stop.is_set():
+                    # Stopping: hand the run straight back to the queue for another agent.
+                    with contextlib.suppress(NatsError):
+                        await msg.nak()
+                    continue
+                task = asyncio.create_task(self._take(msg))
+                self._active.add(task)
+                task.add_done_callback(self._release)
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("flow run handling failed", exc_info=task.exception())
 
     async def _heartbeats(self) -> None:
         subject = subjects.agent_heartbeat(self.id)
@@ -121,15 +176,14 @@ class LocalAgent:
             await self.client.nc.publish(subject, beat.model_dump_json().encode())
             await asyncio.sleep(self.settings.heartbeat.agent_interval_seconds)
 
-    async def _handle(self, msg: object) -> None:
-        data = getattr(msg, "data", b"")
+    async def _take(self, msg: Msg) -> None:
+        """Claim a queued run (Scheduled -> Submitted at the queued version) and run it if we won."""
         try:
-            queued = RunQueued.model_validate_json(data)
+            queued = RunQueued.model_validate_json(msg.data)
         except ValidationError:
             log.warning("dropping a malformed run-queue message")
-            await msg.term()  # type: ignore[attr-defined]
+            await msg.term()
             return
-        await self._slots.acquire()
         try:
             await self.client.set_flow_run_state(
                 queued.flow_run_id, queued.version, StateType.SUBMITTED, "Submitted for execution", agent_id=self.id
@@ -137,20 +191,13 @@ class LocalAgent:
         except (VersionLockingError, Conflict, NotFound):
             if not await self._claimed_by_us(queued):
                 # Claimed by another agent, already run, or gone: nothing to do.
-                self._slots.release()
-                await msg.ack()  # type: ignore[attr-defined]
+                await msg.ack()
                 return
         except ServiceUnavailable:
-            self._slots.release()
-            await msg.nak(delay=2.0)  # type: ignore[attr-defined]
+            await msg.nak(delay=2.0)
             return
-        except BaseException:
-            self._slots.release()
-            raise
-        await msg.ack()  # type: ignore[attr-defined]
-        task = asyncio.create_task(self._run_child(queued))
-        self._children.add(task)
-        task.add_done_callback(self._children.discard)
+        await msg.ack()
+        await self._run_child(queued)
 
     async def _claimed_by_us(self, queued: RunQueued) -> bool:
         """True when an earlier claim of ours went through but its reply was lost
@@ -174,16 +221,25 @@ class LocalAgent:
         # Cancellation arrives by push: the run's state events, as they are published.
         watch = await self.client.nc.subscribe(subjects.flow_run_event(run_id, "state"), cb=on_state)
         try:
-            env = dict(os.environ)
-            env["FLOWBUS_NATS_URL"] = self.settings.resolved_nats_url()
-            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "flowbus.agent.runner", run_id, env=env)
+            # Read after subscribing: a cancel that came before the subscription is in the run's state.
+            detail = await self.client.get_flow_run(run_id)
+            if detail.run.state.type is StateType.CANCELLING:
+                await self._settle(run_id, 0)
+                return
+            try:
+                proc = self._launcher.start(run_id, self._run_env(detail))
+            except Exception as exc:
+                reason = f"Failed to start the flow process: {exc!r}"
+                log.error("Flow run %s: %s", run_id, reason)
+                shipper.log(logging.ERROR, reason)
+                await shipper.drain()
+                with contextlib.suppress(VersionLockingError, Conflict):
+                    await self.client.set_flow_run_state(run_id, detail.run.version, StateType.FAILED, reason)
+                return
             message = f"Submitted for execution: PID: {proc.pid}"
             log.info("Flow run %s: %s", run_id, message)
             shipper.log(logging.INFO, message)
             await shipper.drain()
-            # A cancel that came before the subscription did is in the run's state.
-            if (await self.client.get_flow_run(run_id)).run.state.type is StateType.CANCELLING:
-                cancelling.set()
             code = await self._wait_or_cancel(proc, cancelling, shipper)
             await self._settle(run_id, code)
         except FlowbusError as exc:
@@ -192,9 +248,23 @@ class LocalAgent:
             with contextlib.suppress(NatsError):
                 await watch.unsubscribe()
             await shipper.stop()
-            self._slots.release()
 
-    async def _wait_or_cancel(self, proc: Process, cancelling: asyncio.Event, shipper: LogShipper) -> int:
+    def _run_env(self, detail: FlowRunDetail) -> dict[str, str]:
+        """The flow process's environment: ours, the run config's ``env``, then the run's identity."""
+        env = dict(os.environ)
+        env.update(detail.run_config.env or {})
+        env.update(
+            {
+                "FLOWBUS_NATS_URL": self.settings.resolved_nats_url(),
+                "FLOWBUS_FLOW_RUN_ID": detail.run.id,
+                "FLOWBUS_FLOW_ID": detail.run.flow_id,
+                "FLOWBUS_LABELS": json.dumps(detail.run.labels),
+                "FLOWBUS_AGENT_ID": self.id,
+            }
+        )
+        return env
+
+    async def _wait_or_cancel(self, proc: FlowProcess, cancelling: asyncio.Event, shipper: LogShipper) -> int:
         """The flow process's exit code; a cancel stops it (SIGTERM, then SIGKILL after the grace period)."""
         exited = asyncio.create_task(proc.wait())
         cancelled = asyncio.create_task(cancelling.wait())
@@ -218,7 +288,8 @@ class LocalAgent:
         if state is StateType.CANCELLING:
             target, message = StateType.CANCELLED, "Flow run was cancelled."
         elif code != 0 and not is_finished(state):
-            target, message = StateType.FAILED, f"Flow run process exited with code {code}."
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            target, message = StateType.FAILED, f"Flow run process {how}."
         else:
             return
         # Losing here means the run already moved on (e.g. the runner finished it).
@@ -231,10 +302,11 @@ def run_local_agent(
     name: str | None = None,
     hostname_label: bool = True,
     settings: Settings | None = None,
+    limit: int | None = None,
 ) -> None:
-    """Run an agent in the foreground until SIGINT or SIGTERM."""
+    """Run an agent in the foreground until SIGINT or SIGTERM (running flows finish first)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s | %(message)s")
-    agent = LocalAgent(settings, labels, name, hostname_label)
+    agent = LocalAgent(settings, labels, name, hostname_label, limit)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -243,3 +315,12 @@ def run_local_agent(
         await agent.run()
 
     asyncio.run(main())
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

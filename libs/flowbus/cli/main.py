@@ -703,16 +703,43 @@ async def cancel(
 # ---- agents ---------------------------------------------------------------------
 
 
-@local_agent_app.command("start", help="Start a local agent that runs flow runs here (Ctrl-C stops).")
+@client_command(get_app, "agents", "List agents with their labels and when each was last seen.")
+async def get_agents(client: AsyncClient) -> None:
+    agents = (await client.get_agents()).agents
+    if not agents:
+        typer.echo("No agents.")
+        return
+    _table(
+        [("NAME", "ID", "TYPE", "LABELS", "LAST SEEN", "ONLINE")]
+        + [
+            (
+                a.name,
+                a.id,
+                a.type,
+                ",".join(a.labels) or "-",
+                _when(a.last_seen),
+                "yes" if client.agent_online(a) else "no",
+            )
+            for a in agents
+        ]
+    )
+
+
+@local_agent_app.command(
+    "start", help="Start a local agent that runs flow runs here (SIGINT/SIGTERM: running flows finish, then it stops)."
+)
 def local_agent_start(
     label: Annotated[list[str] | None, typer.Option("--label", "-l")] = None,
     name: Annotated[str | None, typer.Option("--name")] = None,
     no_hostname_label: Annotated[bool, typer.Option("--no-hostname-label")] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Most flow runs at once; more wait in the queue.")
+    ] = None,
 ) -> None:
     from flowbus.agent.local import run_local_agent
 
     try:
-        run_local_agent(labels=label or [], name=name, hostname_label=not no_hostname_label)
+        run_local_agent(labels=label or [], name=name, hostname_label=not no_hostname_label, limit=limit)
     except NatsUnavailable as exc:
         raise fail(f"{exc} (is `flowbus up` running? FLOWBUS_NATS_URL overrides)") from None
     except (ServiceUnavailable, ValueError) as exc:
