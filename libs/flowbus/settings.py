@@ -1,8 +1,11 @@
 """Settings of every flowbus component, read once from the environment.
 
 All variables carry the ``FLOWBUS_`` prefix; nested groups use ``__``
-(``FLOWBUS_SCHEDULER__RELEASE_INTERVAL=0.2``). Two are flat because users
-type them: ``FLOWBUS_NATS_URL`` and ``FLOWBUS_DATABASE_URL``. When the NATS
+(``FLOWBUS_SCHEDULER__RELEASE_INTERVAL=0.2``). Three are flat because users
+type them: ``FLOWBUS_NATS_URL``, ``FLOWBUS_DATABASE_URL`` and
+``FLOWBUS_HEARTBEAT_INTERVAL`` (the flow-run heartbeat interval, ``30`` or
+``30s``; the nested ``FLOWBUS_HEARTBEAT__INTERVAL_SECONDS`` wins when both
+are set). When the NATS
 URL is not set, clients read the endpoint file that ``flowbus up`` writes in
 ``$FLOWBUS_HOME``, so a second shell finds the running server with no setup.
 """
@@ -15,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENDPOINT_FILE = "endpoint.json"
@@ -117,11 +120,20 @@ class Settings(BaseSettings):
     watch_explain_after: Seconds = 15.0
     service_host: str = "127.0.0.1"
     service_port: int = 0
+    # FLOWBUS_HEARTBEAT_INTERVAL, the name the heartbeat docs use: a flat
+    # spelling of heartbeat.interval_seconds, copied there when that is not set.
+    heartbeat_interval: PositiveSeconds | None = None
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    @model_validator(mode="after")
+    def _flat_heartbeat_interval(self) -> Settings:
+        if self.heartbeat_interval is not None and "interval_seconds" not in self.heartbeat.model_fields_set:
+            self.heartbeat = self.heartbeat.model_copy(update={"interval_seconds": self.heartbeat_interval})
+        return self
 
     @property
     def idempotency_ttl_seconds(self) -> float | None:

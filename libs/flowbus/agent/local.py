@@ -295,6 +295,12 @@ class LocalAgent:
         # Losing here means the run already moved on (e.g. the runner finished it).
         with contextlib.suppress(VersionLockingError, Conflict):
             await self.client.set_flow_run_state(flow_run_id, detail.run.version, target, message)
+            if target is StateType.FAILED:
+                # The process died mid-task: its running task runs die with it (Cancelled cascades by itself).
+                for task_run in detail.task_runs:
+                    if task_run.state.type in (StateType.RUNNING, StateType.RETRYING):
+                        with contextlib.suppress(VersionLockingError, Conflict):
+                            await self.client.set_task_run_state(task_run.id, task_run.version, target, message)
 
 
 def run_local_agent(

@@ -1,11 +1,25 @@
-"""The flow-run runner: ``python -m flowbus.agent.runner <flow_run_id>``.
+"""Running a claimed flow run in this process: the agent's runner and ``flowbus run --execute``.
 
-Started by an agent after it claimed the run (Submitted). Loads the flow
-from its storage (the script path or module recorded at registration),
-sets Running against the version it saw, runs the tasks (each task-run
-state goes through the state service), ships logs, sends heartbeats, and
-sets the final state. If the Running write loses (another runner, or the
-run was cancelled) it stops without running anything.
+``python -m flowbus.agent.runner <flow_run_id>`` is started by an agent
+after it claimed the run (Submitted); ``flowbus run --execute`` claims the
+run it just created and calls the same code (``run_claimed``) in its own
+process. Either loads the flow from its storage (the script path or module
+recorded at registration), sets Running against the version it saw, runs the
+tasks (each task-run state goes through the state service), ships logs,
+sends heartbeats (naming the running task run) and sets the final state. If
+the Running write loses (another runner, or the run was cancelled) it stops
+without running anything.
+
+Flow code runs in a daemon thread, so that a signal is handled while a task
+sleeps and the process can exit without waiting for that task. SIGTERM or
+SIGINT: the runner ships its pending logs and exits with 128 + the signal
+number, writing no state, because the agent that started it settles the run
+(Cancelled after a cancel, else Failed). ``run --execute`` has no agent
+behind it, so there a signal, a crash of flow code or any error ends the run
+Failed with the reason before the process exits, and a cancel (Cancelling,
+seen on the run's state events) stops the flow and ends the run Cancelled.
+Only a SIGKILL (or a lost machine) leaves the run Running: the Zombie
+Killer's job.
 
 Reads: ``flowbus.cmd.state.get_flow_run`` replies.
 Writes: ``flowbus.cmd.state.set_*_state``, ``flowbus.logs.<id>``,
@@ -15,14 +29,27 @@ Writes: ``flowbus.cmd.state.set_*_state``, ``flowbus.logs.<id>``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import importlib
 import logging
 import os
 import runpy
+import signal
 import sys
+import threading
 import traceback
+import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from pydantic import ValidationError
 
 from flowbus import subjects
 from flowbus.agent.logs import LogShipper
@@ -30,14 +57,18 @@ from flowbus.client import AsyncClient, NatsUnavailable, ServiceUnavailable
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.common import Conflict, FlowbusError, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
-from flowbus.schemas.runs import FlowRunOut, StateSet, TaskRunOut
+from flowbus.schemas.runs import FlowRunOut, StateChanged, StateSet, TaskRunOut
 from flowbus.sdk import context
 from flowbus.sdk.engine import RunAbandoned, run_flow
 from flowbus.sdk.flow import LOADED_SCRIPT_PREFIX, Flow
 from flowbus.settings import Settings
-from flowbus.states import StateType
+from flowbus.states import StateType, is_finished
 
 log = logging.getLogger("flowbus.runner")
+T = TypeVar("T")
+# The signals that stop a runner; SIGINT too, because Ctrl-C on an agent's
+# terminal reaches the runners it started (same process group).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class FlowLoadError(Exception):
@@ -97,6 +128,155 @@ async def write_own_state(
         raise
 
 
+class FlowCrashed(Exception):
+    """Flow code raised something that is not an ``Exception`` (KeyboardInterrupt, SystemExit)."""
+
+
+class Interrupted(Exception):
+    """This process received SIGTERM or SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"Flow run process {os.getpid()} received {signal.Signals(signum).name}.")
+
+
+class NotClaimed(Exception):
+    """``run --execute`` could not claim its run: something else owns it."""
+
+
+class CancelRequested(Exception):
+    """``run --execute``: the run was cancelled (Cancelling) while it ran here."""
+
+    def __init__(self) -> None:
+        super().__init__("Flow run was cancelled: stopping it.")
+
+
+class StopSignals:
+    """While entered (on the running loop), SIGTERM and SIGINT are recorded
+    instead of killing the process; ``race`` and ``check`` turn them into
+    ``Interrupted`` where the runner can still settle things. A second
+    signal exits at once, for a user whose first Ctrl-C seems stuck.
+    ``cancel()`` stops the same way with ``CancelRequested`` (``run --execute``
+    has no agent to stop it when the run is cancelled)."""
+
+    def __init__(self, signums: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
+        self.signums = tuple(signums)
+        self.received: int | None = None
+        self.cancelled = False
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> StopSignals:
+        self._loop = asyncio.get_running_loop()
+        for signum in self.signums:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            for signum in self.signums:
+                self._loop.remove_signal_handler(signum)
+        self._loop = None
+
+    def _on_signal(self, signum: int) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signum
+        log.warning("Received %s: stopping.", signal.Signals(signum).name)
+        self._event.set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._event.set()
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted(self.received)
+        if self.cancelled:
+            raise CancelRequested()
+
+    async def race(self, future: asyncio.Future[T]) -> T:
+        """The future's result, unless a signal comes first (``Interrupted``);
+        the thread behind the future is then left to die with the process."""
+        self.check()
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait([cast("asyncio.Future[Any]", future), waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if future.done():
+            return future.result()
+        # Left behind: its outcome, if it ever comes, is read so asyncio does not report it.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.check()
+        raise AssertionError("unreachable: the event is set only by a signal or a cancel")
+
+
+def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread; its outcome as a future of this loop.
+
+    Not ``asyncio.to_thread``: the loop's executor threads are joined at exit,
+    so a task sleeping for an hour would keep a signalled process alive. A
+    ``BaseException`` of flow code arrives as ``FlowCrashed``: raised into the
+    loop as it is, a KeyboardInterrupt would tear the loop down before the run
+    is settled.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    values = contextvars.copy_context()
+
+    def deliver(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(future.set_result, values.run(fn))
+        except Exception as exc:
+            outcome = functools.partial(future.set_exception, exc)
+        except BaseException as exc:
+            outcome = functools.partial(future.set_exception, FlowCrashed(f"Flow run process crashed: {exc!r}"))
+        # A closed loop: the process is exiting and nobody waits for this any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, outcome)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+class Heartbeats:
+    """A flow run's heartbeats on ``flowbus.hb.flow_run.<id>``: one every
+    interval, and one at once when a task run starts, each naming the task
+    run that is Running (``task_run_id``; None between tasks). The engine runs
+    one task at a time, so one message per beat covers the flow run and its
+    running task run."""
+
+    def __init__(self, client: AsyncClient, flow_run_id: str, interval: float) -> None:
+        self.client = client
+        self.flow_run_id = flow_run_id
+        self.interval = interval
+        self.task_run_id: str | None = None
+        self._wake = asyncio.Event()
+
+    def task_running(self, task_run_id: str | None) -> None:
+        """Called on the loop's thread when a task run enters (or leaves) Running."""
+        self.task_run_id = task_run_id
+        if task_run_id is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        subject = subjects.flow_run_heartbeat(self.flow_run_id)
+        while True:
+            self._wake.clear()
+            beat = RunHeartbeat(flow_run_id=self.flow_run_id, task_run_id=self.task_run_id, timestamp=datetime.now(UTC))
+            # A beat lost in a NATS fail-over is replaced by the next one.
+            with contextlib.suppress(NatsError):
+                await self.client.nc.publish(subject, beat.model_dump_json().encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+
 class BackendHooks:
     """Reports task-run states to the state service from the engine's thread."""
 
@@ -106,11 +286,13 @@ class BackendHooks:
         loop: asyncio.AbstractEventLoop,
         flow_run_id: str,
         task_runs: dict[str, tuple[str, int]],
+        on_task_running: Callable[[str | None], None] | None = None,
     ):
         self.client = client
         self.flow_run_id = flow_run_id
         self.loop = loop
         self.task_runs = task_runs  # slug -> (task run id, version)
+        self.on_task_running = on_task_running
 
     def task_scope(self, slug: str) -> dict[str, Any]:
         entry = self.task_runs.get(slug)
@@ -130,73 +312,236 @@ class BackendHooks:
             log.error("Task run %s: %s", slug, exc.message)
             return False
         self.task_runs[slug] = (task_run_id, out.version)
+        if self.on_task_running is not None:
+            running = task_run_id if state is StateType.RUNNING else None
+            self.loop.call_soon_threadsafe(self.on_task_running, running)
         return True
 
 
-async def execute(flow_run_id: str, settings: Settings) -> int:
-    async with AsyncClient(settings) as client:
-        detail = await client.get_flow_run(flow_run_id)
-        run = detail.run
-        loop = asyncio.get_running_loop()
-        shipper = LogShipper(client.nc.jetstream(), run.id, loop)
-        shipper.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger("flowbus").addHandler(shipper)
-        logging.getLogger("flowbus").setLevel(logging.INFO)
-        shipper.start()
+class _FlowLogs:
+    """Ships the records of the ``flowbus`` loggers (flowbus's own and the
+    tasks') to the run's log subject while entered."""
+
+    def __init__(self, client: AsyncClient, flow_run_id: str) -> None:
+        self.shipper = LogShipper(client.nc.jetstream(), flow_run_id, asyncio.get_running_loop())
+        self.shipper.setFormatter(logging.Formatter("%(message)s"))
+        self._logger = logging.getLogger("flowbus")
+        self._level = self._logger.level
+
+    async def __aenter__(self) -> LogShipper:
+        self._logger.addHandler(self.shipper)
+        self._logger.setLevel(logging.INFO)
+        self.shipper.start()
+        return self.shipper
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Detached first: a flow thread left running must not log into a closed loop.
+        self._logger.removeHandler(self.shipper)
+        self._logger.setLevel(self._level)
+        await self.shipper.stop()
+
+
+async def run_claimed(
+    client: AsyncClient, flow_run_id: str, settings: Settings, signals: StopSignals, *, settle_on_exit: bool
+) -> int:
+    """Run a claimed (Submitted) flow run here; the process's exit code.
+
+    ``settle_on_exit`` False (the agent's runner): on a signal, ship the logs
+    and return 128 + the signal, writing no state; the agent settles the run.
+    True (``run --execute``, no agent behind it): a signal ends the run Failed
+    here, and a cancel (Cancelling) stops the flow and ends it Cancelled. A
+    crash of flow code or an unexpected error ends it Failed either way.
+    """
+    detail = await client.get_flow_run(flow_run_id)
+    run = detail.run
+    loop = asyncio.get_running_loop()
+    async with _FlowLogs(client, run.id) as shipper:
         version = run.version
-        heartbeat: asyncio.Task[None] | None = None
+        beating: asyncio.Task[None] | None = None
+        cancels: Subscription | None = None
+
+        async def ship() -> None:
+            # One turn of the loop first: a record logged just now (even on this
+            # thread) reaches the queue through call_soon_threadsafe.
+            await asyncio.sleep(0)
+            await shipper.drain()
 
         async def finish(state: StateType, message: str) -> None:
             # Logs first: a watcher sees them before the final state.
-            await shipper.drain()
+            await ship()
             await write_own_state(client, run.id, version, state, message)
 
         try:
             try:
-                flow = await asyncio.to_thread(load_flow, detail.storage, run.flow_name)
+                flow = await signals.race(in_daemon_thread(lambda: load_flow(detail.storage, run.flow_name), "load"))
             except FlowLoadError as exc:
                 log.error("%s", exc)
                 await finish(StateType.FAILED, str(exc))
                 return 1
+            if settle_on_exit:
+                # Before Running: a cancel of a running run (Cancelling) comes after this.
+                cancels = await _on_cancelling(client, run.id, signals.cancel)
             try:
                 version = (await write_own_state(client, run.id, version, StateType.RUNNING, "Running flow.")).version
             except (VersionLockingError, Conflict) as exc:
                 # Someone else owns this run now: run nothing (once and only once).
                 log.warning("Not running flow run %s: %s", run.id, exc.message)
                 return 0
+            hooks = BackendHooks(client, loop, run.id, {t.task_slug: (t.id, t.version) for t in detail.task_runs})
             if detail.heartbeat_enabled:
-                heartbeat = asyncio.create_task(_heartbeats(client, run.id, settings.heartbeat.interval_seconds))
-            task_runs = {t.task_slug: (t.id, t.version) for t in detail.task_runs}
-            hooks = BackendHooks(client, loop, run.id, task_runs)
+                heartbeats = Heartbeats(client, run.id, settings.heartbeat.interval_seconds)
+                hooks.on_task_running = heartbeats.task_running
+                beating = asyncio.create_task(heartbeats.run())
+            scope = {
+                "flow_run_id": run.id,
+                "flow_run_name": run.name,
+                "flow_id": run.flow_id,
+                "project_name": run.project_name,
+                "scheduled_start_time": _aware(run.scheduled_start_time),
+                "running_with_backend": True,
+            }
 
             def work() -> Any:
-                with context.scope(flow_run_id=run.id, flow_run_name=run.name, flow_id=run.flow_id):
+                with context.scope(**scope):
                     return run_flow(flow, run.parameters, hooks)
 
             try:
-                result = await asyncio.to_thread(work)
+                result = await signals.race(in_daemon_thread(work, "flow"))
             except RunAbandoned as exc:
                 log.error("Flow run abandoned: %s", exc)
+                if settle_on_exit:
+                    # Refused because the run moved on (cancelled, failed by someone
+                    # else): with no agent behind this process, end it here.
+                    await ship()
+                    await fail_run(client, run.id, f"Flow run abandoned: {exc}")
+                    return 1
                 return 0
-            except Exception as exc:
-                log.error("Unexpected error while running the flow: %r\n%s", exc, traceback.format_exc())
-                await finish(StateType.FAILED, f"Unexpected error: {exc!r}")
-                return 1
             await finish(result.state, result.message)
             return 0
+        except CancelRequested as exc:
+            log.warning("%s", exc)
+            await ship()
+            await fail_run(client, run.id, str(exc))  # Cancelling: ends Cancelled
+            return 1
+        except Interrupted as exc:
+            log.error("%s", exc)
+            if settle_on_exit:
+                await ship()
+                await fail_run(client, run.id, str(exc))
+            return 128 + exc.signum
+        except Exception as exc:
+            if isinstance(exc, FlowCrashed):
+                log.error("%s", exc)
+                reason = str(exc)
+            else:
+                log.error("Unexpected error while running the flow: %r\n%s", exc, traceback.format_exc())
+                reason = f"Unexpected error: {exc!r}"
+            await ship()
+            await fail_run(client, run.id, reason)
+            return 1
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-            logging.getLogger("flowbus").removeHandler(shipper)
-            await shipper.stop()
+            if beating is not None:
+                beating.cancel()
+            if cancels is not None:
+                with contextlib.suppress(NatsError):
+                    await cancels.unsubscribe()
 
 
-async def _heartbeats(client: AsyncClient, flow_run_id: str, interval: float) -> None:
-    subject = subjects.flow_run_heartbeat(flow_run_id)
-    while True:
-        beat = RunHeartbeat(flow_run_id=flow_run_id, timestamp=datetime.now(UTC))
-        await client.nc.publish(subject, beat.model_dump_json().encode())
-        await asyncio.sleep(interval)
+async def _on_cancelling(client: AsyncClient, flow_run_id: str, callback: Callable[[], None]) -> Subscription:
+    """Call ``callback`` when the run enters Cancelling (its state events, pushed)."""
+
+    async def on_state(msg: Msg) -> None:
+        with contextlib.suppress(ValidationError):
+            if StateChanged.model_validate_json(msg.data).state.type is StateType.CANCELLING:
+                callback()
+
+    return await client.nc.subscribe(subjects.flow_run_event(flow_run_id, "state"), cb=on_state)
+
+
+async def fail_run(client: AsyncClient, flow_run_id: str, message: str) -> None:
+    """End an unfinished run Failed with ``message`` (its Running task runs too),
+    read fresh because the flow's thread may have moved it on; a run being
+    cancelled ends Cancelled instead, as the agent would end it."""
+    for _ in range(3):
+        detail = await client.get_flow_run(flow_run_id)
+        if is_finished(detail.run.state.type):
+            return
+        if detail.run.state.type is StateType.CANCELLING:
+            # Cancelled cancels the unfinished task runs itself.
+            target, reason = StateType.CANCELLED, "Flow run was cancelled."
+        else:
+            target, reason = StateType.FAILED, message
+            for task_run in detail.task_runs:
+                if task_run.state.type is StateType.RUNNING:
+                    with contextlib.suppress(VersionLockingError, Conflict):
+                        await client.set_task_run_state(task_run.id, task_run.version, StateType.FAILED, message)
+        try:
+            await client.set_flow_run_state(flow_run_id, detail.run.version, target, reason)
+            return
+        except (VersionLockingError, Conflict):
+            continue  # it moved on meanwhile: read it again
+    log.error("Could not end flow run %s: it kept changing.", flow_run_id)
+
+
+def agentless_label() -> str:
+    """The extra label of a ``run --execute`` run.
+
+    Agents take a run only when its labels are a subset of theirs, and no
+    agent has this random label, so no agent can claim the run that this
+    process is about to claim and run itself (1.x's ``agentless-run-<id>``).
+    """
+    return f"flowbus-execute-{uuid.uuid4().hex[:12]}"
+
+
+async def execute_here(client: AsyncClient, run: FlowRunOut, settings: Settings, signals: StopSignals) -> int:
+    """``flowbus run --execute``: claim the new run (Submitted at its version)
+    and run it in this process; ``run_claimed``'s exit code.
+
+    No agent is watching this process, so whatever goes wrong once the run
+    exists (a signal before the claim, an error) ends the run Failed with the
+    reason before the exception goes on. ``NotClaimed`` when another writer
+    owns the run (e.g. an idempotency key that matched an earlier run).
+    """
+    try:
+        signals.check()
+        try:
+            await client.set_flow_run_state(
+                run.id,
+                run.version,
+                StateType.SUBMITTED,
+                f"Submitted for execution in this process (flowbus run --execute): PID: {os.getpid()}",
+            )
+        except (VersionLockingError, Conflict) as exc:
+            state = (await client.get_flow_run(run.id)).run.state.type
+            raise NotClaimed(
+                f"Flow run {run.id} is {state.value}, not Scheduled: it was not executed here ({exc.message})"
+            ) from None
+        # As under `python -m flowbus.agent.runner`: flows registered from a
+        # module in the working folder are importable.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return await run_claimed(client, run.id, settings, signals, settle_on_exit=True)
+    except NotClaimed:
+        raise
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, Interrupted) else f"flowbus run --execute failed: {exc!r}"
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fail_run(client, run.id, reason), settings.nats.request_timeout * 2)
+        raise
+
+
+def _aware(when: datetime) -> datetime:
+    """The run's time in UTC, timezone-aware whatever the database handed back."""
+    return when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+async def execute(flow_run_id: str, settings: Settings) -> int:
+    """The agent's runner: run the claimed flow run ``flow_run_id`` in this process."""
+    with StopSignals() as signals:
+        async with AsyncClient(settings) as client:
+            return await run_claimed(client, flow_run_id, settings, signals, settle_on_exit=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.runtime.nats import NatsUnavailable
 from flowbus.schemas.common import FlowbusError, NotFound
 from flowbus.schemas.flows import FlowOut
-from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, HistoryEntry, LogRecord, StateChanged
+from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, FlowRunOut, HistoryEntry, LogRecord, StateChanged
 from flowbus.settings import Settings, parse_duration
 from flowbus.states import StateType, is_failed, is_finished
 
@@ -485,6 +485,44 @@ def _quiet(_line: str) -> None:
     pass
 
 
+# How long `run --execute` lets the watch print the run's last logs and final state.
+EXECUTE_WATCH_TAIL = 30.0
+
+
+async def _execute(client: AsyncClient, create: Callable[[], Awaitable[FlowRunOut]], quiet: bool) -> int:
+    """`run --execute`: create the run, claim it and run it in this process
+    (flowbus.agent.runner.execute_here, the agent's runner code), printing what
+    --watch prints; the exit code, 0 when the run ends Success."""
+    from flowbus.agent.runner import Interrupted, NotClaimed, StopSignals, execute_here
+
+    echo = _quiet if quiet else typer.echo
+    # Signals are caught from before the run exists, so SIGINT or SIGTERM at any
+    # point ends the run Failed instead of leaving it Scheduled where no agent
+    # can take it.
+    with StopSignals() as signals:
+        created = await create()
+        typer.echo(created.id if quiet else f"Flow run {created.name} created: {created.id}")
+        watcher = asyncio.create_task(
+            _watch(client, created.id, StateType.SUBMITTED, created.scheduled_start_time, echo)
+        )
+        settled = False
+        try:
+            await execute_here(client, created, client.settings, signals)
+            settled = True
+        except Interrupted:
+            settled = True  # execute_here failed the run with the reason; the watch prints it
+        except NotClaimed as exc:
+            raise fail(str(exc)) from None
+        finally:
+            if settled:
+                # The watch ends after the final state and the logs before it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(watcher, EXECUTE_WATCH_TAIL)
+            watcher.cancel()
+        final = (await client.get_flow_run(created.id)).run.state.type
+    return 0 if final is StateType.SUCCESS else 1
+
+
 @client_command(app, "run", "Create a flow run; with --watch, stream its states and logs until it ends.")
 async def run(
     client: AsyncClient,
@@ -511,9 +549,17 @@ async def run(
     start_in: Annotated[str | None, typer.Option("--start-in", help="Start after 90s, 10m, 2h, 1d...")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Stream states and logs; exit 1 if the run fails.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run id.")] = False,
+    execute: Annotated[
+        bool,
+        typer.Option(
+            "--execute", help="Run the flow here and now, with no agent; print as --watch; exit 1 unless it succeeds."
+        ),
+    ] = False,
 ) -> None:
     if (flow_id is None) == (name is None):
         raise fail("give exactly one of --id and --name", 2)
+    if execute and (start_at is not None or start_in is not None):
+        raise fail("--execute runs the flow now: --start-at and --start-in do not apply", 2)
     parameters = _read_param_file(param_file) if param_file is not None else {}
     parameters.update(_parse_params(param))
     common: dict[str, Any] = {
@@ -524,13 +570,26 @@ async def run(
         "scheduled_start_time": _start_time(start_at, start_in),
         "idempotency_key": idempotency_key,
     }
-    if flow_id is not None:
-        try:
-            created = await client.create_flow_run(flow_id, **common)
-        except NotFound:
-            created = await client.create_flow_run(version_group_id=flow_id, **common)
-    else:
-        created = await client.create_flow_run(flow_name=name, project_name=project, **common)
+
+    async def create() -> FlowRunOut:
+        if flow_id is not None:
+            try:
+                return await client.create_flow_run(flow_id, **common)
+            except NotFound:
+                return await client.create_flow_run(version_group_id=flow_id, **common)
+        return await client.create_flow_run(flow_name=name, project_name=project, **common)
+
+    if execute:
+        from flowbus.agent.runner import agentless_label
+
+        # One label no agent has: no agent can take the run this process runs
+        # (as in 1.x, it joins the --label values and replaces the flow's labels).
+        common["labels"] = [*(label or []), agentless_label()]
+        code = await _execute(client, create, quiet)
+        if code:
+            raise typer.Exit(code)
+        return
+    created = await create()
     typer.echo(created.id if quiet else f"Flow run {created.name} created: {created.id}")
     if watch:
         echo = _quiet if quiet else typer.echo

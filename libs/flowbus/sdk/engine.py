@@ -1,8 +1,19 @@
 """Executing a flow's tasks in dependency order, in this process.
 
-Used by ``Flow.run()`` (no backend) and by the agent's runner, which passes
-hooks that report each task-run state to the state service. A hook may
-answer False to stop the run (version locking: another runner owns it).
+Used by ``Flow.run()`` (no backend) and by the runner (an agent's, or
+``flowbus run --execute``), which passes hooks that report each task-run
+state to the state service. A hook may answer False to stop the run
+(version locking: another runner owns it).
+
+Context: the caller's scope (the runner adds the run's ids, name and
+``scheduled_start_time``) plus, here, ``parameters``, ``flow_name``,
+``scheduled_start_time`` (now when the caller gave none), ``date``, ``today``
+and, per task, ``logger``, ``task_name``, ``task_slug``, ``task_tags``,
+``task_run_count`` and whatever ``hooks.task_scope`` adds (``task_run_id``).
+
+A task that raises an ``Exception`` fails (or is retried); anything else
+(``KeyboardInterrupt``, ``SystemExit``) is a crash of the flow's process and
+propagates: the runner ends the run Failed.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowbus.sdk import context
@@ -55,7 +67,15 @@ def run_flow(flow: Flow, parameters: dict[str, Any], hooks: Hooks) -> FlowResult
     results: dict[str, Any] = {}
     states: dict[str, StateType] = {}
     downstream_of: set[str] = set()
-    with context.scope(parameters=parameters, flow_name=flow.name):
+    # 1.x's keys: the scheduled start (a run without the backend starts now) and its UTC date.
+    scheduled = context.get("scheduled_start_time") or datetime.now(UTC)
+    with context.scope(
+        parameters=parameters,
+        flow_name=flow.name,
+        scheduled_start_time=scheduled,
+        date=scheduled,
+        today=scheduled.astimezone(UTC).strftime("%Y-%m-%d"),
+    ):
         for node in flow.sorted_nodes():
             upstream = node.upstreams()
             downstream_of.update(u for u, _ in upstream)
@@ -68,7 +88,11 @@ def run_flow(flow: Flow, parameters: dict[str, Any], hooks: Hooks) -> FlowResult
             kwargs = {k: results[v.slug] if isinstance(v, TaskRef) else v for k, v in node.kwargs.items()}
             logger = logging.getLogger(f"flowbus.task.{node.task.name}")
             with context.scope(
-                logger=logger, task_name=node.task.name, task_slug=node.slug, **hooks.task_scope(node.slug)
+                logger=logger,
+                task_name=node.task.name,
+                task_slug=node.slug,
+                task_tags=node.task.tags,
+                **hooks.task_scope(node.slug),
             ):
                 states[node.slug], results[node.slug] = _run_task(node.slug, node.task, args, kwargs, hooks, logger)
     terminal = [slug for slug in flow.nodes if slug not in downstream_of]
@@ -89,7 +113,8 @@ def _run_task(
     while True:
         _report(hooks, slug, StateType.RUNNING, "Starting task run.")
         try:
-            value = task.run(*args, **kwargs)
+            with context.scope(task_run_count=attempt + 1):
+                value = task.run(*args, **kwargs)
         except RunAbandoned:
             raise
         except Exception as exc:

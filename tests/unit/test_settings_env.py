@@ -1,0 +1,61 @@
+"""Settings read from the environment: the flat FLOWBUS_HEARTBEAT_INTERVAL
+alongside the nested FLOWBUS_HEARTBEAT__INTERVAL_SECONDS."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from flowbus.settings import HeartbeatSettings, Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own FLOWBUS_* variables must not leak into these cases.
+    for name in list(os.environ):
+        if name.startswith("FLOWBUS_"):
+            monkeypatch.delenv(name)
+
+
+def test_default_heartbeat_interval_is_30_seconds() -> None:
+    assert Settings().heartbeat.interval_seconds == 30.0
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("30", 30.0), ("2.5", 2.5), ("45s", 45.0), ("2m", 120.0)])
+def test_flat_heartbeat_interval(monkeypatch: pytest.MonkeyPatch, value: str, seconds: float) -> None:
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", value)
+    settings = Settings()
+    assert settings.heartbeat.interval_seconds == seconds
+    assert settings.heartbeat.agent_interval_seconds == 10.0  # the other heartbeat setting is untouched
+
+
+def test_nested_heartbeat_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT__INTERVAL_SECONDS", "7")
+    assert Settings().heartbeat.interval_seconds == 7.0
+
+
+def test_nested_spelling_wins_over_the_flat_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", "5")
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT__INTERVAL_SECONDS", "7")
+    assert Settings().heartbeat.interval_seconds == 7.0
+
+
+def test_flat_interval_combines_with_other_nested_heartbeat_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", "5")
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT__AGENT_INTERVAL_SECONDS", "3")
+    heartbeat = Settings().heartbeat
+    assert (heartbeat.interval_seconds, heartbeat.agent_interval_seconds) == (5.0, 3.0)
+
+
+def test_explicit_settings_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", "5")
+    assert Settings(heartbeat=HeartbeatSettings(interval_seconds=0.5)).heartbeat.interval_seconds == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_bad_flat_interval_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", value)
+    with pytest.raises(ValidationError, match="heartbeat_interval"):
+        Settings()
