@@ -694,6 +694,9 @@ class Client:
     ) -> list[LogRecord]:
         return self._run(self._async.get_flow_run_logs(flow_run_id, level, since, until, limit))
 
+    def get_agents(self) -> AgentList:
+        return self._run(self._async.get_agents())
+
     def watch_flow_run(self, flow_run_id: str) -> Iterator[StateChanged | LogRecord | FlowRunDeleted]:
         """Blocking form of :meth:`AsyncClient.watch_flow_run`: the same items, as they arrive.
 

@@ -1,30 +1,53 @@
-"""Releasing due runs onto run queues.
+"""Releasing due runs onto run queues, at their time.
 
-Reads flow_run (owned by run_creation/state); writes only to NATS:
-``flowbus.runq.<label-set key>`` with message id ``runq:<run>:<version>``.
+Reads flow_run (owned by run_creation/state) and the ``flowbus.evt.flow_run.*.created``
+events; writes only to NATS: ``flowbus.runq.<label-set key>`` with message
+id ``runq:<run>:<version>``.
 
-A run created already due is queued by run_creation itself; this loop
-covers runs whose start time arrives later, and re-releases runs still
-waiting unclaimed once per duplicate window, so a run that no agent could
-take when it was due reaches an agent that comes later. JetStream drops
-repeats inside the window, so any number of scheduler instances is safe.
+A run created already due is queued by run_creation itself. This loop
+covers runs whose start time arrives later: it sleeps until the earliest
+known start time (at most ``scheduler.release_interval``), and a created
+event of a run due sooner than that wakes it, so a run reaches the queue
+within milliseconds of being due, not at the next poll.
+
+Each pass has two parts, so that a backlog cannot starve new runs:
+
+- *first releases*: every Scheduled run that came due since the previous
+  pass (keyset-paged by start time, however many there are);
+- *the sweep*: one page of the whole due backlog, continuing where the
+  previous pass stopped and starting over at the end, re-releasing runs
+  still unclaimed once per duplicate window. A run that no agent could take
+  stays in the RUNQ stream anyway; the sweep covers a stream that lost it
+  (its age limit, a replaced NATS server).
+
+JetStream drops repeats inside the duplicate window, so any number of
+scheduler instances is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+from sqlalchemy import and_, func, or_, select
+from sqlmodel import col
 
 from flowbus import subjects
 from flowbus.db.tables import FlowRun, utcnow
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.runs import RunQueued
+from flowbus.schemas.runs import FlowRunCreated, RunQueued
 from flowbus.states import StateType
+
+# A run committed a little after its start time passed the previous pass's
+# horizon is still a first release.
+HORIZON_SLACK = timedelta(seconds=5)
 
 
 @dataclass
@@ -33,30 +56,63 @@ class ReleaseState:
     last_release: datetime | None = None
     # run id -> (version, monotonic time of its last release)
     recent: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # Start times up to here have had their first release.
+    horizon: datetime | None = None
+    # Where the backlog sweep continues: (scheduled_start_time, id) of the last row seen.
+    cursor: tuple[datetime, str] | None = None
+    # The earliest start time still ahead, to sleep until.
+    next_due: datetime | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_COLUMNS = (FlowRun.id, FlowRun.flow_id, FlowRun.version, FlowRun.labels, FlowRun.scheduled_start_time)
+
+
+def _due_page(since: datetime | None, until: datetime, after: tuple[datetime, str] | None, limit: int) -> Any:
+    start, run_id = col(FlowRun.scheduled_start_time), col(FlowRun.id)
+    query = select(*_COLUMNS).where(col(FlowRun.state) == StateType.SCHEDULED.value, start <= until)  # type: ignore[call-overload]
+    if since is not None:
+        query = query.where(start > since)
+    if after is not None:
+        query = query.where(or_(start > after[0], and_(start == after[0], run_id > after[1])))
+    return query.order_by(start, run_id).limit(limit)
 
 
 async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
-    """One pass: queue every due Scheduled run not released in the current window."""
+    """One pass: first releases since the last pass, plus one page of the backlog sweep."""
     settings = ctx.settings
-    window = settings.nats.duplicate_window_seconds
+    batch = settings.scheduler.release_batch
     now = utcnow()
+    since = (state.horizon or now - timedelta(seconds=settings.nats.duplicate_window_seconds)) - HORIZON_SLACK
+    rows: list[Sequence[Any]] = []
     async with ctx.db.session() as session:
-        rows = (
+        after: tuple[datetime, str] | None = None
+        while True:
+            page = (await session.execute(_due_page(since, now, after, batch))).all()
+            rows.extend(page)
+            if len(page) < batch:
+                break
+            after = (page[-1][4], page[-1][0])
+        sweep = (await session.execute(_due_page(None, now, state.cursor, batch))).all()
+        state.cursor = (sweep[-1][4], sweep[-1][0]) if len(sweep) == batch else None
+        rows.extend(sweep)
+        state.next_due = (
             await session.execute(
-                select(FlowRun.id, FlowRun.flow_id, FlowRun.version, FlowRun.labels, FlowRun.scheduled_start_time)  # type: ignore[call-overload]
-                .where(FlowRun.state == StateType.SCHEDULED.value, FlowRun.scheduled_start_time <= now)
-                .order_by(FlowRun.scheduled_start_time)
-                .limit(settings.scheduler.release_batch)
+                select(func.min(FlowRun.scheduled_start_time)).where(
+                    col(FlowRun.state) == StateType.SCHEDULED.value, col(FlowRun.scheduled_start_time) > now
+                )
             )
-        ).all()
+        ).scalar_one_or_none()
+    state.horizon = now
     mono = time.monotonic()
-    due = []
+    window = settings.nats.duplicate_window_seconds
+    due: dict[str, RunQueued] = {}
     for run_id, flow_id, version, labels, start in rows:
         previous = state.recent.get(run_id)
         if previous is not None and previous[0] == version and mono - previous[1] < window:
             continue
-        due.append(
-            RunQueued(flow_run_id=run_id, flow_id=flow_id, version=version, labels=labels, scheduled_start_time=start)
+        due[run_id] = RunQueued(
+            flow_run_id=run_id, flow_id=flow_id, version=version, labels=labels, scheduled_start_time=start
         )
     if due:
         js = ctx.jetstream
@@ -67,25 +123,44 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
                     run.model_dump_json().encode(),
                     headers={"Nats-Msg-Id": f"runq:{run.flow_run_id}:{run.version}"},
                 )
-                for run in due
+                for run in due.values()
             )
         )
-        for run in due:
-            state.recent[run.flow_run_id] = (run.version, mono)
+        for run_id, run in due.items():
+            state.recent[run_id] = (run.version, mono)
         state.released_total += len(due)
         state.last_release = now
-    # Forget runs that left the due set (claimed, finished or deleted).
-    still_due = {row[0] for row in rows}
-    for run_id in list(state.recent):
-        if run_id not in still_due:
+    # A release older than the window would be repeated anyway; forget it.
+    for run_id, (_, when) in list(state.recent.items()):
+        if mono - when >= window:
             del state.recent[run_id]
     return len(due)
 
 
 def release_loop(state: ReleaseState) -> Callable[[ServiceContext], Awaitable[None]]:
     async def release_due(ctx: ServiceContext) -> None:
-        while True:
-            await release_due_runs(ctx, state)
-            await asyncio.sleep(ctx.settings.scheduler.release_interval)
+        async def on_created(msg: Msg) -> None:
+            with contextlib.suppress(ValidationError):
+                start = FlowRunCreated.model_validate_json(msg.data).scheduled_start_time
+                # Due later than now but sooner than we planned to wake: wake to re-plan.
+                if start > utcnow() and (state.next_due is None or start < state.next_due):
+                    state.next_due = start
+                    state.wake.set()
+
+        assert ctx.nc is not None
+        created = await ctx.nc.subscribe(subjects.flow_run_event("*", "created"), cb=on_created)
+        try:
+            while True:
+                await release_due_runs(ctx, state)
+                delay = ctx.settings.scheduler.release_interval
+                if state.next_due is not None:
+                    # A millisecond late rather than early: the next pass must see the run as due.
+                    delay = min(delay, max(0.0, (state.next_due - utcnow()).total_seconds()) + 0.001)
+                state.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.wake.wait(), delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await created.unsubscribe()
 
     return release_due

@@ -131,7 +131,8 @@ async def test_every_run_executes_exactly_once_with_three_agents_and_duplicate_d
     flow_id = await register_script(client, script, name)
     # Three label sets that all cover the runs' label: three durable consumers, so
     # every run is delivered to every agent, and each delivery is a claim attempt.
-    trio = [LocalAgent(stack, labels=[label, extra], hostname_label=False) for extra in ("x", "y", "z")]
+    # A few runs each: the services and the agents share this test's one process.
+    trio = [LocalAgent(stack, labels=[label, extra], hostname_label=False, limit=4) for extra in ("x", "y", "z")]
     async with watching(client) as states, agents(stack, *trio):
         runs = await asyncio.gather(*(client.create_flow_run(flow_id, labels=[label]) for _ in range(200)))
         ids = [r.id for r in runs]
@@ -210,12 +211,17 @@ class Gates:
         await asyncio.to_thread(release)
 
 
-async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
-    name, label = unique("gated"), unique("limit")
+async def gated_flow(client: AsyncClient, tmp_path: Path) -> tuple[Gates, str]:
+    name = unique("gated")
     gates = Gates(tmp_path / "gates")
     script = tmp_path / "gated.py"
     script.write_text(textwrap.dedent(GATED_FLOW.format(gates=str(gates.folder), name=name)))
-    flow_id = await register_script(client, script, name)
+    return gates, await register_script(client, script, name)
+
+
+async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
+    label = unique("limit")
+    gates, flow_id = await gated_flow(client, tmp_path)
     agent = LocalAgent(stack, labels=[label], hostname_label=False, limit=1)
     async with watching(client) as states:
         ids = [(await client.create_flow_run(flow_id, labels=[label])).id for _ in range(3)]
@@ -254,11 +260,8 @@ async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: As
 async def test_stopping_agent_finishes_its_run_and_takes_no_more(
     stack: Settings, client: AsyncClient, tmp_path: Path
 ) -> None:
-    name, label = unique("gated"), unique("stop")
-    gates = Gates(tmp_path / "gates")
-    script = tmp_path / "gated.py"
-    script.write_text(textwrap.dedent(GATED_FLOW.format(gates=str(gates.folder), name=name)))
-    flow_id = await register_script(client, script, name)
+    label = unique("stop")
+    gates, flow_id = await gated_flow(client, tmp_path)
     first = LocalAgent(stack, labels=[label], hostname_label=False, limit=4)
     async with watching(client) as states:
         running = (await client.create_flow_run(flow_id, labels=[label])).id

@@ -19,9 +19,11 @@ Touches no subjects itself; the runner it starts does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
@@ -91,5 +93,29 @@ class Launcher:
         process = self._context.Process(
             target=_child_main, args=(flow_run_id, env), name=f"flowbus-run-{flow_run_id}", daemon=False
         )
-        process.start()
+        with _main_module_hidden():
+            process.start()
         return FlowProcess(process)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep multiprocessing from re-running the agent's ``__main__`` in the child.
+
+    multiprocessing re-imports the parent's main script in every child (as
+    ``__mp_main__``) so that pickled functions defined there resolve. Our
+    child's target lives in this module, and the main script may be a flow
+    script calling ``flow.register()`` and ``flow.run_agent()`` without an
+    ``if __name__ == "__main__"`` guard (the tutorial's second variant):
+    re-running it would register again and start a second agent. Hidden only
+    while the child's start-up data is taken, on the loop's thread.
+    """
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__.pop(key) for key in ("__file__",) if key in main.__dict__}
+    spec = getattr(main, "__spec__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+        main.__spec__ = spec
