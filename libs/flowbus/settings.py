@@ -91,6 +91,10 @@ class SchedulerSettings(BaseModel):
 class HeartbeatSettings(BaseModel):
     interval_seconds: float = 30.0
     agent_interval_seconds: float = 10.0
+    # The Zombie Killer: how often it looks for Running flow runs whose
+    # heartbeat is older than zombie_missed_beats x interval_seconds.
+    zombie_check_interval_seconds: PositiveSeconds = 10.0
+    zombie_missed_beats: int = Field(default=4, ge=1)
 
 
 class AgentSettings(BaseModel):

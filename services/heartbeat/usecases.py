@@ -1,7 +1,7 @@
 """Heartbeat use cases. Owns the agent and run_heartbeat tables.
 
-Zombie Killer and Lazarus will live here too; they only ever *propose*
-transitions to the state service, never write runs themselves.
+The Zombie Killer lives in ``zombies.py`` (Lazarus is not built yet); it
+only ever *proposes* transitions to the state service, never writes runs.
 """
 
 from __future__ import annotations

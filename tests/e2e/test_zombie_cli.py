@@ -1,0 +1,97 @@
+"""The Zombie Killer end to end: a `flowbus run --execute` process killed with
+SIGKILL (no chance to report anything) leaves its run Running; the heartbeat
+service notices the silence and fails it.
+
+Its own `flowbus up`, since the heartbeat interval and the killer's pass
+interval are settings of both the server and the runner process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_tutorial import FLOWBUS, _env, stop, wait_for_line
+
+pytestmark = pytest.mark.e2e
+
+FLOWS = """
+import time
+import flowbus
+from flowbus import Flow, task
+
+@task
+def sleepy():
+    flowbus.context.get("logger").info("sleeping now")
+    time.sleep(600)
+
+with Flow("zombie-sleepy") as sleepy_flow:
+    sleepy()
+"""
+
+# A zombie after 4 missed beats of 0.5 s; the killer passes every 0.2 s.
+TIGHT = {"FLOWBUS_HEARTBEAT_INTERVAL": "0.5", "FLOWBUS_HEARTBEAT__ZOMBIE_CHECK_INTERVAL_SECONDS": "0.2"}
+MESSAGE = "No heartbeat detected from the flow run; marking the run as failed."
+
+
+def _tight_env(home: Path) -> dict[str, str]:
+    return {**_env(home), **TIGHT}
+
+
+def _popen(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, env=_tight_env(home), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _run(
+    args: list[str], home: Path, cwd: Path, timeout: float = 120, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        args, env=_tight_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    (work / "zombie_flows.py").write_text(textwrap.dedent(FLOWS))
+    proc = _popen([FLOWBUS, "up"], home, work)
+    try:
+        wait_for_line(proc, "Press Ctrl-C to stop.")
+        _run([FLOWBUS, "create", "project", "zombies"], home, work)
+        _run([FLOWBUS, "register", "--project", "zombies", "-p", str(work / "zombie_flows.py")], home, work)
+        yield home, work
+    finally:
+        stop(proc)
+
+
+def test_a_sigkilled_execute_process_leaves_a_zombie_that_is_failed(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    proc = _popen([FLOWBUS, "run", "--project", "zombies", "--execute", "--name", "zombie-sleepy"], home, work)
+    try:
+        seen = wait_for_line(proc, "sleeping now")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    first = seen[0]
+    assert first.startswith("Flow run "), "".join(seen)
+    run_id = first.strip().rsplit(": ", 1)[1]
+    # `watch` returns once the run has finished (exit 1: it failed): the killer's Failed, awaited.
+    watched = _run([FLOWBUS, "watch", run_id], home, work, timeout=60, expect=1).stdout
+    assert f"Entered state Failed: {MESSAGE}" in watched
+    assert "ERROR   | flowbus.zombie_killer | No heartbeat detected from the remote task" in watched
+    detail = json.loads(_run([FLOWBUS, "get", "flow-run", run_id, "--json"], home, work).stdout)
+    assert detail["run"]["state"]["type"] == "Failed"
+    assert detail["run"]["state"]["message"] == MESSAGE
+    assert {t["state"]["type"] for t in detail["task_runs"]} == {"Failed"}

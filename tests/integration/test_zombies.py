@@ -1,0 +1,142 @@
+"""The Zombie Killer: a Running flow run whose heartbeats stop is failed, and
+its Running task runs retried or failed, through the state service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from flowbus import subjects
+from flowbus.client import AsyncClient
+from flowbus.embedded import SERVICE_MODULES, build_service_app
+from flowbus.schemas.agents import RunHeartbeat
+from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
+from flowbus.schemas.runs import LogRecord, StateChanged
+from flowbus.settings import HeartbeatSettings, Settings
+from flowbus.states import StateType
+from services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
+from tests.conftest import unique
+
+Tight = tuple[AsyncClient, ZombieState]
+
+
+@pytest.fixture
+async def tight(settings: Settings) -> AsyncIterator[Tight]:
+    """The services with heartbeats every 0.25 s (a zombie after 1 s of
+    silence) and the killer passing every 0.1 s."""
+    tight = settings.model_copy(
+        update={
+            "heartbeat": HeartbeatSettings(
+                interval_seconds=0.25, zombie_check_interval_seconds=0.1, zombie_missed_beats=4
+            )
+        }
+    )
+    async with AsyncExitStack() as apps:
+        zombies: ZombieState | None = None
+        for name in SERVICE_MODULES:
+            app = build_service_app(name, tight)
+            await apps.enter_async_context(app)
+            if name == "heartbeat":
+                zombies = app.zombie_state
+        assert zombies is not None
+        async with AsyncClient(tight) as client:
+            yield client, zombies
+
+
+async def _flow(client: AsyncClient, *, heartbeat: bool = True) -> str:
+    project = unique("zombies")
+    await client.create_project(project, skip_if_exists=True)
+    flow = SerializedFlow(
+        name=unique("zombie"),
+        tasks=[TaskSpec(slug="once-1", name="once"), TaskSpec(slug="twice-1", name="twice", max_retries=1)],
+        storage=StorageSpec(type="script", path="/nonexistent/flow.py"),
+        run_config=RunConfigSpec(labels=None),
+    )
+    flow_id = (await client.register(flow, project)).id
+    if not heartbeat:
+        await client.disable_flow_heartbeat(flow_id)
+    return flow_id
+
+
+async def _running_run(client: AsyncClient, flow_id: str, *, tasks: bool = True) -> str:
+    """A run walked to Running as a runner would, its task runs Running too."""
+    run = await client.create_flow_run(flow_id, labels=[unique("nobody")])
+    submitted = await client.set_flow_run_state(run.id, run.version, StateType.SUBMITTED)
+    await client.set_flow_run_state(run.id, submitted.version, StateType.RUNNING)
+    if tasks:
+        for task_run in (await client.get_flow_run(run.id)).task_runs:
+            await client.set_task_run_state(task_run.id, task_run.version, StateType.RUNNING)
+    return run.id
+
+
+async def _until_finished(client: AsyncClient, run_id: str) -> tuple[list[StateChanged], list[LogRecord]]:
+    """The run's state changes and logs, awaited until it finishes."""
+    states: list[StateChanged] = []
+    logs: list[LogRecord] = []
+    async for item in client.watch_flow_run(run_id):
+        if isinstance(item, StateChanged):
+            states.append(item)
+        elif isinstance(item, LogRecord):
+            logs.append(item)
+    return states, logs
+
+
+async def test_a_silent_running_run_is_failed_and_its_task_runs_retried_or_failed(tight: Tight) -> None:
+    client, zombies = tight
+    run_id = await _running_run(client, await _flow(client))
+    # One heartbeat, then silence: the killer goes by the heartbeat, not the start time.
+    beat = RunHeartbeat(flow_run_id=run_id, timestamp=datetime.now(UTC))
+    await client.nc.publish(subjects.flow_run_heartbeat(run_id), beat.model_dump_json().encode())
+
+    states, logs = await _until_finished(client, run_id)
+
+    assert states[-1].state.type is StateType.FAILED
+    assert states[-1].state.message == FLOW_RUN_MESSAGE
+    detail = await client.get_flow_run(run_id)
+    by_name = {t.task_name: t for t in detail.task_runs}
+    assert by_name["once"].state.type is StateType.FAILED
+    assert by_name["once"].state.message == TASK_RUN_MESSAGE
+    # Ran once with one retry allowed: it is retried.
+    assert by_name["twice"].state.type is StateType.RETRYING
+    assert by_name["twice"].state.message == TASK_RETRY_MESSAGE
+    errors = [(r.task_run_id, r.message) for r in logs if r.level == "ERROR"]
+    assert (None, FLOW_RUN_MESSAGE) in errors
+    assert (by_name["once"].id, TASK_RUN_MESSAGE) in errors
+    assert zombies.flow_runs_failed >= 1
+
+
+async def test_a_task_run_out_of_retries_is_failed(tight: Tight) -> None:
+    client, _ = tight
+    run_id = await _running_run(client, await _flow(client))
+    detail = await client.get_flow_run(run_id)
+    twice = next(t for t in detail.task_runs if t.task_name == "twice")
+    # Its second run: the one retry is used up.
+    retrying = await client.set_task_run_state(twice.id, twice.version, StateType.RETRYING)
+    await client.set_task_run_state(twice.id, retrying.version, StateType.RUNNING)
+
+    states, _ = await _until_finished(client, run_id)
+
+    assert states[-1].state.type is StateType.FAILED
+    twice_now = next(t for t in (await client.get_flow_run(run_id)).task_runs if t.id == twice.id)
+    assert twice_now.state.type is StateType.FAILED
+    assert twice_now.state.message == TASK_RUN_MESSAGE
+
+
+async def test_a_run_with_heartbeats_disabled_is_left_running(tight: Tight) -> None:
+    client, zombies = tight
+    quiet = await _running_run(client, await _flow(client, heartbeat=False), tasks=False)
+    enabled = await _flow(client)
+    # Two zombies, one after the other, each failed by a later pass than the
+    # quiet run's start: the killer saw the quiet run stale and left it alone.
+    for _ in range(2):
+        zombie = await _running_run(client, enabled, tasks=False)
+        states, _ = await _until_finished(client, zombie)
+        assert states[-1].state.message == FLOW_RUN_MESSAGE
+    passes = zombies.passes
+    assert passes >= 2
+    quiet_run: Any = (await client.get_flow_run(quiet)).run
+    assert quiet_run.state.type is StateType.RUNNING
