@@ -89,7 +89,7 @@ def _zombies_query(cutoff: datetime) -> Any:
     )
 
 
-def _running_tasks_query(flow_run_id: str) -> Any:
+def _running_tasks_query(flow_run_ids: list[str]) -> Any:
     # How many times a task run has run is how many Running entries its
     # history holds: task_run has no run_count column of its own.
     runs = (
@@ -101,21 +101,22 @@ def _running_tasks_query(flow_run_id: str) -> Any:
         .correlate(TaskRun)
         .scalar_subquery()
     )
-    return select(col(TaskRun.id), col(TaskRun.version), col(TaskRun.max_retries), runs).where(
-        col(TaskRun.flow_run_id) == flow_run_id, col(TaskRun.state) == StateType.RUNNING.value
-    )
+    return select(
+        col(TaskRun.flow_run_id), col(TaskRun.id), col(TaskRun.version), col(TaskRun.max_retries), runs
+    ).where(col(TaskRun.flow_run_id).in_(flow_run_ids), col(TaskRun.state) == StateType.RUNNING.value)
 
 
 async def find_zombies(ctx: ServiceContext) -> list[tuple[_Zombie, list[_RunningTask]]]:
     beats = ctx.settings.heartbeat
     cutoff = utcnow() - timedelta(seconds=beats.zombie_missed_beats * beats.interval_seconds)
-    found: list[tuple[_Zombie, list[_RunningTask]]] = []
     async with ctx.db.session() as session:
         rows = (await session.execute(_zombies_query(cutoff))).all()
-        for run_id, version in rows:
-            tasks = (await session.execute(_running_tasks_query(run_id))).all()
-            found.append((_Zombie(run_id, version), [_RunningTask(*t) for t in tasks]))
-    return found
+        if not rows:
+            return []
+        tasks: dict[str, list[_RunningTask]] = {run_id: [] for run_id, _ in rows}
+        for flow_run_id, *task in (await session.execute(_running_tasks_query(list(tasks)))).all():
+            tasks[flow_run_id].append(_RunningTask(*task))
+    return [(_Zombie(run_id, version), tasks[run_id]) for run_id, version in rows]
 
 
 async def kill_zombies(ctx: ServiceContext, state: ZombieState) -> int:

@@ -17,7 +17,6 @@ Writes: ``flowbus.cmd.run_creation.create_flow_run``; the parent's own logs
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -77,9 +76,9 @@ class CreateFlowRunTask(Task):
         if (flow_id is None) == (flow_name is None):
             raise ValueError("create_flow_run needs exactly one of flow_id and flow_name")
         logger: logging.Logger = context.get("logger")
-        # Outside a flow run there is no task run to tie the key to: a random
-        # one still makes the client's own resends safe.
-        key = idempotency_key or context.get("task_run_id") or f"create-flow-run-{uuid.uuid4()}"
+        # Outside a flow run there is no task run to tie the key to: the client
+        # then sends a random one, which still makes its own resends safe.
+        key = idempotency_key or context.get("task_run_id")
         parent_name: str | None = context.get("flow_run_name")
         with Client() as client:
             if run_name is None and parent_name:
