@@ -86,6 +86,10 @@ class SchedulerSettings(BaseModel):
     # deduplicated by Nats-Msg-Id, so a short interval costs little.
     release_interval: float = 1.0
     release_batch: int = 500
+    # The backlog sweep (re-releasing due runs nobody has claimed, in case
+    # the run-queue stream lost them) reads one page this often: a safety
+    # net, so it need not keep pace with the releases of new runs.
+    sweep_interval: PositiveSeconds = 10.0
 
 
 class HeartbeatSettings(BaseModel):

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
+from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id, utcnow
 from flowbus.db.views import flow_run_out
@@ -73,9 +74,9 @@ _RELEASE_OR_REFRESH_KEY = (
     .where(_fr.c.id == bindparam("b_id"))
     .values(idempotency_key=bindparam("key"), idempotency_expires=bindparam("expires"))
 )
-_INSERT_RUN = insert(_fr)
-_INSERT_TASK_RUN = insert(TaskRun.__table__)  # type: ignore[attr-defined]
-_INSERT_HISTORY = insert(StateHistory.__table__)  # type: ignore[attr-defined]
+_INSERT_RUN = Bulk(insert(_fr))
+_INSERT_TASK_RUN = Bulk(insert(TaskRun.__table__))  # type: ignore[attr-defined]
+_INSERT_HISTORY = Bulk(insert(StateHistory.__table__))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -322,12 +323,9 @@ class _Batch:
     async def flush(self) -> None:
         for params in self.key_updates:
             await self.conn.execute(_RELEASE_OR_REFRESH_KEY, params)
-        if self.runs:
-            await self.conn.execute(_INSERT_RUN, self.runs)
-        if self.task_runs:
-            await self.conn.execute(_INSERT_TASK_RUN, self.task_runs)
-        if self.history:
-            await self.conn.execute(_INSERT_HISTORY, self.history)
+        await _INSERT_RUN.run(self.conn, self.runs)
+        await _INSERT_TASK_RUN.run(self.conn, self.task_runs)
+        await _INSERT_HISTORY.run(self.conn, self.history)
         await stage_rows(self.conn, self.outbox)
 
 

@@ -13,10 +13,12 @@ within milliseconds of being due, not at the next poll.
 Each pass has two parts, so that a backlog cannot starve new runs:
 
 - *first releases*: every Scheduled run that came due since the previous
-  pass (keyset-paged by start time, however many there are);
-- *the sweep*: one page of the whole due backlog, continuing where the
-  previous pass stopped and starting over at the end, re-releasing runs
-  still unclaimed once per duplicate window. A run that no agent could take
+  pass (keyset-paged by start time, however many there are), except runs
+  created already due: run_creation queued those in their own transaction;
+- *the sweep*: at most once per ``scheduler.sweep_interval``, one page of
+  the whole due backlog, continuing where the previous sweep stopped and
+  starting over at the end, re-releasing runs still unclaimed once per
+  duplicate window. A run that no agent could take
   stays in the RUNQ stream anyway; the sweep covers a stream that lost it
   (its age limit, a replaced NATS server).
 
@@ -62,6 +64,8 @@ class ReleaseState:
     cursor: tuple[datetime, str] | None = None
     # The earliest start time still ahead, to sleep until.
     next_due: datetime | None = None
+    # Monotonic time of the last sweep page.
+    last_sweep: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -72,7 +76,8 @@ def _due_page(since: datetime | None, until: datetime, after: tuple[datetime, st
     start, run_id = col(FlowRun.scheduled_start_time), col(FlowRun.id)
     query = select(*_COLUMNS).where(col(FlowRun.state) == StateType.SCHEDULED.value, start <= until)  # type: ignore[call-overload]
     if since is not None:
-        query = query.where(start > since)
+        # First releases: a run created already due was queued with its creation.
+        query = query.where(start > since, start > col(FlowRun.created))
     if after is not None:
         query = query.where(or_(start > after[0], and_(start == after[0], run_id > after[1])))
     return query.order_by(start, run_id).limit(limit)
@@ -93,9 +98,12 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
             if len(page) < batch:
                 break
             after = (page[-1][4], page[-1][0])
-        sweep = (await session.execute(_due_page(None, now, state.cursor, batch))).all()
-        state.cursor = (sweep[-1][4], sweep[-1][0]) if len(sweep) == batch else None
-        rows.extend(sweep)
+        mono = time.monotonic()
+        if state.last_sweep is None or mono - state.last_sweep >= settings.scheduler.sweep_interval:
+            state.last_sweep = mono
+            sweep = (await session.execute(_due_page(None, now, state.cursor, batch))).all()
+            state.cursor = (sweep[-1][4], sweep[-1][0]) if len(sweep) == batch else None
+            rows.extend(sweep)
         state.next_due = (
             await session.execute(
                 select(func.min(FlowRun.scheduled_start_time)).where(

@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
+from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun, utcnow
 from flowbus.runtime.outbox import outbox_row, stage_rows
@@ -89,17 +90,17 @@ _SELECT_VERSION = {
     "task run": select(_tr.c.version).where(_tr.c.id == bindparam("id")),
 }
 _STATE_COLUMNS = ("state", "state_message", "state_timestamp", "state_result", "version", "updated")
-_UPDATE_FLOW_RUN = (
+_UPDATE_FLOW_RUN = Bulk(
     update(_fr)
     .where(_fr.c.id == bindparam("b_id"), _fr.c.version == bindparam("b_version"))
     .values({c: bindparam(c) for c in (*_STATE_COLUMNS, "start_time", "end_time", "agent_id")})
 )
-_UPDATE_TASK_RUN = (
+_UPDATE_TASK_RUN = Bulk(
     update(_tr)
     .where(_tr.c.id == bindparam("b_id"), _tr.c.version == bindparam("b_version"))
     .values({c: bindparam(c) for c in (*_STATE_COLUMNS, "start_time", "end_time")})
 )
-_INSERT_HISTORY = insert(StateHistory.__table__)  # type: ignore[attr-defined]
+_INSERT_HISTORY = Bulk(insert(StateHistory.__table__))  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -330,15 +331,14 @@ class _Batch:
             if not params:
                 continue
             if sane:
-                matched = (await self.conn.execute(statement, params)).rowcount
+                matched = await statement.run(self.conn, params)
             else:
                 matched = 0
                 for p in params:
-                    matched += (await self.conn.execute(statement, p)).rowcount
+                    matched += await statement.run(self.conn, [p])
             if matched != len(params):
                 raise _RaceLost
-        if self.history:
-            await self.conn.execute(_INSERT_HISTORY, self.history)
+        await _INSERT_HISTORY.run(self.conn, self.history)
         await stage_rows(self.conn, self.outbox)
 
 

@@ -44,6 +44,8 @@ later-scheduled run would never be released.
 
 Never part of the test suite: numbers are printed, not asserted.
 ``BENCH_SCALE=0.1`` runs a tenth of the requests and runs (a smoke run).
+``BENCH_ONLY=create,set_state`` runs only the named parts (``delivery``,
+``e2e``, ``create``, ``set_state``), for working on one of them.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+PARTS = ("delivery", "e2e", "create", "set_state")
+ONLY = {p.strip() for p in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if p.strip()}
 CREATES = {1: int(1000 * SCALE), 64: int(20000 * SCALE)}
 WALKS = {1: int(300 * SCALE), 64: int(6000 * SCALE)}  # runs walked through 3 transitions each
 WALK = (StateType.SUBMITTED, StateType.RUNNING, StateType.SUCCESS)
@@ -436,10 +440,12 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
     results: list[dict[str, Any]] = []
     try:
         # First, while the only due runs are their own (see the module docstring).
-        results.extend(await delivery_latency(settings, nc, flow.id))
-        results.append(await e2e_noop_flow_runs(settings, env, nc))
+        if "delivery" in ONLY:
+            results.extend(await delivery_latency(settings, nc, flow.id))
+        if "e2e" in ONLY:
+            results.append(await e2e_noop_flow_runs(settings, env, nc))
 
-        for concurrency, count in CREATES.items():
+        for concurrency, count in CREATES.items() if "create" in ONLY else ():
             created: list[str] = []
             payloads = [
                 CreateFlowRun(flow_id=flow.id, idempotency_key=f"bench-{concurrency}-{i}").model_dump_json().encode()
@@ -458,7 +464,7 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
             results.append(_summary("create_flow_run", concurrency, latencies, elapsed))
 
         async with AsyncClient(settings) as client:
-            for concurrency, count in WALKS.items():
+            for concurrency, count in WALKS.items() if "set_state" in ONLY else ():
                 runs = [await client.create_flow_run(flow.id) for _ in range(count)]
 
                 def walk(run_id: str) -> Callable[[], Awaitable[list[float]]]:

@@ -103,6 +103,8 @@ class _InlineConnection:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
         self.dialect = conn.dialect
+        # For flowbus.db.bulk: rows handed to sqlite3 directly, in this transaction.
+        self.sqlite_driver_connection = conn.connection.driver_connection
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self._conn.execute(statement, parameters)

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
 from flowbus.db.tables import Outbox, utcnow
 from flowbus.schemas.common import Message
@@ -35,7 +36,7 @@ def stage(session: AsyncSession, owner: str, subject: str, message: Message, msg
 
 
 _table = Outbox.__table__  # type: ignore[attr-defined]
-_INSERT = insert(_table)
+_INSERT = Bulk(insert(_table))
 _PENDING = (
     select(_table.c.id, _table.c.subject, _table.c.msg_id, _table.c.payload)
     .where(_table.c.owner == bindparam("owner"))
@@ -58,8 +59,7 @@ def outbox_row(owner: str, subject: str, message: Message, msg_id: str) -> dict[
 
 async def stage_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Stage many rows with one prebuilt INSERT, in the caller's transaction."""
-    if rows:
-        await conn.execute(_INSERT, rows)
+    await _INSERT.run(conn, rows)
 
 
 class OutboxRelay:
