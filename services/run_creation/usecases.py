@@ -34,7 +34,7 @@ from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id, utcnow
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
-from flowbus.runtime.outbox import outbox_row, stage_rows
+from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunCreated, FlowRunOut, RunQueued, StateChanged
@@ -125,7 +125,7 @@ class _Batch:
         self.runs: list[dict[str, Any]] = []
         self.task_runs: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        self.outbox: list[dict[str, Any]] = []
+        self.outbox = OutboxBatch(OWNER)
 
     # ---- reading ----------------------------------------------------------
 
@@ -300,22 +300,17 @@ class _Batch:
         created = FlowRunCreated(
             flow_run_id=run_id, flow_id=target.flow_id, name=out.name, labels=labels, scheduled_start_time=start
         )
-        self.outbox.append(
-            outbox_row(OWNER, subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
-        )
-        self.outbox.append(
-            outbox_row(
-                OWNER,
-                subjects.flow_run_event(run_id, "state"),
-                StateChanged(flow_run_id=run_id, version=1, state=out.state),
-                f"flow_run:{run_id}:state:1",
-            )
+        self.outbox.add(subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
+        self.outbox.add(
+            subjects.flow_run_event(run_id, "state"),
+            StateChanged(flow_run_id=run_id, version=1, state=out.state),
+            f"flow_run:{run_id}:state:1",
         )
         if start <= now:
             queued = RunQueued(
                 flow_run_id=run_id, flow_id=target.flow_id, version=1, labels=labels, scheduled_start_time=start
             )
-            self.outbox.append(outbox_row(OWNER, subjects.run_queue(labels), queued, f"runq:{run_id}:1"))
+            self.outbox.add(subjects.run_queue(labels), queued, f"runq:{run_id}:1")
         return out
 
     # ---- writing ----------------------------------------------------------
@@ -326,7 +321,7 @@ class _Batch:
         await _INSERT_RUN.run(self.conn, self.runs)
         await _INSERT_TASK_RUN.run(self.conn, self.task_runs)
         await _INSERT_HISTORY.run(self.conn, self.history)
-        await stage_rows(self.conn, self.outbox)
+        await self.outbox.stage(self.conn, self.now)
 
 
 def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
@@ -334,9 +329,13 @@ def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
 
 
 async def create_flow_runs(
-    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None
+    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None, relay: OutboxRelay | None = None
 ) -> list[FlowRunOut | FlowbusError]:
-    """Create a batch of runs in one transaction; one outcome per command."""
+    """Create a batch of runs in one transaction; one outcome per command.
+
+    ``relay`` gets the batch's events once committed (without one, they wait
+    in the outbox for a relay's sweep).
+    """
     for attempt in range(2):
         try:
             async with db.write() as conn:
@@ -344,6 +343,8 @@ async def create_flow_runs(
                 await batch.load(commands)
                 outcomes = [await batch.apply(cmd) for cmd in commands]
                 await batch.flush()
+            if relay is not None:
+                relay.committed(batch.outbox)
             return outcomes
         except IntegrityError:
             # Another process took one of the keys first. Alone, the command

@@ -46,7 +46,7 @@ def register(ctx: ServiceContext) -> None:
     # Every state write goes through one group committer, fed by the fast
     # lane: concurrent writes share a transaction, and their events are
     # published before any reply.
-    transitions = ctx.group_committer("transitions", partial(apply_transitions, db))
+    transitions = ctx.group_committer("transitions", partial(apply_transitions, db, relay=ctx.relay))
 
     for subject, model, title in (
         (S.SET_FLOW_RUN_STATE, SetFlowRunState, "set_flow_run_state"),

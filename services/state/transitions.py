@@ -34,7 +34,7 @@ from flowbus import subjects
 from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun, utcnow
-from flowbus.runtime.outbox import outbox_row, stage_rows
+from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import (
     CancelFlowRun,
@@ -160,7 +160,7 @@ class _Batch:
         self.flow_updates: list[dict[str, Any]] = []
         self.task_updates: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        self.outbox: list[dict[str, Any]] = []
+        self.outbox = OutboxBatch(OWNER)
 
     # ---- reading ----------------------------------------------------------
 
@@ -244,19 +244,16 @@ class _Batch:
         if spec.type is StateType.CANCELLED:
             await self._cancel_task_runs(run)
         if spec.type is StateType.SCHEDULED and run.scheduled_start_time and run.scheduled_start_time <= self.now:
-            self.outbox.append(
-                outbox_row(
-                    OWNER,
-                    subjects.run_queue(run.labels),
-                    RunQueued(
-                        flow_run_id=run.id,
-                        flow_id=run.flow_id or "",
-                        version=run.version,
-                        labels=run.labels,
-                        scheduled_start_time=run.scheduled_start_time,
-                    ),
-                    f"runq:{run.id}:{run.version}",
-                )
+            self.outbox.add(
+                subjects.run_queue(run.labels),
+                RunQueued(
+                    flow_run_id=run.id,
+                    flow_id=run.flow_id or "",
+                    version=run.version,
+                    labels=run.labels,
+                    scheduled_start_time=run.scheduled_start_time,
+                ),
+                f"runq:{run.id}:{run.version}",
             )
         return out
 
@@ -309,19 +306,16 @@ class _Batch:
             }
         )
         state = StateOut(type=spec.type, message=spec.message, timestamp=self.now, version=run.version)
-        self.outbox.append(
-            outbox_row(
-                OWNER,
-                subjects.flow_run_event(run.flow_run_id, "state" if task_run_id is None else "task_state"),
-                StateChanged(
-                    flow_run_id=run.flow_run_id,
-                    task_run_id=task_run_id,
-                    version=run.version,
-                    state=state,
-                    previous=previous,
-                ),
-                f"{run.id}:state:{run.version}",
-            )
+        self.outbox.add(
+            subjects.flow_run_event(run.flow_run_id, "state" if task_run_id is None else "task_state"),
+            StateChanged(
+                flow_run_id=run.flow_run_id,
+                task_run_id=task_run_id,
+                version=run.version,
+                state=state,
+                previous=previous,
+            ),
+            f"{run.id}:state:{run.version}",
         )
         return StateSet(id=run.id, version=run.version, state=state)
 
@@ -339,11 +333,17 @@ class _Batch:
             if matched != len(params):
                 raise _RaceLost
         await _INSERT_HISTORY.run(self.conn, self.history)
-        await stage_rows(self.conn, self.outbox)
+        await self.outbox.stage(self.conn, self.now)
 
 
-async def apply_transitions(db: Database, commands: Sequence[StateCommand]) -> list[StateSet | FlowbusError]:
-    """Apply a batch of state commands in one transaction; one outcome per command."""
+async def apply_transitions(
+    db: Database, commands: Sequence[StateCommand], relay: OutboxRelay | None = None
+) -> list[StateSet | FlowbusError]:
+    """Apply a batch of state commands in one transaction; one outcome per command.
+
+    ``relay`` gets the batch's events once committed (without one, they wait
+    in the outbox for a relay's sweep).
+    """
     # A cancel carries no version: when another writer wins the race, it reads again.
     attempts = 5 if len(commands) == 1 and isinstance(commands[0], CancelFlowRun) else 1
     for _ in range(attempts):
@@ -353,6 +353,8 @@ async def apply_transitions(db: Database, commands: Sequence[StateCommand]) -> l
                 await batch.load(commands)
                 outcomes = [await batch.apply(cmd) for cmd in commands]
                 await batch.flush()
+            if relay is not None:
+                relay.committed(batch.outbox)
             return outcomes
         except _RaceLost:
             if len(commands) != 1:

@@ -143,21 +143,21 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
         flow = await registration.register_flow(
             db, RegisterFlow(project_name=project, serialized_flow=serialized_flow("crash", labels=["nobody"]))
         )
-        # Crash 1: committed, nothing published.
+        # Crash 1: committed, nothing published (no relay took the batch).
         [first] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
-        # Crash 2: committed and published, the rows not yet deleted.
-        [second] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
-        assert not isinstance(first, Exception)
-        assert not isinstance(second, Exception)
 
+        # Crash 2: committed and published from memory, the row not yet deleted.
         class PublishThenDie(OutboxRelay):
-            async def _flush(self) -> int:
-                rows = await self._pending()
-                await self._publish(rows)
+            async def _delete_published(self) -> None:
                 raise SystemExit("killed before deleting the published rows")
 
+        dying = PublishThenDie("run_creation", db, nc.jetstream())
+        [second] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=dying)
+        assert not isinstance(first, Exception)
+        assert not isinstance(second, Exception)
+        await dying.publish_committed()
         with pytest.raises(SystemExit):
-            await PublishThenDie("run_creation", db, nc.jetstream()).publish_pending()
+            await dying.sweep()
     finally:
         await nc.close()
         await db.dispose()

@@ -16,11 +16,32 @@ Touches no subject.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
 
-Processor = Callable[[Any], Any] | None
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    values: Callable[[dict[str, Any]], Any]  # a row's values in bind order
+    processors: tuple[tuple[int, Processor], ...]  # the positions that need converting
+
+    def params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        values = self.values
+        if not self.processors:
+            return [values(row) for row in rows]
+        out = []
+        for row in rows:
+            converted = list(values(row))
+            for i, process in self.processors:
+                converted[i] = process(converted[i])
+            out.append(converted)
+        return out
 
 
 class Bulk:
@@ -28,21 +49,25 @@ class Bulk:
 
     def __init__(self, statement: sa.Insert | sa.Update) -> None:
         self.statement = statement
-        self._compiled: dict[tuple[str, tuple[str, ...]], tuple[str, list[tuple[str, Processor]]]] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
-    def _for(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> tuple[str, list[tuple[str, Processor]]]:
+    def _for(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> _Compiled:
         found = self._compiled.get((dialect.name, keys))
         if found is None:
             compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
             names = list(compiled.positiontup or ())
             unknown = set(names) - set(keys)
-            if unknown:
+            if unknown or not names:
                 # A column default or a bind the rows do not carry: this path would bind the wrong thing.
                 raise ValueError(f"rows lack {sorted(unknown)} for {compiled.string!r}")
-            binds: list[tuple[str, Processor]] = [
-                (name, compiled.binds[name].type._cached_bind_processor(dialect)) for name in names
-            ]
-            found = (compiled.string, binds)
+            processors = tuple(
+                (i, process)
+                for i, name in enumerate(names)
+                if (process := compiled.binds[name].type._cached_bind_processor(dialect)) is not None
+            )
+            getter = itemgetter(*names)
+            values = getter if len(names) > 1 else (lambda row: (getter(row),))
+            found = _Compiled(compiled.string, values, processors)
             self._compiled[(dialect.name, keys)] = found
         return found
 
@@ -53,8 +78,5 @@ class Bulk:
         driver = getattr(conn, "sqlite_driver_connection", None)
         if driver is None:
             return int((await conn.execute(self.statement, list(rows))).rowcount)
-        sql, binds = self._for(conn.dialect, tuple(rows[0]))
-        params = [
-            tuple(row[name] if process is None else process(row[name]) for name, process in binds) for row in rows
-        ]
-        return int(driver.executemany(sql, params).rowcount)
+        compiled = self._for(conn.dialect, tuple(rows[0]))
+        return int(driver.executemany(compiled.sql, compiled.params(rows)).rowcount)

@@ -54,22 +54,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
+        # A batch stamps every row with one `now`: the last conversion is
+        # remembered, as one tuple so that threads never see half of it.
+        last: tuple[datetime | None, str | None] = (None, None)
+
         def process(value: datetime | None) -> str | None:
+            nonlocal last
             if value is None:
                 return None
+            seen = last
+            if seen[0] is value:
+                return seen[1]
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to a UTCDateTime column")
-            if value.utcoffset():
-                value = value.astimezone(UTC)
-            return _SQLITE_FORMAT % (
-                value.year,
-                value.month,
-                value.day,
-                value.hour,
-                value.minute,
-                value.second,
-                value.microsecond,
-            )
+            utc = value.astimezone(UTC) if value.utcoffset() else value
+            text = _SQLITE_FORMAT % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond)
+            last = (value, text)
+            return text
 
         return process
 
@@ -264,13 +265,12 @@ class RunHeartbeat(SQLModel, table=True):
 
 
 class Outbox(SQLModel, table=True):
-    """Messages to publish after the transaction that produced them commits."""
+    """Messages to publish after the transaction that produced them commits:
+    one row per transaction, ``messages`` a JSON list of [subject, message id, payload]."""
 
     __tablename__ = "outbox"
 
     id: int | None = Field(default=None, primary_key=True)
     owner: str = Field(max_length=64, index=True)
-    subject: str = Field(max_length=1024)
-    msg_id: str = Field(max_length=255)
-    payload: bytes = Field(sa_type=sa.LargeBinary)  # type: ignore[call-overload]
+    messages: bytes = Field(sa_type=sa.LargeBinary)  # type: ignore[call-overload]
     created: datetime = _ts(default_factory=utcnow)

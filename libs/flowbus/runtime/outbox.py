@@ -1,19 +1,33 @@
 """The transactional outbox: events leave a service only after its commit.
 
-A use case stages messages with :func:`stage` in the same transaction as
-its writes. After the commit, the handler awaits
-:meth:`OutboxRelay.publish_pending`, which publishes the rows to JetStream in
-id order with ``Nats-Msg-Id`` set, then deletes them; a background sweep
-retries whatever a failed attempt left. A crash
-between commit and publish loses nothing (the rows wait for the next relay
-pass) and a crash between publish and delete duplicates nothing (JetStream
-drops the repeat by its message id within the duplicate window).
+A transaction stages its messages as one outbox row (a JSON list of
+subject, message id and payload), written with the transaction's other
+rows. Two ways out:
+
+- The batched hot paths collect their messages in an :class:`OutboxBatch`,
+  stage it in their transaction and, once it has committed, hand it to the
+  service's :class:`OutboxRelay` (``committed``), which publishes the
+  messages from memory: the row is only the crash record, and is deleted
+  later by the relay's sweep in one statement for many batches.
+- The ORM use cases :func:`stage` a message in their session; after the
+  commit, ``publish_pending`` reads such rows back and publishes them.
+
+Either way the relay publishes in commit order, one flusher at a time, with
+``Nats-Msg-Id`` set. A crash between commit and publish loses nothing (the
+row waits for the next relay pass), and a crash between publish and delete
+duplicates nothing (JetStream drops the repeat by its message id within
+the duplicate window). The sweep leaves rows younger than ``grace`` to
+their own instance, so two instances of a service do not publish each
+other's fresh batches twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from nats.errors import Error as NatsError
@@ -22,71 +36,100 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
 from flowbus.db.tables import Outbox, utcnow
 from flowbus.schemas.common import Message
 
 log = logging.getLogger(__name__)
 
-
-def stage(session: AsyncSession, owner: str, subject: str, message: Message, msg_id: str) -> None:
-    """Stage one message in the session's transaction (the ORM use cases)."""
-    session.add(Outbox(**outbox_row(owner, subject, message, msg_id)))
-
+# (subject, message id, payload)
+Staged = tuple[str, str, bytes]
 
 _table = Outbox.__table__  # type: ignore[attr-defined]
-_INSERT = Bulk(insert(_table))
+_INSERT = insert(_table).returning(_table.c.id)
+_SQLITE_INSERT = "INSERT INTO outbox (owner, messages, created) VALUES (?, ?, ?)"
 _PENDING = (
-    select(_table.c.id, _table.c.subject, _table.c.msg_id, _table.c.payload)
-    .where(_table.c.owner == bindparam("owner"))
+    select(_table.c.id, _table.c.messages)
+    .where(_table.c.owner == bindparam("owner"), _table.c.created <= bindparam("before"))
     .order_by(_table.c.id)
     .limit(bindparam("limit"))
 )
 _DELETE = delete(_table).where(_table.c.id.in_(bindparam("ids", expanding=True)))
 
 
-def outbox_row(owner: str, subject: str, message: Message, msg_id: str) -> dict[str, Any]:
-    """One outbox row for :func:`stage_rows` (the batched, ORM-free hot path)."""
-    return {
-        "owner": owner,
-        "subject": subject,
-        "msg_id": msg_id,
-        "payload": message.model_dump_json().encode(),
-        "created": utcnow(),
-    }
+def pack(messages: Iterable[Staged]) -> bytes:
+    return json.dumps([[subject, msg_id, payload.decode()] for subject, msg_id, payload in messages]).encode()
 
 
-async def stage_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Stage many rows with one prebuilt INSERT, in the caller's transaction."""
-    await _INSERT.run(conn, rows)
+def unpack(packed: bytes) -> list[Staged]:
+    return [(subject, msg_id, payload.encode()) for subject, msg_id, payload in json.loads(packed)]
+
+
+def stage(session: AsyncSession, owner: str, subject: str, message: Message, msg_id: str) -> None:
+    """Stage one message in the session's transaction (the ORM use cases)."""
+    session.add(Outbox(owner=owner, messages=pack([(subject, msg_id, message.model_dump_json().encode())])))
+
+
+class OutboxBatch:
+    """The messages of one batched transaction, published from memory after its commit."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.messages: list[Staged] = []
+        self.row_id: int | None = None
+
+    def add(self, subject: str, message: Message, msg_id: str) -> None:
+        self.messages.append((subject, msg_id, message.model_dump_json().encode()))
+
+    async def stage(self, conn: AsyncConnection, now: datetime) -> None:
+        """Write the batch's one outbox row in the caller's transaction."""
+        if not self.messages:
+            return
+        packed = pack(self.messages)
+        driver = getattr(conn, "sqlite_driver_connection", None)
+        if driver is not None:
+            # The inline SQLite connection (see flowbus.db.bulk): one row, no statement machinery.
+            text = _table.c.created.type.bind_processor(conn.dialect)(now)
+            self.row_id = int(driver.execute(_SQLITE_INSERT, (self.owner, packed, text)).lastrowid)
+        else:
+            row = {"owner": self.owner, "messages": packed, "created": now}
+            self.row_id = int((await conn.execute(_INSERT, row)).scalar_one())
 
 
 class OutboxRelay:
-    """Publishes one owner's outbox rows, in id order, one flusher at a time."""
+    """Publishes one owner's outbox, in commit order, one flusher at a time."""
 
     def __init__(
         self,
         owner: str,
         db: Database,
-        js: JetStreamContext,
+        js: JetStreamContext | None = None,
         batch: int = 256,
         idle: float = 1.0,
         ack_timeout: float = 5.0,
+        grace: float = 5.0,
     ) -> None:
         self.ack_timeout = ack_timeout
         self.owner = owner
         self.db = db
-        self.js = js
+        self.js = js  # set at start-up, once NATS is connected
         self.batch = batch
         self.idle = idle
+        self.grace = timedelta(seconds=grace)
         self._lock = asyncio.Lock()
+        self._committed: list[OutboxBatch] = []  # committed, not yet published
+        self._published: set[int] = set()  # published, their rows not yet deleted
+
+    def committed(self, batch: OutboxBatch) -> None:
+        """Take a batch whose transaction has committed; ``publish_committed`` sends it."""
+        if batch.row_id is not None:
+            self._committed.append(batch)
 
     async def run(self) -> None:
-        """Background sweep: publishes rows a failed or crashed earlier attempt left."""
+        """Background sweep: deletes published rows, publishes what a failed or crashed attempt left."""
         while True:
             try:
-                await self.publish_pending()
+                await self.sweep()
             except asyncio.CancelledError:
                 raise
             except NatsError as exc:
@@ -96,35 +139,76 @@ class OutboxRelay:
                 log.exception("outbox relay of %s failed; retrying", self.owner)
             await asyncio.sleep(self.idle)
 
-    async def publish_pending(self) -> None:
-        """Publish every pending row. Handlers await this after their commit and
-        before replying, so whoever acts on a reply acts after its events are in
-        the stream: per-run order holds across services."""
+    async def publish_committed(self) -> None:
+        """Publish the committed batches handed over so far, from memory.
+
+        Handlers await this after their commit and before replying, so whoever
+        acts on a reply acts after its events are in the stream: per-run order
+        holds across services. On failure the batches stay for the sweep.
+        """
         async with self._lock:
-            while await self._flush() == self.batch:
+            await self._publish_committed()
+
+    async def publish_pending(self) -> None:
+        """Publish the committed batches, then every row in the table (the ORM use cases'
+        rows, and whatever a crashed instance left)."""
+        async with self._lock:
+            await self._publish_committed()
+            await self._delete_published()
+            while await self._flush_rows(utcnow()) == self.batch:
                 pass
 
-    async def _flush(self) -> int:
-        rows = await self._pending()
-        if not rows:
-            return 0
-        await self._publish(rows)
-        async with self.db.write() as conn:
-            await conn.execute(_DELETE, {"ids": [r[0] for r in rows]})
+    async def sweep(self) -> None:
+        """Delete published rows; publish rows older than the grace period."""
+        async with self._lock:
+            await self._publish_committed()
+            await self._delete_published()
+            while await self._flush_rows(utcnow() - self.grace) == self.batch:
+                pass
+
+    async def _publish_committed(self) -> None:
+        while self._committed:
+            batch = self._committed[0]
+            await self._publish(batch.messages)
+            self._committed.pop(0)
+            assert batch.row_id is not None
+            self._published.add(batch.row_id)
+
+    async def _delete_published(self) -> None:
+        if self._published:
+            ids = sorted(self._published)
+            async with self.db.write() as conn:
+                await conn.execute(_DELETE, {"ids": ids})
+            self._published.difference_update(ids)
+
+    async def _flush_rows(self, before: datetime) -> int:
+        rows = await self._pending(before)
+        # A batch that committed meanwhile is published from memory, not here.
+        waiting = {batch.row_id for batch in self._committed}
+        done = []
+        for row_id, packed in rows:
+            if row_id not in waiting:
+                await self._publish(unpack(packed))
+                done.append(row_id)
+        if done:
+            async with self.db.write() as conn:
+                await conn.execute(_DELETE, {"ids": done})
         return len(rows)
 
-    async def _pending(self) -> list[Any]:
+    async def _pending(self, before: datetime) -> list[Any]:
         # Through write(): on SQLite that runs inline, without a thread hop.
         async with self.db.write() as conn:
-            return list((await conn.execute(_PENDING, {"owner": self.owner, "limit": self.batch})).all())
+            params = {"owner": self.owner, "before": before, "limit": self.batch}
+            return list((await conn.execute(_PENDING, params)).all())
 
-    async def _publish(self, rows: list[Any]) -> None:
+    async def _publish(self, messages: list[Staged]) -> None:
         # Publishes leave one connection in order, so per-entity order holds;
         # acknowledgements are awaited together (publish_async skips a
         # request's per-message set-up).
+        assert self.js is not None, "the relay publishes after start-up"
         acks = [
             await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
-            for _id, subject, msg_id, payload in rows
+            for subject, msg_id, payload in messages
         ]
         try:
             await asyncio.wait_for(asyncio.gather(*acks), self.ack_timeout)

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -60,9 +61,10 @@ class ServiceContext:
     # Never connected: holds every command, fast-lane ones included, for the AsyncAPI document.
     docs: NatsBroker
     fast_lane: FastLane
+    # Created with the context (use cases hand it their committed batches); publishes once started.
+    relay: OutboxRelay
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
-    relay: OutboxRelay | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     committers: list[GroupCommitter[Any, Any]] = field(default_factory=list)
 
@@ -110,24 +112,25 @@ class ServiceContext:
         """A group committer for a hot-path command: batches share one
         transaction, and their events are published before any reply."""
         committer: GroupCommitter[C, R] = GroupCommitter(
-            f"{self.name}.{name}", process, after_commit=self.publish_outbox
+            f"{self.name}.{name}", process, after_commit=partial(self.publish_outbox, committed_only=True)
         )
         self.committers.append(committer)
         return committer
 
-    async def publish_outbox(self) -> None:
+    async def publish_outbox(self, committed_only: bool = False) -> None:
         """Publish this service's staged events now (call after a commit, before replying).
 
+        ``committed_only``: just the batches handed to the relay (the group
+        committers' use cases), not rows staged through an ORM session.
         A publish failure does not fail the command: it is committed, and the
         relay's sweep publishes the rows once NATS is back.
         """
-        if self.relay is None:
+        if self.relay.js is None:
             return
+        publish = self.relay.publish_committed() if committed_only else self.relay.publish_pending()
         try:
             # Shielded: on a time-out the publish goes on; only the reply stops waiting.
-            await asyncio.wait_for(
-                asyncio.shield(self.relay.publish_pending()), self.settings.nats.publish_wait_seconds
-            )
+            await asyncio.wait_for(asyncio.shield(publish), self.settings.nats.publish_wait_seconds)
         except TimeoutError:
             log.warning("%s: events still publishing (NATS fail-over?); replying anyway", self.name)
         except Exception as exc:
@@ -261,7 +264,9 @@ def build_service(
     docs = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
-    ctx = ServiceContext(name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane)
+    ctx = ServiceContext(
+        name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane, relay=OutboxRelay(name, db)
+    )
     register(ctx)
 
     async def on_startup() -> None:
@@ -270,10 +275,9 @@ def build_service(
         ctx.nc = await connect(settings, f"flowbus-{name}-relay")
         ctx.js = ctx.nc.jetstream()
         await ensure_streams(ctx.js, settings)
-        ctx.relay = OutboxRelay(name, db, ctx.js)
+        ctx.relay.js = ctx.js
 
     async def after_startup() -> None:
-        assert ctx.relay is not None
         assert ctx.nc is not None
         await fast_lane.start(ctx.nc)
         ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
