@@ -66,7 +66,12 @@ def downgrade() -> None:
         for subject, msg_id, payload in json.loads(bytes(packed)):
             conn.execute(
                 outbox.insert().values(
-                    owner=owner, created=created, subject=subject, msg_id=msg_id, payload=payload.encode()
+                    owner=owner,
+                    created=created,
+                    subject=subject,
+                    msg_id=msg_id,
+                    payload=payload.encode(),
+                    messages=b"[]",  # the column goes below; until then it may not be NULL
                 )
             )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
