@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -13,8 +15,10 @@ import pytest
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
 from flowbus.embedded import SERVICE_MODULES, build_service_app
+from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
+from services.scheduler.release import ReleaseState, release_due_runs
 from tests.conftest import unique
 from tests.integration.test_delivery import RECORDING_FLOW, agents, register_script, watching
 
@@ -53,3 +57,38 @@ async def test_a_future_run_is_released_on_time_despite_a_backlog(
     assert detail.start_time >= start
     for run in backlog:
         assert (await client.get_flow_run(run.id)).run.state.type is StateType.SCHEDULED
+
+
+async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to_run_creation(
+    settings: Settings,
+) -> None:
+    async with AsyncExitStack() as apps:
+        contexts = {
+            name: (await apps.enter_async_context(build_service_app(name, settings))).flowbus_context
+            for name in SERVICE_MODULES
+        }
+        scheduler = contexts["scheduler"]
+        async with AsyncClient(settings) as client:
+            project = unique("release")
+            await client.create_project(project)
+            spec = SerializedFlow(
+                name=unique("release"),
+                tasks=[TaskSpec(slug="t-1", name="t")],
+                storage=StorageSpec(type="script", path="/release.py"),
+            )
+            flow = await client.register(spec, project)
+            created_due = await client.create_flow_run(flow.id, labels=[unique("nobody")])
+            start = datetime.now(UTC) + timedelta(seconds=0.2)
+            due_later = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+            # Waiting for the clock itself: the run must have come due.
+            await asyncio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 0.01)
+
+            # A pass without a sweep page: only the run that came due is released.
+            passing = ReleaseState(last_sweep=time.monotonic())
+            assert await release_due_runs(scheduler, passing) == 1
+            assert set(passing.recent) == {due_later.id}
+
+            # The backlog sweep re-releases the run created due too (a stream may have lost it).
+            sweeping = ReleaseState(horizon=datetime.now(UTC))
+            await release_due_runs(scheduler, sweeping)
+            assert set(sweeping.recent) == {created_due.id, due_later.id}
