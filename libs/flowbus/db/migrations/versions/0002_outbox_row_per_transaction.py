@@ -18,18 +18,23 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Both shapes' columns, for moving rows between them (``created`` passes through untouched).
+_OUTBOX = sa.table(
+    "outbox",
+    sa.column("id", sa.Integer),
+    sa.column("owner", sa.String),
+    sa.column("created"),
+    sa.column("subject", sa.String),
+    sa.column("msg_id", sa.String),
+    sa.column("payload", sa.LargeBinary),
+    sa.column("messages", sa.LargeBinary),
+)
+
 
 def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("messages", sa.LargeBinary(), nullable=True))
-    outbox = sa.table(
-        "outbox",
-        sa.column("id", sa.Integer),
-        sa.column("subject", sa.String),
-        sa.column("msg_id", sa.String),
-        sa.column("payload", sa.LargeBinary),
-        sa.column("messages", sa.LargeBinary),
-    )
+    outbox = _OUTBOX
     conn = op.get_bind()
     for row_id, subject, msg_id, payload in conn.execute(
         sa.select(outbox.c.id, outbox.c.subject, outbox.c.msg_id, outbox.c.payload)
@@ -48,16 +53,7 @@ def downgrade() -> None:
         batch_op.add_column(sa.Column("subject", sa.String(length=1024), nullable=True))
         batch_op.add_column(sa.Column("msg_id", sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column("payload", sa.LargeBinary(), nullable=True))
-    outbox = sa.table(
-        "outbox",
-        sa.column("id", sa.Integer),
-        sa.column("owner", sa.String),
-        sa.column("created"),
-        sa.column("subject", sa.String),
-        sa.column("msg_id", sa.String),
-        sa.column("payload", sa.LargeBinary),
-        sa.column("messages", sa.LargeBinary),
-    )
+    outbox = _OUTBOX
     conn = op.get_bind()
     for row_id, owner, created, packed in conn.execute(
         sa.select(outbox.c.id, outbox.c.owner, outbox.c.created, outbox.c.messages)
