@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,9 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from flowbus import subjects
 from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
-from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id, utcnow
+from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
+from flowbus.runtime.batching import write_batch
 from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
@@ -321,7 +323,6 @@ class _Batch:
         await _INSERT_RUN.run(self.conn, self.runs)
         await _INSERT_TASK_RUN.run(self.conn, self.task_runs)
         await _INSERT_HISTORY.run(self.conn, self.history)
-        await self.outbox.stage(self.conn, self.now)
 
 
 def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
@@ -333,19 +334,11 @@ async def create_flow_runs(
 ) -> list[FlowRunOut | FlowbusError]:
     """Create a batch of runs in one transaction; one outcome per command.
 
-    ``relay`` gets the batch's events once committed (without one, they wait
-    in the outbox for a relay's sweep).
+    ``relay``: see :func:`write_batch`.
     """
     for attempt in range(2):
         try:
-            async with db.write() as conn:
-                batch = _Batch(conn, utcnow(), idempotency_ttl)
-                await batch.load(commands)
-                outcomes = [await batch.apply(cmd) for cmd in commands]
-                await batch.flush()
-            if relay is not None:
-                relay.committed(batch.outbox)
-            return outcomes
+            return await write_batch(db, relay, partial(_Batch, idempotency_ttl=idempotency_ttl), commands)
         except IntegrityError:
             # Another process took one of the keys first. Alone, the command
             # finds the winner's run on its second attempt; in a batch, the

@@ -33,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from flowbus import subjects
 from flowbus.db.bulk import Bulk
 from flowbus.db.engine import Database
-from flowbus.db.tables import FlowRun, StateHistory, TaskRun, utcnow
+from flowbus.db.tables import FlowRun, StateHistory, TaskRun
+from flowbus.runtime.batching import write_batch
 from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import (
@@ -333,7 +334,6 @@ class _Batch:
             if matched != len(params):
                 raise _RaceLost
         await _INSERT_HISTORY.run(self.conn, self.history)
-        await self.outbox.stage(self.conn, self.now)
 
 
 async def apply_transitions(
@@ -341,21 +341,13 @@ async def apply_transitions(
 ) -> list[StateSet | FlowbusError]:
     """Apply a batch of state commands in one transaction; one outcome per command.
 
-    ``relay`` gets the batch's events once committed (without one, they wait
-    in the outbox for a relay's sweep).
+    ``relay``: see :func:`write_batch`.
     """
     # A cancel carries no version: when another writer wins the race, it reads again.
     attempts = 5 if len(commands) == 1 and isinstance(commands[0], CancelFlowRun) else 1
     for _ in range(attempts):
         try:
-            async with db.write() as conn:
-                batch = _Batch(conn, utcnow())
-                await batch.load(commands)
-                outcomes = [await batch.apply(cmd) for cmd in commands]
-                await batch.flush()
-            if relay is not None:
-                relay.committed(batch.outbox)
-            return outcomes
+            return await write_batch(db, relay, _Batch, commands)
         except _RaceLost:
             if len(commands) != 1:
                 raise  # the group committer retries the commands one by one

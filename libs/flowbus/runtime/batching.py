@@ -22,8 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from flowbus.db.engine import Database
+from flowbus.db.tables import utcnow
+from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import FlowbusError
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,44 @@ R = TypeVar("R")
 
 
 Respond = Callable[[Any], Awaitable[None]]
+C_contra = TypeVar("C_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+
+class WriteBatch(Protocol[C_contra, R_co]):
+    """A use case's view of one batch: read what the commands need, decide each, write."""
+
+    outbox: OutboxBatch
+
+    async def load(self, commands: Sequence[C_contra]) -> None: ...
+
+    async def apply(self, command: C_contra) -> R_co | FlowbusError: ...
+
+    async def flush(self) -> None: ...
+
+
+async def write_batch(
+    db: Database,
+    relay: OutboxRelay | None,
+    start: Callable[[AsyncConnection, datetime], WriteBatch[C, R]],
+    commands: Sequence[C],
+) -> list[R | FlowbusError]:
+    """Apply ``commands`` in one write transaction with their outbox row.
+
+    Once committed, the batch's events go to ``relay`` to be published from
+    memory (without one, they wait in the outbox for a relay's sweep).
+    Errors propagate, the transaction rolled back: retrying is the caller's call.
+    """
+    now = utcnow()
+    async with db.write() as conn:
+        batch = start(conn, now)
+        await batch.load(commands)
+        outcomes = [await batch.apply(cmd) for cmd in commands]
+        await batch.flush()
+        await batch.outbox.stage(conn, now)
+    if relay is not None:
+        relay.committed(batch.outbox)
+    return outcomes
 
 
 class GroupCommitter(Generic[C, R]):

@@ -89,7 +89,7 @@ class OutboxBatch:
         driver = getattr(conn, "sqlite_driver_connection", None)
         if driver is not None:
             # The inline SQLite connection (see flowbus.db.bulk): one row, no statement machinery.
-            text = _table.c.created.type.bind_processor(conn.dialect)(now)
+            text = _table.c.created.type._cached_bind_processor(conn.dialect)(now)
             self.row_id = int(driver.execute(_SQLITE_INSERT, (self.owner, packed, text)).lastrowid)
         else:
             row = {"owner": self.owner, "messages": packed, "created": now}
@@ -152,18 +152,17 @@ class OutboxRelay:
     async def publish_pending(self) -> None:
         """Publish the committed batches, then every row in the table (the ORM use cases'
         rows, and whatever a crashed instance left)."""
-        async with self._lock:
-            await self._publish_committed()
-            await self._delete_published()
-            while await self._flush_rows(utcnow()) == self.batch:
-                pass
+        await self._drain(timedelta(0))
 
     async def sweep(self) -> None:
         """Delete published rows; publish rows older than the grace period."""
+        await self._drain(self.grace)
+
+    async def _drain(self, older_than: timedelta) -> None:
         async with self._lock:
             await self._publish_committed()
             await self._delete_published()
-            while await self._flush_rows(utcnow() - self.grace) == self.batch:
+            while await self._flush_rows(utcnow() - older_than) == self.batch:
                 pass
 
     async def _publish_committed(self) -> None:
