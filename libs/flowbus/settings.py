@@ -110,6 +110,17 @@ class AgentSettings(BaseModel):
     cancel_grace_seconds: float = 5.0
 
 
+class UpSettings(BaseModel):
+    """How ``flowbus up`` lays the services out in processes."""
+
+    # Services named here get that many processes of their own (a process
+    # runs on one core; these two are the CPU-bound hot paths); the others
+    # share one more process. FLOWBUS_UP__PROCESSES='{"run_creation": 2}'.
+    processes: dict[str, int] = Field(default_factory=lambda: {"run_creation": 1, "state": 1})
+    # Every service in the one `flowbus up` process (always so where os.fork is missing).
+    single_process: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLOWBUS_",
@@ -136,6 +147,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    up: UpSettings = Field(default_factory=UpSettings)
 
     @model_validator(mode="after")
     def _flat_heartbeat_interval(self) -> Settings:

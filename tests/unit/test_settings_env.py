@@ -59,3 +59,37 @@ def test_bad_flat_interval_is_refused(monkeypatch: pytest.MonkeyPatch, value: st
     monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", value)
     with pytest.raises(ValidationError, match="heartbeat_interval"):
         Settings()
+
+
+def test_up_runs_the_hot_paths_in_processes_of_their_own_by_default() -> None:
+    from flowbus.embedded import SERVICE_MODULES
+    from flowbus.processes import layout
+
+    assert layout(list(SERVICE_MODULES), Settings().up.processes) == [
+        ("run_creation",),
+        ("state",),
+        ("registration", "heartbeat", "scheduler"),
+    ]
+
+
+def test_up_processes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowbus.embedded import SERVICE_MODULES
+    from flowbus.processes import layout
+
+    monkeypatch.setenv("FLOWBUS_UP__PROCESSES", '{"run_creation": 2, "scheduler": 1}')
+    groups = layout(list(SERVICE_MODULES), Settings().up.processes)
+    assert groups == [("run_creation",), ("run_creation",), ("scheduler",), ("registration", "state", "heartbeat")]
+
+
+def test_up_processes_may_leave_no_shared_process() -> None:
+    from flowbus.processes import layout
+
+    assert layout(["a", "b"], {"a": 1, "b": 2}) == [("a",), ("b",), ("b",)]
+    assert layout(["a", "b"], {}) == [("a", "b")]
+
+
+def test_up_processes_refuses_unknown_services() -> None:
+    from flowbus.processes import layout
+
+    with pytest.raises(ValueError, match="unknown services: stat"):
+        layout(["registration", "state"], {"stat": 2})

@@ -112,7 +112,7 @@ def up() -> None:
         run_foreground(Settings())
     except NatsUnavailable as exc:
         raise fail(str(exc)) from None
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # already running, a service process failed, bad up.processes
         raise fail(str(exc)) from None
 
 
