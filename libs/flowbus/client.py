@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -28,6 +27,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from flowbus import subjects
+from flowbus.ids import uuid7
 from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.schemas.agents import AgentList, AgentOut, ListAgents
 from flowbus.schemas.common import Empty, Message, Reply, error_from_info, validation_failed
@@ -317,7 +317,7 @@ class AsyncClient:
             run_name=run_name,
             scheduled_start_time=scheduled_start_time,
             # A random key per call makes the client's own retries safe.
-            idempotency_key=idempotency_key or f"client-{uuid.uuid4()}",
+            idempotency_key=idempotency_key or f"client-{uuid7()}",
         )
         return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
 

@@ -19,13 +19,14 @@ events are the pydantic messages of flowbus.schemas.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from flowbus.ids import uuid7
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -88,7 +89,7 @@ _SQLITE_FORMAT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    return uuid7()
 
 
 def utcnow() -> datetime:
