@@ -10,11 +10,13 @@ from contextlib import AsyncExitStack
 import nats
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from sqlmodel import select
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
+from flowbus.db.tables import Outbox
 from flowbus.embedded import build_service_app
 from flowbus.runtime.nats import connect, ensure_streams
 from flowbus.runtime.outbox import OutboxRelay
@@ -175,6 +177,38 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
             ]
         async with AsyncClient(settings) as client:
             assert (await client.create_flow_run(flow.id, idempotency_key="after")).version == 1
+
+
+async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: Settings) -> None:
+    """The relay's published rows go in the next batch's own transaction, not in a separate delete."""
+    await upgrade_async(settings.resolved_database_url())
+    db = Database(settings.resolved_database_url())
+    nc = await connect(settings, "test-outbox-clear")
+    try:
+        await ensure_streams(nc.jetstream(), settings)
+        project = unique("p")
+        await registration.create_project(db, CreateProject(name=project))
+        flow = await registration.register_flow(
+            db, RegisterFlow(project_name=project, serialized_flow=serialized_flow("clear", labels=["nobody"]))
+        )
+        relay = OutboxRelay("run_creation", db, nc.jetstream())  # its sweep never runs here
+
+        async def outbox_rows() -> list[int]:
+            async with db.session() as session:
+                rows = await session.exec(select(Outbox.id).where(Outbox.owner == "run_creation"))  # type: ignore[call-overload]
+                return sorted(rows.all())
+
+        await relay.publish_pending()  # earlier tests' leftovers, if any
+        await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=relay)
+        await relay.publish_committed()
+        [first_row] = await outbox_rows()  # published, kept until the next transaction
+        await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=relay)
+        [second_row] = await outbox_rows()
+        assert second_row != first_row, "the second batch's transaction deleted the first batch's row"
+        await relay.publish_committed()
+    finally:
+        await nc.close()
+        await db.dispose()
 
 
 async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(

@@ -61,7 +61,8 @@ async def write_batch(
     start: Callable[[AsyncConnection, datetime], WriteBatch[C, R]],
     commands: Sequence[C],
 ) -> list[R | FlowbusError]:
-    """Apply ``commands`` in one write transaction with their outbox row.
+    """Apply ``commands`` in one write transaction with their outbox row
+    (and the deletion of the rows the relay has published since the last batch).
 
     Once committed, the batch's events go to ``relay`` to be published from
     memory (without one, they wait in the outbox for a relay's sweep).
@@ -74,6 +75,8 @@ async def write_batch(
         outcomes = [await batch.apply(cmd) for cmd in commands]
         await batch.flush()
         await batch.outbox.stage(conn, now)
+        if relay is not None:
+            await relay.clear_published(conn, batch.outbox)
     if relay is not None:
         relay.committed(batch.outbox)
     return outcomes
