@@ -1,7 +1,8 @@
 """``make bench``: throughput and latency of the embedded stack, printed as JSON.
 
 Starts ``flowbus up`` (nats-server from the wheel, SQLite, the five services
-in one process) in a temporary FLOWBUS_HOME as a subprocess, as a user would,
+in their default processes) in a temporary FLOWBUS_HOME as a subprocess, as a
+user would,
 then measures from this process:
 
 - ``create_flow_run``: runs created per second and per-request latency, with
@@ -503,7 +504,10 @@ def main() -> None:
         )
         try:
             assert up.stdout is not None
+            layout = "?"
             for line in up.stdout:
+                if line.strip().startswith("services:"):
+                    layout = line.split(":", 1)[1].strip()
                 if line.startswith("Press Ctrl-C"):
                     break
             else:
@@ -523,7 +527,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "stack": "flowbus up (embedded nats-server, SQLite WAL, all services in one process)",
+                "stack": f"flowbus up (embedded nats-server, SQLite WAL; service processes: {layout})",
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "results": results,
             },
