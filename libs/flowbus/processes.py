@@ -77,6 +77,9 @@ def die_with_parent() -> None:
 def spawn(services: tuple[str, ...], run: Callable[[tuple[str, ...], Callable[[], None]], None]) -> Child:
     """Fork a child that calls ``run(services, ready)``; ``ready()`` tells the parent it serves."""
     read_fd, write_fd = os.pipe()
+    # Whatever sits in the parent's buffers would otherwise be written twice.
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child
         code = 0
