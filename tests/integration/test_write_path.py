@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from sqlmodel import select
 
@@ -21,7 +23,7 @@ from flowbus.embedded import build_service_app
 from flowbus.runtime.nats import connect, ensure_streams
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
-from flowbus.schemas.flows import CreateProject, RegisterFlow
+from flowbus.schemas.flows import CreateProject, FlowOut, RegisterFlow
 from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType
@@ -131,20 +133,31 @@ async def _events_of(settings: Settings, flow_run_id: str, expected: int) -> lis
         await nc.close()
 
 
-async def test_events_survive_a_crash_between_commit_and_publish(settings: Settings) -> None:
-    """A create commits its run and stages its events; the process dies before
-    publishing (the relay never runs), or after publishing but before deleting
-    the rows. The next service instance publishes them, exactly once."""
+@asynccontextmanager
+async def _direct(settings: Settings, name: str) -> AsyncIterator[tuple[Database, Client, FlowOut]]:
+    """For calling use cases directly, without a service: the migrated database,
+    NATS with the streams, and a flow whose runs no agent takes."""
     await upgrade_async(settings.resolved_database_url())
     db = Database(settings.resolved_database_url())
-    nc = await connect(settings, "test-crash")
+    nc = await connect(settings, f"test-{name}")
     try:
         await ensure_streams(nc.jetstream(), settings)
         project = unique("p")
         await registration.create_project(db, CreateProject(name=project))
         flow = await registration.register_flow(
-            db, RegisterFlow(project_name=project, serialized_flow=serialized_flow("crash", labels=["nobody"]))
+            db, RegisterFlow(project_name=project, serialized_flow=serialized_flow(name, labels=["nobody"]))
         )
+        yield db, nc, flow
+    finally:
+        await nc.close()
+        await db.dispose()
+
+
+async def test_events_survive_a_crash_between_commit_and_publish(settings: Settings) -> None:
+    """A create commits its run and stages its events; the process dies before
+    publishing (the relay never runs), or after publishing but before deleting
+    the rows. The next service instance publishes them, exactly once."""
+    async with _direct(settings, "crash") as (db, nc, flow):
         # Crash 1: committed, nothing published (no relay took the batch).
         [first] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
 
@@ -160,9 +173,6 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
         await dying.publish_committed()
         with pytest.raises(SystemExit):
             await dying.sweep()
-    finally:
-        await nc.close()
-        await db.dispose()
 
     # The restarted service's relay publishes what is left.
     async with AsyncExitStack() as apps:
@@ -181,16 +191,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
 
 async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: Settings) -> None:
     """The relay's published rows go in the next batch's own transaction, not in a separate delete."""
-    await upgrade_async(settings.resolved_database_url())
-    db = Database(settings.resolved_database_url())
-    nc = await connect(settings, "test-outbox-clear")
-    try:
-        await ensure_streams(nc.jetstream(), settings)
-        project = unique("p")
-        await registration.create_project(db, CreateProject(name=project))
-        flow = await registration.register_flow(
-            db, RegisterFlow(project_name=project, serialized_flow=serialized_flow("clear", labels=["nobody"]))
-        )
+    async with _direct(settings, "clear") as (db, nc, flow):
         relay = OutboxRelay("run_creation", db, nc.jetstream())  # its sweep never runs here
 
         async def outbox_rows() -> list[int]:
@@ -206,9 +207,6 @@ async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: 
         [second_row] = await outbox_rows()
         assert second_row != first_row, "the second batch's transaction deleted the first batch's row"
         await relay.publish_committed()
-    finally:
-        await nc.close()
-        await db.dispose()
 
 
 async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
