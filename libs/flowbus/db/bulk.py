@@ -25,6 +25,26 @@ import sqlalchemy as sa
 Processor = Callable[[Any], Any]
 
 
+def _memo_empty(process: Processor) -> Processor:
+    """A JSON column's processor that serializes null, {} and [] once, not per row.
+
+    Most rows carry a few of them (no result yet, no context, no run config),
+    and each went through ``json.dumps``.
+    """
+    null, empty_object, empty_array = process(None), process({}), process([])
+
+    def fast(value: Any) -> Any:
+        if value is None:
+            return null
+        if not value and type(value) is dict:
+            return empty_object
+        if not value and type(value) is list:
+            return empty_array
+        return process(value)
+
+    return fast
+
+
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
@@ -61,7 +81,7 @@ class Bulk:
                 # A column default or a bind the rows do not carry: this path would bind the wrong thing.
                 raise ValueError(f"rows lack {sorted(unknown)} for {compiled.string!r}")
             processors = tuple(
-                (i, process)
+                (i, _memo_empty(process) if isinstance(compiled.binds[name].type, sa.JSON) else process)
                 for i, name in enumerate(names)
                 if (process := compiled.binds[name].type._cached_bind_processor(dialect)) is not None
             )
