@@ -166,7 +166,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
             async def _delete_published(self) -> None:
                 raise SystemExit("killed before deleting the published rows")
 
-        dying = PublishThenDie("run_creation", db, nc.jetstream())
+        dying = PublishThenDie("run_creation", db, nc)
         [second] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=dying)
         assert not isinstance(first, Exception)
         assert not isinstance(second, Exception)
@@ -192,7 +192,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
 async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: Settings) -> None:
     """The relay's published rows go in the next batch's own transaction, not in a separate delete."""
     async with _direct(settings, "clear") as (db, nc, flow):
-        relay = OutboxRelay("run_creation", db, nc.jetstream())  # its sweep never runs here
+        relay = OutboxRelay("run_creation", db, nc)  # its sweep never runs here
 
         async def outbox_rows() -> list[int]:
             async with db.session() as session:

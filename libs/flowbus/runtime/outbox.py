@@ -32,20 +32,18 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus.db.engine import Database
 from flowbus.db.tables import Outbox, utcnow
+from flowbus.runtime.jspublish import BatchPublisher, Staged
 from flowbus.schemas.common import Message
 
 log = logging.getLogger(__name__)
-
-# (subject, message id, payload)
-Staged = tuple[str, str, bytes]
 
 _table = Outbox.__table__  # type: ignore[attr-defined]
 _INSERT = insert(_table).returning(_table.c.id)
@@ -106,7 +104,7 @@ class OutboxRelay:
         self,
         owner: str,
         db: Database,
-        js: JetStreamContext | None = None,
+        nc: Client | None = None,
         batch: int = 256,
         idle: float = 1.0,
         ack_timeout: float = 5.0,
@@ -115,13 +113,21 @@ class OutboxRelay:
         self.ack_timeout = ack_timeout
         self.owner = owner
         self.db = db
-        self.js = js  # set at start-up, once NATS is connected
+        self._publisher = BatchPublisher(nc) if nc is not None else None
         self.batch = batch
         self.idle = idle
         self.grace = timedelta(seconds=grace)
         self._lock = asyncio.Lock()
         self._committed: list[OutboxBatch] = []  # committed, not yet published
         self._published: set[int] = set()  # published, their rows not yet deleted
+
+    def connect(self, nc: Client) -> None:
+        """Publish through ``nc`` from now on (at start-up, once NATS is connected)."""
+        self._publisher = BatchPublisher(nc)
+
+    @property
+    def connected(self) -> bool:
+        return self._publisher is not None
 
     def committed(self, batch: OutboxBatch) -> None:
         """Take a batch whose transaction has committed; ``publish_committed`` sends it."""
@@ -218,17 +224,7 @@ class OutboxRelay:
             return list((await conn.execute(_PENDING, params)).all())
 
     async def _publish(self, messages: list[Staged]) -> None:
-        # Publishes leave one connection in order, so per-entity order holds;
-        # acknowledgements are awaited together (publish_async skips a
-        # request's per-message set-up).
-        assert self.js is not None, "the relay publishes after start-up"
-        acks = [
-            await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
-            for subject, msg_id, payload in messages
-        ]
-        try:
-            await asyncio.wait_for(asyncio.gather(*acks), self.ack_timeout)
-        except BaseException:
-            for ack in acks:
-                ack.cancel()
-            raise  # the rows stay; the sweep publishes them again (deduplicated by id)
+        # Publishes leave one connection in order, so per-entity order holds.
+        # On failure the rows stay; the sweep publishes them again (deduplicated by id).
+        assert self._publisher is not None, "the relay publishes after start-up"
+        await self._publisher.publish(messages, self.ack_timeout)

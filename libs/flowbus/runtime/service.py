@@ -125,7 +125,7 @@ class ServiceContext:
         A publish failure does not fail the command: it is committed, and the
         relay's sweep publishes the rows once NATS is back.
         """
-        if self.relay.js is None:
+        if not self.relay.connected:
             return
         publish = self.relay.publish_committed() if committed_only else self.relay.publish_pending()
         try:
@@ -275,7 +275,7 @@ def build_service(
         ctx.nc = await connect(settings, f"flowbus-{name}-relay")
         ctx.js = ctx.nc.jetstream()
         await ensure_streams(ctx.js, settings)
-        ctx.relay.js = ctx.js
+        ctx.relay.connect(ctx.nc)
 
     async def after_startup() -> None:
         assert ctx.nc is not None

@@ -1,0 +1,60 @@
+"""Batch publishing to JetStream: stored in order, refusals raise, repeats are dropped quietly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import StreamConfig
+
+from flowbus.runtime.jspublish import BatchPublisher, PublishFailed
+from tests.conftest import unique
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _stream(nc: Client) -> tuple[str, str]:
+    name = unique("batch").replace("-", "_").upper()
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+    return name, f"{name}.run"
+
+
+async def test_a_batch_is_stored_in_order_before_publish_returns(nc: Client) -> None:
+    stream, subject = await _stream(nc)
+    messages = [(f"{subject}.{i % 3}", f"m-{i}", f"payload {i}".encode()) for i in range(500)]
+    await BatchPublisher(nc).publish(messages, timeout=10)
+    js = nc.jetstream()
+    assert (await js.stream_info(stream)).state.messages == 500
+    for seq in (1, 250, 500):
+        stored = await js.get_msg(stream, seq)
+        assert stored.data == f"payload {seq - 1}".encode()
+        assert stored.headers is not None
+        assert stored.headers["Nats-Msg-Id"] == f"m-{seq - 1}"
+
+
+async def test_a_repeated_message_id_is_dropped_without_an_error(nc: Client) -> None:
+    stream, subject = await _stream(nc)
+    publisher = BatchPublisher(nc)
+    await publisher.publish([(subject, "same", b"first")], timeout=10)
+    await publisher.publish([(subject, "same", b"again"), (subject, "other", b"second")], timeout=10)
+    js = nc.jetstream()
+    assert (await js.stream_info(stream)).state.messages == 2
+    assert (await js.get_msg(stream, 1)).data == b"first"
+
+
+async def test_a_subject_no_stream_stores_fails_the_batch(nc: Client) -> None:
+    _stream_name, subject = await _stream(nc)
+    publisher = BatchPublisher(nc)
+    with pytest.raises(PublishFailed, match="503"):
+        await publisher.publish([(subject, "a", b"kept"), (unique("nowhere"), "b", b"lost")], timeout=10)
+    # The publisher keeps working after a refusal.
+    await publisher.publish([(subject, "c", b"next")], timeout=10)
