@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
-from flowbus.runtime.jspublish import BatchPublisher, PublishFailed
+from flowbus.runtime.jspublish import BatchPublisher, PublishFailed, ack_error
 from tests.conftest import unique
 
 
@@ -58,3 +59,15 @@ async def test_a_subject_no_stream_stores_fails_the_batch(nc: Client) -> None:
         await publisher.publish([(subject, "a", b"kept"), (unique("nowhere"), "b", b"lost")], timeout=10)
     # The publisher keeps working after a refusal.
     await publisher.publish([(subject, "c", b"next")], timeout=10)
+
+
+def test_acknowledgements_are_read_as_stored_or_refused() -> None:
+    def ack(data: bytes, headers: dict[str, str] | None = None) -> Msg:
+        return Msg(_client=None, subject="_INBOX.x.1", data=data, headers=headers)  # type: ignore[arg-type]
+
+    assert ack_error(ack(b'{"stream":"FLOWBUS_EVENTS","seq":7}')) is None
+    assert ack_error(ack(b'{"stream":"FLOWBUS_EVENTS","seq":7,"duplicate":true}')) is None
+    refused = ack(b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}')
+    assert ack_error(refused) == "503 maximum messages exceeded"
+    assert ack_error(ack(b"", {"Status": "503"})) == "status 503"
+    assert ack_error(ack(b"")) == "empty acknowledgement"

@@ -57,9 +57,10 @@ def ack_error(msg: Msg) -> str | None:
         return f"status {status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
     if not msg.data:
         return "empty acknowledgement"
-    if b'"error"' in msg.data:
-        error = json.loads(msg.data).get("error") or {}
-        return f"{error.get('code', '?')} {error.get('description', '')}".strip()
+    if b'"error"' in msg.data:  # a stored message's acknowledgement never says error: skip parsing those
+        error = json.loads(msg.data).get("error")
+        if error:
+            return f"{error.get('code', '?')} {error.get('description', '')}".strip()
     return None
 
 
