@@ -8,8 +8,8 @@ keys on (cascading deletes), and two engines. Writes begin with
 lock cannot be upgraded) and queue on :class:`SqliteWriteLock` (an asyncio
 lock inside a process, a ``flock`` across processes): SQLite's own busy
 handler waits by sleeping for up to 100 ms at a time, which wrecks latency
-when the services of ``flowbus up`` share a file. Reads begin a deferred transaction: in WAL mode they neither
-wait for writers nor block them.
+when the services of ``flowbus up`` share a file. Reads begin a deferred
+transaction: in WAL mode they neither wait for writers nor block them.
 
 ``write()`` (the Core connection of the batched hot paths) runs SQLite on
 the event loop's own thread through the synchronous driver: a statement
