@@ -23,7 +23,7 @@ from flowbus.client import Client
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
 from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, run, start, stop, wait_for_line
+from tests.e2e.test_tutorial import FLOWBUS, run, serving, start, stop, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -133,26 +133,21 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     work.mkdir()
     for name, source in FLOWS.items():
         (work / name).write_text(textwrap.dedent(source))
-    up = start([FLOWBUS, "up"], home, work)
     agents: list[subprocess.Popen[str]] = []
-    try:
-        wait_for_line(up, "Press Ctrl-C to stop.")
-        flowbus(home, work, "create", "project", "e2e-agents")
-        for name in FLOWS:
-            flowbus(home, work, "register", "--project", "e2e-agents", "-p", str(work / name))
-        for name, labels in AGENTS.items():
-            args = [FLOWBUS, "agent", "local", "start", "--name", name, "--no-hostname-label"]
-            for label in labels:
-                args += ["--label", label]
-            agents.append(start(args, home, work))
-            wait_for_line(agents[-1], "waiting for flow runs")
-        with Client(Settings(home=home)) as client:
-            ids = {a.name: a.id for a in client.get_agents().agents}
-            yield System(home, work, client, ids)
-    finally:
-        for agent in agents:
-            stop(agent, signal.SIGTERM)
-        stop(up)
+    with serving(home, work, "e2e-agents", list(FLOWS)):
+        try:
+            for name, labels in AGENTS.items():
+                args = [FLOWBUS, "agent", "local", "start", "--name", name, "--no-hostname-label"]
+                for label in labels:
+                    args += ["--label", label]
+                agents.append(start(args, home, work))
+                wait_for_line(agents[-1], "waiting for flow runs")
+            with Client(Settings(home=home)) as client:
+                ids = {a.name: a.id for a in client.get_agents().agents}
+                yield System(home, work, client, ids)
+        finally:
+            for agent in agents:
+                stop(agent, signal.SIGTERM)
 
 
 def test_label_routing_table(system: System) -> None:

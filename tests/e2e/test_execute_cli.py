@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, run, start, stop, wait_for_line
+from tests.e2e.test_tutorial import FLOWBUS, run, serving, start, stop, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +62,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     home, work = root / "home", root / "work"
     work.mkdir()
     (work / "exec_flows.py").write_text(textwrap.dedent(FLOWS))
-    proc = start([FLOWBUS, "up"], home, work)
-    try:
-        wait_for_line(proc, "Press Ctrl-C to stop.")
-        flowbus(home, work, "create", "project", "execute")
-        flowbus(home, work, "register", "--project", "execute", "-p", str(work / "exec_flows.py"))
+    with serving(home, work, "execute", ["exec_flows.py"]):
         yield home, work
-    finally:
-        stop(proc)
 
 
 def created_id(output: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, _env, run, start, stop, wait_for_line
+from tests.e2e.test_tutorial import FLOWBUS, _env, run, serving, start, stop, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -58,15 +58,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     work.mkdir()
     (work / "params_flow.py").write_text(textwrap.dedent(PARAMS_FLOW))
     (work / "noisy_flow.py").write_text(textwrap.dedent(NOISY_FLOW))
-    proc = start([FLOWBUS, "up"], home, work)
-    try:
-        wait_for_line(proc, "Press Ctrl-C to stop.")
-        flowbus(home, work, "create", "project", "runs")
-        for script in ("params_flow.py", "noisy_flow.py"):
-            flowbus(home, work, "register", "--project", "runs", "-p", str(work / script))
+    with serving(home, work, "runs", ["params_flow.py", "noisy_flow.py"]):
         yield home, work
-    finally:
-        stop(proc)
 
 
 def refused(home: Path, work: Path, *args: str, code: int = 1) -> str:

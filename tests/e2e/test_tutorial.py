@@ -15,7 +15,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,15 +68,20 @@ flow.register(project_name="tutorial")
 """
 
 
-def _env(home: Path) -> dict[str, str]:
+def _env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBUS_")}
     env["FLOWBUS_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
-def run(args: list[str], home: Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+def run(
+    args: list[str], home: Path, cwd: Path, timeout: float = 120, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, env=_env(home, env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> list[str]:
@@ -95,8 +101,10 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60)
     raise AssertionError(f"{needle!r} never appeared; output so far:\n{''.join(seen)}")
 
 
-def start(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(args, env=_env(home), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(args: list[str], home: Path, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, env=_env(home, env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
@@ -109,6 +117,24 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
             proc.wait()
             raise
     return proc.returncode
+
+
+@contextmanager
+def serving(
+    home: Path, work: Path, project: str, scripts: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`flowbus up` on ``home``, with ``project`` created and each script in ``work`` registered into it."""
+    proc = start([FLOWBUS, "up"], home, work, env)
+    try:
+        wait_for_line(proc, "Press Ctrl-C to stop.")
+        commands = [["create", "project", project]]
+        commands += [["register", "--project", project, "-p", str(work / script)] for script in scripts]
+        for command in commands:
+            result = run([FLOWBUS, *command], home, work, env=env)
+            assert result.returncode == 0, result.stdout + result.stderr
+        yield proc
+    finally:
+        stop(proc)
 
 
 def nats_is_listening(url: str) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_tutorial import FLOWBUS, _env, stop, wait_for_line
+from tests.e2e.test_tutorial import FLOWBUS, run, serving, start, stop, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -40,22 +40,14 @@ TIGHT = {"FLOWBUS_HEARTBEAT_INTERVAL": "0.5", "FLOWBUS_HEARTBEAT__ZOMBIE_CHECK_I
 MESSAGE = "No heartbeat detected from the flow run; marking the run as failed."
 
 
-def _tight_env(home: Path) -> dict[str, str]:
-    return {**_env(home), **TIGHT}
-
-
 def _popen(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args, env=_tight_env(home), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return start(args, home, cwd, TIGHT)
 
 
 def _run(
     args: list[str], home: Path, cwd: Path, timeout: float = 120, expect: int = 0
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        args, env=_tight_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    result = run(args, home, cwd, timeout, TIGHT)
     assert result.returncode == expect, result.stdout + result.stderr
     return result
 
@@ -65,14 +57,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     home, work = tmp_path / "home", tmp_path / "work"
     work.mkdir()
     (work / "zombie_flows.py").write_text(textwrap.dedent(FLOWS))
-    proc = _popen([FLOWBUS, "up"], home, work)
-    try:
-        wait_for_line(proc, "Press Ctrl-C to stop.")
-        _run([FLOWBUS, "create", "project", "zombies"], home, work)
-        _run([FLOWBUS, "register", "--project", "zombies", "-p", str(work / "zombie_flows.py")], home, work)
+    with serving(home, work, "zombies", ["zombie_flows.py"], TIGHT):
         yield home, work
-    finally:
-        stop(proc)
 
 
 def test_a_sigkilled_execute_process_leaves_a_zombie_that_is_failed(stack: tuple[Path, Path]) -> None:
