@@ -223,7 +223,7 @@ def serve_processes(settings: Settings) -> None:
             for group in groups:
                 children.append(processes.spawn(group, body))
             processes.wait_ready(children)
-            counts = collections.Counter(group for group in groups)
+            counts = collections.Counter(groups)
             _announce_up(
                 settings,
                 db_url,

@@ -23,6 +23,7 @@ and it is retried after an asyncio sleep, so the loop is never blocked.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import weakref
 from collections.abc import AsyncIterator
@@ -36,11 +37,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-try:
-    import fcntl
-except ImportError:  # Windows: writers in other processes wait in SQLite instead
-    fcntl = None  # type: ignore[assignment]
 
 
 def is_sqlite(url: str) -> bool:
@@ -76,7 +72,7 @@ class SqliteWriteLock:
     def __init__(self, path: str | None) -> None:
         self._local = asyncio.Lock()
         self._fd: int | None = None
-        if path and path != ":memory:" and fcntl is not None:
+        if path and path != ":memory:":
             self._fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
             weakref.finalize(self, os.close, self._fd)
 
