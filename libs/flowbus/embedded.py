@@ -168,7 +168,19 @@ async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
     except Exception as exc:
         server.stop()
         raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
-    return server, settings.model_copy(update={"nats_url": server.url})
+    return server, on_embedded_server(settings, server.url)
+
+
+def on_embedded_server(settings: Settings, url: str) -> Settings:
+    """``settings`` for services on the nats-server that ``flowbus up`` started.
+
+    One server: replies may follow their events without waiting for their
+    acknowledgements (``NatsTuning.reply_after_events``), unless the user chose.
+    """
+    nats = settings.nats
+    if "reply_after_events" not in nats.model_fields_set:
+        nats = nats.model_copy(update={"reply_after_events": "sent"})
+    return settings.model_copy(update={"nats_url": url, "nats": nats})
 
 
 def _announce_up(settings: Settings, db_url: str, services: str) -> None:

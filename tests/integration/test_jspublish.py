@@ -61,6 +61,25 @@ async def test_a_subject_no_stream_stores_fails_the_batch(nc: Client) -> None:
     await publisher.publish([(subject, "c", b"next")], timeout=10)
 
 
+async def test_a_sent_batch_is_confirmed_once_stored(nc: Client) -> None:
+    stream, subject = await _stream(nc)
+    publisher = BatchPublisher(nc)
+    sent = await publisher.send([(subject, f"s-{i}", f"sent {i}".encode()) for i in range(300)])
+    await publisher.confirm(sent, timeout=10)
+    js = nc.jetstream()
+    assert (await js.stream_info(stream)).state.messages == 300
+    assert (await js.get_msg(stream, 300)).data == b"sent 299"
+    await publisher.confirm(await publisher.send([]), timeout=10)  # nothing to wait for
+
+
+async def test_a_refusal_fails_the_confirmation_of_a_sent_batch(nc: Client) -> None:
+    _stream_name, subject = await _stream(nc)
+    publisher = BatchPublisher(nc)
+    sent = await publisher.send([(unique("nowhere"), "x", b"lost"), (subject, "y", b"kept")])
+    with pytest.raises(PublishFailed, match="503"):
+        await publisher.confirm(sent, timeout=10)
+
+
 def test_acknowledgements_are_read_as_stored_or_refused() -> None:
     def ack(data: bytes, headers: dict[str, str] | None = None) -> Msg:
         return Msg(_client=None, subject="_INBOX.x.1", data=data, headers=headers)  # type: ignore[arg-type]

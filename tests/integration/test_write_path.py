@@ -11,17 +11,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 from sqlmodel import select
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
-from flowbus.db.tables import Outbox
+from flowbus.db.tables import Outbox, utcnow
 from flowbus.embedded import build_service_app
 from flowbus.runtime.nats import connect, ensure_streams
-from flowbus.runtime.outbox import OutboxRelay
+from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
 from flowbus.schemas.flows import CreateProject, FlowOut, RegisterFlow
 from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
@@ -207,6 +207,56 @@ async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: 
         [second_row] = await outbox_rows()
         assert second_row != first_row, "the second batch's transaction deleted the first batch's row"
         await relay.publish_committed()
+
+
+async def test_a_relay_that_does_not_wait_for_acks_still_publishes_every_batch_once(settings: Settings) -> None:
+    """``reply_after_events="sent"``: ``publish_committed`` returns once the
+    events are sent; the acknowledgements arrive later, and only then are the
+    rows let go (deleted by a later batch's transaction)."""
+    async with _direct(settings, "sent") as (db, nc, flow):
+        relay = OutboxRelay("run_creation", db, nc, reply_after_stored=False)
+        await relay.publish_pending()  # earlier tests' leftovers, if any
+        runs = []
+        for _ in range(3):
+            batch = [CreateFlowRun(flow_id=flow.id) for _ in range(5)]
+            runs += await run_creation.create_flow_runs(db, batch, None, relay=relay)
+            await relay.publish_committed()
+        await relay.close()  # every acknowledgement is in
+        for run in runs:
+            assert not isinstance(run, Exception)
+            got = await _events_of(settings, run.id, expected=2)
+            assert [msg_id for _s, msg_id in got] == [f"flow_run:{run.id}:created", f"flow_run:{run.id}:state:1"]
+        await relay.sweep()  # deletes the confirmed rows and publishes nothing again
+        async with db.session() as session:
+            rows = await session.exec(select(Outbox.id).where(Outbox.owner == "run_creation"))  # type: ignore[call-overload]
+            assert rows.all() == []
+
+
+async def test_a_sent_batch_that_is_refused_is_published_again_on_the_next_pass(settings: Settings) -> None:
+    """The acknowledgements of a batch sent without waiting fail (no stream
+    stores its subject yet): the batch goes back to the front of the relay's
+    queue, and once a stream is there, the next pass publishes it."""
+    async with _direct(settings, "refused") as (db, nc, _flow):
+        owner = unique("owner")
+        relay = OutboxRelay(owner, db, nc, reply_after_stored=False)
+        stream = unique("later").replace("-", "_").upper()
+        batch = OutboxBatch(owner)
+        batch.messages.append((f"{stream}.a", f"{stream}-1", b"first"))
+        async with db.write() as conn:
+            await batch.stage(conn, utcnow())
+        relay.committed(batch)
+        await relay.publish_committed()  # sent; the 503 comes back later
+        await relay.close()
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+        await relay.sweep()  # the failed batch is first in line, before any row
+        await relay.close()
+        assert (await js.stream_info(stream)).state.messages == 1
+        assert (await js.get_msg(stream, 1)).data == b"first"
+        await relay.sweep()
+        async with db.session() as session:
+            rows = await session.exec(select(Outbox.id).where(Outbox.owner == owner))  # type: ignore[call-overload]
+            assert rows.all() == []
 
 
 async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(

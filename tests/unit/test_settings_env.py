@@ -93,3 +93,21 @@ def test_up_processes_refuses_unknown_services() -> None:
 
     with pytest.raises(ValueError, match="unknown services: stat"):
         layout(["registration", "state"], {"stat": 2})
+
+
+def test_replies_wait_for_stored_events_unless_flowbus_up_runs_its_own_server() -> None:
+    from flowbus.embedded import on_embedded_server
+
+    assert Settings().nats.reply_after_events == "stored"
+    embedded = on_embedded_server(Settings(), "nats://127.0.0.1:4999")
+    assert (embedded.nats_url, embedded.nats.reply_after_events) == ("nats://127.0.0.1:4999", "sent")
+
+
+def test_a_chosen_reply_point_is_kept_on_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowbus.embedded import on_embedded_server
+
+    monkeypatch.setenv("FLOWBUS_NATS__REPLY_AFTER_EVENTS", "stored")
+    assert on_embedded_server(Settings(), "nats://127.0.0.1:4999").nats.reply_after_events == "stored"
+    monkeypatch.setenv("FLOWBUS_NATS__REPLY_AFTER_EVENTS", "acked")
+    with pytest.raises(ValidationError, match="reply_after_events"):
+        Settings()

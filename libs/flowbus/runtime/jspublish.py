@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -64,6 +65,14 @@ def ack_error(msg: Msg) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A batch handed to the connection, its acknowledgements still to come."""
+
+    waiter: _Waiter
+    tokens: list[str]
+
+
 class BatchPublisher:
     """Publishes batches on one connection; ``publish`` returns once JetStream stored them all."""
 
@@ -90,19 +99,34 @@ class BatchPublisher:
 
     async def publish(self, messages: Sequence[Staged], timeout: float) -> None:
         """Publish ``messages`` in order; raise if one is refused or the acknowledgements take over ``timeout``."""
-        if not messages:
-            return
+        await self.confirm(await self.send(messages), timeout)
+
+    async def send(self, messages: Sequence[Staged]) -> Sent:
+        """Hand ``messages`` to the connection in order; ``confirm`` awaits their acknowledgements."""
         if self._sub is None:
             await self._listen()
-        waiter = _Waiter(len(messages))
-        tokens = []
+        sent = Sent(_Waiter(len(messages)), [])
+        if not messages:
+            sent.waiter.future.set_result(None)
+            return sent
         try:
             for subject, msg_id, payload in messages:
                 token = str(next(self._tokens))
-                tokens.append(token)
-                self._waiting[token] = waiter
+                sent.tokens.append(token)
+                self._waiting[token] = sent.waiter
                 await self._nc.publish(subject, payload, reply=self._prefix + token, headers={"Nats-Msg-Id": msg_id})
-            await asyncio.wait_for(waiter.future, timeout)
+        except BaseException:
+            self._forget(sent)
+            raise
+        return sent
+
+    async def confirm(self, sent: Sent, timeout: float) -> None:
+        """Return once every message of ``sent`` is stored; raise if one is refused or ``timeout`` passes."""
+        try:
+            await asyncio.wait_for(sent.waiter.future, timeout)
         finally:
-            for token in tokens:
-                self._waiting.pop(token, None)
+            self._forget(sent)
+
+    def _forget(self, sent: Sent) -> None:
+        for token in sent.tokens:
+            self._waiting.pop(token, None)

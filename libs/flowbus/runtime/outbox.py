@@ -40,7 +40,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus.db.engine import Database
 from flowbus.db.tables import Outbox, utcnow
-from flowbus.runtime.jspublish import BatchPublisher, Staged
+from flowbus.runtime.jspublish import BatchPublisher, Sent, Staged
 from flowbus.schemas.common import Message
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,10 @@ class OutboxRelay:
         idle: float = 1.0,
         ack_timeout: float = 5.0,
         grace: float = 5.0,
+        reply_after_stored: bool = True,
     ) -> None:
         self.ack_timeout = ack_timeout
+        self.reply_after_stored = reply_after_stored
         self.owner = owner
         self.db = db
         self._publisher = BatchPublisher(nc) if nc is not None else None
@@ -120,6 +122,8 @@ class OutboxRelay:
         self._lock = asyncio.Lock()
         self._committed: list[OutboxBatch] = []  # committed, not yet published
         self._published: set[int] = set()  # published, their rows not yet deleted
+        # Sent without waiting (``reply_after_stored`` off): row id -> the task awaiting the acks.
+        self._confirming: dict[int, asyncio.Task[None]] = {}
 
     def connect(self, nc: Client) -> None:
         """Publish through ``nc`` from now on (at start-up, once NATS is connected)."""
@@ -167,7 +171,17 @@ class OutboxRelay:
 
         Handlers await this after their commit and before replying, so whoever
         acts on a reply acts after its events are in the stream: per-run order
-        holds across services. On failure the batches stay for the sweep.
+        holds across services, even across a NATS cluster's routes. On failure
+        the batches stay for the sweep.
+
+        With ``reply_after_stored`` off, this returns once the messages are
+        handed to the connection, and their acknowledgements are awaited in
+        the background. The reply then follows the events on the same
+        connection, and a single NATS server queues each message for its
+        stream in the order it reads them, before it delivers the reply: so
+        per-run order still holds on one server, not across a cluster's
+        routes. A batch whose acknowledgements fail goes back to the front
+        of the queue for the next pass.
         """
         async with self._lock:
             await self._publish_committed()
@@ -191,10 +205,31 @@ class OutboxRelay:
     async def _publish_committed(self) -> None:
         while self._committed:
             batch = self._committed[0]
-            await self._publish(batch.messages)
-            self._committed.pop(0)
             assert batch.row_id is not None
+            if self.reply_after_stored:
+                await self._publish(batch.messages)
+                self._committed.remove(batch)  # not pop(0): a failed batch may have come back to the front
+                self._published.add(batch.row_id)
+            else:
+                sent = await self._sender.send(batch.messages)
+                self._committed.remove(batch)
+                self._confirming[batch.row_id] = asyncio.create_task(self._confirm(batch, sent))
+
+    async def _confirm(self, batch: OutboxBatch, sent: Sent) -> None:
+        assert batch.row_id is not None
+        try:
+            await self._sender.confirm(sent, self.ack_timeout)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("outbox of %s: a batch was not acknowledged (%s); publishing it again", self.owner, exc)
+            self._committed.insert(0, batch)
+        else:
             self._published.add(batch.row_id)
+        finally:
+            del self._confirming[batch.row_id]
+
+    async def close(self) -> None:
+        """Wait for the acknowledgements still outstanding (at most ``ack_timeout``)."""
+        await asyncio.gather(*self._confirming.values(), return_exceptions=True)
 
     async def _delete_published(self) -> None:
         if self._published:
@@ -205,8 +240,9 @@ class OutboxRelay:
 
     async def _flush_rows(self, before: datetime) -> int:
         rows = await self._pending(before)
-        # A batch that committed meanwhile is published from memory, not here.
-        waiting = {batch.row_id for batch in self._committed}
+        # A batch that committed meanwhile is published from memory, not here,
+        # and one whose acknowledgements are on their way is not sent twice.
+        waiting = {batch.row_id for batch in self._committed} | self._confirming.keys()
         done = []
         for row_id, packed in rows:
             if row_id not in waiting:
@@ -223,8 +259,12 @@ class OutboxRelay:
             params = {"owner": self.owner, "before": before, "limit": self.batch}
             return list((await conn.execute(_PENDING, params)).all())
 
+    @property
+    def _sender(self) -> BatchPublisher:
+        assert self._publisher is not None, "the relay publishes after start-up"
+        return self._publisher
+
     async def _publish(self, messages: list[Staged]) -> None:
         # Publishes leave one connection in order, so per-entity order holds.
         # On failure the rows stay; the sweep publishes them again (deduplicated by id).
-        assert self._publisher is not None, "the relay publishes after start-up"
-        await self._publisher.publish(messages, self.ack_timeout)
+        await self._sender.publish(messages, self.ack_timeout)

@@ -264,8 +264,9 @@ def build_service(
     docs = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
+    relay = OutboxRelay(name, db, reply_after_stored=settings.nats.reply_after_events == "stored")
     ctx = ServiceContext(
-        name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane, relay=OutboxRelay(name, db)
+        name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane, relay=relay
     )
     register(ctx)
 
@@ -298,6 +299,7 @@ def build_service(
         # The broker has stopped: no handler waits on a committer any more.
         for committer in ctx.committers:
             await committer.close()
+        await ctx.relay.close()
         if ctx.nc is not None and not ctx.nc.is_closed:
             # The loops are stopped and every outbox publish was acknowledged.
             await ctx.nc.close()
