@@ -11,7 +11,10 @@ Per-command refusals (a stale version, an unknown id) are outcomes, not
 failures: they leave the other commands of the batch untouched. The next batch is
 written while the previous one's events are being acknowledged (at most
 ``pipeline`` batches in flight; replies still follow their own events, in
-batch order). A failure of
+batch order). When replies do not wait for acknowledgements, a pipeline of
+one is best: the previous batch's sends and replies are then CPU work that
+would otherwise wait in the event loop behind the next batch's write (which
+runs inline and holds the loop), so they go first. A failure of
 the batch itself (say, a unique-constraint race with another instance) makes
 the worker retry the commands one by one, so only the command at fault fails.
 Touches no subject itself: the service's ``after_commit`` publishes.
@@ -131,10 +134,17 @@ class GroupCommitter(Generic[C, R]):
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # A slot first (the finisher frees it): with a pipeline of one, the
+            # previous batch's events and replies leave before this batch is
+            # written, and what arrives meanwhile joins this batch.
+            await self._in_flight.acquire()
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
                 await self._handle(batch)
+            except BaseException:
+                self._in_flight.release()
+                raise
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -155,9 +165,9 @@ class GroupCommitter(Generic[C, R]):
                         outcomes.extend(await self._process([cmd]))
                     except Exception as single:
                         outcomes.append(single)
-        # Publishing and replying overlap the next batch's writes. Finishers
-        # run in batch order: the relay's lock is first come, first served.
-        await self._in_flight.acquire()
+        # Publishing and replying overlap the next batch's writes (up to
+        # ``pipeline`` batches). Finishers run in batch order: the relay's
+        # lock is first come, first served.
         finisher = asyncio.create_task(self._finish(batch, outcomes))
         self._finishers.add(finisher)
         finisher.add_done_callback(self._finishers.discard)

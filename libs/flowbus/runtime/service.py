@@ -112,7 +112,12 @@ class ServiceContext:
         """A group committer for a hot-path command: batches share one
         transaction, and their events are published before any reply."""
         committer: GroupCommitter[C, R] = GroupCommitter(
-            f"{self.name}.{name}", process, after_commit=partial(self.publish_outbox, committed_only=True)
+            f"{self.name}.{name}",
+            process,
+            after_commit=partial(self.publish_outbox, committed_only=True),
+            # Replies that wait for acknowledgements overlap the next batches;
+            # replies that do not are CPU work, best done before the next write.
+            pipeline=4 if self.relay.reply_after_stored else 1,
         )
         self.committers.append(committer)
         return committer
