@@ -52,7 +52,7 @@ async def test_waiting_commands_share_a_batch_and_keep_their_own_outcomes() -> N
     rec.publishing.set()
     committer: GroupCommitter[int, int] = GroupCommitter("t", rec.process, rec.after_commit, pipeline=1)
     results = await asyncio.gather(*(committer.submit(c) for c in (1, -2, 3)), return_exceptions=True)
-    assert results[0] == 10 and results[2] == 30
+    assert (results[0], results[2]) == (10, 30)
     assert isinstance(results[1], NotFound)
     assert rec.log[0] == "write [1, -2, 3]"
     await committer.close()
@@ -65,11 +65,11 @@ async def test_a_failed_batch_is_retried_one_command_at_a_time() -> None:
         log.append(list(commands))
         if 2 in commands:
             raise RuntimeError("constraint")
-        return [c for c in commands]
+        return list(commands)
 
     committer: GroupCommitter[int, int] = GroupCommitter("t", process, pipeline=1)
     results = await asyncio.gather(*(committer.submit(c) for c in (1, 2, 3)), return_exceptions=True)
-    assert results[0] == 1 and results[2] == 3
+    assert (results[0], results[2]) == (1, 3)
     assert isinstance(results[1], RuntimeError)
     assert log == [[1, 2, 3], [1], [2], [3]]
     await committer.close()
