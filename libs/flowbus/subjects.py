@@ -12,6 +12,8 @@ Scheme:
 - ``flowbus.logs.<flow_run_id>``: log batches, kept in the LOGS stream.
 - ``flowbus.runq.<label-set key>``: runs that are due, kept in the RUNQ stream.
 - ``flowbus.hb.<kind>.<id>``: heartbeats (core NATS, fire and forget).
+- ``flowbus.hint.<service>.<what>``: hints to a service (core NATS, at most
+  once, never stored): losing one costs latency, never correctness.
 """
 
 from __future__ import annotations
@@ -201,6 +203,13 @@ def agent_durable(agent_labels: Iterable[str]) -> str:
     """Agents with the same label set share one durable consumer (load balancing)."""
     return f"agents-{label_set_key(agent_labels)}"
 
+
+# ---- hints (core NATS) ------------------------------------------------------
+
+# A run was created due later (its ``created`` event as payload): wakes the
+# scheduler's release loop before its next planned pass. Only such runs, so
+# the scheduler does no work for the runs created already due.
+SCHEDULER_WAKE: Final = f"{PREFIX}.hint.scheduler.wake"
 
 # ---- heartbeats (core NATS) -------------------------------------------------
 

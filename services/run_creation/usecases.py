@@ -7,7 +7,8 @@ entry with prebuilt statements run with executemany, and stages in the
 outbox ``flowbus.evt.flow_run.<id>.created``, ``...<id>.state`` and, when
 the run is already due, its ``flowbus.runq.<label-set key>`` message
 (message id ``runq:<run>:<version>``, the same one the scheduler uses, so
-the run is queued once).
+the run is queued once); when it is due later, the ``created`` event also
+goes to ``flowbus.hint.scheduler.wake`` (core NATS), to wake the scheduler.
 
 Idempotency: a create whose key (per flow) is already taken returns the
 first run and changes nothing. Inside a batch the same holds by lookup; across
@@ -302,7 +303,7 @@ class _Batch:
         created = FlowRunCreated(
             flow_run_id=run_id, flow_id=target.flow_id, name=out.name, labels=labels, scheduled_start_time=start
         )
-        self.outbox.add(subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
+        payload = self.outbox.add(subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
         self.outbox.add(
             subjects.flow_run_event(run_id, "state"),
             StateChanged(flow_run_id=run_id, version=1, state=out.state),
@@ -313,6 +314,8 @@ class _Batch:
                 flow_run_id=run_id, flow_id=target.flow_id, version=1, labels=labels, scheduled_start_time=start
             )
             self.outbox.add(subjects.run_queue(labels), queued, f"runq:{run_id}:1")
+        else:
+            self.outbox.hint(subjects.SCHEDULER_WAKE, payload)
         return out
 
     # ---- writing ----------------------------------------------------------

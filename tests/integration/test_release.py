@@ -10,12 +10,16 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
+from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
 from flowbus.embedded import SERVICE_MODULES, build_service_app
 from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
+from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
 from services.scheduler.release import ReleaseState, release_due_runs
@@ -92,3 +96,33 @@ async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to
             sweeping = ReleaseState(horizon=datetime.now(UTC))
             await release_due_runs(scheduler, sweeping)
             assert set(sweeping.recent) == {created_due.id, due_later.id}
+
+
+async def test_only_runs_created_due_later_wake_the_scheduler(stack: Settings, client: AsyncClient) -> None:
+    """The wake hint carries the ``created`` event of a run due later; a run
+    created due is queued by run_creation and wakes nobody."""
+    hints: asyncio.Queue[FlowRunCreated] = asyncio.Queue()
+
+    async def on_hint(msg: Msg) -> None:
+        await hints.put(FlowRunCreated.model_validate_json(msg.data))
+
+    nc = await nats.connect(stack.nats_servers())
+    try:
+        await nc.subscribe(subjects.SCHEDULER_WAKE, cb=on_hint)
+        await nc.flush()
+        project = unique("wake")
+        await client.create_project(project)
+        spec = SerializedFlow(name=unique("wake"), storage=StorageSpec(type="script", path="/wake.py"))
+        flow = await client.register(spec, project)
+        start = datetime.now(UTC) + timedelta(hours=1)
+        await client.create_flow_run(flow.id, labels=[unique("nobody")])
+        later = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+        async with asyncio.timeout(10):
+            hint = await hints.get()
+        assert (hint.flow_run_id, hint.scheduled_start_time) == (later.id, start)
+        # One more run due later: its hint is the next one, so the run created due sent none.
+        again = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+        async with asyncio.timeout(10):
+            assert (await hints.get()).flow_run_id == again.id
+    finally:
+        await nc.close()

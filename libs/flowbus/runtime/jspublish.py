@@ -127,6 +127,11 @@ class BatchPublisher:
         finally:
             self._forget(sent)
 
+    async def hint(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish on core NATS, without acknowledgement (hints: losing one costs latency only)."""
+        for subject, payload in messages:
+            await self._nc.publish(subject, payload)
+
     def _forget(self, sent: Sent) -> None:
         for token in sent.tokens:
             self._waiting.pop(token, None)

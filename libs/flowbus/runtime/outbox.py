@@ -76,11 +76,20 @@ class OutboxBatch:
     def __init__(self, owner: str) -> None:
         self.owner = owner
         self.messages: list[Staged] = []
+        # Core NATS messages sent after the events, at most once and not stored (subjects.py, "hints").
+        self.hints: list[tuple[str, bytes]] = []
         self.row_id: int | None = None
         self.cleared: list[int] = []  # earlier published rows this transaction deletes
 
-    def add(self, subject: str, message: Message, msg_id: str) -> None:
-        self.messages.append((subject, msg_id, message.model_dump_json().encode()))
+    def add(self, subject: str, message: Message, msg_id: str) -> bytes:
+        """Stage ``message``; return its payload."""
+        payload = message.model_dump_json().encode()
+        self.messages.append((subject, msg_id, payload))
+        return payload
+
+    def hint(self, subject: str, payload: bytes) -> None:
+        """Send ``payload`` on core NATS after the batch's events, at most once."""
+        self.hints.append((subject, payload))
 
     async def stage(self, conn: AsyncConnection, now: datetime) -> None:
         """Write the batch's one outbox row in the caller's transaction."""
@@ -214,6 +223,8 @@ class OutboxRelay:
                 sent = await self._sender.send(batch.messages)
                 self._committed.remove(batch)
                 self._confirming[batch.row_id] = asyncio.create_task(self._confirm(batch, sent))
+            hints, batch.hints = batch.hints, []
+            await self._sender.hint(hints)
 
     async def _confirm(self, batch: OutboxBatch, sent: Sent) -> None:
         assert batch.row_id is not None
