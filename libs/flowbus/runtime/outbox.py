@@ -21,6 +21,12 @@ duplicates nothing (JetStream drops the repeat by its message id within
 the duplicate window). The sweep leaves rows younger than ``grace`` to
 their own instance, so two instances of a service do not publish each
 other's fresh batches twice.
+
+Where replies need not wait for JetStream's acknowledgements
+(``nats.reply_after_events=sent``), ``publish_committed`` returns once a
+batch is sent and the acknowledgements are awaited in the background; the
+row is let go only once they are in. A batch may also carry hints: core
+NATS messages sent once after its events and never stored.
 """
 
 from __future__ import annotations
