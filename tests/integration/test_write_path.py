@@ -259,6 +259,39 @@ async def test_a_sent_batch_that_is_refused_is_published_again_on_the_next_pass(
             assert rows.all() == []
 
 
+async def test_a_sent_batch_waiting_for_its_acks_is_not_swept_and_is_sent_again_if_they_never_come(
+    settings: Settings,
+) -> None:
+    """A subject that a plain subscriber hears but no stream stores: the batch
+    is delivered, no acknowledgement comes. While the relay waits for it, a
+    sweep (grace 0) leaves the row alone; once the wait times out, the batch
+    is sent again."""
+    async with _direct(settings, "unacked") as (db, nc, _flow):
+        owner, subject = unique("owner"), f"{unique('sink')}.a"
+        heard: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_msg(msg: nats.aio.msg.Msg) -> None:
+            await heard.put(msg.data)
+
+        await nc.subscribe(subject, cb=on_msg)
+        relay = OutboxRelay(owner, db, nc, reply_after_stored=False, grace=0, ack_timeout=1.0)
+        batch = OutboxBatch(owner)
+        batch.messages.append((subject, unique("id"), b"once"))
+        async with db.write() as conn:
+            await batch.stage(conn, utcnow())
+        relay.committed(batch)
+        await relay.publish_committed()
+        async with asyncio.timeout(10):
+            assert await heard.get() == b"once"
+        await relay.sweep()  # the row is past its grace, but its acknowledgements are awaited
+        await relay.close()  # no acknowledgement within ack_timeout: the batch goes back in line
+        assert heard.empty(), "the sweep sent a batch whose acknowledgements were still awaited"
+        await relay.publish_committed()
+        async with asyncio.timeout(10):
+            assert await heard.get() == b"once"
+        await relay.close()
+
+
 async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
     stack: Settings, client: AsyncClient
 ) -> None:
