@@ -1,5 +1,8 @@
 """Entry module of the run_creation service.
 
+Reads: ``flowbus.cmd.run_creation.create_flow_run`` (fast lane). Writes:
+``flowbus.evt.flow_run.<id>.{created,state}``, ``flowbus.runq.*`` and
+``flowbus.hint.scheduler.wake`` (see ``usecases.py``).
 Run alone with ``flowbus service run run_creation`` or
 ``uvicorn services.run_creation.main:app``. No work happens at import.
 """

@@ -1,6 +1,7 @@
 """Entry module of the scheduler service.
 
-Reads: ``flowbus.cmd.scheduler.status``. Writes: ``flowbus.runq.*``.
+Reads: ``flowbus.cmd.scheduler.status``, ``flowbus.hint.scheduler.wake``.
+Writes: ``flowbus.runq.*``.
 Run alone with ``flowbus service run scheduler`` or
 ``uvicorn services.scheduler.main:app``. No work happens at import.
 """
