@@ -11,12 +11,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError
 
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
 from flowbus.embedded import SERVICE_MODULES, build_service_app, free_port, nats_server_binary
-from flowbus.runtime.nats import connect
+from flowbus.runtime.nats import NO_SUITABLE_PEERS, connect, ensure_streams
 from flowbus.settings import NatsTuning, SchedulerSettings, Settings
 from flowbus.states import StateType
 from tests.conftest import unique
@@ -36,12 +38,15 @@ class Cluster:
     def url(self) -> str:
         return ",".join(f"nats://127.0.0.1:{p}" for p in self.client_ports)
 
-    def start(self) -> None:
-        for i in range(NODES):
-            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i)
-            conf = self.root / f"n{i}.conf"
-            conf.write_text(
-                f"""
+    def start(self, only: tuple[int, ...] = tuple(range(NODES))) -> None:
+        for i in only:
+            self.start_node(i)
+
+    def start_node(self, i: int) -> None:
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i)
+        conf = self.root / f"n{i}.conf"
+        conf.write_text(
+            f"""
 server_name: n{i}
 listen: 127.0.0.1:{self.client_ports[i]}
 jetstream {{ store_dir: "{self.root / f"n{i}"}" }}
@@ -51,9 +56,9 @@ cluster {{
   routes: [{routes}]
 }}
 """
-            )
-            log = (self.root / f"n{i}.log").open("wb")
-            self.procs.append(subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log))
+        )
+        log = (self.root / f"n{i}.log").open("wb")
+        self.procs.append(subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log))
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Until JetStream answers through the cluster (a meta leader is elected)."""
@@ -150,3 +155,31 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
         finally:
             agent.stop()
             await task
+
+
+async def test_streams_wait_for_a_forming_cluster_to_place_their_replicas(tmp_path: Path) -> None:
+    """Two of three nodes elect a meta leader but cannot hold three replicas:
+    JetStream refuses the streams ("no suitable peers") until the third node
+    joins. Services starting with the cluster wait for it instead of failing."""
+    nodes = Cluster(tmp_path)
+    nodes.start(only=(0, 1))
+    try:
+        await nodes.wait_ready()
+        settings = Settings(nats_url=nodes.url, nats=NatsTuning(stream_replicas=3))
+        nc = await connect(settings, "test-forming")
+        try:
+            js = nc.jetstream()
+            probe = StreamConfig(name=unique("PROBE"), subjects=[f"{unique('probe')}.>"], num_replicas=3)
+            with pytest.raises(BadRequestError) as refused:
+                await js.add_stream(probe)
+            assert refused.value.err_code == NO_SUITABLE_PEERS
+            placing = asyncio.create_task(ensure_streams(js, settings))
+            nodes.start_node(2)
+            async with asyncio.timeout(60):
+                await placing
+            for stream in (subjects.EVENTS_STREAM, subjects.LOGS_STREAM, subjects.RUNQ_STREAM):
+                assert (await js.stream_info(stream)).config.num_replicas == NODES
+        finally:
+            await nc.close()
+    finally:
+        nodes.stop()

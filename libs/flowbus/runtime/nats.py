@@ -2,7 +2,8 @@
 
 Streams: EVENTS (``flowbus.evt.>``), LOGS (``flowbus.logs.>``) and RUNQ
 (``flowbus.runq.>``). Creation is idempotent: whichever component starts
-first declares them, later ones find them.
+first declares them, later ones find them. On a cluster that is still
+forming (too few servers to place the replicas), creation waits for it.
 """
 
 from __future__ import annotations
@@ -108,10 +109,28 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+# JetStream's answer while a cluster is still forming: too few servers have
+# joined to place every replica. Services starting with the cluster wait.
+NO_SUITABLE_PEERS = 10005
+STREAM_PLACEMENT_WAIT_SECONDS = 30.0
+
+
+async def ensure_streams(
+    js: JetStreamContext, settings: Settings, placement_wait: float = STREAM_PLACEMENT_WAIT_SECONDS
+) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + placement_wait
     for config in stream_configs(settings):
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # Exists with a different config (a changed setting): adopt the new one.
-            await js.update_stream(config)
+        while True:
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code == NO_SUITABLE_PEERS:
+                    if loop.time() >= give_up:
+                        raise
+                    log.info("stream %s waits for the cluster to place its replicas", config.name)
+                    await asyncio.sleep(0.25)
+                    continue
+                # Exists with a different config (a changed setting): adopt the new one.
+                await js.update_stream(config)
+            break
