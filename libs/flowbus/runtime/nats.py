@@ -115,11 +115,9 @@ NO_SUITABLE_PEERS = 10005
 STREAM_PLACEMENT_WAIT_SECONDS = 30.0
 
 
-async def ensure_streams(
-    js: JetStreamContext, settings: Settings, placement_wait: float = STREAM_PLACEMENT_WAIT_SECONDS
-) -> None:
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
-    give_up = loop.time() + placement_wait
+    give_up = loop.time() + STREAM_PLACEMENT_WAIT_SECONDS
     for config in stream_configs(settings):
         while True:
             try:
