@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint typecheck unit integration e2e proto bench clean
+.PHONY: help install up test lint fmt typecheck unit integration e2e proto bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -26,9 +26,14 @@ install: $(VENV)/.synced ## Create .venv from uv.lock (the only lockfile)
 up: install ## Start NATS, SQLite and all five services in the foreground (Ctrl-C stops)
 	$(BIN)/flowbus up
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, codespell
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/codespell
+
+fmt: install ## Format the code and apply ruff's safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 typecheck: install ## mypy (strict)
 	$(BIN)/mypy libs services
