@@ -102,7 +102,3 @@ async def stack(settings: Settings) -> AsyncIterator[Settings]:
 async def client(stack: Settings) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(stack) as c:
         yield c
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"

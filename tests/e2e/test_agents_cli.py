@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, run, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, run, start, stop, wait_for_line
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ import pytest
 from flowbus.client import Client
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
-from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, run, serving, start, stop, wait_for_line
+from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
 
@@ -68,19 +68,7 @@ FLOWS = {
             flaky()
             after(broken())
     """,
-    "blocking_flow.py": """
-        import time
-        import flowbus
-        from flowbus import Flow, task
-
-        @task
-        def block():
-            flowbus.context.get("logger").info("blocking now")
-            time.sleep(600)
-
-        with Flow("blocking-flow") as flow:
-            block()
-    """,
+    "blocking_flow.py": blocking_flow("blocking-flow"),
     "family_flow.py": """
         import flowbus
         from flowbus import Flow, Parameter, task
@@ -204,7 +192,7 @@ def test_cancelling_a_running_flow_through_the_cli(system: System) -> None:
     run_id = created.stdout.strip()
     watch = start([FLOWBUS, "watch", run_id], system.home, system.work)
     try:
-        wait_for_line(watch, "blocking now")
+        wait_for_line(watch, BLOCKING_MESSAGE)
         assert "Cancelling" in system.cli("cancel", run_id).stdout
         assert watch.wait(timeout=60) == 1
     finally:

@@ -12,16 +12,16 @@ import signal
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, run, serving, start, stop, wait_for_line
+from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
 
 FLOWS = """
-import time
 import flowbus
 from flowbus import Flow, Parameter, task
 
@@ -45,15 +45,9 @@ def interrupted():
 
 with Flow("exec-interrupted") as interrupted_flow:
     interrupted()
-
-@task
-def sleepy():
-    flowbus.context.get("logger").info("sleeping now")
-    time.sleep(600)
-
-with Flow("exec-sleepy") as sleepy_flow:
-    sleepy()
 """
+
+FLOWS += blocking_flow("exec-sleepy", variable="sleepy_flow")
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +66,9 @@ def created_id(output: str) -> str:
     return first.rsplit(": ", 1)[1]
 
 
-def shown(home: Path, work: Path, run_id: str) -> dict:
-    return json.loads(flowbus(home, work, "get", "flow-run", run_id, "--json").stdout)
+def shown(home: Path, work: Path, run_id: str) -> dict[str, Any]:
+    detail: dict[str, Any] = json.loads(flowbus(home, work, "get", "flow-run", run_id, "--json").stdout)
+    return detail
 
 
 def execute(*args: str) -> list[str]:
@@ -142,7 +137,7 @@ def test_a_signal_mid_run_ends_the_run_failed(stack: tuple[Path, Path], sig: sig
     home, work = stack
     proc = start(execute("--name", "exec-sleepy"), home, work)
     try:
-        seen = wait_for_line(proc, "sleeping now")
+        seen = wait_for_line(proc, BLOCKING_MESSAGE)
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=30)
     finally:
@@ -160,7 +155,7 @@ def test_a_cancel_stops_the_flow_and_ends_the_run_cancelled(stack: tuple[Path, P
     home, work = stack
     proc = start(execute("--name", "exec-sleepy"), home, work)
     try:
-        seen = wait_for_line(proc, "sleeping now")
+        seen = wait_for_line(proc, BLOCKING_MESSAGE)
         run_id = created_id("".join(seen))
         assert "Cancelling" in flowbus(home, work, "cancel", run_id).stdout
         rest, _ = proc.communicate(timeout=30)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.test_tutorial import FLOWBUS, run, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, run
 
 pytestmark = pytest.mark.e2e
 
@@ -38,34 +38,17 @@ with flow:
 )
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    home, work = tmp_path / "home", tmp_path / "work"
-    work.mkdir()
-    proc = start([FLOWBUS, "up"], home, work)
-    try:
-        wait_for_line(proc, "Press Ctrl-C to stop.")
-        yield home, work
-    finally:
-        stop(proc)
-
-
-def flowbus(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = run([FLOWBUS, *args], home, work)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def flow_json(home: Path, work: Path, flow_id: str) -> dict:
-    return json.loads(flowbus(home, work, "get", "flow", flow_id).stdout)
+def flow_json(home: Path, work: Path, flow_id: str) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(flowbus(home, work, "get", "flow", flow_id).stdout)
+    return shown
 
 
 def registered_id(output: str) -> str:
     return output.strip().rsplit("(", 1)[1].rstrip(")")
 
 
-def test_register_version_archive_and_settings(stack: tuple[Path, Path]) -> None:
-    home, work = stack
+def test_register_version_archive_and_settings(server: subprocess.Popen[str], home: Path, workdir: Path) -> None:
+    work = workdir
     script = work / "etl.py"
     script.write_text(textwrap.dedent(ETL_V1))
     flowbus(home, work, "create", "project", "data")

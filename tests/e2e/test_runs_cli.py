@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.test_registration_cli import flowbus
-from tests.e2e.test_tutorial import FLOWBUS, _env, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, run, serving, start, stop, wait_for_line
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,8 +71,9 @@ def refused(home: Path, work: Path, *args: str, code: int = 1) -> str:
     return lines[0]
 
 
-def run_json(home: Path, work: Path, run_id: str) -> dict:
-    return json.loads(flowbus(home, work, "get", "flow-run", run_id, "--json").stdout)["run"]
+def run_json(home: Path, work: Path, run_id: str) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(flowbus(home, work, "get", "flow-run", run_id, "--json").stdout)["run"]
+    return shown
 
 
 def created_id(output: str) -> str:
@@ -185,9 +186,11 @@ def test_a_real_run_its_logs_history_and_watch(stack: tuple[Path, Path]) -> None
     run_id = created_id(watched.stdout.splitlines()[0])
 
     # The log writer stores what the watch streamed; wait until it has all of it.
-    deadline = datetime.now(UTC) + timedelta(seconds=30)
-    while "something bad" not in flowbus(home, work, "logs", run_id).stdout:
-        assert datetime.now(UTC) < deadline, "logs never stored"
+    wait_until(
+        lambda: flowbus(home, work, "logs", run_id).stdout,
+        "the run's last log line is stored",
+        until=lambda logs: "something bad" in logs,
+    )
     everything = flowbus(home, work, "logs", run_id).stdout
     assert "quiet remark" in everything
     warnings = flowbus(home, work, "logs", run_id, "--level", "warning").stdout
@@ -222,15 +225,7 @@ def test_a_real_run_its_logs_history_and_watch(stack: tuple[Path, Path]) -> None
 def test_watch_explains_a_waiting_run_and_ends_when_it_is_cancelled(stack: tuple[Path, Path]) -> None:
     home, work = stack
     run_id = flowbus(home, work, "run", "--name", "params-flow", "--param", "x=1", "--label", NOWHERE, "-q").stdout
-    env = {**_env(home), "FLOWBUS_WATCH_EXPLAIN_AFTER": "0.2"}
-    watcher = subprocess.Popen(
-        [FLOWBUS, "watch", run_id.strip()],
-        env=env,
-        cwd=work,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    watcher = start([FLOWBUS, "watch", run_id.strip()], home, work, {"FLOWBUS_WATCH_EXPLAIN_AFTER": "0.2"})
     try:
         seen = wait_for_line(watcher, "Waiting:")
         assert "Entered state Scheduled" in "".join(seen)

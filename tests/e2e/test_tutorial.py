@@ -1,4 +1,4 @@
-"""The "First Flow" tutorial (seed 003, both variants), as a new user runs it.
+"""The README's tutorial, "your first flow", in both of its forms, as a new user runs it.
 
 Everything is a subprocess driven through the `flowbus` command and plain
 `python` scripts, sharing only ``FLOWBUS_HOME`` (no URL is configured: the
@@ -14,33 +14,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import FLOWBUS, cli_env, run, start, stop, wait_for_line
+from tests.helpers.scripts import HELLO_FLOW
+
 pytestmark = pytest.mark.e2e
-
-BIN = Path(sys.executable).parent
-FLOWBUS = str(BIN / "flowbus")
-
-HELLO_FLOW = """
-import flowbus
-from flowbus import task, Flow
-
-@task
-def say_hello():
-    logger = flowbus.context.get("logger")
-    logger.info("Hello, Cloud!")
-
-with Flow("hello-flow") as flow:
-    say_hello()
-
-# Register the flow under the "tutorial" project
-flow.register(project_name="tutorial")
-"""
 
 HELLO_FLOW_V2 = """
 import flowbus
@@ -68,75 +49,6 @@ flow.register(project_name="tutorial")
 """
 
 
-def _env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBUS_")}
-    env["FLOWBUS_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def run(
-    args: list[str], home: Path, cwd: Path, timeout: float = 120, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, env=_env(home, env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> list[str]:
-    """Read the process's output until a line contains ``needle`` (the event we wait for)."""
-    assert proc.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if needle in line:
-            return seen
-    raise AssertionError(f"{needle!r} never appeared; output so far:\n{''.join(seen)}")
-
-
-def start(args: list[str], home: Path, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args, env=_env(home, env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-    return proc.returncode
-
-
-@contextmanager
-def serving(
-    home: Path, work: Path, project: str, scripts: Sequence[str] = (), env: Mapping[str, str] | None = None
-) -> Iterator[subprocess.Popen[str]]:
-    """`flowbus up` on ``home``, with ``project`` created and each script in ``work`` registered into it."""
-    proc = start([FLOWBUS, "up"], home, work, env)
-    try:
-        wait_for_line(proc, "Press Ctrl-C to stop.")
-        commands = [["create", "project", project]]
-        commands += [["register", "--project", project, "-p", str(work / script)] for script in scripts]
-        for command in commands:
-            result = run([FLOWBUS, *command], home, work, env=env)
-            assert result.returncode == 0, result.stdout + result.stderr
-        yield proc
-    finally:
-        stop(proc)
-
-
 def nats_is_listening(url: str) -> bool:
     host, port = url.removeprefix("nats://").split(":")
     try:
@@ -147,35 +59,19 @@ def nats_is_listening(url: str) -> bool:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "flowbus-home"
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    (path / "hello_flow.py").write_text(textwrap.dedent(HELLO_FLOW))
-    (path / "hello_flow_2.py").write_text(textwrap.dedent(HELLO_FLOW_V2))
-    (path / "failing_flow.py").write_text(textwrap.dedent(FAILING_FLOW))
-    return path
-
-
-@pytest.fixture
-def server(home: Path, workdir: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = start([FLOWBUS, "up"], home, workdir)
-    try:
-        wait_for_line(proc, "Press Ctrl-C to stop.")
-        yield proc
-    finally:
-        stop(proc)
+def workdir(workdir: Path) -> Path:
+    """The tutorial's three scripts in the work folder."""
+    (workdir / "hello_flow.py").write_text(textwrap.dedent(HELLO_FLOW))
+    (workdir / "hello_flow_2.py").write_text(textwrap.dedent(HELLO_FLOW_V2))
+    (workdir / "failing_flow.py").write_text(textwrap.dedent(FAILING_FLOW))
+    return workdir
 
 
 def test_no_server_fails_at_once_with_the_url(home: Path, workdir: Path) -> None:
     from flowbus.embedded import free_port
 
     url = f"nats://127.0.0.1:{free_port()}"
-    env = {**_env(home), "FLOWBUS_NATS_URL": url}
+    env = cli_env(home, {"FLOWBUS_NATS_URL": url})
     result = subprocess.run(
         [FLOWBUS, "create", "project", "tutorial"],
         check=False,

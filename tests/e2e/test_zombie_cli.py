@@ -17,23 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_tutorial import FLOWBUS, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, run, serving, start, stop, wait_for_line
+from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
 
-FLOWS = """
-import time
-import flowbus
-from flowbus import Flow, task
-
-@task
-def sleepy():
-    flowbus.context.get("logger").info("sleeping now")
-    time.sleep(600)
-
-with Flow("zombie-sleepy") as sleepy_flow:
-    sleepy()
-"""
+FLOWS = blocking_flow("zombie-sleepy")
 
 # A zombie after 4 missed beats of 0.5 s; the killer passes every 0.2 s.
 TIGHT = {"FLOWBUS_HEARTBEAT_INTERVAL": "0.5", "FLOWBUS_HEARTBEAT__ZOMBIE_CHECK_INTERVAL_SECONDS": "0.2"}
@@ -65,7 +54,7 @@ def test_a_sigkilled_execute_process_leaves_a_zombie_that_is_failed(stack: tuple
     home, work = stack
     proc = _popen([FLOWBUS, "run", "--project", "zombies", "--execute", "--name", "zombie-sleepy"], home, work)
     try:
-        seen = wait_for_line(proc, "sleeping now")
+        seen = wait_for_line(proc, BLOCKING_MESSAGE)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

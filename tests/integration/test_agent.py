@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,181 +10,97 @@ import pytest
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
 from flowbus.schemas.flows import StorageSpec
-from flowbus.schemas.runs import LogRecord, StateChanged
+from flowbus.schemas.runs import LogRecord
 from flowbus.settings import Settings
 from flowbus.states import StateType
-from tests.conftest import unique
+from tests.helpers import unique
+from tests.helpers.agents import running_agents
+from tests.helpers.runs import WatchItem, watch_until_finished
+from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow, register_greeting_flow
+from tests.helpers.waiting import eventually
 
-FLOW_SCRIPT = """
-import flowbus
-from flowbus import Flow, Parameter, task
-
-@task
-def greet(name):
-    flowbus.context.get("logger").info("Hello, %s!", name)
-    return name
-
-@task
-def explode():
-    raise RuntimeError("kaboom")
-
-with Flow("{flow_name}") as flow:
-    greet(Parameter("name", default="Cloud"))
-    {extra}
-
-flow.register(project_name="never-used-while-loading")
-"""
-
-
-def write_flow(tmp_path: Path, flow_name: str, fail: bool = False) -> Path:
-    path = tmp_path / f"{flow_name}.py"
-    extra = "explode()" if fail else "pass"
-    path.write_text(textwrap.dedent(FLOW_SCRIPT.format(flow_name=flow_name, extra=extra)))
-    return path
-
-
-async def watch_until_finished(client: AsyncClient, run_id: str) -> tuple[list[StateType], list[str]]:
-    states: list[StateType] = []
-    messages: list[str] = []
-    async with asyncio.timeout(60):
-        async for item in client.watch_flow_run(run_id):
-            if isinstance(item, StateChanged):
-                states.append(item.state.type)
-            elif isinstance(item, LogRecord):
-                messages.append(item.message)
-    return states, messages
-
-
-async def _registered(client: AsyncClient, tmp_path: Path, fail: bool = False) -> str:
-    from flowbus.sdk.flow import Flow
-    from flowbus.sdk.tasks import Parameter, Task
-
-    name = unique("flow")
-    path = write_flow(tmp_path, name, fail)
-    flow = Flow(name)
-    flow.add_task(Parameter("name", default="Cloud"))
-    flow.bind(Task(lambda n: n, name="greet"), (), {})
-    if fail:
-        flow.bind(Task(lambda: None, name="explode"), (), {})
-    spec = flow.serialize().model_copy(update={"storage": StorageSpec(type="script", path=str(path))})
-    await client.create_project("agents", skip_if_exists=True)
-    out = await client.register(spec, "agents", labels=["itest"])
-    return out.id
+SUBMITTED = "Submitted for execution: PID: "  # the agent's log line naming the flow's process
 
 
 async def test_agent_runs_a_flow_to_success_and_ships_logs(
     stack: Settings, client: AsyncClient, tmp_path: Path
 ) -> None:
-    flow_id = await _registered(client, tmp_path)
+    flow_id = await register_greeting_flow(client, tmp_path)
     agent = LocalAgent(stack, labels=["itest"], hostname_label=True)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with running_agents(agent):
         run = await client.create_flow_run(flow_id, labels=["itest"], parameters={"name": "Cloud"})
-        states, messages = await watch_until_finished(client, run.id)
+        watched = await watch_until_finished(client, run.id)
+        states, messages = watched.types, watched.messages
         assert states == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.SUCCESS], messages
         assert "Hello, Cloud!" in messages
-        assert any(m.startswith("Submitted for execution: PID: ") for m in messages)
+        assert any(m.startswith(SUBMITTED) for m in messages)
         detail = await client.get_flow_run(run.id)
         assert detail.run.agent_id == agent.id
         assert {t.state.type for t in detail.task_runs} == {StateType.SUCCESS}
         # The state service persists the same logs from the LOGS stream.
-        async with asyncio.timeout(30):
-            while "Hello, Cloud!" not in [r.message for r in await client.get_flow_run_logs(run.id)]:
-                await asyncio.sleep(0.05)
+        await eventually(
+            lambda: client.get_flow_run_logs(run.id),
+            "the run's log line is stored",
+            until=lambda records: "Hello, Cloud!" in [r.message for r in records],
+        )
         agents = (await client.get_agents()).agents
         assert agent.id in [a.id for a in agents]
-    finally:
-        agent.stop()
-        await task
 
 
 async def test_failing_flow_ends_failed(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
-    flow_id = await _registered(client, tmp_path, fail=True)
-    agent = LocalAgent(stack, labels=["itest"], hostname_label=False)
-    task = asyncio.create_task(agent.run())
-    try:
+    flow_id = await register_greeting_flow(client, tmp_path, fail=True)
+    async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         run = await client.create_flow_run(flow_id, labels=["itest"])
-        states, _ = await watch_until_finished(client, run.id)
-        assert states[-1] is StateType.FAILED
-    finally:
-        agent.stop()
-        await task
+        watched = await watch_until_finished(client, run.id)
+        assert watched.types[-1] is StateType.FAILED
 
 
 async def test_run_waits_for_an_agent_with_matching_labels(
     stack: Settings, client: AsyncClient, tmp_path: Path
 ) -> None:
-    flow_id = await _registered(client, tmp_path)
+    flow_id = await register_greeting_flow(client, tmp_path)
     # Created before any agent exists; a non-matching agent must not take it.
     run = await client.create_flow_run(flow_id, labels=["itest", "gpu"])
     wrong = LocalAgent(stack, labels=["itest"], hostname_label=False)
     right = LocalAgent(stack, labels=["itest", "gpu"], hostname_label=False)
-    tasks = [asyncio.create_task(wrong.run())]
-    try:
-        tasks.append(asyncio.create_task(right.run()))
-        states, _ = await watch_until_finished(client, run.id)
-        assert states[-1] is StateType.SUCCESS
+    async with running_agents(wrong, right):
+        watched = await watch_until_finished(client, run.id)
+        assert watched.types[-1] is StateType.SUCCESS
         assert (await client.get_flow_run(run.id)).run.agent_id == right.id
-    finally:
-        wrong.stop()
-        right.stop()
-        await asyncio.gather(*tasks)
 
 
 async def test_future_run_is_released_by_the_scheduler(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    flow_id = await _registered(client, tmp_path)
-    agent = LocalAgent(stack, labels=["itest"], hostname_label=False)
-    task = asyncio.create_task(agent.run())
-    try:
+    flow_id = await register_greeting_flow(client, tmp_path)
+    async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         start = datetime.now(UTC) + timedelta(seconds=1)
         run = await client.create_flow_run(flow_id, labels=["itest"], scheduled_start_time=start)
-        states, _ = await watch_until_finished(client, run.id)
-        assert states[-1] is StateType.SUCCESS
+        watched = await watch_until_finished(client, run.id)
+        assert watched.types[-1] is StateType.SUCCESS
         detail = await client.get_flow_run(run.id)
         assert detail.run.start_time is not None
         assert detail.run.start_time >= start
-    finally:
-        agent.stop()
-        await task
 
 
 async def test_a_waiting_run_is_explained(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
-    flow_id = await _registered(client, tmp_path)
+    flow_id = await register_greeting_flow(client, tmp_path)
     run = await client.create_flow_run(flow_id, labels=["itest", "explain-gpu"])
     # Each test has its own database, so no agent is registered yet.
     assert await client.explain_waiting_run(run.id) == (
         "No agent is online: start one with `flowbus agent local start`."
     )
     wrong = LocalAgent(stack, labels=["itest"], hostname_label=False)
-    task = asyncio.create_task(wrong.run())
-    try:
-        async with asyncio.timeout(30):
-            while wrong.id not in [a.id for a in (await client.get_agents()).agents]:
-                await asyncio.sleep(0.05)
+    async with running_agents(wrong):
+        await eventually(
+            client.get_agents,
+            "the agent is registered",
+            until=lambda listed: wrong.id in [a.id for a in listed.agents],
+        )
         reason = await client.explain_waiting_run(run.id)
         assert reason is not None
         assert "No online agent can take this run" in reason
         assert "['explain-gpu', 'itest']" in reason
-    finally:
-        wrong.stop()
-        await task
-
-
-BLOCKING_SCRIPT = """
-import time
-import flowbus
-from flowbus import Flow, task
-
-@task
-def block():
-    flowbus.context.get("logger").info("blocking")
-    time.sleep(600)  # until cancelled
-
-with Flow("{flow_name}") as flow:
-    block()
-"""
 
 
 async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
@@ -197,34 +111,29 @@ async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
 
     name = unique("blocking")
     path = tmp_path / f"{name}.py"
-    path.write_text(BLOCKING_SCRIPT.format(flow_name=name))
+    path.write_text(blocking_flow(name))
     flow = Flow(name)
     flow.bind(Task(lambda: None, name="block"), (), {})
     spec = flow.serialize().model_copy(update={"storage": StorageSpec(type="script", path=str(path))})
     await client.create_project("agents", skip_if_exists=True)
     flow_id = (await client.register(spec, "agents", labels=["itest"])).id
 
-    agent = LocalAgent(stack, labels=["itest"], hostname_label=False)
-    agent_task = asyncio.create_task(agent.run())
-    try:
+    async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         run = await client.create_flow_run(flow_id, labels=["itest"])
-        states: list[StateType] = []
         pid = None
-        async with asyncio.timeout(60):
-            async for item in client.watch_flow_run(run.id):
-                if isinstance(item, LogRecord) and item.message.startswith("Submitted for execution: PID: "):
-                    pid = int(item.message.rsplit(" ", 1)[1])
-                if isinstance(item, LogRecord) and item.message == "blocking":
-                    cancel = await client.cancel_flow_run(run.id)
-                    assert cancel.state.type is StateType.CANCELLING
-                if isinstance(item, StateChanged):
-                    states.append(item.state.type)
+
+        async def cancel_once_blocking(item: WatchItem) -> None:
+            nonlocal pid
+            if isinstance(item, LogRecord) and item.message.startswith(SUBMITTED):
+                pid = int(item.message.rsplit(" ", 1)[1])
+            if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
+                cancel = await client.cancel_flow_run(run.id)
+                assert cancel.state.type is StateType.CANCELLING
+
+        states = (await watch_until_finished(client, run.id, on_item=cancel_once_blocking)).types
         assert states[-2:] == [StateType.CANCELLING, StateType.CANCELLED], states
         assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the flow's process is gone (reaped by the agent)
         detail = await client.get_flow_run(run.id)
         assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
-    finally:
-        agent.stop()
-        await agent_task

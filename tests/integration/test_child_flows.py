@@ -1,4 +1,5 @@
-"""Child flow runs (seed 004): ``create_flow_run`` / ``wait_for_flow_run`` under a real agent.
+"""Child flow runs: a parent flow's tasks ``create_flow_run`` (another flow's
+run) and ``wait_for_flow_run`` (its end, with its logs), under a real agent.
 
 Both flows are scripts in tmp_path, registered as the runner will load them;
 one in-process LocalAgent (a label of its own per test) runs parent and child.
@@ -6,19 +7,17 @@ one in-process LocalAgent (a label of its own per test) runs parent and child.
 
 from __future__ import annotations
 
-import asyncio
-import runpy
-import textwrap
 from pathlib import Path
 
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
-from flowbus.schemas.runs import FlowRunOut, LogRecord, StateChanged
-from flowbus.sdk import context
-from flowbus.sdk.flow import LOADED_SCRIPT_PREFIX, Flow
+from flowbus.schemas.runs import FlowRunOut
 from flowbus.settings import Settings
 from flowbus.states import StateType
-from tests.conftest import unique
+from tests.helpers import unique
+from tests.helpers.agents import running_agents
+from tests.helpers.runs import watch_until_finished
+from tests.helpers.scripts import register_script, write_script
 
 PROJECT = "children"
 
@@ -68,26 +67,10 @@ with Flow("{name}") as flow:
 """
 
 
-async def register_script(client: AsyncClient, path: Path, source: str, name: str, label: str) -> str:
-    """Write and register a flow script exactly as the runner will load it (same task slugs)."""
-    path.write_text(textwrap.dedent(source))
-    with context.scope(loading_flow=True):
-        namespace = runpy.run_path(str(path), run_name=LOADED_SCRIPT_PREFIX)
-    flow = next(v for v in namespace.values() if isinstance(v, Flow) and v.name == name)
-    await client.create_project(PROJECT, skip_if_exists=True)
-    return (await client.register(flow.serialize(), PROJECT, labels=[label])).id
-
-
 async def finish(client: AsyncClient, run_id: str) -> tuple[StateType, list[str]]:
     """The run's final state and every log message of it, once it has finished."""
-    state, messages = StateType.PENDING, []
-    async with asyncio.timeout(90):
-        async for item in client.watch_flow_run(run_id):
-            if isinstance(item, StateChanged):
-                state = item.state.type
-            elif isinstance(item, LogRecord):
-                messages.append(item.message)
-    return state, messages
+    watched = await watch_until_finished(client, run_id, timeout=90)
+    return watched.types[-1], watched.messages
 
 
 async def run_parent(
@@ -95,25 +78,22 @@ async def run_parent(
 ) -> tuple[FlowRunOut, StateType, list[str], list[FlowRunOut]]:
     """Register a child and a parent flow, run the parent; returns it, its end and the child runs."""
     label, child, parent = unique("child-flows"), unique("child"), unique("parent")
-    child_flow_id = await register_script(client, tmp_path / f"{child}.py", CHILD.format(name=child), child, label)
+    child_path = write_script(tmp_path / f"{child}.py", CHILD.format(name=child))
+    child_flow_id = await register_script(client, child_path, child, PROJECT, labels=[label])
     source = (
         RETRYING_PARENT.format(name=parent, child=child, project=PROJECT, marker=str(tmp_path / "attempted"))
         if retrying
         else PARENT.format(name=parent, child=child, project=PROJECT, x=child_x)
     )
-    parent_flow_id = await register_script(client, tmp_path / f"{parent}.py", source, parent, label)
+    parent_path = write_script(tmp_path / f"{parent}.py", source)
+    parent_flow_id = await register_script(client, parent_path, parent, PROJECT, labels=[label])
     # Script flows carry the hostname label (only an agent on this machine can load them).
-    agent = LocalAgent(stack, labels=[label], hostname_label=True)
-    agent_task = asyncio.create_task(agent.run())
-    try:
+    async with running_agents(LocalAgent(stack, labels=[label], hostname_label=True)):
         run = await client.create_flow_run(parent_flow_id)
         state, messages = await finish(client, run.id)
         children = await client.get_flow_runs(flow_id=child_flow_id)
         for child_run in children:  # let the agent see its children end before it stops
             await finish(client, child_run.id)
-    finally:
-        agent.stop()
-        await agent_task
     return run, state, messages, children
 
 

@@ -5,6 +5,7 @@ nodes, and an agent. A node dies mid-way and the system keeps running runs."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -21,8 +22,11 @@ from flowbus.embedded import SERVICE_MODULES, build_service_app, free_port, nats
 from flowbus.runtime.nats import NO_SUITABLE_PEERS, connect, ensure_streams
 from flowbus.settings import NatsTuning, SchedulerSettings, Settings
 from flowbus.states import StateType
-from tests.conftest import unique
-from tests.integration.test_agent import _registered, watch_until_finished
+from tests.helpers import unique
+from tests.helpers.agents import running_agents
+from tests.helpers.runs import watch_until_finished
+from tests.helpers.scripts import register_greeting_flow
+from tests.helpers.waiting import eventually
 
 NODES = 3
 
@@ -62,31 +66,28 @@ cluster {{
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Until JetStream answers through the cluster (a meta leader is elected)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    nc = await connect(Settings(nats_url=self.url), "probe")
-                    try:
-                        await nc.jetstream().account_info()
-                        return
-                    finally:
-                        await nc.close()
-                except Exception:
-                    await asyncio.sleep(0.2)
+
+        async def account_info() -> object:
+            nc = await connect(Settings(nats_url=self.url), "probe")
+            try:
+                return await nc.jetstream().account_info()
+            finally:
+                await nc.close()
+
+        await eventually(account_info, "JetStream answers", timeout=timeout, interval=0.2, ignoring=(Exception,))
 
     async def wait_for_leaders(self, client: AsyncClient, dead: str, timeout: float = 60) -> None:
         """Until every stream has elected a leader other than the dead node."""
         js = client.nc.jetstream()
-        async with asyncio.timeout(timeout):
-            for stream in (subjects.EVENTS_STREAM, subjects.LOGS_STREAM, subjects.RUNQ_STREAM):
-                while True:
-                    try:
-                        info = (await js.stream_info(stream)).cluster
-                        if info is not None and info.leader not in (None, dead):
-                            break
-                    except Exception:  # no leader yet: the request itself fails
-                        pass
-                    await asyncio.sleep(0.2)
+        for stream in (subjects.EVENTS_STREAM, subjects.LOGS_STREAM, subjects.RUNQ_STREAM):
+            await eventually(
+                functools.partial(js.stream_info, stream),
+                f"stream {stream} has a leader other than {dead}",
+                until=lambda info: info.cluster is not None and info.cluster.leader not in (None, dead),
+                timeout=timeout,
+                interval=0.2,
+                ignoring=(Exception,),  # no leader yet: the request itself fails
+            )
 
     def kill(self, index: int) -> None:
         self.procs[index].kill()
@@ -130,14 +131,12 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
         info = await client.nc.jetstream().stream_info("FLOWBUS_EVENTS")
         assert info.config.num_replicas == 3
 
-        flow_id = await _registered(client, tmp_path)
-        agent = LocalAgent(cluster_stack, labels=["itest"], hostname_label=False)
-        task = asyncio.create_task(agent.run())
-        try:
+        flow_id = await register_greeting_flow(client, tmp_path)
+        async with running_agents(LocalAgent(cluster_stack, labels=["itest"], hostname_label=False)):
             first = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("before"))
-            states, messages = await watch_until_finished(client, first.id)
-            assert states[-1] is StateType.SUCCESS
-            assert "Hello, Cloud!" in messages
+            watched = await watch_until_finished(client, first.id)
+            assert watched.types[-1] is StateType.SUCCESS
+            assert "Hello, Cloud!" in watched.messages
 
             # The worst node to lose: the one leading the events stream. The
             # other two keep a quorum and elect a new leader within seconds.
@@ -149,12 +148,9 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
             await cluster.wait_for_leaders(client, dead)
 
             second = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("after"))
-            states, messages = await watch_until_finished(client, second.id)
-            assert states[-1] is StateType.SUCCESS
-            assert "Hello, Cloud!" in messages
-        finally:
-            agent.stop()
-            await task
+            watched = await watch_until_finished(client, second.id)
+            assert watched.types[-1] is StateType.SUCCESS
+            assert "Hello, Cloud!" in watched.messages
 
 
 async def test_streams_wait_for_a_forming_cluster_to_place_their_replicas(tmp_path: Path) -> None:

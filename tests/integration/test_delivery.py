@@ -12,38 +12,22 @@ import asyncio
 import itertools
 import os
 import textwrap
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from nats.aio.msg import Msg
 
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
-from flowbus.agent.runner import load_flow
 from flowbus.client import AsyncClient
-from flowbus.schemas.flows import StorageSpec
-from flowbus.schemas.runs import RunQueued, StateChanged
+from flowbus.schemas.runs import RunQueued
 from flowbus.settings import Settings
-from flowbus.states import StateType, is_finished
-from tests.conftest import unique
+from flowbus.states import StateType
+from tests.helpers import unique
+from tests.helpers.agents import running_agents
+from tests.helpers.runs import watching
+from tests.helpers.scripts import RECORDING_FLOW, register_script
 
-RECORDING_FLOW = """
-import os
-import flowbus
-from flowbus import Flow, task
-
-@task
-def record():
-    # One line per execution; O_APPEND keeps concurrent lines whole.
-    fd = os.open({ledger!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (flowbus.context.get("flow_run_id") + "\\n").encode())
-    os.close(fd)
-
-with Flow({name!r}) as flow:
-    record()
-"""
+PROJECT = "delivery"
 
 GATED_FLOW = """
 import os
@@ -62,64 +46,6 @@ with Flow({name!r}) as flow:
 """
 
 
-async def register_script(client: AsyncClient, path: Path, name: str) -> str:
-    spec = load_flow(StorageSpec(type="script", path=str(path)), name).serialize()
-    spec = spec.model_copy(update={"storage": StorageSpec(type="script", path=str(path))})
-    await client.create_project("delivery", skip_if_exists=True)
-    return (await client.register(spec, "delivery")).id
-
-
-class RunStates:
-    """Every flow-run state event, by run, as it is published (no polling)."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, list[StateType]] = {}
-        self._changed = asyncio.Event()
-
-    async def on_msg(self, msg: Msg) -> None:
-        event = StateChanged.model_validate_json(msg.data)
-        if event.task_run_id is None:
-            self.seen.setdefault(event.flow_run_id, []).append(event.state.type)
-            self._changed.set()
-
-    async def until(self, done: Callable[[], bool], seconds: float = 90) -> None:
-        async with asyncio.timeout(seconds):
-            while not done():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def last(self, run_id: str) -> StateType | None:
-        states = self.seen.get(run_id)
-        return states[-1] if states else None
-
-    async def finished(self, run_ids: list[str], seconds: float = 90) -> None:
-        await self.until(lambda: all((s := self.last(r)) is not None and is_finished(s) for r in run_ids), seconds)
-
-    async def reached(self, run_id: str, state: StateType, seconds: float = 60) -> None:
-        await self.until(lambda: state in self.seen.get(run_id, []), seconds)
-
-
-@asynccontextmanager
-async def watching(client: AsyncClient) -> AsyncIterator[RunStates]:
-    states = RunStates()
-    sub = await client.nc.subscribe(subjects.flow_run_event("*", "state"), cb=states.on_msg)
-    try:
-        yield states
-    finally:
-        await sub.unsubscribe()
-
-
-@asynccontextmanager
-async def agents(settings: Settings, *agents: LocalAgent) -> AsyncIterator[list[asyncio.Task[None]]]:
-    tasks = [asyncio.create_task(a.run()) for a in agents]
-    try:
-        yield tasks
-    finally:
-        for a in agents:
-            a.stop()
-        await asyncio.gather(*tasks)
-
-
 @pytest.mark.timeout(300)
 async def test_every_run_executes_exactly_once_with_three_agents_and_duplicate_deliveries(
     stack: Settings, client: AsyncClient, tmp_path: Path
@@ -128,12 +54,12 @@ async def test_every_run_executes_exactly_once_with_three_agents_and_duplicate_d
     ledger = tmp_path / "ledger.txt"
     script = tmp_path / "once.py"
     script.write_text(textwrap.dedent(RECORDING_FLOW.format(ledger=str(ledger), name=name)))
-    flow_id = await register_script(client, script, name)
+    flow_id = await register_script(client, script, name, PROJECT)
     # Three label sets that all cover the runs' label: three durable consumers, so
     # every run is delivered to every agent, and each delivery is a claim attempt.
     # A few runs each: the services and the agents share this test's one process.
     trio = [LocalAgent(stack, labels=[label, extra], hostname_label=False, limit=4) for extra in ("x", "y", "z")]
-    async with watching(client) as states, agents(stack, *trio):
+    async with watching(client) as states, running_agents(*trio):
         runs = await asyncio.gather(*(client.create_flow_run(flow_id, labels=[label]) for _ in range(200)))
         ids = [r.id for r in runs]
         # And more duplicates: publish every run's queue message again, without a
@@ -165,11 +91,11 @@ async def test_label_routing(stack: Settings, client: AsyncClient, tmp_path: Pat
     a, b, c = (unique(x) for x in "abc")
     script = tmp_path / "routed.py"
     script.write_text(textwrap.dedent(RECORDING_FLOW.format(ledger=str(tmp_path / "ledger.txt"), name=name)))
-    flow_id = await register_script(client, script, name)
+    flow_id = await register_script(client, script, name, PROJECT)
     bare = LocalAgent(stack, labels=[], hostname_label=False)
     only_a = LocalAgent(stack, labels=[a], hostname_label=False)
     a_and_b = LocalAgent(stack, labels=[a, b], hostname_label=False)
-    async with watching(client) as states, agents(stack, bare, only_a, a_and_b):
+    async with watching(client) as states, running_agents(bare, only_a, a_and_b):
         runs = {
             "none": await client.create_flow_run(flow_id, labels=[]),
             "a": await client.create_flow_run(flow_id, labels=[a]),
@@ -216,7 +142,7 @@ async def gated_flow(client: AsyncClient, tmp_path: Path) -> tuple[Gates, str]:
     gates = Gates(tmp_path / "gates")
     script = tmp_path / "gated.py"
     script.write_text(textwrap.dedent(GATED_FLOW.format(gates=str(gates.folder), name=name)))
-    return gates, await register_script(client, script, name)
+    return gates, await register_script(client, script, name, PROJECT)
 
 
 async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
@@ -232,7 +158,7 @@ async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: As
         def running_now() -> list[str]:
             return [i for i in ids if StateType.RUNNING in states.seen.get(i, []) and i not in released]
 
-        async with agents(stack, agent):
+        async with running_agents(agent):
             await states.until(lambda: bool(running_now()))
             # One runs; the other two are still in the stream, not fetched by the agent.
             assert agent.running == 1
@@ -276,7 +202,7 @@ async def test_stopping_agent_finishes_its_run_and_takes_no_more(
         assert states.last(running) is StateType.SUCCESS
         assert (await client.get_flow_run(later)).run.state.type is StateType.SCHEDULED
         second = LocalAgent(stack, labels=[label], hostname_label=False)
-        async with agents(stack, second):
+        async with running_agents(second):
             await states.reached(later, StateType.RUNNING)
             await gates.open(later)
             await states.finished([later])

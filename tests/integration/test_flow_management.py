@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from datetime import UTC, datetime, timedelta
 
-import nats
 import pytest
 
 from flowbus import subjects
@@ -17,35 +14,18 @@ from flowbus.schemas.common import Archived, Conflict, NotFound, ValidationFaile
 from flowbus.schemas.flows import ClockSpec, ParameterSpec, ScheduleSpec
 from flowbus.schemas.runs import FlowRunDeleted, LogBatch, LogRecord, StateChanged
 from flowbus.states import StateType
-from tests.conftest import unique
-from tests.helpers import register, serialized_flow
+from tests.helpers import register, serialized_flow, unique
+from tests.helpers.commands import send
+from tests.helpers.runs import last_event, watch_until_finished
+from tests.helpers.waiting import eventually
 
 DAILY = ClockSpec(type="cron", cron="0 6 * * *", timezone="UTC")
 
 
-async def last_event(client: AsyncClient, subject: str) -> dict:
-    js = client.nc.jetstream()
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                return json.loads((await js.get_last_msg(subjects.EVENTS_STREAM, subject)).data)
-            except nats.js.errors.NotFoundError:
-                await asyncio.sleep(0.05)  # the outbox relay publishes right after the commit
-
-
-async def final_event(client: AsyncClient, run_id: str) -> StateChanged | FlowRunDeleted:
-    """The event that ends a run's watch: a finished state or its deletion."""
-    last: StateChanged | FlowRunDeleted | None = None
-    async with asyncio.timeout(30):
-        async for item in client.watch_flow_run(run_id):
-            if not isinstance(item, LogRecord):
-                last = item
-    assert last is not None
-    return last
-
-
 async def insert_auto_scheduled_run(database_url: str, flow_id: str, group_id: str) -> str:
-    """Stand in for the scheduler (a later issue): an auto-scheduled run in the future."""
+    """An auto-scheduled run in the future, written straight to the database:
+    flowbus does not create runs from a schedule's clocks yet, so this stands
+    in for the run such a scheduler would have created."""
     db = Database(database_url)
     try:
         async with db.transaction() as session:
@@ -88,9 +68,7 @@ async def test_deleting_a_project_cascades_to_flows_runs_and_logs(client: AsyncC
     run = await client.create_flow_run(flow.id)
     record = LogRecord(flow_run_id=run.id, timestamp=datetime.now(UTC), name="t", level="INFO", message="kept?")
     await client.nc.jetstream().publish(subjects.logs(run.id), LogBatch(records=[record]).model_dump_json().encode())
-    async with asyncio.timeout(30):
-        while not await client.get_flow_run_logs(run.id):
-            await asyncio.sleep(0.05)
+    await eventually(lambda: client.get_flow_run_logs(run.id), "the log record is stored")
     await client.delete_project(project)
     with pytest.raises(NotFound):
         await client.get_flow(flow.id)
@@ -117,11 +95,11 @@ async def test_archiving_blocks_runs_and_cleans_up_waiting_ones(client: AsyncCli
     with pytest.raises(Archived, match=f"Flow {flow.id} is archived."):
         await client.create_flow_run(flow.id)
 
-    cancelled = await final_event(client, adhoc.id)
+    cancelled = (await watch_until_finished(client, adhoc.id)).final
     assert isinstance(cancelled, StateChanged)
     assert cancelled.state.type is StateType.CANCELLED
     assert cancelled.state.message == f"Flow {flow.id} was archived."
-    assert isinstance(await final_event(client, auto_id), FlowRunDeleted)
+    assert isinstance((await watch_until_finished(client, auto_id)).final, FlowRunDeleted)
     with pytest.raises(NotFound):
         await client.get_flow_run(auto_id)
 
@@ -189,9 +167,8 @@ async def test_settings_toggle_per_group(client: AsyncClient) -> None:
 
 async def test_settings_command_needs_a_setting(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    nc = client.nc
-    reply = await nc.request(subjects.Registration.SET_FLOW_SETTINGS, json.dumps({"flow_id": flow.id}).encode(), 10)
-    assert json.loads(reply.data)["error"]["code"] == "VALIDATION_ERROR"
+    reply = await send(client.nc, subjects.Registration.SET_FLOW_SETTINGS, {"flow_id": flow.id})
+    assert reply["error"]["code"] == "VALIDATION_ERROR"
 
 
 # ---- schedules ------------------------------------------------------------------
@@ -217,7 +194,7 @@ async def test_schedule_needs_required_parameters_covered(client: AsyncClient, d
     adhoc = await client.create_flow_run(flow.id, scheduled_start_time=datetime.now(UTC) + timedelta(hours=1))
     off = await client.set_flow_schedule_state(flow.id, False)
     assert off.is_schedule_active is False
-    assert isinstance(await final_event(client, auto_id), FlowRunDeleted)
+    assert isinstance((await watch_until_finished(client, auto_id)).final, FlowRunDeleted)
     # Ad-hoc runs survive a schedule switch.
     assert (await client.get_flow_run(adhoc.id)).run.state.type is StateType.SCHEDULED
 

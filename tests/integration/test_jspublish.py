@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from flowbus.runtime.jspublish import BatchPublisher, PublishFailed, ack_error
-from tests.conftest import unique
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+from tests.helpers import unique
 
 
 async def _stream(nc: Client) -> tuple[str, str]:

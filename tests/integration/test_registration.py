@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from nats.aio.client import Client
 
 from flowbus.client import AsyncClient
 from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
 from flowbus.schemas.flows import SerializedFlow
-from tests.conftest import unique
-from tests.helpers import register, serialized_flow
+from tests.helpers import register, serialized_flow, unique
+from tests.helpers.commands import send
 
 
 async def test_project_names_are_unique(client: AsyncClient) -> None:
@@ -65,7 +66,7 @@ async def test_explicit_version_group(client: AsyncClient) -> None:
     assert b.version == 2
 
 
-async def test_invalid_serialized_flows_are_refused(client: AsyncClient) -> None:
+async def test_invalid_serialized_flows_are_refused(client: AsyncClient, nc: Client) -> None:
     project = unique("proj")
     await client.create_project(project)
     good = serialized_flow("f").model_dump(mode="json")
@@ -79,20 +80,12 @@ async def test_invalid_serialized_flows_are_refused(client: AsyncClient) -> None
             SerializedFlow.model_validate(variant)
         assert "validation error" in str(info.value).lower()
     # And through the wire: the service refuses and stores nothing.
-    import json
-
-    import nats
-
     from flowbus import subjects
 
-    nc = await nats.connect(client.settings.nats_url)
-    try:
-        for variant in bad_variants:
-            body = json.dumps({"project_name": project, "serialized_flow": variant}).encode()
-            reply = json.loads((await nc.request(subjects.Registration.REGISTER_FLOW, body, timeout=10)).data)
-            assert reply["error"]["code"] == "VALIDATION_ERROR"
-    finally:
-        await nc.close()
+    for variant in bad_variants:
+        body = {"project_name": project, "serialized_flow": variant}
+        reply = await send(nc, subjects.Registration.REGISTER_FLOW, body)
+        assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert await client.get_flows(project_name=project) == []
     with pytest.raises(ValidationFailed):
         raise ValidationFailed("sanity")

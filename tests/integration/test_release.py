@@ -10,8 +10,8 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flowbus import subjects
@@ -23,8 +23,10 @@ from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
 from services.scheduler.release import ReleaseState, release_due_runs
-from tests.conftest import unique
-from tests.integration.test_delivery import RECORDING_FLOW, agents, register_script, watching
+from tests.helpers import unique
+from tests.helpers.agents import running_agents
+from tests.helpers.runs import watching
+from tests.helpers.scripts import RECORDING_FLOW, register_script
 
 
 @pytest.fixture
@@ -47,11 +49,11 @@ async def test_a_future_run_is_released_on_time_despite_a_backlog(
     name, label = unique("release"), unique("release")
     script = tmp_path / "release.py"
     script.write_text(textwrap.dedent(RECORDING_FLOW.format(ledger=str(tmp_path / "ledger.txt"), name=name)))
-    flow_id = await register_script(client, script, name)
+    flow_id = await register_script(client, script, name, "release")
     # Older due runs that no agent will ever take: more than one release batch.
     backlog = [await client.create_flow_run(flow_id, labels=[unique("nobody")]) for _ in range(7)]
     agent = LocalAgent(stack, labels=[label], hostname_label=False)
-    async with watching(client) as states, agents(stack, agent):
+    async with watching(client) as states, running_agents(agent):
         start = datetime.now(UTC) + timedelta(seconds=1)
         later = await client.create_flow_run(flow_id, labels=[label], scheduled_start_time=start)
         await states.finished([later.id], seconds=20)
@@ -98,7 +100,7 @@ async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to
             assert set(sweeping.recent) == {created_due.id, due_later.id}
 
 
-async def test_only_runs_created_due_later_wake_the_scheduler(stack: Settings, client: AsyncClient) -> None:
+async def test_only_runs_created_due_later_wake_the_scheduler(stack: Settings, client: AsyncClient, nc: Client) -> None:
     """The wake hint carries the ``created`` event of a run due later; a run
     created due is queued by run_creation and wakes nobody."""
     hints: asyncio.Queue[FlowRunCreated] = asyncio.Queue()
@@ -106,23 +108,19 @@ async def test_only_runs_created_due_later_wake_the_scheduler(stack: Settings, c
     async def on_hint(msg: Msg) -> None:
         await hints.put(FlowRunCreated.model_validate_json(msg.data))
 
-    nc = await nats.connect(stack.nats_servers())
-    try:
-        await nc.subscribe(subjects.SCHEDULER_WAKE, cb=on_hint)
-        await nc.flush()
-        project = unique("wake")
-        await client.create_project(project)
-        spec = SerializedFlow(name=unique("wake"), storage=StorageSpec(type="script", path="/wake.py"))
-        flow = await client.register(spec, project)
-        start = datetime.now(UTC) + timedelta(hours=1)
-        await client.create_flow_run(flow.id, labels=[unique("nobody")])
-        later = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
-        async with asyncio.timeout(10):
-            hint = await hints.get()
-        assert (hint.flow_run_id, hint.scheduled_start_time) == (later.id, start)
-        # One more run due later: its hint is the next one, so the run created due sent none.
-        again = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
-        async with asyncio.timeout(10):
-            assert (await hints.get()).flow_run_id == again.id
-    finally:
-        await nc.close()
+    await nc.subscribe(subjects.SCHEDULER_WAKE, cb=on_hint)
+    await nc.flush()
+    project = unique("wake")
+    await client.create_project(project)
+    spec = SerializedFlow(name=unique("wake"), storage=StorageSpec(type="script", path="/wake.py"))
+    flow = await client.register(spec, project)
+    start = datetime.now(UTC) + timedelta(hours=1)
+    await client.create_flow_run(flow.id, labels=[unique("nobody")])
+    later = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+    async with asyncio.timeout(10):
+        hint = await hints.get()
+    assert (hint.flow_run_id, hint.scheduled_start_time) == (later.id, start)
+    # One more run due later: its hint is the next one, so the run created due sent none.
+    again = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+    async with asyncio.timeout(10):
+        assert (await hints.get()).flow_run_id == again.id

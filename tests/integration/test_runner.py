@@ -12,24 +12,26 @@ import asyncio
 import json
 import os
 import signal
-import textwrap
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
 
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
-from flowbus.agent.runner import load_flow
 from flowbus.client import AsyncClient
 from flowbus.schemas.agents import RunHeartbeat
-from flowbus.schemas.flows import StorageSpec
 from flowbus.schemas.runs import FlowRunDetail, LogRecord, StateChanged, TaskRunOut
 from flowbus.settings import Settings
-from flowbus.states import StateType, is_finished
-from tests.conftest import unique
-from tests.helpers import register
+from flowbus.states import StateType
+from tests.helpers import register, unique
+from tests.helpers.agents import running_agents
+from tests.helpers.runs import WatchItem, watch_until_finished
+from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow, register_script, write_script
+from tests.helpers.waiting import eventually
 
 LABEL = "itest-runner"
 PROJECT = "runner"
@@ -38,38 +40,25 @@ PROJECT = "runner"
 @pytest.fixture
 async def agent(stack: Settings) -> AsyncIterator[LocalAgent]:
     agent = LocalAgent(stack, labels=[LABEL], hostname_label=False)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with running_agents(agent):
         yield agent
-    finally:
-        agent.stop()
-        await task
 
 
-async def register_script(client: AsyncClient, tmp_path: Path, source: str) -> tuple[str, str]:
-    """Write a flow script (``{flow_name}`` filled in), register it from its
-    path; the flow's id and name."""
+async def register_source(client: AsyncClient, tmp_path: Path, source: str) -> tuple[str, str]:
+    """Write a flow script (``{flow_name}`` filled in) and register it from its path; the flow's id and name."""
     name = unique("flow")
-    path = tmp_path / f"{name.replace('-', '_')}.py"
-    path.write_text(textwrap.dedent(source).replace("{flow_name}", name))
-    spec = load_flow(StorageSpec(type="script", path=str(path)), name).serialize()
-    assert spec.storage.path == str(path.resolve())
-    await client.create_project(PROJECT, skip_if_exists=True)
-    return (await client.register(spec, PROJECT, labels=[LABEL])).id, name
+    path = write_script(tmp_path / f"{name.replace('-', '_')}.py", source.replace("{flow_name}", name))
+    return await register_script(client, path, name, PROJECT, labels=[LABEL]), name
 
 
-async def run_to_the_end(client: AsyncClient, flow_id: str, **kwargs: object) -> tuple[FlowRunDetail, list[str]]:
+async def run_to_the_end(client: AsyncClient, flow_id: str, **kwargs: Any) -> tuple[FlowRunDetail, list[str]]:
     """Create a run for the agent and watch it to its final state: the run's detail and the log messages."""
-    run = await client.create_flow_run(flow_id, labels=[LABEL], **kwargs)  # type: ignore[arg-type]
+    run = await client.create_flow_run(flow_id, labels=[LABEL], **kwargs)
     return await watch_to_the_end(client, run.id)
 
 
 async def watch_to_the_end(client: AsyncClient, run_id: str) -> tuple[FlowRunDetail, list[str]]:
-    messages: list[str] = []
-    async with asyncio.timeout(60):
-        async for item in client.watch_flow_run(run_id):
-            if isinstance(item, LogRecord):
-                messages.append(item.message)
+    messages = (await watch_until_finished(client, run_id)).messages
     return await client.get_flow_run(run_id), messages
 
 
@@ -84,12 +73,11 @@ async def task_history(client: AsyncClient, run_id: str, task_run_id: str) -> li
 
 async def stored_logs(client: AsyncClient, run_id: str, last: str) -> list[LogRecord]:
     """The run's stored logs, once the state service has written the record ``last``."""
-    async with asyncio.timeout(30):
-        while True:
-            records = await client.get_flow_run_logs(run_id)
-            if any(r.message == last for r in records):
-                return records
-            await asyncio.sleep(0.05)
+    return await eventually(
+        lambda: client.get_flow_run_logs(run_id),
+        f"the log record {last!r} is stored",
+        until=lambda records: any(r.message == last for r in records),
+    )
 
 
 RETRY_SCRIPT = """
@@ -114,7 +102,7 @@ with Flow("{flow_name}") as flow:
 async def test_a_task_is_retried_until_it_succeeds(
     stack: Settings, client: AsyncClient, agent: LocalAgent, tmp_path: Path
 ) -> None:
-    flow_id, _ = await register_script(client, tmp_path, RETRY_SCRIPT)
+    flow_id, _ = await register_source(client, tmp_path, RETRY_SCRIPT)
     detail, messages = await run_to_the_end(client, flow_id)
     assert detail.run.state.type is StateType.SUCCESS, detail.run.state
     flaky = task_run(detail, "flaky")
@@ -153,7 +141,7 @@ with Flow("{flow_name}") as flow:
 async def test_a_failed_task_trigger_fails_its_downstream_and_the_flow(
     stack: Settings, client: AsyncClient, agent: LocalAgent, tmp_path: Path
 ) -> None:
-    flow_id, _ = await register_script(client, tmp_path, TRIGGER_SCRIPT)
+    flow_id, _ = await register_source(client, tmp_path, TRIGGER_SCRIPT)
     detail, messages = await run_to_the_end(client, flow_id)
     assert detail.run.state.type is StateType.FAILED
     assert detail.run.state.message == "Some reference tasks failed."
@@ -192,7 +180,7 @@ with Flow("{flow_name}") as flow:
 async def test_tasks_see_the_context_keys(
     stack: Settings, client: AsyncClient, agent: LocalAgent, tmp_path: Path
 ) -> None:
-    flow_id, flow_name = await register_script(client, tmp_path, CONTEXT_SCRIPT)
+    flow_id, flow_name = await register_source(client, tmp_path, CONTEXT_SCRIPT)
     due = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
     detail, _ = await run_to_the_end(
         client, flow_id, parameters={"who": "Marvin"}, run_name="context-run", scheduled_start_time=due
@@ -225,7 +213,7 @@ async def test_tasks_see_the_context_keys(
     assert logged["logger"] == "flowbus.task.report"
 
 
-BLOCKING_SCRIPT = """
+GATED_SCRIPT = """
 import time
 from pathlib import Path
 import flowbus
@@ -246,39 +234,36 @@ with Flow("{flow_name}") as flow:
 async def test_a_running_task_heartbeats_every_interval(
     stack: Settings, client: AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The runner is a subprocess: the flat variable the issue names reaches it
-    # through the agent's environment.
+    # The runner is a subprocess: FLOWBUS_HEARTBEAT_INTERVAL, the flat spelling
+    # users type, reaches it through the agent's environment.
     monkeypatch.setenv("FLOWBUS_HEARTBEAT_INTERVAL", "0.1")
     release = tmp_path / "release"
-    flow_id, _ = await register_script(client, tmp_path, BLOCKING_SCRIPT.replace("{release!r}", repr(str(release))))
+    flow_id, _ = await register_source(client, tmp_path, GATED_SCRIPT.replace("{release!r}", repr(str(release))))
     beats: asyncio.Queue[RunHeartbeat] = asyncio.Queue()
 
-    async def on_beat(msg: object) -> None:
-        beats.put_nowait(RunHeartbeat.model_validate_json(msg.data))  # type: ignore[attr-defined]
+    async def on_beat(msg: Msg) -> None:
+        beats.put_nowait(RunHeartbeat.model_validate_json(msg.data))
 
     sub = await client.nc.subscribe(subjects.flow_run_heartbeat("*"), cb=on_beat)
-    agent = LocalAgent(stack, labels=[LABEL], hostname_label=False)
-    agent_task = asyncio.create_task(agent.run())
-    try:
-        run = await client.create_flow_run(flow_id, labels=[LABEL])
-        task_beats: list[RunHeartbeat] = []
-        async with asyncio.timeout(60):
-            # Three beats naming the blocked task run: the one sent when it
-            # started Running and two more, one interval apart.
-            while len(task_beats) < 3:
-                beat = await beats.get()
-                if beat.flow_run_id == run.id and beat.task_run_id is not None:
-                    task_beats.append(beat)
-        release.touch()
-        detail, _ = await watch_to_the_end(client, run.id)
-        assert detail.run.state.type is StateType.SUCCESS
-        assert {b.task_run_id for b in task_beats} == {task_run(detail, "block").id}
-        assert task_beats[-1].timestamp - task_beats[1].timestamp >= timedelta(seconds=0.05)
-    finally:
-        release.touch()
-        await sub.unsubscribe()
-        agent.stop()
-        await agent_task
+    async with running_agents(LocalAgent(stack, labels=[LABEL], hostname_label=False)):
+        try:
+            run = await client.create_flow_run(flow_id, labels=[LABEL])
+            task_beats: list[RunHeartbeat] = []
+            async with asyncio.timeout(60):
+                # Three beats naming the blocked task run: the one sent when it
+                # started Running and two more, one interval apart.
+                while len(task_beats) < 3:
+                    beat = await beats.get()
+                    if beat.flow_run_id == run.id and beat.task_run_id is not None:
+                        task_beats.append(beat)
+            release.touch()
+            detail, _ = await watch_to_the_end(client, run.id)
+            assert detail.run.state.type is StateType.SUCCESS
+            assert {b.task_run_id for b in task_beats} == {task_run(detail, "block").id}
+            assert task_beats[-1].timestamp - task_beats[1].timestamp >= timedelta(seconds=0.05)
+        finally:
+            release.touch()  # before the agent stops: it waits for its running flow
+            await sub.unsubscribe()
 
 
 async def test_a_flow_that_cannot_be_loaded_ends_failed_with_the_reason(
@@ -300,45 +285,28 @@ async def test_a_flow_that_cannot_be_loaded_ends_failed_with_the_reason(
         assert {t.state.type for t in detail.task_runs} == {StateType.PENDING}  # nothing ran
 
 
-SLEEPING_SCRIPT = """
-import time
-import flowbus
-from flowbus import Flow, task
-
-@task
-def block():
-    flowbus.context.get("logger").info("blocking")
-    time.sleep(600)
-
-with Flow("{flow_name}") as flow:
-    block()
-"""
-
-
 async def test_sigterm_ships_the_logs_and_leaves_the_final_state_to_the_agent(
     stack: Settings, client: AsyncClient, agent: LocalAgent, tmp_path: Path
 ) -> None:
-    flow_id, _ = await register_script(client, tmp_path, SLEEPING_SCRIPT)
+    flow_id, _ = await register_source(client, tmp_path, blocking_flow("{flow_name}"))
     run = await client.create_flow_run(flow_id, labels=[LABEL])
     pid = None
-    messages: list[str] = []
-    final: StateChanged | None = None
-    async with asyncio.timeout(60):
-        async for item in client.watch_flow_run(run.id):
-            if isinstance(item, LogRecord):
-                messages.append(item.message)
-                if item.message.startswith("Submitted for execution: PID: "):
-                    pid = int(item.message.rsplit(" ", 1)[1])
-                if item.message == "blocking":
-                    assert pid is not None
-                    os.kill(pid, signal.SIGTERM)
-            elif isinstance(item, StateChanged) and is_finished(item.state.type):
-                final = item
-    assert final is not None
+
+    async def sigterm_once_blocking(item: WatchItem) -> None:
+        nonlocal pid
+        if isinstance(item, LogRecord) and item.message.startswith("Submitted for execution: PID: "):
+            pid = int(item.message.rsplit(" ", 1)[1])
+        if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+
+    watched = await watch_until_finished(client, run.id, on_item=sigterm_once_blocking)
+    final = watched.final
+    assert isinstance(final, StateChanged)
     assert final.state.type is StateType.FAILED
     # The agent's reason: the runner exited 128 + SIGTERM and wrote no state itself.
     assert "143" in (final.state.message or ""), final.state
     # Logged by the runner's SIGTERM handler, shipped before it exited.
-    assert f"Flow run process {pid} received SIGTERM." in messages
+    assert f"Flow run process {pid} received SIGTERM." in watched.messages
     history = await client.get_flow_run_history(run.id)
     assert [e.type for e in history] == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.FAILED]

@@ -10,10 +10,9 @@ import pytest
 from flowbus.client import AsyncClient
 from flowbus.schemas.common import Archived, Conflict, NotFound, ValidationFailed, VersionLockingError
 from flowbus.schemas.flows import ParameterSpec
-from flowbus.schemas.runs import StateChanged
 from flowbus.states import StateType
-from tests.conftest import unique
-from tests.helpers import register
+from tests.helpers import register, unique
+from tests.helpers.runs import watch_until_finished
 
 
 async def test_new_run_is_scheduled_at_version_one(client: AsyncClient) -> None:
@@ -121,11 +120,7 @@ async def test_state_events_arrive_in_order_after_commit(client: AsyncClient) ->
     v = (await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)).version
     v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
     await client.set_flow_run_state(run.id, v, StateType.FAILED, "boom")
-    seen = []
-    async with asyncio.timeout(30):
-        async for item in client.watch_flow_run(run.id):
-            if isinstance(item, StateChanged):
-                seen.append((item.version, item.state.type))
+    seen = [(s.version, s.state.type) for s in (await watch_until_finished(client, run.id)).states]
     assert seen == [
         (1, StateType.SCHEDULED),
         (2, StateType.SUBMITTED),

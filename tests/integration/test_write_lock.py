@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from flowbus.db.engine import Database, SqliteWriteLock
+from flowbus.db.engine import SqliteWriteLock
+from tests.helpers import sqlite_counter
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 3
@@ -21,38 +21,12 @@ INCREMENTS = 200
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
 
 
-async def increment(url: str, times: int) -> None:
-    """Read-modify-write a counter ``times`` times, each in its own write transaction."""
-    db = Database(url)
-    try:
-        for _ in range(times):
-            async with db.write() as conn:
-                value = (await conn.execute(sa.text("SELECT n FROM counter"))).scalar_one()
-                await asyncio.sleep(0)  # a turn for anyone the lock did not keep out
-                await conn.execute(sa.text("UPDATE counter SET n = :n"), {"n": value + 1})
-    finally:
-        await db.dispose()
-
-
-def _counter_db(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE counter (n INTEGER NOT NULL)")
-        conn.execute("INSERT INTO counter VALUES (0)")
-
-
 def test_writers_in_several_processes_lose_no_update(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
-    _counter_db(path)
+    sqlite_counter.create(path)
     url = f"sqlite+aiosqlite:///{path}"
-    code = (
-        "import asyncio; from tests.integration.test_write_lock import increment; "
-        f"asyncio.run(increment({url!r}, {INCREMENTS}))"
-    )
-    writers = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        for _ in range(PROCESSES)
-    ]
+    counter = [sys.executable, "-m", "tests.helpers.sqlite_counter", url, str(INCREMENTS)]
+    writers = [subprocess.Popen(counter, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(PROCESSES)]
     for writer in writers:
         _out, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err

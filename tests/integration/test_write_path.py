@@ -4,7 +4,6 @@ events that survive a crash between the commit and the publish."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -29,8 +28,8 @@ from flowbus.settings import Settings
 from flowbus.states import StateType
 from services.registration import usecases as registration
 from services.run_creation import usecases as run_creation
-from tests.conftest import unique
-from tests.helpers import register, serialized_flow
+from tests.helpers import register, serialized_flow, unique
+from tests.helpers.commands import send
 
 WRITERS = 16
 ATTEMPTS = 8
@@ -63,27 +62,19 @@ async def test_racing_writers_get_one_winner_per_version_and_a_gap_free_history(
     assert [e.version for e in history] == list(range(1, 4 + len(wins)))
 
 
-async def test_a_batch_keeps_each_commands_outcome_apart(stack: Settings, client: AsyncClient) -> None:
+async def test_a_batch_keeps_each_commands_outcome_apart(client: AsyncClient, nc: Client) -> None:
     """Concurrent commands share transactions; a refused one changes nothing for the others."""
     flow = await register(client, unique("p"), "batch")
     runs = [await client.create_flow_run(flow.id) for _ in range(20)]
-    nc = await nats.connect(stack.nats_servers())
-    try:
-
-        async def send(cmd: SetFlowRunState) -> dict[str, object]:
-            msg = await nc.request(subjects.State.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode(), timeout=10)
-            reply: dict[str, object] = json.loads(msg.data)
-            return reply
-
-        submitted = StateSpec(type=StateType.SUBMITTED)
-        commands = []
-        for i, run in enumerate(runs):
-            version = 1 if i % 2 == 0 else 7  # every odd one is stale
-            commands.append(SetFlowRunState(flow_run_id=run.id, version=version, state=submitted))
-        commands.append(SetFlowRunState(flow_run_id="no-such-run", version=1, state=submitted))
-        replies = await asyncio.gather(*(send(c) for c in commands))
-    finally:
-        await nc.close()
+    submitted = StateSpec(type=StateType.SUBMITTED)
+    commands = []
+    for i, run in enumerate(runs):
+        version = 1 if i % 2 == 0 else 7  # every odd one is stale
+        commands.append(SetFlowRunState(flow_run_id=run.id, version=version, state=submitted))
+    commands.append(SetFlowRunState(flow_run_id="no-such-run", version=1, state=submitted))
+    replies = await asyncio.gather(
+        *(send(nc, subjects.State.SET_FLOW_RUN_STATE, c.model_dump_json().encode()) for c in commands)
+    )
 
     for i, reply in enumerate(replies[:-1]):
         if i % 2 == 0:
@@ -293,30 +284,21 @@ async def test_a_sent_batch_waiting_for_its_acks_is_not_swept_and_is_sent_again_
 
 
 async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
-    stack: Settings, client: AsyncClient
+    stack: Settings, client: AsyncClient, nc: Client
 ) -> None:
     flow = await register(client, unique("p"), "big")
     limit = stack.nats.max_command_bytes
-    nc = await nats.connect(stack.nats_servers())
-    try:
-        oversize = CreateFlowRun(flow_id=flow.id, context={"blob": "x" * (limit + 10)}).model_dump_json().encode()
-        bodies = [
-            oversize,
-            b'{"flow_id": "' + flow.id.encode() + b'", "parameters": [1, 2]}',
-            b'{"flow_id": "' + flow.id.encode() + b'", "scheduled_start_time": "2030-01-01T10:00:00"}',
-            b'{"flow_id": ',
-        ]
-        for body in bodies:
-            reply = json.loads((await nc.request(subjects.RunCreation.CREATE_FLOW_RUN, body, timeout=10)).data)
-            assert reply["ok"] is False
-            assert reply["error"]["code"] == ErrorCode.VALIDATION_ERROR, body[:80]
-        assert (
-            str(limit)
-            in json.loads((await nc.request(subjects.RunCreation.CREATE_FLOW_RUN, oversize, timeout=10)).data)["error"][
-                "message"
-            ]
-        )
-    finally:
-        await nc.close()
+    oversize = CreateFlowRun(flow_id=flow.id, context={"blob": "x" * (limit + 10)}).model_dump_json().encode()
+    bodies = [
+        oversize,
+        b'{"flow_id": "' + flow.id.encode() + b'", "parameters": [1, 2]}',
+        b'{"flow_id": "' + flow.id.encode() + b'", "scheduled_start_time": "2030-01-01T10:00:00"}',
+        b'{"flow_id": ',
+    ]
+    for body in bodies:
+        reply = await send(nc, subjects.RunCreation.CREATE_FLOW_RUN, body)
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == ErrorCode.VALIDATION_ERROR, body[:80]
+    assert str(limit) in (await send(nc, subjects.RunCreation.CREATE_FLOW_RUN, oversize))["error"]["message"]
     assert await client.get_flow_runs(flow_id=flow.id) == []
     assert (await client.create_flow_run(flow.id)).version == 1  # and the service still serves

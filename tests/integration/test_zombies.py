@@ -15,11 +15,11 @@ from flowbus.client import AsyncClient
 from flowbus.embedded import SERVICE_MODULES, build_service_app
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
-from flowbus.schemas.runs import LogRecord, StateChanged
 from flowbus.settings import HeartbeatSettings, Settings
 from flowbus.states import StateType
 from services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
-from tests.conftest import unique
+from tests.helpers import unique
+from tests.helpers.runs import watch_until_finished
 
 Tight = tuple[AsyncClient, ZombieState]
 
@@ -73,18 +73,6 @@ async def _running_run(client: AsyncClient, flow_id: str, *, tasks: bool = True)
     return run.id
 
 
-async def _until_finished(client: AsyncClient, run_id: str) -> tuple[list[StateChanged], list[LogRecord]]:
-    """The run's state changes and logs, awaited until it finishes."""
-    states: list[StateChanged] = []
-    logs: list[LogRecord] = []
-    async for item in client.watch_flow_run(run_id):
-        if isinstance(item, StateChanged):
-            states.append(item)
-        elif isinstance(item, LogRecord):
-            logs.append(item)
-    return states, logs
-
-
 async def test_a_silent_running_run_is_failed_and_its_task_runs_retried_or_failed(tight: Tight) -> None:
     client, zombies = tight
     run_id = await _running_run(client, await _flow(client))
@@ -92,7 +80,8 @@ async def test_a_silent_running_run_is_failed_and_its_task_runs_retried_or_faile
     beat = RunHeartbeat(flow_run_id=run_id, timestamp=datetime.now(UTC))
     await client.nc.publish(subjects.flow_run_heartbeat(run_id), beat.model_dump_json().encode())
 
-    states, logs = await _until_finished(client, run_id)
+    watched = await watch_until_finished(client, run_id)
+    states, logs = watched.states, watched.logs
 
     assert states[-1].state.type is StateType.FAILED
     assert states[-1].state.message == FLOW_RUN_MESSAGE
@@ -118,7 +107,7 @@ async def test_a_task_run_out_of_retries_is_failed(tight: Tight) -> None:
     retrying = await client.set_task_run_state(twice.id, twice.version, StateType.RETRYING)
     await client.set_task_run_state(twice.id, retrying.version, StateType.RUNNING)
 
-    states, _ = await _until_finished(client, run_id)
+    states = (await watch_until_finished(client, run_id)).states
 
     assert states[-1].state.type is StateType.FAILED
     twice_now = next(t for t in (await client.get_flow_run(run_id)).task_runs if t.id == twice.id)
@@ -134,7 +123,7 @@ async def test_a_run_with_heartbeats_disabled_is_left_running(tight: Tight) -> N
     # quiet run's start: the killer saw the quiet run stale and left it alone.
     for _ in range(2):
         zombie = await _running_run(client, enabled, tasks=False)
-        states, _ = await _until_finished(client, zombie)
+        states = (await watch_until_finished(client, zombie)).states
         assert states[-1].state.message == FLOW_RUN_MESSAGE
     passes = zombies.passes
     assert passes >= 2

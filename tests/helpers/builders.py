@@ -1,11 +1,17 @@
-"""Builders shared by the tests: serialized flows and registered flows."""
+"""Builders shared by the tests: unique names, serialized flows and registered flows."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flowbus.client import AsyncClient
 from flowbus.schemas.flows import FlowOut, ParameterSpec, RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses: tests of one module share a nats-server and its streams."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def serialized_flow(

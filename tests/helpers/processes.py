@@ -1,0 +1,121 @@
+"""The `flowbus` command and flow scripts as subprocesses, as a user runs them.
+
+Each process gets a clean environment: no ``FLOWBUS_*`` variable of the
+developer's, ``FLOWBUS_HOME`` set to the test's home (where `flowbus up`
+writes its endpoint file), plus what the test adds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.helpers.waiting import wait_until
+
+BIN = Path(sys.executable).parent
+FLOWBUS = str(BIN / "flowbus")
+UP_READY = "Press Ctrl-C to stop."  # what `flowbus up` prints once it serves
+
+
+def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBUS_")}
+    env["FLOWBUS_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run(
+    args: list[str], home: Path, cwd: Path, timeout: float = 120, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, env=cli_env(home, env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def flowbus(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`flowbus ARGS`, which must succeed."""
+    result = run([FLOWBUS, *args], home, work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def start(args: list[str], home: Path, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, env=cli_env(home, env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
+    """Signal the process (Ctrl-C by default) unless it has ended; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    return proc.returncode
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> list[str]:
+    """Read the process's output until a line contains ``needle`` (the event we wait for); the lines read."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} never appeared; output so far:\n{''.join(seen)}")
+
+
+@contextmanager
+def serving(
+    home: Path, work: Path, project: str, scripts: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`flowbus up` on ``home``, with ``project`` created and each script in ``work`` registered into it."""
+    proc = start([FLOWBUS, "up"], home, work, env)
+    try:
+        wait_for_line(proc, UP_READY)
+        commands = [["create", "project", project]]
+        commands += [["register", "--project", project, "-p", str(work / script)] for script in scripts]
+        for command in commands:
+            result = run([FLOWBUS, *command], home, work, env=env)
+            assert result.returncode == 0, result.stdout + result.stderr
+        yield proc
+    finally:
+        stop(proc)
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Until ``url`` (a service's /readyz) answers 200; fails at once if the process exits."""
+
+    def status() -> int:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        return http_get(url)[0]
+
+    wait_until(status, f"{url} answers 200", until=lambda code: code == 200, timeout=timeout, ignoring=(OSError,))
