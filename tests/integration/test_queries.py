@@ -1,5 +1,6 @@
-"""The state service's read side through the client: listing runs, state
-history, log filters, and the forms a state can be given in."""
+"""The state service's read side (services/state/queries.py) through the
+client: listing runs, state history, log filters; and the forms a state
+and a cancel can be given in."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""SQLite's write lock across processes: services in several processes
-(the layout of ``flowbus up``) share one database file and lose no write."""
+"""SQLite's write lock (flowbus.db.engine) across processes: services in
+several processes (the layout of ``flowbus up``) share one database file
+and lose no write."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Child flow runs: a parent flow's tasks ``create_flow_run`` (another flow's
-run) and ``wait_for_flow_run`` (its end, with its logs), under a real agent.
+"""Child flow runs (flowbus.tasks.flow_run): a parent flow's tasks
+``create_flow_run`` (another flow's run) and ``wait_for_flow_run`` (its end,
+with its logs), under a real agent.
 
 Both flows are scripts in tmp_path, registered as the runner will load them;
 one in-process LocalAgent (a label of its own per test) runs parent and child.

@@ -1,4 +1,5 @@
-"""Service handlers in memory with faststream's TestNatsBroker (no server)."""
+"""The registration service's handlers in memory, with faststream's
+TestNatsBroker (no server): replies, validation, oversize commands."""
 
 from __future__ import annotations
 
