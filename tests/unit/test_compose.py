@@ -1,14 +1,24 @@
-"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine runs here)."""
+"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine runs here).
+
+Each check is a property the deployment breaks without: every service has
+a container, the containers agree on one NATS cluster and one database,
+their variables are settings flowbus reads, the cluster is one cluster. No
+check pins an image version or spells out a command: those may change.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from flowbus.embedded import SERVICE_MODULES
 from flowbus.settings import Settings
@@ -16,9 +26,9 @@ from flowbus.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-NATS_URL = "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
-DATABASE_URL = "postgresql+asyncpg://postgres@postgres:5432/flowbus"
+Services = dict[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +39,7 @@ def compose() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def services(compose: dict[str, Any]) -> Services:
     services = compose["services"]
     assert isinstance(services, dict)
     return services
@@ -48,7 +58,7 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 def flags_of(command: list[str]) -> dict[str, str]:
-    """nats-server flags, ``-x``, ``--x``, ``--x=v`` or ``--x v``, by name without dashes."""
+    """Command-line flags, ``-x``, ``--x``, ``--x=v`` or ``--x v``, by name without dashes."""
     flags: dict[str, str] = {}
     i = 0
     while i < len(command):
@@ -63,28 +73,63 @@ def flags_of(command: list[str]) -> dict[str, str]:
     return flags
 
 
-def image_of(service: dict[str, Any]) -> str:
-    return str(service.get("image", ""))
-
-
-def by_image(services: dict[str, dict[str, Any]], prefix: str) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in services.items() if image_of(s).startswith(prefix)}
-
-
-def dependencies(service: dict[str, Any]) -> list[str]:
+def dependencies(service: dict[str, Any]) -> dict[str, str]:
+    """What the service waits for: each dependency and its condition."""
     depends = service.get("depends_on", [])
-    return list(depends) if isinstance(depends, dict | list) else []
+    if isinstance(depends, list):
+        return {str(d): "service_started" for d in depends}
+    return {str(name): str((spec or {}).get("condition", "service_started")) for name, spec in depends.items()}
+
+
+def nats_nodes(services: Services) -> Services:
+    return {name: s for name, s in services.items() if str(s.get("image", "")).split(":")[0] == "nats"}
+
+
+def flowbus_containers(services: Services) -> dict[str, str]:
+    """The flowbus service each container runs (``flowbus service run NAME``), by container."""
+    found: dict[str, str] = {}
+    for name, service in services.items():
+        command = command_of(service)
+        for i in range(len(command) - 2):
+            if command[i : i + 2] == ["service", "run"]:
+                found[name] = command[i + 2]
+    return found
+
+
+def database_service(services: Services) -> str:
+    host = urlparse(env_of(next(iter(flowbus_services(services).values())))["FLOWBUS_DATABASE_URL"]).hostname
+    assert host in services, f"the database URL names {host}, which is no service"
+    return host
+
+
+def flowbus_services(services: Services) -> Services:
+    return {name: services[name] for name in flowbus_containers(services)}
+
+
+def names_a_setting(variable: str) -> bool:
+    """Whether Settings reads ``variable`` (``FLOWBUS_A__B`` is field ``b`` of the group ``a``)."""
+    model: type[BaseModel] = Settings
+    *groups, leaf = variable.removeprefix("FLOWBUS_").lower().split("__")
+    for group in groups:
+        field = model.model_fields.get(group)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    return leaf in model.model_fields
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
 # ---- NATS -----------------------------------------------------------------------
 
 
-def test_three_nats_nodes_form_one_cluster_with_jetstream(
-    compose: dict[str, Any], services: dict[str, dict[str, Any]]
-) -> None:
-    nats = by_image(services, "nats:")
+def test_three_nats_nodes_form_one_cluster_with_jetstream(compose: dict[str, Any], services: Services) -> None:
+    nats = nats_nodes(services)
     assert len(nats) == 3, sorted(nats)
-    assert {image_of(s) for s in nats.values()} == {"nats:2.10"}
 
     flags = {name: flags_of(command_of(s)) for name, s in nats.items()}
     for name, f in flags.items():
@@ -129,88 +174,103 @@ def test_three_nats_nodes_form_one_cluster_with_jetstream(
 
 
 @pytest.mark.parametrize("name", list(SERVICE_MODULES))
-def test_every_flowbus_service_runs_in_its_own_container(services: dict[str, dict[str, Any]], name: str) -> None:
-    assert name in services, f"no container for the {name} service"
-    service = services[name]
-    assert command_of(service) == [
-        ".venv/bin/flowbus",
-        "service",
-        "run",
-        name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "8000",
-    ]
-    assert service.get("build"), f"{name} is not built from the Dockerfile"
-    build = service["build"]
+def test_every_flowbus_service_runs_in_its_own_container(services: Services, name: str) -> None:
+    containers = [c for c, target in flowbus_containers(services).items() if target == name]
+    assert len(containers) == 1, f"the {name} service runs in {len(containers)} containers: {containers}"
+    service = services[containers[0]]
+
+    build = service.get("build")
+    assert build, f"{name} is not built from the Dockerfile"
     dockerfile = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
     context = build.get("context", ".") if isinstance(build, dict) else build
     assert (ROOT / context / dockerfile).resolve() == DOCKERFILE
 
-    env = env_of(service)
-    assert env["FLOWBUS_NATS_URL"] == NATS_URL
-    assert env["FLOWBUS_DATABASE_URL"] == DATABASE_URL
-    assert env["FLOWBUS_NATS__STREAM_REPLICAS"] == "3"
-    collector = urlparse(env["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname
-    assert collector in services, f"{name} sends traces to {collector}, which is no service"
+    # The command is the project's own script, in the virtualenv the image builds in its WORKDIR.
+    command = command_of(service)
+    workdir = PurePosixPath(dict(dockerfile_instructions())["WORKDIR"])
+    assert workdir / command[0] == workdir / ".venv" / "bin" / "flowbus"
+    assert "flowbus" in PYPROJECT["project"]["scripts"]
 
+    # It listens where it can be reached, on the port its health check and the published ports use.
+    flags = flags_of(command)
+    assert flags.get("host") == "0.0.0.0", f"{name} listens on {flags.get('host')}, unreachable from outside"
+    port = flags["port"]
     test = service["healthcheck"]["test"]
-    assert "/readyz" in (test if isinstance(test, str) else " ".join(test)), f"{name} is not checked on /readyz"
+    probe = test if isinstance(test, str) else " ".join(test)
+    assert f":{port}/readyz" in probe, f"{name}'s health check does not probe /readyz on port {port}"
+    for published in service.get("ports", []):
+        assert str(published).rsplit(":", 1)[-1] == port, f"{name} publishes {published}, not its port {port}"
 
 
-def test_service_environment_is_what_settings_reads(
-    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for key, value in env_of(services["state"]).items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()
-    assert settings.nats_url == NATS_URL
-    assert settings.database_url == DATABASE_URL
-    assert settings.nats.stream_replicas == 3
-
-
-def test_service_urls_name_compose_services(services: dict[str, dict[str, Any]]) -> None:
-    nats_hosts = {urlparse(url).hostname for url in NATS_URL.split(",")}
-    assert nats_hosts == set(by_image(services, "nats:"))
-    assert urlparse(DATABASE_URL).hostname in services
-
-
-def test_every_service_command_names_a_known_service(services: dict[str, dict[str, Any]]) -> None:
+def test_every_service_command_names_a_known_service(services: Services) -> None:
     started = []
-    for name, service in services.items():
-        command = command_of(service)
-        if "service" in command and "run" in command:
-            target = command[command.index("run") + 1]
-            assert target in SERVICE_MODULES, f"{name} runs unknown service {target!r}"
-            started.append(target)
+    for name, target in flowbus_containers(services).items():
+        assert target in SERVICE_MODULES, f"{name} runs unknown service {target!r}"
+        started.append(target)
     assert sorted(started) == sorted(SERVICE_MODULES), "each service must run in exactly one container"
+
+
+def test_every_flowbus_variable_is_a_setting(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, service in flowbus_services(services).items():
+        env = env_of(service)
+        unread = [v for v in env if v.startswith("FLOWBUS_") and not names_a_setting(v)]
+        assert not unread, f"{name} sets variables no setting reads: {unread}"
+        with monkeypatch.context() as patched:
+            for variable in [v for v in os.environ if v.startswith("FLOWBUS_")]:
+                patched.delenv(variable)  # the developer's own
+            for key, value in env.items():
+                patched.setenv(key, value)
+            settings = Settings()  # the values are valid too
+        assert settings.nats_url == env["FLOWBUS_NATS_URL"]
+        assert settings.database_url == env["FLOWBUS_DATABASE_URL"]
+
+
+def test_services_share_the_nats_cluster_and_the_database(services: Services) -> None:
+    envs = {name: env_of(s) for name, s in flowbus_services(services).items()}
+    for variable in ("FLOWBUS_NATS_URL", "FLOWBUS_DATABASE_URL", "FLOWBUS_NATS__STREAM_REPLICAS"):
+        assert len({env.get(variable) for env in envs.values()}) == 1, f"the services disagree on {variable}"
+    env = next(iter(envs.values()))
+    nodes = nats_nodes(services)
+    assert {urlparse(url).hostname for url in env["FLOWBUS_NATS_URL"].split(",")} == set(nodes)
+    assert urlparse(env["FLOWBUS_DATABASE_URL"]).scheme == "postgresql+asyncpg"
+    # A stream needs a node for each replica, and survives losing a node only with two or more.
+    assert 1 < int(env["FLOWBUS_NATS__STREAM_REPLICAS"]) <= len(nodes)
+
+
+def test_services_wait_for_nats_and_a_healthy_database(services: Services) -> None:
+    database = database_service(services)
+    assert "healthcheck" in services[database], "service_healthy needs a health check on the database"
+    for name, service in flowbus_services(services).items():
+        waits_for = dependencies(service)
+        assert set(nats_nodes(services)) <= set(waits_for), f"{name} may start before the NATS nodes"
+        assert waits_for.get(database) == "service_healthy", f"{name} may start before the database accepts it"
+
+
+def test_the_database_accepts_the_services_url(services: Services) -> None:
+    database = database_service(services)
+    url = urlparse(env_of(next(iter(flowbus_services(services).values())))["FLOWBUS_DATABASE_URL"])
+    env = env_of(services[database])
+    assert url.path.lstrip("/") == env.get("POSTGRES_DB", env.get("POSTGRES_USER", "postgres"))
+    assert url.username == env.get("POSTGRES_USER", "postgres")
+    if url.password is None:
+        assert env.get("POSTGRES_HOST_AUTH_METHOD") == "trust", "a URL without a password needs trust auth"
+    else:
+        assert url.password == env.get("POSTGRES_PASSWORD")
 
 
 # ---- the rest of the stack ----------------------------------------------------------
 
 
-def test_postgres_is_present(services: dict[str, dict[str, Any]]) -> None:
-    postgres = services["postgres"]
-    assert image_of(postgres) == "postgres:16"
-    env = env_of(postgres)
-    assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust"
-    assert env["POSTGRES_DB"] == "flowbus"
-    assert "healthcheck" in postgres
+def test_traces_go_through_the_collector_to_a_viewer(compose: dict[str, Any], services: Services) -> None:
+    collectors = {
+        urlparse(env_of(s)["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname for s in flowbus_services(services).values()
+    }
+    assert len(collectors) == 1, f"the services send traces to different places: {collectors}"
+    collector_name = collectors.pop()
+    assert collector_name in services, f"the services send traces to {collector_name}, which is no service"
+    collector = services[collector_name]
 
-
-def test_collector_and_trace_viewer_are_present(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
-    collectors = by_image(services, "otel/opentelemetry-collector")
-    viewers = by_image(services, "jaegertracing/all-in-one")
-    assert len(collectors) == 1
-    assert len(viewers) == 1
-    (collector_name, collector), (viewer_name, _viewer) = next(iter(collectors.items())), next(iter(viewers.items()))
-
-    for name in SERVICE_MODULES:
-        endpoint = env_of(services[name])["OTEL_EXPORTER_OTLP_ENDPOINT"]
-        assert urlparse(endpoint).hostname == collector_name
-
-    # The collector's pipeline receives OTLP and exports traces to the viewer.
+    # The collector's pipeline receives OTLP and exports traces to another service.
     configs = compose.get("configs") or {}
     sources = [c["source"] if isinstance(c, dict) else c for c in collector.get("configs", [])]
     assert sources, "the collector has no configuration"
@@ -218,16 +278,17 @@ def test_collector_and_trace_viewer_are_present(compose: dict[str, Any], service
     pipeline = config["service"]["pipelines"]["traces"]
     assert "otlp" in pipeline["receivers"]
     endpoints = [config["exporters"][e].get("endpoint", "") for e in pipeline["exporters"]]
-    assert any(e.split(":")[0] == viewer_name for e in endpoints), endpoints
+    viewers = {e.split(":")[0] for e in endpoints} & set(services)
+    assert viewers, f"the collector exports traces to no service: {endpoints}"
 
 
-def test_every_depends_on_target_exists(services: dict[str, dict[str, Any]]) -> None:
+def test_every_depends_on_target_exists(services: Services) -> None:
     for name, service in services.items():
         for target in dependencies(service):
             assert target in services, f"{name} depends on {target}, which is not defined"
 
 
-def test_named_volumes_and_configs_are_declared(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+def test_named_volumes_and_configs_are_declared(compose: dict[str, Any], services: Services) -> None:
     volumes = set((compose.get("volumes") or {}).keys())
     configs = set((compose.get("configs") or {}).keys())
     for name, service in services.items():
@@ -240,10 +301,22 @@ def test_named_volumes_and_configs_are_declared(compose: dict[str, Any], service
             assert source in configs, f"{name} uses undeclared config {source}"
 
 
-def test_dockerfile_builds_the_services() -> None:
-    text = DOCKERFILE.read_text()
-    assert "FROM python:3.11-slim" in text
-    assert "uv==0.13.9" in text
+def test_dockerfile_builds_what_the_project_builds() -> None:
+    instructions = dockerfile_instructions()
+    text = " ".join(f"{op} {args}" for op, args in instructions)
+    # The Python the project requires.
+    base = next(args for op, args in instructions if op == "FROM")
+    python = re.fullmatch(r"python:(\d+)\.(\d+)\S*", base)
+    assert python, f"the image is not built on an official Python image: {base}"
+    required = re.fullmatch(r">=(\d+)\.(\d+)", PYPROJECT["project"]["requires-python"])
+    assert required
+    assert (int(python[1]), int(python[2])) >= (int(required[1]), int(required[2]))
+    # The uv the Makefile pins, installing exactly the lockfile.
+    makefile_uv = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert makefile_uv
+    assert f"uv=={makefile_uv[1]}" in text, "the image installs another uv than the Makefile"
     assert "uv sync --frozen --no-dev" in text
-    assert "COPY libs" in text
-    assert "COPY services" in text
+    # Every top-level folder the wheel packages is copied into the image.
+    for package in PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+        folder = package.split("/")[0]
+        assert any(op == "COPY" and args.split()[0] == folder for op, args in instructions), f"{folder} not copied"
