@@ -36,7 +36,7 @@ fmt: install ## Format the code and apply ruff's safe fixes
 	$(BIN)/ruff format .
 
 typecheck: install ## mypy (strict)
-	$(BIN)/mypy libs services
+	$(BIN)/mypy libs services tests
 
 unit: install ## Unit tests only (fast, in memory)
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)

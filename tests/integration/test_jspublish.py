@@ -70,7 +70,7 @@ async def test_a_refusal_fails_the_confirmation_of_a_sent_batch(nc: Client) -> N
 
 def test_acknowledgements_are_read_as_stored_or_refused() -> None:
     def ack(data: bytes, headers: dict[str, str] | None = None) -> Msg:
-        return Msg(_client=None, subject="_INBOX.x.1", data=data, headers=headers)  # type: ignore[arg-type]
+        return Msg(_client=Client(), subject="_INBOX.x.1", data=data, headers=headers)  # never connected
 
     assert ack_error(ack(b'{"stream":"FLOWBUS_EVENTS","seq":7}')) is None
     assert ack_error(ack(b'{"stream":"FLOWBUS_EVENTS","seq":7,"duplicate":true}')) is None
