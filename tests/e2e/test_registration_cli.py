@@ -47,6 +47,36 @@ def registered_id(output: str) -> str:
     return output.strip().rsplit("(", 1)[1].rstrip(")")
 
 
+def switch_every_setting_and_back(home: Path, work: Path, flow_id: str) -> None:
+    """Each setting switched, one command each, then all back in one command."""
+    flowbus(home, work, "flow", "settings", flow_id, "--no-heartbeat")
+    flowbus(home, work, "flow", "settings", flow_id, "--no-lazarus")
+    flowbus(home, work, "flow", "settings", flow_id, "--version-locking")
+    assert flow_json(home, work, flow_id)["settings"] == {
+        "heartbeat_enabled": False,
+        "lazarus_enabled": False,
+        "version_locking_enabled": True,
+    }
+    flowbus(home, work, "flow", "settings", flow_id, "--heartbeat", "--lazarus", "--no-version-locking")
+    assert flow_json(home, work, flow_id)["settings"] == {
+        "heartbeat_enabled": True,
+        "lazarus_enabled": True,
+        "version_locking_enabled": False,
+    }
+
+
+def register_by_module(home: Path, work: Path, project: str) -> None:
+    """A flow registered by module name (importable from the work folder) is stored as module storage."""
+    (work / "etl_module.py").write_text(textwrap.dedent(ETL_V1).replace('"etl"', '"etl-module"'))
+    by_module = flowbus(home, work, "register", "--project", project, "-m", "etl_module")
+    assert "registered as version 1" in by_module.stdout
+    assert flow_json(home, work, registered_id(by_module.stdout))["storage"] == {
+        "type": "module",
+        "path": None,
+        "module": "etl_module",
+    }
+
+
 def test_register_version_archive_and_settings(server: subprocess.Popen[str], home: Path, workdir: Path) -> None:
     work = workdir
     script = work / "etl.py"
@@ -81,20 +111,7 @@ def test_register_version_archive_and_settings(server: subprocess.Popen[str], ho
     assert "unarchived" in flowbus(home, work, "flow", "unarchive", v1).stdout
     assert flow_json(home, work, v1)["archived"] is False
 
-    flowbus(home, work, "flow", "settings", v1, "--no-heartbeat")
-    flowbus(home, work, "flow", "settings", v1, "--no-lazarus")
-    flowbus(home, work, "flow", "settings", v1, "--version-locking")
-    assert flow_json(home, work, v1)["settings"] == {
-        "heartbeat_enabled": False,
-        "lazarus_enabled": False,
-        "version_locking_enabled": True,
-    }
-    flowbus(home, work, "flow", "settings", v1, "--heartbeat", "--lazarus", "--no-version-locking")
-    assert flow_json(home, work, v1)["settings"] == {
-        "heartbeat_enabled": True,
-        "lazarus_enabled": True,
-        "version_locking_enabled": False,
-    }
+    switch_every_setting_and_back(home, work, v1)
 
     # Version 3 archived version 2: it cannot be run.
     archived = run([FLOWBUS, "run", "--id", v2], home, work)
@@ -109,14 +126,7 @@ def test_register_version_archive_and_settings(server: subprocess.Popen[str], ho
     assert listed.count("etl\t") == 3
     flowbus(home, work, "project", "delete", "data", "--yes")
     assert "data" not in flowbus(home, work, "get", "projects").stdout
-    (work / "etl_module.py").write_text(textwrap.dedent(ETL_V1).replace('"etl"', '"etl-module"'))
-    by_module = flowbus(home, work, "register", "--project", "other", "-m", "etl_module")
-    assert "registered as version 1" in by_module.stdout
-    assert flow_json(home, work, registered_id(by_module.stdout))["storage"] == {
-        "type": "module",
-        "path": None,
-        "module": "etl_module",
-    }
+    register_by_module(home, work, "other")
 
     gone = run([FLOWBUS, "get", "flow", v1], home, work)
     assert gone.returncode == 1
