@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from flowbus.client import Client
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
-from tests.helpers.processes import FLOWBUS, flowbus, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, run, serving_scripts, start, stop, wait_for_line
 from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
@@ -116,13 +115,8 @@ class System:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    root = tmp_path_factory.mktemp("agents-e2e")
-    home, work = root / "home", root / "work"
-    work.mkdir()
-    for name, source in FLOWS.items():
-        (work / name).write_text(textwrap.dedent(source))
     agents: list[subprocess.Popen[str]] = []
-    with serving(home, work, "e2e-agents", list(FLOWS)):
+    with serving_scripts(tmp_path_factory.mktemp("agents-e2e"), "e2e-agents", FLOWS) as (home, work):
         try:
             for name, labels in AGENTS.items():
                 args = [FLOWBUS, "agent", "local", "start", "--name", name, "--no-hostname-label"]

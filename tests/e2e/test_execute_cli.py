@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, flowbus, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, assert_in_order, flowbus, run, serving_scripts, start, stop, wait_for_line
 from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
@@ -52,12 +51,8 @@ FLOWS += blocking_flow("exec-sleepy", variable="sleepy_flow")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    root = tmp_path_factory.mktemp("execute-cli")
-    home, work = root / "home", root / "work"
-    work.mkdir()
-    (work / "exec_flows.py").write_text(textwrap.dedent(FLOWS))
-    with serving(home, work, "execute", ["exec_flows.py"]):
-        yield home, work
+    with serving_scripts(tmp_path_factory.mktemp("execute-cli"), "execute", {"exec_flows.py": FLOWS}) as folders:
+        yield folders
 
 
 def created_id(output: str) -> str:
@@ -80,15 +75,16 @@ def test_a_successful_run_exits_0(stack: tuple[Path, Path]) -> None:
     result = run(execute("--name", "exec-hello", "--param", "name=Marvin", "--run-name", "here"), home, work)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    order = [
-        "Entered state Scheduled",
-        "Entered state Submitted: Submitted for execution in this process (flowbus run --execute)",
-        "Entered state Running",
-        "Hello, Marvin! (run here)",
-        "Entered state Success",
-    ]
-    positions = [out.index(needle) for needle in order]
-    assert positions == sorted(positions), out
+    assert_in_order(
+        out,
+        [
+            "Entered state Scheduled",
+            "Entered state Submitted: Submitted for execution in this process (flowbus run --execute)",
+            "Entered state Running",
+            "Hello, Marvin! (run here)",
+            "Entered state Success",
+        ],
+    )
     detail = shown(home, work, created_id(out))
     assert detail["run"]["state"]["type"] == "Success"
     assert detail["run"]["agent_id"] is None

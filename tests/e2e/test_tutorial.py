@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, cli_env, run, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, assert_in_order, cli_env, run, start, stop, wait_for_line
 from tests.helpers.scripts import HELLO_FLOW
 
 pytestmark = pytest.mark.e2e
@@ -126,7 +126,7 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
             "Submitted for execution: PID:",
         ):
             assert needle in out, out
-        assert out.index("Entered state Submitted") < out.index("Hello, Cloud!") < out.index("Entered state Success")
+        assert_in_order(out, ["Entered state Submitted", "Hello, Cloud!", "Entered state Success"])
 
         # A failing flow ends with exit code 1.
         assert run([sys.executable, "failing_flow.py"], home, workdir).returncode == 0

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, run, serving, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, run, serving_scripts, start, stop, wait_for_line
 from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
@@ -43,11 +42,8 @@ def _run(
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    home, work = tmp_path / "home", tmp_path / "work"
-    work.mkdir()
-    (work / "zombie_flows.py").write_text(textwrap.dedent(FLOWS))
-    with serving(home, work, "zombies", ["zombie_flows.py"], TIGHT):
-        yield home, work
+    with serving_scripts(tmp_path, "zombies", {"zombie_flows.py": FLOWS}, TIGHT) as folders:
+        yield folders
 
 
 def test_a_sigkilled_execute_process_leaves_a_zombie_that_is_failed(stack: tuple[Path, Path]) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +85,12 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60)
     raise AssertionError(f"{needle!r} never appeared; output so far:\n{''.join(seen)}")
 
 
+def assert_in_order(output: str, needles: Sequence[str]) -> None:
+    """Each needle appears in ``output``, each after the one before."""
+    positions = [output.index(needle) for needle in needles]
+    assert positions == sorted(positions), output
+
+
 @contextmanager
 def serving(
     home: Path, work: Path, project: str, scripts: Sequence[str] = (), env: Mapping[str, str] | None = None
@@ -100,6 +107,20 @@ def serving(
         yield proc
     finally:
         stop(proc)
+
+
+@contextmanager
+def serving_scripts(
+    root: Path, project: str, scripts: Mapping[str, str], env: Mapping[str, str] | None = None
+) -> Iterator[tuple[Path, Path]]:
+    """`flowbus up` on ``root/home``, with each script (by file name) written to
+    ``root/work`` and registered into ``project``; the home and work folders."""
+    home, work = root / "home", root / "work"
+    work.mkdir()
+    for name, source in scripts.items():
+        (work / name).write_text(textwrap.dedent(source))
+    with serving(home, work, project, list(scripts), env):
+        yield home, work
 
 
 def http_get(url: str) -> tuple[int, bytes]:
