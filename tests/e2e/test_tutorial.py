@@ -92,7 +92,7 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
     endpoint = json.loads((home / "endpoint.json").read_text())
     assert not endpoint["nats_url"].endswith(":4222"), "must never take the system NATS port"
 
-    # 3. create the project; a duplicate is an error, --skip-if-exists is not.
+    # Create the project; a duplicate is an error, --skip-if-exists is not.
     created = run([FLOWBUS, "create", "project", "tutorial"], home, workdir)
     assert created.returncode == 0, created.stderr
     duplicate = run([FLOWBUS, "create", "project", "tutorial"], home, workdir)
@@ -100,7 +100,7 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
     assert "already exists" in duplicate.stderr
     assert run([FLOWBUS, "create", "project", "tutorial", "--skip-if-exists"], home, workdir).returncode == 0
 
-    # 4. register by running the script.
+    # Register by running the script.
     registered = run([sys.executable, "hello_flow.py"], home, workdir)
     assert registered.returncode == 0, registered.stderr
     assert "Project: tutorial" in registered.stdout
@@ -108,12 +108,12 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
     assert f"Labels: ['{socket.gethostname()}']" in registered.stdout
     flow_id = next(line.split("ID: ")[1] for line in registered.stdout.splitlines() if "ID: " in line).strip()
 
-    # 5. a local agent waits for runs.
+    # A local agent waits for runs.
     agent = start([FLOWBUS, "agent", "local", "start"], home, workdir)
     try:
         wait_for_line(agent, "waiting for flow runs")
 
-        # 6. run and watch: states and the flow's log line, live; exit 0.
+        # Run and watch: states and the flow's log line, live; exit 0.
         watched = run([FLOWBUS, "run", "--name", "hello-flow", "--project", "tutorial", "--watch"], home, workdir)
         assert watched.returncode == 0, watched.stdout + watched.stderr
         out = watched.stdout
