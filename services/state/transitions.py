@@ -292,16 +292,8 @@ class _TransitionBatch:
         previous, given_version = run.state, run.version
         run.state, run.version = spec.type, given_version + 1
         run.message, run.timestamp = spec.message, self.now
-        for effect in effects:
-            if effect is Effect.SET_END_TIME:
-                run.end_time = self.now
-            elif effect is Effect.SET_START_TIME:
-                if run.start_time is None:
-                    run.start_time = self.now
-            elif effect is Effect.CLEAR_END_TIME:
-                run.end_time = None
-            elif effect is Effect.RECORD_AGENT:
-                run.agent_id = agent_id
+        if effects:
+            self._shape_row(run, effects, agent_id)
         values: dict[str, Any] = {
             "b_id": run.id,
             "b_version": given_version,
@@ -344,6 +336,19 @@ class _TransitionBatch:
             f"{run.id}:state:{run.version}",
         )
         return StateSet(id=run.id, version=run.version, state=state)
+
+    def _shape_row(self, run: _Run, effects: tuple[Effect, ...], agent_id: str | None) -> None:
+        """The effects that change the run's row besides its state."""
+        for effect in effects:
+            if effect is Effect.SET_END_TIME:
+                run.end_time = self.now
+            elif effect is Effect.SET_START_TIME:
+                if run.start_time is None:
+                    run.start_time = self.now
+            elif effect is Effect.CLEAR_END_TIME:
+                run.end_time = None
+            elif effect is Effect.RECORD_AGENT:
+                run.agent_id = agent_id
 
     async def flush(self) -> None:
         sane = self.conn.dialect.supports_sane_multi_rowcount
