@@ -3,11 +3,11 @@ state and what an accepted change does.
 
 ``RULES`` is an ordered list. Each rule names the run kinds, the from-states
 and the to-states it applies to; it may refuse the change (``Conflict``) and
-it lists the effects of an accepted one (``Effect``). ``plan`` gives, for one
-(kind, from, to), the refusals to check and the effects to apply, computed at
-import, so the hot path pays one lookup. ``transitions.py`` loads and writes
-the rows and applies the effects; the version check (optimistic locking)
-happens there, before the rules, because it needs the stored row.
+it lists the effects of an accepted one (``Effect``). The rules are compiled
+at import into one plan per (kind, from, to), so ``decide`` costs a lookup on
+the hot path. ``transitions.py`` loads and writes the rows and applies the
+effects; the version check (optimistic locking) happens there, before the
+rules, because it needs the stored row.
 See docs/architecture.md, "State transitions". Reads and writes no subject.
 """
 
@@ -153,7 +153,8 @@ RULES: tuple[Rule, ...] = (
         effects=(Effect.CANCEL_TASK_RUNS,),
     ),
     Rule(
-        "Failed retries the flow run's Running and Retrying task runs that have retries left, and fails the others.",
+        "Failed retries the flow run's Running task runs that have retries left,"
+        " and fails those (Running or Retrying) that have none.",
         FLOW_RUNS,
         ANY,
         FAILED,
@@ -187,10 +188,6 @@ def _compile(rules: Iterable[Rule]) -> dict[RunKind, dict[StateType, dict[StateT
 
 
 _PLANS = _compile(RULES)
-
-
-def plan(kind: RunKind, current: StateType, target: StateType) -> Plan:
-    return _PLANS[kind][current][target]
 
 
 def decide(
