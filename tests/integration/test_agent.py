@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -189,9 +190,7 @@ with Flow("{flow_name}") as flow:
 """
 
 
-async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
-    stack: Settings, client: AsyncClient, tmp_path: Path
-) -> None:
+async def _registered_blocking(client: AsyncClient, tmp_path: Path) -> str:
     from flowbus.sdk.flow import Flow
     from flowbus.sdk.tasks import Task
 
@@ -202,8 +201,13 @@ async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
     flow.bind(Task(lambda: None, name="block"), (), {})
     spec = flow.serialize().model_copy(update={"storage": StorageSpec(type="script", path=str(path))})
     await client.create_project("agents", skip_if_exists=True)
-    flow_id = (await client.register(spec, "agents", labels=["itest"])).id
+    return (await client.register(spec, "agents", labels=["itest"])).id
 
+
+async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
+    flow_id = await _registered_blocking(client, tmp_path)
     agent = LocalAgent(stack, labels=["itest"], hostname_label=False)
     agent_task = asyncio.create_task(agent.run())
     try:
@@ -225,6 +229,35 @@ async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
             os.kill(pid, 0)  # the flow's process is gone (reaped by the agent)
         detail = await client.get_flow_run(run.id)
         assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
+    finally:
+        agent.stop()
+        await agent_task
+
+
+async def test_a_killed_flow_process_ends_the_run_failed_with_its_running_task_run(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
+    flow_id = await _registered_blocking(client, tmp_path)
+    agent = LocalAgent(stack, labels=["itest"], hostname_label=False)
+    agent_task = asyncio.create_task(agent.run())
+    try:
+        run = await client.create_flow_run(flow_id, labels=["itest"])
+        last: StateChanged | None = None
+        pid = None
+        async with asyncio.timeout(60):
+            async for item in client.watch_flow_run(run.id):
+                if isinstance(item, LogRecord) and item.message.startswith("Submitted for execution: PID: "):
+                    pid = int(item.message.rsplit(" ", 1)[1])
+                if isinstance(item, LogRecord) and item.message == "blocking":
+                    assert pid is not None
+                    os.kill(pid, signal.SIGKILL)
+                if isinstance(item, StateChanged):
+                    last = item
+        assert last is not None
+        assert (last.state.type, last.state.message) == (StateType.FAILED, "Flow run process was killed by signal 9.")
+        # The agent sent the flow run's Failed alone; the state service failed the task run.
+        [block] = (await client.get_flow_run(run.id)).task_runs
+        assert (block.state.type, block.state.message) == (StateType.FAILED, "Flow run failed.")
     finally:
         agent.stop()
         await agent_task

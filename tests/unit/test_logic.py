@@ -1,16 +1,15 @@
-"""Pure logic: subjects, state hierarchy, transition rules, parameters, labels, the SDK graph."""
+"""Pure logic: subjects, state hierarchy, parameters, labels, the SDK graph."""
 
 from __future__ import annotations
 
 import pytest
 
 from flowbus import Flow, Parameter, subjects, task
-from flowbus.schemas.common import Conflict, ValidationFailed
+from flowbus.schemas.common import ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun
 from flowbus.states import StateType, is_failed, is_finished
 from services.run_creation.usecases import merge_parameters, resolve_labels
-from services.state.rules import Proposal, check
 
 
 def test_label_set_key_is_order_independent_and_subject_safe() -> None:
@@ -34,18 +33,6 @@ def test_state_hierarchy() -> None:
     assert is_failed(StateType.TRIGGER_FAILED)
     assert not is_finished(StateType.CANCELLING)
     assert not is_failed(StateType.SUCCESS)
-
-
-def test_transition_rules() -> None:
-    check(Proposal("flow run", "r", StateType.SCHEDULED, StateType.SUBMITTED))
-    check(Proposal("flow run", "r", StateType.SUCCESS, StateType.SCHEDULED))  # an operator re-run
-    with pytest.raises(Conflict, match="already claimed"):
-        check(Proposal("flow run", "r", StateType.SUBMITTED, StateType.SUBMITTED))
-    with pytest.raises(Conflict, match="already finished"):
-        check(Proposal("flow run", "r", StateType.FAILED, StateType.RUNNING))
-    with pytest.raises(Conflict, match="cannot run"):
-        check(Proposal("task run", "t", StateType.PENDING, StateType.RUNNING, StateType.SUBMITTED))
-    check(Proposal("task run", "t", StateType.PENDING, StateType.RUNNING, StateType.RUNNING))
 
 
 def test_parameters_merge_in_order_and_refuse_unknown_or_missing() -> None:
