@@ -82,6 +82,11 @@ def is_running(state: StateType) -> bool:
     return is_a(state, StateType.RUNNING)
 
 
+# The message of a cancelled run, written by the state service (a cancel, and
+# the task runs it cancels) and by the agent and runner that end a Cancelling run.
+CANCELLED_MESSAGE = "Flow run was cancelled."
+
+
 # ---- state objects -------------------------------------------------------------
 #
 # What users hand to ``Client.set_flow_run_state``: ``Success(message="It worked!")``.

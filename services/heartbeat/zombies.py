@@ -1,23 +1,22 @@
 """The Zombie Killer: failing Running flow runs whose heartbeat stopped.
 
 Every ``heartbeat.zombie_check_interval_seconds`` it reads flow_run,
-flow_group, task_run and state_history (owned by registration, run_creation
-and state) and run_heartbeat (owned here), and finds the flow runs in
+flow_group and task_run (owned by registration, run_creation and state) and
+run_heartbeat (owned here), and finds the flow runs in
 Running whose flow group has heartbeats enabled and whose last heartbeat (or
 start time, when none arrived yet) is older than
 ``heartbeat.zombie_missed_beats`` x ``heartbeat.interval_seconds``.
 
-For each zombie, its Running task runs go to Retrying when they have
-retries left (``max_retries`` against the Running entries of their state
-history), else to Failed; then the flow run goes to Failed. It never writes
-runs: it requests ``flowbus.cmd.state.set_task_run_state`` and
-``flowbus.cmd.state.set_flow_run_state`` at the version it read, like any
-client, so a run that moved on meanwhile (a late heartbeat's run finishing,
-another killer instance) answers VERSION_LOCKING_ERROR and is skipped. That
-conditional write is why any number of instances is safe without a lease.
+Each zombie goes to Failed, one command: the state service's rules take its
+task runs along (Retrying when they have retries left, else Failed). It
+never writes runs: it requests ``flowbus.cmd.state.set_flow_run_state`` at
+the version it read, like any client, so a run that moved on meanwhile (a
+late heartbeat's run finishing, another killer instance) answers
+VERSION_LOCKING_ERROR and is skipped. That conditional write is why any
+number of instances is safe without a lease.
 
 Writes: an ERROR ``LogBatch`` on ``flowbus.logs.<flow_run_id>`` for the
-zombie flow run and each task run it changed, before the flow run's Failed.
+zombie flow run and each of its Running task runs, before the Failed.
 """
 
 from __future__ import annotations
@@ -29,43 +28,34 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlmodel import col
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
-from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, StateHistory, TaskRun, utcnow
+from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun, utcnow
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import StateType
 
 FLOW_RUN_MESSAGE = "No heartbeat detected from the flow run; marking the run as failed."
-TASK_RUN_MESSAGE = "No heartbeat detected from the remote task; marking the run as failed."
-TASK_RETRY_MESSAGE = "No heartbeat detected from the remote task; retrying the run."
+TASK_RUN_MESSAGE = "No heartbeat detected from the remote task."
 LOGGER_NAME = "flowbus.zombie_killer"
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ZombieState:
+class ZombieKillerStats:
     passes: int = 0
     flow_runs_failed: int = 0
-    task_runs_changed: int = 0
 
 
 @dataclass(frozen=True)
 class _Zombie:
     flow_run_id: str
     version: int
-
-
-@dataclass(frozen=True)
-class _RunningTask:
-    id: str
-    version: int
-    max_retries: int
-    run_count: int
+    running_task_run_ids: tuple[str, ...]
 
 
 def _zombies_query(cutoff: datetime) -> Any:
@@ -90,51 +80,33 @@ def _zombies_query(cutoff: datetime) -> Any:
 
 
 def _running_tasks_query(flow_run_ids: list[str]) -> Any:
-    # How many times a task run has run is how many Running entries its
-    # history holds: task_run has no run_count column of its own.
-    runs = (
-        select(func.count())
-        .where(
-            col(StateHistory.task_run_id) == col(TaskRun.id),
-            col(StateHistory.type) == StateType.RUNNING.value,
-        )
-        .correlate(TaskRun)
-        .scalar_subquery()
+    return select(col(TaskRun.flow_run_id), col(TaskRun.id)).where(
+        col(TaskRun.flow_run_id).in_(flow_run_ids), col(TaskRun.state) == StateType.RUNNING.value
     )
-    return select(
-        col(TaskRun.flow_run_id), col(TaskRun.id), col(TaskRun.version), col(TaskRun.max_retries), runs
-    ).where(col(TaskRun.flow_run_id).in_(flow_run_ids), col(TaskRun.state) == StateType.RUNNING.value)
 
 
-async def find_zombies(ctx: ServiceContext) -> list[tuple[_Zombie, list[_RunningTask]]]:
+async def find_zombies(ctx: ServiceContext) -> list[_Zombie]:
     beats = ctx.settings.heartbeat
     cutoff = utcnow() - timedelta(seconds=beats.zombie_missed_beats * beats.interval_seconds)
     async with ctx.db.session() as session:
         rows = (await session.execute(_zombies_query(cutoff))).all()
         if not rows:
             return []
-        tasks: dict[str, list[_RunningTask]] = {run_id: [] for run_id, _ in rows}
-        for flow_run_id, *task in (await session.execute(_running_tasks_query(list(tasks)))).all():
-            tasks[flow_run_id].append(_RunningTask(*task))
-    return [(_Zombie(run_id, version), tasks[run_id]) for run_id, version in rows]
+        tasks: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
+        for flow_run_id, task_run_id in (await session.execute(_running_tasks_query(list(tasks)))).all():
+            tasks[flow_run_id].append(task_run_id)
+    return [_Zombie(run_id, version, tuple(tasks[run_id])) for run_id, version in rows]
 
 
-async def kill_zombies(ctx: ServiceContext, state: ZombieState) -> int:
+async def kill_zombies(ctx: ServiceContext, stats: ZombieKillerStats) -> int:
     """One pass; returns how many flow runs it failed."""
     assert ctx.nc is not None
     client = AsyncClient(ctx.settings, nc=ctx.nc)
     failed = 0
-    for zombie, tasks in await find_zombies(ctx):
-        records: list[LogRecord] = []
-        for task in tasks:
-            # run_count includes the run that just died: retries used = run_count - 1.
-            retry = task.run_count <= task.max_retries
-            target, message = (
-                (StateType.RETRYING, TASK_RETRY_MESSAGE) if retry else (StateType.FAILED, TASK_RUN_MESSAGE)
-            )
-            if await _propose(client.set_task_run_state(task.id, task.version, target, message)):
-                state.task_runs_changed += 1
-                records.append(_record(zombie.flow_run_id, task.id, message))
+    for zombie in await find_zombies(ctx):
+        records = [
+            _record(zombie.flow_run_id, task_run_id, TASK_RUN_MESSAGE) for task_run_id in zombie.running_task_run_ids
+        ]
         # Logs go out before the final state, as a runner ships them: a watcher
         # stops reading logs once it has seen the run finish. If the transition
         # then loses a race, the log still tells the truth: the run was silent.
@@ -145,7 +117,7 @@ async def kill_zombies(ctx: ServiceContext, state: ZombieState) -> int:
         proposal = client.set_flow_run_state(zombie.flow_run_id, zombie.version, StateType.FAILED, FLOW_RUN_MESSAGE)
         if await _propose(proposal):
             failed += 1
-    state.flow_runs_failed += failed
+    stats.flow_runs_failed += failed
     return failed
 
 
@@ -171,11 +143,11 @@ def _record(flow_run_id: str, task_run_id: str | None, message: str) -> LogRecor
     )
 
 
-def zombie_loop(state: ZombieState) -> Callable[[ServiceContext], Awaitable[None]]:
+def zombie_loop(stats: ZombieKillerStats) -> Callable[[ServiceContext], Awaitable[None]]:
     async def kill_zombies_loop(ctx: ServiceContext) -> None:
         while True:
-            await kill_zombies(ctx, state)
-            state.passes += 1
+            await kill_zombies(ctx, stats)
+            stats.passes += 1
             await asyncio.sleep(ctx.settings.heartbeat.zombie_check_interval_seconds)
 
     return kill_zombies_loop

@@ -15,13 +15,13 @@ from flowbus.runtime.service import ServiceContext, build_service
 from flowbus.schemas.agents import SchedulerStatus
 from flowbus.schemas.common import Empty, Reply
 from flowbus.settings import Settings
-from services.scheduler.release import ReleaseState, release_loop
+from services.scheduler.release import ReleaseCursor, release_loop
 
 NAME = "scheduler"
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
-    state = ReleaseState()
+    state = ReleaseCursor()
 
     def register(ctx: ServiceContext) -> None:
         @ctx.broker.subscriber(subjects.Scheduler.STATUS, queue=subjects.Scheduler.QUEUE, title="status")

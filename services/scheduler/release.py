@@ -57,7 +57,7 @@ HORIZON_SLACK = timedelta(seconds=5)
 
 
 @dataclass
-class ReleaseState:
+class ReleaseCursor:
     released_total: int = 0
     last_release: datetime | None = None
     # run id -> (version, monotonic time of its last release)
@@ -87,7 +87,7 @@ def _due_page(since: datetime | None, until: datetime, after: tuple[datetime, st
     return query.order_by(start, run_id).limit(limit)
 
 
-async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
+async def release_due_runs(ctx: ServiceContext, state: ReleaseCursor) -> int:
     """One pass: first releases since the last pass, plus one page of the backlog sweep."""
     settings = ctx.settings
     batch = settings.scheduler.release_batch
@@ -149,7 +149,7 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
     return len(due)
 
 
-def release_loop(state: ReleaseState) -> Callable[[ServiceContext], Awaitable[None]]:
+def release_loop(state: ReleaseCursor) -> Callable[[ServiceContext], Awaitable[None]]:
     async def release_due(ctx: ServiceContext) -> None:
         async def on_wake(msg: Msg) -> None:
             with contextlib.suppress(ValidationError):

@@ -2,10 +2,13 @@
 
 ``apply_transitions`` takes a batch of state commands (set a flow run's
 state, set a task run's state, cancel a flow run), checks each against the
-optimistic-locking version and the ordered rules of ``rules.py``, and writes
-every accepted change in one transaction with a few prebuilt statements run
-with executemany: the runs' UPDATE (conditional on the version), the
-state-history INSERT and the outbox INSERT. Commands are applied in order
+optimistic-locking version, asks ``rules.py`` whether the change is allowed
+and what it does (the effects: times, the agent, a cascade to the task runs,
+a requeue), and writes every change, cascaded ones included, in one
+transaction with a few prebuilt statements run with executemany: the runs'
+UPDATE (conditional on the version), the state-history INSERT and the outbox
+INSERT. The rules decide; this module loads, applies and writes. Commands
+are applied in order
 against the batch's own view of the rows, so two writers racing on one run
 inside a batch get exactly one winner per version, as they would across
 batches.
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
@@ -47,15 +50,11 @@ from flowbus.schemas.runs import (
     StateSet,
     StateSpec,
 )
-from flowbus.states import StateType, is_finished, is_running
-from services.state.rules import Proposal, check
+from flowbus.states import StateType
+from services.state.rules import CASCADES, Effect, RunKind, cancel_target, cascaded_state, decide
 
 OWNER = "state"
 StateCommand = SetFlowRunState | SetTaskRunState | CancelFlowRun
-
-CANCELLED_MESSAGE = "Flow run was cancelled."
-CANCELLING_MESSAGE = "Flow run is being cancelled."
-TASK_CANCELLED_MESSAGE = "Flow run was cancelled."
 
 _fr = FlowRun.__table__  # type: ignore[attr-defined]
 _tr = TaskRun.__table__  # type: ignore[attr-defined]
@@ -85,10 +84,26 @@ _TASK_COLUMNS = (
     _tr.c.end_time,
 )
 _SELECT_TASK_RUNS = select(*_TASK_COLUMNS).where(_tr.c.id.in_(bindparam("ids", expanding=True)))
-_SELECT_TASK_RUNS_OF = select(*_TASK_COLUMNS).where(_tr.c.flow_run_id == bindparam("flow_run_id"))
+_sh = StateHistory.__table__  # type: ignore[attr-defined]
+# A cascade's view of a flow run's task runs: with the retries each may use,
+# and how many times each has run (its Running entries; task_run keeps no count).
+_RUN_COUNT = (
+    select(func.count())
+    .where(
+        _sh.c.flow_run_id == bindparam("flow_run_id"),  # the indexed column narrows the count
+        _sh.c.task_run_id == _tr.c.id,
+        _sh.c.type == StateType.RUNNING.value,
+    )
+    .correlate(_tr)
+    .scalar_subquery()
+    .label("run_count")
+)
+_SELECT_TASK_RUNS_OF = select(*_TASK_COLUMNS, _tr.c.max_retries, _RUN_COUNT).where(
+    _tr.c.flow_run_id == bindparam("flow_run_id")
+)
 _SELECT_VERSION = {
-    "flow run": select(_fr.c.version).where(_fr.c.id == bindparam("id")),
-    "task run": select(_tr.c.version).where(_tr.c.id == bindparam("id")),
+    RunKind.FLOW_RUN: select(_fr.c.version).where(_fr.c.id == bindparam("id")),
+    RunKind.TASK_RUN: select(_tr.c.version).where(_tr.c.id == bindparam("id")),
 }
 _STATE_COLUMNS = ("state", "state_message", "state_timestamp", "state_result", "version", "updated")
 _UPDATE_FLOW_RUN = Bulk(
@@ -101,14 +116,14 @@ _UPDATE_TASK_RUN = Bulk(
     .where(_tr.c.id == bindparam("b_id"), _tr.c.version == bindparam("b_version"))
     .values({c: bindparam(c) for c in (*_STATE_COLUMNS, "start_time", "end_time")})
 )
-_INSERT_HISTORY = Bulk(insert(StateHistory.__table__))  # type: ignore[attr-defined]
+_INSERT_HISTORY = Bulk(insert(_sh))
 
 
 @dataclass
 class _Run:
     """A flow or task run as this batch sees it (updated as commands apply)."""
 
-    kind: str  # "flow run" | "task run"
+    kind: RunKind
     id: str
     flow_run_id: str
     state: StateType
@@ -123,8 +138,8 @@ class _Run:
     labels: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, kind: str, row: Any) -> _Run:
-        flow = kind == "flow run"
+    def of(cls, kind: RunKind, row: Any) -> _Run:
+        flow = kind is RunKind.FLOW_RUN
         return cls(
             kind=kind,
             id=row.id,
@@ -146,13 +161,13 @@ class _RaceLost(Exception):
     """Another writer changed a run between this batch's read and its write."""
 
 
-def version_error(kind: str, run_id: str, current: int, given: int) -> VersionLockingError:
+def version_error(kind: RunKind, run_id: str, current: int, given: int) -> VersionLockingError:
     return VersionLockingError(
         f"{kind.capitalize()} {run_id} is at version {current}, but the state was set against version {given}."
     )
 
 
-class _Batch:
+class _TransitionBatch:
     def __init__(self, conn: AsyncConnection, now: datetime) -> None:
         self.conn = conn
         self.now = now
@@ -174,13 +189,16 @@ class _Batch:
         flow_ids.update(t.flow_run_id for t in self.task_runs.values())
         if flow_ids:
             for row in (await self.conn.execute(_SELECT_FLOW_RUNS, {"ids": list(flow_ids)})).all():
-                self.flow_runs[row.id] = _Run.of("flow run", row)
+                self.flow_runs[row.id] = _Run.of(RunKind.FLOW_RUN, row)
 
-    def _add_task_run(self, row: Any) -> None:
-        if row.id not in self.task_runs:
-            self.task_runs[row.id] = _Run.of("task run", row)
+    def _add_task_run(self, row: Any) -> _Run:
+        """The batch's view of a task run: a run this batch already changed keeps its changes."""
+        task_run = self.task_runs.get(row.id)
+        if task_run is None:
+            task_run = self.task_runs[row.id] = _Run.of(RunKind.TASK_RUN, row)
+        return task_run
 
-    # ---- deciding ---------------------------------------------------------
+    # ---- deciding: the rules say whether, and what follows ------------------
 
     async def apply(self, cmd: StateCommand) -> StateSet | FlowbusError:
         try:
@@ -202,8 +220,7 @@ class _Batch:
         run = self._flow_run(cmd.flow_run_id)
         if run.version != cmd.version:
             raise version_error(run.kind, run.id, run.version, cmd.version)
-        check(Proposal(kind=run.kind, run_id=run.id, current=run.state, target=cmd.state.type))
-        return await self._transition(run, cmd.state, agent_id=cmd.agent_id)
+        return await self._transition(run, cmd.state, cmd.agent_id)
 
     def _set_task_run_state(self, cmd: SetTaskRunState) -> StateSet:
         task_run = self.task_runs.get(cmd.task_run_id)
@@ -212,71 +229,71 @@ class _Batch:
         if task_run.version != cmd.version:
             raise version_error(task_run.kind, task_run.id, task_run.version, cmd.version)
         flow_run = self.flow_runs.get(task_run.flow_run_id)
-        check(
-            Proposal(
-                kind=task_run.kind,
-                run_id=task_run.id,
-                current=task_run.state,
-                target=cmd.state.type,
-                flow_run_state=flow_run.state if flow_run else None,
-            )
-        )
-        return self._write(task_run, cmd.state)
+        flow_run_state = flow_run.state if flow_run else None
+        effects = decide(task_run.kind, task_run.id, task_run.state, cmd.state.type, flow_run_state)
+        return self._write(task_run, cmd.state, effects)
 
     async def _cancel(self, cmd: CancelFlowRun) -> StateSet:
-        """Finished: nothing. Running: Cancelling (the runner stops the flow). Otherwise: Cancelled."""
         run = self._flow_run(cmd.flow_run_id)
-        if is_finished(run.state) or run.state is StateType.CANCELLING:
+        proposed = cancel_target(run.state)
+        if proposed is None:
             current = StateOut(type=run.state, message=run.message, timestamp=run.timestamp, version=run.version)
             return StateSet(id=run.id, version=run.version, state=current, changed=False)
-        if is_running(run.state):
-            target = StateSpec(type=StateType.CANCELLING, message=cmd.message or CANCELLING_MESSAGE)
-        else:
-            target = StateSpec(type=StateType.CANCELLED, message=cmd.message or CANCELLED_MESSAGE)
-        return await self._transition(run, target)
+        target, default_message = proposed
+        return await self._transition(run, StateSpec(type=target, message=cmd.message or default_message))
 
     async def _transition(self, run: _Run, spec: StateSpec, agent_id: str | None = None) -> StateSet:
-        """A flow-run change with its side effects."""
-        if spec.type is StateType.SUBMITTED:
-            run.agent_id = agent_id
-        if spec.type is StateType.SCHEDULED:
-            run.end_time = None  # an explicit re-run starts over
-        out = self._write(run, spec)
-        if spec.type is StateType.CANCELLED:
-            await self._cancel_task_runs(run)
-        if spec.type is StateType.SCHEDULED and run.scheduled_start_time and run.scheduled_start_time <= self.now:
-            self.outbox.add(
-                subjects.run_queue(run.labels),
-                RunQueued(
-                    flow_run_id=run.id,
-                    flow_id=run.flow_id or "",
-                    version=run.version,
-                    labels=run.labels,
-                    scheduled_start_time=run.scheduled_start_time,
-                ),
-                f"runq:{run.id}:{run.version}",
-            )
+        """A flow-run change: the rules, the write, then the effects that follow it."""
+        effects = decide(run.kind, run.id, run.state, spec.type)
+        out = self._write(run, spec, effects, agent_id)
+        for effect in effects:
+            if effect is Effect.REQUEUE_IF_DUE:
+                self._requeue_if_due(run)
+            elif effect in CASCADES:
+                await self._cascade(run, effect)
         return out
 
-    async def _cancel_task_runs(self, flow_run: _Run) -> None:
+    def _requeue_if_due(self, run: _Run) -> None:
+        if run.scheduled_start_time is None or run.scheduled_start_time > self.now:
+            return
+        self.outbox.add(
+            subjects.run_queue(run.labels),
+            RunQueued(
+                flow_run_id=run.id,
+                flow_id=run.flow_id or "",
+                version=run.version,
+                labels=run.labels,
+                scheduled_start_time=run.scheduled_start_time,
+            ),
+            f"runq:{run.id}:{run.version}",
+        )
+
+    async def _cascade(self, flow_run: _Run, cascade: Effect) -> None:
+        """Apply a flow run's ``cascade`` to its task runs, each change through the rules."""
         rows = (await self.conn.execute(_SELECT_TASK_RUNS_OF, {"flow_run_id": flow_run.id})).all()
         for row in rows:
-            self._add_task_run(row)
-        for task_run in [t for t in self.task_runs.values() if t.flow_run_id == flow_run.id]:
-            if not is_finished(task_run.state):
-                self._write(task_run, StateSpec(type=StateType.CANCELLED, message=TASK_CANCELLED_MESSAGE))
+            task_run = self._add_task_run(row)
+            run_count = row.run_count + self._runs_staged(task_run.id)
+            spec = cascaded_state(cascade, task_run.state, row.max_retries, run_count)
+            if spec is not None:
+                effects = decide(task_run.kind, task_run.id, task_run.state, spec.type, flow_run.state)
+                self._write(task_run, spec, effects)
+
+    def _runs_staged(self, task_run_id: str) -> int:
+        """Running entries this batch added to a task run's history (not in the table yet)."""
+        running = StateType.RUNNING.value
+        return sum(1 for h in self.history if h["task_run_id"] == task_run_id and h["type"] == running)
 
     # ---- writing ----------------------------------------------------------
 
-    def _write(self, run: _Run, spec: StateSpec) -> StateSet:
-        """Record one accepted change: the row update, its history entry, its event."""
+    def _write(self, run: _Run, spec: StateSpec, effects: tuple[Effect, ...], agent_id: str | None = None) -> StateSet:
+        """Record one accepted change: the row update (with the effects that
+        shape the row), its history entry, its event."""
         previous, given_version = run.state, run.version
         run.state, run.version = spec.type, given_version + 1
         run.message, run.timestamp = spec.message, self.now
-        if spec.type is StateType.RUNNING and run.start_time is None:
-            run.start_time = self.now
-        if is_finished(spec.type):
-            run.end_time = self.now
+        if effects:
+            self._shape_row(run, effects, agent_id)
         values: dict[str, Any] = {
             "b_id": run.id,
             "b_version": given_version,
@@ -289,7 +306,7 @@ class _Batch:
             "start_time": run.start_time,
             "end_time": run.end_time,
         }
-        task_run_id = None if run.kind == "flow run" else run.id
+        task_run_id = None if run.kind is RunKind.FLOW_RUN else run.id
         if task_run_id is None:
             values["agent_id"] = run.agent_id
             self.flow_updates.append(values)
@@ -320,6 +337,19 @@ class _Batch:
         )
         return StateSet(id=run.id, version=run.version, state=state)
 
+    def _shape_row(self, run: _Run, effects: tuple[Effect, ...], agent_id: str | None) -> None:
+        """The effects that change the run's row besides its state."""
+        for effect in effects:
+            if effect is Effect.SET_END_TIME:
+                run.end_time = self.now
+            elif effect is Effect.SET_START_TIME:
+                if run.start_time is None:
+                    run.start_time = self.now
+            elif effect is Effect.CLEAR_END_TIME:
+                run.end_time = None
+            elif effect is Effect.RECORD_AGENT:
+                run.agent_id = agent_id
+
     async def flush(self) -> None:
         sane = self.conn.dialect.supports_sane_multi_rowcount
         for statement, params in ((_UPDATE_FLOW_RUN, self.flow_updates), (_UPDATE_TASK_RUN, self.task_updates)):
@@ -347,13 +377,15 @@ async def apply_transitions(
     attempts = 5 if len(commands) == 1 and isinstance(commands[0], CancelFlowRun) else 1
     for _ in range(attempts):
         try:
-            return await write_batch(db, relay, _Batch, commands)
+            return await write_batch(db, relay, _TransitionBatch, commands)
         except _RaceLost:
             if len(commands) != 1:
                 raise  # the group committer retries the commands one by one
     # A single command lost a race with another instance: report the version it lost to.
     cmd = commands[0]
-    kind, run_id = ("task run", cmd.task_run_id) if isinstance(cmd, SetTaskRunState) else ("flow run", cmd.flow_run_id)
+    kind, run_id = (
+        (RunKind.TASK_RUN, cmd.task_run_id) if isinstance(cmd, SetTaskRunState) else (RunKind.FLOW_RUN, cmd.flow_run_id)
+    )
     async with db.read() as conn:
         current = (await conn.execute(_SELECT_VERSION[kind], {"id": run_id})).scalar()
     given = cmd.version if not isinstance(cmd, CancelFlowRun) else (current or 0) - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,7 @@ async def test_a_waiting_run_is_explained(stack: Settings, client: AsyncClient, 
         assert "['explain-gpu', 'itest']" in reason
 
 
-async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
-    stack: Settings, client: AsyncClient, tmp_path: Path
-) -> None:
+async def _registered_blocking(client: AsyncClient, tmp_path: Path) -> str:
     from flowbus.sdk.flow import Flow
     from flowbus.sdk.tasks import Task
 
@@ -116,8 +115,13 @@ async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
     flow.bind(Task(lambda: None, name="block"), (), {})
     spec = flow.serialize().model_copy(update={"storage": StorageSpec(type="script", path=str(path))})
     await client.create_project("agents", skip_if_exists=True)
-    flow_id = (await client.register(spec, "agents", labels=["itest"])).id
+    return (await client.register(spec, "agents", labels=["itest"])).id
 
+
+async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
+    flow_id = await _registered_blocking(client, tmp_path)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         run = await client.create_flow_run(flow_id, labels=["itest"])
         pid = None
@@ -137,3 +141,26 @@ async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
             os.kill(pid, 0)  # the flow's process is gone (reaped by the agent)
         detail = await client.get_flow_run(run.id)
         assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
+
+
+async def test_a_killed_flow_process_ends_the_run_failed_with_its_running_task_run(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
+    flow_id = await _registered_blocking(client, tmp_path)
+    async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
+        run = await client.create_flow_run(flow_id, labels=["itest"])
+        pid = None
+
+        async def kill_once_blocking(item: WatchItem) -> None:
+            nonlocal pid
+            if isinstance(item, LogRecord) and item.message.startswith(SUBMITTED):
+                pid = int(item.message.rsplit(" ", 1)[1])
+            if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+
+        last = (await watch_until_finished(client, run.id, on_item=kill_once_blocking)).states[-1]
+        assert (last.state.type, last.state.message) == (StateType.FAILED, "Flow run process was killed by signal 9.")
+        # The agent sent the flow run's Failed alone; the state service failed the task run.
+        [block] = (await client.get_flow_run(run.id)).task_runs
+        assert (block.state.type, block.state.message) == (StateType.FAILED, "Flow run failed.")

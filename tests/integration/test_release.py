@@ -22,7 +22,7 @@ from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
-from services.scheduler.release import ReleaseState, release_due_runs
+from services.scheduler.release import ReleaseCursor, release_due_runs
 from tests.helpers import unique
 from tests.helpers.agents import running_agents
 from tests.helpers.runs import watching
@@ -90,12 +90,12 @@ async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to
             await asyncio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 0.01)
 
             # A pass without a sweep page: only the run that came due is released.
-            passing = ReleaseState(last_sweep=time.monotonic())
+            passing = ReleaseCursor(last_sweep=time.monotonic())
             assert await release_due_runs(scheduler, passing) == 1
             assert set(passing.recent) == {due_later.id}
 
             # The backlog sweep re-releases the run created due too (a stream may have lost it).
-            sweeping = ReleaseState(horizon=datetime.now(UTC))
+            sweeping = ReleaseCursor(horizon=datetime.now(UTC))
             await release_due_runs(scheduler, sweeping)
             assert set(sweeping.recent) == {created_due.id, due_later.id}
 

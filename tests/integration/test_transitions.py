@@ -8,12 +8,17 @@ import asyncio
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
+from flowbus.db.engine import Database
 from flowbus.schemas.common import Conflict, ErrorCode, NotFound, VersionLockingError
-from flowbus.schemas.runs import SetFlowRunState, StateSpec
+from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
+from flowbus.schemas.runs import SetFlowRunState, SetTaskRunState, StateChanged, StateSet, StateSpec, TaskRunOut
+from flowbus.settings import Settings
 from flowbus.states import StateType
+from services.state.transitions import apply_transitions
 from tests.helpers import register, unique
 from tests.helpers.commands import send
 from tests.helpers.runs import watch_until_finished
@@ -65,6 +70,116 @@ async def test_cancelling_a_flow_run_cancels_its_task_runs(client: AsyncClient) 
     await client.set_flow_run_state(run.id, 1, StateType.CANCELLED, "stop")
     detail = await client.get_flow_run(run.id)
     assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
+
+
+async def _running_with_tasks(client: AsyncClient, *tasks: TaskSpec) -> tuple[str, int, dict[str, TaskRunOut]]:
+    """A flow run walked to Running, its task runs by name."""
+    project = unique("p")
+    await client.create_project(project, skip_if_exists=True)
+    flow = SerializedFlow(
+        name=unique("f"),
+        tasks=list(tasks),
+        storage=StorageSpec(type="script", path="/nonexistent/flow.py"),
+        run_config=RunConfigSpec(labels=None),
+    )
+    run = await client.create_flow_run((await client.register(flow, project)).id)
+    version = (await client.set_flow_run_state(run.id, run.version, StateType.SUBMITTED)).version
+    version = (await client.set_flow_run_state(run.id, version, StateType.RUNNING)).version
+    return run.id, version, {t.task_name: t for t in (await client.get_flow_run(run.id)).task_runs}
+
+
+async def _walk(client: AsyncClient, task_run: TaskRunOut, *states: StateType) -> None:
+    version = task_run.version
+    for state in states:
+        version = (await client.set_task_run_state(task_run.id, version, state)).version
+
+
+async def test_a_failed_flow_run_retries_or_fails_its_running_task_runs(client: AsyncClient) -> None:
+    run_id, version, tasks = await _running_with_tasks(
+        client,
+        TaskSpec(slug="once-1", name="once"),
+        TaskSpec(slug="twice-1", name="twice", max_retries=1),
+        TaskSpec(slug="done-1", name="done", max_retries=1),
+        TaskSpec(slug="waiting-1", name="waiting"),
+    )
+    await _walk(client, tasks["once"], StateType.RUNNING)
+    await _walk(client, tasks["twice"], StateType.RUNNING)
+    await _walk(client, tasks["done"], StateType.RUNNING, StateType.SUCCESS)
+    events: asyncio.Queue[StateChanged] = asyncio.Queue()
+
+    async def on_task_state(msg: Msg) -> None:
+        events.put_nowait(StateChanged.model_validate_json(msg.data))
+
+    sub = await client.nc.subscribe(subjects.flow_run_event(run_id, "task_state"), cb=on_task_state)
+    try:
+        await client.set_flow_run_state(run_id, version, StateType.FAILED, "boom")
+        async with asyncio.timeout(30):
+            seen = {(e := await events.get()).task_run_id: e for _ in range(2)}
+    finally:
+        await sub.unsubscribe()
+
+    detail = await client.get_flow_run(run_id)
+    now = {t.task_name: t for t in detail.task_runs}
+    # Ran once with no retry allowed: failed. Ran once with one retry allowed: retried.
+    assert (now["once"].state.type, now["once"].state.message) == (StateType.FAILED, "Flow run failed.")
+    assert now["twice"].state.type is StateType.RETRYING
+    assert now["twice"].state.message == "Flow run failed; the task run has retries left."
+    # Finished or never started: untouched.
+    assert now["done"].state.type is StateType.SUCCESS
+    assert now["waiting"].state.type is StateType.PENDING
+    # Events and history, as for any change.
+    assert {k: (e.previous, e.state.type, e.version) for k, e in seen.items()} == {
+        now["once"].id: (StateType.RUNNING, StateType.FAILED, now["once"].version),
+        now["twice"].id: (StateType.RUNNING, StateType.RETRYING, now["twice"].version),
+    }
+    history = await client.get_flow_run_history(run_id, include_task_runs=True)
+    last = {e.task_run_id: (e.type, e.version) for e in history}
+    assert last[now["once"].id] == (StateType.FAILED, now["once"].version)
+    assert last[now["twice"].id] == (StateType.RETRYING, now["twice"].version)
+    assert last[now["done"].id] == (StateType.SUCCESS, now["done"].version)
+
+
+async def test_failed_counts_a_task_runs_earlier_runs_against_its_retries(client: AsyncClient) -> None:
+    run_id, version, tasks = await _running_with_tasks(
+        client,
+        TaskSpec(slug="second-1", name="second", max_retries=1),
+        TaskSpec(slug="retrying-1", name="retrying", max_retries=1),
+        TaskSpec(slug="spent-1", name="spent", max_retries=1),
+    )
+    # Its second run: the one retry is used.
+    await _walk(client, tasks["second"], StateType.RUNNING, StateType.RETRYING, StateType.RUNNING)
+    # Waiting for the retry it still has, or for one it does not have.
+    await _walk(client, tasks["retrying"], StateType.RUNNING, StateType.RETRYING)
+    await _walk(client, tasks["spent"], StateType.RUNNING, StateType.RETRYING, StateType.RUNNING, StateType.RETRYING)
+
+    await client.set_flow_run_state(run_id, version, StateType.FAILED, "boom")
+
+    now = {t.task_name: t for t in (await client.get_flow_run(run_id)).task_runs}
+    assert now["second"].state.type is StateType.FAILED
+    assert now["retrying"].state.type is StateType.RETRYING
+    assert now["retrying"].version == tasks["retrying"].version + 2  # not written again
+    assert now["spent"].state.type is StateType.FAILED
+
+
+async def test_failed_counts_a_run_started_earlier_in_the_same_batch(stack: Settings, client: AsyncClient) -> None:
+    run_id, version, tasks = await _running_with_tasks(client, TaskSpec(slug="once-1", name="once"))
+    once = tasks["once"]
+    db = Database(stack.resolved_database_url())
+    try:
+        # One batch: the task run's first run, then the flow run's Failed. Its
+        # Running entry is not in the table yet when the cascade counts its runs.
+        outcomes = await apply_transitions(
+            db,
+            [
+                SetTaskRunState(task_run_id=once.id, version=once.version, state=StateSpec(type=StateType.RUNNING)),
+                SetFlowRunState(flow_run_id=run_id, version=version, state=StateSpec(type=StateType.FAILED)),
+            ],
+        )
+    finally:
+        await db.dispose()
+    assert [o.state.type for o in outcomes if isinstance(o, StateSet)] == [StateType.RUNNING, StateType.FAILED]
+    now = (await client.get_flow_run(run_id)).task_runs[0]
+    assert (now.state.type, now.version) == (StateType.FAILED, once.version + 2)
 
 
 async def test_state_events_arrive_in_order_after_commit(client: AsyncClient) -> None:

@@ -1,5 +1,5 @@
-"""The Zombie Killer: a Running flow run whose heartbeats stop is failed, and
-its Running task runs retried or failed, through the state service."""
+"""The Zombie Killer: a Running flow run whose heartbeats stop is failed
+through the state service, which retries or fails its Running task runs."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
 from flowbus.settings import HeartbeatSettings, Settings
 from flowbus.states import StateType
-from services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
+from services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RUN_MESSAGE, ZombieKillerStats
+from services.state.rules import TASK_FAILED_MESSAGE, TASK_RETRYING_MESSAGE
 from tests.helpers import unique
 from tests.helpers.runs import watch_until_finished
 
-Tight = tuple[AsyncClient, ZombieState]
+Tight = tuple[AsyncClient, ZombieKillerStats]
 
 
 @pytest.fixture
@@ -36,12 +37,12 @@ async def tight(settings: Settings) -> AsyncIterator[Tight]:
         }
     )
     async with AsyncExitStack() as apps:
-        zombies: ZombieState | None = None
+        zombies: ZombieKillerStats | None = None
         for name in SERVICE_MODULES:
             app = build_service_app(name, tight)
             await apps.enter_async_context(app)
             if name == "heartbeat":
-                zombies = app.zombie_state
+                zombies = app.zombie_killer_stats
         assert zombies is not None
         async with AsyncClient(tight) as client:
             yield client, zombies
@@ -88,13 +89,14 @@ async def test_a_silent_running_run_is_failed_and_its_task_runs_retried_or_faile
     detail = await client.get_flow_run(run_id)
     by_name = {t.task_name: t for t in detail.task_runs}
     assert by_name["once"].state.type is StateType.FAILED
-    assert by_name["once"].state.message == TASK_RUN_MESSAGE
+    assert by_name["once"].state.message == TASK_FAILED_MESSAGE
     # Ran once with one retry allowed: it is retried.
     assert by_name["twice"].state.type is StateType.RETRYING
-    assert by_name["twice"].state.message == TASK_RETRY_MESSAGE
+    assert by_name["twice"].state.message == TASK_RETRYING_MESSAGE
     errors = [(r.task_run_id, r.message) for r in logs if r.level == "ERROR"]
     assert (None, FLOW_RUN_MESSAGE) in errors
     assert (by_name["once"].id, TASK_RUN_MESSAGE) in errors
+    assert (by_name["twice"].id, TASK_RUN_MESSAGE) in errors
     assert zombies.flow_runs_failed >= 1
 
 
@@ -112,7 +114,7 @@ async def test_a_task_run_out_of_retries_is_failed(tight: Tight) -> None:
     assert states[-1].state.type is StateType.FAILED
     twice_now = next(t for t in (await client.get_flow_run(run_id)).task_runs if t.id == twice.id)
     assert twice_now.state.type is StateType.FAILED
-    assert twice_now.state.message == TASK_RUN_MESSAGE
+    assert twice_now.state.message == TASK_FAILED_MESSAGE
 
 
 async def test_a_run_with_heartbeats_disabled_is_left_running(tight: Tight) -> None:

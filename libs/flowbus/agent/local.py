@@ -45,12 +45,13 @@ from pydantic import ValidationError
 from flowbus import subjects
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
+from flowbus.agent.runner import settle_unfinished_run
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
 from flowbus.settings import Settings
-from flowbus.states import StateType, is_finished
+from flowbus.states import StateType
 
 log = logging.getLogger("flowbus.agent")
 CONSUMER_IDLE_EXPIRY = timedelta(days=1)
@@ -282,25 +283,10 @@ class LocalAgent:
         return await exited
 
     async def _settle(self, flow_run_id: str, code: int) -> None:
-        """After the flow process ended: a cancelled run ends Cancelled, a crashed one Failed."""
-        detail = await self.client.get_flow_run(flow_run_id)
-        state = detail.run.state.type
-        if state is StateType.CANCELLING:
-            target, message = StateType.CANCELLED, "Flow run was cancelled."
-        elif code != 0 and not is_finished(state):
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            target, message = StateType.FAILED, f"Flow run process {how}."
-        else:
-            return
-        # Losing here means the run already moved on (e.g. the runner finished it).
-        with contextlib.suppress(VersionLockingError, Conflict):
-            await self.client.set_flow_run_state(flow_run_id, detail.run.version, target, message)
-            if target is StateType.FAILED:
-                # The process died mid-task: its running task runs die with it (Cancelled cascades by itself).
-                for task_run in detail.task_runs:
-                    if task_run.state.type in (StateType.RUNNING, StateType.RETRYING):
-                        with contextlib.suppress(VersionLockingError, Conflict):
-                            await self.client.set_task_run_state(task_run.id, task_run.version, target, message)
+        """After the flow process ended: a cancelled run ends Cancelled, one its
+        process left unfinished by dying (non-zero exit) ends Failed."""
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        await settle_unfinished_run(self.client, flow_run_id, f"Flow run process {how}." if code != 0 else None)
 
 
 def run_local_agent(

@@ -57,12 +57,12 @@ from flowbus.client import AsyncClient, NatsUnavailable, ServiceUnavailable
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.common import Conflict, FlowbusError, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
-from flowbus.schemas.runs import FlowRunOut, StateChanged, StateSet, TaskRunOut
+from flowbus.schemas.runs import FlowRunDetail, FlowRunOut, StateChanged, StateSet, TaskRunOut
 from flowbus.sdk import context
 from flowbus.sdk.engine import RunAbandoned, run_flow
 from flowbus.sdk.flow import LOADED_SCRIPT_PREFIX, Flow
 from flowbus.settings import Settings
-from flowbus.states import StateType, is_finished
+from flowbus.states import CANCELLED_MESSAGE, StateType, is_finished
 
 log = logging.getLogger("flowbus.runner")
 T = TypeVar("T")
@@ -343,6 +343,58 @@ class _FlowLogs:
         await self.shipper.stop()
 
 
+class _ClaimedRun:
+    """A claimed run in this process: its version, its logs, the background
+    work it started, and how it ends.
+
+    ``settle_on_exit``: no agent stands behind this process (``run --execute``),
+    so whatever stops the flow settles the run here.
+    """
+
+    def __init__(self, client: AsyncClient, detail: FlowRunDetail, shipper: LogShipper, settle_on_exit: bool) -> None:
+        self.client = client
+        self.detail = detail
+        self.run = detail.run
+        self.version = detail.run.version
+        self.shipper = shipper
+        self.settle_on_exit = settle_on_exit
+        self.beating: asyncio.Task[None] | None = None
+        self.cancels: Subscription | None = None
+
+    async def ship(self) -> None:
+        # One turn of the loop first: a record logged just now (even on this
+        # thread) reaches the queue through call_soon_threadsafe.
+        await asyncio.sleep(0)
+        await self.shipper.drain()
+
+    async def finish(self, state: StateType, message: str) -> None:
+        # Logs first: a watcher sees them before the final state.
+        await self.ship()
+        await write_own_state(self.client, self.run.id, self.version, state, message)
+
+    async def settle(self, reason: str) -> None:
+        """Logs first, then the run ends (see ``settle_unfinished_run``)."""
+        await self.ship()
+        await settle_unfinished_run(self.client, self.run.id, reason)
+
+    def start_hooks(self, settings: Settings) -> BackendHooks:
+        """The engine's task-run reporting, and heartbeats unless the flow group disables them."""
+        task_runs = {t.task_slug: (t.id, t.version) for t in self.detail.task_runs}
+        hooks = BackendHooks(self.client, asyncio.get_running_loop(), self.run.id, task_runs)
+        if self.detail.heartbeat_enabled:
+            heartbeats = Heartbeats(self.client, self.run.id, settings.heartbeat.interval_seconds)
+            hooks.on_task_running = heartbeats.task_running
+            self.beating = asyncio.create_task(heartbeats.run())
+        return hooks
+
+    async def stop(self) -> None:
+        if self.beating is not None:
+            self.beating.cancel()
+        if self.cancels is not None:
+            with contextlib.suppress(NatsError):
+                await self.cancels.unsubscribe()
+
+
 async def run_claimed(
     client: AsyncClient, flow_run_id: str, settings: Settings, signals: StopSignals, *, settle_on_exit: bool
 ) -> int:
@@ -355,81 +407,18 @@ async def run_claimed(
     crash of flow code or an unexpected error ends it Failed either way.
     """
     detail = await client.get_flow_run(flow_run_id)
-    run = detail.run
-    loop = asyncio.get_running_loop()
-    async with _FlowLogs(client, run.id) as shipper:
-        version = run.version
-        beating: asyncio.Task[None] | None = None
-        cancels: Subscription | None = None
-
-        async def ship() -> None:
-            # One turn of the loop first: a record logged just now (even on this
-            # thread) reaches the queue through call_soon_threadsafe.
-            await asyncio.sleep(0)
-            await shipper.drain()
-
-        async def finish(state: StateType, message: str) -> None:
-            # Logs first: a watcher sees them before the final state.
-            await ship()
-            await write_own_state(client, run.id, version, state, message)
-
+    async with _FlowLogs(client, detail.run.id) as shipper:
+        claimed = _ClaimedRun(client, detail, shipper, settle_on_exit)
         try:
-            try:
-                flow = await signals.race(in_daemon_thread(lambda: load_flow(detail.storage, run.flow_name), "load"))
-            except FlowLoadError as exc:
-                log.error("%s", exc)
-                await finish(StateType.FAILED, str(exc))
-                return 1
-            if settle_on_exit:
-                # Before Running: a cancel of a running run (Cancelling) comes after this.
-                cancels = await _on_cancelling(client, run.id, signals.cancel)
-            try:
-                version = (await write_own_state(client, run.id, version, StateType.RUNNING, "Running flow.")).version
-            except (VersionLockingError, Conflict) as exc:
-                # Someone else owns this run now: run nothing (once and only once).
-                log.warning("Not running flow run %s: %s", run.id, exc.message)
-                return 0
-            hooks = BackendHooks(client, loop, run.id, {t.task_slug: (t.id, t.version) for t in detail.task_runs})
-            if detail.heartbeat_enabled:
-                heartbeats = Heartbeats(client, run.id, settings.heartbeat.interval_seconds)
-                hooks.on_task_running = heartbeats.task_running
-                beating = asyncio.create_task(heartbeats.run())
-            scope = {
-                "flow_run_id": run.id,
-                "flow_run_name": run.name,
-                "flow_id": run.flow_id,
-                "project_name": run.project_name,
-                "scheduled_start_time": _aware(run.scheduled_start_time),
-                "running_with_backend": True,
-            }
-
-            def work() -> Any:
-                with context.scope(**scope):
-                    return run_flow(flow, run.parameters, hooks)
-
-            try:
-                result = await signals.race(in_daemon_thread(work, "flow"))
-            except RunAbandoned as exc:
-                log.error("Flow run abandoned: %s", exc)
-                if settle_on_exit:
-                    # Refused because the run moved on (cancelled, failed by someone
-                    # else): with no agent behind this process, end it here.
-                    await ship()
-                    await fail_run(client, run.id, f"Flow run abandoned: {exc}")
-                    return 1
-                return 0
-            await finish(result.state, result.message)
-            return 0
+            return await _load_and_run(claimed, settings, signals)
         except CancelRequested as exc:
             log.warning("%s", exc)
-            await ship()
-            await fail_run(client, run.id, str(exc))  # Cancelling: ends Cancelled
+            await claimed.settle(str(exc))  # Cancelling: ends Cancelled
             return 1
         except Interrupted as exc:
             log.error("%s", exc)
             if settle_on_exit:
-                await ship()
-                await fail_run(client, run.id, str(exc))
+                await claimed.settle(str(exc))
             return 128 + exc.signum
         except Exception as exc:
             if isinstance(exc, FlowCrashed):
@@ -438,15 +427,63 @@ async def run_claimed(
             else:
                 log.error("Unexpected error while running the flow: %r\n%s", exc, traceback.format_exc())
                 reason = f"Unexpected error: {exc!r}"
-            await ship()
-            await fail_run(client, run.id, reason)
+            await claimed.settle(reason)
             return 1
         finally:
-            if beating is not None:
-                beating.cancel()
-            if cancels is not None:
-                with contextlib.suppress(NatsError):
-                    await cancels.unsubscribe()
+            await claimed.stop()
+
+
+async def _load_and_run(claimed: _ClaimedRun, settings: Settings, signals: StopSignals) -> int:
+    """Load the flow, set Running, run it and set its final state; the exit code."""
+    client, run = claimed.client, claimed.run
+    try:
+        flow = await signals.race(in_daemon_thread(lambda: load_flow(claimed.detail.storage, run.flow_name), "load"))
+    except FlowLoadError as exc:
+        log.error("%s", exc)
+        await claimed.finish(StateType.FAILED, str(exc))
+        return 1
+    if claimed.settle_on_exit:
+        # Before Running: a cancel of a running run (Cancelling) comes after this.
+        claimed.cancels = await _on_cancelling(client, run.id, signals.cancel)
+    try:
+        claimed.version = (
+            await write_own_state(client, run.id, claimed.version, StateType.RUNNING, "Running flow.")
+        ).version
+    except (VersionLockingError, Conflict) as exc:
+        # Someone else owns this run now: run nothing (once and only once).
+        log.warning("Not running flow run %s: %s", run.id, exc.message)
+        return 0
+    hooks = claimed.start_hooks(settings)
+    scope = _flow_scope(run)
+
+    def work() -> Any:
+        with context.scope(**scope):
+            return run_flow(flow, run.parameters, hooks)
+
+    try:
+        result = await signals.race(in_daemon_thread(work, "flow"))
+    except RunAbandoned as exc:
+        log.error("Flow run abandoned: %s", exc)
+        if not claimed.settle_on_exit:
+            return 0
+        # Refused because the run moved on (cancelled, failed by someone
+        # else): with no agent behind this process, end it here.
+        await claimed.settle(f"Flow run abandoned: {exc}")
+        return 1
+    await claimed.finish(result.state, result.message)
+    return 0
+
+
+def _flow_scope(run: FlowRunOut) -> dict[str, Any]:
+    """What tasks see of the run in ``flowbus.context``."""
+    return {
+        "flow_run_id": run.id,
+        "flow_run_name": run.name,
+        "flow_id": run.flow_id,
+        "project_name": run.project_name,
+        "scheduled_start_time": _aware(run.scheduled_start_time),
+        "running_with_backend": True,
+    }
 
 
 async def _on_cancelling(client: AsyncClient, flow_run_id: str, callback: Callable[[], None]) -> Subscription:
@@ -460,25 +497,26 @@ async def _on_cancelling(client: AsyncClient, flow_run_id: str, callback: Callab
     return await client.nc.subscribe(subjects.flow_run_event(flow_run_id, "state"), cb=on_state)
 
 
-async def fail_run(client: AsyncClient, flow_run_id: str, message: str) -> None:
-    """End an unfinished run Failed with ``message`` (its Running task runs too),
-    read fresh because the flow's thread may have moved it on; a run being
-    cancelled ends Cancelled instead, as the agent would end it."""
+async def settle_unfinished_run(client: AsyncClient, flow_run_id: str, failure: str | None) -> None:
+    """End a run whose process stopped before the run finished: Cancelled when
+    it is being cancelled (Cancelling), else Failed with ``failure`` (None:
+    leave it as it is). The one place a client decides that.
+
+    Read fresh, because the flow's thread may have moved the run on; one
+    command, because the state service takes the run's task runs along.
+    """
     for _ in range(3):
-        detail = await client.get_flow_run(flow_run_id)
-        if is_finished(detail.run.state.type):
+        run = (await client.get_flow_run(flow_run_id)).run
+        if is_finished(run.state.type):
             return
-        if detail.run.state.type is StateType.CANCELLING:
-            # Cancelled cancels the unfinished task runs itself.
-            target, reason = StateType.CANCELLED, "Flow run was cancelled."
+        if run.state.type is StateType.CANCELLING:
+            target, message = StateType.CANCELLED, CANCELLED_MESSAGE
+        elif failure is not None:
+            target, message = StateType.FAILED, failure
         else:
-            target, reason = StateType.FAILED, message
-            for task_run in detail.task_runs:
-                if task_run.state.type is StateType.RUNNING:
-                    with contextlib.suppress(VersionLockingError, Conflict):
-                        await client.set_task_run_state(task_run.id, task_run.version, StateType.FAILED, message)
+            return
         try:
-            await client.set_flow_run_state(flow_run_id, detail.run.version, target, reason)
+            await client.set_flow_run_state(flow_run_id, run.version, target, message)
             return
         except (VersionLockingError, Conflict):
             continue  # it moved on meanwhile: read it again
@@ -528,7 +566,7 @@ async def execute_here(client: AsyncClient, run: FlowRunOut, settings: Settings,
     except BaseException as exc:
         reason = str(exc) if isinstance(exc, Interrupted) else f"flowbus run --execute failed: {exc!r}"
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(fail_run(client, run.id, reason), settings.nats.request_timeout * 2)
+            await asyncio.wait_for(settle_unfinished_run(client, run.id, reason), settings.nats.request_timeout * 2)
         raise
 
 
