@@ -21,6 +21,7 @@ from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.schemas.runs import FlowRunDeleted, LogRecord, StateChanged
 from flowbus.states import StateType, is_finished
+from tests.helpers.scripts import BLOCKING_MESSAGE
 from tests.helpers.waiting import eventually
 
 WatchItem = StateChanged | LogRecord | FlowRunDeleted
@@ -74,6 +75,24 @@ async def watch_until_finished(
     except TimeoutError:
         raise AssertionError(f"run {run_id} did not finish within {timeout:g} s; states: {watched.types}") from None
     return watched
+
+
+class WhenBlocking:
+    """A watch's ``on_item`` for the blocking flow: notes the flow's process id
+    from the agent's log line, and acts on it once the flow's task blocks."""
+
+    SUBMITTED = "Submitted for execution: PID: "  # the agent's log line naming the flow's process
+
+    def __init__(self, action: Callable[[int], Awaitable[None]]) -> None:
+        self.pid: int | None = None
+        self._action = action
+
+    async def __call__(self, item: WatchItem) -> None:
+        if isinstance(item, LogRecord) and item.message.startswith(self.SUBMITTED):
+            self.pid = int(item.message.rsplit(" ", 1)[1])
+        if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
+            assert self.pid is not None, "the flow blocked before the agent named its process"
+            await self._action(self.pid)
 
 
 async def last_event(client: AsyncClient, subject: str) -> dict[str, Any]:

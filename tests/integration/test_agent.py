@@ -11,16 +11,13 @@ import pytest
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
 from flowbus.schemas.flows import StorageSpec
-from flowbus.schemas.runs import LogRecord
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from tests.helpers import unique
 from tests.helpers.agents import running_agents
-from tests.helpers.runs import WatchItem, watch_until_finished
-from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow, register_greeting_flow
+from tests.helpers.runs import WhenBlocking, watch_until_finished
+from tests.helpers.scripts import blocking_flow, register_greeting_flow
 from tests.helpers.waiting import eventually
-
-SUBMITTED = "Submitted for execution: PID: "  # the agent's log line naming the flow's process
 
 
 async def test_agent_runs_a_flow_to_success_and_ships_logs(
@@ -34,7 +31,7 @@ async def test_agent_runs_a_flow_to_success_and_ships_logs(
         states, messages = watched.types, watched.messages
         assert states == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.SUCCESS], messages
         assert "Hello, Cloud!" in messages
-        assert any(m.startswith(SUBMITTED) for m in messages)
+        assert any(m.startswith(WhenBlocking.SUBMITTED) for m in messages)
         detail = await client.get_flow_run(run.id)
         assert detail.run.agent_id == agent.id
         assert {t.state.type for t in detail.task_runs} == {StateType.SUCCESS}
@@ -124,21 +121,17 @@ async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
     flow_id = await _registered_blocking(client, tmp_path)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         run = await client.create_flow_run(flow_id, labels=["itest"])
-        pid = None
 
-        async def cancel_once_blocking(item: WatchItem) -> None:
-            nonlocal pid
-            if isinstance(item, LogRecord) and item.message.startswith(SUBMITTED):
-                pid = int(item.message.rsplit(" ", 1)[1])
-            if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
-                cancel = await client.cancel_flow_run(run.id)
-                assert cancel.state.type is StateType.CANCELLING
+        async def cancel(_pid: int) -> None:
+            cancel = await client.cancel_flow_run(run.id)
+            assert cancel.state.type is StateType.CANCELLING
 
-        states = (await watch_until_finished(client, run.id, on_item=cancel_once_blocking)).types
+        flow_process = WhenBlocking(cancel)
+        states = (await watch_until_finished(client, run.id, on_item=flow_process)).types
         assert states[-2:] == [StateType.CANCELLING, StateType.CANCELLED], states
-        assert pid is not None
+        assert flow_process.pid is not None
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # the flow's process is gone (reaped by the agent)
+            os.kill(flow_process.pid, 0)  # the flow's process is gone (reaped by the agent)
         detail = await client.get_flow_run(run.id)
         assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
 
@@ -149,17 +142,11 @@ async def test_a_killed_flow_process_ends_the_run_failed_with_its_running_task_r
     flow_id = await _registered_blocking(client, tmp_path)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         run = await client.create_flow_run(flow_id, labels=["itest"])
-        pid = None
 
-        async def kill_once_blocking(item: WatchItem) -> None:
-            nonlocal pid
-            if isinstance(item, LogRecord) and item.message.startswith(SUBMITTED):
-                pid = int(item.message.rsplit(" ", 1)[1])
-            if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
-                assert pid is not None
-                os.kill(pid, signal.SIGKILL)
+        async def kill(pid: int) -> None:
+            os.kill(pid, signal.SIGKILL)
 
-        last = (await watch_until_finished(client, run.id, on_item=kill_once_blocking)).states[-1]
+        last = (await watch_until_finished(client, run.id, on_item=WhenBlocking(kill))).states[-1]
         assert (last.state.type, last.state.message) == (StateType.FAILED, "Flow run process was killed by signal 9.")
         # The agent sent the flow run's Failed alone; the state service failed the task run.
         [block] = (await client.get_flow_run(run.id)).task_runs

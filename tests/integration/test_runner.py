@@ -29,8 +29,8 @@ from flowbus.settings import Settings
 from flowbus.states import StateType
 from tests.helpers import register, unique
 from tests.helpers.agents import running_agents
-from tests.helpers.runs import WatchItem, watch_until_finished
-from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow, register_script, write_script
+from tests.helpers.runs import WhenBlocking, watch_until_finished
+from tests.helpers.scripts import blocking_flow, register_script, write_script
 from tests.helpers.waiting import eventually
 
 LABEL = "itest-runner"
@@ -290,23 +290,18 @@ async def test_sigterm_ships_the_logs_and_leaves_the_final_state_to_the_agent(
 ) -> None:
     flow_id, _ = await register_source(client, tmp_path, blocking_flow("{flow_name}"))
     run = await client.create_flow_run(flow_id, labels=[LABEL])
-    pid = None
 
-    async def sigterm_once_blocking(item: WatchItem) -> None:
-        nonlocal pid
-        if isinstance(item, LogRecord) and item.message.startswith("Submitted for execution: PID: "):
-            pid = int(item.message.rsplit(" ", 1)[1])
-        if isinstance(item, LogRecord) and item.message == BLOCKING_MESSAGE:
-            assert pid is not None
-            os.kill(pid, signal.SIGTERM)
+    async def sigterm(pid: int) -> None:
+        os.kill(pid, signal.SIGTERM)
 
-    watched = await watch_until_finished(client, run.id, on_item=sigterm_once_blocking)
+    flow_process = WhenBlocking(sigterm)
+    watched = await watch_until_finished(client, run.id, on_item=flow_process)
     final = watched.final
     assert isinstance(final, StateChanged)
     assert final.state.type is StateType.FAILED
     # The agent's reason: the runner exited 128 + SIGTERM and wrote no state itself.
     assert "143" in (final.state.message or ""), final.state
     # Logged by the runner's SIGTERM handler, shipped before it exited.
-    assert f"Flow run process {pid} received SIGTERM." in watched.messages
+    assert f"Flow run process {flow_process.pid} received SIGTERM." in watched.messages
     history = await client.get_flow_run_history(run.id)
     assert [e.type for e in history] == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.FAILED]
