@@ -190,8 +190,7 @@ class Flow:
         """
         if context.get("loading_flow"):
             return None
-        from flowbus.client import Client, NatsUnavailable, ServiceUnavailable
-        from flowbus.schemas.common import FlowbusError
+        from flowbus.client import CLIENT_ERRORS, Client, describe_error
 
         try:
             with Client() as client:
@@ -203,10 +202,8 @@ class Flow:
                     labels=labels,
                     set_schedule_active=set_schedule_active,
                 )
-        except (NatsUnavailable, ServiceUnavailable) as exc:
-            raise SystemExit(f"Error: {exc}") from None
-        except FlowbusError as exc:
-            raise SystemExit(f"Error: {exc.code.value}: {exc.message}") from None
+        except CLIENT_ERRORS as exc:
+            raise SystemExit(f"Error: {describe_error(exc)}") from None
         print(describe_registration(out))
         return out.id
 
