@@ -31,7 +31,7 @@ lint: install ## ruff lint and format check
 	$(BIN)/ruff format --check .
 
 typecheck: install ## mypy (strict)
-	$(BIN)/mypy libs services
+	$(BIN)/mypy libs flowbus_services
 
 unit: install ## Unit tests only (fast, in memory)
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)

@@ -37,11 +37,11 @@ from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
 
 SERVICE_MODULES: dict[str, str] = {
-    "registration": "services.registration.main",
-    "run_creation": "services.run_creation.main",
-    "state": "services.state.main",
-    "heartbeat": "services.heartbeat.main",
-    "scheduler": "services.scheduler.main",
+    "registration": "flowbus_services.registration.main",
+    "run_creation": "flowbus_services.run_creation.main",
+    "state": "flowbus_services.state.main",
+    "heartbeat": "flowbus_services.heartbeat.main",
+    "scheduler": "flowbus_services.scheduler.main",
 }
 # The embedded server accepts bigger messages than services do, so an
 # oversize command reaches a service and gets a VALIDATION_ERROR reply.

@@ -22,7 +22,7 @@ from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
-from services.scheduler.release import ReleaseState, release_due_runs
+from flowbus_services.scheduler.release import ReleaseState, release_due_runs
 from tests.conftest import unique
 from tests.integration.test_delivery import RECORDING_FLOW, agents, register_script, watching
 

@@ -27,8 +27,8 @@ from flowbus.schemas.flows import CreateProject, FlowOut, RegisterFlow
 from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType
-from services.registration import usecases as registration
-from services.run_creation import usecases as run_creation
+from flowbus_services.registration import usecases as registration
+from flowbus_services.run_creation import usecases as run_creation
 from tests.conftest import unique
 from tests.helpers import register, serialized_flow
 

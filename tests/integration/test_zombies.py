@@ -18,7 +18,7 @@ from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, Ta
 from flowbus.schemas.runs import LogRecord, StateChanged
 from flowbus.settings import HeartbeatSettings, Settings
 from flowbus.states import StateType
-from services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
+from flowbus_services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
 from tests.conftest import unique
 
 Tight = tuple[AsyncClient, ZombieState]

@@ -246,4 +246,4 @@ def test_dockerfile_builds_the_services() -> None:
     assert "uv==0.13.9" in text
     assert "uv sync --frozen --no-dev" in text
     assert "COPY libs" in text
-    assert "COPY services" in text
+    assert "COPY flowbus_services" in text

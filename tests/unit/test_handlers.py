@@ -12,7 +12,7 @@ from faststream.nats import TestNatsBroker
 from flowbus import subjects
 from flowbus.db.migrate import upgrade_async
 from flowbus.settings import NatsTuning, Settings
-from services.registration.main import build_app as registration_app
+from flowbus_services.registration.main import build_app as registration_app
 
 
 @pytest.fixture

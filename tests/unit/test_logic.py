@@ -9,8 +9,8 @@ from flowbus.schemas.common import Conflict, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun
 from flowbus.states import StateType, is_failed, is_finished
-from services.run_creation.usecases import merge_parameters, resolve_labels
-from services.state.rules import Proposal, check
+from flowbus_services.run_creation.usecases import merge_parameters, resolve_labels
+from flowbus_services.state.rules import Proposal, check
 
 
 def test_label_set_key_is_order_independent_and_subject_safe() -> None:

@@ -3,7 +3,7 @@
 Reads: ``flowbus.cmd.scheduler.status``, ``flowbus.hint.scheduler.wake``.
 Writes: ``flowbus.runq.*``.
 Run alone with ``flowbus service run scheduler`` or
-``uvicorn services.scheduler.main:app``. No work happens at import.
+``uvicorn flowbus_services.scheduler.main:app``. No work happens at import.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from flowbus.runtime.service import ServiceContext, build_service
 from flowbus.schemas.agents import SchedulerStatus
 from flowbus.schemas.common import Empty, Reply
 from flowbus.settings import Settings
-from services.scheduler.release import ReleaseState, release_loop
+from flowbus_services.scheduler.release import ReleaseState, release_loop
 
 NAME = "scheduler"
 

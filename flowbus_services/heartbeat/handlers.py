@@ -16,7 +16,7 @@ from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.agents import AgentHeartbeat, AgentList, AgentOut, ListAgents, RegisterAgent, RunHeartbeat
 from flowbus.schemas.common import Reply
-from services.heartbeat import usecases
+from flowbus_services.heartbeat import usecases
 
 S = subjects.Heartbeat
 log = logging.getLogger(__name__)

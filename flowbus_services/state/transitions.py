@@ -48,7 +48,7 @@ from flowbus.schemas.runs import (
     StateSpec,
 )
 from flowbus.states import StateType, is_finished, is_running
-from services.state.rules import Proposal, check
+from flowbus_services.state.rules import Proposal, check
 
 OWNER = "state"
 StateCommand = SetFlowRunState | SetTaskRunState | CancelFlowRun

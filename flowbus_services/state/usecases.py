@@ -25,7 +25,7 @@ from flowbus.schemas.runs import (
     StateSpec,
 )
 from flowbus.states import StateType
-from services.state.transitions import apply_transitions
+from flowbus_services.state.transitions import apply_transitions
 
 OWNER = "state"
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from flowbus.schemas.flows import (
     SetProjectDescription,
     UnarchiveFlow,
 )
-from services.registration import usecases
+from flowbus_services.registration import usecases
 
 S = subjects.Registration
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Entry module of the state service.
 
 Run alone with ``flowbus service run state`` or
-``uvicorn services.state.main:app``. No work happens at import.
+``uvicorn flowbus_services.state.main:app``. No work happens at import.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from faststream.asgi import AsgiFastStream
 
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
-from services.state.handlers import clean_up_flow_runs, register, write_logs
+from flowbus_services.state.handlers import clean_up_flow_runs, register, write_logs
 
 NAME = "state"
 

@@ -12,7 +12,7 @@ from functools import partial
 from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.runs import CreateFlowRun, FlowRunOut
-from services.run_creation import usecases
+from flowbus_services.run_creation import usecases
 
 S = subjects.RunCreation
 

@@ -4,7 +4,7 @@ Handlers: see ``handlers.py``. Background loop: the Zombie Killer
 (``zombies.py``), which requests ``flowbus.cmd.state.set_*_run_state`` and
 publishes on ``flowbus.logs.<flow_run_id>``.
 Run alone with ``flowbus service run heartbeat`` or
-``uvicorn services.heartbeat.main:app``. No work happens at import.
+``uvicorn flowbus_services.heartbeat.main:app``. No work happens at import.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from faststream.asgi import AsgiFastStream
 
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
-from services.heartbeat.handlers import register
-from services.heartbeat.zombies import ZombieState, zombie_loop
+from flowbus_services.heartbeat.handlers import register
+from flowbus_services.heartbeat.zombies import ZombieState, zombie_loop
 
 NAME = "heartbeat"
 

@@ -1,7 +1,7 @@
 """Entry module of the registration service.
 
 Run alone with ``flowbus service run registration`` or
-``uvicorn services.registration.main:app``. No work happens at import.
+``uvicorn flowbus_services.registration.main:app``. No work happens at import.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from faststream.asgi import AsgiFastStream
 
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
-from services.registration.handlers import register
+from flowbus_services.registration.handlers import register
 
 NAME = "registration"
 

@@ -31,8 +31,8 @@ from flowbus.schemas.runs import (
     StateHistoryList,
     StateSet,
 )
-from services.state import queries, usecases
-from services.state.transitions import apply_transitions
+from flowbus_services.state import queries, usecases
+from flowbus_services.state.transitions import apply_transitions
 
 S = subjects.State
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Reads: ``flowbus.cmd.run_creation.create_flow_run`` (fast lane). Writes:
 ``flowbus.evt.flow_run.<id>.{created,state}``, ``flowbus.runq.*`` and
 ``flowbus.hint.scheduler.wake`` (see ``usecases.py``).
 Run alone with ``flowbus service run run_creation`` or
-``uvicorn services.run_creation.main:app``. No work happens at import.
+``uvicorn flowbus_services.run_creation.main:app``. No work happens at import.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from faststream.asgi import AsgiFastStream
 
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
-from services.run_creation.handlers import register
+from flowbus_services.run_creation.handlers import register
 
 NAME = "run_creation"
 
