@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint typecheck unit integration e2e proto bench clean
+.PHONY: help install up test lint typecheck unit integration e2e contracts bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -45,8 +45,8 @@ e2e: install ## End-to-end tests (the real processes, driven through the CLI)
 test: install lint typecheck ## Lint, type-check and run every test tier
 	$(BIN)/pytest $(PYTEST_FLAGS)
 
-proto: install ## Regenerate proto/ (AsyncAPI and JSON Schemas)
-	$(BIN)/python -m flowbus.proto_gen
+contracts: install ## Regenerate contracts/ (AsyncAPI and JSON Schemas)
+	$(BIN)/python -m flowbus_services.contracts
 
 bench: install ## Benchmarks (JSON on stdout)
 	$(BIN)/python -m tests.bench.run

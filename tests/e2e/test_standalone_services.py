@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from flowbus.embedded import SERVICE_MODULES, NatsServer, free_port
+from flowbus_services.registry import SERVICE_MODULES
+from flowbus_services.up import NatsServer, free_port
 from tests.e2e.test_tutorial import FLOWBUS, HELLO_FLOW, _env, stop, wait_for_line
 
 pytestmark = pytest.mark.e2e

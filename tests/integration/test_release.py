@@ -17,11 +17,11 @@ from nats.aio.msg import Msg
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
-from flowbus.embedded import SERVICE_MODULES, build_service_app
 from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from flowbus_services.scheduler.release import ReleaseState, release_due_runs
 from tests.conftest import unique
 from tests.integration.test_delivery import RECORDING_FLOW, agents, register_script, watching

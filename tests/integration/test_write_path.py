@@ -19,7 +19,6 @@ from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.db.tables import Outbox, utcnow
-from flowbus.embedded import build_service_app
 from flowbus.runtime.nats import connect, ensure_streams
 from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
@@ -28,6 +27,7 @@ from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from flowbus_services.registration import usecases as registration
+from flowbus_services.registry import build_service_app
 from flowbus_services.run_creation import usecases as run_creation
 from tests.conftest import unique
 from tests.helpers import register, serialized_flow

@@ -12,13 +12,13 @@ import pytest
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
-from flowbus.embedded import SERVICE_MODULES, build_service_app
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import LogRecord, StateChanged
 from flowbus.settings import HeartbeatSettings, Settings
 from flowbus.states import StateType
 from flowbus_services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from tests.conftest import unique
 
 Tight = tuple[AsyncClient, ZombieState]

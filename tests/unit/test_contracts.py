@@ -1,4 +1,4 @@
-"""proto/ is generated from the code and committed: it must never drift from it."""
+"""contracts/ is generated from the code and committed: it must never drift from it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from flowbus import subjects
-from flowbus.embedded import SERVICE_MODULES
-from flowbus.proto_gen import PROTO_DIR, differences, main, message_classes, render
 from flowbus.schemas.common import ErrorInfo, Reply
+from flowbus_services.contracts import CONTRACTS_DIR, differences, main, message_classes, render
+from flowbus_services.registry import SERVICE_MODULES
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +18,12 @@ def rendered() -> dict[str, str]:
     return render()
 
 
-def test_proto_folder_is_up_to_date(rendered: dict[str, str]) -> None:
-    diffs = differences(rendered, PROTO_DIR)
+def test_contracts_folder_is_up_to_date(rendered: dict[str, str]) -> None:
+    diffs = differences(rendered, CONTRACTS_DIR)
     assert not diffs, (
-        "proto/ is out of date with the code; run `make proto` (.venv/bin/python -m flowbus.proto_gen) "
-        "and commit the result. Files that differ:\n  " + "\n  ".join(diffs)
+        "contracts/ is out of date with the code; run `make contracts` "
+        "(.venv/bin/python -m flowbus_services.contracts) and commit the result. "
+        "Files that differ:\n  " + "\n  ".join(diffs)
     )
 
 
@@ -77,19 +78,19 @@ def test_subjects_document_lists_commands_and_streams(rendered: dict[str, str]) 
 
 
 def test_check_and_write_on_a_scratch_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    proto = tmp_path / "proto"
-    assert main(["--check", "--proto-dir", str(proto)]) == 1
+    contracts = tmp_path / "contracts"
+    assert main(["--check", "--contracts-dir", str(contracts)]) == 1
     assert "subjects.json (missing)" in capsys.readouterr().out
 
-    assert main(["--proto-dir", str(proto)]) == 0
-    (proto / "schemas" / "Gone.json").write_text("{}\n")
-    (proto / "subjects.json").write_text("{}\n")
-    assert main(["--check", "--proto-dir", str(proto)]) == 1
+    assert main(["--contracts-dir", str(contracts)]) == 0
+    (contracts / "schemas" / "Gone.json").write_text("{}\n")
+    (contracts / "subjects.json").write_text("{}\n")
+    assert main(["--check", "--contracts-dir", str(contracts)]) == 1
     out = capsys.readouterr().out
     assert "schemas/Gone.json (stale)" in out
     assert "subjects.json (changed)" in out
-    assert "make proto" in out
+    assert "make contracts" in out
 
-    assert main(["--proto-dir", str(proto)]) == 0
-    assert not (proto / "schemas" / "Gone.json").exists()
-    assert main(["--check", "--proto-dir", str(proto)]) == 0
+    assert main(["--contracts-dir", str(contracts)]) == 0
+    assert not (contracts / "schemas" / "Gone.json").exists()
+    assert main(["--check", "--contracts-dir", str(contracts)]) == 0
