@@ -31,7 +31,7 @@ from flowbus.schemas.runs import (
     StateHistoryList,
     StateSet,
 )
-from flowbus_services.state import queries, usecases
+from flowbus_services.state import cleanup, logs, queries
 from flowbus_services.state.transitions import apply_transitions
 
 S = subjects.State
@@ -76,7 +76,7 @@ async def write_logs(ctx: ServiceContext) -> None:
     """Persist log batches from the LOGS stream."""
 
     async def store(batches: list[tuple[str, LogBatch]]) -> None:
-        await usecases.store_logs(ctx.db, [r for _subject, b in batches for r in b.records])
+        await logs.store_logs(ctx.db, [r for _subject, b in batches for r in b.records])
 
     await consume(
         ctx.jetstream,
@@ -93,7 +93,7 @@ async def clean_up_flow_runs(ctx: ServiceContext) -> None:
 
     async def apply(events: list[tuple[str, FlowEvent]]) -> None:
         for _subject, event in events:
-            await usecases.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
+            await cleanup.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
         await ctx.publish_outbox()
 
     await consume(

@@ -1,26 +1,21 @@
-"""State use cases besides transitions: log storage and the clean-up of a
-flow's waiting runs when it is archived or unscheduled.
+"""The clean-up of a flow's waiting runs when it is archived or unscheduled.
 
-Owns the log table. Stages ``flowbus.evt.flow_run.<id>.deleted`` for the
-auto-scheduled runs it deletes; cancellations go through
-``transitions.apply_transitions``, the one path that changes states.
+Stages ``flowbus.evt.flow_run.<id>.deleted`` for the auto-scheduled runs it
+deletes; cancellations go through ``transitions.apply_transitions``, the one
+path that changes states.
 """
 
 from __future__ import annotations
 
-import logging
-
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from flowbus import subjects
 from flowbus.db.engine import Database
-from flowbus.db.tables import FlowRun, Log
+from flowbus.db.tables import FlowRun
 from flowbus.runtime.outbox import stage
 from flowbus.schemas.common import FlowbusError
 from flowbus.schemas.runs import (
     FlowRunDeleted,
-    LogRecord,
     SetFlowRunState,
     StateSpec,
 )
@@ -28,34 +23,6 @@ from flowbus.states import StateType
 from flowbus_services.state.transitions import apply_transitions
 
 OWNER = "state"
-log = logging.getLogger(__name__)
-
-
-def _log_row(record: LogRecord) -> Log:
-    return Log(**record.model_dump())
-
-
-async def store_logs(db: Database, records: list[LogRecord]) -> int:
-    """Persist a batch in one transaction; records of unknown runs are dropped."""
-    if not records:
-        return 0
-    try:
-        async with db.transaction() as session:
-            session.add_all([_log_row(r) for r in records])
-        return len(records)
-    except IntegrityError:
-        pass
-    async with db.transaction() as session:
-        run_ids = {r.flow_run_id for r in records}
-        known = set(
-            (await session.execute(select(col(FlowRun.id)).where(col(FlowRun.id).in_(run_ids)))).scalars().all()  # type: ignore[attr-defined]
-        )
-        kept = [r for r in records if r.flow_run_id in known]
-        dropped = len(records) - len(kept)
-        if dropped:
-            log.warning("dropped %d log records of unknown flow runs", dropped)
-        session.add_all([_log_row(r) for r in kept])
-    return len(kept)
 
 
 ARCHIVED_MESSAGE = "Flow {flow_id} was archived."
