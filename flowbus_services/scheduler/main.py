@@ -1,20 +1,20 @@
 """Entry module of the scheduler service.
 
-Reads: ``flowbus.cmd.scheduler.status``, ``flowbus.hint.scheduler.wake``.
-Writes: ``flowbus.runq.*``.
+Handlers: see ``handlers.py``. Background loop: the release of due runs
+(``release.py``), which reads ``flowbus.hint.scheduler.wake`` and writes ``flowbus.runq.*``.
 Run alone with ``flowbus service run scheduler`` or
 ``uvicorn flowbus_services.scheduler.main:app``. No work happens at import.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from faststream.asgi import AsgiFastStream
 
-from flowbus import subjects
-from flowbus.runtime.service import ServiceContext, build_service
-from flowbus.schemas.agents import SchedulerStatus
-from flowbus.schemas.common import Empty, Reply
+from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
+from flowbus_services.scheduler.handlers import register
 from flowbus_services.scheduler.release import ReleaseState, release_loop
 
 NAME = "scheduler"
@@ -22,13 +22,7 @@ NAME = "scheduler"
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     state = ReleaseState()
-
-    def register(ctx: ServiceContext) -> None:
-        @ctx.broker.subscriber(subjects.Scheduler.STATUS, queue=subjects.Scheduler.QUEUE, title="status")
-        async def status(query: Empty) -> Reply[SchedulerStatus]:
-            return Reply.success(SchedulerStatus(released_total=state.released_total, last_release=state.last_release))
-
-    return build_service(NAME, settings or Settings(), register, loops=[release_loop(state)])
+    return build_service(NAME, settings or Settings(), partial(register, state=state), loops=[release_loop(state)])
 
 
 app = build_app()
