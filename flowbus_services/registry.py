@@ -8,7 +8,8 @@ its service is built, so a command that runs one service loads only that one.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+from faststream.asgi import AsgiFastStream
 
 from flowbus.settings import Settings
 
@@ -21,8 +22,9 @@ SERVICE_MODULES: dict[str, str] = {
 }
 
 
-def build_service_app(name: str, settings: Settings) -> Any:
+def build_service_app(name: str, settings: Settings) -> AsgiFastStream:
     if name not in SERVICE_MODULES:
         raise KeyError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
     module = importlib.import_module(SERVICE_MODULES[name])
-    return module.build_app(settings)
+    app: AsgiFastStream = module.build_app(settings)
+    return app

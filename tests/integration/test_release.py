@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
+from flowbus.runtime.service import service_context
 from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
@@ -68,7 +69,7 @@ async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to
 ) -> None:
     async with AsyncExitStack() as apps:
         contexts = {
-            name: (await apps.enter_async_context(build_service_app(name, settings))).flowbus_context
+            name: service_context(await apps.enter_async_context(build_service_app(name, settings)))
             for name in SERVICE_MODULES
         }
         scheduler = contexts["scheduler"]

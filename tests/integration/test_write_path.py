@@ -21,6 +21,7 @@ from flowbus.db.migrate import upgrade_async
 from flowbus.db.tables import Outbox, utcnow
 from flowbus.runtime.nats import connect, ensure_streams
 from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
+from flowbus.runtime.service import service_context
 from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
 from flowbus.schemas.flows import CreateProject, FlowOut, RegisterFlow
 from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
@@ -177,7 +178,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
     # The restarted service's relay publishes what is left.
     async with AsyncExitStack() as apps:
         app = await apps.enter_async_context(build_service_app("run_creation", settings))
-        relay = app.flowbus_context.relay
+        relay = service_context(app).relay
         await relay.publish_pending()  # whatever its sweep has not done yet: the outbox is empty after this
         for run in (first, second):
             got = await _events_of(settings, run.id, expected=2)

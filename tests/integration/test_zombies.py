@@ -17,6 +17,7 @@ from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, Ta
 from flowbus.schemas.runs import LogRecord, StateChanged
 from flowbus.settings import HeartbeatSettings, Settings
 from flowbus.states import StateType
+from flowbus_services.heartbeat.main import zombie_state
 from flowbus_services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RETRY_MESSAGE, TASK_RUN_MESSAGE, ZombieState
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from tests.conftest import unique
@@ -41,7 +42,7 @@ async def tight(settings: Settings) -> AsyncIterator[Tight]:
             app = build_service_app(name, tight)
             await apps.enter_async_context(app)
             if name == "heartbeat":
-                zombies = app.zombie_state
+                zombies = zombie_state(app)
         assert zombies is not None
         async with AsyncClient(tight) as client:
             yield client, zombies

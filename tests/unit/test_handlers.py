@@ -11,6 +11,7 @@ from faststream.nats import TestNatsBroker
 
 from flowbus import subjects
 from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.service import service_context
 from flowbus.settings import NatsTuning, Settings
 from flowbus_services.registration.main import build_app as registration_app
 
@@ -27,7 +28,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[TestNatsBroker]:
     await upgrade_async(settings.resolved_database_url())
     async with TestNatsBroker(app.broker) as test_broker:
         yield test_broker
-    await app.flowbus_context.db.dispose()  # type: ignore[attr-defined]
+    await service_context(app).db.dispose()
 
 
 async def _ask(broker: TestNatsBroker, subject: str, body: object) -> dict:

@@ -16,6 +16,7 @@ import asyncio
 import gc
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -256,6 +257,15 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+# The context of each app that build_service made, for code that holds only the app.
+_CONTEXTS: weakref.WeakKeyDictionary[AsgiFastStream, ServiceContext] = weakref.WeakKeyDictionary()
+
+
+def service_context(app: AsgiFastStream) -> ServiceContext:
+    """The context ``build_service`` made ``app`` with: its database, relay, committers and settings."""
+    return _CONTEXTS[app]
+
+
 def build_service(
     name: str,
     settings: Settings,
@@ -337,7 +347,7 @@ def build_service(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    setattr(app, "flowbus_context", ctx)  # noqa: B010  (tests and the embedded runner reach it)
+    _CONTEXTS[app] = ctx
     return app
 
 
