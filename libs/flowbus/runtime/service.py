@@ -42,6 +42,7 @@ from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.telemetry import tracer, tracer_provider
 from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
 from flowbus.settings import Settings
+from flowbus.version import __version__
 
 log = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -341,7 +342,7 @@ def build_service(
         broker,
         asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
         asyncapi_path="/docs/asyncapi",
-        specification=AsyncAPI(docs, title=f"flowbus {name}", version="0.1.0"),
+        specification=AsyncAPI(docs, title=f"flowbus {name}", version=__version__),
         on_startup=[on_startup],
         after_startup=[after_startup],
         on_shutdown=[on_shutdown],

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowbus import __version__
 from flowbus.schemas.flows import (
     EdgeSpec,
     FlowOut,
@@ -29,6 +28,7 @@ from flowbus.schemas.flows import (
 from flowbus.sdk import context, flow_context
 from flowbus.sdk.schedules import Schedule
 from flowbus.sdk.tasks import Parameter, Task
+from flowbus.version import __version__
 
 # Module names the runner gives a script it loads by path.
 LOADED_SCRIPT_PREFIX = "flowbus_loaded_script"
