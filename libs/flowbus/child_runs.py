@@ -1,4 +1,6 @@
-"""Tasks that start another flow's run and wait for it (child flow runs).
+"""Ready-made tasks that start another flow's run and wait for it (child flow runs).
+
+Flow scripts import them from here, as 1.x scripts did from ``prefect.tasks.prefect``.
 
 ``create_flow_run`` creates a run of another registered flow and returns its
 id; ``wait_for_flow_run`` blocks until that run finishes, optionally
@@ -137,3 +139,6 @@ class WaitForFlowRunTask(Task):
 
 create_flow_run = CreateFlowRunTask()
 wait_for_flow_run = WaitForFlowRunTask()
+
+
+__all__ = ["ChildFlowRunError", "CreateFlowRunTask", "WaitForFlowRunTask", "create_flow_run", "wait_for_flow_run"]
