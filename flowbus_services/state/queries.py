@@ -1,6 +1,6 @@
 """State queries: the read side of the state service (flow runs, state history, logs).
 
-Serves, through services/state/handlers.py, ``flowbus.cmd.state.get_flow_run``,
+Serves, through flowbus_services/state/handlers.py, ``flowbus.cmd.state.get_flow_run``,
 ``...list_flow_runs``, ``...get_flow_run_history`` and ``...get_flow_run_logs``.
 Reads flow_run, task_run, state_history and log (this service's tables) and
 flow, flow_group and project (registration's, through flowbus.db.views);
