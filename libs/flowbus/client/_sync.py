@@ -1,9 +1,9 @@
 """``Client``: the blocking twin of ``AsyncClient``, for scripts.
 
 Each method runs its ``AsyncClient`` namesake on a private event-loop thread.
-Most are built by ``blocking``/``blocking_iter`` from the async method itself,
-so their signatures and docstrings cannot drift; the few written by hand
-differ on purpose (``create_flow_run`` returns the id, as the 1.x client did).
+They are built from the async methods themselves (``blocking``,
+``blocking_iter``, ``returning_id``), so their signatures and docstrings
+cannot drift; ``create_flow_run`` returns the new run's id, as the 1.x client did.
 ``tests/unit/test_client_parity.py`` fails when an async method has no twin.
 """
 
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
-from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
-
-from pydantic import JsonValue
 
 from flowbus.client._async import AsyncClient
 from flowbus.schemas.agents import AgentOut
+from flowbus.schemas.runs import FlowRunOut
 from flowbus.settings import Settings
 
 P = ParamSpec("P")
@@ -48,6 +47,21 @@ def blocking_iter(
     def run(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
         return self._iterate(method(self._async, *args, **kwargs))
 
+    return run
+
+
+def returning_id(
+    method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, FlowRunOut]],
+) -> Callable[Concatenate[Client, P], str]:
+    """The blocking form of a method that creates a run: same parameters, the new run's id as result."""
+
+    @functools.wraps(method)
+    def run(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> str:
+        return self._run(method(self._async, *args, **kwargs)).id
+
+    run.__doc__ = f"{(method.__doc__ or '').rstrip('.')}; returns its id, as the 1.x client did."
+    run.__annotations__ = {**method.__annotations__, "return": "str"}
+    run.__signature__ = inspect.signature(method).replace(return_annotation="str")  # type: ignore[attr-defined]
     return run
 
 
@@ -118,37 +132,7 @@ class Client:
 
     # ---- runs -----------------------------------------------------------------
 
-    def create_flow_run(
-        self,
-        flow_id: str | None = None,
-        *,
-        version_group_id: str | None = None,
-        flow_name: str | None = None,
-        project_name: str | None = None,
-        parameters: dict[str, JsonValue] | None = None,
-        context: dict[str, JsonValue] | None = None,
-        labels: list[str] | None = None,
-        run_name: str | None = None,
-        scheduled_start_time: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> str:
-        """Create a run and return its id (as the 1.x client did)."""
-        run = self._run(
-            self._async.create_flow_run(
-                flow_id,
-                version_group_id=version_group_id,
-                flow_name=flow_name,
-                project_name=project_name,
-                parameters=parameters,
-                context=context,
-                labels=labels,
-                run_name=run_name,
-                scheduled_start_time=scheduled_start_time,
-                idempotency_key=idempotency_key,
-            )
-        )
-        return run.id
-
+    create_flow_run = returning_id(AsyncClient.create_flow_run)
     get_flow_run = blocking(AsyncClient.get_flow_run)
     get_flow_run_info = blocking(AsyncClient.get_flow_run_info)
     get_flow_runs = blocking(AsyncClient.get_flow_runs)
