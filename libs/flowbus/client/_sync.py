@@ -47,6 +47,9 @@ def blocking_iter(
     def run(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
         return self._iterate(method(self._async, *args, **kwargs))
 
+    # The async method's return annotation names an async generator, which this is not.
+    run.__annotations__ = {k: v for k, v in method.__annotations__.items() if k != "return"}
+    run.__signature__ = inspect.signature(method).replace(return_annotation=inspect.Signature.empty)  # type: ignore[attr-defined]
     return run
 
 
