@@ -21,7 +21,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 
 # Only what the package needs (no .venv, tests or caches from the build context).
 COPY libs ./libs
-COPY services ./services
+COPY flowbus_services ./flowbus_services
 RUN uv sync --frozen --no-dev
 
 RUN useradd --system --create-home --home-dir /var/lib/flowbus flowbus

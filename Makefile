@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt typecheck unit integration e2e proto bench clean
+.PHONY: help install up test lint fmt typecheck unit integration e2e contracts bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -35,8 +35,8 @@ fmt: install ## Format the code and apply ruff's safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: install ## mypy (strict)
-	$(BIN)/mypy libs services tests
+typecheck: install ## mypy (strict), over the code and the tests
+	$(BIN)/mypy libs flowbus_services tests
 
 unit: install ## Unit tests only (fast, in memory)
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
@@ -50,8 +50,8 @@ e2e: install ## End-to-end tests (the real processes, driven through the CLI)
 test: install lint typecheck ## Lint, type-check and run every test tier
 	$(BIN)/pytest $(PYTEST_FLAGS)
 
-proto: install ## Regenerate proto/ (AsyncAPI and JSON Schemas)
-	$(BIN)/python -m flowbus.proto_gen
+contracts: install ## Regenerate contracts/ (AsyncAPI and JSON Schemas)
+	$(BIN)/python -m flowbus_services.contracts
 
 bench: install ## Benchmarks (JSON on stdout)
 	$(BIN)/python -m tests.bench.run

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from flowbus.client import AsyncClient
-from flowbus.embedded import SERVICE_MODULES, NatsServer, build_service_app
 from flowbus.settings import NatsTuning, SchedulerSettings, Settings
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.up import NatsServer
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 

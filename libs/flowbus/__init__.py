@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from flowbus.sdk import context
 from flowbus.sdk.flow import Flow
 from flowbus.sdk.schedules import CronClock, DatesClock, IntervalClock, Schedule
 from flowbus.sdk.tasks import Parameter, Task, task
+from flowbus.version import __version__
 
 if TYPE_CHECKING:
     from flowbus.client import Client
@@ -37,6 +36,7 @@ __all__ = [
     "Parameter",
     "Schedule",
     "Task",
+    "__version__",
     "context",
     "task",
 ]

@@ -2,7 +2,7 @@
 
 This is the only module that spells a subject. Services, the SDK, the agent
 and the CLI import the names from here, so a rename is one edit and the
-AsyncAPI document in proto/ always matches the code.
+AsyncAPI document in contracts/ always matches the code.
 
 Scheme:
 - ``flowbus.cmd.<service>.<verb>``: request-reply commands, served by a queue

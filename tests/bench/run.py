@@ -334,7 +334,7 @@ async def delivery_latency(settings: Settings, nc: Any, flow_id: str) -> list[di
 
 
 def _start_agent(env: dict[str, str], label: str, name: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "flowbus.cli.main", "agent", "local", "start"]
+    command = [sys.executable, "-m", "flowbus_services.cli", "agent", "local", "start"]
     return subprocess.Popen(
         [*command, "--label", label, "--no-hostname-label", "--name", name],
         env=env,
@@ -501,7 +501,7 @@ def main() -> None:
         for var in ("FLOWBUS_NATS_URL", "FLOWBUS_DATABASE_URL"):
             env.pop(var, None)
         up = subprocess.Popen(
-            [sys.executable, "-m", "flowbus.cli.main", "up"],
+            [sys.executable, "-m", "flowbus_services.cli", "up"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

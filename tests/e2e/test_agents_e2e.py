@@ -71,7 +71,7 @@ FLOWS = {
     "family_flow.py": """
         import flowbus
         from flowbus import Flow, Parameter, task
-        from flowbus.tasks import create_flow_run, wait_for_flow_run
+        from flowbus.child_runs import create_flow_run, wait_for_flow_run
 
         @task
         def grow(n):

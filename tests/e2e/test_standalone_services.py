@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flowbus.embedded import SERVICE_MODULES, NatsServer, free_port
+from flowbus_services.registry import SERVICE_MODULES
+from flowbus_services.up import NatsServer, free_port
 from tests.helpers.processes import FLOWBUS, cli_env, http_get, run, start, stop, wait_for_line, wait_ready
 from tests.helpers.scripts import HELLO_FLOW
 

@@ -68,7 +68,7 @@ def workdir(workdir: Path) -> Path:
 
 
 def test_no_server_fails_at_once_with_the_url(home: Path, workdir: Path) -> None:
-    from flowbus.embedded import free_port
+    from flowbus_services.up import free_port
 
     url = f"nats://127.0.0.1:{free_port()}"
     env = cli_env(home, {"FLOWBUS_NATS_URL": url})

@@ -18,10 +18,11 @@ from nats.js.errors import BadRequestError
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
-from flowbus.embedded import SERVICE_MODULES, build_service_app, free_port, nats_server_binary
 from flowbus.runtime.nats import NO_SUITABLE_PEERS, connect, ensure_streams
 from flowbus.settings import NatsTuning, SchedulerSettings, Settings
 from flowbus.states import StateType
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.up import free_port, nats_server_binary
 from tests.helpers import unique
 from tests.helpers.agents import running_agents
 from tests.helpers.runs import watch_until_finished

@@ -1,4 +1,4 @@
-"""Child flow runs (flowbus.tasks.flow_run): a parent flow's tasks
+"""Child flow runs (flowbus.child_runs): a parent flow's tasks
 ``create_flow_run`` (another flow's run) and ``wait_for_flow_run`` (its end,
 with its logs), under a real agent.
 
@@ -39,7 +39,7 @@ with Flow("{name}") as flow:
 
 PARENT = """
 from flowbus import Flow
-from flowbus.tasks import create_flow_run, wait_for_flow_run
+from flowbus.child_runs import create_flow_run, wait_for_flow_run
 
 with Flow("{name}") as flow:
     child_id = create_flow_run(flow_name="{child}", project_name="{project}", parameters={{"x": {x!r}}})
@@ -51,7 +51,7 @@ RETRYING_PARENT = """
 from datetime import timedelta
 from pathlib import Path
 from flowbus import Flow, task
-from flowbus.tasks import create_flow_run, wait_for_flow_run
+from flowbus.child_runs import create_flow_run, wait_for_flow_run
 
 MARKER = Path({marker!r})
 

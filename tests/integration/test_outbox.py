@@ -19,14 +19,15 @@ from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.db.tables import Outbox, utcnow
-from flowbus.embedded import build_service_app
 from flowbus.runtime.nats import connect, ensure_streams
 from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
+from flowbus.runtime.service import service_context
 from flowbus.schemas.flows import CreateProject, FlowOut, RegisterFlow
 from flowbus.schemas.runs import CreateFlowRun
 from flowbus.settings import Settings
-from services.registration import usecases as registration
-from services.run_creation import usecases as run_creation
+from flowbus_services.registration import usecases as registration
+from flowbus_services.registry import build_service_app
+from flowbus_services.run_creation import usecases as run_creation
 from tests.helpers import serialized_flow, unique
 
 
@@ -104,7 +105,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
     # The restarted service's relay publishes what is left.
     async with AsyncExitStack() as apps:
         app = await apps.enter_async_context(build_service_app("run_creation", settings))
-        relay = app.flowbus_context.relay
+        relay = service_context(app).relay
         await relay.publish_pending()  # whatever its sweep has not done yet: the outbox is empty after this
         for run in (first, second):
             got = await _events_of(settings, run.id, expected=2)

@@ -107,7 +107,7 @@ async def test_two_registration_instances_racing_never_share_a_version(stack, cl
     version constraint, not a read-then-write, keeps numbers unique."""
     import asyncio
 
-    from flowbus.embedded import build_service_app
+    from flowbus_services.registry import build_service_app
 
     project = unique("proj")
     await client.create_project(project)

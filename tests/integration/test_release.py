@@ -17,12 +17,13 @@ from nats.aio.msg import Msg
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
-from flowbus.embedded import SERVICE_MODULES, build_service_app
+from flowbus.runtime.service import service_context
 from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import FlowRunCreated
 from flowbus.settings import SchedulerSettings, Settings
 from flowbus.states import StateType
-from services.scheduler.release import ReleaseCursor, release_due_runs
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.scheduler.release import ReleaseCursor, release_due_runs
 from tests.helpers import unique
 from tests.helpers.agents import running_agents
 from tests.helpers.runs import watching
@@ -70,7 +71,7 @@ async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to
 ) -> None:
     async with AsyncExitStack() as apps:
         contexts = {
-            name: (await apps.enter_async_context(build_service_app(name, settings))).flowbus_context
+            name: service_context(await apps.enter_async_context(build_service_app(name, settings)))
             for name in SERVICE_MODULES
         }
         scheduler = contexts["scheduler"]

@@ -18,7 +18,7 @@ from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, Ta
 from flowbus.schemas.runs import SetFlowRunState, SetTaskRunState, StateChanged, StateSet, StateSpec, TaskRunOut
 from flowbus.settings import Settings
 from flowbus.states import StateType
-from services.state.transitions import apply_transitions
+from flowbus_services.state.transitions import apply_transitions
 from tests.helpers import register, unique
 from tests.helpers.commands import send
 from tests.helpers.runs import watch_until_finished

@@ -12,13 +12,14 @@ import pytest
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
-from flowbus.embedded import SERVICE_MODULES, build_service_app
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
 from flowbus.settings import HeartbeatSettings, Settings
 from flowbus.states import StateType
-from services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RUN_MESSAGE, ZombieKillerStats
-from services.state.rules import TASK_FAILED_MESSAGE, TASK_RETRYING_MESSAGE
+from flowbus_services.heartbeat.main import zombie_killer_stats
+from flowbus_services.heartbeat.zombies import FLOW_RUN_MESSAGE, TASK_RUN_MESSAGE, ZombieKillerStats
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.state.rules import TASK_FAILED_MESSAGE, TASK_RETRYING_MESSAGE
 from tests.helpers import unique
 from tests.helpers.runs import watch_until_finished
 
@@ -42,7 +43,7 @@ async def tight(settings: Settings) -> AsyncIterator[Tight]:
             app = build_service_app(name, tight)
             await apps.enter_async_context(app)
             if name == "heartbeat":
-                zombies = app.zombie_killer_stats
+                zombies = zombie_killer_stats(app)
         assert zombies is not None
         async with AsyncClient(tight) as client:
             yield client, zombies

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from flowbus.embedded import SERVICE_MODULES
 from flowbus.settings import Settings
+from flowbus_services.registry import SERVICE_MODULES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -13,8 +13,9 @@ from faststream.nats import NatsBroker, TestNatsBroker
 
 from flowbus import subjects
 from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.service import service_context
 from flowbus.settings import NatsTuning, Settings
-from services.registration.main import build_app as registration_app
+from flowbus_services.registration.main import build_app as registration_app
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[NatsBroker]:
     assert isinstance(app.broker, NatsBroker)
     async with TestNatsBroker(app.broker) as test_broker:
         yield test_broker
-    await app.flowbus_context.db.dispose()  # type: ignore[attr-defined]
+    await service_context(app).db.dispose()
 
 
 async def _ask(broker: NatsBroker, subject: str, body: object) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 
 from flowbus.schemas.common import Conflict
 from flowbus.states import StateType
-from services.state.rules import Effect, RunKind, cancel_target, cascaded_state, decide
+from flowbus_services.state.rules import Effect, RunKind, cancel_target, cascaded_state, decide
 
 S = StateType
 # Spelled out rather than derived from flowbus.states, so that a change of the

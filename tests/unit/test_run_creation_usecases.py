@@ -8,7 +8,7 @@ import pytest
 from flowbus.schemas.common import ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun
-from services.run_creation.usecases import merge_parameters, resolve_labels
+from flowbus_services.run_creation.usecases import merge_parameters, resolve_labels
 
 
 def test_parameters_merge_in_order_and_refuse_unknown_or_missing() -> None:

@@ -62,8 +62,8 @@ def test_bad_flat_interval_is_refused(monkeypatch: pytest.MonkeyPatch, value: st
 
 
 def test_up_runs_the_hot_paths_in_processes_of_their_own_by_default() -> None:
-    from flowbus.embedded import SERVICE_MODULES
-    from flowbus.processes import layout
+    from flowbus_services.registry import SERVICE_MODULES
+    from flowbus_services.supervisor import layout
 
     assert layout(list(SERVICE_MODULES), Settings().up.processes) == [
         ("run_creation",),
@@ -73,8 +73,8 @@ def test_up_runs_the_hot_paths_in_processes_of_their_own_by_default() -> None:
 
 
 def test_up_processes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowbus.embedded import SERVICE_MODULES
-    from flowbus.processes import layout
+    from flowbus_services.registry import SERVICE_MODULES
+    from flowbus_services.supervisor import layout
 
     monkeypatch.setenv("FLOWBUS_UP__PROCESSES", '{"run_creation": 2, "scheduler": 1}')
     groups = layout(list(SERVICE_MODULES), Settings().up.processes)
@@ -82,21 +82,21 @@ def test_up_processes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_up_processes_may_leave_no_shared_process() -> None:
-    from flowbus.processes import layout
+    from flowbus_services.supervisor import layout
 
     assert layout(["a", "b"], {"a": 1, "b": 2}) == [("a",), ("b",), ("b",)]
     assert layout(["a", "b"], {}) == [("a", "b")]
 
 
 def test_up_processes_refuses_unknown_services() -> None:
-    from flowbus.processes import layout
+    from flowbus_services.supervisor import layout
 
     with pytest.raises(ValueError, match="unknown services: stat"):
         layout(["registration", "state"], {"stat": 2})
 
 
 def test_replies_wait_for_stored_events_unless_flowbus_up_runs_its_own_server() -> None:
-    from flowbus.embedded import on_embedded_server
+    from flowbus_services.up import on_embedded_server
 
     assert Settings().nats.reply_after_events == "stored"
     embedded = on_embedded_server(Settings(), "nats://127.0.0.1:4999")
@@ -104,7 +104,7 @@ def test_replies_wait_for_stored_events_unless_flowbus_up_runs_its_own_server() 
 
 
 def test_a_chosen_reply_point_is_kept_on_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowbus.embedded import on_embedded_server
+    from flowbus_services.up import on_embedded_server
 
     monkeypatch.setenv("FLOWBUS_NATS__REPLY_AFTER_EVENTS", "stored")
     assert on_embedded_server(Settings(), "nats://127.0.0.1:4999").nats.reply_after_events == "stored"

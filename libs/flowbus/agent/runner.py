@@ -53,9 +53,9 @@ from pydantic import ValidationError
 
 from flowbus import subjects
 from flowbus.agent.logs import LogShipper
-from flowbus.client import AsyncClient, NatsUnavailable, ServiceUnavailable
+from flowbus.client import CLIENT_ERRORS, AsyncClient, ServiceUnavailable, describe_error
 from flowbus.schemas.agents import RunHeartbeat
-from flowbus.schemas.common import Conflict, FlowbusError, VersionLockingError
+from flowbus.schemas.common import Conflict, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
 from flowbus.schemas.runs import FlowRunDetail, FlowRunOut, StateChanged, StateSet, TaskRunOut
 from flowbus.sdk import context
@@ -590,11 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s | %(message)s")
     try:
         return asyncio.run(execute(args[0], Settings()))
-    except FlowbusError as exc:
-        print(f"flowbus runner: {exc.code.value}: {exc.message}", file=sys.stderr)
-        return 1
-    except (NatsUnavailable, ServiceUnavailable) as exc:
-        print(f"flowbus runner: {exc}", file=sys.stderr)
+    except CLIENT_ERRORS as exc:
+        print(f"flowbus runner: {describe_error(exc)}", file=sys.stderr)
         return 1
 
 

@@ -16,6 +16,7 @@ import asyncio
 import gc
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +42,7 @@ from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.telemetry import tracer, tracer_provider
 from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
 from flowbus.settings import Settings
+from flowbus.version import __version__
 
 log = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -256,6 +258,15 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+# The context of each app that build_service made, for code that holds only the app.
+_CONTEXTS: weakref.WeakKeyDictionary[AsgiFastStream, ServiceContext] = weakref.WeakKeyDictionary()
+
+
+def service_context(app: AsgiFastStream) -> ServiceContext:
+    """The context ``build_service`` made ``app`` with: its database, relay, committers and settings."""
+    return _CONTEXTS[app]
+
+
 def build_service(
     name: str,
     settings: Settings,
@@ -331,13 +342,13 @@ def build_service(
         broker,
         asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
         asyncapi_path="/docs/asyncapi",
-        specification=AsyncAPI(docs, title=f"flowbus {name}", version="0.1.0"),
+        specification=AsyncAPI(docs, title=f"flowbus {name}", version=__version__),
         on_startup=[on_startup],
         after_startup=[after_startup],
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    setattr(app, "flowbus_context", ctx)  # noqa: B010  (tests and the embedded runner reach it)
+    _CONTEXTS[app] = ctx
     return app
 
 

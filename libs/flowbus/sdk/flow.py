@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowbus import __version__
 from flowbus.schemas.flows import (
     EdgeSpec,
     FlowOut,
@@ -29,6 +28,7 @@ from flowbus.schemas.flows import (
 from flowbus.sdk import context, flow_context
 from flowbus.sdk.schedules import Schedule
 from flowbus.sdk.tasks import Parameter, Task
+from flowbus.version import __version__
 
 # Module names the runner gives a script it loads by path.
 LOADED_SCRIPT_PREFIX = "flowbus_loaded_script"
@@ -190,8 +190,7 @@ class Flow:
         """
         if context.get("loading_flow"):
             return None
-        from flowbus.client import Client, NatsUnavailable, ServiceUnavailable
-        from flowbus.schemas.common import FlowbusError
+        from flowbus.client import CLIENT_ERRORS, Client, describe_error
 
         try:
             with Client() as client:
@@ -203,10 +202,8 @@ class Flow:
                     labels=labels,
                     set_schedule_active=set_schedule_active,
                 )
-        except (NatsUnavailable, ServiceUnavailable) as exc:
-            raise SystemExit(f"Error: {exc}") from None
-        except FlowbusError as exc:
-            raise SystemExit(f"Error: {exc.code.value}: {exc.message}") from None
+        except CLIENT_ERRORS as exc:
+            raise SystemExit(f"Error: {describe_error(exc)}") from None
         print(describe_registration(out))
         return out.id
 

@@ -1,0 +1,68 @@
+"""The installed ``flowbus`` command: the shared library's commands, and the two that start services.
+
+``flowbus up`` and ``flowbus service run`` need the services, which the
+shared library never imports: this module adds them to ``flowbus.cli.app``.
+The ``flowbus`` console script runs ``main`` (as does ``python -m flowbus_services.cli``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from flowbus.cli import app
+from flowbus.cli.app import fail
+from flowbus.runtime.nats import NatsUnavailable
+from flowbus.settings import Settings
+
+service_app = typer.Typer(help="Run one service on its own.", no_args_is_help=True)
+
+
+@app.command("up", help="Start NATS, the database and all services in the foreground (Ctrl-C stops).")
+def up() -> None:
+    from flowbus_services.up import run_foreground
+
+    try:
+        run_foreground(Settings())
+    except NatsUnavailable as exc:
+        raise fail(str(exc)) from None
+    except (RuntimeError, ValueError) as exc:  # already running, a service process failed, bad up.processes
+        raise fail(str(exc)) from None
+
+
+@service_app.command("run", help="Run one service alone under uvicorn, with /healthz, /readyz, /docs/asyncapi.")
+def service_run(
+    name: Annotated[str, typer.Argument(help="registration, run_creation, state, heartbeat or scheduler")],
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> None:
+    import uvicorn
+
+    from flowbus_services.registry import SERVICE_MODULES, build_service_app
+
+    if name not in SERVICE_MODULES:
+        raise fail(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
+    uvicorn.run(build_service_app(name, Settings()), host=host, port=port, log_level="info")
+
+
+app.add_typer(service_app, name="service")
+
+
+def _move(entries: list[Any], name: str, index: int) -> None:
+    entry = next(e for e in entries if e.name == name)
+    entries.remove(entry)
+    entries.insert(index, entry)
+
+
+# The help has always listed `up` first and the `service` group after `agent`.
+_move(app.registered_commands, "up", 0)
+_move(app.registered_groups, "service", [g.name for g in app.registered_groups].index("agent") + 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The clean-up of a flow's waiting runs when it is archived or unscheduled.
+
+Stages ``flowbus.evt.flow_run.<id>.deleted`` for the auto-scheduled runs it
+deletes; cancellations go through ``transitions.apply_transitions``, the one
+path that changes states.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import col, select
+
+from flowbus import subjects
+from flowbus.db.engine import Database
+from flowbus.db.tables import FlowRun
+from flowbus.runtime.outbox import stage
+from flowbus.schemas.common import FlowbusError
+from flowbus.schemas.runs import (
+    FlowRunDeleted,
+    SetFlowRunState,
+    StateSpec,
+)
+from flowbus.states import StateType
+from flowbus_services.state.transitions import apply_transitions
+
+OWNER = "state"
+
+
+ARCHIVED_MESSAGE = "Flow {flow_id} was archived."
+CLEANUP_CHUNK = 256
+
+
+async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
+    """A flow was archived or its schedule turned off: its not-started
+    auto-scheduled runs are deleted; when archived, its ad-hoc Scheduled runs
+    are also Cancelled("Flow <id> was archived.") through the transition
+    path. Idempotent: a redelivered event finds nothing left to do. Returns
+    how many runs were touched."""
+    async with db.transaction() as session:
+        waiting = (
+            await session.exec(
+                select(FlowRun).where(col(FlowRun.flow_id) == flow_id, col(FlowRun.state) == StateType.SCHEDULED.value)
+            )
+        ).all()
+        deleted = 0
+        for run in waiting:
+            if run.auto_scheduled:
+                await session.delete(run)
+                stage(
+                    session,
+                    OWNER,
+                    subjects.flow_run_event(run.id, "deleted"),
+                    FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"),
+                    f"flow_run:{run.id}:deleted",
+                )
+                deleted += 1
+        to_cancel = [(r.id, r.version) for r in waiting if not r.auto_scheduled]
+    if fact != subjects.FlowFact.ARCHIVED or not to_cancel:
+        return deleted
+    message = ARCHIVED_MESSAGE.format(flow_id=flow_id)
+    cancel = StateSpec(type=StateType.CANCELLED, message=message)
+    cancelled = 0
+    for start in range(0, len(to_cancel), CLEANUP_CHUNK):
+        commands = [
+            SetFlowRunState(flow_run_id=run_id, version=version, state=cancel)
+            for run_id, version in to_cancel[start : start + CLEANUP_CHUNK]
+        ]
+        try:
+            outcomes = await apply_transitions(db, commands)
+        except Exception:
+            # A run changed under the batch (a claim raced it): one by one,
+            # the claimed run is refused and left to run.
+            outcomes = [o for cmd in commands for o in await apply_transitions(db, [cmd])]
+        cancelled += sum(1 for o in outcomes if not isinstance(o, FlowbusError))
+    return deleted + cancelled

@@ -1,0 +1,107 @@
+"""NATS handlers and the log-writer loop of the state service.
+
+Reads: ``flowbus.cmd.state.*`` (queue group ``state``); the LOGS stream
+through the durable ``state-log-writer``; ``flowbus.evt.flow.*.archived`` and
+``...schedule_off`` through the durable ``state-flow-run-cleanup``.
+Writes: replies; state events and re-queued runs through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from flowbus import subjects
+from flowbus.runtime.consumer import consume
+from flowbus.runtime.service import ServiceContext
+from flowbus.schemas.common import Reply
+from flowbus.schemas.flows import FlowEvent
+from flowbus.schemas.runs import (
+    CancelFlowRun,
+    FlowRunDetail,
+    FlowRunList,
+    GetFlowRun,
+    GetFlowRunHistory,
+    GetFlowRunLogs,
+    ListFlowRuns,
+    LogBatch,
+    LogList,
+    SetFlowRunState,
+    SetTaskRunState,
+    StateHistoryList,
+    StateSet,
+)
+from flowbus_services.state import cleanup, logs, queries
+from flowbus_services.state.transitions import apply_transitions
+
+S = subjects.State
+log = logging.getLogger(__name__)
+LOG_FETCH_BATCH = 256
+
+
+def register(ctx: ServiceContext) -> None:
+    sub = ctx.subscriber
+    db = ctx.db
+
+    # Every state write goes through one group committer, fed by the fast
+    # lane: concurrent writes share a transaction, and their events are
+    # published before any reply.
+    transitions = ctx.group_committer("transitions", partial(apply_transitions, db, relay=ctx.relay))
+
+    for subject, model, title in (
+        (S.SET_FLOW_RUN_STATE, SetFlowRunState, "set_flow_run_state"),
+        (S.SET_TASK_RUN_STATE, SetTaskRunState, "set_task_run_state"),
+        (S.CANCEL_FLOW_RUN, CancelFlowRun, "cancel_flow_run"),
+    ):
+        ctx.fast_command(subject, queue=S.QUEUE, model=model, reply=StateSet, committer=transitions, title=title)
+
+    @sub(S.GET_FLOW_RUN, queue=S.QUEUE, title="get_flow_run")
+    async def get_flow_run(query: GetFlowRun) -> Reply[FlowRunDetail]:
+        return Reply.success(await queries.get_flow_run(db, query.flow_run_id))
+
+    @sub(S.GET_FLOW_RUN_LOGS, queue=S.QUEUE, title="get_flow_run_logs")
+    async def get_flow_run_logs(query: GetFlowRunLogs) -> Reply[LogList]:
+        return Reply.success(await queries.get_flow_run_logs(db, query))
+
+    @sub(S.GET_FLOW_RUN_HISTORY, queue=S.QUEUE, title="get_flow_run_history")
+    async def get_flow_run_history(query: GetFlowRunHistory) -> Reply[StateHistoryList]:
+        return Reply.success(await queries.get_flow_run_history(db, query))
+
+    @sub(S.LIST_FLOW_RUNS, queue=S.QUEUE, title="list_flow_runs")
+    async def list_flow_runs(query: ListFlowRuns) -> Reply[FlowRunList]:
+        return Reply.success(await queries.list_flow_runs(db, query))
+
+
+async def write_logs(ctx: ServiceContext) -> None:
+    """Persist log batches from the LOGS stream."""
+
+    async def store(batches: list[tuple[str, LogBatch]]) -> None:
+        await logs.store_logs(ctx.db, [r for _subject, b in batches for r in b.records])
+
+    await consume(
+        ctx.jetstream,
+        stream=subjects.LOGS_STREAM,
+        durable=subjects.LOGS_DURABLE,
+        filter_subjects=[subjects.LOGS_ALL],
+        model=LogBatch,
+        handle=store,
+    )
+
+
+async def clean_up_flow_runs(ctx: ServiceContext) -> None:
+    """Delete or cancel a flow's waiting runs when it is archived or unscheduled."""
+
+    async def apply(events: list[tuple[str, FlowEvent]]) -> None:
+        for _subject, event in events:
+            await cleanup.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
+        await ctx.publish_outbox()
+
+    await consume(
+        ctx.jetstream,
+        stream=subjects.EVENTS_STREAM,
+        durable=subjects.FLOW_RUN_CLEANUP_DURABLE,
+        filter_subjects=subjects.FLOW_RUN_CLEANUP_FILTERS,
+        model=FlowEvent,
+        handle=apply,
+        batch=64,
+    )

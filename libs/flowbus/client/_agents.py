@@ -1,0 +1,46 @@
+"""Agents: the heartbeat service's list of agents, and why a due run is still waiting.
+
+Writes: ``flowbus.cmd.heartbeat.list_agents`` (and the run queries of ``_runs``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from flowbus import subjects
+from flowbus.client._runs import Runs
+from flowbus.schemas.agents import AgentList, AgentOut, ListAgents
+from flowbus.states import StateType
+
+# An agent is online while its last heartbeat is at most this many intervals old.
+AGENT_ONLINE_BEATS = 3
+
+
+class Agents(Runs):
+    """Agents, and the explanation of a run no agent takes."""
+
+    async def explain_waiting_run(self, flow_run_id: str) -> str | None:
+        """Why a due Scheduled run is not being picked up, or None when nothing is wrong.
+
+        1.x left users guessing; this names the cause: no agent online, or no
+        online agent whose labels cover the run's.
+        """
+        run = (await self.get_flow_run(flow_run_id)).run
+        if run.state.type is not StateType.SCHEDULED or run.scheduled_start_time > datetime.now(UTC):
+            return None
+        online = [a for a in (await self.get_agents()).agents if self.agent_online(a)]
+        if not online:
+            return "No agent is online: start one with `flowbus agent local start`."
+        if not any(subjects.agent_can_take(a.labels, run.labels) for a in online):
+            seen = "; ".join(f"{a.name}: {a.labels}" for a in online)
+            needs = f"labels {run.labels}" if run.labels else "an agent without labels"
+            return f"No online agent can take this run: it needs {needs}; online agents have {seen}."
+        return None
+
+    def agent_online(self, agent: AgentOut) -> bool:
+        """Online: heard from within the last few agent heartbeat intervals."""
+        window = timedelta(seconds=AGENT_ONLINE_BEATS * self.settings.heartbeat.agent_interval_seconds)
+        return agent.last_seen >= datetime.now(UTC) - window
+
+    async def get_agents(self) -> AgentList:
+        return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)

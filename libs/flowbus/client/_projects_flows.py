@@ -1,0 +1,149 @@
+"""Projects and flows: the client's side of the registration service's commands.
+
+Writes: ``flowbus.cmd.registration.*`` requests.
+"""
+
+from __future__ import annotations
+
+from pydantic import JsonValue
+
+from flowbus import subjects
+from flowbus.client._transport import Transport
+from flowbus.schemas.common import Empty
+from flowbus.schemas.flows import (
+    ArchiveFlow,
+    CreateProject,
+    Deleted,
+    DeleteProject,
+    FlowGroupOut,
+    FlowList,
+    FlowOut,
+    GetFlow,
+    GetProject,
+    ListFlows,
+    ProjectList,
+    ProjectOut,
+    ProjectRef,
+    RegisterFlow,
+    RenameProject,
+    SerializedFlow,
+    SetFlowGroupDefaultParameters,
+    SetFlowGroupLabels,
+    SetFlowScheduleState,
+    SetFlowSettings,
+    SetProjectDescription,
+    UnarchiveFlow,
+)
+
+
+class ProjectsAndFlows(Transport):
+    async def create_project(
+        self, name: str, description: str | None = None, skip_if_exists: bool = False
+    ) -> ProjectOut:
+        cmd = CreateProject(name=name, description=description, skip_if_exists=skip_if_exists)
+        return await self.request(subjects.Registration.CREATE_PROJECT, cmd, ProjectOut)
+
+    async def get_project(self, name: str) -> ProjectOut:
+        return await self.request(subjects.Registration.GET_PROJECT, GetProject(name=name), ProjectOut, idempotent=True)
+
+    async def get_projects(self) -> list[ProjectOut]:
+        out = await self.request(subjects.Registration.LIST_PROJECTS, Empty(), ProjectList, idempotent=True)
+        return out.projects
+
+    async def register(
+        self,
+        serialized_flow: SerializedFlow,
+        project_name: str,
+        version_group_id: str | None = None,
+        idempotency_key: str | None = None,
+        labels: list[str] | None = None,
+        set_schedule_active: bool = True,
+    ) -> FlowOut:
+        cmd = RegisterFlow(
+            project_name=project_name,
+            serialized_flow=serialized_flow,
+            version_group_id=version_group_id,
+            idempotency_key=idempotency_key,
+            labels=labels,
+            set_schedule_active=set_schedule_active,
+        )
+        return await self.request(
+            subjects.Registration.REGISTER_FLOW, cmd, FlowOut, idempotent=idempotency_key is not None
+        )
+
+    async def get_flow(self, flow_id: str) -> FlowOut:
+        return await self.request(subjects.Registration.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut, idempotent=True)
+
+    async def rename_project(self, name: str, new_name: str) -> ProjectOut:
+        cmd = RenameProject(project=ProjectRef(name=name), new_name=new_name)
+        return await self.request(subjects.Registration.RENAME_PROJECT, cmd, ProjectOut)
+
+    async def set_project_description(self, name: str, description: str | None) -> ProjectOut:
+        cmd = SetProjectDescription(project=ProjectRef(name=name), description=description)
+        return await self.request(subjects.Registration.SET_PROJECT_DESCRIPTION, cmd, ProjectOut)
+
+    async def delete_project(self, name: str) -> Deleted:
+        cmd = DeleteProject(project=ProjectRef(name=name))
+        return await self.request(subjects.Registration.DELETE_PROJECT, cmd, Deleted)
+
+    async def archive_flow(self, flow_id: str) -> FlowOut:
+        return await self.request(
+            subjects.Registration.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+        )
+
+    async def unarchive_flow(self, flow_id: str) -> FlowOut:
+        return await self.request(
+            subjects.Registration.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+        )
+
+    async def set_flow_settings(
+        self,
+        flow_id: str,
+        *,
+        heartbeat_enabled: bool | None = None,
+        lazarus_enabled: bool | None = None,
+        version_locking_enabled: bool | None = None,
+    ) -> FlowOut:
+        cmd = SetFlowSettings(
+            flow_id=flow_id,
+            heartbeat_enabled=heartbeat_enabled,
+            lazarus_enabled=lazarus_enabled,
+            version_locking_enabled=version_locking_enabled,
+        )
+        return await self.request(subjects.Registration.SET_FLOW_SETTINGS, cmd, FlowOut, idempotent=True)
+
+    # The three 1.x mutations, by their GraphQL names.
+    async def disable_flow_heartbeat(self, flow_id: str, value: bool = True) -> FlowOut:
+        return await self.set_flow_settings(flow_id, heartbeat_enabled=not value)
+
+    async def disable_lazarus_for_flow(self, flow_id: str, value: bool = True) -> FlowOut:
+        return await self.set_flow_settings(flow_id, lazarus_enabled=not value)
+
+    async def enable_flow_version_locking(self, flow_id: str, value: bool = True) -> FlowOut:
+        return await self.set_flow_settings(flow_id, version_locking_enabled=value)
+
+    async def set_flow_schedule_state(self, flow_id: str, active: bool) -> FlowOut:
+        cmd = SetFlowScheduleState(flow_id=flow_id, active=active)
+        return await self.request(subjects.Registration.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut, idempotent=True)
+
+    async def set_flow_group_labels(self, flow_group_id: str, labels: list[str] | None) -> FlowGroupOut:
+        cmd = SetFlowGroupLabels(flow_group_id=flow_group_id, labels=labels)
+        return await self.request(subjects.Registration.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut, idempotent=True)
+
+    async def set_flow_group_default_parameters(
+        self, flow_group_id: str, parameters: dict[str, JsonValue]
+    ) -> FlowGroupOut:
+        cmd = SetFlowGroupDefaultParameters(flow_group_id=flow_group_id, parameters=parameters)
+        return await self.request(
+            subjects.Registration.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut, idempotent=True
+        )
+
+    async def get_flows(
+        self,
+        project_name: str | None = None,
+        name: str | None = None,
+        archived: bool | None = None,
+        newest_only: bool = True,
+    ) -> list[FlowOut]:
+        query = ListFlows(project_name=project_name, name=name, archived=archived, newest_only=newest_only)
+        return (await self.request(subjects.Registration.LIST_FLOWS, query, FlowList, idempotent=True)).flows

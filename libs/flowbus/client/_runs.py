@@ -1,0 +1,163 @@
+"""Flow runs and task runs: creation, queries and state changes.
+
+Writes: ``flowbus.cmd.run_creation.create_flow_run`` and ``flowbus.cmd.state.*`` requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from pydantic import JsonValue
+
+from flowbus import subjects
+from flowbus.client._commands import StateLike, build, state_spec
+from flowbus.client._transport import Transport
+from flowbus.ids import uuid7
+from flowbus.schemas.runs import (
+    CancelFlowRun,
+    CreateFlowRun,
+    FlowRunDetail,
+    FlowRunList,
+    FlowRunOut,
+    GetFlowRun,
+    GetFlowRunHistory,
+    GetFlowRunLogs,
+    HistoryEntry,
+    ListFlowRuns,
+    LogList,
+    LogRecord,
+    SetFlowRunState,
+    SetTaskRunState,
+    StateHistoryList,
+    StateSet,
+)
+from flowbus.states import StateType
+
+
+class Runs(Transport):
+    """Create runs, read them, and change their states."""
+
+    async def create_flow_run(
+        self,
+        flow_id: str | None = None,
+        *,
+        version_group_id: str | None = None,
+        flow_name: str | None = None,
+        project_name: str | None = None,
+        parameters: dict[str, JsonValue] | None = None,
+        context: dict[str, JsonValue] | None = None,
+        labels: list[str] | None = None,
+        run_name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> FlowRunOut:
+        """Create a run (Scheduled, version 1); ``scheduled_start_time`` must be timezone-aware."""
+        cmd = build(
+            CreateFlowRun,
+            flow_id=flow_id,
+            version_group_id=version_group_id,
+            flow_name=flow_name,
+            project_name=project_name,
+            parameters=parameters or {},
+            context=context or {},
+            labels=labels,
+            run_name=run_name,
+            scheduled_start_time=scheduled_start_time,
+            # A random key per call makes the client's own retries safe.
+            idempotency_key=idempotency_key or f"client-{uuid7()}",
+        )
+        return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
+
+    async def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
+        """The run (with its version and state), its task runs, and what a runner needs."""
+        return await self.request(
+            subjects.State.GET_FLOW_RUN, build(GetFlowRun, flow_run_id=flow_run_id), FlowRunDetail, idempotent=True
+        )
+
+    async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
+        """The 1.x name of :meth:`get_flow_run`."""
+        return await self.get_flow_run(flow_run_id)
+
+    async def get_flow_runs(
+        self,
+        flow_id: str | None = None,
+        flow_group_id: str | None = None,
+        project_name: str | None = None,
+        states: Sequence[StateType | str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[FlowRunOut]:
+        """Runs, newest scheduled first; NOT_FOUND for an unknown project."""
+        query = build(
+            ListFlowRuns,
+            flow_id=flow_id,
+            flow_group_id=flow_group_id,
+            project_name=project_name,
+            states=list(states) if states is not None else None,
+            limit=limit,
+            offset=offset,
+        )
+        return (await self.request(subjects.State.LIST_FLOW_RUNS, query, FlowRunList, idempotent=True)).runs
+
+    async def set_flow_run_state(
+        self,
+        flow_run_id: str,
+        version: int,
+        state: StateLike,
+        message: str | None = None,
+        agent_id: str | None = None,
+    ) -> StateSet:
+        """Set a state at the run's current ``version`` (optimistic locking).
+
+        ``state`` is a State object (``Success(message="It worked!")``), its JSON
+        form (``{"type": "Success", "message": "It worked!"}``) or a StateType;
+        ``message``, when given, replaces the state's own.
+        """
+        cmd = build(
+            SetFlowRunState,
+            flow_run_id=flow_run_id,
+            version=version,
+            state=state_spec(state, message),
+            agent_id=agent_id,
+        )
+        return await self.request(subjects.State.SET_FLOW_RUN_STATE, cmd, StateSet)
+
+    async def set_task_run_state(
+        self, task_run_id: str, version: int, state: StateLike, message: str | None = None
+    ) -> StateSet:
+        """Set a task run's state at its current ``version``; ``state`` as for set_flow_run_state."""
+        cmd = build(SetTaskRunState, task_run_id=task_run_id, version=version, state=state_spec(state, message))
+        return await self.request(subjects.State.SET_TASK_RUN_STATE, cmd, StateSet)
+
+    async def cancel_flow_run(self, flow_run_id: str, message: str | None = None) -> StateSet:
+        """Cancel a run: Cancelling while it runs, Cancelled before; a finished run is
+        left as it is (``changed`` is False)."""
+        cmd = build(CancelFlowRun, flow_run_id=flow_run_id, message=message)
+        return await self.request(subjects.State.CANCEL_FLOW_RUN, cmd, StateSet, idempotent=True)
+
+    async def get_flow_run_history(self, flow_run_id: str, include_task_runs: bool = False) -> list[HistoryEntry]:
+        """Every accepted state of the run (and of its task runs), oldest first."""
+        query = build(GetFlowRunHistory, flow_run_id=flow_run_id, include_task_runs=include_task_runs)
+        return (
+            await self.request(subjects.State.GET_FLOW_RUN_HISTORY, query, StateHistoryList, idempotent=True)
+        ).entries
+
+    async def get_flow_run_logs(
+        self,
+        flow_run_id: str,
+        level: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[LogRecord]:
+        """Stored logs in time order: ``level`` and above, ``since``/``until`` inclusive (timezone-aware)."""
+        query = build(
+            GetFlowRunLogs,
+            flow_run_id=flow_run_id,
+            level=level.upper() if level else None,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return (await self.request(subjects.State.GET_FLOW_RUN_LOGS, query, LogList, idempotent=True)).records

@@ -1,0 +1,101 @@
+"""The client's transport: one NATS connection, and ``request`` with retry and fail-over.
+
+Every command goes through ``Transport.request``, which unwraps the reply
+envelope: data is returned, an error is raised as the matching
+``FlowbusError`` subclass (NotFound, Archived, ...).
+
+Writes: ``flowbus.cmd.*`` requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+from nats.aio.client import Client as NatsClient
+from nats.errors import ConnectionReconnectingError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from pydantic import BaseModel
+
+from flowbus.runtime.nats import connect
+from flowbus.schemas.common import Message, Reply, error_from_info
+from flowbus.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+# An idempotent command's first try: long enough for any healthy service.
+FIRST_ATTEMPT_TIMEOUT = 2.0
+
+
+class ServiceUnavailable(ConnectionError):
+    """The server is reachable but no instance of a service answered."""
+
+
+class Transport:
+    """The connection and the request loop that every resource of the client shares."""
+
+    def __init__(self, settings: Settings | None = None, nc: NatsClient | None = None) -> None:
+        self.settings = settings or Settings()
+        self._nc = nc
+        self._owns_connection = nc is None
+
+    async def connect(self) -> NatsClient:
+        if self._nc is None:
+            self._nc = await connect(self.settings, "flowbus-client")
+        return self._nc
+
+    async def close(self) -> None:
+        if self._nc is not None and self._owns_connection and not self._nc.is_closed:
+            # flush, not drain: drain waits up to 30 s on idle JetStream subscriptions.
+            await self._nc.flush()
+            await self._nc.close()
+        self._nc = None if self._owns_connection else self._nc
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "call connect() first"
+        return self._nc
+
+    async def request(self, subject: str, message: Message, reply: type[M], *, idempotent: bool = False) -> M:
+        """Send a command and unwrap its reply envelope.
+
+        A command that no service received (none running yet, or this
+        connection failing over to another NATS node) is resent for up to
+        ``unavailable_retry_seconds``. A command that may have been received but
+        got no answer is resent once only when ``idempotent`` (a query, or a
+        command carrying an idempotency key): its first attempt then waits
+        briefly, since during a fail-over a request can vanish with a node.
+        """
+        nc = await self.connect()
+        payload = message.model_dump_json().encode()
+        service = subject.split(".")[2]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.nats.unavailable_retry_seconds
+        delay = 0.05
+        full = self.settings.nats.request_timeout
+        timeouts = [min(FIRST_ATTEMPT_TIMEOUT, full), full] if idempotent else [full]
+        while True:
+            try:
+                msg = await nc.request(subject, payload, timeout=timeouts[0])
+                break
+            except (NoRespondersError, ConnectionReconnectingError) as exc:
+                # Nothing received the command (a service restarting, or this
+                # connection failing over to another NATS node): safe to resend.
+                if loop.time() + delay > deadline:
+                    raise ServiceUnavailable(
+                        f"no {service} service is running (nothing answered on {subject})"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except NatsTimeout as exc:
+                if len(timeouts) > 1:
+                    timeouts.pop(0)
+                    continue
+                # It may have been applied: not resent; the caller decides.
+                raise ServiceUnavailable(f"the {service} service did not answer in time") from exc
+        envelope = Reply[reply].model_validate_json(msg.data)  # type: ignore[valid-type]
+        if not envelope.ok:
+            assert envelope.error is not None
+            raise error_from_info(envelope.error)
+        assert envelope.data is not None
+        return envelope.data  # type: ignore[no-any-return]
