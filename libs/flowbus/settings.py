@@ -140,14 +140,11 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".flowbus")
     nats_url: str | None = None
     database_url: str | None = None
-    log_level: str = "INFO"
     # FLOWBUS_IDEMPOTENCY_TTL: flow-run idempotency keys never expire unless
-    # this is set (``24h`` gives seed 002's sliding window).
+    # this is set (``24h`` gives a sliding window of a day).
     idempotency_ttl: Annotated[PositiveSeconds | None, BeforeValidator(_never)] = None
     # How long `run --watch` / `watch` let a due run wait unclaimed before saying why.
     watch_explain_after: Seconds = 15.0
-    service_host: str = "127.0.0.1"
-    service_port: int = 0
     # FLOWBUS_HEARTBEAT_INTERVAL, the name the heartbeat docs use: a flat
     # spelling of heartbeat.interval_seconds, copied there when that is not set.
     heartbeat_interval: PositiveSeconds | None = None

@@ -1,4 +1,4 @@
-"""The state hierarchy of flow and task runs (SEMANTICS.md, "States").
+"""The state hierarchy of flow and task runs (docs/semantics.md, "States").
 
 Pure data: which state types exist, their parents, the predicates the
 state service's transition rules and the runner ask of them, and one small

@@ -1,4 +1,7 @@
-"""Schedules: clocks that the scheduler turns into runs (SEMANTICS.md, "Scheduling")."""
+"""Schedules: the clocks a flow is registered with (docs/semantics.md, "Schedules").
+
+Stored with the flow; nothing turns them into runs yet.
+"""
 
 from __future__ import annotations
 
