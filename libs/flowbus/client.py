@@ -143,7 +143,7 @@ class AsyncClient:
         """
         nc = await self.connect()
         payload = message.model_dump_json().encode()
-        service = subject.split(".")[2]
+        service = subjects.service_of(subject)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.nats.unavailable_retry_seconds
         delay = 0.05

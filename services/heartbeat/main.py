@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
+from flowbus import subjects
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from services.heartbeat.handlers import register
 from services.heartbeat.zombies import ZombieState, zombie_loop
 
-NAME = "heartbeat"
+NAME = subjects.Service.HEARTBEAT
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:

@@ -52,7 +52,7 @@ from flowbus.schemas.flows import (
     UnarchiveFlow,
 )
 
-OWNER = "registration"
+OWNER = subjects.Service.REGISTRATION
 # Concurrent registrations into one group collide on (flow_group_id, version);
 # the loser re-reads the highest version and tries again after a short random
 # wait, so that a crowd of racers spreads out instead of colliding again.
@@ -71,7 +71,13 @@ async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
         session.add(project)
         await session.flush()
         out = project_out(project)
-        stage(session, OWNER, subjects.project_event(project.id, "created"), out, f"project:{project.id}:created")
+        stage(
+            session,
+            OWNER,
+            subjects.project_event(project.id, subjects.ProjectFact.CREATED),
+            out,
+            f"project:{project.id}:created",
+        )
     return out
 
 
@@ -107,7 +113,7 @@ async def rename_project(db: Database, cmd: RenameProject) -> ProjectOut:
             stage(
                 session,
                 OWNER,
-                subjects.project_event(project.id, "renamed"),
+                subjects.project_event(project.id, subjects.ProjectFact.RENAMED),
                 out,
                 f"project:{project.id}:{uuid.uuid4()}",
             )
@@ -123,7 +129,11 @@ async def set_project_description(db: Database, cmd: SetProjectDescription) -> P
         session.add(project)
         out = project_out(project)
         stage(
-            session, OWNER, subjects.project_event(project.id, "described"), out, f"project:{project.id}:{uuid.uuid4()}"
+            session,
+            OWNER,
+            subjects.project_event(project.id, subjects.ProjectFact.DESCRIBED),
+            out,
+            f"project:{project.id}:{uuid.uuid4()}",
         )
     return out
 
@@ -134,7 +144,13 @@ async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
         project = await _project(session, cmd.project)
         out = Deleted(id=project.id)
         await session.execute(delete(Project).where(col(Project.id) == project.id))
-        stage(session, OWNER, subjects.project_event(project.id, "deleted"), out, f"project:{project.id}:deleted")
+        stage(
+            session,
+            OWNER,
+            subjects.project_event(project.id, subjects.ProjectFact.DELETED),
+            out,
+            f"project:{project.id}:deleted",
+        )
     return out
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.runs import CreateFlowRun, FlowRunOut
+from flowbus.subjects import RunCreationCommands
 from services.run_creation import usecases
-
-S = subjects.RunCreation
 
 
 def register(ctx: ServiceContext) -> None:
@@ -28,8 +26,8 @@ def register(ctx: ServiceContext) -> None:
     )
 
     ctx.fast_command(
-        S.CREATE_FLOW_RUN,
-        queue=S.QUEUE,
+        RunCreationCommands.CREATE_FLOW_RUN,
+        queue=RunCreationCommands.QUEUE,
         model=CreateFlowRun,
         reply=FlowRunOut,
         committer=creates,

@@ -6,8 +6,8 @@ gathers concurrent ones) and, in one transaction, inserts each new run
 entry with prebuilt statements run with executemany, and stages in the
 outbox ``flowbus.evt.flow_run.<id>.created``, ``...<id>.state`` and, when
 the run is already due, its ``flowbus.runq.<label-set key>`` message
-(message id ``runq:<run>:<version>``, the same one the scheduler uses, so
-the run is queued once); when it is due later, the ``created`` event also
+(message id ``subjects.run_queue_msg_id``, the same one the scheduler uses,
+so the run is queued once); when it is due later, the ``created`` event also
 goes to ``flowbus.hint.scheduler.wake`` (core NATS), to wake the scheduler.
 
 Idempotency: a create whose key (per flow) is already taken returns the
@@ -43,7 +43,7 @@ from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunCreated, FlowRunOut, RunQueued, StateChanged
 from flowbus.states import StateType
 
-OWNER = "run_creation"
+OWNER = subjects.Service.RUN_CREATION
 SCHEDULED_MESSAGE = "Flow run scheduled."
 
 _f = Flow.__table__  # type: ignore[attr-defined]
@@ -115,7 +115,7 @@ class _Target:
         )
 
 
-class _Batch:
+class _CreateRunsBatch:
     def __init__(self, conn: AsyncConnection, now: datetime, idempotency_ttl: float | None) -> None:
         self.conn = conn
         self.now = now
@@ -303,17 +303,19 @@ class _Batch:
         created = FlowRunCreated(
             flow_run_id=run_id, flow_id=target.flow_id, name=out.name, labels=labels, scheduled_start_time=start
         )
-        payload = self.outbox.add(subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
+        payload = self.outbox.add(
+            subjects.flow_run_event(run_id, subjects.FlowRunFact.CREATED), created, f"flow_run:{run_id}:created"
+        )
         self.outbox.add(
-            subjects.flow_run_event(run_id, "state"),
+            subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE),
             StateChanged(flow_run_id=run_id, version=1, state=out.state),
-            f"flow_run:{run_id}:state:1",
+            subjects.state_event_msg_id(run_id, 1),
         )
         if start <= now:
             queued = RunQueued(
                 flow_run_id=run_id, flow_id=target.flow_id, version=1, labels=labels, scheduled_start_time=start
             )
-            self.outbox.add(subjects.run_queue(labels), queued, f"runq:{run_id}:1")
+            self.outbox.add(subjects.run_queue(labels), queued, subjects.run_queue_msg_id(run_id, 1))
         else:
             self.outbox.hint(subjects.SCHEDULER_WAKE, payload)
         return out
@@ -341,7 +343,7 @@ async def create_flow_runs(
     """
     for attempt in range(2):
         try:
-            return await write_batch(db, relay, partial(_Batch, idempotency_ttl=idempotency_ttl), commands)
+            return await write_batch(db, relay, partial(_CreateRunsBatch, idempotency_ttl=idempotency_ttl), commands)
         except IntegrityError:
             # Another process took one of the keys first. Alone, the command
             # finds the winner's run on its second attempt; in a batch, the

@@ -17,14 +17,16 @@ from flowbus.schemas.common import Empty, Reply
 from flowbus.settings import Settings
 from services.scheduler.release import ReleaseState, release_loop
 
-NAME = "scheduler"
+NAME = subjects.Service.SCHEDULER
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     state = ReleaseState()
 
     def register(ctx: ServiceContext) -> None:
-        @ctx.broker.subscriber(subjects.Scheduler.STATUS, queue=subjects.Scheduler.QUEUE, title="status")
+        @ctx.broker.subscriber(
+            subjects.SchedulerCommands.STATUS, queue=subjects.SchedulerCommands.QUEUE, title="status"
+        )
         async def status(query: Empty) -> Reply[SchedulerStatus]:
             return Reply.success(SchedulerStatus(released_total=state.released_total, last_release=state.last_release))
 

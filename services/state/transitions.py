@@ -16,8 +16,8 @@ fewer rows match, the batch rolls back, and the group committer retries its
 commands one by one, where the loser gets VERSION_LOCKING_ERROR.
 
 Stages ``flowbus.evt.flow_run.<id>.state`` / ``...task_state`` (message id
-``<run>:state:<version>``) and, when a run re-enters a due Scheduled state,
-``flowbus.runq.<label-set key>`` (message id ``runq:<run>:<version>``).
+``subjects.state_event_msg_id``) and, when a run re-enters a due Scheduled
+state, ``flowbus.runq.<label-set key>`` (``subjects.run_queue_msg_id``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from flowbus.schemas.runs import (
 from flowbus.states import StateType, is_finished, is_running
 from services.state.rules import Proposal, check
 
-OWNER = "state"
+OWNER = subjects.Service.STATE
 StateCommand = SetFlowRunState | SetTaskRunState | CancelFlowRun
 
 CANCELLED_MESSAGE = "Flow run was cancelled."
@@ -254,7 +254,7 @@ class _Batch:
                     labels=run.labels,
                     scheduled_start_time=run.scheduled_start_time,
                 ),
-                f"runq:{run.id}:{run.version}",
+                subjects.run_queue_msg_id(run.id, run.version),
             )
         return out
 
@@ -308,7 +308,10 @@ class _Batch:
         )
         state = StateOut(type=spec.type, message=spec.message, timestamp=self.now, version=run.version)
         self.outbox.add(
-            subjects.flow_run_event(run.flow_run_id, "state" if task_run_id is None else "task_state"),
+            subjects.flow_run_event(
+                run.flow_run_id,
+                subjects.FlowRunFact.STATE if task_run_id is None else subjects.FlowRunFact.TASK_STATE,
+            ),
             StateChanged(
                 flow_run_id=run.flow_run_id,
                 task_run_id=task_run_id,
@@ -316,7 +319,7 @@ class _Batch:
                 state=state,
                 previous=previous,
             ),
-            f"{run.id}:state:{run.version}",
+            subjects.state_event_msg_id(run.id, run.version),
         )
         return StateSet(id=run.id, version=run.version, state=state)
 

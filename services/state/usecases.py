@@ -27,7 +27,7 @@ from flowbus.schemas.runs import (
 from flowbus.states import StateType
 from services.state.transitions import apply_transitions
 
-OWNER = "state"
+OWNER = subjects.Service.STATE
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +81,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
                 stage(
                     session,
                     OWNER,
-                    subjects.flow_run_event(run.id, "deleted"),
+                    subjects.flow_run_event(run.id, subjects.FlowRunFact.DELETED),
                     FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"),
                     f"flow_run:{run.id}:deleted",
                 )

@@ -102,7 +102,7 @@ class RunStates:
 @asynccontextmanager
 async def watching(client: AsyncClient) -> AsyncIterator[RunStates]:
     states = RunStates()
-    sub = await client.nc.subscribe(subjects.flow_run_event("*", "state"), cb=states.on_msg)
+    sub = await client.nc.subscribe(subjects.flow_run_event("*", subjects.FlowRunFact.STATE), cb=states.on_msg)
     try:
         yield states
     finally:

@@ -190,7 +190,9 @@ async def test_settings_toggle_per_group(client: AsyncClient) -> None:
 async def test_settings_command_needs_a_setting(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
     nc = client.nc
-    reply = await nc.request(subjects.Registration.SET_FLOW_SETTINGS, json.dumps({"flow_id": flow.id}).encode(), 10)
+    reply = await nc.request(
+        subjects.RegistrationCommands.SET_FLOW_SETTINGS, json.dumps({"flow_id": flow.id}).encode(), 10
+    )
     assert json.loads(reply.data)["error"]["code"] == "VALIDATION_ERROR"
 
 

@@ -89,7 +89,7 @@ async def test_invalid_serialized_flows_are_refused(client: AsyncClient) -> None
     try:
         for variant in bad_variants:
             body = json.dumps({"project_name": project, "serialized_flow": variant}).encode()
-            reply = json.loads((await nc.request(subjects.Registration.REGISTER_FLOW, body, timeout=10)).data)
+            reply = json.loads((await nc.request(subjects.RegistrationCommands.REGISTER_FLOW, body, timeout=10)).data)
             assert reply["error"]["code"] == "VALIDATION_ERROR"
     finally:
         await nc.close()

@@ -41,7 +41,7 @@ async def test_every_command_subject_refuses_bad_input(stack: Settings, body: by
 
 
 async def test_wrong_types_name_the_field(stack: Settings) -> None:
-    reply = await _request(stack, subjects.Registration.CREATE_PROJECT, json.dumps({"name": 5}).encode())
+    reply = await _request(stack, subjects.RegistrationCommands.CREATE_PROJECT, json.dumps({"name": 5}).encode())
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert "name" in reply["error"]["message"]
 
@@ -49,7 +49,7 @@ async def test_wrong_types_name_the_field(stack: Settings) -> None:
 async def test_oversize_payload_is_refused_and_changes_nothing(stack: Settings) -> None:
     limit = stack.nats.max_command_bytes
     body = json.dumps({"name": "big", "description": "x" * (limit + 10)}).encode()
-    reply = await _request(stack, subjects.Registration.CREATE_PROJECT, body)
+    reply = await _request(stack, subjects.RegistrationCommands.CREATE_PROJECT, body)
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert str(limit) in reply["error"]["message"]
     async with AsyncClient(stack) as client:
@@ -58,8 +58,8 @@ async def test_oversize_payload_is_refused_and_changes_nothing(stack: Settings) 
 
 async def test_empty_and_overlong_names(stack: Settings) -> None:
     for name in ["", "   ", "n" * 256]:
-        reply = await _request(stack, subjects.Registration.CREATE_PROJECT, json.dumps({"name": name}).encode())
+        reply = await _request(stack, subjects.RegistrationCommands.CREATE_PROJECT, json.dumps({"name": name}).encode())
         assert reply["error"]["code"] == "VALIDATION_ERROR", name
         rename = {"project": {"name": "anything"}, "new_name": name}
-        reply = await _request(stack, subjects.Registration.RENAME_PROJECT, json.dumps(rename).encode())
+        reply = await _request(stack, subjects.RegistrationCommands.RENAME_PROJECT, json.dumps(rename).encode())
         assert reply["error"]["code"] == "VALIDATION_ERROR", name

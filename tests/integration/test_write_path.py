@@ -71,7 +71,9 @@ async def test_a_batch_keeps_each_commands_outcome_apart(stack: Settings, client
     try:
 
         async def send(cmd: SetFlowRunState) -> dict[str, object]:
-            msg = await nc.request(subjects.State.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode(), timeout=10)
+            msg = await nc.request(
+                subjects.StateCommands.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode(), timeout=10
+            )
             reply: dict[str, object] = json.loads(msg.data)
             return reply
 
@@ -181,10 +183,10 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
         await relay.publish_pending()  # whatever its sweep has not done yet: the outbox is empty after this
         for run in (first, second):
             got = await _events_of(settings, run.id, expected=2)
-            assert sorted(msg_id or "" for _s, msg_id in got) == [
+            assert {msg_id for _s, msg_id in got} == {
                 f"flow_run:{run.id}:created",
-                f"flow_run:{run.id}:state:1",
-            ]
+                subjects.state_event_msg_id(run.id, 1),
+            }
         async with AsyncClient(settings) as client:
             assert (await client.create_flow_run(flow.id, idempotency_key="after")).version == 1
 
@@ -225,7 +227,10 @@ async def test_a_relay_that_does_not_wait_for_acks_still_publishes_every_batch_o
         for run in runs:
             assert not isinstance(run, Exception)
             got = await _events_of(settings, run.id, expected=2)
-            assert [msg_id for _s, msg_id in got] == [f"flow_run:{run.id}:created", f"flow_run:{run.id}:state:1"]
+            assert [msg_id for _s, msg_id in got] == [
+                f"flow_run:{run.id}:created",
+                subjects.state_event_msg_id(run.id, 1),
+            ]
         await relay.sweep()  # deletes the confirmed rows and publishes nothing again
         async with db.session() as session:
             rows = await session.exec(select(Outbox.id).where(Outbox.owner == "run_creation"))  # type: ignore[call-overload]
@@ -307,14 +312,14 @@ async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
             b'{"flow_id": ',
         ]
         for body in bodies:
-            reply = json.loads((await nc.request(subjects.RunCreation.CREATE_FLOW_RUN, body, timeout=10)).data)
+            reply = json.loads((await nc.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, body, timeout=10)).data)
             assert reply["ok"] is False
             assert reply["error"]["code"] == ErrorCode.VALIDATION_ERROR, body[:80]
         assert (
             str(limit)
-            in json.loads((await nc.request(subjects.RunCreation.CREATE_FLOW_RUN, oversize, timeout=10)).data)["error"][
-                "message"
-            ]
+            in json.loads((await nc.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, oversize, timeout=10)).data)[
+                "error"
+            ]["message"]
         )
     finally:
         await nc.close()
