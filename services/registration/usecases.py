@@ -61,7 +61,7 @@ GROUP_NAMESPACE = uuid.UUID("7b0b8a52-6a0e-4c1d-9a57-6f1f2c3e4d5a")
 
 
 async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         existing = (await session.exec(select(Project).where(col(Project.name) == cmd.name))).first()
         if existing is not None:
             if cmd.skip_if_exists:
@@ -98,13 +98,13 @@ async def _project(session: AsyncSession, ref: ProjectRef) -> Project:
 
 
 async def get_project(db: Database, query: GetProject) -> ProjectOut:
-    async with db.session() as session:
+    async with db.read_session() as session:
         return project_out(await _project(session, query))
 
 
 async def rename_project(db: Database, cmd: RenameProject) -> ProjectOut:
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             project = await _project(session, cmd.project)
             project.name = cmd.new_name
             session.add(project)
@@ -123,7 +123,7 @@ async def rename_project(db: Database, cmd: RenameProject) -> ProjectOut:
 
 
 async def set_project_description(db: Database, cmd: SetProjectDescription) -> ProjectOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         project = await _project(session, cmd.project)
         project.description = cmd.description
         session.add(project)
@@ -140,7 +140,7 @@ async def set_project_description(db: Database, cmd: SetProjectDescription) -> P
 
 async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
     """Delete a project; the database cascades to its flows, runs, task runs, states and logs."""
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         project = await _project(session, cmd.project)
         out = Deleted(id=project.id)
         await session.execute(delete(Project).where(col(Project.id) == project.id))
@@ -155,7 +155,7 @@ async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
 
 
 async def list_projects(db: Database) -> ProjectList:
-    async with db.session() as session:
+    async with db.read_session() as session:
         rows = (await session.execute(select(Project).order_by(Project.name))).all()  # type: ignore[arg-type]
         return ProjectList(projects=[project_out(r[0]) for r in rows])
 
@@ -171,7 +171,7 @@ async def register_flow(db: Database, cmd: RegisterFlow) -> FlowOut:
 
 async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
     spec = cmd.serialized_flow
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         project = await _project_by_name(session, cmd.project_name)
         group = await _choose_group(session, project, cmd)
 
@@ -307,14 +307,14 @@ async def _versions(session: AsyncSession, group_id: str) -> list[FlowVersion]:
 
 
 async def get_flow(db: Database, query: GetFlow) -> FlowOut:
-    async with db.session() as session:
+    async with db.read_session() as session:
         flow, group, project = await load_flow(session, query.flow_id)
         return flow_out(flow, group, project, versions=await _versions(session, group.id))
 
 
 async def _change_flow(db: Database, flow_id: str, fact: str, change: Callable[[Flow, FlowGroup], bool]) -> FlowOut:
     """Apply ``change`` to a flow and its group in one transaction; publish ``fact`` if it changed anything."""
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         flow, group, project = await load_flow(session, flow_id)
         if change(flow, group):
             group.updated = utcnow()
@@ -396,7 +396,7 @@ def schedule_covers_required(
 
 
 async def _change_group(db: Database, group_id: str, change: Callable[[FlowGroup], None]) -> FlowGroupOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         group = await session.get(FlowGroup, group_id)
         if group is None:
             raise NotFound(f"Flow group {group_id} not found")
@@ -430,7 +430,7 @@ async def set_flow_group_default_parameters(db: Database, cmd: SetFlowGroupDefau
 
 
 async def list_flows(db: Database, query: ListFlows) -> FlowList:
-    async with db.session() as session:
+    async with db.read_session() as session:
         stmt = (
             select(Flow, FlowGroup, Project)
             .join(FlowGroup, FlowGroup.id == Flow.flow_group_id)  # type: ignore[arg-type]

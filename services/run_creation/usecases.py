@@ -28,12 +28,12 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
 from flowbus.db.bulk import Bulk
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
-from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id
+from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
 from flowbus.runtime.batching import write_batch
@@ -116,7 +116,7 @@ class _Target:
 
 
 class _CreateRunsBatch:
-    def __init__(self, conn: AsyncConnection, now: datetime, idempotency_ttl: float | None) -> None:
+    def __init__(self, conn: WriteConnection, now: datetime, idempotency_ttl: float | None) -> None:
         self.conn = conn
         self.now = now
         self.ttl = idempotency_ttl
@@ -234,100 +234,98 @@ class _CreateRunsBatch:
             self.expires[run_id] = expires
 
     def _create(self, cmd: CreateFlowRun, target: _Target) -> FlowRunOut:
+        """Stage one new run: its row, its task runs, its first history entry and its events."""
         now = self.now
         parameters = merge_parameters(target.parameters, target.group_default_parameters, cmd.parameters)
         labels = resolve_labels(cmd, target.group_labels, target.group_run_config, target.flow_run_config)
         start = cmd.scheduled_start_time or now
-        run_id = new_id()
-        row: dict[str, Any] = {
-            "id": run_id,
-            "flow_id": target.flow_id,
-            "flow_group_id": target.flow_group_id,
-            "name": cmd.run_name or generate_run_name(),
-            "parameters": parameters,
-            "context": dict(cmd.context),
-            "labels": labels,
-            "run_config": cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
-            "scheduled_start_time": start,
-            "auto_scheduled": False,
-            "idempotency_key": cmd.idempotency_key,
-            "idempotency_expires": (
-                now + timedelta(seconds=self.ttl) if cmd.idempotency_key is not None and self.ttl is not None else None
-            ),
-            "state": StateType.SCHEDULED.value,
-            "state_message": SCHEDULED_MESSAGE,
-            "state_timestamp": now,
-            "state_result": None,
-            "version": 1,
-            "agent_id": None,
-            "start_time": None,
-            "end_time": None,
-            "times_resurrected": 0,
-            "created": now,
-            "updated": now,
-        }
+        key = cmd.idempotency_key
+        # Only what a create decides: the table definitions fill in the rest (new ids, version 1, ...).
+        row = _INSERT_RUN.complete(
+            {
+                "flow_id": target.flow_id,
+                "flow_group_id": target.flow_group_id,
+                "name": cmd.run_name or generate_run_name(),
+                "parameters": parameters,
+                "context": dict(cmd.context),
+                "labels": labels,
+                "run_config": cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
+                "scheduled_start_time": start,
+                "idempotency_key": key,
+                "idempotency_expires": (
+                    now + timedelta(seconds=self.ttl) if key is not None and self.ttl is not None else None
+                ),
+                "state": StateType.SCHEDULED.value,
+                "state_message": SCHEDULED_MESSAGE,
+                "state_timestamp": now,
+                "state_result": None,
+                "created": now,
+                "updated": now,
+            }
+        )
         self.runs.append(row)
-        for task in target.tasks:
-            self.task_runs.append(
-                {
-                    "id": new_id(),
-                    "flow_run_id": run_id,
-                    "task_slug": task["slug"],
-                    "task_name": task["name"],
-                    "map_index": -1,
-                    "max_retries": task.get("max_retries", 0),
-                    "retry_delay_seconds": task.get("retry_delay_seconds"),
-                    "state": StateType.PENDING.value,
-                    "state_message": None,
-                    "state_timestamp": now,
-                    "state_result": None,
-                    "version": 1,
-                    "start_time": None,
-                    "end_time": None,
-                    "created": now,
-                    "updated": now,
-                }
-            )
+        run_id = row["id"]
+        self.task_runs.extend(_task_run_row(run_id, task, now) for task in target.tasks)
         self.history.append(
             {
                 "flow_run_id": run_id,
-                "task_run_id": None,
                 "type": StateType.SCHEDULED.value,
                 "message": SCHEDULED_MESSAGE,
                 "result": None,
-                "version": 1,
+                "version": row["version"],
                 "timestamp": now,
             }
         )
         out = _run_out(row, target)
+        self._stage_events(out, start)
+        return out
+
+    def _stage_events(self, out: FlowRunOut, start: datetime) -> None:
+        """``created`` and the first ``state``; then the run-queue message if it is due, else a wake hint."""
+        run_id, version, labels = out.id, out.version, out.labels
         created = FlowRunCreated(
-            flow_run_id=run_id, flow_id=target.flow_id, name=out.name, labels=labels, scheduled_start_time=start
+            flow_run_id=run_id, flow_id=out.flow_id, name=out.name, labels=labels, scheduled_start_time=start
         )
         payload = self.outbox.add(
             subjects.flow_run_event(run_id, subjects.FlowRunFact.CREATED), created, f"flow_run:{run_id}:created"
         )
         self.outbox.add(
             subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE),
-            StateChanged(flow_run_id=run_id, version=1, state=out.state),
-            subjects.state_event_msg_id(run_id, 1),
+            StateChanged(flow_run_id=run_id, version=version, state=out.state),
+            subjects.state_event_msg_id(run_id, version),
         )
-        if start <= now:
+        if start <= self.now:
             queued = RunQueued(
-                flow_run_id=run_id, flow_id=target.flow_id, version=1, labels=labels, scheduled_start_time=start
+                flow_run_id=run_id, flow_id=out.flow_id, version=version, labels=labels, scheduled_start_time=start
             )
-            self.outbox.add(subjects.run_queue(labels), queued, subjects.run_queue_msg_id(run_id, 1))
+            self.outbox.add(subjects.run_queue(labels), queued, subjects.run_queue_msg_id(run_id, version))
         else:
             self.outbox.hint(subjects.SCHEDULER_WAKE, payload)
-        return out
 
     # ---- writing ----------------------------------------------------------
 
     async def flush(self) -> None:
         for params in self.key_updates:
             await self.conn.execute(_RELEASE_OR_REFRESH_KEY, params)
-        await _INSERT_RUN.run(self.conn, self.runs)
-        await _INSERT_TASK_RUN.run(self.conn, self.task_runs)
-        await _INSERT_HISTORY.run(self.conn, self.history)
+        await self.conn.run_bulk(_INSERT_RUN, self.runs)
+        await self.conn.run_bulk(_INSERT_TASK_RUN, self.task_runs)
+        await self.conn.run_bulk(_INSERT_HISTORY, self.history)
+
+
+def _task_run_row(flow_run_id: str, task: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A new run's task run (Pending), with what a create decides; the table fills in the rest."""
+    return {
+        "flow_run_id": flow_run_id,
+        "task_slug": task["slug"],
+        "task_name": task["name"],
+        "max_retries": task.get("max_retries", 0),
+        "retry_delay_seconds": task.get("retry_delay_seconds"),
+        "state": StateType.PENDING.value,
+        "state_timestamp": now,
+        "state_result": None,
+        "created": now,
+        "updated": now,
+    }
 
 
 def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:

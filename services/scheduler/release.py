@@ -94,7 +94,7 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseState) -> int:
     now = utcnow()
     since = (state.horizon or now - timedelta(seconds=settings.nats.duplicate_window_seconds)) - HORIZON_SLACK
     rows: list[Sequence[Any]] = []
-    async with ctx.db.session() as session:
+    async with ctx.db.read_session() as session:
         after: tuple[datetime, str] | None = None
         while True:
             page = (await session.execute(_due_page(since, now, after, batch))).all()

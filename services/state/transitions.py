@@ -28,10 +28,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
 from flowbus.db.bulk import Bulk
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun
 from flowbus.runtime.batching import write_batch
@@ -153,7 +153,7 @@ def version_error(kind: str, run_id: str, current: int, given: int) -> VersionLo
 
 
 class _Batch:
-    def __init__(self, conn: AsyncConnection, now: datetime) -> None:
+    def __init__(self, conn: WriteConnection, now: datetime) -> None:
         self.conn = conn
         self.now = now
         self.flow_runs: dict[str, _Run] = {}
@@ -329,14 +329,14 @@ class _Batch:
             if not params:
                 continue
             if sane:
-                matched = await statement.run(self.conn, params)
+                matched = await self.conn.run_bulk(statement, params)
             else:
                 matched = 0
                 for p in params:
-                    matched += await statement.run(self.conn, [p])
+                    matched += await self.conn.run_bulk(statement, [p])
             if matched != len(params):
                 raise _RaceLost
-        await _INSERT_HISTORY.run(self.conn, self.history)
+        await self.conn.run_bulk(_INSERT_HISTORY, self.history)
 
 
 async def apply_transitions(
@@ -357,7 +357,7 @@ async def apply_transitions(
     # A single command lost a race with another instance: report the version it lost to.
     cmd = commands[0]
     kind, run_id = ("task run", cmd.task_run_id) if isinstance(cmd, SetTaskRunState) else ("flow run", cmd.flow_run_id)
-    async with db.read() as conn:
+    async with db.read_connection() as conn:
         current = (await conn.execute(_SELECT_VERSION[kind], {"id": run_id})).scalar()
     given = cmd.version if not isinstance(cmd, CancelFlowRun) else (current or 0) - 1
     return [version_error(kind, run_id, current or 0, given)]

@@ -40,12 +40,12 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
     if not records:
         return 0
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             session.add_all([_log_row(r) for r in records])
         return len(records)
     except IntegrityError:
         pass
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         run_ids = {r.flow_run_id for r in records}
         known = set(
             (await session.execute(select(col(FlowRun.id)).where(col(FlowRun.id).in_(run_ids)))).scalars().all()  # type: ignore[attr-defined]
@@ -68,7 +68,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
     are also Cancelled("Flow <id> was archived.") through the transition
     path. Idempotent: a redelivered event finds nothing left to do. Returns
     how many runs were touched."""
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         waiting = (
             await session.exec(
                 select(FlowRun).where(col(FlowRun.flow_id) == flow_id, col(FlowRun.state) == StateType.SCHEDULED.value)

@@ -48,7 +48,7 @@ async def insert_auto_scheduled_run(database_url: str, flow_id: str, group_id: s
     """Stand in for the scheduler (a later issue): an auto-scheduled run in the future."""
     db = Database(database_url)
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             run = FlowRun(
                 flow_id=flow_id,
                 flow_group_id=group_id,

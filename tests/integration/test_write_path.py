@@ -197,7 +197,7 @@ async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: 
         relay = OutboxRelay("run_creation", db, nc)  # its sweep never runs here
 
         async def outbox_rows() -> list[int]:
-            async with db.session() as session:
+            async with db.read_session() as session:
                 rows = await session.exec(select(Outbox.id).where(Outbox.owner == "run_creation"))  # type: ignore[call-overload]
                 return sorted(rows.all())
 
@@ -232,7 +232,7 @@ async def test_a_relay_that_does_not_wait_for_acks_still_publishes_every_batch_o
                 subjects.state_event_msg_id(run.id, 1),
             ]
         await relay.sweep()  # deletes the confirmed rows and publishes nothing again
-        async with db.session() as session:
+        async with db.read_session() as session:
             rows = await session.exec(select(Outbox.id).where(Outbox.owner == "run_creation"))  # type: ignore[call-overload]
             assert rows.all() == []
 
@@ -247,7 +247,7 @@ async def test_a_sent_batch_that_is_refused_is_published_again_on_the_next_pass(
         stream = unique("later").replace("-", "_").upper()
         batch = OutboxBatch(owner)
         batch.messages.append((f"{stream}.a", f"{stream}-1", b"first"))
-        async with db.write() as conn:
+        async with db.write_connection() as conn:
             await batch.stage(conn, utcnow())
         relay.committed(batch)
         await relay.publish_committed()  # sent; the 503 comes back later
@@ -259,7 +259,7 @@ async def test_a_sent_batch_that_is_refused_is_published_again_on_the_next_pass(
         assert (await js.stream_info(stream)).state.messages == 1
         assert (await js.get_msg(stream, 1)).data == b"first"
         await relay.sweep()
-        async with db.session() as session:
+        async with db.read_session() as session:
             rows = await session.exec(select(Outbox.id).where(Outbox.owner == owner))  # type: ignore[call-overload]
             assert rows.all() == []
 
@@ -282,7 +282,7 @@ async def test_a_sent_batch_waiting_for_its_acks_is_not_swept_and_is_sent_again_
         relay = OutboxRelay(owner, db, nc, reply_after_stored=False, grace=0, ack_timeout=1.0)
         batch = OutboxBatch(owner)
         batch.messages.append((subject, unique("id"), b"once"))
-        async with db.write() as conn:
+        async with db.write_connection() as conn:
             await batch.stage(conn, utcnow())
         relay.committed(batch)
         await relay.publish_committed()

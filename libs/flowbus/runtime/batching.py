@@ -28,8 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.tables import utcnow
 from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
@@ -61,7 +60,7 @@ class WriteBatch(Protocol[C_contra, R_co]):
 async def write_batch(
     db: Database,
     relay: OutboxRelay | None,
-    start: Callable[[AsyncConnection, datetime], WriteBatch[C, R]],
+    start: Callable[[WriteConnection, datetime], WriteBatch[C, R]],
     commands: Sequence[C],
 ) -> list[R | FlowbusError]:
     """Apply ``commands`` in one write transaction with their outbox row
@@ -72,7 +71,7 @@ async def write_batch(
     Errors propagate, the transaction rolled back: retrying is the caller's call.
     """
     now = utcnow()
-    async with db.write() as conn:
+    async with db.write_connection() as conn:
         batch = start(conn, now)
         await batch.load(commands)
         outcomes = [await batch.apply(cmd) for cmd in commands]

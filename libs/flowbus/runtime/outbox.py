@@ -40,10 +40,10 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from sqlalchemy import bindparam, delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.tables import Outbox, utcnow
 from flowbus.runtime.jspublish import BatchPublisher, Sent, Staged
@@ -52,8 +52,6 @@ from flowbus.schemas.common import Message
 log = logging.getLogger(__name__)
 
 _table = Outbox.__table__  # type: ignore[attr-defined]
-_INSERT = insert(_table).returning(_table.c.id)
-_SQLITE_INSERT = "INSERT INTO outbox (owner, messages, created) VALUES (?, ?, ?)"
 _PENDING = (
     select(_table.c.id, _table.c.messages)
     .where(_table.c.owner == bindparam("owner"), _table.c.created <= bindparam("before"))
@@ -97,19 +95,10 @@ class OutboxBatch:
         """Send ``payload`` on core NATS after the batch's events, at most once."""
         self.hints.append((subject, payload))
 
-    async def stage(self, conn: AsyncConnection, now: datetime) -> None:
+    async def stage(self, conn: WriteConnection, now: datetime) -> None:
         """Write the batch's one outbox row in the caller's transaction."""
-        if not self.messages:
-            return
-        packed = pack(self.messages)
-        driver = getattr(conn, "sqlite_driver_connection", None)
-        if driver is not None:
-            # The inline SQLite connection (see flowbus.db.bulk): one row, no statement machinery.
-            text = _table.c.created.type._cached_bind_processor(conn.dialect)(now)
-            self.row_id = int(driver.execute(_SQLITE_INSERT, (self.owner, packed, text)).lastrowid)
-        else:
-            row = {"owner": self.owner, "messages": packed, "created": now}
-            self.row_id = int((await conn.execute(_INSERT, row)).scalar_one())
+        if self.messages:
+            self.row_id = await conn.insert_outbox_row(self.owner, pack(self.messages), now)
 
 
 class OutboxRelay:
@@ -154,7 +143,7 @@ class OutboxRelay:
         if batch.row_id is not None:
             self._committed.append(batch)
 
-    async def clear_published(self, conn: AsyncConnection, batch: OutboxBatch) -> None:
+    async def clear_published(self, conn: WriteConnection, batch: OutboxBatch) -> None:
         """Delete, in ``batch``'s transaction, the rows of batches published so far.
 
         A once-a-second delete of every published row (each holds a batch's
@@ -251,7 +240,7 @@ class OutboxRelay:
     async def _delete_published(self) -> None:
         if self._published:
             ids = sorted(self._published)
-            async with self.db.write() as conn:
+            async with self.db.write_connection() as conn:
                 await conn.execute(_DELETE, {"ids": ids})
             self._published.difference_update(ids)
 
@@ -266,13 +255,13 @@ class OutboxRelay:
                 await self._publish(unpack(packed))
                 done.append(row_id)
         if done:
-            async with self.db.write() as conn:
+            async with self.db.write_connection() as conn:
                 await conn.execute(_DELETE, {"ids": done})
         return len(rows)
 
     async def _pending(self, before: datetime) -> list[Any]:
         # Through write(): on SQLite that runs inline, without a thread hop.
-        async with self.db.write() as conn:
+        async with self.db.write_connection() as conn:
             params = {"owner": self.owner, "before": before, "limit": self.batch}
             return list((await conn.execute(_PENDING, params)).all())
 

@@ -320,7 +320,7 @@ def build_service(
         if not await broker.ping(timeout=2.0):
             problems.append("nats")
         try:
-            async with db.session() as session:
+            async with db.read_session() as session:
                 await session.execute(text("SELECT 1"))
         except Exception:
             problems.append("database")
