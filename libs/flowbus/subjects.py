@@ -190,6 +190,13 @@ def state_event_msg_id(run_id: str, version: int) -> str:
     return f"{run_id}:state:{version}"
 
 
+def event_msg_id(entity: str, entity_id: str, occurrence: str) -> str:
+    """The ``Nats-Msg-Id`` of any other event: ``<entity>:<id>:<occurrence>``, where the
+    occurrence is the fact itself for one that happens once (``created``, ``deleted``)
+    and holds a unique token for one that may happen again."""
+    return f"{entity}:{entity_id}:{occurrence}"
+
+
 # ---- logs (JetStream stream LOGS) ------------------------------------------
 
 LOGS_STREAM: Final = "FLOWBUS_LOGS"

@@ -20,9 +20,7 @@ def register(ctx: ServiceContext) -> None:
     # before any of them is answered.
     creates = ctx.group_committer(
         "create_flow_run",
-        partial(
-            usecases.create_flow_runs, ctx.db, idempotency_ttl=ctx.settings.idempotency_ttl_seconds, relay=ctx.relay
-        ),
+        partial(usecases.create_flow_runs, ctx.db, idempotency_ttl=ctx.settings.idempotency_ttl_seconds),
     )
 
     ctx.fast_command(

@@ -33,17 +33,16 @@ from flowbus import subjects
 from flowbus.db.bulk import Bulk
 from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
+from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
 from flowbus.runtime.batching import write_batch
-from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunCreated, FlowRunOut, RunQueued, StateChanged
 from flowbus.states import StateType
 
-OWNER = subjects.Service.RUN_CREATION
 SCHEDULED_MESSAGE = "Flow run scheduled."
 
 _f = Flow.__table__  # type: ignore[attr-defined]
@@ -128,7 +127,7 @@ class _CreateRunsBatch:
         self.runs: list[dict[str, Any]] = []
         self.task_runs: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        self.outbox = OutboxBatch(OWNER)
+        self.events = OutboxBatch()
 
     # ---- reading ----------------------------------------------------------
 
@@ -286,21 +285,15 @@ class _CreateRunsBatch:
         created = FlowRunCreated(
             flow_run_id=run_id, flow_id=out.flow_id, name=out.name, labels=labels, scheduled_start_time=start
         )
-        payload = self.outbox.add(
-            subjects.flow_run_event(run_id, subjects.FlowRunFact.CREATED), created, f"flow_run:{run_id}:created"
-        )
-        self.outbox.add(
-            subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE),
-            StateChanged(flow_run_id=run_id, version=version, state=out.state),
-            subjects.state_event_msg_id(run_id, version),
-        )
+        payload = self.events.emit(created)
+        self.events.emit(StateChanged(flow_run_id=run_id, version=version, state=out.state))
         if start <= self.now:
             queued = RunQueued(
                 flow_run_id=run_id, flow_id=out.flow_id, version=version, labels=labels, scheduled_start_time=start
             )
-            self.outbox.add(subjects.run_queue(labels), queued, subjects.run_queue_msg_id(run_id, version))
+            self.events.emit(queued)
         else:
-            self.outbox.hint(subjects.SCHEDULER_WAKE, payload)
+            self.events.hint(subjects.SCHEDULER_WAKE, payload)
 
     # ---- writing ----------------------------------------------------------
 
@@ -333,15 +326,12 @@ def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
 
 
 async def create_flow_runs(
-    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None, relay: OutboxRelay | None = None
+    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None
 ) -> list[FlowRunOut | FlowbusError]:
-    """Create a batch of runs in one transaction; one outcome per command.
-
-    ``relay``: see :func:`write_batch`.
-    """
+    """Create a batch of runs in one transaction; one outcome per command."""
     for attempt in range(2):
         try:
-            return await write_batch(db, relay, partial(_CreateRunsBatch, idempotency_ttl=idempotency_ttl), commands)
+            return await write_batch(db, partial(_CreateRunsBatch, idempotency_ttl=idempotency_ttl), commands)
         except IntegrityError:
             # Another process took one of the keys first. Alone, the command
             # finds the winner's run on its second attempt; in a batch, the

@@ -47,7 +47,7 @@ def register(ctx: ServiceContext) -> None:
     # Every state write goes through one group committer, fed by the fast
     # lane: concurrent writes share a transaction, and their events are
     # published before any reply.
-    transitions = ctx.group_committer("transitions", partial(apply_transitions, db, relay=ctx.relay))
+    transitions = ctx.group_committer("transitions", partial(apply_transitions, db))
 
     for subject, model, title in (
         (StateCommands.SET_FLOW_RUN_STATE, SetFlowRunState, "set_flow_run_state"),
@@ -95,7 +95,6 @@ async def clean_up_flow_runs(ctx: ServiceContext) -> None:
     async def apply(events: list[tuple[str, FlowEvent]]) -> None:
         for _subject, event in events:
             await usecases.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
-        await ctx.publish_outbox()
 
     await consume(
         ctx.jetstream,

@@ -29,13 +29,12 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from flowbus import subjects
 from flowbus.db.bulk import Bulk
 from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
+from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun
 from flowbus.runtime.batching import write_batch
-from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import (
     CancelFlowRun,
@@ -50,7 +49,6 @@ from flowbus.schemas.runs import (
 from flowbus.states import StateType, is_finished, is_running
 from services.state.rules import Proposal, check
 
-OWNER = subjects.Service.STATE
 StateCommand = SetFlowRunState | SetTaskRunState | CancelFlowRun
 
 CANCELLED_MESSAGE = "Flow run was cancelled."
@@ -161,7 +159,7 @@ class _Batch:
         self.flow_updates: list[dict[str, Any]] = []
         self.task_updates: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        self.outbox = OutboxBatch(OWNER)
+        self.events = OutboxBatch()
 
     # ---- reading ----------------------------------------------------------
 
@@ -245,16 +243,14 @@ class _Batch:
         if spec.type is StateType.CANCELLED:
             await self._cancel_task_runs(run)
         if spec.type is StateType.SCHEDULED and run.scheduled_start_time and run.scheduled_start_time <= self.now:
-            self.outbox.add(
-                subjects.run_queue(run.labels),
+            self.events.emit(
                 RunQueued(
                     flow_run_id=run.id,
                     flow_id=run.flow_id or "",
                     version=run.version,
                     labels=run.labels,
                     scheduled_start_time=run.scheduled_start_time,
-                ),
-                subjects.run_queue_msg_id(run.id, run.version),
+                )
             )
         return out
 
@@ -307,19 +303,14 @@ class _Batch:
             }
         )
         state = StateOut(type=spec.type, message=spec.message, timestamp=self.now, version=run.version)
-        self.outbox.add(
-            subjects.flow_run_event(
-                run.flow_run_id,
-                subjects.FlowRunFact.STATE if task_run_id is None else subjects.FlowRunFact.TASK_STATE,
-            ),
+        self.events.emit(
             StateChanged(
                 flow_run_id=run.flow_run_id,
                 task_run_id=task_run_id,
                 version=run.version,
                 state=state,
                 previous=previous,
-            ),
-            subjects.state_event_msg_id(run.id, run.version),
+            )
         )
         return StateSet(id=run.id, version=run.version, state=state)
 
@@ -339,18 +330,13 @@ class _Batch:
         await self.conn.run_bulk(_INSERT_HISTORY, self.history)
 
 
-async def apply_transitions(
-    db: Database, commands: Sequence[StateCommand], relay: OutboxRelay | None = None
-) -> list[StateSet | FlowbusError]:
-    """Apply a batch of state commands in one transaction; one outcome per command.
-
-    ``relay``: see :func:`write_batch`.
-    """
+async def apply_transitions(db: Database, commands: Sequence[StateCommand]) -> list[StateSet | FlowbusError]:
+    """Apply a batch of state commands in one transaction; one outcome per command."""
     # A cancel carries no version: when another writer wins the race, it reads again.
     attempts = 5 if len(commands) == 1 and isinstance(commands[0], CancelFlowRun) else 1
     for _ in range(attempts):
         try:
-            return await write_batch(db, relay, _Batch, commands)
+            return await write_batch(db, _Batch, commands)
         except _RaceLost:
             if len(commands) != 1:
                 raise  # the group committer retries the commands one by one

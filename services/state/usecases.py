@@ -1,7 +1,7 @@
 """State use cases besides transitions: log storage and the clean-up of a
 flow's waiting runs when it is archived or unscheduled.
 
-Owns the log table. Stages ``flowbus.evt.flow_run.<id>.deleted`` for the
+Owns the log table. Emits ``flowbus.evt.flow_run.<id>.deleted`` for the
 auto-scheduled runs it deletes; cancellations go through
 ``transitions.apply_transitions``, the one path that changes states.
 """
@@ -16,7 +16,6 @@ from sqlmodel import col, select
 from flowbus import subjects
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, Log
-from flowbus.runtime.outbox import stage
 from flowbus.schemas.common import FlowbusError
 from flowbus.schemas.runs import (
     FlowRunDeleted,
@@ -27,7 +26,6 @@ from flowbus.schemas.runs import (
 from flowbus.states import StateType
 from services.state.transitions import apply_transitions
 
-OWNER = subjects.Service.STATE
 log = logging.getLogger(__name__)
 
 
@@ -78,13 +76,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
         for run in waiting:
             if run.auto_scheduled:
                 await session.delete(run)
-                stage(
-                    session,
-                    OWNER,
-                    subjects.flow_run_event(run.id, subjects.FlowRunFact.DELETED),
-                    FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"),
-                    f"flow_run:{run.id}:deleted",
-                )
+                session.emit(FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"))
                 deleted += 1
         to_cancel = [(r.id, r.version) for r in waiting if not r.auto_scheduled]
     if fact != subjects.FlowFact.ARCHIVED or not to_cancel:

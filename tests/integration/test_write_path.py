@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import nats
 import pytest
@@ -18,13 +19,15 @@ from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
+from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import Outbox, utcnow
 from flowbus.embedded import build_service_app
+from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.nats import connect, ensure_streams
-from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
+from flowbus.runtime.outbox import OutboxRelay
 from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
 from flowbus.schemas.flows import CreateProject, FlowOut, RegisterFlow
-from flowbus.schemas.runs import CreateFlowRun, SetFlowRunState, StateSpec
+from flowbus.schemas.runs import CreateFlowRun, FlowRunOut, SetFlowRunState, StateSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from services.registration import usecases as registration
@@ -137,13 +140,15 @@ async def _events_of(settings: Settings, flow_run_id: str, expected: int) -> lis
 
 @asynccontextmanager
 async def _direct(settings: Settings, name: str) -> AsyncIterator[tuple[Database, Client, FlowOut]]:
-    """For calling use cases directly, without a service: the migrated database,
-    NATS with the streams, and a flow whose runs no agent takes."""
+    """For calling use cases directly, without a service: the migrated database
+    (with run_creation's relay, which a test may replace), NATS with the streams,
+    and a flow whose runs no agent takes."""
     await upgrade_async(settings.resolved_database_url())
     db = Database(settings.resolved_database_url())
     nc = await connect(settings, f"test-{name}")
     try:
         await ensure_streams(nc.jetstream(), settings)
+        OutboxRelay(subjects.Service.RUN_CREATION, db, nc)
         project = unique("p")
         await registration.create_project(db, CreateProject(name=project))
         flow = await registration.register_flow(
@@ -157,10 +162,11 @@ async def _direct(settings: Settings, name: str) -> AsyncIterator[tuple[Database
 
 async def test_events_survive_a_crash_between_commit_and_publish(settings: Settings) -> None:
     """A create commits its run and stages its events; the process dies before
-    publishing (the relay never runs), or after publishing but before deleting
-    the rows. The next service instance publishes them, exactly once."""
+    publishing (its relay never connected), or after publishing but before
+    deleting the rows. The next service instance publishes them, exactly once."""
     async with _direct(settings, "crash") as (db, nc, flow):
-        # Crash 1: committed, nothing published (no relay took the batch).
+        # Crash 1: committed, nothing published (the relay that took the batch never connected).
+        OutboxRelay(subjects.Service.RUN_CREATION, db)
         [first] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
 
         # Crash 2: committed and published from memory, the row not yet deleted.
@@ -168,11 +174,10 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
             async def _delete_published(self) -> None:
                 raise SystemExit("killed before deleting the published rows")
 
-        dying = PublishThenDie("run_creation", db, nc)
-        [second] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=dying)
+        dying = PublishThenDie(subjects.Service.RUN_CREATION, db, nc)
+        [second] = await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
         assert not isinstance(first, Exception)
         assert not isinstance(second, Exception)
-        await dying.publish_committed()
         with pytest.raises(SystemExit):
             await dying.sweep()
 
@@ -194,7 +199,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
 async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: Settings) -> None:
     """The relay's published rows go in the next batch's own transaction, not in a separate delete."""
     async with _direct(settings, "clear") as (db, nc, flow):
-        relay = OutboxRelay("run_creation", db, nc)  # its sweep never runs here
+        relay = OutboxRelay(subjects.Service.RUN_CREATION, db, nc)  # its sweep never runs here
 
         async def outbox_rows() -> list[int]:
             async with db.read_session() as session:
@@ -202,13 +207,11 @@ async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: 
                 return sorted(rows.all())
 
         await relay.publish_pending()  # earlier tests' leftovers, if any
-        await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=relay)
-        await relay.publish_committed()
+        await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)  # published on return
         [first_row] = await outbox_rows()  # published, kept until the next transaction
-        await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None, relay=relay)
+        await run_creation.create_flow_runs(db, [CreateFlowRun(flow_id=flow.id)], None)
         [second_row] = await outbox_rows()
         assert second_row != first_row, "the second batch's transaction deleted the first batch's row"
-        await relay.publish_committed()
 
 
 async def test_a_relay_that_does_not_wait_for_acks_still_publishes_every_batch_once(settings: Settings) -> None:
@@ -216,13 +219,16 @@ async def test_a_relay_that_does_not_wait_for_acks_still_publishes_every_batch_o
     events are sent; the acknowledgements arrive later, and only then are the
     rows let go (deleted by a later batch's transaction)."""
     async with _direct(settings, "sent") as (db, nc, flow):
-        relay = OutboxRelay("run_creation", db, nc, reply_after_stored=False)
+        relay = OutboxRelay(subjects.Service.RUN_CREATION, db, nc, reply_after_stored=False)
         await relay.publish_pending()  # earlier tests' leftovers, if any
+        # As in the service: a group committer publishes each batch before its replies.
+        creates: GroupCommitter[CreateFlowRun, FlowRunOut] = GroupCommitter(
+            "creates", partial(run_creation.create_flow_runs, db, idempotency_ttl=None), relay.publish_before_reply, 1
+        )
         runs = []
         for _ in range(3):
-            batch = [CreateFlowRun(flow_id=flow.id) for _ in range(5)]
-            runs += await run_creation.create_flow_runs(db, batch, None, relay=relay)
-            await relay.publish_committed()
+            runs += await asyncio.gather(*(creates.submit(CreateFlowRun(flow_id=flow.id)) for _ in range(5)))
+        await creates.close()
         await relay.close()  # every acknowledgement is in
         for run in runs:
             assert not isinstance(run, Exception)
@@ -245,10 +251,10 @@ async def test_a_sent_batch_that_is_refused_is_published_again_on_the_next_pass(
         owner = unique("owner")
         relay = OutboxRelay(owner, db, nc, reply_after_stored=False)
         stream = unique("later").replace("-", "_").upper()
-        batch = OutboxBatch(owner)
+        batch = OutboxBatch()
         batch.messages.append((f"{stream}.a", f"{stream}-1", b"first"))
         async with db.write_connection() as conn:
-            await batch.stage(conn, utcnow())
+            await relay.stage(conn, batch, utcnow())
         relay.committed(batch)
         await relay.publish_committed()  # sent; the 503 comes back later
         await relay.close()
@@ -280,10 +286,10 @@ async def test_a_sent_batch_waiting_for_its_acks_is_not_swept_and_is_sent_again_
 
         await nc.subscribe(subject, cb=on_msg)
         relay = OutboxRelay(owner, db, nc, reply_after_stored=False, grace=0, ack_timeout=1.0)
-        batch = OutboxBatch(owner)
+        batch = OutboxBatch()
         batch.messages.append((subject, unique("id"), b"once"))
         async with db.write_connection() as conn:
-            await batch.stage(conn, utcnow())
+            await relay.stage(conn, batch, utcnow())
         relay.committed(batch)
         await relay.publish_committed()
         async with asyncio.timeout(10):

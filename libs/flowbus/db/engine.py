@@ -40,6 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus.db.connection import SqlAlchemyWriteConnection, SqliteInlineConnection, WriteConnection
+from flowbus.db.outbox import Event, Outbox, OutboxBatch
+from flowbus.db.tables import utcnow
 
 
 def is_sqlite(url: str) -> bool:
@@ -165,6 +167,18 @@ _LOCKED_BACKOFF = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 _LOCKED_GIVE_UP_SECONDS = 30.0
 
 
+class WriteSession(AsyncSession):
+    """An ORM session in a write transaction, which may also emit events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events = OutboxBatch()
+
+    def emit(self, event: Event) -> None:
+        """Publish ``event`` once this transaction has committed (never if it rolls back)."""
+        self.events.emit(event)
+
+
 class Database:
     """The engines and session factories of one database; entered through a service's lifespan."""
 
@@ -174,8 +188,15 @@ class Database:
         self.engine = create_engine(url)
         self.read_engine = create_engine(url, writer=False) if self.sqlite else self.engine
         self._inline = _inline_sqlite_engine(url) if self.sqlite else None
-        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._sessions = async_sessionmaker(self.engine, class_=WriteSession, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
+        # Where the events of its writes go: the service's outbox relay, which sets itself here.
+        self.outbox: Outbox | None = None
+
+    def require_outbox(self) -> Outbox:
+        if self.outbox is None:
+            raise RuntimeError("events were emitted on a database without an outbox relay: nothing would publish them")
+        return self.outbox
 
     def _writing(self) -> AbstractAsyncContextManager[Any]:
         return _sqlite_write_lock(self.url) if self.sqlite else nullcontext()
@@ -187,10 +208,23 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def write_session(self) -> AsyncIterator[AsyncSession]:
-        """An ORM session in a write transaction, committed on success and rolled back on error."""
-        async with self._writing(), self._sessions() as session, session.begin():
-            yield session
+    async def write_session(self) -> AsyncIterator[WriteSession]:
+        """An ORM session in a write transaction, committed on success and rolled back on error.
+
+        The events it emits are written with its rows and published once it
+        has committed, before this context is left (flowbus.db.outbox).
+        """
+        async with self._writing(), self._sessions() as session:
+            async with session.begin():
+                yield session
+                events = session.events
+                if events.messages:
+                    outbox = self.require_outbox()
+                    await outbox.stage(SqlAlchemyWriteConnection(await session.connection()), events, utcnow())
+            if events.messages:
+                outbox.committed(events)  # in commit order: the write lock is still held
+        if events.messages:
+            await outbox.after_commit()
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[WriteConnection]:
