@@ -16,34 +16,35 @@ from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.agents import AgentHeartbeat, AgentList, AgentOut, ListAgents, RegisterAgent, RunHeartbeat
 from flowbus.schemas.common import Reply
+from flowbus.subjects import HeartbeatCommands
 from flowbus_services.heartbeat import usecases
 
-S = subjects.Heartbeat
 log = logging.getLogger(__name__)
 B = TypeVar("B", bound=BaseModel)
 
 
 def register(ctx: ServiceContext) -> None:
     sub = ctx.subscriber
+    queue = HeartbeatCommands.QUEUE
     db = ctx.db
 
-    @sub(S.REGISTER_AGENT, queue=S.QUEUE, title="register_agent")
+    @sub(HeartbeatCommands.REGISTER_AGENT, queue=queue, title="register_agent")
     async def register_agent(cmd: RegisterAgent) -> Reply[AgentOut]:
         return Reply.success(await usecases.register_agent(db, cmd))
 
-    @sub(S.LIST_AGENTS, queue=S.QUEUE, title="list_agents")
+    @sub(HeartbeatCommands.LIST_AGENTS, queue=queue, title="list_agents")
     async def list_agents(query: ListAgents) -> Reply[AgentList]:
         return Reply.success(await usecases.list_agents(db))
 
     # Heartbeats carry no reply subject; they are parsed by hand so that a bad
     # one is dropped with a log line instead of an error reply to nobody.
-    @sub(subjects.flow_run_heartbeat("*"), queue=S.QUEUE, title="flow_run_heartbeat", no_reply=True)
+    @sub(subjects.flow_run_heartbeat("*"), queue=queue, title="flow_run_heartbeat", no_reply=True)
     async def flow_run_heartbeat(body: Any) -> None:
         beat = _parse_or_drop(RunHeartbeat, body)
         if beat is not None and not await usecases.run_heartbeat(db, beat.flow_run_id, beat.timestamp):
             log.warning("heartbeat for unknown flow run %s", beat.flow_run_id)
 
-    @sub(subjects.agent_heartbeat("*"), queue=S.QUEUE, title="agent_heartbeat", no_reply=True)
+    @sub(subjects.agent_heartbeat("*"), queue=queue, title="agent_heartbeat", no_reply=True)
     async def agent_heartbeat(body: Any) -> None:
         beat = _parse_or_drop(AgentHeartbeat, body)
         if beat is not None:

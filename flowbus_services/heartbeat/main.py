@@ -13,12 +13,13 @@ import weakref
 
 from faststream.asgi import AsgiFastStream
 
+from flowbus import subjects
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.heartbeat.handlers import register
 from flowbus_services.heartbeat.zombies import ZombieKillerStats, zombie_loop
 
-NAME = "heartbeat"
+NAME = subjects.Service.HEARTBEAT
 
 
 # The Zombie Killer's counters of each app build_app made.

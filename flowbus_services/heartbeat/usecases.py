@@ -21,7 +21,7 @@ def _agent_out(agent: Agent) -> AgentOut:
 
 
 async def register_agent(db: Database, cmd: RegisterAgent) -> AgentOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         agent = await session.get(Agent, cmd.agent_id)
         if agent is None:
             agent = Agent(id=cmd.agent_id, name=cmd.name, type=cmd.type, labels=sorted(set(cmd.labels)))
@@ -34,12 +34,12 @@ async def register_agent(db: Database, cmd: RegisterAgent) -> AgentOut:
 
 
 async def agent_seen(db: Database, agent_id: str, when: datetime) -> None:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         await session.execute(update(Agent).where(Agent.id == agent_id).values(last_seen=when))  # type: ignore[arg-type]
 
 
 async def list_agents(db: Database) -> AgentList:
-    async with db.session() as session:
+    async with db.read_session() as session:
         rows = (await session.execute(select(Agent).order_by(Agent.name))).all()  # type: ignore[arg-type]
         return AgentList(agents=[_agent_out(a) for (a,) in rows])
 
@@ -47,7 +47,7 @@ async def list_agents(db: Database) -> AgentList:
 async def run_heartbeat(db: Database, flow_run_id: str, when: datetime) -> bool:
     """Record a run's heartbeat; False when the run does not exist."""
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             row = await session.get(RunHeartbeat, flow_run_id)
             if row is None:
                 session.add(RunHeartbeat(flow_run_id=flow_run_id, last_heartbeat=when))

@@ -88,7 +88,7 @@ def _running_tasks_query(flow_run_ids: list[str]) -> Any:
 async def find_zombies(ctx: ServiceContext) -> list[_Zombie]:
     beats = ctx.settings.heartbeat
     cutoff = utcnow() - timedelta(seconds=beats.zombie_missed_beats * beats.interval_seconds)
-    async with ctx.db.session() as session:
+    async with ctx.db.read_session() as session:
         rows = (await session.execute(_zombies_query(cutoff))).all()
         if not rows:
             return []

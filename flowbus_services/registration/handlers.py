@@ -1,14 +1,12 @@
 """NATS handlers of the registration service: message in, one use case, reply out.
 
 Reads: ``flowbus.cmd.registration.*`` (queue group ``registration``).
-Writes: replies; events go through the outbox (see usecases).
+Writes: replies; a write's events are published before its reply by its
+unit of work (see usecases), with nothing to do here.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Empty, Reply
 from flowbus.schemas.flows import (
@@ -33,77 +31,75 @@ from flowbus.schemas.flows import (
     SetProjectDescription,
     UnarchiveFlow,
 )
+from flowbus.subjects import RegistrationCommands
 from flowbus_services.registration import usecases
-
-S = subjects.Registration
-T = TypeVar("T")
 
 
 def register(ctx: ServiceContext) -> None:
     sub = ctx.subscriber
+    queue = RegistrationCommands.QUEUE
     db = ctx.db
 
-    async def changed(out: T) -> Reply[T]:
-        """Reply after a write, once its events are published."""
-        await ctx.publish_outbox()
-        return Reply.success(out)
-
-    @sub(S.CREATE_PROJECT, queue=S.QUEUE, title="create_project")
+    @sub(RegistrationCommands.CREATE_PROJECT, queue=queue, title="create_project")
     async def create_project(cmd: CreateProject) -> Reply[ProjectOut]:
-        return await changed(await usecases.create_project(db, cmd))
+        return Reply.success(await usecases.create_project(db, cmd))
 
-    @sub(S.GET_PROJECT, queue=S.QUEUE, title="get_project")
+    @sub(RegistrationCommands.GET_PROJECT, queue=queue, title="get_project")
     async def get_project(query: GetProject) -> Reply[ProjectOut]:
         return Reply.success(await usecases.get_project(db, query))
 
-    @sub(S.LIST_PROJECTS, queue=S.QUEUE, title="list_projects")
+    @sub(RegistrationCommands.LIST_PROJECTS, queue=queue, title="list_projects")
     async def list_projects(query: Empty) -> Reply[ProjectList]:
         return Reply.success(await usecases.list_projects(db))
 
-    @sub(S.REGISTER_FLOW, queue=S.QUEUE, title="register_flow")
+    @sub(RegistrationCommands.REGISTER_FLOW, queue=queue, title="register_flow")
     async def register_flow(cmd: RegisterFlow) -> Reply[FlowOut]:
-        return await changed(await usecases.register_flow(db, cmd))
+        return Reply.success(await usecases.register_flow(db, cmd))
 
-    @sub(S.GET_FLOW, queue=S.QUEUE, title="get_flow")
+    @sub(RegistrationCommands.GET_FLOW, queue=queue, title="get_flow")
     async def get_flow(query: GetFlow) -> Reply[FlowOut]:
         return Reply.success(await usecases.get_flow(db, query))
 
-    @sub(S.LIST_FLOWS, queue=S.QUEUE, title="list_flows")
+    @sub(RegistrationCommands.LIST_FLOWS, queue=queue, title="list_flows")
     async def list_flows(query: ListFlows) -> Reply[FlowList]:
         return Reply.success(await usecases.list_flows(db, query))
 
-    @sub(S.RENAME_PROJECT, queue=S.QUEUE, title="rename_project")
+    @sub(RegistrationCommands.RENAME_PROJECT, queue=queue, title="rename_project")
     async def rename_project(cmd: RenameProject) -> Reply[ProjectOut]:
-        return await changed(await usecases.rename_project(db, cmd))
+        return Reply.success(await usecases.rename_project(db, cmd))
 
-    @sub(S.SET_PROJECT_DESCRIPTION, queue=S.QUEUE, title="set_project_description")
+    @sub(RegistrationCommands.SET_PROJECT_DESCRIPTION, queue=queue, title="set_project_description")
     async def set_project_description(cmd: SetProjectDescription) -> Reply[ProjectOut]:
-        return await changed(await usecases.set_project_description(db, cmd))
+        return Reply.success(await usecases.set_project_description(db, cmd))
 
-    @sub(S.DELETE_PROJECT, queue=S.QUEUE, title="delete_project")
+    @sub(RegistrationCommands.DELETE_PROJECT, queue=queue, title="delete_project")
     async def delete_project(cmd: DeleteProject) -> Reply[Deleted]:
-        return await changed(await usecases.delete_project(db, cmd))
+        return Reply.success(await usecases.delete_project(db, cmd))
 
-    @sub(S.ARCHIVE_FLOW, queue=S.QUEUE, title="archive_flow")
+    @sub(RegistrationCommands.ARCHIVE_FLOW, queue=queue, title="archive_flow")
     async def archive_flow(cmd: ArchiveFlow) -> Reply[FlowOut]:
-        return await changed(await usecases.archive_flow(db, cmd))
+        return Reply.success(await usecases.archive_flow(db, cmd))
 
-    @sub(S.UNARCHIVE_FLOW, queue=S.QUEUE, title="unarchive_flow")
+    @sub(RegistrationCommands.UNARCHIVE_FLOW, queue=queue, title="unarchive_flow")
     async def unarchive_flow(cmd: UnarchiveFlow) -> Reply[FlowOut]:
-        return await changed(await usecases.unarchive_flow(db, cmd))
+        return Reply.success(await usecases.unarchive_flow(db, cmd))
 
-    @sub(S.SET_FLOW_SETTINGS, queue=S.QUEUE, title="set_flow_settings")
+    @sub(RegistrationCommands.SET_FLOW_SETTINGS, queue=queue, title="set_flow_settings")
     async def set_flow_settings(cmd: SetFlowSettings) -> Reply[FlowOut]:
-        return await changed(await usecases.set_flow_settings(db, cmd))
+        return Reply.success(await usecases.set_flow_settings(db, cmd))
 
-    @sub(S.SET_FLOW_SCHEDULE_STATE, queue=S.QUEUE, title="set_flow_schedule_state")
+    @sub(RegistrationCommands.SET_FLOW_SCHEDULE_STATE, queue=queue, title="set_flow_schedule_state")
     async def set_flow_schedule_state(cmd: SetFlowScheduleState) -> Reply[FlowOut]:
-        return await changed(await usecases.set_flow_schedule_state(db, cmd))
+        return Reply.success(await usecases.set_flow_schedule_state(db, cmd))
 
-    @sub(S.SET_FLOW_GROUP_LABELS, queue=S.QUEUE, title="set_flow_group_labels")
+    @sub(RegistrationCommands.SET_FLOW_GROUP_LABELS, queue=queue, title="set_flow_group_labels")
     async def set_flow_group_labels(cmd: SetFlowGroupLabels) -> Reply[FlowGroupOut]:
-        return await changed(await usecases.set_flow_group_labels(db, cmd))
+        return Reply.success(await usecases.set_flow_group_labels(db, cmd))
 
-    @sub(S.SET_FLOW_GROUP_DEFAULT_PARAMETERS, queue=S.QUEUE, title="set_flow_group_default_parameters")
+    @sub(
+        RegistrationCommands.SET_FLOW_GROUP_DEFAULT_PARAMETERS,
+        queue=queue,
+        title="set_flow_group_default_parameters",
+    )
     async def set_flow_group_default_parameters(cmd: SetFlowGroupDefaultParameters) -> Reply[FlowGroupOut]:
-        return await changed(await usecases.set_flow_group_default_parameters(db, cmd))
+        return Reply.success(await usecases.set_flow_group_default_parameters(db, cmd))

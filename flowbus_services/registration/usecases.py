@@ -1,8 +1,9 @@
 """Registration use cases: plain async functions over a session.
 
-Owns the project, flow_group and flow tables. Stages events for
-``flowbus.evt.project.<id>.created`` and ``flowbus.evt.flow.<id>.<fact>``
-(registered, archived) in the outbox; writes nothing else.
+Owns the project, flow_group and flow tables. Emits, with its writes,
+``flowbus.evt.project.<id>.<fact>``, ``flowbus.evt.flow.<id>.<fact>`` and
+``flowbus.evt.flow_group.<id>.group_changed`` (published once the write
+commits); writes nothing else.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
-from flowbus.db.engine import Database
+from flowbus.db.engine import Database, WriteSession
 from flowbus.db.tables import Flow, FlowGroup, Project, utcnow
 from flowbus.db.views import effective_schedule, flow_group_out, flow_out, load_flow, project_out
-from flowbus.runtime.outbox import stage
 from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
 from flowbus.schemas.flows import (
     ArchiveFlow,
@@ -30,6 +30,7 @@ from flowbus.schemas.flows import (
     Deleted,
     DeleteProject,
     FlowEvent,
+    FlowGroupChanged,
     FlowGroupOut,
     FlowList,
     FlowOut,
@@ -38,9 +39,13 @@ from flowbus.schemas.flows import (
     GetProject,
     ListFlows,
     ParameterSpec,
+    ProjectCreated,
+    ProjectDeleted,
+    ProjectDescribed,
     ProjectList,
     ProjectOut,
     ProjectRef,
+    ProjectRenamed,
     RegisterFlow,
     RenameProject,
     ScheduleSpec,
@@ -52,7 +57,6 @@ from flowbus.schemas.flows import (
     UnarchiveFlow,
 )
 
-OWNER = "registration"
 # Concurrent registrations into one group collide on (flow_group_id, version);
 # the loser re-reads the highest version and tries again after a short random
 # wait, so that a crowd of racers spreads out instead of colliding again.
@@ -61,7 +65,7 @@ GROUP_NAMESPACE = uuid.UUID("7b0b8a52-6a0e-4c1d-9a57-6f1f2c3e4d5a")
 
 
 async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         existing = (await session.exec(select(Project).where(col(Project.name) == cmd.name))).first()
         if existing is not None:
             if cmd.skip_if_exists:
@@ -71,7 +75,7 @@ async def create_project(db: Database, cmd: CreateProject) -> ProjectOut:
         session.add(project)
         await session.flush()
         out = project_out(project)
-        stage(session, OWNER, subjects.project_event(project.id, "created"), out, f"project:{project.id}:created")
+        session.emit(ProjectCreated(**dict(out)))
     return out
 
 
@@ -92,54 +96,46 @@ async def _project(session: AsyncSession, ref: ProjectRef) -> Project:
 
 
 async def get_project(db: Database, query: GetProject) -> ProjectOut:
-    async with db.session() as session:
+    async with db.read_session() as session:
         return project_out(await _project(session, query))
 
 
 async def rename_project(db: Database, cmd: RenameProject) -> ProjectOut:
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             project = await _project(session, cmd.project)
             project.name = cmd.new_name
             session.add(project)
             await session.flush()  # the unique name constraint fires here
             out = project_out(project)
-            stage(
-                session,
-                OWNER,
-                subjects.project_event(project.id, "renamed"),
-                out,
-                f"project:{project.id}:{uuid.uuid4()}",
-            )
+            session.emit(ProjectRenamed(**dict(out)))
     except IntegrityError:
         raise Conflict(f'Project "{cmd.new_name}" already exists.') from None
     return out
 
 
 async def set_project_description(db: Database, cmd: SetProjectDescription) -> ProjectOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         project = await _project(session, cmd.project)
         project.description = cmd.description
         session.add(project)
         out = project_out(project)
-        stage(
-            session, OWNER, subjects.project_event(project.id, "described"), out, f"project:{project.id}:{uuid.uuid4()}"
-        )
+        session.emit(ProjectDescribed(**dict(out)))
     return out
 
 
 async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
     """Delete a project; the database cascades to its flows, runs, task runs, states and logs."""
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         project = await _project(session, cmd.project)
         out = Deleted(id=project.id)
         await session.execute(delete(Project).where(col(Project.id) == project.id))
-        stage(session, OWNER, subjects.project_event(project.id, "deleted"), out, f"project:{project.id}:deleted")
+        session.emit(ProjectDeleted(id=project.id))
     return out
 
 
 async def list_projects(db: Database) -> ProjectList:
-    async with db.session() as session:
+    async with db.read_session() as session:
         rows = (await session.execute(select(Project).order_by(Project.name))).all()  # type: ignore[arg-type]
         return ProjectList(projects=[project_out(r[0]) for r in rows])
 
@@ -155,7 +151,7 @@ async def register_flow(db: Database, cmd: RegisterFlow) -> FlowOut:
 
 async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
     spec = cmd.serialized_flow
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         project = await _project_by_name(session, cmd.project_name)
         group = await _choose_group(session, project, cmd)
 
@@ -215,12 +211,9 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
             session.add(group)
 
         out = flow_out(flow, group, project)
-        _stage_flow_event(session, out, subjects.FlowFact.REGISTERED)
+        _emit_flow_event(session, out, subjects.FlowFact.REGISTERED)
         for archived_id, archived_version in archived:
-            stage(
-                session,
-                OWNER,
-                subjects.flow_event(archived_id, subjects.FlowFact.ARCHIVED),
+            session.emit(
                 FlowEvent(
                     flow_id=archived_id,
                     flow_group_id=group.id,
@@ -229,22 +222,22 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
                     version=archived_version,
                     archived=True,
                     data={"superseded_by": flow.id},
-                ),
-                f"flow:{archived_id}:archived:{flow.id}",
+                )
             )
     return out
 
 
-def _stage_flow_event(session: AsyncSession, out: FlowOut, fact: str) -> None:
-    event = FlowEvent(
-        flow_id=out.id,
-        flow_group_id=out.flow_group_id,
-        project_id=out.project_id,
-        fact=fact,
-        version=out.version,
-        archived=out.archived,
+def _emit_flow_event(session: WriteSession, out: FlowOut, fact: str) -> None:
+    session.emit(
+        FlowEvent(
+            flow_id=out.id,
+            flow_group_id=out.flow_group_id,
+            project_id=out.project_id,
+            fact=fact,
+            version=out.version,
+            archived=out.archived,
+        )
     )
-    stage(session, OWNER, subjects.flow_event(out.id, fact), event, f"flow:{out.id}:{fact}:{uuid.uuid4()}")
 
 
 async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFlow) -> FlowGroup:
@@ -291,21 +284,21 @@ async def _versions(session: AsyncSession, group_id: str) -> list[FlowVersion]:
 
 
 async def get_flow(db: Database, query: GetFlow) -> FlowOut:
-    async with db.session() as session:
+    async with db.read_session() as session:
         flow, group, project = await load_flow(session, query.flow_id)
         return flow_out(flow, group, project, versions=await _versions(session, group.id))
 
 
 async def _change_flow(db: Database, flow_id: str, fact: str, change: Callable[[Flow, FlowGroup], bool]) -> FlowOut:
     """Apply ``change`` to a flow and its group in one transaction; publish ``fact`` if it changed anything."""
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         flow, group, project = await load_flow(session, flow_id)
         if change(flow, group):
             group.updated = utcnow()
             session.add_all([flow, group])
             await session.flush()
             out = flow_out(flow, group, project)
-            _stage_flow_event(session, out, fact)
+            _emit_flow_event(session, out, fact)
         versions = await _versions(session, group.id)
     return flow_out(flow, group, project, versions=versions)
 
@@ -380,7 +373,7 @@ def schedule_covers_required(
 
 
 async def _change_group(db: Database, group_id: str, change: Callable[[FlowGroup], None]) -> FlowGroupOut:
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         group = await session.get(FlowGroup, group_id)
         if group is None:
             raise NotFound(f"Flow group {group_id} not found")
@@ -389,13 +382,7 @@ async def _change_group(db: Database, group_id: str, change: Callable[[FlowGroup
         session.add(group)
         await session.flush()
         out = flow_group_out(group)
-        stage(
-            session,
-            OWNER,
-            subjects.flow_group_event(group.id, subjects.FlowFact.GROUP_CHANGED),
-            out,
-            f"flow_group:{group.id}:{uuid.uuid4()}",
-        )
+        session.emit(FlowGroupChanged(**dict(out)))
     return out
 
 
@@ -414,7 +401,7 @@ async def set_flow_group_default_parameters(db: Database, cmd: SetFlowGroupDefau
 
 
 async def list_flows(db: Database, query: ListFlows) -> FlowList:
-    async with db.session() as session:
+    async with db.read_session() as session:
         stmt = (
             select(Flow, FlowGroup, Project)
             .join(FlowGroup, FlowGroup.id == Flow.flow_group_id)  # type: ignore[arg-type]

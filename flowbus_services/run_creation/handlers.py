@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from flowbus import subjects
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.runs import CreateFlowRun, FlowRunOut
+from flowbus.subjects import RunCreationCommands
 from flowbus_services.run_creation import usecases
-
-S = subjects.RunCreation
 
 
 def register(ctx: ServiceContext) -> None:
@@ -22,14 +20,12 @@ def register(ctx: ServiceContext) -> None:
     # before any of them is answered.
     creates = ctx.group_committer(
         "create_flow_run",
-        partial(
-            usecases.create_flow_runs, ctx.db, idempotency_ttl=ctx.settings.idempotency_ttl_seconds, relay=ctx.relay
-        ),
+        partial(usecases.create_flow_runs, ctx.db, idempotency_ttl=ctx.settings.idempotency_ttl_seconds),
     )
 
     ctx.fast_command(
-        S.CREATE_FLOW_RUN,
-        queue=S.QUEUE,
+        RunCreationCommands.CREATE_FLOW_RUN,
+        queue=RunCreationCommands.QUEUE,
         model=CreateFlowRun,
         reply=FlowRunOut,
         committer=creates,

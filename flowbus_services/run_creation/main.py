@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
+from flowbus import subjects
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.run_creation.handlers import register
 
-NAME = "run_creation"
+NAME = subjects.Service.RUN_CREATION
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:

@@ -6,8 +6,8 @@ gathers concurrent ones) and, in one transaction, inserts each new run
 entry with prebuilt statements run with executemany, and stages in the
 outbox ``flowbus.evt.flow_run.<id>.created``, ``...<id>.state`` and, when
 the run is already due, its ``flowbus.runq.<label-set key>`` message
-(message id ``runq:<run>:<version>``, the same one the scheduler uses, so
-the run is queued once); when it is due later, the ``created`` event also
+(message id ``subjects.run_queue_msg_id``, the same one the scheduler uses,
+so the run is queued once); when it is due later, the ``created`` event also
 goes to ``flowbus.hint.scheduler.wake`` (core NATS), to wake the scheduler.
 
 Idempotency: a create whose key (per flow) is already taken returns the
@@ -28,22 +28,21 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowbus import subjects
 from flowbus.db.bulk import Bulk
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
-from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun, new_id
+from flowbus.db.outbox import OutboxBatch
+from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
 from flowbus.runtime.batching import write_batch
-from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunCreated, FlowRunOut, RunQueued, StateChanged
 from flowbus.states import StateType
 
-OWNER = "run_creation"
 SCHEDULED_MESSAGE = "Flow run scheduled."
 
 _f = Flow.__table__  # type: ignore[attr-defined]
@@ -115,8 +114,8 @@ class _Target:
         )
 
 
-class _Batch:
-    def __init__(self, conn: AsyncConnection, now: datetime, idempotency_ttl: float | None) -> None:
+class _CreateRunsBatch:
+    def __init__(self, conn: WriteConnection, now: datetime, idempotency_ttl: float | None) -> None:
         self.conn = conn
         self.now = now
         self.ttl = idempotency_ttl
@@ -128,7 +127,7 @@ class _Batch:
         self.runs: list[dict[str, Any]] = []
         self.task_runs: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        self.outbox = OutboxBatch(OWNER)
+        self.events = OutboxBatch()
 
     # ---- reading ----------------------------------------------------------
 
@@ -234,98 +233,92 @@ class _Batch:
             self.expires[run_id] = expires
 
     def _create(self, cmd: CreateFlowRun, target: _Target) -> FlowRunOut:
+        """Stage one new run: its row, its task runs, its first history entry and its events."""
         now = self.now
         parameters = merge_parameters(target.parameters, target.group_default_parameters, cmd.parameters)
         labels = resolve_labels(cmd, target.group_labels, target.group_run_config, target.flow_run_config)
         start = cmd.scheduled_start_time or now
-        run_id = new_id()
-        row: dict[str, Any] = {
-            "id": run_id,
-            "flow_id": target.flow_id,
-            "flow_group_id": target.flow_group_id,
-            "name": cmd.run_name or generate_run_name(),
-            "parameters": parameters,
-            "context": dict(cmd.context),
-            "labels": labels,
-            "run_config": cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
-            "scheduled_start_time": start,
-            "auto_scheduled": False,
-            "idempotency_key": cmd.idempotency_key,
-            "idempotency_expires": (
-                now + timedelta(seconds=self.ttl) if cmd.idempotency_key is not None and self.ttl is not None else None
-            ),
-            "state": StateType.SCHEDULED.value,
-            "state_message": SCHEDULED_MESSAGE,
-            "state_timestamp": now,
-            "state_result": None,
-            "version": 1,
-            "agent_id": None,
-            "start_time": None,
-            "end_time": None,
-            "times_resurrected": 0,
-            "created": now,
-            "updated": now,
-        }
+        key = cmd.idempotency_key
+        # Only what a create decides: the table definitions fill in the rest (new ids, version 1, ...).
+        row = _INSERT_RUN.complete(
+            {
+                "flow_id": target.flow_id,
+                "flow_group_id": target.flow_group_id,
+                "name": cmd.run_name or generate_run_name(),
+                "parameters": parameters,
+                "context": dict(cmd.context),
+                "labels": labels,
+                "run_config": cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
+                "scheduled_start_time": start,
+                "idempotency_key": key,
+                "idempotency_expires": (
+                    now + timedelta(seconds=self.ttl) if key is not None and self.ttl is not None else None
+                ),
+                "state": StateType.SCHEDULED.value,
+                "state_message": SCHEDULED_MESSAGE,
+                "state_timestamp": now,
+                "state_result": None,
+                "created": now,
+                "updated": now,
+            }
+        )
         self.runs.append(row)
-        for task in target.tasks:
-            self.task_runs.append(
-                {
-                    "id": new_id(),
-                    "flow_run_id": run_id,
-                    "task_slug": task["slug"],
-                    "task_name": task["name"],
-                    "map_index": -1,
-                    "max_retries": task.get("max_retries", 0),
-                    "retry_delay_seconds": task.get("retry_delay_seconds"),
-                    "state": StateType.PENDING.value,
-                    "state_message": None,
-                    "state_timestamp": now,
-                    "state_result": None,
-                    "version": 1,
-                    "start_time": None,
-                    "end_time": None,
-                    "created": now,
-                    "updated": now,
-                }
-            )
+        run_id = row["id"]
+        self.task_runs.extend(_task_run_row(run_id, task, now) for task in target.tasks)
         self.history.append(
             {
                 "flow_run_id": run_id,
-                "task_run_id": None,
                 "type": StateType.SCHEDULED.value,
                 "message": SCHEDULED_MESSAGE,
                 "result": None,
-                "version": 1,
+                "version": row["version"],
                 "timestamp": now,
             }
         )
         out = _run_out(row, target)
-        created = FlowRunCreated(
-            flow_run_id=run_id, flow_id=target.flow_id, name=out.name, labels=labels, scheduled_start_time=start
-        )
-        payload = self.outbox.add(subjects.flow_run_event(run_id, "created"), created, f"flow_run:{run_id}:created")
-        self.outbox.add(
-            subjects.flow_run_event(run_id, "state"),
-            StateChanged(flow_run_id=run_id, version=1, state=out.state),
-            f"flow_run:{run_id}:state:1",
-        )
-        if start <= now:
-            queued = RunQueued(
-                flow_run_id=run_id, flow_id=target.flow_id, version=1, labels=labels, scheduled_start_time=start
-            )
-            self.outbox.add(subjects.run_queue(labels), queued, f"runq:{run_id}:1")
-        else:
-            self.outbox.hint(subjects.SCHEDULER_WAKE, payload)
+        self._stage_events(out, start)
         return out
+
+    def _stage_events(self, out: FlowRunOut, start: datetime) -> None:
+        """``created`` and the first ``state``; then the run-queue message if it is due, else a wake hint."""
+        run_id, version, labels = out.id, out.version, out.labels
+        created = FlowRunCreated(
+            flow_run_id=run_id, flow_id=out.flow_id, name=out.name, labels=labels, scheduled_start_time=start
+        )
+        payload = self.events.emit(created)
+        self.events.emit(StateChanged(flow_run_id=run_id, version=version, state=out.state))
+        if start <= self.now:
+            queued = RunQueued(
+                flow_run_id=run_id, flow_id=out.flow_id, version=version, labels=labels, scheduled_start_time=start
+            )
+            self.events.emit(queued)
+        else:
+            self.events.hint(subjects.SCHEDULER_WAKE, payload)
 
     # ---- writing ----------------------------------------------------------
 
     async def flush(self) -> None:
         for params in self.key_updates:
             await self.conn.execute(_RELEASE_OR_REFRESH_KEY, params)
-        await _INSERT_RUN.run(self.conn, self.runs)
-        await _INSERT_TASK_RUN.run(self.conn, self.task_runs)
-        await _INSERT_HISTORY.run(self.conn, self.history)
+        await self.conn.run_bulk(_INSERT_RUN, self.runs)
+        await self.conn.run_bulk(_INSERT_TASK_RUN, self.task_runs)
+        await self.conn.run_bulk(_INSERT_HISTORY, self.history)
+
+
+def _task_run_row(flow_run_id: str, task: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A new run's task run (Pending), with what a create decides; the table fills in the rest."""
+    return {
+        "flow_run_id": flow_run_id,
+        "task_slug": task["slug"],
+        "task_name": task["name"],
+        "max_retries": task.get("max_retries", 0),
+        "retry_delay_seconds": task.get("retry_delay_seconds"),
+        "state": StateType.PENDING.value,
+        "state_timestamp": now,
+        "state_result": None,
+        "created": now,
+        "updated": now,
+    }
 
 
 def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
@@ -333,15 +326,12 @@ def _run_out(row: Mapping[str, Any], target: _Target) -> FlowRunOut:
 
 
 async def create_flow_runs(
-    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None, relay: OutboxRelay | None = None
+    db: Database, commands: Sequence[CreateFlowRun], idempotency_ttl: float | None
 ) -> list[FlowRunOut | FlowbusError]:
-    """Create a batch of runs in one transaction; one outcome per command.
-
-    ``relay``: see :func:`write_batch`.
-    """
+    """Create a batch of runs in one transaction; one outcome per command."""
     for attempt in range(2):
         try:
-            return await write_batch(db, relay, partial(_Batch, idempotency_ttl=idempotency_ttl), commands)
+            return await write_batch(db, partial(_CreateRunsBatch, idempotency_ttl=idempotency_ttl), commands)
         except IntegrityError:
             # Another process took one of the keys first. Alone, the command
             # finds the winner's run on its second attempt; in a batch, the

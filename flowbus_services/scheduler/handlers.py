@@ -14,6 +14,6 @@ from flowbus_services.scheduler.release import ReleaseCursor
 
 
 def register(ctx: ServiceContext, state: ReleaseCursor) -> None:
-    @ctx.broker.subscriber(subjects.Scheduler.STATUS, queue=subjects.Scheduler.QUEUE, title="status")
+    @ctx.broker.subscriber(subjects.SchedulerCommands.STATUS, queue=subjects.SchedulerCommands.QUEUE, title="status")
     async def status(query: Empty) -> Reply[SchedulerStatus]:
         return Reply.success(SchedulerStatus(released_total=state.released_total, last_release=state.last_release))

@@ -12,12 +12,13 @@ from functools import partial
 
 from faststream.asgi import AsgiFastStream
 
+from flowbus import subjects
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.scheduler.handlers import register
 from flowbus_services.scheduler.release import ReleaseCursor, release_loop
 
-NAME = "scheduler"
+NAME = subjects.Service.SCHEDULER
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:

@@ -3,7 +3,7 @@
 Reads flow_run (owned by run_creation/state) and the hints on
 ``flowbus.hint.scheduler.wake`` (the ``created`` events of runs due later);
 writes only to NATS: ``flowbus.runq.<label-set key>`` with message id
-``runq:<run>:<version>``.
+``subjects.run_queue_msg_id`` (``runq:<run>:<version>``).
 
 A run created already due is queued by run_creation itself. This loop
 covers runs whose start time arrives later: it sleeps until the earliest
@@ -94,7 +94,7 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseCursor) -> int:
     now = utcnow()
     since = (state.horizon or now - timedelta(seconds=settings.nats.duplicate_window_seconds)) - HORIZON_SLACK
     rows: list[Sequence[Any]] = []
-    async with ctx.db.session() as session:
+    async with ctx.db.read_session() as session:
         after: tuple[datetime, str] | None = None
         while True:
             page = (await session.execute(_due_page(since, now, after, batch))).all()
@@ -133,7 +133,7 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseCursor) -> int:
                 js.publish(
                     subjects.run_queue(run.labels),
                     run.model_dump_json().encode(),
-                    headers={"Nats-Msg-Id": f"runq:{run.flow_run_id}:{run.version}"},
+                    headers={"Nats-Msg-Id": subjects.run_queue_msg_id(run.flow_run_id, run.version)},
                 )
                 for run in due.values()
             )

@@ -1,6 +1,6 @@
 """The clean-up of a flow's waiting runs when it is archived or unscheduled.
 
-Stages ``flowbus.evt.flow_run.<id>.deleted`` for the auto-scheduled runs it
+Emits ``flowbus.evt.flow_run.<id>.deleted`` for the auto-scheduled runs it
 deletes; cancellations go through ``transitions.apply_transitions``, the one
 path that changes states.
 """
@@ -12,7 +12,6 @@ from sqlmodel import col, select
 from flowbus import subjects
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun
-from flowbus.runtime.outbox import stage
 from flowbus.schemas.common import FlowbusError
 from flowbus.schemas.runs import (
     FlowRunDeleted,
@@ -21,9 +20,6 @@ from flowbus.schemas.runs import (
 )
 from flowbus.states import StateType
 from flowbus_services.state.transitions import apply_transitions
-
-OWNER = "state"
-
 
 ARCHIVED_MESSAGE = "Flow {flow_id} was archived."
 CLEANUP_CHUNK = 256
@@ -35,7 +31,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
     are also Cancelled("Flow <id> was archived.") through the transition
     path. Idempotent: a redelivered event finds nothing left to do. Returns
     how many runs were touched."""
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         waiting = (
             await session.exec(
                 select(FlowRun).where(col(FlowRun.flow_id) == flow_id, col(FlowRun.state) == StateType.SCHEDULED.value)
@@ -45,13 +41,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
         for run in waiting:
             if run.auto_scheduled:
                 await session.delete(run)
-                stage(
-                    session,
-                    OWNER,
-                    subjects.flow_run_event(run.id, "deleted"),
-                    FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"),
-                    f"flow_run:{run.id}:deleted",
-                )
+                session.emit(FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"))
                 deleted += 1
         to_cancel = [(r.id, r.version) for r in waiting if not r.auto_scheduled]
     if fact != subjects.FlowFact.ARCHIVED or not to_cancel:

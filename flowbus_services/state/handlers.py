@@ -31,43 +31,44 @@ from flowbus.schemas.runs import (
     StateHistoryList,
     StateSet,
 )
+from flowbus.subjects import StateCommands
 from flowbus_services.state import cleanup, logs, queries
 from flowbus_services.state.transitions import apply_transitions
 
-S = subjects.State
 log = logging.getLogger(__name__)
 LOG_FETCH_BATCH = 256
 
 
 def register(ctx: ServiceContext) -> None:
     sub = ctx.subscriber
+    queue = StateCommands.QUEUE
     db = ctx.db
 
     # Every state write goes through one group committer, fed by the fast
     # lane: concurrent writes share a transaction, and their events are
     # published before any reply.
-    transitions = ctx.group_committer("transitions", partial(apply_transitions, db, relay=ctx.relay))
+    transitions = ctx.group_committer("transitions", partial(apply_transitions, db))
 
     for subject, model, title in (
-        (S.SET_FLOW_RUN_STATE, SetFlowRunState, "set_flow_run_state"),
-        (S.SET_TASK_RUN_STATE, SetTaskRunState, "set_task_run_state"),
-        (S.CANCEL_FLOW_RUN, CancelFlowRun, "cancel_flow_run"),
+        (StateCommands.SET_FLOW_RUN_STATE, SetFlowRunState, "set_flow_run_state"),
+        (StateCommands.SET_TASK_RUN_STATE, SetTaskRunState, "set_task_run_state"),
+        (StateCommands.CANCEL_FLOW_RUN, CancelFlowRun, "cancel_flow_run"),
     ):
-        ctx.fast_command(subject, queue=S.QUEUE, model=model, reply=StateSet, committer=transitions, title=title)
+        ctx.fast_command(subject, queue=queue, model=model, reply=StateSet, committer=transitions, title=title)
 
-    @sub(S.GET_FLOW_RUN, queue=S.QUEUE, title="get_flow_run")
+    @sub(StateCommands.GET_FLOW_RUN, queue=queue, title="get_flow_run")
     async def get_flow_run(query: GetFlowRun) -> Reply[FlowRunDetail]:
         return Reply.success(await queries.get_flow_run(db, query.flow_run_id))
 
-    @sub(S.GET_FLOW_RUN_LOGS, queue=S.QUEUE, title="get_flow_run_logs")
+    @sub(StateCommands.GET_FLOW_RUN_LOGS, queue=queue, title="get_flow_run_logs")
     async def get_flow_run_logs(query: GetFlowRunLogs) -> Reply[LogList]:
         return Reply.success(await queries.get_flow_run_logs(db, query))
 
-    @sub(S.GET_FLOW_RUN_HISTORY, queue=S.QUEUE, title="get_flow_run_history")
+    @sub(StateCommands.GET_FLOW_RUN_HISTORY, queue=queue, title="get_flow_run_history")
     async def get_flow_run_history(query: GetFlowRunHistory) -> Reply[StateHistoryList]:
         return Reply.success(await queries.get_flow_run_history(db, query))
 
-    @sub(S.LIST_FLOW_RUNS, queue=S.QUEUE, title="list_flow_runs")
+    @sub(StateCommands.LIST_FLOW_RUNS, queue=queue, title="list_flow_runs")
     async def list_flow_runs(query: ListFlowRuns) -> Reply[FlowRunList]:
         return Reply.success(await queries.list_flow_runs(db, query))
 
@@ -94,7 +95,6 @@ async def clean_up_flow_runs(ctx: ServiceContext) -> None:
     async def apply(events: list[tuple[str, FlowEvent]]) -> None:
         for _subject, event in events:
             await cleanup.clean_up_flow_runs(ctx.db, event.flow_id, event.fact)
-        await ctx.publish_outbox()
 
     await consume(
         ctx.jetstream,

@@ -27,12 +27,12 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
     if not records:
         return 0
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             session.add_all([_log_row(r) for r in records])
         return len(records)
     except IntegrityError:
         pass
-    async with db.transaction() as session:
+    async with db.write_session() as session:
         run_ids = {r.flow_run_id for r in records}
         known = set(
             (await session.execute(select(col(FlowRun.id)).where(col(FlowRun.id).in_(run_ids)))).scalars().all()  # type: ignore[attr-defined]

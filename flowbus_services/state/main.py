@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
+from flowbus import subjects
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.state.handlers import clean_up_flow_runs, register, write_logs
 
-NAME = "state"
+NAME = subjects.Service.STATE
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:

@@ -72,7 +72,7 @@ def _run_not_found(flow_run_id: str) -> NotFound:
 
 async def get_flow_run(db: Database, flow_run_id: str) -> FlowRunDetail:
     """A run with its task runs and what its runner needs (storage, tasks, settings)."""
-    async with db.session() as session:
+    async with db.read_session() as session:
         run, flow, group, project = await load_flow_run(session, flow_run_id)
         task_runs = (await session.execute(_TASK_RUNS, {"flow_run_id": run.id})).scalars().all()
         return FlowRunDetail(
@@ -98,7 +98,7 @@ async def list_flow_runs(db: Database, query: ListFlowRuns) -> FlowRunList:
     if query.states is not None:
         stmt = stmt.where(col(FlowRun.state).in_([s.value for s in query.states]))
     stmt = stmt.limit(query.limit).offset(query.offset)
-    async with db.session() as session:
+    async with db.read_session() as session:
         if query.project_name is not None:
             project_id = (await session.execute(_PROJECT_ID, {"name": query.project_name})).scalar_one_or_none()
             if project_id is None:
@@ -110,7 +110,7 @@ async def list_flow_runs(db: Database, query: ListFlowRuns) -> FlowRunList:
 async def get_flow_run_history(db: Database, query: GetFlowRunHistory) -> StateHistoryList:
     """Every accepted state of a run (and of its task runs when asked), oldest first."""
     stmt = _HISTORY if query.include_task_runs else _FLOW_RUN_HISTORY
-    async with db.session() as session:
+    async with db.read_session() as session:
         if (await session.execute(_RUN_EXISTS, {"flow_run_id": query.flow_run_id})).first() is None:
             raise _run_not_found(query.flow_run_id)
         rows = (await session.execute(stmt, {"flow_run_id": query.flow_run_id})).scalars().all()
@@ -139,7 +139,7 @@ async def get_flow_run_logs(db: Database, query: GetFlowRunLogs) -> LogList:
         stmt = stmt.where(col(Log.timestamp) >= query.since)
     if query.until is not None:
         stmt = stmt.where(col(Log.timestamp) <= query.until)
-    async with db.session() as session:
+    async with db.read_session() as session:
         if (await session.execute(_RUN_EXISTS, {"flow_run_id": query.flow_run_id})).first() is None:
             raise _run_not_found(query.flow_run_id)
         rows = (await session.execute(stmt, {"flow_run_id": query.flow_run_id, "limit": query.limit})).scalars().all()

@@ -19,8 +19,8 @@ fewer rows match, the batch rolls back, and the group committer retries its
 commands one by one, where the loser gets VERSION_LOCKING_ERROR.
 
 Stages ``flowbus.evt.flow_run.<id>.state`` / ``...task_state`` (message id
-``<run>:state:<version>``) and, when a run re-enters a due Scheduled state,
-``flowbus.runq.<label-set key>`` (message id ``runq:<run>:<version>``).
+``subjects.state_event_msg_id``) and, when a run re-enters a due Scheduled
+state, ``flowbus.runq.<label-set key>`` (``subjects.run_queue_msg_id``).
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from flowbus import subjects
 from flowbus.db.bulk import Bulk
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
+from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun
 from flowbus.runtime.batching import write_batch
-from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
 from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import (
     CancelFlowRun,
@@ -53,7 +52,6 @@ from flowbus.schemas.runs import (
 from flowbus.states import StateType
 from flowbus_services.state.rules import CASCADES, Effect, RunKind, cancel_target, cascaded_state, decide
 
-OWNER = "state"
 StateCommand = SetFlowRunState | SetTaskRunState | CancelFlowRun
 
 _fr = FlowRun.__table__  # type: ignore[attr-defined]
@@ -168,7 +166,7 @@ def version_error(kind: RunKind, run_id: str, current: int, given: int) -> Versi
 
 
 class _TransitionBatch:
-    def __init__(self, conn: AsyncConnection, now: datetime) -> None:
+    def __init__(self, conn: WriteConnection, now: datetime) -> None:
         self.conn = conn
         self.now = now
         self.flow_runs: dict[str, _Run] = {}
@@ -176,7 +174,7 @@ class _TransitionBatch:
         self.flow_updates: list[dict[str, Any]] = []
         self.task_updates: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        self.outbox = OutboxBatch(OWNER)
+        self.events = OutboxBatch()
 
     # ---- reading ----------------------------------------------------------
 
@@ -256,16 +254,14 @@ class _TransitionBatch:
     def _requeue_if_due(self, run: _Run) -> None:
         if run.scheduled_start_time is None or run.scheduled_start_time > self.now:
             return
-        self.outbox.add(
-            subjects.run_queue(run.labels),
+        self.events.emit(
             RunQueued(
                 flow_run_id=run.id,
                 flow_id=run.flow_id or "",
                 version=run.version,
                 labels=run.labels,
                 scheduled_start_time=run.scheduled_start_time,
-            ),
-            f"runq:{run.id}:{run.version}",
+            )
         )
 
     async def _cascade(self, flow_run: _Run, cascade: Effect) -> None:
@@ -324,16 +320,14 @@ class _TransitionBatch:
             }
         )
         state = StateOut(type=spec.type, message=spec.message, timestamp=self.now, version=run.version)
-        self.outbox.add(
-            subjects.flow_run_event(run.flow_run_id, "state" if task_run_id is None else "task_state"),
+        self.events.emit(
             StateChanged(
                 flow_run_id=run.flow_run_id,
                 task_run_id=task_run_id,
                 version=run.version,
                 state=state,
                 previous=previous,
-            ),
-            f"{run.id}:state:{run.version}",
+            )
         )
         return StateSet(id=run.id, version=run.version, state=state)
 
@@ -356,28 +350,23 @@ class _TransitionBatch:
             if not params:
                 continue
             if sane:
-                matched = await statement.run(self.conn, params)
+                matched = await self.conn.run_bulk(statement, params)
             else:
                 matched = 0
                 for p in params:
-                    matched += await statement.run(self.conn, [p])
+                    matched += await self.conn.run_bulk(statement, [p])
             if matched != len(params):
                 raise _RaceLost
-        await _INSERT_HISTORY.run(self.conn, self.history)
+        await self.conn.run_bulk(_INSERT_HISTORY, self.history)
 
 
-async def apply_transitions(
-    db: Database, commands: Sequence[StateCommand], relay: OutboxRelay | None = None
-) -> list[StateSet | FlowbusError]:
-    """Apply a batch of state commands in one transaction; one outcome per command.
-
-    ``relay``: see :func:`write_batch`.
-    """
+async def apply_transitions(db: Database, commands: Sequence[StateCommand]) -> list[StateSet | FlowbusError]:
+    """Apply a batch of state commands in one transaction; one outcome per command."""
     # A cancel carries no version: when another writer wins the race, it reads again.
     attempts = 5 if len(commands) == 1 and isinstance(commands[0], CancelFlowRun) else 1
     for _ in range(attempts):
         try:
-            return await write_batch(db, relay, _TransitionBatch, commands)
+            return await write_batch(db, _TransitionBatch, commands)
         except _RaceLost:
             if len(commands) != 1:
                 raise  # the group committer retries the commands one by one
@@ -386,7 +375,7 @@ async def apply_transitions(
     kind, run_id = (
         (RunKind.TASK_RUN, cmd.task_run_id) if isinstance(cmd, SetTaskRunState) else (RunKind.FLOW_RUN, cmd.flow_run_id)
     )
-    async with db.read() as conn:
+    async with db.read_connection() as conn:
         current = (await conn.execute(_SELECT_VERSION[kind], {"id": run_id})).scalar()
     given = cmd.version if not isinstance(cmd, CancelFlowRun) else (current or 0) - 1
     return [version_error(kind, run_id, current or 0, given)]

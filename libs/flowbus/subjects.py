@@ -20,18 +20,31 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from enum import StrEnum
 from itertools import combinations
 from typing import Final
 
 PREFIX: Final = "flowbus"
 
+
+class Service(StrEnum):
+    """The services: each one's name is its command subjects' token, its queue
+    group and the owner tag of its outbox rows (the relay sweeps its own)."""
+
+    REGISTRATION = "registration"
+    RUN_CREATION = "run_creation"
+    STATE = "state"
+    HEARTBEAT = "heartbeat"
+    SCHEDULER = "scheduler"
+
+
 # ---- commands (request-reply) ---------------------------------------------
 
 
-class Registration:
+class RegistrationCommands:
     """Commands served by services/registration."""
 
-    QUEUE: Final = "registration"
+    QUEUE: Final = Service.REGISTRATION.value
     CREATE_PROJECT: Final = f"{PREFIX}.cmd.registration.create_project"
     GET_PROJECT: Final = f"{PREFIX}.cmd.registration.get_project"
     LIST_PROJECTS: Final = f"{PREFIX}.cmd.registration.list_projects"
@@ -49,17 +62,17 @@ class Registration:
     SET_FLOW_GROUP_DEFAULT_PARAMETERS: Final = f"{PREFIX}.cmd.registration.set_flow_group_default_parameters"
 
 
-class RunCreation:
+class RunCreationCommands:
     """Commands served by services/run_creation."""
 
-    QUEUE: Final = "run_creation"
+    QUEUE: Final = Service.RUN_CREATION.value
     CREATE_FLOW_RUN: Final = f"{PREFIX}.cmd.run_creation.create_flow_run"
 
 
-class State:
+class StateCommands:
     """Commands served by services/state."""
 
-    QUEUE: Final = "state"
+    QUEUE: Final = Service.STATE.value
     SET_FLOW_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_flow_run_state"
     SET_TASK_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_task_run_state"
     GET_FLOW_RUN: Final = f"{PREFIX}.cmd.state.get_flow_run"
@@ -69,28 +82,42 @@ class State:
     CANCEL_FLOW_RUN: Final = f"{PREFIX}.cmd.state.cancel_flow_run"
 
 
-class Heartbeat:
+class HeartbeatCommands:
     """Commands served by services/heartbeat."""
 
-    QUEUE: Final = "heartbeat"
+    QUEUE: Final = Service.HEARTBEAT.value
     REGISTER_AGENT: Final = f"{PREFIX}.cmd.heartbeat.register_agent"
     LIST_AGENTS: Final = f"{PREFIX}.cmd.heartbeat.list_agents"
 
 
-class Scheduler:
+class SchedulerCommands:
     """Commands served by services/scheduler."""
 
-    QUEUE: Final = "scheduler"
+    QUEUE: Final = Service.SCHEDULER.value
     STATUS: Final = f"{PREFIX}.cmd.scheduler.status"
 
 
 # Every command subject, for the validation tests and the AsyncAPI document.
 COMMAND_SUBJECTS: Final[tuple[str, ...]] = tuple(
     value
-    for group in (Registration, RunCreation, State, Heartbeat, Scheduler)
+    for group in (RegistrationCommands, RunCreationCommands, StateCommands, HeartbeatCommands, SchedulerCommands)
     for name, value in vars(group).items()
     if name.isupper() and name != "QUEUE"
 )
+
+# The former names of the command classes, for modules not yet moved to the new ones.
+Registration = RegistrationCommands
+RunCreation = RunCreationCommands
+State = StateCommands
+Heartbeat = HeartbeatCommands
+Scheduler = SchedulerCommands
+
+
+def service_of(subject: str) -> str:
+    """The service a command subject (``flowbus.cmd.<service>.<verb>``) goes to; "" for any other subject."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 4 and parts[0] == PREFIX and parts[1] == "cmd" else ""
+
 
 # ---- events (JetStream stream EVENTS) --------------------------------------
 
@@ -102,20 +129,29 @@ def project_event(project_id: str, fact: str) -> str:
     return f"{PREFIX}.evt.project.{project_id}.{fact}"
 
 
+class ProjectFact(StrEnum):
+    """The facts published on ``flowbus.evt.project.<id>.<fact>``."""
+
+    CREATED = "created"
+    RENAMED = "renamed"
+    DESCRIBED = "described"
+    DELETED = "deleted"
+
+
 def flow_event(flow_id: str, fact: str) -> str:
     return f"{PREFIX}.evt.flow.{flow_id}.{fact}"
 
 
-class FlowFact:
-    """The facts published on ``flowbus.evt.flow.<id>.<fact>``."""
+class FlowFact(StrEnum):
+    """The facts published on ``flowbus.evt.flow.<id>.<fact>`` (and ``group_changed`` on flow groups)."""
 
-    REGISTERED: Final = "registered"
-    ARCHIVED: Final = "archived"
-    UNARCHIVED: Final = "unarchived"
-    SETTINGS: Final = "settings"
-    SCHEDULE_ON: Final = "schedule_on"
-    SCHEDULE_OFF: Final = "schedule_off"
-    GROUP_CHANGED: Final = "group_changed"
+    REGISTERED = "registered"
+    ARCHIVED = "archived"
+    UNARCHIVED = "unarchived"
+    SETTINGS = "settings"
+    SCHEDULE_ON = "schedule_on"
+    SCHEDULE_OFF = "schedule_off"
+    GROUP_CHANGED = "group_changed"
 
 
 # The state service removes or cancels a flow's waiting runs on these facts.
@@ -134,9 +170,31 @@ def flow_run_event(flow_run_id: str, fact: str) -> str:
     return f"{PREFIX}.evt.flow_run.{flow_run_id}.{fact}"
 
 
+class FlowRunFact(StrEnum):
+    """The facts published on ``flowbus.evt.flow_run.<id>.<fact>``."""
+
+    CREATED = "created"
+    STATE = "state"  # the flow run's own state changed
+    TASK_STATE = "task_state"  # one of its task runs' state changed
+    DELETED = "deleted"
+
+
 def flow_run_events(flow_run_id: str) -> str:
     """Filter for every event of one flow run (its state changes, creation...)."""
     return f"{PREFIX}.evt.flow_run.{flow_run_id}.>"
+
+
+def state_event_msg_id(run_id: str, version: int) -> str:
+    """The ``Nats-Msg-Id`` of a flow or task run's state event at one version
+    (the first from run_creation, the others from state)."""
+    return f"{run_id}:state:{version}"
+
+
+def event_msg_id(entity: str, entity_id: str, occurrence: str) -> str:
+    """The ``Nats-Msg-Id`` of any other event: ``<entity>:<id>:<occurrence>``, where the
+    occurrence is the fact itself for one that happens once (``created``, ``deleted``)
+    and holds a unique token for one that may happen again."""
+    return f"{entity}:{entity_id}:{occurrence}"
 
 
 # ---- logs (JetStream stream LOGS) ------------------------------------------
@@ -175,6 +233,12 @@ def label_set_key(labels: Iterable[str]) -> str:
 
 def run_queue(labels: Iterable[str]) -> str:
     return f"{PREFIX}.runq.{label_set_key(labels)}"
+
+
+def run_queue_msg_id(run_id: str, version: int) -> str:
+    """The ``Nats-Msg-Id`` of a run's queue message at one version: run_creation,
+    state and the scheduler all queue a run under it, so JetStream keeps one."""
+    return f"runq:{run_id}:{version}"
 
 
 def agent_run_queues(agent_labels: Iterable[str]) -> list[str]:

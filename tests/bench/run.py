@@ -274,7 +274,7 @@ async def delivery_latency(settings: Settings, nc: Any, flow_id: str) -> list[di
             def create_ahead(payload: bytes, start: float) -> Callable[[], Awaitable[list[float]]]:
                 async def go() -> list[float]:
                     nonlocal late
-                    data, _ = await _request(nc, subjects.RunCreation.CREATE_FLOW_RUN, payload)
+                    data, _ = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, payload)
                     if time.time() < start:
                         due_at[data["id"]] = start
                     else:
@@ -305,7 +305,7 @@ async def delivery_latency(settings: Settings, nc: Any, flow_id: str) -> list[di
             async def create_now(i: int, payload: bytes) -> None:
                 await asyncio.sleep(max(0.0, first + i * DUE_NOW_SPACING - time.perf_counter()))
                 start = time.perf_counter()
-                data, _ = await _request(nc, subjects.RunCreation.CREATE_FLOW_RUN, payload)
+                data, _ = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, payload)
                 sent[data["id"]] = start
 
             payloads = [
@@ -393,7 +393,7 @@ async def e2e_noop_flow_runs(settings: Settings, env: dict[str, str], nc: Any) -
     def run_one(payload: bytes) -> Callable[[], Awaitable[list[float]]]:
         async def go() -> list[float]:
             start = time.perf_counter()
-            data, _ = await _request(nc, subjects.RunCreation.CREATE_FLOW_RUN, payload)
+            data, _ = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, payload)
             run_id = data["id"]
             if run_id not in finished:
                 waiting[run_id] = asyncio.get_running_loop().create_future()
@@ -402,7 +402,7 @@ async def e2e_noop_flow_runs(settings: Settings, env: dict[str, str], nc: Any) -
 
         return go
 
-    states = await nc.subscribe(subjects.flow_run_event("*", "state"), cb=on_state)
+    states = await nc.subscribe(subjects.flow_run_event("*", subjects.FlowRunFact.STATE), cb=on_state)
     agents: list[subprocess.Popen[bytes]] = []
     logs = [(settings.home / f"agent-{i}.log").open("wb") for i in range(E2E_AGENTS)]
     try:
@@ -460,7 +460,7 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
 
             def create(payload: bytes, created: list[str] = created) -> Callable[[], Awaitable[list[float]]]:
                 async def go() -> list[float]:
-                    data, took = await _request(nc, subjects.RunCreation.CREATE_FLOW_RUN, payload)
+                    data, took = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, payload)
                     created.append(data["id"])
                     return [took]
 
@@ -479,7 +479,7 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
                         for target in WALK:
                             cmd = SetFlowRunState(flow_run_id=run_id, version=version, state=StateSpec(type=target))
                             data, took = await _request(
-                                nc, subjects.State.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode()
+                                nc, subjects.StateCommands.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode()
                             )
                             version = data["version"]
                             took_all.append(took)

@@ -30,7 +30,7 @@ async def increment(url: str, times: int) -> None:
     db = Database(url)
     try:
         for _ in range(times):
-            async with db.write() as conn:
+            async with db.write_connection() as conn:
                 value = (await conn.execute(sa.text("SELECT n FROM counter"))).scalar_one()
                 await asyncio.sleep(0)  # a turn for anyone the lock did not keep out
                 await conn.execute(sa.text("UPDATE counter SET n = :n"), {"n": value + 1})

@@ -28,7 +28,7 @@ async def insert_auto_scheduled_run(database_url: str, flow_id: str, group_id: s
     in for the run such a scheduler would have created."""
     db = Database(database_url)
     try:
-        async with db.transaction() as session:
+        async with db.write_session() as session:
             run = FlowRun(
                 flow_id=flow_id,
                 flow_group_id=group_id,
@@ -167,7 +167,7 @@ async def test_settings_toggle_per_group(client: AsyncClient) -> None:
 
 async def test_settings_command_needs_a_setting(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    reply = await send(client.nc, subjects.Registration.SET_FLOW_SETTINGS, {"flow_id": flow.id})
+    reply = await send(client.nc, subjects.RegistrationCommands.SET_FLOW_SETTINGS, {"flow_id": flow.id})
     assert reply["error"]["code"] == "VALIDATION_ERROR"
 
 

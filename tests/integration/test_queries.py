@@ -167,12 +167,16 @@ async def test_naive_times_are_refused(client: AsyncClient, nc: Client) -> None:
         await client.create_flow_run(flow.id, scheduled_start_time=naive)
     # ...and the service refuses a naive time sent by anyone else.
     reply = await send(
-        nc, subjects.RunCreation.CREATE_FLOW_RUN, {"flow_id": flow.id, "scheduled_start_time": naive.isoformat()}
+        nc,
+        subjects.RunCreationCommands.CREATE_FLOW_RUN,
+        {"flow_id": flow.id, "scheduled_start_time": naive.isoformat()},
     )
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert "scheduled_start_time" in reply["error"]["message"]
     run = await client.create_flow_run(flow.id)
-    reply = await send(nc, subjects.State.GET_FLOW_RUN_LOGS, {"flow_run_id": run.id, "until": "2030-01-01T12:00:00"})
+    reply = await send(
+        nc, subjects.StateCommands.GET_FLOW_RUN_LOGS, {"flow_run_id": run.id, "until": "2030-01-01T12:00:00"}
+    )
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     # Nothing was created by the refused commands.
     assert [r.id for r in await client.get_flow_runs(flow_id=flow.id)] == [run.id]

@@ -84,7 +84,7 @@ async def test_invalid_serialized_flows_are_refused(client: AsyncClient, nc: Cli
 
     for variant in bad_variants:
         body = {"project_name": project, "serialized_flow": variant}
-        reply = await send(nc, subjects.Registration.REGISTER_FLOW, body)
+        reply = await send(nc, subjects.RegistrationCommands.REGISTER_FLOW, body)
         assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert await client.get_flows(project_name=project) == []
     with pytest.raises(ValidationFailed):

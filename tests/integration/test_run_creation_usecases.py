@@ -88,9 +88,9 @@ async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
         b'{"flow_id": ',
     ]
     for body in bodies:
-        reply = await send(nc, subjects.RunCreation.CREATE_FLOW_RUN, body)
+        reply = await send(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, body)
         assert reply["ok"] is False
         assert reply["error"]["code"] == ErrorCode.VALIDATION_ERROR, body[:80]
-    assert str(limit) in (await send(nc, subjects.RunCreation.CREATE_FLOW_RUN, oversize))["error"]["message"]
+    assert str(limit) in (await send(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, oversize))["error"]["message"]
     assert await client.get_flow_runs(flow_id=flow.id) == []
     assert (await client.create_flow_run(flow.id)).version == 1  # and the service still serves

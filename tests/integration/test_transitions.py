@@ -235,7 +235,7 @@ async def test_a_batch_keeps_each_commands_outcome_apart(client: AsyncClient, nc
         commands.append(SetFlowRunState(flow_run_id=run.id, version=version, state=submitted))
     commands.append(SetFlowRunState(flow_run_id="no-such-run", version=1, state=submitted))
     replies = await asyncio.gather(
-        *(send(nc, subjects.State.SET_FLOW_RUN_STATE, c.model_dump_json().encode()) for c in commands)
+        *(send(nc, subjects.StateCommands.SET_FLOW_RUN_STATE, c.model_dump_json().encode()) for c in commands)
     )
 
     for i, reply in enumerate(replies[:-1]):

@@ -33,7 +33,7 @@ async def test_every_command_subject_refuses_bad_input(stack: Settings, nc: Clie
 
 
 async def test_wrong_types_name_the_field(stack: Settings, nc: Client) -> None:
-    reply = await send(nc, subjects.Registration.CREATE_PROJECT, json.dumps({"name": 5}).encode())
+    reply = await send(nc, subjects.RegistrationCommands.CREATE_PROJECT, json.dumps({"name": 5}).encode())
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert "name" in reply["error"]["message"]
 
@@ -41,7 +41,7 @@ async def test_wrong_types_name_the_field(stack: Settings, nc: Client) -> None:
 async def test_oversize_payload_is_refused_and_changes_nothing(stack: Settings, nc: Client) -> None:
     limit = stack.nats.max_command_bytes
     body = json.dumps({"name": "big", "description": "x" * (limit + 10)}).encode()
-    reply = await send(nc, subjects.Registration.CREATE_PROJECT, body)
+    reply = await send(nc, subjects.RegistrationCommands.CREATE_PROJECT, body)
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert str(limit) in reply["error"]["message"]
     async with AsyncClient(stack) as client:
@@ -50,8 +50,8 @@ async def test_oversize_payload_is_refused_and_changes_nothing(stack: Settings, 
 
 async def test_empty_and_overlong_names(stack: Settings, nc: Client) -> None:
     for name in ["", "   ", "n" * 256]:
-        reply = await send(nc, subjects.Registration.CREATE_PROJECT, json.dumps({"name": name}).encode())
+        reply = await send(nc, subjects.RegistrationCommands.CREATE_PROJECT, json.dumps({"name": name}).encode())
         assert reply["error"]["code"] == "VALIDATION_ERROR", name
         rename = {"project": {"name": "anything"}, "new_name": name}
-        reply = await send(nc, subjects.Registration.RENAME_PROJECT, json.dumps(rename).encode())
+        reply = await send(nc, subjects.RegistrationCommands.RENAME_PROJECT, json.dumps(rename).encode())
         assert reply["error"]["code"] == "VALIDATION_ERROR", name

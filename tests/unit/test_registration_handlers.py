@@ -42,26 +42,26 @@ async def _ask(broker: NatsBroker, subject: str, body: object) -> dict[str, Any]
 
 
 async def test_create_project_replies_with_an_envelope(broker: NatsBroker) -> None:
-    reply = await _ask(broker, subjects.Registration.CREATE_PROJECT, {"name": "unit"})
+    reply = await _ask(broker, subjects.RegistrationCommands.CREATE_PROJECT, {"name": "unit"})
     assert reply["ok"] is True
     assert reply["data"]["name"] == "unit"
-    again = await _ask(broker, subjects.Registration.CREATE_PROJECT, {"name": "unit"})
+    again = await _ask(broker, subjects.RegistrationCommands.CREATE_PROJECT, {"name": "unit"})
     assert again["error"]["code"] == "CONFLICT"
 
 
 @pytest.mark.parametrize("body", [b"{broken", b"[]", {"name": 1}, {"name": "x", "bogus": True}])
 async def test_malformed_commands_get_validation_error(broker: NatsBroker, body: object) -> None:
-    reply = await _ask(broker, subjects.Registration.CREATE_PROJECT, body)
+    reply = await _ask(broker, subjects.RegistrationCommands.CREATE_PROJECT, body)
     assert reply["ok"] is False
     assert reply["error"]["code"] == "VALIDATION_ERROR"
 
 
 async def test_oversize_command_is_refused(broker: NatsBroker) -> None:
-    reply = await _ask(broker, subjects.Registration.CREATE_PROJECT, {"name": "x", "description": "y" * 2000})
+    reply = await _ask(broker, subjects.RegistrationCommands.CREATE_PROJECT, {"name": "x", "description": "y" * 2000})
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert "1024" in reply["error"]["message"]
 
 
 async def test_unknown_flow_is_not_found(broker: NatsBroker) -> None:
-    reply = await _ask(broker, subjects.Registration.GET_FLOW, {"flow_id": "missing"})
+    reply = await _ask(broker, subjects.RegistrationCommands.GET_FLOW, {"flow_id": "missing"})
     assert reply["error"] == {"code": "NOT_FOUND", "message": "Flow missing not found", "details": None}

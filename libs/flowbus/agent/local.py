@@ -106,7 +106,7 @@ class LocalAgent:
         nc = await self.client.connect()
         await self._launcher.warm_up()
         await self.client.request(
-            subjects.Heartbeat.REGISTER_AGENT,
+            subjects.HeartbeatCommands.REGISTER_AGENT,
             RegisterAgent(agent_id=self.id, name=self.name, type="local", labels=self.labels),
             AgentOut,
         )

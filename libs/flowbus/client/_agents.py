@@ -43,4 +43,4 @@ class Agents(Runs):
         return agent.last_seen >= datetime.now(UTC) - window
 
     async def get_agents(self) -> AgentList:
-        return await self.request(subjects.Heartbeat.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)
+        return await self.request(subjects.HeartbeatCommands.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)

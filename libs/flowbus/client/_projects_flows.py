@@ -41,13 +41,15 @@ class ProjectsAndFlows(Transport):
         self, name: str, description: str | None = None, skip_if_exists: bool = False
     ) -> ProjectOut:
         cmd = CreateProject(name=name, description=description, skip_if_exists=skip_if_exists)
-        return await self.request(subjects.Registration.CREATE_PROJECT, cmd, ProjectOut)
+        return await self.request(subjects.RegistrationCommands.CREATE_PROJECT, cmd, ProjectOut)
 
     async def get_project(self, name: str) -> ProjectOut:
-        return await self.request(subjects.Registration.GET_PROJECT, GetProject(name=name), ProjectOut, idempotent=True)
+        return await self.request(
+            subjects.RegistrationCommands.GET_PROJECT, GetProject(name=name), ProjectOut, idempotent=True
+        )
 
     async def get_projects(self) -> list[ProjectOut]:
-        out = await self.request(subjects.Registration.LIST_PROJECTS, Empty(), ProjectList, idempotent=True)
+        out = await self.request(subjects.RegistrationCommands.LIST_PROJECTS, Empty(), ProjectList, idempotent=True)
         return out.projects
 
     async def register(
@@ -68,32 +70,34 @@ class ProjectsAndFlows(Transport):
             set_schedule_active=set_schedule_active,
         )
         return await self.request(
-            subjects.Registration.REGISTER_FLOW, cmd, FlowOut, idempotent=idempotency_key is not None
+            subjects.RegistrationCommands.REGISTER_FLOW, cmd, FlowOut, idempotent=idempotency_key is not None
         )
 
     async def get_flow(self, flow_id: str) -> FlowOut:
-        return await self.request(subjects.Registration.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut, idempotent=True)
+        return await self.request(
+            subjects.RegistrationCommands.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut, idempotent=True
+        )
 
     async def rename_project(self, name: str, new_name: str) -> ProjectOut:
         cmd = RenameProject(project=ProjectRef(name=name), new_name=new_name)
-        return await self.request(subjects.Registration.RENAME_PROJECT, cmd, ProjectOut)
+        return await self.request(subjects.RegistrationCommands.RENAME_PROJECT, cmd, ProjectOut)
 
     async def set_project_description(self, name: str, description: str | None) -> ProjectOut:
         cmd = SetProjectDescription(project=ProjectRef(name=name), description=description)
-        return await self.request(subjects.Registration.SET_PROJECT_DESCRIPTION, cmd, ProjectOut)
+        return await self.request(subjects.RegistrationCommands.SET_PROJECT_DESCRIPTION, cmd, ProjectOut)
 
     async def delete_project(self, name: str) -> Deleted:
         cmd = DeleteProject(project=ProjectRef(name=name))
-        return await self.request(subjects.Registration.DELETE_PROJECT, cmd, Deleted)
+        return await self.request(subjects.RegistrationCommands.DELETE_PROJECT, cmd, Deleted)
 
     async def archive_flow(self, flow_id: str) -> FlowOut:
         return await self.request(
-            subjects.Registration.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+            subjects.RegistrationCommands.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
         )
 
     async def unarchive_flow(self, flow_id: str) -> FlowOut:
         return await self.request(
-            subjects.Registration.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+            subjects.RegistrationCommands.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
         )
 
     async def set_flow_settings(
@@ -110,7 +114,7 @@ class ProjectsAndFlows(Transport):
             lazarus_enabled=lazarus_enabled,
             version_locking_enabled=version_locking_enabled,
         )
-        return await self.request(subjects.Registration.SET_FLOW_SETTINGS, cmd, FlowOut, idempotent=True)
+        return await self.request(subjects.RegistrationCommands.SET_FLOW_SETTINGS, cmd, FlowOut, idempotent=True)
 
     # The three 1.x mutations, by their GraphQL names.
     async def disable_flow_heartbeat(self, flow_id: str, value: bool = True) -> FlowOut:
@@ -124,18 +128,20 @@ class ProjectsAndFlows(Transport):
 
     async def set_flow_schedule_state(self, flow_id: str, active: bool) -> FlowOut:
         cmd = SetFlowScheduleState(flow_id=flow_id, active=active)
-        return await self.request(subjects.Registration.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut, idempotent=True)
+        return await self.request(subjects.RegistrationCommands.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut, idempotent=True)
 
     async def set_flow_group_labels(self, flow_group_id: str, labels: list[str] | None) -> FlowGroupOut:
         cmd = SetFlowGroupLabels(flow_group_id=flow_group_id, labels=labels)
-        return await self.request(subjects.Registration.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut, idempotent=True)
+        return await self.request(
+            subjects.RegistrationCommands.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut, idempotent=True
+        )
 
     async def set_flow_group_default_parameters(
         self, flow_group_id: str, parameters: dict[str, JsonValue]
     ) -> FlowGroupOut:
         cmd = SetFlowGroupDefaultParameters(flow_group_id=flow_group_id, parameters=parameters)
         return await self.request(
-            subjects.Registration.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut, idempotent=True
+            subjects.RegistrationCommands.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut, idempotent=True
         )
 
     async def get_flows(
@@ -146,4 +152,4 @@ class ProjectsAndFlows(Transport):
         newest_only: bool = True,
     ) -> list[FlowOut]:
         query = ListFlows(project_name=project_name, name=name, archived=archived, newest_only=newest_only)
-        return (await self.request(subjects.Registration.LIST_FLOWS, query, FlowList, idempotent=True)).flows
+        return (await self.request(subjects.RegistrationCommands.LIST_FLOWS, query, FlowList, idempotent=True)).flows

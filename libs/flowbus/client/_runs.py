@@ -67,12 +67,15 @@ class Runs(Transport):
             # A random key per call makes the client's own retries safe.
             idempotency_key=idempotency_key or f"client-{uuid7()}",
         )
-        return await self.request(subjects.RunCreation.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
+        return await self.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
 
     async def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
         """The run (with its version and state), its task runs, and what a runner needs."""
         return await self.request(
-            subjects.State.GET_FLOW_RUN, build(GetFlowRun, flow_run_id=flow_run_id), FlowRunDetail, idempotent=True
+            subjects.StateCommands.GET_FLOW_RUN,
+            build(GetFlowRun, flow_run_id=flow_run_id),
+            FlowRunDetail,
+            idempotent=True,
         )
 
     async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
@@ -98,7 +101,7 @@ class Runs(Transport):
             limit=limit,
             offset=offset,
         )
-        return (await self.request(subjects.State.LIST_FLOW_RUNS, query, FlowRunList, idempotent=True)).runs
+        return (await self.request(subjects.StateCommands.LIST_FLOW_RUNS, query, FlowRunList, idempotent=True)).runs
 
     async def set_flow_run_state(
         self,
@@ -121,26 +124,26 @@ class Runs(Transport):
             state=state_spec(state, message),
             agent_id=agent_id,
         )
-        return await self.request(subjects.State.SET_FLOW_RUN_STATE, cmd, StateSet)
+        return await self.request(subjects.StateCommands.SET_FLOW_RUN_STATE, cmd, StateSet)
 
     async def set_task_run_state(
         self, task_run_id: str, version: int, state: StateLike, message: str | None = None
     ) -> StateSet:
         """Set a task run's state at its current ``version``; ``state`` as for set_flow_run_state."""
         cmd = build(SetTaskRunState, task_run_id=task_run_id, version=version, state=state_spec(state, message))
-        return await self.request(subjects.State.SET_TASK_RUN_STATE, cmd, StateSet)
+        return await self.request(subjects.StateCommands.SET_TASK_RUN_STATE, cmd, StateSet)
 
     async def cancel_flow_run(self, flow_run_id: str, message: str | None = None) -> StateSet:
         """Cancel a run: Cancelling while it runs, Cancelled before; a finished run is
         left as it is (``changed`` is False)."""
         cmd = build(CancelFlowRun, flow_run_id=flow_run_id, message=message)
-        return await self.request(subjects.State.CANCEL_FLOW_RUN, cmd, StateSet, idempotent=True)
+        return await self.request(subjects.StateCommands.CANCEL_FLOW_RUN, cmd, StateSet, idempotent=True)
 
     async def get_flow_run_history(self, flow_run_id: str, include_task_runs: bool = False) -> list[HistoryEntry]:
         """Every accepted state of the run (and of its task runs), oldest first."""
         query = build(GetFlowRunHistory, flow_run_id=flow_run_id, include_task_runs=include_task_runs)
         return (
-            await self.request(subjects.State.GET_FLOW_RUN_HISTORY, query, StateHistoryList, idempotent=True)
+            await self.request(subjects.StateCommands.GET_FLOW_RUN_HISTORY, query, StateHistoryList, idempotent=True)
         ).entries
 
     async def get_flow_run_logs(
@@ -160,4 +163,4 @@ class Runs(Transport):
             until=until,
             limit=limit,
         )
-        return (await self.request(subjects.State.GET_FLOW_RUN_LOGS, query, LogList, idempotent=True)).records
+        return (await self.request(subjects.StateCommands.GET_FLOW_RUN_LOGS, query, LogList, idempotent=True)).records

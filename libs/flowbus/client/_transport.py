@@ -17,6 +17,7 @@ from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel
 
+from flowbus import subjects
 from flowbus.runtime.nats import connect
 from flowbus.schemas.common import Message, Reply, error_from_info
 from flowbus.settings import Settings
@@ -68,7 +69,7 @@ class Transport:
         """
         nc = await self.connect()
         payload = message.model_dump_json().encode()
-        service = subject.split(".")[2]
+        service = subjects.service_of(subject)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.nats.unavailable_retry_seconds
         delay = 0.05

@@ -1,14 +1,17 @@
-"""Prebuilt write statements run with executemany, through SQLite's driver directly.
+"""Prebuilt write statements for many rows, and the rows' defaults.
 
 The hot paths write a few hundred rows per batch with a handful of
-statements. Through SQLAlchemy, each row's parameters pass through its
-generic machinery (parameter dictionaries, per-row processor lookups), which
-on SQLite cost more than the SQL itself. A :class:`Bulk` compiles its
-statement once per dialect into positional SQL and the list of bind
-processors, and on the inline SQLite connection (``Database.write()``) hands
-plain tuples to ``sqlite3``'s ``executemany``. The values stored are the
-same: the processors are the column types' own. On any other connection
-(PostgreSQL) it runs the statement through SQLAlchemy as usual.
+statements. A :class:`Bulk` is one such statement, built once. An INSERT's
+rows carry only the columns their use case decides: the others are filled
+from the table definition (its column defaults; None for a nullable column
+without one), computed once per Bulk.
+
+How a Bulk runs is the write connection's business
+(``WriteConnection.run_bulk``, flowbus.db.connection): through SQLAlchemy's
+executemany, or, on the inline SQLite connection, compiled once per dialect
+into positional SQL and the columns' own bind processors, its rows handed
+to ``sqlite3`` as plain tuples (SQLAlchemy's per-row machinery costs more
+there than the SQL itself). The values stored are the same either way.
 
 Touches no subject.
 """
@@ -23,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 Processor = Callable[[Any], Any]
+Row = dict[str, Any]
 
 
 def _memo_empty(process: Processor) -> Processor:
@@ -45,13 +49,24 @@ def _memo_empty(process: Processor) -> Processor:
     return fast
 
 
+def bind_processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Processor | None:
+    """What SQLAlchemy applies to a value of ``column_type`` before handing it to the driver.
+
+    The dialect's own implementation of the type decides (on SQLite, a
+    DateTime becomes text), so ask it, not the generic type.
+    """
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
+
+
 @dataclass(frozen=True)
-class _Compiled:
+class Compiled:
+    """A Bulk's positional SQL for one dialect and key set, and how to turn rows into its parameters."""
+
     sql: str
-    values: Callable[[dict[str, Any]], Any]  # a row's values in bind order
+    values: Callable[[Row], Any]  # a row's values in bind order
     processors: tuple[tuple[int, Processor], ...]  # the positions that need converting
 
-    def params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    def params(self, rows: Sequence[Row]) -> list[Any]:
         values = self.values
         if not self.processors:
             return [values(row) for row in rows]
@@ -64,39 +79,84 @@ class _Compiled:
         return out
 
 
+@dataclass(frozen=True)
+class _Defaults:
+    """What an INSERT fills in for the columns a row leaves out."""
+
+    constants: dict[str, Any]
+    factories: dict[str, Callable[[], Any]]  # called per row (new ids, fresh timestamps, fresh dicts)
+
+    @classmethod
+    def of(cls, statement: sa.Insert | sa.Update) -> _Defaults:
+        constants: dict[str, Any] = {}
+        factories: dict[str, Callable[[], Any]] = {}
+        if isinstance(statement, sa.Insert):
+            for column in statement.table.columns:
+                default = column.default
+                if isinstance(default, sa.ColumnDefault) and default.is_scalar:
+                    constants[column.key] = default.arg
+                elif isinstance(default, sa.ColumnDefault) and default.is_callable:
+                    factories[column.key] = _factory(default)
+                elif default is None and column.server_default is None and column.nullable:
+                    constants[column.key] = None
+        return cls(constants, factories)
+
+
+def _factory(default: sa.ColumnDefault) -> Callable[[], Any]:
+    # SQLAlchemy wraps a default's callable to take an execution context; the tables' callables ignore it.
+    make = default.arg
+    return lambda: make(None)
+
+
 class Bulk:
     """One INSERT or UPDATE, for many rows; every row of a call has the same keys."""
 
     def __init__(self, statement: sa.Insert | sa.Update) -> None:
         self.statement = statement
-        self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
+        self.inserts = isinstance(statement, sa.Insert)
+        self._defaults = _Defaults.of(statement)
+        self._compiled: dict[tuple[str, tuple[str, ...]], Compiled] = {}
 
-    def _for(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> _Compiled:
+    def complete(self, row: Row) -> Row:
+        """``row`` with every column it leaves out set to its default (a new dict)."""
+        return self.completed([row])[0]
+
+    def completed(self, rows: Sequence[Row]) -> Sequence[Row]:
+        """The rows with their defaults; the rows themselves when none is left out."""
+        if not rows:
+            return rows
+        first = rows[0]
+        constants = {k: v for k, v in self._defaults.constants.items() if k not in first}
+        factories = [(k, make) for k, make in self._defaults.factories.items() if k not in first]
+        if not constants and not factories:
+            return rows
+        out = []
+        for row in rows:
+            full = row | constants
+            for key, make in factories:
+                full[key] = make()
+            out.append(full)
+        return out
+
+    def compiled(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> Compiled:
+        """The positional form for rows with ``keys`` (built once per dialect and key set)."""
         found = self._compiled.get((dialect.name, keys))
         if found is None:
-            compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
-            names = list(compiled.positiontup or ())
-            unknown = set(names) - set(keys)
-            if unknown or not names:
-                # A column default or a bind the rows do not carry: this path would bind the wrong thing.
-                raise ValueError(f"rows lack {sorted(unknown)} for {compiled.string!r}")
-            processors = tuple(
-                (i, _memo_empty(process) if isinstance(compiled.binds[name].type, sa.JSON) else process)
-                for i, name in enumerate(names)
-                if (process := compiled.binds[name].type._cached_bind_processor(dialect)) is not None
-            )
-            getter = itemgetter(*names)
-            values = getter if len(names) > 1 else (lambda row: (getter(row),))
-            found = _Compiled(compiled.string, values, processors)
-            self._compiled[(dialect.name, keys)] = found
+            found = self._compiled[(dialect.name, keys)] = self._compile(dialect, keys)
         return found
 
-    async def run(self, conn: Any, rows: Sequence[dict[str, Any]]) -> int:
-        """Execute for every row, in the caller's transaction; the number of rows matched."""
-        if not rows:
-            return 0
-        driver = getattr(conn, "sqlite_driver_connection", None)
-        if driver is None:
-            return int((await conn.execute(self.statement, list(rows))).rowcount)
-        compiled = self._for(conn.dialect, tuple(rows[0]))
-        return int(driver.executemany(compiled.sql, compiled.params(rows)).rowcount)
+    def _compile(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> Compiled:
+        compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
+        names = list(compiled.positiontup or ())
+        unknown = set(names) - set(keys)
+        if unknown or not names:
+            # A bind the rows do not carry (a default computed in SQL, say): this path would bind the wrong thing.
+            raise ValueError(f"rows lack {sorted(unknown)} for {compiled.string!r}")
+        processors = tuple(
+            (i, _memo_empty(process) if isinstance(compiled.binds[name].type, sa.JSON) else process)
+            for i, name in enumerate(names)
+            if (process := bind_processor(compiled.binds[name].type, dialect)) is not None
+        )
+        getter = itemgetter(*names)
+        values = getter if len(names) > 1 else (lambda row: (getter(row),))
+        return Compiled(compiled.string, values, processors)

@@ -1,8 +1,9 @@
 """Async engines and sessions for SQLite (embedded default) and PostgreSQL.
 
-Reads and writes are told apart: ``session()`` and ``read()`` are for reads,
-``transaction()`` and ``write()`` for writes. On PostgreSQL both use one
-engine. SQLite is set up for concurrent services in one file: WAL, foreign
+Reads and writes are told apart by name: ``read_session()`` (ORM) and
+``read_connection()`` (Core) for reads, ``write_session()`` (ORM) and
+``write_connection()`` (Core, flowbus.db.connection) for writes. On
+PostgreSQL both use one engine. SQLite is set up for concurrent services in one file: WAL, foreign
 keys on (cascading deletes), and two engines. Writes begin with
 ``BEGIN IMMEDIATE`` (the write lock up front, instead of failing when a read
 lock cannot be upgraded) and queue on :class:`SqliteWriteLock` (an asyncio
@@ -11,7 +12,7 @@ handler waits by sleeping for up to 100 ms at a time, which wrecks latency
 when the services of ``flowbus up`` share a file. Reads begin a deferred
 transaction: in WAL mode they neither wait for writers nor block them.
 
-``write()`` (the Core connection of the batched hot paths) runs SQLite on
+``write_connection()`` (the batched hot paths') runs SQLite on
 the event loop's own thread through the synchronous driver: a statement
 takes microseconds, while handing it to aiosqlite's thread and back costs
 more than the statement, a dozen times per transaction. Such a connection
@@ -29,7 +30,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -37,6 +38,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flowbus.db.connection import SqlAlchemyWriteConnection, SqliteInlineConnection, WriteConnection
+from flowbus.db.outbox import Event, Outbox, OutboxBatch
+from flowbus.db.tables import utcnow
 
 
 def is_sqlite(url: str) -> bool:
@@ -157,26 +162,21 @@ def _inline_sqlite_engine(url: str) -> sa.Engine:
     return engine
 
 
-class _InlineConnection:
-    """What the hot paths use of an AsyncConnection, over a synchronous one.
-
-    ``execute`` runs at once on the loop's thread; it is a coroutine only so
-    that the same use-case code runs on PostgreSQL's AsyncConnection.
-    """
-
-    def __init__(self, conn: sa.Connection) -> None:
-        self._conn = conn
-        self.dialect = conn.dialect
-        # For flowbus.db.bulk: rows handed to sqlite3 directly, in this transaction.
-        self.sqlite_driver_connection = conn.connection.driver_connection
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return self._conn.execute(statement, parameters)
-
-
 # Waits between attempts to take SQLite's write lock from another process.
 _LOCKED_BACKOFF = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 _LOCKED_GIVE_UP_SECONDS = 30.0
+
+
+class WriteSession(AsyncSession):
+    """An ORM session in a write transaction, which may also emit events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events = OutboxBatch()
+
+    def emit(self, event: Event) -> None:
+        """Publish ``event`` once this transaction has committed (never if it rolls back)."""
+        self.events.emit(event)
 
 
 class Database:
@@ -188,36 +188,56 @@ class Database:
         self.engine = create_engine(url)
         self.read_engine = create_engine(url, writer=False) if self.sqlite else self.engine
         self._inline = _inline_sqlite_engine(url) if self.sqlite else None
-        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._sessions = async_sessionmaker(self.engine, class_=WriteSession, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
+        # Where the events of its writes go: the service's outbox relay, which sets itself here.
+        self.outbox: Outbox | None = None
+
+    def require_outbox(self) -> Outbox:
+        if self.outbox is None:
+            raise RuntimeError("events were emitted on a database without an outbox relay: nothing would publish them")
+        return self.outbox
 
     def _writing(self) -> AbstractAsyncContextManager[Any]:
         return _sqlite_write_lock(self.url) if self.sqlite else nullcontext()
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads (it must not write: on SQLite it holds no write lock)."""
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """An ORM session for reads (it must not write: on SQLite it holds no write lock)."""
         async with self._read_sessions() as session:
             yield session
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session for writes, committed on success and rolled back on error."""
-        async with self._writing(), self._sessions() as session, session.begin():
-            yield session
+    async def write_session(self) -> AsyncIterator[WriteSession]:
+        """An ORM session in a write transaction, committed on success and rolled back on error.
+
+        The events it emits are written with its rows and published once it
+        has committed, before this context is left (flowbus.db.outbox).
+        """
+        async with self._writing(), self._sessions() as session:
+            async with session.begin():
+                yield session
+                events = session.events
+                if events.messages:
+                    outbox = self.require_outbox()
+                    await outbox.stage(SqlAlchemyWriteConnection(await session.connection()), events, utcnow())
+            if events.messages:
+                outbox.committed(events)  # in commit order: the write lock is still held
+        if events.messages:
+            await outbox.after_commit()
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection in a write transaction (the batched hot paths)."""
+    async def write_connection(self) -> AsyncIterator[WriteConnection]:
+        """A Core connection in a write transaction, committed on success and rolled back on error."""
         if self._inline is None:
             async with self.engine.begin() as conn:
-                yield conn
+                yield SqlAlchemyWriteConnection(conn)
             return
         async with self._writing():
             with self._inline.connect() as conn:
                 await self._begin_immediate(conn)
                 try:
-                    yield cast(AsyncConnection, _InlineConnection(conn))
+                    yield SqliteInlineConnection(conn)
                 except BaseException:
                     conn.rollback()
                     raise
@@ -239,7 +259,7 @@ class Database:
             attempt += 1
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection for reads."""
         async with self.read_engine.connect() as conn:
             yield conn

@@ -17,7 +17,8 @@ would otherwise wait in the event loop behind the next batch's write (which
 runs inline and holds the loop), so they go first. A failure of
 the batch itself (say, a unique-constraint race with another instance) makes
 the worker retry the commands one by one, so only the command at fault fails.
-Touches no subject itself: the service's ``after_commit`` publishes.
+Touches no subject itself: the batch's events go to the service's outbox
+relay on commit, and the committer has it publish them before replying.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
+from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import utcnow
-from flowbus.runtime.outbox import OutboxBatch, OutboxRelay
+from flowbus.runtime.outbox import committer_publishes
 from flowbus.schemas.common import FlowbusError
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,13 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 class WriteBatch(Protocol[C_contra, R_co]):
-    """A use case's view of one batch: read what the commands need, decide each, write."""
+    """A use case's view of one batch: read what the commands need, decide each, write.
 
-    outbox: OutboxBatch
+    A unit of work: the events it emits (``events``) are written with its
+    rows and published once it has committed.
+    """
+
+    events: OutboxBatch
 
     async def load(self, commands: Sequence[C_contra]) -> None: ...
 
@@ -60,28 +65,27 @@ class WriteBatch(Protocol[C_contra, R_co]):
 
 async def write_batch(
     db: Database,
-    relay: OutboxRelay | None,
-    start: Callable[[AsyncConnection, datetime], WriteBatch[C, R]],
+    start: Callable[[WriteConnection, datetime], WriteBatch[C, R]],
     commands: Sequence[C],
 ) -> list[R | FlowbusError]:
     """Apply ``commands`` in one write transaction with their outbox row
     (and the deletion of the rows the relay has published since the last batch).
 
-    Once committed, the batch's events go to ``relay`` to be published from
-    memory (without one, they wait in the outbox for a relay's sweep).
-    Errors propagate, the transaction rolled back: retrying is the caller's call.
+    Once committed, the batch's events go to the database's outbox relay, to
+    be published from memory: by the group committer before its replies, or,
+    outside one, before this returns. Errors propagate, the transaction
+    rolled back: retrying is the caller's call.
     """
+    outbox = db.require_outbox()
     now = utcnow()
-    async with db.write() as conn:
+    async with db.write_connection() as conn:
         batch = start(conn, now)
         await batch.load(commands)
         outcomes = [await batch.apply(cmd) for cmd in commands]
         await batch.flush()
-        await batch.outbox.stage(conn, now)
-        if relay is not None:
-            await relay.clear_published(conn, batch.outbox)
-    if relay is not None:
-        relay.committed(batch.outbox)
+        await outbox.stage(conn, batch.events, now)
+    outbox.committed(batch.events)
+    await outbox.after_commit()
     return outcomes
 
 
@@ -132,6 +136,7 @@ class GroupCommitter(Generic[C, R]):
             self._worker = None
 
     async def _run(self) -> None:
+        committer_publishes()  # _finish publishes each batch's events, before its replies
         while True:
             batch = [await self._queue.get()]
             # A slot first (the finisher frees it): with a pipeline of one, the

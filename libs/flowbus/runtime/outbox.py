@@ -1,20 +1,22 @@
 """The transactional outbox: events leave a service only after its commit.
 
-A transaction stages its messages as one outbox row (a JSON list of
-subject, message id and payload), written with the transaction's other
-rows. Two ways out:
+A unit of work (an ORM write session, or a group committer's write batch)
+collects the events its use case emits in an ``OutboxBatch``
+(flowbus.db.outbox). The service's :class:`OutboxRelay` is its database's
+outbox: in the transaction it writes the batch as one row tagged with the
+service's name (a JSON list of subject, message id and payload) and deletes
+the rows published since the previous one, so the deletes ride on commits
+that happen anyway; once committed, it takes the batch and publishes the
+messages from memory: the row is only the crash record. Nobody has to ask:
 
-- The batched hot paths collect their messages in an :class:`OutboxBatch`,
-  stage it in their transaction and, once it has committed, hand it to the
-  service's :class:`OutboxRelay` (``committed``), which publishes the
-  messages from memory: the row is only the crash record. The next batch's
-  transaction deletes the rows published since (``clear_published``), so
-  the deletes ride on commits that happen anyway; the sweep deletes what is
-  left when no batch comes.
-- The ORM use cases :func:`stage` a message in their session; after the
-  commit, ``publish_pending`` reads such rows back and publishes them.
+- a group committer publishes each batch before its replies
+  (``publish_before_reply``), overlapping the next batch's write;
+- any other unit of work publishes when its transaction is over
+  (``after_commit``): before its use case returns, so before any reply,
+  and waiting for JetStream's acknowledgements, since a faststream handler
+  replies on another connection than the relay's.
 
-Either way the relay publishes in commit order, one flusher at a time, with
+The relay publishes in commit order, one flusher at a time, with
 ``Nats-Msg-Id`` set. A crash between commit and publish loses nothing (the
 row waits for the next relay pass), and a crash between publish and delete
 duplicates nothing (JetStream drops the repeat by its message id within
@@ -25,8 +27,9 @@ other's fresh batches twice.
 Where replies need not wait for JetStream's acknowledgements
 (``nats.reply_after_events=sent``), ``publish_committed`` returns once a
 batch is sent and the acknowledgements are awaited in the background; the
-row is let go only once they are in. A batch may also carry hints: core
-NATS messages sent once after its events and never stored.
+row is let go only once they are in (this applies to the group
+committers' batches). A batch may also carry hints: core NATS messages sent
+once after its events and never stored.
 """
 
 from __future__ import annotations
@@ -35,25 +38,23 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from sqlalchemy import bindparam, delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy import bindparam, delete, select
 
+from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
+from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import Outbox, utcnow
 from flowbus.runtime.jspublish import BatchPublisher, Sent, Staged
-from flowbus.schemas.common import Message
 
 log = logging.getLogger(__name__)
 
 _table = Outbox.__table__  # type: ignore[attr-defined]
-_INSERT = insert(_table).returning(_table.c.id)
-_SQLITE_INSERT = "INSERT INTO outbox (owner, messages, created) VALUES (?, ?, ?)"
 _PENDING = (
     select(_table.c.id, _table.c.messages)
     .where(_table.c.owner == bindparam("owner"), _table.c.created <= bindparam("before"))
@@ -71,49 +72,23 @@ def unpack(packed: bytes) -> list[Staged]:
     return [(subject, msg_id, payload.encode()) for subject, msg_id, payload in json.loads(packed)]
 
 
-def stage(session: AsyncSession, owner: str, subject: str, message: Message, msg_id: str) -> None:
-    """Stage one message in the session's transaction (the ORM use cases)."""
-    session.add(Outbox(owner=owner, messages=pack([(subject, msg_id, message.model_dump_json().encode())])))
+# Set in a group committer's worker: it publishes each batch itself, before
+# the batch's replies and while the next batch is written, so its units of
+# work only hand their events over.
+_committer_publishes: ContextVar[bool] = ContextVar("flowbus_committer_publishes", default=False)
 
 
-class OutboxBatch:
-    """The messages of one batched transaction, published from memory after its commit."""
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-        self.messages: list[Staged] = []
-        # Core NATS messages sent after the events, at most once and not stored (subjects.py, "hints").
-        self.hints: list[tuple[str, bytes]] = []
-        self.row_id: int | None = None
-        self.cleared: list[int] = []  # earlier published rows this transaction deletes
-
-    def add(self, subject: str, message: Message, msg_id: str) -> bytes:
-        """Stage ``message``; return its payload."""
-        payload = message.model_dump_json().encode()
-        self.messages.append((subject, msg_id, payload))
-        return payload
-
-    def hint(self, subject: str, payload: bytes) -> None:
-        """Send ``payload`` on core NATS after the batch's events, at most once."""
-        self.hints.append((subject, payload))
-
-    async def stage(self, conn: AsyncConnection, now: datetime) -> None:
-        """Write the batch's one outbox row in the caller's transaction."""
-        if not self.messages:
-            return
-        packed = pack(self.messages)
-        driver = getattr(conn, "sqlite_driver_connection", None)
-        if driver is not None:
-            # The inline SQLite connection (see flowbus.db.bulk): one row, no statement machinery.
-            text = _table.c.created.type._cached_bind_processor(conn.dialect)(now)
-            self.row_id = int(driver.execute(_SQLITE_INSERT, (self.owner, packed, text)).lastrowid)
-        else:
-            row = {"owner": self.owner, "messages": packed, "created": now}
-            self.row_id = int((await conn.execute(_INSERT, row)).scalar_one())
+def committer_publishes() -> None:
+    """Mark the running task as a group committer's worker (see ``after_commit``)."""
+    _committer_publishes.set(True)
 
 
 class OutboxRelay:
-    """Publishes one owner's outbox, in commit order, one flusher at a time."""
+    """One service's outbox: stages its units of work's events, publishes them in
+    commit order (one flusher at a time), sweeps the rows its name tags.
+
+    It becomes ``db``'s outbox: every write through ``db`` hands it its events.
+    """
 
     def __init__(
         self,
@@ -125,11 +100,14 @@ class OutboxRelay:
         ack_timeout: float = 5.0,
         grace: float = 5.0,
         reply_after_stored: bool = True,
+        publish_wait: float = 2.0,
     ) -> None:
         self.ack_timeout = ack_timeout
         self.reply_after_stored = reply_after_stored
-        self.owner = owner
+        self.publish_wait = publish_wait
+        self.owner = str(owner)
         self.db = db
+        db.outbox = self
         self._publisher = BatchPublisher(nc) if nc is not None else None
         self.batch = batch
         self.idle = idle
@@ -148,14 +126,8 @@ class OutboxRelay:
     def connected(self) -> bool:
         return self._publisher is not None
 
-    def committed(self, batch: OutboxBatch) -> None:
-        """Take a batch whose transaction has committed; ``publish_committed`` sends it."""
-        self._published.difference_update(batch.cleared)
-        if batch.row_id is not None:
-            self._committed.append(batch)
-
-    async def clear_published(self, conn: AsyncConnection, batch: OutboxBatch) -> None:
-        """Delete, in ``batch``'s transaction, the rows of batches published so far.
+    async def stage(self, conn: WriteConnection, batch: OutboxBatch, now: datetime) -> None:
+        """Write ``batch`` as one row in its transaction, with the deletion of the rows published so far.
 
         A once-a-second delete of every published row (each holds a batch's
         payloads) held the write lock, and the relay, for long enough to show
@@ -163,9 +135,42 @@ class OutboxRelay:
         deletes are small and even. Should the transaction roll back, the ids
         stay for the next batch or the sweep.
         """
+        if batch.messages:
+            batch.row_id = await conn.insert_outbox_row(self.owner, pack(batch.messages), now)
         if self._published:
             batch.cleared = sorted(self._published)
             await conn.execute(_DELETE, {"ids": batch.cleared})
+
+    def committed(self, batch: OutboxBatch) -> None:
+        """Take a batch whose transaction has committed, to publish from memory."""
+        self._published.difference_update(batch.cleared)
+        if batch.row_id is not None:
+            self._committed.append(batch)
+
+    async def after_commit(self) -> None:
+        """A unit of work is over: publish what has committed, acknowledged, unless the group
+        committer that runs it will (before its replies, in the service's reply mode)."""
+        if not _committer_publishes.get():
+            await self.publish_before_reply(stored=True)
+
+    async def publish_before_reply(self, *, stored: bool | None = None) -> None:
+        """Publish the committed batches now, as a reply is about to go out.
+
+        ``stored``: wait for JetStream's acknowledgements (default: the
+        service's reply mode). A publish failure does not fail the command:
+        it is committed, and the sweep publishes its row once NATS is back;
+        after ``publish_wait`` seconds the reply goes anyway (the publish
+        goes on).
+        """
+        if not self.connected:
+            return
+        try:
+            # Shielded: on a time-out the publish goes on; only the reply stops waiting.
+            await asyncio.wait_for(asyncio.shield(self.publish_committed(stored=stored)), self.publish_wait)
+        except TimeoutError:
+            log.warning("%s: events still publishing (NATS fail-over?); replying anyway", self.owner)
+        except Exception as exc:
+            log.warning("%s: events stay in the outbox for the next sweep (%s)", self.owner, exc)
 
     async def run(self) -> None:
         """Background sweep: deletes published rows, publishes what a failed or crashed attempt left."""
@@ -181,15 +186,15 @@ class OutboxRelay:
                 log.exception("outbox relay of %s failed; retrying", self.owner)
             await asyncio.sleep(self.idle)
 
-    async def publish_committed(self) -> None:
+    async def publish_committed(self, *, stored: bool | None = None) -> None:
         """Publish the committed batches handed over so far, from memory.
 
-        Handlers await this after their commit and before replying, so whoever
-        acts on a reply acts after its events are in the stream: per-run order
-        holds across services, even across a NATS cluster's routes. On failure
-        the batches stay for the sweep.
+        Called after a commit and before the reply (``publish_before_reply``),
+        so whoever acts on a reply acts after its events are in the stream:
+        per-run order holds across services, even across a NATS cluster's
+        routes. On failure the batches stay for the sweep.
 
-        With ``reply_after_stored`` off, this returns once the messages are
+        ``stored`` off (default: ``reply_after_stored``), this returns once the messages are
         handed to the connection, and their acknowledgements are awaited in
         the background. The reply then follows the events on the same
         connection, and a single NATS server queues each message for its
@@ -199,11 +204,11 @@ class OutboxRelay:
         of the queue for the next pass.
         """
         async with self._lock:
-            await self._publish_committed()
+            await self._publish_committed(self.reply_after_stored if stored is None else stored)
 
     async def publish_pending(self) -> None:
-        """Publish the committed batches, then every row in the table (the ORM use cases'
-        rows, and whatever a crashed instance left)."""
+        """Publish the committed batches, then every row of this owner in the table
+        (whatever a crashed instance, or an earlier failure, left)."""
         await self._drain(timedelta(0))
 
     async def sweep(self) -> None:
@@ -212,16 +217,16 @@ class OutboxRelay:
 
     async def _drain(self, older_than: timedelta) -> None:
         async with self._lock:
-            await self._publish_committed()
+            await self._publish_committed(self.reply_after_stored)
             await self._delete_published()
             while await self._flush_rows(utcnow() - older_than) == self.batch:
                 pass
 
-    async def _publish_committed(self) -> None:
+    async def _publish_committed(self, stored: bool) -> None:
         while self._committed:
             batch = self._committed[0]
             assert batch.row_id is not None
-            if self.reply_after_stored:
+            if stored:
                 await self._publish(batch.messages)
                 self._committed.remove(batch)  # not pop(0): a failed batch may have come back to the front
                 self._published.add(batch.row_id)
@@ -251,7 +256,7 @@ class OutboxRelay:
     async def _delete_published(self) -> None:
         if self._published:
             ids = sorted(self._published)
-            async with self.db.write() as conn:
+            async with self.db.write_connection() as conn:
                 await conn.execute(_DELETE, {"ids": ids})
             self._published.difference_update(ids)
 
@@ -266,13 +271,13 @@ class OutboxRelay:
                 await self._publish(unpack(packed))
                 done.append(row_id)
         if done:
-            async with self.db.write() as conn:
+            async with self.db.write_connection() as conn:
                 await conn.execute(_DELETE, {"ids": done})
         return len(rows)
 
     async def _pending(self, before: datetime) -> list[Any]:
         # Through write(): on SQLite that runs inline, without a thread hop.
-        async with self.db.write() as conn:
+        async with self.db.write_connection() as conn:
             params = {"owner": self.owner, "before": before, "limit": self.batch}
             return list((await conn.execute(_PENDING, params)).all())
 

@@ -6,8 +6,10 @@ malformed, wrong-typed or oversize command gets ``VALIDATION_ERROR``, a
 refusal its stable code, a bug ``INTERNAL``; the service keeps serving), an
 ASGI app with /healthz, /readyz and /docs/asyncapi, OpenTelemetry spans with
 the trace context carried in NATS headers, a database with migrations
-applied, the JetStream streams, an outbox relay and the service's own
-background loops. Services add only their handlers and use cases.
+applied, the JetStream streams, an outbox relay (its rows tagged with the
+service's name; every write's events published before the reply) and the
+service's own background loops. Services add only their handlers and use
+cases.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar, cast
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -63,7 +64,7 @@ class ServiceContext:
     # Never connected: holds every command, fast-lane ones included, for the AsyncAPI document.
     docs: NatsBroker
     fast_lane: FastLane
-    # Created with the context (use cases hand it their committed batches); publishes once started.
+    # The database's outbox: every write hands it its events; it publishes once started.
     relay: OutboxRelay
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
@@ -116,32 +117,13 @@ class ServiceContext:
         committer: GroupCommitter[C, R] = GroupCommitter(
             f"{self.name}.{name}",
             process,
-            after_commit=partial(self.publish_outbox, committed_only=True),
+            after_commit=self.relay.publish_before_reply,
             # Replies that wait for acknowledgements overlap the next batches;
             # replies that do not are CPU work, best done before the next write.
             pipeline=4 if self.relay.reply_after_stored else 1,
         )
         self.committers.append(committer)
         return committer
-
-    async def publish_outbox(self, committed_only: bool = False) -> None:
-        """Publish this service's staged events now (call after a commit, before replying).
-
-        ``committed_only``: just the batches handed to the relay (the group
-        committers' use cases), not rows staged through an ORM session.
-        A publish failure does not fail the command: it is committed, and the
-        relay's sweep publishes the rows once NATS is back.
-        """
-        if not self.relay.connected:
-            return
-        publish = self.relay.publish_committed() if committed_only else self.relay.publish_pending()
-        try:
-            # Shielded: on a time-out the publish goes on; only the reply stops waiting.
-            await asyncio.wait_for(asyncio.shield(publish), self.settings.nats.publish_wait_seconds)
-        except TimeoutError:
-            log.warning("%s: events still publishing (NATS fail-over?); replying anyway", self.name)
-        except Exception as exc:
-            log.warning("%s: events stay in the outbox for the next sweep (%s)", self.name, exc)
 
 
 Loop = Callable[[ServiceContext], Awaitable[None]]
@@ -275,12 +257,17 @@ def build_service(
     *,
     migrate: bool = True,
 ) -> AsgiFastStream:
-    """Assemble one service. ``register`` adds its handlers to ``ctx.broker``."""
+    """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``."""
     broker = make_broker(settings, name)
     docs = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
-    relay = OutboxRelay(name, db, reply_after_stored=settings.nats.reply_after_events == "stored")
+    relay = OutboxRelay(
+        name,
+        db,
+        reply_after_stored=settings.nats.reply_after_events == "stored",
+        publish_wait=settings.nats.publish_wait_seconds,
+    )
     ctx = ServiceContext(
         name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane, relay=relay
     )
@@ -331,7 +318,7 @@ def build_service(
         if not await broker.ping(timeout=2.0):
             problems.append("nats")
         try:
-            async with db.session() as session:
+            async with db.read_session() as session:
                 await session.execute(text("SELECT 1"))
         except Exception:
             problems.append("database")

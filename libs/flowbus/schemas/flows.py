@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, JsonValue, StringConstraints, model_validator
+from pydantic import Field, JsonValue, PrivateAttr, StringConstraints, model_validator
 
+from flowbus import subjects
 from flowbus.schemas.common import LABEL_MAX, MAX_LABELS, NAME_MAX, Message
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
@@ -157,6 +159,55 @@ class ProjectList(Message):
     projects: list[ProjectOut]
 
 
+def _new_token() -> str:
+    """A token that tells apart two events of a fact that may repeat (their message ids)."""
+    return str(uuid.uuid4())
+
+
+class _ProjectEvent(ProjectOut):
+    """An event about a project, carrying the project as it now is."""
+
+    fact: ClassVar[subjects.ProjectFact]
+    _occurrence: str = PrivateAttr(default_factory=_new_token)
+
+    def subject(self) -> str:
+        return subjects.project_event(self.id, self.fact)
+
+    def msg_id(self) -> str:
+        return subjects.event_msg_id("project", self.id, self._occurrence)
+
+
+class ProjectCreated(_ProjectEvent):
+    """Published on ``flowbus.evt.project.<id>.created``: the new project."""
+
+    fact: ClassVar[subjects.ProjectFact] = subjects.ProjectFact.CREATED
+
+    def msg_id(self) -> str:
+        return subjects.event_msg_id("project", self.id, self.fact)  # once per project
+
+
+class ProjectRenamed(_ProjectEvent):
+    """Published on ``flowbus.evt.project.<id>.renamed``: the project under its new name."""
+
+    fact: ClassVar[subjects.ProjectFact] = subjects.ProjectFact.RENAMED
+
+
+class ProjectDescribed(_ProjectEvent):
+    """Published on ``flowbus.evt.project.<id>.described``: the project with its new description."""
+
+    fact: ClassVar[subjects.ProjectFact] = subjects.ProjectFact.DESCRIBED
+
+
+class ProjectDeleted(Deleted):
+    """Published on ``flowbus.evt.project.<id>.deleted``."""
+
+    def subject(self) -> str:
+        return subjects.project_event(self.id, subjects.ProjectFact.DELETED)
+
+    def msg_id(self) -> str:
+        return subjects.event_msg_id("project", self.id, subjects.ProjectFact.DELETED)
+
+
 # ---- flows -----------------------------------------------------------------
 
 
@@ -193,6 +244,18 @@ class FlowGroupOut(Message):
     labels: list[str] | None
     default_parameters: dict[str, Any]
     settings: FlowSettings
+
+
+class FlowGroupChanged(FlowGroupOut):
+    """Published on ``flowbus.evt.flow_group.<id>.group_changed``: the group as it now is."""
+
+    _occurrence: str = PrivateAttr(default_factory=_new_token)
+
+    def subject(self) -> str:
+        return subjects.flow_group_event(self.id, subjects.FlowFact.GROUP_CHANGED)
+
+    def msg_id(self) -> str:
+        return subjects.event_msg_id("flow_group", self.id, self._occurrence)
 
 
 class FlowVersion(Message):
@@ -283,3 +346,13 @@ class FlowEvent(Message):
     version: int
     archived: bool
     data: dict[str, Any] = Field(default_factory=dict)
+    _occurrence: str = PrivateAttr(default_factory=_new_token)
+
+    def subject(self) -> str:
+        return subjects.flow_event(self.flow_id, self.fact)
+
+    def msg_id(self) -> str:
+        superseded_by = self.data.get("superseded_by")
+        if self.fact == subjects.FlowFact.ARCHIVED and superseded_by:
+            return subjects.event_msg_id("flow", self.flow_id, f"{self.fact}:{superseded_by}")  # once per version
+        return subjects.event_msg_id("flow", self.flow_id, f"{self.fact}:{self._occurrence}")

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
 
+from flowbus import subjects
 from flowbus.schemas.common import Message
 from flowbus.schemas.flows import Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
 from flowbus.states import StateType
@@ -116,6 +117,12 @@ class RunQueued(Message):
     labels: list[str]
     scheduled_start_time: datetime
 
+    def subject(self) -> str:
+        return subjects.run_queue(self.labels)
+
+    def msg_id(self) -> str:
+        return subjects.run_queue_msg_id(self.flow_run_id, self.version)
+
 
 # ---- states ----------------------------------------------------------------
 
@@ -193,12 +200,25 @@ class StateChanged(Message):
     state: StateOut
     previous: StateType | None = None
 
+    def subject(self) -> str:
+        fact = subjects.FlowRunFact.STATE if self.task_run_id is None else subjects.FlowRunFact.TASK_STATE
+        return subjects.flow_run_event(self.flow_run_id, fact)
+
+    def msg_id(self) -> str:
+        return subjects.state_event_msg_id(self.task_run_id or self.flow_run_id, self.version)
+
 
 class FlowRunDeleted(Message):
     """Published on ``flowbus.evt.flow_run.<id>.deleted``."""
 
     flow_run_id: str
     reason: str
+
+    def subject(self) -> str:
+        return subjects.flow_run_event(self.flow_run_id, subjects.FlowRunFact.DELETED)
+
+    def msg_id(self) -> str:
+        return subjects.event_msg_id("flow_run", self.flow_run_id, subjects.FlowRunFact.DELETED)
 
 
 class FlowRunCreated(Message):
@@ -209,6 +229,12 @@ class FlowRunCreated(Message):
     name: str
     labels: list[str]
     scheduled_start_time: datetime
+
+    def subject(self) -> str:
+        return subjects.flow_run_event(self.flow_run_id, subjects.FlowRunFact.CREATED)
+
+    def msg_id(self) -> str:
+        return subjects.event_msg_id("flow_run", self.flow_run_id, subjects.FlowRunFact.CREATED)
 
 
 # ---- logs ------------------------------------------------------------------
