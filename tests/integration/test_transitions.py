@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
+from flowbus.runtime.outbox import OutboxRelay
 from flowbus.schemas.common import Conflict, ErrorCode, NotFound, VersionLockingError
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import SetFlowRunState, SetTaskRunState, StateChanged, StateSet, StateSpec, TaskRunOut
@@ -165,6 +166,8 @@ async def test_failed_counts_a_run_started_earlier_in_the_same_batch(stack: Sett
     run_id, version, tasks = await _running_with_tasks(client, TaskSpec(slug="once-1", name="once"))
     once = tasks["once"]
     db = Database(stack.resolved_database_url())
+    # Its events stay in the outbox: the running state service's sweep publishes them.
+    OutboxRelay(subjects.Service.STATE, db)
     try:
         # One batch: the task run's first run, then the flow run's Failed. Its
         # Running entry is not in the table yet when the cascade counts its runs.
