@@ -101,6 +101,12 @@ class _Defaults:
                     constants[column.key] = None
         return cls(constants, factories)
 
+    def missing_from(self, keys: tuple[str, ...]) -> tuple[Row, tuple[tuple[str, Callable[[], Any]], ...]]:
+        """The constants and the factories of the columns that rows with ``keys`` leave out."""
+        given = set(keys)
+        constants = {k: v for k, v in self.constants.items() if k not in given}
+        return constants, tuple((k, make) for k, make in self.factories.items() if k not in given)
+
 
 def _factory(default: sa.ColumnDefault) -> Callable[[], Any]:
     # SQLAlchemy wraps a default's callable to take an execution context; the tables' callables ignore it.
@@ -115,19 +121,22 @@ class Bulk:
         self.statement = statement
         self.inserts = isinstance(statement, sa.Insert)
         self._defaults = _Defaults.of(statement)
+        self._missing: dict[tuple[str, ...], tuple[Row, tuple[tuple[str, Callable[[], Any]], ...]]] = {}
         self._compiled: dict[tuple[str, tuple[str, ...]], Compiled] = {}
 
     def complete(self, row: Row) -> Row:
         """``row`` with every column it leaves out set to its default (a new dict)."""
-        return self.completed([row])[0]
+        constants, factories = self._left_out(row)
+        full = row | constants
+        for key, make in factories:
+            full[key] = make()
+        return full
 
     def completed(self, rows: Sequence[Row]) -> Sequence[Row]:
         """The rows with their defaults; the rows themselves when none is left out."""
         if not rows:
             return rows
-        first = rows[0]
-        constants = {k: v for k, v in self._defaults.constants.items() if k not in first}
-        factories = [(k, make) for k, make in self._defaults.factories.items() if k not in first]
+        constants, factories = self._left_out(rows[0])
         if not constants and not factories:
             return rows
         out = []
@@ -137,6 +146,13 @@ class Bulk:
                 full[key] = make()
             out.append(full)
         return out
+
+    def _left_out(self, row: Row) -> tuple[Row, tuple[tuple[str, Callable[[], Any]], ...]]:
+        keys = tuple(row)
+        found = self._missing.get(keys)
+        if found is None:
+            found = self._missing[keys] = self._defaults.missing_from(keys)
+        return found
 
     def compiled(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> Compiled:
         """The positional form for rows with ``keys`` (built once per dialect and key set)."""
