@@ -105,13 +105,6 @@ COMMAND_SUBJECTS: Final[tuple[str, ...]] = tuple(
     if name.isupper() and name != "QUEUE"
 )
 
-# The former names of the command classes, for modules not yet moved to the new ones.
-Registration = RegistrationCommands
-RunCreation = RunCreationCommands
-State = StateCommands
-Heartbeat = HeartbeatCommands
-Scheduler = SchedulerCommands
-
 
 def service_of(subject: str) -> str:
     """The service a command subject (``flowbus.cmd.<service>.<verb>``) goes to; "" for any other subject."""

@@ -220,7 +220,7 @@ class LocalAgent:
                     cancelling.set()
 
         # Cancellation arrives by push: the run's state events, as they are published.
-        watch = await self.client.nc.subscribe(subjects.flow_run_event(run_id, "state"), cb=on_state)
+        watch = await self.client.nc.subscribe(subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE), cb=on_state)
         try:
             # Read after subscribing: a cancel that came before the subscription is in the run's state.
             detail = await self.client.get_flow_run(run_id)

@@ -494,7 +494,7 @@ async def _on_cancelling(client: AsyncClient, flow_run_id: str, callback: Callab
             if StateChanged.model_validate_json(msg.data).state.type is StateType.CANCELLING:
                 callback()
 
-    return await client.nc.subscribe(subjects.flow_run_event(flow_run_id, "state"), cb=on_state)
+    return await client.nc.subscribe(subjects.flow_run_event(flow_run_id, subjects.FlowRunFact.STATE), cb=on_state)
 
 
 async def settle_unfinished_run(client: AsyncClient, flow_run_id: str, failure: str | None) -> None:
