@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -47,23 +47,15 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def wait_until(
-    probe: Callable[[], T],
-    what: str,
-    *,
-    until: Callable[[T], object] = bool,
-    timeout: float = 30,
-    interval: float = INTERVAL,
-    ignoring: tuple[type[Exception], ...] = (),
-) -> T:
-    """``eventually()`` for synchronous code (no event loop running): ``probe`` is a plain call."""
+def wait_until(probe: Callable[[], T], what: str, **options: Any) -> T:
+    """``eventually()`` for synchronous code (no event loop running): ``probe`` is a plain call;
+    ``options`` are eventually()'s (``until``, ``timeout``, ``interval``, ``ignoring``)."""
 
     async def probe_async() -> T:
         return probe()
 
-    return asyncio.run(
-        eventually(probe_async, what, until=until, timeout=timeout, interval=interval, ignoring=ignoring)
-    )
+    value: T = asyncio.run(eventually(probe_async, what, **options))
+    return value
 
 
 def _short(value: object, limit: int = 500) -> str:

@@ -71,34 +71,31 @@ def test_no_module_under_tests_imports_a_test_module_or_a_conftest() -> None:
     assert not offenders, f"move what these share into tests/helpers/ or a conftest.py fixture: {offenders}"
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "from tests.e2e.test_tutorial import run",
-        "import tests.integration.test_agent",
-        "from tests.integration import test_agent",
-        "from .test_agent import watch",
-        "from . import test_agent",
-        "from tests.conftest import unique",
-        "code = 'import asyncio; from tests.integration.test_write_lock import increment'",
-        "pytest_plugins = ['tests.integration.test_agent']",
-    ],
-)
-def test_the_check_sees_every_way_of_importing_a_test_module(source: str) -> None:
-    imported = imported_modules(source, "tests.integration.test_example")
-    assert any(is_test_module(name) for name in imported), imported
+TEST_MODULE_IMPORTS = [
+    "from tests.e2e.test_tutorial import run",
+    "import tests.integration.test_agent",
+    "from tests.integration import test_agent",
+    "from .test_agent import watch",
+    "from . import test_agent",
+    "from tests.conftest import unique",
+    "code = 'import asyncio; from tests.integration.test_write_lock import increment'",
+    "pytest_plugins = ['tests.integration.test_agent']",
+]
+HELPER_IMPORTS = [
+    "from tests.helpers import unique",
+    "from tests.helpers.processes import FLOWBUS",
+    "import pytest",
+    "command = ['python', '-m', 'tests.helpers.sqlite_counter']",
+    "from flowbus.tasks import create_flow_run",
+]
 
 
 @pytest.mark.parametrize(
-    "source",
-    [
-        "from tests.helpers import unique",
-        "from tests.helpers.processes import FLOWBUS",
-        "import pytest",
-        "command = ['python', '-m', 'tests.helpers.sqlite_counter']",
-        "from flowbus.tasks import create_flow_run",
-    ],
+    ("source", "imports_a_test_module"),
+    [(source, True) for source in TEST_MODULE_IMPORTS] + [(source, False) for source in HELPER_IMPORTS],
 )
-def test_the_check_lets_helpers_be_imported(source: str) -> None:
+def test_the_check_sees_every_way_of_importing_a_test_module_and_lets_helpers_be(
+    source: str, imports_a_test_module: bool
+) -> None:
     imported = imported_modules(source, "tests.integration.test_example")
-    assert not any(is_test_module(name) for name in imported), imported
+    assert any(is_test_module(name) for name in imported) is imports_a_test_module, imported
