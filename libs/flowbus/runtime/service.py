@@ -259,7 +259,7 @@ def build_service(
 ) -> AsgiFastStream:
     """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``."""
     broker = make_broker(settings, name)
-    docs = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
+    spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
     relay = OutboxRelay(
@@ -269,9 +269,36 @@ def build_service(
         publish_wait=settings.nats.publish_wait_seconds,
     )
     ctx = ServiceContext(
-        name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane, relay=relay
+        name=name,
+        settings=settings,
+        db=db,
+        broker=broker,
+        docs=spec_broker,
+        fast_lane=fast_lane,
+        relay=relay,
     )
     register(ctx)
+    on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, migrate=migrate)
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=_health_routes(ctx),
+        asyncapi_path="/docs/asyncapi",
+        specification=AsyncAPI(spec_broker, title=f"flowbus {name}", version=__version__),
+        on_startup=[on_startup],
+        after_startup=[after_startup],
+        on_shutdown=[on_shutdown],
+        after_shutdown=[after_shutdown],
+    )
+    _CONTEXTS[app] = ctx
+    return app
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> tuple[Hook, Hook, Hook, Hook]:
+    """The app's start-up and shut-down hooks: on_startup, after_startup, on_shutdown, after_shutdown."""
+    name, settings, db, fast_lane = ctx.name, ctx.settings, ctx.db, ctx.fast_lane
 
     async def on_startup() -> None:
         if migrate:
@@ -308,6 +335,13 @@ def build_service(
             await ctx.nc.close()
         await db.dispose()
 
+    return on_startup, after_startup, on_shutdown, after_shutdown
+
+
+def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
+    """/healthz (the process answers) and /readyz (NATS and the database answer)."""
+    broker, db = ctx.broker, ctx.db
+
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
         return AsgiResponse(b'{"status":"ok"}', 200, headers={"content-type": "application/json"})
@@ -325,18 +359,7 @@ def build_service(
         body = json.dumps({"status": "ok" if not problems else "unavailable", "failing": problems})
         return AsgiResponse(body.encode(), 200 if not problems else 503, headers={"content-type": "application/json"})
 
-    app = AsgiFastStream(
-        broker,
-        asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
-        asyncapi_path="/docs/asyncapi",
-        specification=AsyncAPI(docs, title=f"flowbus {name}", version=__version__),
-        on_startup=[on_startup],
-        after_startup=[after_startup],
-        on_shutdown=[on_shutdown],
-        after_shutdown=[after_shutdown],
-    )
-    _CONTEXTS[app] = ctx
-    return app
+    return [("/healthz", healthz), ("/readyz", readyz)]
 
 
 async def _checkpoint(ctx: ServiceContext) -> None:
