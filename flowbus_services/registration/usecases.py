@@ -136,7 +136,7 @@ async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
 
 async def list_projects(db: Database) -> ProjectList:
     async with db.read_session() as session:
-        rows = (await session.execute(select(Project).order_by(Project.name))).all()  # type: ignore[arg-type]
+        rows = (await session.execute(select(Project).order_by(Project.name))).all()
         return ProjectList(projects=[project_out(r[0]) for r in rows])
 
 
@@ -158,9 +158,7 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
             if newest is not None:
                 return flow_out(newest, group, project, skipped=True)
 
-        highest = (
-            await session.execute(select(func.max(Flow.version)).where(Flow.flow_group_id == group.id))  # type: ignore[arg-type]
-        ).scalar()
+        highest = (await session.execute(select(func.max(Flow.version)).where(Flow.flow_group_id == group.id))).scalar()
         flow = _new_flow_version(cmd, project, group, (highest or 0) + 1)
         session.add(flow)
         await session.flush()  # the (group, version) constraint fires here
@@ -190,7 +188,7 @@ async def _newest_active_version(session: AsyncSession, group: FlowGroup) -> Flo
     row = (
         await session.execute(
             select(Flow)
-            .where(Flow.flow_group_id == group.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
+            .where(Flow.flow_group_id == group.id, Flow.archived.is_(False))  # type: ignore[attr-defined]
             .order_by(Flow.version.desc())  # type: ignore[attr-defined]
             .limit(1)
         )
@@ -266,7 +264,7 @@ async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFl
             await session.execute(
                 select(FlowGroup)
                 .join(Flow, Flow.flow_group_id == FlowGroup.id)  # type: ignore[arg-type]
-                .where(Flow.project_id == project.id, Flow.name == cmd.serialized_flow.name)  # type: ignore[arg-type]
+                .where(Flow.project_id == project.id, Flow.name == cmd.serialized_flow.name)
                 .order_by(Flow.created.desc())  # type: ignore[attr-defined]
                 .limit(1)
             )
@@ -420,9 +418,9 @@ async def list_flows(db: Database, query: ListFlows) -> FlowList:
             .join(Project, Project.id == Flow.project_id)  # type: ignore[arg-type]
         )
         if query.project_name is not None:
-            stmt = stmt.where(Project.name == query.project_name)  # type: ignore[arg-type]
+            stmt = stmt.where(Project.name == query.project_name)
         if query.name is not None:
-            stmt = stmt.where(Flow.name == query.name)  # type: ignore[arg-type]
+            stmt = stmt.where(Flow.name == query.name)
         if query.archived is not None:
             stmt = stmt.where(Flow.archived.is_(query.archived))  # type: ignore[attr-defined]
         stmt = stmt.order_by(Project.name, Flow.name, Flow.version.desc())  # type: ignore[attr-defined]
