@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     # FLOWBUS_HEARTBEAT_INTERVAL, the name the heartbeat docs use: a flat
     # spelling of heartbeat.interval_seconds, copied there when that is not set.
     heartbeat_interval: PositiveSeconds | None = None
+    # FLOWBUS_OTEL_CONSOLE: also print every span to the console (the OTLP
+    # export follows the SDK's own OTEL_EXPORTER_OTLP_ENDPOINT).
+    otel_console: bool = False
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

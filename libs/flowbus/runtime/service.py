@@ -212,7 +212,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         reconnect_time_wait=1,
         decoder=lenient_json_decoder(settings.nats.max_command_bytes),
         middlewares=[
-            NatsTelemetryMiddleware(tracer_provider=tracer_provider(name)),
+            NatsTelemetryMiddleware(tracer_provider=tracer_provider(name, settings.otel_console)),
             envelope_middleware(),
             _OversizeGuard,
         ],
@@ -261,7 +261,7 @@ def build_service(
     broker = make_broker(settings, name)
     spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
-    fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
+    fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name, settings.otel_console))
     relay = OutboxRelay(
         name,
         db,
