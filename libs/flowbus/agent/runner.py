@@ -99,7 +99,7 @@ def load_flow(storage: StorageSpec, name: str) -> Flow:
     return flows[0]
 
 
-async def write_own_state(
+async def set_state_surviving_lost_reply(
     client: AsyncClient,
     flow_run_id: str,
     version: int,
@@ -304,7 +304,8 @@ class BackendHooks:
             return True
         task_run_id, version = entry
         future = asyncio.run_coroutine_threadsafe(
-            write_own_state(self.client, self.flow_run_id, version, state, message, task_run_id), self.loop
+            set_state_surviving_lost_reply(self.client, self.flow_run_id, version, state, message, task_run_id),
+            self.loop,
         )
         try:
             out = future.result()
@@ -370,7 +371,7 @@ class _ClaimedRun:
     async def finish(self, state: StateType, message: str) -> None:
         # Logs first: a watcher sees them before the final state.
         await self.ship()
-        await write_own_state(self.client, self.run.id, self.version, state, message)
+        await set_state_surviving_lost_reply(self.client, self.run.id, self.version, state, message)
 
     async def settle(self, reason: str) -> None:
         """Logs first, then the run ends (see ``settle_unfinished_run``)."""
@@ -447,7 +448,7 @@ async def _load_and_run(claimed: _ClaimedRun, settings: Settings, signals: StopS
         claimed.cancels = await _on_cancelling(client, run.id, signals.cancel)
     try:
         claimed.version = (
-            await write_own_state(client, run.id, claimed.version, StateType.RUNNING, "Running flow.")
+            await set_state_surviving_lost_reply(client, run.id, claimed.version, StateType.RUNNING, "Running flow.")
         ).version
     except (VersionLockingError, Conflict) as exc:
         # Someone else owns this run now: run nothing (once and only once).

@@ -62,7 +62,7 @@ class ServiceContext:
     db: Database
     broker: NatsBroker
     # Never connected: holds every command, fast-lane ones included, for the AsyncAPI document.
-    docs: NatsBroker
+    spec_broker: NatsBroker
     fast_lane: FastLane
     # The database's outbox: every write hands it its events; it publishes once started.
     relay: OutboxRelay
@@ -82,7 +82,7 @@ class ServiceContext:
         command would hold up every other on its subject)."""
         workers = self.settings.nats.max_concurrent_messages
         run = self.broker.subscriber(subject, max_workers=workers, **kwargs)
-        document = self.docs.subscriber(subject, max_workers=workers, **kwargs)
+        document = self.spec_broker.subscriber(subject, max_workers=workers, **kwargs)
 
         def decorate(handler: H) -> H:
             document(handler)
@@ -107,7 +107,7 @@ class ServiceContext:
             raise NotImplementedError("served by the fast lane")
 
         documented.__annotations__ = {"cmd": model, "return": Reply[reply]}  # type: ignore[valid-type]
-        self.docs.subscriber(subject, queue=queue, title=title)(documented)
+        self.spec_broker.subscriber(subject, queue=queue, title=title)(documented)
 
     def group_committer(
         self, name: str, process: Callable[[Sequence[C]], Awaitable[list[R | FlowbusError]]]
@@ -273,7 +273,7 @@ def build_service(
         settings=settings,
         db=db,
         broker=broker,
-        docs=spec_broker,
+        spec_broker=spec_broker,
         fast_lane=fast_lane,
         relay=relay,
     )
@@ -313,9 +313,9 @@ def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> 
         await fast_lane.start(ctx.nc)
         ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
         if db.sqlite:
-            ctx.tasks.append(asyncio.create_task(_guarded(_checkpoint, ctx), name=f"{name}-checkpoint"))
+            ctx.tasks.append(asyncio.create_task(_restart_on_crash(_checkpoint, ctx), name=f"{name}-checkpoint"))
         for loop in loops:
-            ctx.tasks.append(asyncio.create_task(_guarded(loop, ctx), name=f"{name}-{loop.__name__}"))
+            ctx.tasks.append(asyncio.create_task(_restart_on_crash(loop, ctx), name=f"{name}-{loop.__name__}"))
         settle_heap()
 
     async def on_shutdown() -> None:
@@ -368,7 +368,7 @@ async def _checkpoint(ctx: ServiceContext) -> None:
         await ctx.db.checkpoint()
 
 
-async def _guarded(loop: Loop, ctx: ServiceContext) -> None:
+async def _restart_on_crash(loop: Loop, ctx: ServiceContext) -> None:
     """Run a background loop, restarting it after an unexpected error."""
     while True:
         try:
