@@ -7,7 +7,8 @@ refusal its stable code, a bug ``INTERNAL``; the service keeps serving), an
 ASGI app with /healthz, /readyz and /docs/asyncapi, OpenTelemetry spans with
 the trace context carried in NATS headers, a database with migrations
 applied, the JetStream streams, an outbox relay (its rows tagged with the
-service's name; every write's events published before the reply) and the
+service's name; every write's events published before the reply,
+docs/architecture.md, "Delivery guarantees") and the
 service's own background loops. Services add only their handlers and use
 cases.
 """
@@ -118,8 +119,7 @@ class ServiceContext:
             f"{self.name}.{name}",
             process,
             after_commit=self.relay.publish_before_reply,
-            # Replies that wait for acknowledgements overlap the next batches;
-            # replies that do not are CPU work, best done before the next write.
+            # Its depth follows the reply mode (docs/architecture.md, "Delivery guarantees").
             pipeline=4 if self.relay.reply_after_stored else 1,
         )
         self.committers.append(committer)
