@@ -157,8 +157,7 @@ async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
 def on_embedded_server(settings: Settings, url: str) -> Settings:
     """``settings`` for services on the nats-server that ``flowbus up`` started.
 
-    One server: replies may follow their events without waiting for their
-    acknowledgements (``NatsTuning.reply_after_events``), unless the user chose.
+    One server: the "sent" reply mode (docs/architecture.md, "Delivery guarantees"), unless the user chose.
     """
     nats = settings.nats
     if "reply_after_events" not in nats.model_fields_set:

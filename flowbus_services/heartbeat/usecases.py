@@ -40,7 +40,7 @@ async def agent_seen(db: Database, agent_id: str, when: datetime) -> None:
 
 async def list_agents(db: Database) -> AgentList:
     async with db.read_session() as session:
-        rows = (await session.execute(select(Agent).order_by(Agent.name))).all()  # type: ignore[arg-type]
+        rows = (await session.execute(select(Agent).order_by(Agent.name))).all()
         return AgentList(agents=[_agent_out(a) for (a,) in rows])
 
 

@@ -1,22 +1,12 @@
 """The Zombie Killer: failing Running flow runs whose heartbeat stopped.
 
-Every ``heartbeat.zombie_check_interval_seconds`` it reads flow_run,
-flow_group and task_run (owned by registration, run_creation and state) and
-run_heartbeat (owned here), and finds the flow runs in
-Running whose flow group has heartbeats enabled and whose last heartbeat (or
-start time, when none arrived yet) is older than
-``heartbeat.zombie_missed_beats`` x ``heartbeat.interval_seconds``.
+Reads flow_run, flow_group, task_run and run_heartbeat; finds Running runs
+whose last heartbeat is too old and requests Failed for each at the version
+it read, like any client, so any number of instances is safe
+(docs/architecture.md, "Zombie Killer").
 
-Each zombie goes to Failed, one command: the state service's rules take its
-task runs along (Retrying when they have retries left, else Failed). It
-never writes runs: it requests ``flowbus.cmd.state.set_flow_run_state`` at
-the version it read, like any client, so a run that moved on meanwhile (a
-late heartbeat's run finishing, another killer instance) answers
-VERSION_LOCKING_ERROR and is skipped. That conditional write is why any
-number of instances is safe without a lease.
-
-Writes: an ERROR ``LogBatch`` on ``flowbus.logs.<flow_run_id>`` for the
-zombie flow run and each of its Running task runs, before the Failed.
+Writes: ``flowbus.cmd.state.set_flow_run_state``; an ERROR ``LogBatch`` on
+``flowbus.logs.<flow_run_id>`` for the run and its Running task runs first.
 """
 
 from __future__ import annotations

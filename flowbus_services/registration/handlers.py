@@ -36,6 +36,11 @@ from flowbus_services.registration import usecases
 
 
 def register(ctx: ServiceContext) -> None:
+    _register_projects(ctx)
+    _register_flows(ctx)
+
+
+def _register_projects(ctx: ServiceContext) -> None:
     sub = ctx.subscriber
     queue = RegistrationCommands.QUEUE
     db = ctx.db
@@ -52,18 +57,6 @@ def register(ctx: ServiceContext) -> None:
     async def list_projects(query: Empty) -> Reply[ProjectList]:
         return Reply.success(await usecases.list_projects(db))
 
-    @sub(RegistrationCommands.REGISTER_FLOW, queue=queue, title="register_flow")
-    async def register_flow(cmd: RegisterFlow) -> Reply[FlowOut]:
-        return Reply.success(await usecases.register_flow(db, cmd))
-
-    @sub(RegistrationCommands.GET_FLOW, queue=queue, title="get_flow")
-    async def get_flow(query: GetFlow) -> Reply[FlowOut]:
-        return Reply.success(await usecases.get_flow(db, query))
-
-    @sub(RegistrationCommands.LIST_FLOWS, queue=queue, title="list_flows")
-    async def list_flows(query: ListFlows) -> Reply[FlowList]:
-        return Reply.success(await usecases.list_flows(db, query))
-
     @sub(RegistrationCommands.RENAME_PROJECT, queue=queue, title="rename_project")
     async def rename_project(cmd: RenameProject) -> Reply[ProjectOut]:
         return Reply.success(await usecases.rename_project(db, cmd))
@@ -75,6 +68,24 @@ def register(ctx: ServiceContext) -> None:
     @sub(RegistrationCommands.DELETE_PROJECT, queue=queue, title="delete_project")
     async def delete_project(cmd: DeleteProject) -> Reply[Deleted]:
         return Reply.success(await usecases.delete_project(db, cmd))
+
+
+def _register_flows(ctx: ServiceContext) -> None:
+    sub = ctx.subscriber
+    queue = RegistrationCommands.QUEUE
+    db = ctx.db
+
+    @sub(RegistrationCommands.REGISTER_FLOW, queue=queue, title="register_flow")
+    async def register_flow(cmd: RegisterFlow) -> Reply[FlowOut]:
+        return Reply.success(await usecases.register_flow(db, cmd))
+
+    @sub(RegistrationCommands.GET_FLOW, queue=queue, title="get_flow")
+    async def get_flow(query: GetFlow) -> Reply[FlowOut]:
+        return Reply.success(await usecases.get_flow(db, query))
+
+    @sub(RegistrationCommands.LIST_FLOWS, queue=queue, title="list_flows")
+    async def list_flows(query: ListFlows) -> Reply[FlowList]:
+        return Reply.success(await usecases.list_flows(db, query))
 
     @sub(RegistrationCommands.ARCHIVE_FLOW, queue=queue, title="archive_flow")
     async def archive_flow(cmd: ArchiveFlow) -> Reply[FlowOut]:

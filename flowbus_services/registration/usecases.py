@@ -136,7 +136,7 @@ async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
 
 async def list_projects(db: Database) -> ProjectList:
     async with db.read_session() as session:
-        rows = (await session.execute(select(Project).order_by(Project.name))).all()  # type: ignore[arg-type]
+        rows = (await session.execute(select(Project).order_by(Project.name))).all()
         return ProjectList(projects=[project_out(r[0]) for r in rows])
 
 
@@ -150,62 +150,19 @@ async def register_flow(db: Database, cmd: RegisterFlow) -> FlowOut:
 
 
 async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
-    spec = cmd.serialized_flow
     async with db.write_session() as session:
         project = await _project_by_name(session, cmd.project_name)
         group = await _choose_group(session, project, cmd)
-
         if cmd.idempotency_key is not None and group.idempotency_key == cmd.idempotency_key:
-            newest = (
-                await session.execute(
-                    select(Flow)
-                    .where(Flow.flow_group_id == group.id, Flow.archived.is_(False))  # type: ignore[arg-type, attr-defined]
-                    .order_by(Flow.version.desc())  # type: ignore[attr-defined]
-                    .limit(1)
-                )
-            ).first()
+            newest = await _newest_active_version(session, group)
             if newest is not None:
-                return flow_out(newest[0], group, project, skipped=True)
+                return flow_out(newest, group, project, skipped=True)
 
-        highest = (
-            await session.execute(select(func.max(Flow.version)).where(Flow.flow_group_id == group.id))  # type: ignore[arg-type]
-        ).scalar()
-        labels = sorted(set(spec.run_config.labels or []) | set(cmd.labels or []))
-        run_config = spec.run_config.model_dump(mode="json")
-        run_config["labels"] = labels
-        flow = Flow(
-            project_id=project.id,
-            flow_group_id=group.id,
-            name=spec.name,
-            version=(highest or 0) + 1,
-            description=spec.description,
-            serialized_flow=spec.model_dump(mode="json"),
-            parameters=[p.model_dump(mode="json") for p in spec.parameters],
-            tasks=[t.model_dump(mode="json") for t in spec.tasks],
-            edges=[e.model_dump(mode="json") for e in spec.edges],
-            storage=spec.storage.model_dump(mode="json"),
-            run_config=run_config,
-            schedule=spec.schedule.model_dump(mode="json") if spec.schedule else None,
-            is_schedule_active=bool(
-                cmd.set_schedule_active
-                and spec.schedule
-                and schedule_covers_required(spec.parameters, group.default_parameters, spec.schedule)
-            ),
-            core_version=spec.core_version,
-        )
+        highest = (await session.execute(select(func.max(Flow.version)).where(Flow.flow_group_id == group.id))).scalar()
+        flow = _new_flow_version(cmd, project, group, (highest or 0) + 1)
         session.add(flow)
         await session.flush()  # the (group, version) constraint fires here
-
-        # A new version archives every other version of its group.
-        archived = (
-            await session.execute(
-                update(Flow)
-                .where(col(Flow.flow_group_id) == group.id, col(Flow.id) != flow.id, col(Flow.archived).is_(False))
-                # The schedule switch is kept, so unarchiving restores it.
-                .values(archived=True)
-                .returning(col(Flow.id), col(Flow.version))
-            )
-        ).all()
+        archived = await _archive_other_versions(session, group, flow)
         if cmd.idempotency_key is not None:
             group.idempotency_key = cmd.idempotency_key
             session.add(group)
@@ -225,6 +182,59 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
                 )
             )
     return out
+
+
+async def _newest_active_version(session: AsyncSession, group: FlowGroup) -> Flow | None:
+    row = (
+        await session.execute(
+            select(Flow)
+            .where(Flow.flow_group_id == group.id, Flow.archived.is_(False))  # type: ignore[attr-defined]
+            .order_by(Flow.version.desc())  # type: ignore[attr-defined]
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else row[0]
+
+
+def _new_flow_version(cmd: RegisterFlow, project: Project, group: FlowGroup, version: int) -> Flow:
+    spec = cmd.serialized_flow
+    labels = sorted(set(spec.run_config.labels or []) | set(cmd.labels or []))
+    run_config = spec.run_config.model_dump(mode="json")
+    run_config["labels"] = labels
+    return Flow(
+        project_id=project.id,
+        flow_group_id=group.id,
+        name=spec.name,
+        version=version,
+        description=spec.description,
+        serialized_flow=spec.model_dump(mode="json"),
+        parameters=[p.model_dump(mode="json") for p in spec.parameters],
+        tasks=[t.model_dump(mode="json") for t in spec.tasks],
+        edges=[e.model_dump(mode="json") for e in spec.edges],
+        storage=spec.storage.model_dump(mode="json"),
+        run_config=run_config,
+        schedule=spec.schedule.model_dump(mode="json") if spec.schedule else None,
+        is_schedule_active=bool(
+            cmd.set_schedule_active
+            and spec.schedule
+            and schedule_covers_required(spec.parameters, group.default_parameters, spec.schedule)
+        ),
+        core_version=spec.core_version,
+    )
+
+
+async def _archive_other_versions(session: AsyncSession, group: FlowGroup, flow: Flow) -> list[tuple[str, int]]:
+    """Archive every other version of ``flow``'s group (a new version supersedes them); their ids and versions."""
+    rows = (
+        await session.execute(
+            update(Flow)
+            .where(col(Flow.flow_group_id) == group.id, col(Flow.id) != flow.id, col(Flow.archived).is_(False))
+            # The schedule switch is kept, so unarchiving restores it.
+            .values(archived=True)
+            .returning(col(Flow.id), col(Flow.version))
+        )
+    ).all()
+    return [(row[0], row[1]) for row in rows]
 
 
 def _emit_flow_event(session: WriteSession, out: FlowOut, fact: str) -> None:
@@ -254,7 +264,7 @@ async def _choose_group(session: AsyncSession, project: Project, cmd: RegisterFl
             await session.execute(
                 select(FlowGroup)
                 .join(Flow, Flow.flow_group_id == FlowGroup.id)  # type: ignore[arg-type]
-                .where(Flow.project_id == project.id, Flow.name == cmd.serialized_flow.name)  # type: ignore[arg-type]
+                .where(Flow.project_id == project.id, Flow.name == cmd.serialized_flow.name)
                 .order_by(Flow.created.desc())  # type: ignore[attr-defined]
                 .limit(1)
             )
@@ -408,9 +418,9 @@ async def list_flows(db: Database, query: ListFlows) -> FlowList:
             .join(Project, Project.id == Flow.project_id)  # type: ignore[arg-type]
         )
         if query.project_name is not None:
-            stmt = stmt.where(Project.name == query.project_name)  # type: ignore[arg-type]
+            stmt = stmt.where(Project.name == query.project_name)
         if query.name is not None:
-            stmt = stmt.where(Flow.name == query.name)  # type: ignore[arg-type]
+            stmt = stmt.where(Flow.name == query.name)
         if query.archived is not None:
             stmt = stmt.where(Flow.archived.is_(query.archived))  # type: ignore[attr-defined]
         stmt = stmt.order_by(Project.name, Flow.name, Flow.version.desc())  # type: ignore[attr-defined]

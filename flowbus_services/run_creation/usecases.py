@@ -1,4 +1,4 @@
-"""Creating flow runs (SEMANTICS.md, "Creating flow runs").
+"""Creating flow runs (docs/semantics.md, "Creating flow runs").
 
 ``create_flow_runs`` takes a batch of create commands (the group committer
 gathers concurrent ones) and, in one transaction, inserts each new run
@@ -211,7 +211,7 @@ class _CreateRunsBatch:
                 expires = self.expires.get(existing.id)
                 if expires is None or expires > self.now:
                     if expires is not None and self.ttl is not None:
-                        # Seed 002's sliding window: every hit refreshes the key.
+                        # A sliding window: every repeat starts the key's period again.
                         self._set_key(existing.id, key, self.now + timedelta(seconds=self.ttl))
                     return existing
                 # The old run keeps its history but gives up the key.
@@ -365,7 +365,7 @@ def merge_parameters(
 def resolve_labels(
     cmd: CreateFlowRun, group_labels: list[str] | None, group_run_config: RunConfigSpec, flow_run_config: RunConfigSpec
 ) -> list[str]:
-    """The first label set that is given wins (SEMANTICS.md order)."""
+    """The first label set that is given wins (order: docs/semantics.md, "Creating flow runs")."""
     for candidate in (
         cmd.labels,
         cmd.run_config.labels if cmd.run_config else None,

@@ -1,33 +1,11 @@
 """Releasing due runs onto run queues, at their time.
 
-Reads flow_run (owned by run_creation/state) and the hints on
-``flowbus.hint.scheduler.wake`` (the ``created`` events of runs due later);
-writes only to NATS: ``flowbus.runq.<label-set key>`` with message id
-``subjects.run_queue_msg_id`` (``runq:<run>:<version>``).
-
-A run created already due is queued by run_creation itself. This loop
-covers runs whose start time arrives later: it sleeps until the earliest
-known start time (at most ``scheduler.release_interval``), and the wake
-hint of a run due sooner than that wakes it, so a run reaches the queue
-within milliseconds of being due, not at the next poll. run_creation sends
-the hint only for runs due later: listening to every ``created`` event
-cost the scheduler's process a tenth of a core under load, for runs it
-skips. A lost hint (core NATS) delays a release by at most one interval.
-
-Each pass has two parts, so that a backlog cannot starve new runs:
-
-- *first releases*: every Scheduled run that came due since the previous
-  pass (keyset-paged by start time, however many there are), except runs
-  created already due: run_creation queued those in their own transaction;
-- *the sweep*: at most once per ``scheduler.sweep_interval``, one page of
-  the whole due backlog, continuing where the previous sweep stopped and
-  starting over at the end, re-releasing runs still unclaimed once per
-  duplicate window. A run that no agent could take
-  stays in the RUNQ stream anyway; the sweep covers a stream that lost it
-  (its age limit, a replaced NATS server).
-
-JetStream drops repeats inside the duplicate window, so any number of
-scheduler instances is safe.
+Reads flow_run and the ``flowbus.hint.scheduler.wake`` hints; writes
+``flowbus.runq.<label-set key>`` (message id ``subjects.run_queue_msg_id``).
+Sleeps until the earliest start time ahead; run_creation sends the hint only
+for runs due later. Each pass releases what came due, then one sweep page of
+the backlog; JetStream's duplicate window makes any number of instances safe
+(docs/architecture.md, "Delivery guarantees").
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
     async with db.write_session() as session:
         run_ids = {r.flow_run_id for r in records}
         known = set(
-            (await session.execute(select(col(FlowRun.id)).where(col(FlowRun.id).in_(run_ids)))).scalars().all()  # type: ignore[attr-defined]
+            (await session.execute(select(col(FlowRun.id)).where(col(FlowRun.id).in_(run_ids)))).scalars().all()
         )
         kept = [r for r in records if r.flow_run_id in known]
         dropped = len(records) - len(kept)

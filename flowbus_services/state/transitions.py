@@ -1,22 +1,9 @@
 """The one code path that changes the state of a flow or task run.
 
-``apply_transitions`` takes a batch of state commands (set a flow run's
-state, set a task run's state, cancel a flow run), checks each against the
-optimistic-locking version, asks ``rules.py`` whether the change is allowed
-and what it does (the effects: times, the agent, a cascade to the task runs,
-a requeue), and writes every change, cascaded ones included, in one
-transaction with a few prebuilt statements run with executemany: the runs'
-UPDATE (conditional on the version), the state-history INSERT and the outbox
-INSERT. The rules decide; this module loads, applies and writes. Commands
-are applied in order
-against the batch's own view of the rows, so two writers racing on one run
-inside a batch get exactly one winner per version, as they would across
-batches.
-
-The conditional UPDATE (``WHERE id = :id AND version = :v``) is the lock:
-if another instance changed a run between this batch's read and its write,
-fewer rows match, the batch rolls back, and the group committer retries its
-commands one by one, where the loser gets VERSION_LOCKING_ERROR.
+``apply_transitions`` checks a batch of state commands against their
+versions, asks ``rules.py`` what each change does, and writes every change,
+cascades included, in one transaction with prebuilt statements; the
+conditional UPDATE is the lock (docs/architecture.md, "State transitions").
 
 Stages ``flowbus.evt.flow_run.<id>.state`` / ``...task_state`` (message id
 ``subjects.state_event_msg_id``) and, when a run re-enters a due Scheduled

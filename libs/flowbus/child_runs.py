@@ -62,7 +62,7 @@ class CreateFlowRunTask(Task):
         task_options.setdefault("name", "create_flow_run")
         super().__init__(**task_options)
 
-    def run(  # type: ignore[override]
+    def run(
         self,
         flow_id: str | None = None,
         flow_name: str | None = None,
@@ -114,9 +114,7 @@ class WaitForFlowRunTask(Task):
         task_options.setdefault("name", "wait_for_flow_run")
         super().__init__(**task_options)
 
-    def run(  # type: ignore[override]
-        self, flow_run_id: str, stream_logs: bool = False, raise_final_state: bool = False
-    ) -> FlowRunOut:
+    def run(self, flow_run_id: str, stream_logs: bool = False, raise_final_state: bool = False) -> FlowRunOut:
         from flowbus.client import Client
 
         logger: logging.Logger = context.get("logger")

@@ -68,14 +68,7 @@ class NatsTuning(BaseModel):
     # How long a command waits for its events to be published before it
     # replies anyway (they stay in the outbox; only ordering is then best effort).
     publish_wait_seconds: float = 2.0
-    # When a hot-path command (create a run, set a state) replies: once
-    # JetStream has "stored" its events, or once they are "sent" on the
-    # service's connection, their acknowledgements awaited in the background.
-    # "sent" keeps each run's events in order on a single NATS server only
-    # (the server queues a connection's messages for their stream before it
-    # delivers the reply that follows them), not across a cluster's routes.
-    # `flowbus up` uses "sent" with the nats-server it starts itself, unless
-    # this is set.
+    # When a hot-path command replies: its events "stored" or "sent" (docs/architecture.md, "Delivery guarantees").
     reply_after_events: Literal["stored", "sent"] = "stored"
     # Commands larger than this are refused with VALIDATION_ERROR before decoding.
     max_command_bytes: int = 1024 * 1024
@@ -148,6 +141,9 @@ class Settings(BaseSettings):
     # FLOWBUS_HEARTBEAT_INTERVAL, the name the heartbeat docs use: a flat
     # spelling of heartbeat.interval_seconds, copied there when that is not set.
     heartbeat_interval: PositiveSeconds | None = None
+    # FLOWBUS_OTEL_CONSOLE: also print every span to the console (the OTLP
+    # export follows the SDK's own OTEL_EXPORTER_OTLP_ENDPOINT).
+    otel_console: bool = False
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

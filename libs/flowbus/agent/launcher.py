@@ -80,7 +80,7 @@ class FlowProcess:
 
 class Launcher:
     def __init__(self) -> None:
-        self._context: ForkServerContext = multiprocessing.get_context("forkserver")  # type: ignore[assignment]
+        self._context: ForkServerContext = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([_RUNNER_MODULE])
 
     async def warm_up(self) -> None:

@@ -1,22 +1,9 @@
 """The local agent: takes due runs from the run queues and runs them here.
 
-Runs are pushed: the agent holds a durable JetStream consumer (shared by
-every agent with the same label set) over the run-queue subject of every
-non-empty subset of its labels, and long-polls it, so a due run reaches it
-in milliseconds. For each run it claims Submitted at the version it was
-queued with: only one claim can win, however many agents or duplicate
-deliveries. The winner starts the flow in its own process (forked from a
-server with the runner preloaded, ``flowbus.agent.launcher``) with the
-run's environment, and logs "Submitted for execution: PID: <n>".
-
-``limit`` caps the runs being claimed or executed at once: the agent fetches
-only as many queued runs as it has free slots, so the rest wait in the
-stream (where other agents can take them), not in this process. ``stop()``
-(SIGTERM, SIGINT) takes no new runs, hands back any fetched but unclaimed,
-and lets the running ones finish. While a run executes, the agent listens
-to its state events: a Cancelling (``flowbus cancel`` of a running run)
-stops the flow's process (SIGTERM, then SIGKILL after
-``agent.cancel_grace_seconds``) and the run ends Cancelled.
+It long-polls a durable consumer over its label sets' run queues, claims
+each run (Submitted at its queued version: one claim wins), starts it in a
+process of its own and, on a cancel, stops that process; ``limit`` caps the
+runs in hand (docs/architecture.md, "Agent and runner").
 
 Reads: ``flowbus.runq.<key>`` (RUNQ stream), ``flowbus.evt.flow_run.<id>.state``.
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,

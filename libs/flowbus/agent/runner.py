@@ -1,25 +1,9 @@
 """Running a claimed flow run in this process: the agent's runner and ``flowbus run --execute``.
 
-``python -m flowbus.agent.runner <flow_run_id>`` is started by an agent
-after it claimed the run (Submitted); ``flowbus run --execute`` claims the
-run it just created and calls the same code (``run_claimed``) in its own
-process. Either loads the flow from its storage (the script path or module
-recorded at registration), sets Running against the version it saw, runs the
-tasks (each task-run state goes through the state service), ships logs,
-sends heartbeats (naming the running task run) and sets the final state. If
-the Running write loses (another runner, or the run was cancelled) it stops
-without running anything.
-
-Flow code runs in a daemon thread, so that a signal is handled while a task
-sleeps and the process can exit without waiting for that task. SIGTERM or
-SIGINT: the runner ships its pending logs and exits with 128 + the signal
-number, writing no state, because the agent that started it settles the run
-(Cancelled after a cancel, else Failed). ``run --execute`` has no agent
-behind it, so there a signal, a crash of flow code or any error ends the run
-Failed with the reason before the process exits, and a cancel (Cancelling,
-seen on the run's state events) stops the flow and ends the run Cancelled.
-Only a SIGKILL (or a lost machine) leaves the run Running: the Zombie
-Killer's job.
+Loads the flow from its storage, sets Running against the version it saw
+(stopping if that write loses), runs the tasks, ships logs, sends heartbeats
+and sets the final state; signals, crashes and cancels are handled as
+docs/architecture.md, "Agent and runner" describes.
 
 Reads: ``flowbus.cmd.state.get_flow_run`` replies.
 Writes: ``flowbus.cmd.state.set_*_state``, ``flowbus.logs.<id>``,
@@ -99,7 +83,7 @@ def load_flow(storage: StorageSpec, name: str) -> Flow:
     return flows[0]
 
 
-async def write_own_state(
+async def set_state_surviving_lost_reply(
     client: AsyncClient,
     flow_run_id: str,
     version: int,
@@ -304,7 +288,8 @@ class BackendHooks:
             return True
         task_run_id, version = entry
         future = asyncio.run_coroutine_threadsafe(
-            write_own_state(self.client, self.flow_run_id, version, state, message, task_run_id), self.loop
+            set_state_surviving_lost_reply(self.client, self.flow_run_id, version, state, message, task_run_id),
+            self.loop,
         )
         try:
             out = future.result()
@@ -370,7 +355,7 @@ class _ClaimedRun:
     async def finish(self, state: StateType, message: str) -> None:
         # Logs first: a watcher sees them before the final state.
         await self.ship()
-        await write_own_state(self.client, self.run.id, self.version, state, message)
+        await set_state_surviving_lost_reply(self.client, self.run.id, self.version, state, message)
 
     async def settle(self, reason: str) -> None:
         """Logs first, then the run ends (see ``settle_unfinished_run``)."""
@@ -447,7 +432,7 @@ async def _load_and_run(claimed: _ClaimedRun, settings: Settings, signals: StopS
         claimed.cancels = await _on_cancelling(client, run.id, signals.cancel)
     try:
         claimed.version = (
-            await write_own_state(client, run.id, claimed.version, StateType.RUNNING, "Running flow.")
+            await set_state_surviving_lost_reply(client, run.id, claimed.version, StateType.RUNNING, "Running flow.")
         ).version
     except (VersionLockingError, Conflict) as exc:
         # Someone else owns this run now: run nothing (once and only once).

@@ -99,4 +99,4 @@ class Transport:
             assert envelope.error is not None
             raise error_from_info(envelope.error)
         assert envelope.data is not None
-        return envelope.data  # type: ignore[no-any-return]
+        return envelope.data

@@ -1,24 +1,11 @@
 """Async engines and sessions for SQLite (embedded default) and PostgreSQL.
 
-Reads and writes are told apart by name: ``read_session()`` (ORM) and
-``read_connection()`` (Core) for reads, ``write_session()`` (ORM) and
-``write_connection()`` (Core, flowbus.db.connection) for writes. On
-PostgreSQL both use one engine. SQLite is set up for concurrent services in one file: WAL, foreign
-keys on (cascading deletes), and two engines. Writes begin with
-``BEGIN IMMEDIATE`` (the write lock up front, instead of failing when a read
-lock cannot be upgraded) and queue on :class:`SqliteWriteLock` (an asyncio
-lock inside a process, a ``flock`` across processes): SQLite's own busy
-handler waits by sleeping for up to 100 ms at a time, which wrecks latency
-when the services of ``flowbus up`` share a file. Reads begin a deferred
-transaction: in WAL mode they neither wait for writers nor block them.
-
-``write_connection()`` (the batched hot paths') runs SQLite on
-the event loop's own thread through the synchronous driver: a statement
-takes microseconds, while handing it to aiosqlite's thread and back costs
-more than the statement, a dozen times per transaction. Such a connection
-never waits inside SQLite (busy timeout 0): a writer that is not a flowbus
-service (so not behind the flock) makes ``BEGIN IMMEDIATE`` fail at once,
-and it is retried after an asyncio sleep, so the loop is never blocked.
+Reads and writes are told apart by name: ``read_session()`` /
+``read_connection()`` and ``write_session()`` / ``write_connection()``.
+On SQLite, writes begin ``BEGIN IMMEDIATE`` and queue on
+:class:`SqliteWriteLock`, and ``write_connection()`` runs the synchronous
+driver on the event loop's thread (docs/architecture.md, "The hot path:
+fast lane and group commit").
 """
 
 from __future__ import annotations

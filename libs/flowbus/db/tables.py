@@ -97,11 +97,11 @@ def utcnow() -> datetime:
 
 
 def _ts(**kw: Any) -> Any:
-    return Field(sa_type=UTCDateTime, **kw)  # type: ignore[call-overload]
+    return Field(sa_type=UTCDateTime, **kw)
 
 
 def _json(**kw: Any) -> Any:
-    return Field(sa_type=sa.JSON, **kw)  # type: ignore[call-overload]
+    return Field(sa_type=sa.JSON, **kw)
 
 
 def _fk(target: str, **kw: Any) -> Any:
@@ -273,5 +273,5 @@ class Outbox(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     owner: str = Field(max_length=64, index=True)
-    messages: bytes = Field(sa_type=sa.LargeBinary)  # type: ignore[call-overload]
+    messages: bytes = Field(sa_type=sa.LargeBinary)
     created: datetime = _ts(default_factory=utcnow)

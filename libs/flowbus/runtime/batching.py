@@ -1,24 +1,10 @@
 """Group commit: many concurrent commands, one transaction, one publish.
 
-A hot-path handler submits its command to a :class:`GroupCommitter` and
-awaits its own outcome. One worker takes every command that is waiting,
-processes them together (one transaction, a few prebuilt statements run
-with executemany), publishes their events, then answers each. Batches form
-by themselves: while a batch is being written the next one queues, so a lone
-request goes through at once and a crowd shares the cost of a commit.
-
-Per-command refusals (a stale version, an unknown id) are outcomes, not
-failures: they leave the other commands of the batch untouched. The next batch is
-written while the previous one's events are being acknowledged (at most
-``pipeline`` batches in flight; replies still follow their own events, in
-batch order). When replies do not wait for acknowledgements, a pipeline of
-one is best: the previous batch's sends and replies are then CPU work that
-would otherwise wait in the event loop behind the next batch's write (which
-runs inline and holds the loop), so they go first. A failure of
-the batch itself (say, a unique-constraint race with another instance) makes
-the worker retry the commands one by one, so only the command at fault fails.
-Touches no subject itself: the batch's events go to the service's outbox
-relay on commit, and the committer has it publish them before replying.
+A hot-path handler submits its command to a :class:`GroupCommitter`; one
+worker processes every waiting command in one transaction, has the outbox
+relay publish their events, then answers each. A refusal is one command's
+outcome; a failed batch is retried command by command
+(docs/architecture.md, "The hot path: fast lane and group commit").
 """
 
 from __future__ import annotations

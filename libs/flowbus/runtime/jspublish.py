@@ -1,13 +1,12 @@
 """Publishing a batch of messages to JetStream and awaiting their acknowledgements together.
 
 The outbox relay publishes a few hundred events per batch and must know that
-every one of them is stored: before it replies to anyone, or (with
-``nats.reply_after_events=sent``) before it lets the batch's outbox row go,
-which is why sending and confirming are two steps. nats-py's
+every one of them is stored, before it replies or, in the "sent" reply mode
+(docs/architecture.md, "Delivery guarantees"), before it lets the batch's
+outbox row go: so sending and confirming are two steps. nats-py's
 ``publish_async`` does that one message at a time: per message a timeout
 task around a semaphore, a random token from the OS, a future with its
-callbacks and a parsed ``PubAck``. Under load that was a tenth of run
-creation's time. Here a batch is one waiter: each message gets a reply
+callbacks and a parsed ``PubAck``. Here a batch is one waiter: each message gets a reply
 subject under one inbox subscription (``<inbox>.<n>``), each acknowledgement
 counts the waiter down, and the first error fails it. The messages still
 leave in order on one connection, each with its ``Nats-Msg-Id``. Hints

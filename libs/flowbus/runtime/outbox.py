@@ -1,35 +1,10 @@
-"""The transactional outbox: events leave a service only after its commit.
+"""The transactional outbox relay: events leave a service only after its commit.
 
-A unit of work (an ORM write session, or a group committer's write batch)
-collects the events its use case emits in an ``OutboxBatch``
-(flowbus.db.outbox). The service's :class:`OutboxRelay` is its database's
-outbox: in the transaction it writes the batch as one row tagged with the
-service's name (a JSON list of subject, message id and payload) and deletes
-the rows published since the previous one, so the deletes ride on commits
-that happen anyway; once committed, it takes the batch and publishes the
-messages from memory: the row is only the crash record. Nobody has to ask:
-
-- a group committer publishes each batch before its replies
-  (``publish_before_reply``), overlapping the next batch's write;
-- any other unit of work publishes when its transaction is over
-  (``after_commit``): before its use case returns, so before any reply,
-  and waiting for JetStream's acknowledgements, since a faststream handler
-  replies on another connection than the relay's.
-
-The relay publishes in commit order, one flusher at a time, with
-``Nats-Msg-Id`` set. A crash between commit and publish loses nothing (the
-row waits for the next relay pass), and a crash between publish and delete
-duplicates nothing (JetStream drops the repeat by its message id within
-the duplicate window). The sweep leaves rows younger than ``grace`` to
-their own instance, so two instances of a service do not publish each
-other's fresh batches twice.
-
-Where replies need not wait for JetStream's acknowledgements
-(``nats.reply_after_events=sent``), ``publish_committed`` returns once a
-batch is sent and the acknowledgements are awaited in the background; the
-row is let go only once they are in (this applies to the group
-committers' batches). A batch may also carry hints: core NATS messages sent
-once after its events and never stored.
+A unit of work's events (an ``OutboxBatch``, flowbus.db.outbox) are staged
+as one row, tagged with the service's name, in its transaction; once it
+commits, the service's :class:`OutboxRelay` publishes them from memory, in
+commit order, before any reply, and its sweep publishes what a failed or
+crashed attempt left (docs/architecture.md, "Delivery guarantees").
 """
 
 from __future__ import annotations
@@ -129,10 +104,7 @@ class OutboxRelay:
     async def stage(self, conn: WriteConnection, batch: OutboxBatch, now: datetime) -> None:
         """Write ``batch`` as one row in its transaction, with the deletion of the rows published so far.
 
-        A once-a-second delete of every published row (each holds a batch's
-        payloads) held the write lock, and the relay, for long enough to show
-        as a slow batch every second. Riding on each batch's commit, the
-        deletes are small and even. Should the transaction roll back, the ids
+        Riding on each batch's commit, the deletes are small and even. Should the transaction roll back, the ids
         stay for the next batch or the sweep.
         """
         if batch.messages:
@@ -187,21 +159,11 @@ class OutboxRelay:
             await asyncio.sleep(self.idle)
 
     async def publish_committed(self, *, stored: bool | None = None) -> None:
-        """Publish the committed batches handed over so far, from memory.
+        """Publish the committed batches handed over so far, from memory, in commit order.
 
-        Called after a commit and before the reply (``publish_before_reply``),
-        so whoever acts on a reply acts after its events are in the stream:
-        per-run order holds across services, even across a NATS cluster's
-        routes. On failure the batches stay for the sweep.
-
-        ``stored`` off (default: ``reply_after_stored``), this returns once the messages are
-        handed to the connection, and their acknowledgements are awaited in
-        the background. The reply then follows the events on the same
-        connection, and a single NATS server queues each message for its
-        stream in the order it reads them, before it delivers the reply: so
-        per-run order still holds on one server, not across a cluster's
-        routes. A batch whose acknowledgements fail goes back to the front
-        of the queue for the next pass.
+        Called after a commit and before the reply (``publish_before_reply``). ``stored``
+        (default: ``reply_after_stored``): the reply mode (docs/architecture.md, "Delivery guarantees").
+        On failure the batches stay for the sweep.
         """
         async with self._lock:
             await self._publish_committed(self.reply_after_stored if stored is None else stored)

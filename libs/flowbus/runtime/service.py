@@ -7,7 +7,8 @@ refusal its stable code, a bug ``INTERNAL``; the service keeps serving), an
 ASGI app with /healthz, /readyz and /docs/asyncapi, OpenTelemetry spans with
 the trace context carried in NATS headers, a database with migrations
 applied, the JetStream streams, an outbox relay (its rows tagged with the
-service's name; every write's events published before the reply) and the
+service's name; every write's events published before the reply,
+docs/architecture.md, "Delivery guarantees") and the
 service's own background loops. Services add only their handlers and use
 cases.
 """
@@ -62,7 +63,7 @@ class ServiceContext:
     db: Database
     broker: NatsBroker
     # Never connected: holds every command, fast-lane ones included, for the AsyncAPI document.
-    docs: NatsBroker
+    spec_broker: NatsBroker
     fast_lane: FastLane
     # The database's outbox: every write hands it its events; it publishes once started.
     relay: OutboxRelay
@@ -82,7 +83,7 @@ class ServiceContext:
         command would hold up every other on its subject)."""
         workers = self.settings.nats.max_concurrent_messages
         run = self.broker.subscriber(subject, max_workers=workers, **kwargs)
-        document = self.docs.subscriber(subject, max_workers=workers, **kwargs)
+        document = self.spec_broker.subscriber(subject, max_workers=workers, **kwargs)
 
         def decorate(handler: H) -> H:
             document(handler)
@@ -107,7 +108,7 @@ class ServiceContext:
             raise NotImplementedError("served by the fast lane")
 
         documented.__annotations__ = {"cmd": model, "return": Reply[reply]}  # type: ignore[valid-type]
-        self.docs.subscriber(subject, queue=queue, title=title)(documented)
+        self.spec_broker.subscriber(subject, queue=queue, title=title)(documented)
 
     def group_committer(
         self, name: str, process: Callable[[Sequence[C]], Awaitable[list[R | FlowbusError]]]
@@ -118,8 +119,7 @@ class ServiceContext:
             f"{self.name}.{name}",
             process,
             after_commit=self.relay.publish_before_reply,
-            # Replies that wait for acknowledgements overlap the next batches;
-            # replies that do not are CPU work, best done before the next write.
+            # Its depth follows the reply mode (docs/architecture.md, "Delivery guarantees").
             pipeline=4 if self.relay.reply_after_stored else 1,
         )
         self.committers.append(committer)
@@ -212,7 +212,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         reconnect_time_wait=1,
         decoder=lenient_json_decoder(settings.nats.max_command_bytes),
         middlewares=[
-            NatsTelemetryMiddleware(tracer_provider=tracer_provider(name)),
+            NatsTelemetryMiddleware(tracer_provider=tracer_provider(name, settings.otel_console)),
             envelope_middleware(),
             _OversizeGuard,
         ],
@@ -259,9 +259,9 @@ def build_service(
 ) -> AsgiFastStream:
     """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``."""
     broker = make_broker(settings, name)
-    docs = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
+    spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
-    fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name))
+    fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name, settings.otel_console))
     relay = OutboxRelay(
         name,
         db,
@@ -269,9 +269,36 @@ def build_service(
         publish_wait=settings.nats.publish_wait_seconds,
     )
     ctx = ServiceContext(
-        name=name, settings=settings, db=db, broker=broker, docs=docs, fast_lane=fast_lane, relay=relay
+        name=name,
+        settings=settings,
+        db=db,
+        broker=broker,
+        spec_broker=spec_broker,
+        fast_lane=fast_lane,
+        relay=relay,
     )
     register(ctx)
+    on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, migrate=migrate)
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=_health_routes(ctx),
+        asyncapi_path="/docs/asyncapi",
+        specification=AsyncAPI(spec_broker, title=f"flowbus {name}", version=__version__),
+        on_startup=[on_startup],
+        after_startup=[after_startup],
+        on_shutdown=[on_shutdown],
+        after_shutdown=[after_shutdown],
+    )
+    _CONTEXTS[app] = ctx
+    return app
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> tuple[Hook, Hook, Hook, Hook]:
+    """The app's start-up and shut-down hooks: on_startup, after_startup, on_shutdown, after_shutdown."""
+    name, settings, db, fast_lane = ctx.name, ctx.settings, ctx.db, ctx.fast_lane
 
     async def on_startup() -> None:
         if migrate:
@@ -286,9 +313,9 @@ def build_service(
         await fast_lane.start(ctx.nc)
         ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
         if db.sqlite:
-            ctx.tasks.append(asyncio.create_task(_guarded(_checkpoint, ctx), name=f"{name}-checkpoint"))
+            ctx.tasks.append(asyncio.create_task(_restart_on_crash(_checkpoint, ctx), name=f"{name}-checkpoint"))
         for loop in loops:
-            ctx.tasks.append(asyncio.create_task(_guarded(loop, ctx), name=f"{name}-{loop.__name__}"))
+            ctx.tasks.append(asyncio.create_task(_restart_on_crash(loop, ctx), name=f"{name}-{loop.__name__}"))
         settle_heap()
 
     async def on_shutdown() -> None:
@@ -308,6 +335,13 @@ def build_service(
             await ctx.nc.close()
         await db.dispose()
 
+    return on_startup, after_startup, on_shutdown, after_shutdown
+
+
+def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
+    """/healthz (the process answers) and /readyz (NATS and the database answer)."""
+    broker, db = ctx.broker, ctx.db
+
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
         return AsgiResponse(b'{"status":"ok"}', 200, headers={"content-type": "application/json"})
@@ -325,18 +359,7 @@ def build_service(
         body = json.dumps({"status": "ok" if not problems else "unavailable", "failing": problems})
         return AsgiResponse(body.encode(), 200 if not problems else 503, headers={"content-type": "application/json"})
 
-    app = AsgiFastStream(
-        broker,
-        asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
-        asyncapi_path="/docs/asyncapi",
-        specification=AsyncAPI(docs, title=f"flowbus {name}", version=__version__),
-        on_startup=[on_startup],
-        after_startup=[after_startup],
-        on_shutdown=[on_shutdown],
-        after_shutdown=[after_shutdown],
-    )
-    _CONTEXTS[app] = ctx
-    return app
+    return [("/healthz", healthz), ("/readyz", readyz)]
 
 
 async def _checkpoint(ctx: ServiceContext) -> None:
@@ -345,7 +368,7 @@ async def _checkpoint(ctx: ServiceContext) -> None:
         await ctx.db.checkpoint()
 
 
-async def _guarded(loop: Loop, ctx: ServiceContext) -> None:
+async def _restart_on_crash(loop: Loop, ctx: ServiceContext) -> None:
     """Run a background loop, restarting it after an unexpected error."""
     while True:
         try:

@@ -3,8 +3,9 @@
 Spans are always created (faststream's NATS middleware puts the W3C trace
 context in message headers, so one trace spans CLI, services and agent);
 they are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set
-(the collector of docker-compose.yml), and to the console when
-``FLOWBUS_OTEL_CONSOLE=1``.
+(the OpenTelemetry SDK's own variable; docker-compose.yml points it at the
+collector), and to the console when the ``otel_console`` setting
+(``FLOWBUS_OTEL_CONSOLE``) is on.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 
 @cache
-def tracer_provider(service: str) -> TracerProvider:
+def tracer_provider(service: str, console: bool = False) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": f"flowbus-{service}"}))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    if os.environ.get("FLOWBUS_OTEL_CONSOLE") == "1":
+    if console:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     return provider
 
 
-def tracer(service: str) -> trace.Tracer:
-    return tracer_provider(service).get_tracer("flowbus")
+def tracer(service: str, console: bool = False) -> trace.Tracer:
+    return tracer_provider(service, console).get_tracer("flowbus")
