@@ -7,8 +7,12 @@ unit of work (see usecases), with nothing to do here.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from flowbus.db.engine import Database
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import Empty, Reply
+from flowbus.schemas.common import Empty, Message, Reply
 from flowbus.schemas.flows import (
     ArchiveFlow,
     CreateProject,
@@ -34,83 +38,51 @@ from flowbus.schemas.flows import (
 from flowbus.subjects import RegistrationCommands
 from flowbus_services.registration import usecases
 
+UseCase = Callable[[Database, Any], Awaitable[Message]]
+
+
+async def _list_projects(db: Database, _query: Empty) -> ProjectList:
+    return await usecases.list_projects(db)
+
+
+# (subject, command, reply, use case): every registration command is one use case call.
+COMMANDS: tuple[tuple[str, type[Message], type[Message], UseCase], ...] = (
+    (RegistrationCommands.CREATE_PROJECT, CreateProject, ProjectOut, usecases.create_project),
+    (RegistrationCommands.GET_PROJECT, GetProject, ProjectOut, usecases.get_project),
+    (RegistrationCommands.LIST_PROJECTS, Empty, ProjectList, _list_projects),
+    (RegistrationCommands.RENAME_PROJECT, RenameProject, ProjectOut, usecases.rename_project),
+    (RegistrationCommands.SET_PROJECT_DESCRIPTION, SetProjectDescription, ProjectOut, usecases.set_project_description),
+    (RegistrationCommands.DELETE_PROJECT, DeleteProject, Deleted, usecases.delete_project),
+    (RegistrationCommands.REGISTER_FLOW, RegisterFlow, FlowOut, usecases.register_flow),
+    (RegistrationCommands.GET_FLOW, GetFlow, FlowOut, usecases.get_flow),
+    (RegistrationCommands.LIST_FLOWS, ListFlows, FlowList, usecases.list_flows),
+    (RegistrationCommands.ARCHIVE_FLOW, ArchiveFlow, FlowOut, usecases.archive_flow),
+    (RegistrationCommands.UNARCHIVE_FLOW, UnarchiveFlow, FlowOut, usecases.unarchive_flow),
+    (RegistrationCommands.SET_FLOW_SETTINGS, SetFlowSettings, FlowOut, usecases.set_flow_settings),
+    (RegistrationCommands.SET_FLOW_SCHEDULE_STATE, SetFlowScheduleState, FlowOut, usecases.set_flow_schedule_state),
+    (RegistrationCommands.SET_FLOW_GROUP_LABELS, SetFlowGroupLabels, FlowGroupOut, usecases.set_flow_group_labels),
+    (
+        RegistrationCommands.SET_FLOW_GROUP_DEFAULT_PARAMETERS,
+        SetFlowGroupDefaultParameters,
+        FlowGroupOut,
+        usecases.set_flow_group_default_parameters,
+    ),
+)
+
 
 def register(ctx: ServiceContext) -> None:
-    _register_projects(ctx)
-    _register_flows(ctx)
+    for subject, model, reply, usecase in COMMANDS:
+        _serve(ctx, subject, model, reply, usecase)
 
 
-def _register_projects(ctx: ServiceContext) -> None:
-    sub = ctx.subscriber
-    queue = RegistrationCommands.QUEUE
+def _serve(ctx: ServiceContext, subject: str, model: type[Message], reply: type[Message], usecase: UseCase) -> None:
+    """Subscribe one handler: the command validated as ``model``, the use case's result as ``reply``."""
     db = ctx.db
 
-    @sub(RegistrationCommands.CREATE_PROJECT, queue=queue, title="create_project")
-    async def create_project(cmd: CreateProject) -> Reply[ProjectOut]:
-        return Reply.success(await usecases.create_project(db, cmd))
+    async def handle(cmd: Any) -> Reply[Any]:
+        return Reply.success(await usecase(db, cmd))
 
-    @sub(RegistrationCommands.GET_PROJECT, queue=queue, title="get_project")
-    async def get_project(query: GetProject) -> Reply[ProjectOut]:
-        return Reply.success(await usecases.get_project(db, query))
-
-    @sub(RegistrationCommands.LIST_PROJECTS, queue=queue, title="list_projects")
-    async def list_projects(query: Empty) -> Reply[ProjectList]:
-        return Reply.success(await usecases.list_projects(db))
-
-    @sub(RegistrationCommands.RENAME_PROJECT, queue=queue, title="rename_project")
-    async def rename_project(cmd: RenameProject) -> Reply[ProjectOut]:
-        return Reply.success(await usecases.rename_project(db, cmd))
-
-    @sub(RegistrationCommands.SET_PROJECT_DESCRIPTION, queue=queue, title="set_project_description")
-    async def set_project_description(cmd: SetProjectDescription) -> Reply[ProjectOut]:
-        return Reply.success(await usecases.set_project_description(db, cmd))
-
-    @sub(RegistrationCommands.DELETE_PROJECT, queue=queue, title="delete_project")
-    async def delete_project(cmd: DeleteProject) -> Reply[Deleted]:
-        return Reply.success(await usecases.delete_project(db, cmd))
-
-
-def _register_flows(ctx: ServiceContext) -> None:
-    sub = ctx.subscriber
-    queue = RegistrationCommands.QUEUE
-    db = ctx.db
-
-    @sub(RegistrationCommands.REGISTER_FLOW, queue=queue, title="register_flow")
-    async def register_flow(cmd: RegisterFlow) -> Reply[FlowOut]:
-        return Reply.success(await usecases.register_flow(db, cmd))
-
-    @sub(RegistrationCommands.GET_FLOW, queue=queue, title="get_flow")
-    async def get_flow(query: GetFlow) -> Reply[FlowOut]:
-        return Reply.success(await usecases.get_flow(db, query))
-
-    @sub(RegistrationCommands.LIST_FLOWS, queue=queue, title="list_flows")
-    async def list_flows(query: ListFlows) -> Reply[FlowList]:
-        return Reply.success(await usecases.list_flows(db, query))
-
-    @sub(RegistrationCommands.ARCHIVE_FLOW, queue=queue, title="archive_flow")
-    async def archive_flow(cmd: ArchiveFlow) -> Reply[FlowOut]:
-        return Reply.success(await usecases.archive_flow(db, cmd))
-
-    @sub(RegistrationCommands.UNARCHIVE_FLOW, queue=queue, title="unarchive_flow")
-    async def unarchive_flow(cmd: UnarchiveFlow) -> Reply[FlowOut]:
-        return Reply.success(await usecases.unarchive_flow(db, cmd))
-
-    @sub(RegistrationCommands.SET_FLOW_SETTINGS, queue=queue, title="set_flow_settings")
-    async def set_flow_settings(cmd: SetFlowSettings) -> Reply[FlowOut]:
-        return Reply.success(await usecases.set_flow_settings(db, cmd))
-
-    @sub(RegistrationCommands.SET_FLOW_SCHEDULE_STATE, queue=queue, title="set_flow_schedule_state")
-    async def set_flow_schedule_state(cmd: SetFlowScheduleState) -> Reply[FlowOut]:
-        return Reply.success(await usecases.set_flow_schedule_state(db, cmd))
-
-    @sub(RegistrationCommands.SET_FLOW_GROUP_LABELS, queue=queue, title="set_flow_group_labels")
-    async def set_flow_group_labels(cmd: SetFlowGroupLabels) -> Reply[FlowGroupOut]:
-        return Reply.success(await usecases.set_flow_group_labels(db, cmd))
-
-    @sub(
-        RegistrationCommands.SET_FLOW_GROUP_DEFAULT_PARAMETERS,
-        queue=queue,
-        title="set_flow_group_default_parameters",
-    )
-    async def set_flow_group_default_parameters(cmd: SetFlowGroupDefaultParameters) -> Reply[FlowGroupOut]:
-        return Reply.success(await usecases.set_flow_group_default_parameters(db, cmd))
+    # faststream validates the payload and documents the subject from the annotations.
+    handle.__annotations__ = {"cmd": model, "return": Reply[reply]}  # type: ignore[valid-type]
+    handle.__name__ = handle.__qualname__ = subject.rsplit(".", 1)[1]
+    ctx.subscriber(subject, queue=RegistrationCommands.QUEUE, title=handle.__name__)(handle)

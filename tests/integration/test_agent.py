@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from flowbus.settings import Settings
 from flowbus.states import StateType
 from tests.helpers import unique
 from tests.helpers.agents import running_agents
-from tests.helpers.runs import WhenBlocking, watch_until_finished
+from tests.helpers.runs import Watched, WhenBlocking, watch_until_finished
 from tests.helpers.scripts import blocking_flow, register_greeting_flow
 from tests.helpers.waiting import eventually
 
@@ -115,39 +116,44 @@ async def _registered_blocking(client: AsyncClient, tmp_path: Path) -> str:
     return (await client.register(spec, "agents", labels=["itest"])).id
 
 
-async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
-    stack: Settings, client: AsyncClient, tmp_path: Path
-) -> None:
+async def _run_until_finished(
+    stack: Settings, client: AsyncClient, tmp_path: Path, act: Callable[[str, int], Awaitable[None]]
+) -> tuple[str, Watched, WhenBlocking]:
+    """Run the blocking flow on a real agent; ``act(run_id, pid)`` once its task blocks; watch it finish."""
     flow_id = await _registered_blocking(client, tmp_path)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         run = await client.create_flow_run(flow_id, labels=["itest"])
+        flow_process = WhenBlocking(lambda pid: act(run.id, pid))
+        watched = await watch_until_finished(client, run.id, on_item=flow_process)
+    return run.id, watched, flow_process
 
-        async def cancel(_pid: int) -> None:
-            cancel = await client.cancel_flow_run(run.id)
-            assert cancel.state.type is StateType.CANCELLING
 
-        flow_process = WhenBlocking(cancel)
-        states = (await watch_until_finished(client, run.id, on_item=flow_process)).types
-        assert states[-2:] == [StateType.CANCELLING, StateType.CANCELLED], states
-        assert flow_process.pid is not None
-        with pytest.raises(ProcessLookupError):
-            os.kill(flow_process.pid, 0)  # the flow's process is gone (reaped by the agent)
-        detail = await client.get_flow_run(run.id)
-        assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
+async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(
+    stack: Settings, client: AsyncClient, tmp_path: Path
+) -> None:
+    async def cancel(run_id: str, _pid: int) -> None:
+        cancel = await client.cancel_flow_run(run_id)
+        assert cancel.state.type is StateType.CANCELLING
+
+    run_id, watched, flow_process = await _run_until_finished(stack, client, tmp_path, cancel)
+    states = watched.types
+    assert states[-2:] == [StateType.CANCELLING, StateType.CANCELLED], states
+    assert flow_process.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(flow_process.pid, 0)  # the flow's process is gone (reaped by the agent)
+    detail = await client.get_flow_run(run_id)
+    assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
 
 
 async def test_a_killed_flow_process_ends_the_run_failed_with_its_running_task_run(
     stack: Settings, client: AsyncClient, tmp_path: Path
 ) -> None:
-    flow_id = await _registered_blocking(client, tmp_path)
-    async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
-        run = await client.create_flow_run(flow_id, labels=["itest"])
+    async def kill(_run_id: str, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
 
-        async def kill(pid: int) -> None:
-            os.kill(pid, signal.SIGKILL)
-
-        last = (await watch_until_finished(client, run.id, on_item=WhenBlocking(kill))).states[-1]
-        assert (last.state.type, last.state.message) == (StateType.FAILED, "Flow run process was killed by signal 9.")
-        # The agent sent the flow run's Failed alone; the state service failed the task run.
-        [block] = (await client.get_flow_run(run.id)).task_runs
-        assert (block.state.type, block.state.message) == (StateType.FAILED, "Flow run failed.")
+    run_id, watched, _ = await _run_until_finished(stack, client, tmp_path, kill)
+    last = watched.states[-1]
+    assert (last.state.type, last.state.message) == (StateType.FAILED, "Flow run process was killed by signal 9.")
+    # The agent sent the flow run's Failed alone; the state service failed the task run.
+    [block] = (await client.get_flow_run(run_id)).task_runs
+    assert (block.state.type, block.state.message) == (StateType.FAILED, "Flow run failed.")
