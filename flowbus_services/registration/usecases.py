@@ -313,29 +313,27 @@ async def _change_flow(db: Database, flow_id: str, fact: str, change: Callable[[
     return flow_out(flow, group, project, versions=versions)
 
 
+def _set_archived(archived: bool) -> Callable[[Flow, FlowGroup], bool]:
+    """A flow change that sets ``archived``; no change (and no event) when it already is."""
+
+    def change(flow: Flow, _group: FlowGroup) -> bool:
+        if flow.archived == archived:
+            return False
+        flow.archived = archived
+        return True
+
+    return change
+
+
 async def archive_flow(db: Database, cmd: ArchiveFlow) -> FlowOut:
     """Archive a flow. The state service reacts to the event: it deletes the
     flow's not-started auto-scheduled runs and cancels its ad-hoc Scheduled ones."""
-
-    def change(flow: Flow, _group: FlowGroup) -> bool:
-        if flow.archived:
-            return False
-        flow.archived = True
-        return True
-
-    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.ARCHIVED, change)
+    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.ARCHIVED, _set_archived(True))
 
 
 async def unarchive_flow(db: Database, cmd: UnarchiveFlow) -> FlowOut:
     """Make a flow runnable again; its schedule switch is as it was (two versions may both be live)."""
-
-    def change(flow: Flow, _group: FlowGroup) -> bool:
-        if not flow.archived:
-            return False
-        flow.archived = False
-        return True
-
-    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.UNARCHIVED, change)
+    return await _change_flow(db, cmd.flow_id, subjects.FlowFact.UNARCHIVED, _set_archived(False))
 
 
 async def set_flow_settings(db: Database, cmd: SetFlowSettings) -> FlowOut:
