@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, JsonValue, PrivateAttr, StringConstraints, model_validator
 
-from flowbus import subjects
+from flowbus import clocks, subjects
 from flowbus.schemas.common import LABEL_MAX, MAX_LABELS, NAME_MAX, Message
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
@@ -61,15 +61,53 @@ class RunConfigSpec(Message):
     env: dict[str, str] | None = None
 
 
+# The fields each type of clock may set, besides type, parameter_defaults and labels.
+_CLOCK_FIELDS: dict[str, frozenset[str]] = {
+    "cron": frozenset({"cron", "timezone"}),
+    "interval": frozenset({"interval_seconds", "start_date", "timezone"}),
+    "dates": frozenset({"dates"}),
+}
+_CLOCK_OPTIONS = ("cron", "timezone", "interval_seconds", "start_date", "dates")
+# Past this an interval's times leave the calendar (year 9999) within a few of them.
+_INTERVAL_MAX_SECONDS = 100 * 366 * 86_400
+
+
 class ClockSpec(Message):
+    """One clock of a schedule; what its fields mean: docs/semantics.md, "Schedules"."""
+
     type: Literal["cron", "interval", "dates"]
-    cron: str | None = None
-    timezone: str | None = None
-    interval_seconds: float | None = Field(default=None, gt=0)
+    cron: str | None = Field(default=None, max_length=NAME_MAX)
+    timezone: str | None = Field(default=None, max_length=NAME_MAX)
+    interval_seconds: float | None = Field(default=None, gt=0, le=_INTERVAL_MAX_SECONDS)
     start_date: datetime | None = None
     dates: list[datetime] | None = None
     parameter_defaults: dict[str, JsonValue] = Field(default_factory=dict)
     labels: Labels | None = None
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> ClockSpec:
+        stray = [f for f in _CLOCK_OPTIONS if f not in _CLOCK_FIELDS[self.type] and getattr(self, f) is not None]
+        if stray:
+            raise ValueError(f"{self.type} clocks do not take {', '.join(stray)}")
+        if self.timezone is not None:
+            clocks.zone(self.timezone)
+        if self.type == "cron":
+            if self.cron is None:
+                raise ValueError("a cron clock needs cron")
+            clocks.cron_fields(self.cron)
+        elif self.type == "interval":
+            if self.interval_seconds is None:
+                raise ValueError("an interval clock needs interval_seconds")
+            if not timedelta(seconds=self.interval_seconds):
+                raise ValueError("interval_seconds must be at least one microsecond")
+            if self.start_date is not None and not clocks.is_aware(self.start_date):
+                raise ValueError("start_date must be timezone-aware")
+        else:
+            if not self.dates:
+                raise ValueError("a dates clock needs at least one date")
+            if not all(clocks.is_aware(d) for d in self.dates):
+                raise ValueError("dates must be timezone-aware")
+        return self
 
 
 class ScheduleSpec(Message):
@@ -101,6 +139,10 @@ class SerializedFlow(Message):
         for edge in self.edges:
             if edge.upstream not in known or edge.downstream not in known:
                 raise ValueError(f"edge {edge.upstream} -> {edge.downstream} names an unknown task")
+        for index, clock in enumerate(self.schedule.clocks if self.schedule else []):
+            undeclared = sorted(set(clock.parameter_defaults) - set(names))
+            if undeclared:
+                raise ValueError(f"clock {index} sets parameters the flow does not declare: {undeclared}")
         return self
 
 

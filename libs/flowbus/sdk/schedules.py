@@ -1,13 +1,17 @@
 """Schedules: the clocks a flow is registered with (docs/semantics.md, "Schedules").
 
-Stored with the flow; nothing turns them into runs yet.
+Stored with the flow; the scheduler service creates runs from them.
+``Schedule.next`` computes their times locally (``flowbus.clocks``), as the
+scheduler does.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from flowbus.clocks import compile_schedule, next_times
 from flowbus.schemas.flows import ClockSpec, ScheduleSpec
 
 
@@ -36,15 +40,24 @@ class CronClock(Clock):
 
 
 class IntervalClock(Clock):
-    def __init__(self, interval: timedelta, start_date: datetime | None = None, **kwargs: Any) -> None:
+    """Every ``interval`` from ``start_date`` (default 2019-01-01T00:00Z). A whole number of days
+    keeps the start's wall-clock time in ``timezone``, which defaults to the zone of a
+    ``start_date`` carrying a ``ZoneInfo``; shorter intervals are elapsed time."""
+
+    def __init__(
+        self, interval: timedelta, start_date: datetime | None = None, timezone: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.interval, self.start_date = interval, start_date
+        if timezone is None and start_date is not None and isinstance(start_date.tzinfo, ZoneInfo):
+            timezone = start_date.tzinfo.key  # the zone is lost once the date is sent as JSON
+        self.interval, self.start_date, self.timezone = interval, start_date, timezone
 
     def spec(self) -> ClockSpec:
         return ClockSpec(
             type="interval",
             interval_seconds=self.interval.total_seconds(),
             start_date=self.start_date,
+            timezone=self.timezone,
             parameter_defaults=self.parameter_defaults,
             labels=self.labels,
         )
@@ -65,3 +78,8 @@ class Schedule:
 
     def spec(self) -> ScheduleSpec:
         return ScheduleSpec(clocks=[c.spec() for c in self.clocks])
+
+    def next(self, n: int, after: datetime | None = None) -> list[datetime]:
+        """The next ``n`` start times over all clocks (UTC), strictly after ``after`` (default now)."""
+        clocks = compile_schedule(self.spec())
+        return [t.start for t in next_times(clocks, after if after is not None else datetime.now(UTC), n)]
