@@ -10,9 +10,11 @@ the run is already due, its ``flowbus.runq.<label-set key>`` message
 so the run is queued once); when it is due later, the ``created`` event also
 goes to ``flowbus.hint.scheduler.wake`` (core NATS), to wake the scheduler.
 
-Idempotency: a create whose key (per flow) is already taken returns the
-first run and changes nothing. Inside a batch the same holds by lookup; across
-processes the unique constraint (flow_id, idempotency_key) decides: the batch
+Idempotency: a create whose key (per flow; per flow group for the
+scheduler's auto-scheduled runs, which never expire) is already taken
+returns the first run and changes nothing. Inside a batch the same holds by lookup; across
+processes the unique constraint (flow_id, idempotency_key), or
+(flow_group_id, idempotency_key) for auto-scheduled runs, decides: the batch
 that loses rolls back, and each of its commands is retried alone, where the
 loser finds the winner's run.
 """
@@ -37,13 +39,15 @@ from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
+from flowbus.parameters import merge_parameters
 from flowbus.runtime.batching import write_batch
-from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound, ValidationFailed
+from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunCreated, FlowRunOut, RunQueued, StateChanged
 from flowbus.states import StateType
 
 SCHEDULED_MESSAGE = "Flow run scheduled."
+_AUTO = "auto:"  # prefixes a group id where keys are held per group
 
 _f = Flow.__table__  # type: ignore[attr-defined]
 _g = FlowGroup.__table__  # type: ignore[attr-defined]
@@ -70,6 +74,12 @@ _SELECT_UNARCHIVED = select(*_TARGET_COLUMNS).select_from(_FROM_TARGET).where(_f
 _SELECT_GROUP = select(_g.c.id).where(_g.c.id == bindparam("group_id"))
 _SELECT_KEYS = select(_fr).where(
     _fr.c.flow_id == bindparam("flow_id"), _fr.c.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+# The scheduler's keys are unique per group (index uq_flow_run_auto_key).
+_SELECT_AUTO_KEYS = select(_fr).where(
+    _fr.c.flow_group_id == bindparam("group_id"),
+    _fr.c.auto_scheduled.is_(True),
+    _fr.c.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
 _RELEASE_OR_REFRESH_KEY = (
     update(_fr)
@@ -120,7 +130,8 @@ class _CreateRunsBatch:
         self.now = now
         self.ttl = idempotency_ttl
         self.targets: dict[tuple[str, str | None, str | None], _Target | FlowbusError] = {}
-        # (flow id, key) -> the run that holds the key: stored, or created in this batch.
+        # (flow id, key) -> the run that holds the key: stored, or created in this batch;
+        # an auto-scheduled run's key is held per group: (AUTO + group id, key).
         self.keys: dict[tuple[str, str], FlowRunOut] = {}
         self.expires: dict[str, datetime] = {}  # run id -> when its key expires (TTL set)
         self.key_updates: list[dict[str, Any]] = []
@@ -134,18 +145,30 @@ class _CreateRunsBatch:
     async def load(self, commands: Sequence[CreateFlowRun]) -> None:
         """Resolve every distinct target, then look up every key in one query per flow."""
         wanted: dict[str, set[str]] = {}
+        wanted_auto: dict[str, tuple[_Target, set[str]]] = {}
         for cmd in commands:
             target = await self.target(cmd)
-            if isinstance(target, _Target) and cmd.idempotency_key is not None:
+            if not isinstance(target, _Target) or cmd.idempotency_key is None:
+                continue
+            if cmd.auto_scheduled:
+                wanted_auto.setdefault(target.flow_group_id, (target, set()))[1].add(cmd.idempotency_key)
+            else:
                 wanted.setdefault(target.flow_id, set()).add(cmd.idempotency_key)
         for flow_id, keys in wanted.items():
             rows = (await self.conn.execute(_SELECT_KEYS, {"flow_id": flow_id, "keys": sorted(keys)})).all()
+            target = self.targets[(flow_id, None, None)]
+            assert isinstance(target, _Target)
             for row in rows:
-                target = self.targets[(flow_id, None, None)]
-                assert isinstance(target, _Target)
                 self.keys[(flow_id, row.idempotency_key)] = flow_run_out(row, target.flow_name, target.project_name)
                 if row.idempotency_expires is not None:
                     self.expires[row.id] = row.idempotency_expires
+        for group_id, (target, keys) in wanted_auto.items():
+            rows = (await self.conn.execute(_SELECT_AUTO_KEYS, {"group_id": group_id, "keys": sorted(keys)})).all()
+            for row in rows:
+                # The holder may be another version of the flow: its name is the group's.
+                self.keys[(_AUTO + group_id, row.idempotency_key)] = flow_run_out(
+                    row, target.flow_name, target.project_name
+                )
 
     async def target(self, cmd: CreateFlowRun) -> _Target | FlowbusError:
         key = (cmd.flow_id or "", cmd.version_group_id, None if cmd.flow_id else f"{cmd.project_name}/{cmd.flow_name}")
@@ -205,8 +228,9 @@ class _CreateRunsBatch:
         if isinstance(target, FlowbusError):
             return target
         key = cmd.idempotency_key
+        holder = _AUTO + target.flow_group_id if cmd.auto_scheduled else target.flow_id
         if key is not None:
-            existing = self.keys.get((target.flow_id, key))
+            existing = self.keys.get((holder, key))
             if existing is not None:
                 expires = self.expires.get(existing.id)
                 if expires is None or expires > self.now:
@@ -221,9 +245,9 @@ class _CreateRunsBatch:
         except FlowbusError as refusal:
             return refusal
         if key is not None:
-            self.keys[(target.flow_id, key)] = out
+            self.keys[(holder, key)] = out
             self.expires.pop(out.id, None)
-            if self.ttl is not None:
+            if self.ttl is not None and not cmd.auto_scheduled:
                 self.expires[out.id] = self.now + timedelta(seconds=self.ttl)
         return out
 
@@ -239,6 +263,7 @@ class _CreateRunsBatch:
         labels = resolve_labels(cmd, target.group_labels, target.group_run_config, target.flow_run_config)
         start = cmd.scheduled_start_time or now
         key = cmd.idempotency_key
+        expiring = key is not None and self.ttl is not None and not cmd.auto_scheduled
         # Only what a create decides: the table definitions fill in the rest (new ids, version 1, ...).
         row = _INSERT_RUN.complete(
             {
@@ -251,9 +276,8 @@ class _CreateRunsBatch:
                 "run_config": cmd.run_config.model_dump(mode="json") if cmd.run_config else None,
                 "scheduled_start_time": start,
                 "idempotency_key": key,
-                "idempotency_expires": (
-                    now + timedelta(seconds=self.ttl) if key is not None and self.ttl is not None else None
-                ),
+                "idempotency_expires": now + timedelta(seconds=self.ttl) if expiring and self.ttl else None,
+                "auto_scheduled": cmd.auto_scheduled,
                 "state": StateType.SCHEDULED.value,
                 "state_message": SCHEDULED_MESSAGE,
                 "state_timestamp": now,
@@ -339,27 +363,6 @@ async def create_flow_runs(
             if len(commands) != 1 or attempt == 1:
                 raise
     raise AssertionError("unreachable")
-
-
-def merge_parameters(
-    declared: list[ParameterSpec], group_defaults: dict[str, Any], supplied: dict[str, Any]
-) -> dict[str, Any]:
-    """Flow defaults, then group defaults, then the supplied values.
-
-    Unknown names are refused (1.x silently accepted them), and so is a
-    required parameter that nothing supplies.
-    """
-    names = {p.name for p in declared}
-    unknown = sorted(set(supplied) - names)
-    if unknown:
-        raise ValidationFailed(f"Unknown parameters were supplied: {unknown}")
-    merged: dict[str, Any] = {p.name: p.default for p in declared if not p.required}
-    merged.update({k: v for k, v in group_defaults.items() if k in names})
-    merged.update(supplied)
-    missing = sorted(p.name for p in declared if p.required and p.name not in merged)
-    if missing:
-        raise ValidationFailed(f"Required parameters were not supplied: {set(missing)}")
-    return merged
 
 
 def resolve_labels(

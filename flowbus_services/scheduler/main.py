@@ -1,7 +1,10 @@
 """Entry module of the scheduler service.
 
-Handlers: see ``handlers.py``. Background loop: the release of due runs
-(``release.py``), which reads ``flowbus.hint.scheduler.wake`` and writes ``flowbus.runq.*``.
+Handlers: see ``handlers.py``. Background loops: the planner of runs from
+clocks (``planner.py``), which reads flow and flow-group events and writes
+``flowbus.cmd.run_creation.create_flow_run`` and ``flowbus.cmd.state.delete_flow_run``;
+and the release of due runs (``release.py``), which reads
+``flowbus.hint.scheduler.wake`` and writes ``flowbus.runq.*``.
 Run alone with ``flowbus service run scheduler`` or
 ``uvicorn flowbus_services.scheduler.main:app``. No work happens at import.
 """
@@ -16,6 +19,7 @@ from flowbus import subjects
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.scheduler.handlers import register
+from flowbus_services.scheduler.planner import Planner, planner_loop
 from flowbus_services.scheduler.release import ReleaseCursor, release_loop
 
 NAME = subjects.Service.SCHEDULER
@@ -23,7 +27,13 @@ NAME = subjects.Service.SCHEDULER
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     state = ReleaseCursor()
-    return build_service(NAME, settings or Settings(), partial(register, state=state), loops=[release_loop(state)])
+    planner: list[Planner] = []
+    return build_service(
+        NAME,
+        settings or Settings(),
+        partial(register, state=state, planner=planner),
+        loops=[release_loop(state), planner_loop(planner)],
+    )
 
 
 app = build_app()

@@ -1,8 +1,8 @@
-"""The clean-up of a flow's waiting runs when it is archived or unscheduled.
+"""Deleting runs: one by command, and a flow's waiting runs when it is archived or unscheduled.
 
-Emits ``flowbus.evt.flow_run.<id>.deleted`` for the auto-scheduled runs it
-deletes; cancellations go through ``transitions.apply_transitions``, the one
-path that changes states.
+Emits ``flowbus.evt.flow_run.<id>.deleted`` for each run it deletes;
+cancellations go through ``transitions.apply_transitions``, the one path
+that changes states.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 from sqlmodel import col, select
 
 from flowbus import subjects
-from flowbus.db.engine import Database
+from flowbus.db.engine import Database, WriteSession
 from flowbus.db.tables import FlowRun
-from flowbus.schemas.common import FlowbusError
+from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
+from flowbus.schemas.flows import Deleted
 from flowbus.schemas.runs import (
+    DeleteFlowRun,
     FlowRunDeleted,
     SetFlowRunState,
     StateSpec,
@@ -23,6 +25,26 @@ from flowbus_services.state.transitions import apply_transitions
 
 ARCHIVED_MESSAGE = "Flow {flow_id} was archived."
 CLEANUP_CHUNK = 256
+
+
+async def _delete(session: WriteSession, run: FlowRun, reason: str) -> None:
+    # Task runs, history, logs and the heartbeat row go with it (ON DELETE CASCADE).
+    await session.delete(run)
+    session.emit(FlowRunDeleted(flow_run_id=run.id, reason=reason))
+
+
+async def delete_flow_run(db: Database, cmd: DeleteFlowRun) -> Deleted:
+    """Delete one run; NOT_FOUND if there is none, VERSION_LOCKING_ERROR if it moved past ``version``."""
+    async with db.write_session() as session:
+        run = await session.get(FlowRun, cmd.flow_run_id)
+        if run is None:
+            raise NotFound(f"Flow run {cmd.flow_run_id} not found")
+        if cmd.version is not None and run.version != cmd.version:
+            raise VersionLockingError(
+                f"Flow run {run.id} is at version {run.version}, not {cmd.version}: it was not deleted."
+            )
+        await _delete(session, run, "deleted by command")
+    return Deleted(id=cmd.flow_run_id)
 
 
 async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
@@ -40,8 +62,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
         deleted = 0
         for run in waiting:
             if run.auto_scheduled:
-                await session.delete(run)
-                session.emit(FlowRunDeleted(flow_run_id=run.id, reason=f"flow {flow_id}: {fact}"))
+                await _delete(session, run, f"flow {flow_id}: {fact}")
                 deleted += 1
         to_cancel = [(r.id, r.version) for r in waiting if not r.auto_scheduled]
     if fact != subjects.FlowFact.ARCHIVED or not to_cancel:

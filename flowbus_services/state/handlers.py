@@ -15,9 +15,10 @@ from flowbus import subjects
 from flowbus.runtime.consumer import consume
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Reply
-from flowbus.schemas.flows import FlowEvent
+from flowbus.schemas.flows import Deleted, FlowEvent
 from flowbus.schemas.runs import (
     CancelFlowRun,
+    DeleteFlowRun,
     FlowRunDetail,
     FlowRunList,
     GetFlowRun,
@@ -67,6 +68,10 @@ def register(ctx: ServiceContext) -> None:
     @sub(StateCommands.GET_FLOW_RUN_HISTORY, queue=queue, title="get_flow_run_history")
     async def get_flow_run_history(query: GetFlowRunHistory) -> Reply[StateHistoryList]:
         return Reply.success(await queries.get_flow_run_history(db, query))
+
+    @sub(StateCommands.DELETE_FLOW_RUN, queue=queue, title="delete_flow_run")
+    async def delete_flow_run(cmd: DeleteFlowRun) -> Reply[Deleted]:
+        return Reply.success(await cleanup.delete_flow_run(db, cmd))
 
     @sub(StateCommands.LIST_FLOW_RUNS, queue=queue, title="list_flow_runs")
     async def list_flow_runs(query: ListFlowRuns) -> Reply[FlowRunList]:

@@ -194,7 +194,9 @@ def _tagged(clock: CompiledClock, position: int, after: datetime) -> Iterator[tu
     return ((moment, clock.index, position, clock) for moment in clock.times_after(after))
 
 
-def _merged(clocks: Sequence[CompiledClock], after: datetime) -> Iterator[ScheduledTime]:
+def merged_times(clocks: Sequence[CompiledClock], after: datetime) -> Iterator[ScheduledTime]:
+    """Every time strictly after ``after`` over all clocks, lazily, sorted by (start, clock_index):
+    the scheduler keeps one per schedule and takes the next time as each run comes due."""
     streams = [_tagged(clock, position, after) for position, clock in enumerate(clocks)]
     for moment, index, _, clock in heapq.merge(*streams):
         yield ScheduledTime(
@@ -208,12 +210,12 @@ def _merged(clocks: Sequence[CompiledClock], after: datetime) -> Iterator[Schedu
 
 def next_times(clocks: Sequence[CompiledClock], after: datetime, n: int) -> list[ScheduledTime]:
     """The first ``n`` times strictly after ``after`` over all clocks, sorted by (start, clock_index)."""
-    return list(itertools.islice(_merged(clocks, after), max(n, 0)))
+    return list(itertools.islice(merged_times(clocks, after), max(n, 0)))
 
 
 def times_between(clocks: Sequence[CompiledClock], after: datetime, until: datetime, limit: int) -> list[ScheduledTime]:
     """The times in (``after``, ``until``], sorted by (start, clock_index), at most ``limit`` of them."""
     if not is_aware(until):
         raise ValueError("until must be timezone-aware")
-    due = itertools.takewhile(lambda s: s.start <= until, _merged(clocks, after))
+    due = itertools.takewhile(lambda s: s.start <= until, merged_times(clocks, after))
     return list(itertools.islice(due, max(limit, 0)))

@@ -92,6 +92,18 @@ class SchedulerSettings(BaseModel):
     # the run-queue stream lost them) reads one page this often: a safety
     # net, so it need not keep pace with the releases of new runs.
     sweep_interval: PositiveSeconds = 10.0
+    # Create runs from clocks in this instance (off: it only releases due runs).
+    plan_runs: bool = True
+    # How many future runs of each active schedule are kept created ahead.
+    max_scheduled_runs_per_flow: int = Field(default=10, ge=1, le=1000)
+    # After the scheduler was down, clock times that passed are not run
+    # (1.x behaviour), except those within this window before now.
+    catchup_window: Seconds = 0.0
+    # How often every schedule is checked against the database, on top of the
+    # re-plans that flow and flow-group events trigger (a safety net).
+    resync_interval: PositiveSeconds = 300.0
+    # Create and delete commands the planner keeps in flight at once.
+    planner_concurrency: int = Field(default=64, ge=1)
 
 
 class HeartbeatSettings(BaseModel):

@@ -80,6 +80,7 @@ class StateCommands:
     GET_FLOW_RUN_HISTORY: Final = f"{PREFIX}.cmd.state.get_flow_run_history"
     LIST_FLOW_RUNS: Final = f"{PREFIX}.cmd.state.list_flow_runs"
     CANCEL_FLOW_RUN: Final = f"{PREFIX}.cmd.state.cancel_flow_run"
+    DELETE_FLOW_RUN: Final = f"{PREFIX}.cmd.state.delete_flow_run"
 
 
 class HeartbeatCommands:
@@ -95,6 +96,7 @@ class SchedulerCommands:
 
     QUEUE: Final = Service.SCHEDULER.value
     STATUS: Final = f"{PREFIX}.cmd.scheduler.status"
+    GET_SCHEDULE: Final = f"{PREFIX}.cmd.scheduler.get_schedule"
 
 
 # Every command subject, for the validation tests and the AsyncAPI document.
@@ -153,6 +155,10 @@ FLOW_RUN_CLEANUP_FILTERS: Final = (
     f"{PREFIX}.evt.flow.*.{FlowFact.SCHEDULE_OFF}",
 )
 FLOW_RUN_CLEANUP_DURABLE: Final = "state-flow-run-cleanup"
+
+
+# The scheduler re-plans a flow group's runs on any fact about its flows or the group (core NATS).
+SCHEDULE_REPLAN_HINTS: Final = (f"{PREFIX}.evt.flow.*.*", f"{PREFIX}.evt.flow_group.*.*")
 
 
 def flow_group_event(flow_group_id: str, fact: str) -> str:

@@ -35,5 +35,5 @@ def serialized_flow(
 
 async def register(client: AsyncClient, project: str, name: str, **kwargs: Any) -> FlowOut:
     await client.create_project(project, skip_if_exists=True)
-    flow_kwargs = {k: kwargs.pop(k) for k in ("tasks", "parameters", "labels", "path") if k in kwargs}
+    flow_kwargs = {k: kwargs.pop(k) for k in ("tasks", "parameters", "labels", "path", "schedule") if k in kwargs}
     return await client.register(serialized_flow(name, **flow_kwargs), project, **kwargs)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from flowbus.parameters import merge_parameters
 from flowbus.schemas.common import ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
 from flowbus.schemas.runs import CreateFlowRun
-from flowbus_services.run_creation.usecases import merge_parameters, resolve_labels
+from flowbus_services.run_creation.usecases import resolve_labels
 
 
 def test_parameters_merge_in_order_and_refuse_unknown_or_missing() -> None:

@@ -16,10 +16,11 @@ from flowbus.cli import projects
 from flowbus.cli import flows
 from flowbus.cli import runs
 from flowbus.cli import agents
+from flowbus.cli import schedules
 
 # isort: on
 from flowbus.cli.app import app
 
-COMMAND_MODULES = (system, projects, flows, runs, agents)
+COMMAND_MODULES = (system, projects, flows, runs, agents, schedules)
 
 __all__ = ["COMMAND_MODULES", "app"]

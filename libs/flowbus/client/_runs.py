@@ -14,9 +14,11 @@ from flowbus import subjects
 from flowbus.client._commands import StateLike, build, state_spec
 from flowbus.client._transport import Transport
 from flowbus.ids import uuid7
+from flowbus.schemas.flows import Deleted
 from flowbus.schemas.runs import (
     CancelFlowRun,
     CreateFlowRun,
+    DeleteFlowRun,
     FlowRunDetail,
     FlowRunList,
     FlowRunOut,
@@ -138,6 +140,12 @@ class Runs(Transport):
         left as it is (``changed`` is False)."""
         cmd = build(CancelFlowRun, flow_run_id=flow_run_id, message=message)
         return await self.request(subjects.StateCommands.CANCEL_FLOW_RUN, cmd, StateSet, idempotent=True)
+
+    async def delete_flow_run(self, flow_run_id: str, version: int | None = None) -> Deleted:
+        """Delete a run (any state) with its task runs, history and logs; with
+        ``version``, only if the run has not changed since (else VERSION_LOCKING)."""
+        cmd = build(DeleteFlowRun, flow_run_id=flow_run_id, version=version)
+        return await self.request(subjects.StateCommands.DELETE_FLOW_RUN, cmd, Deleted)
 
     async def get_flow_run_history(self, flow_run_id: str, include_task_runs: bool = False) -> list[HistoryEntry]:
         """Every accepted state of the run (and of its task runs), oldest first."""

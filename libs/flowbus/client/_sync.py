@@ -142,6 +142,7 @@ class Client:
     set_flow_run_state = blocking(AsyncClient.set_flow_run_state)
     set_task_run_state = blocking(AsyncClient.set_task_run_state)
     cancel_flow_run = blocking(AsyncClient.cancel_flow_run)
+    delete_flow_run = blocking(AsyncClient.delete_flow_run)
     get_flow_run_history = blocking(AsyncClient.get_flow_run_history)
     get_flow_run_logs = blocking(AsyncClient.get_flow_run_logs)
     watch_flow_run = blocking_iter(AsyncClient.watch_flow_run)
@@ -151,6 +152,8 @@ class Client:
 
     get_agents = blocking(AsyncClient.get_agents)
     explain_waiting_run = blocking(AsyncClient.explain_waiting_run)
+    get_schedule = blocking(AsyncClient.get_schedule)
+    get_scheduler_status = blocking(AsyncClient.get_scheduler_status)
 
     def agent_online(self, agent: AgentOut) -> bool:
         """Online: heard from within the last few agent heartbeat intervals."""

@@ -172,6 +172,25 @@ class FlowRun(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("flow_id", "idempotency_key", name="uq_flow_run_idempotency"),
         sa.Index("ix_flow_run_due", "state", "scheduled_start_time"),
+        # A scheduler's run is keyed by its group, clock and time: whatever
+        # happens (a restart, two schedulers, a re-registration into the group,
+        # a schedule edit), one time of one clock makes at most one run.
+        sa.Index(
+            "uq_flow_run_auto_key",
+            "flow_group_id",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=sa.text("auto_scheduled"),
+            postgresql_where=sa.text("auto_scheduled"),
+        ),
+        # The scheduler's start-up read: the latest time each group's clocks were planned up to.
+        sa.Index(
+            "ix_flow_run_auto_start",
+            "flow_group_id",
+            "scheduled_start_time",
+            sqlite_where=sa.text("auto_scheduled"),
+            postgresql_where=sa.text("auto_scheduled"),
+        ),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)

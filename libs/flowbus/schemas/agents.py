@@ -8,6 +8,7 @@ from pydantic import Field
 
 from flowbus.schemas.common import Message
 from flowbus.schemas.flows import Key, Labels, Name
+from flowbus.schemas.schedules import PlannerStatus
 
 
 class RunHeartbeat(Message):
@@ -51,3 +52,5 @@ class AgentList(Message):
 class SchedulerStatus(Message):
     released_total: int
     last_release: datetime | None
+    # None when this instance does not plan runs from clocks (setting scheduler.plan_runs, or standing by).
+    planner: PlannerStatus | None = None

@@ -55,12 +55,17 @@ class CreateFlowRun(Message):
     # Timezone-aware only: a naive time would be a guess about the caller's zone.
     scheduled_start_time: AwareDatetime | None = None
     idempotency_key: Key | None = None
+    # The scheduler's runs: their key is unique in the flow's group (not per
+    # flow) and never expires, so one clock time makes one run whatever happens.
+    auto_scheduled: bool = False
 
     @model_validator(mode="after")
     def _target(self) -> CreateFlowRun:
         given = [x for x in (self.flow_id, self.version_group_id, self.flow_name) if x is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of flow_id, version_group_id and flow_name")
+        if self.auto_scheduled and (self.idempotency_key is None or self.scheduled_start_time is None):
+            raise ValueError("an auto-scheduled run needs an idempotency_key and a scheduled_start_time")
         return self
 
 
@@ -139,6 +144,15 @@ class SetFlowRunState(Message):
     version: int = Field(ge=1)
     state: StateSpec
     agent_id: Key | None = None
+
+
+class DeleteFlowRun(Message):
+    """Delete a run with its task runs, history and logs; with ``version``,
+    only while the run is still at that version (the scheduler deletes a
+    waiting run it planned, never one an agent claimed meanwhile)."""
+
+    flow_run_id: Key
+    version: int | None = Field(default=None, ge=1)
 
 
 class SetTaskRunState(Message):
