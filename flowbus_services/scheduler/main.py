@@ -26,14 +26,13 @@ NAME = subjects.Service.SCHEDULER
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
+    settings = settings or Settings()
     state = ReleaseCursor()
     planner: list[Planner] = []
-    return build_service(
-        NAME,
-        settings or Settings(),
-        partial(register, state=state, planner=planner),
-        loops=[release_loop(state), planner_loop(planner)],
-    )
+    loops = [release_loop(state)]
+    if settings.scheduler.plan_runs:
+        loops.append(planner_loop(planner))
+    return build_service(NAME, settings, partial(register, state=state, planner=planner), loops=loops)
 
 
 app = build_app()

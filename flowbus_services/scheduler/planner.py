@@ -400,8 +400,6 @@ def planner_loop(holder: list[Planner]) -> Callable[[ServiceContext], Awaitable[
 
     async def plan_schedules(ctx: ServiceContext) -> None:
         settings = ctx.settings
-        if not settings.scheduler.plan_runs:
-            return
         assert ctx.nc is not None
         planner = Planner(ctx.db, AsyncClient(settings, nc=ctx.nc), settings)
         holder[:] = [planner]

@@ -49,7 +49,11 @@ later-scheduled run would never be released.
 Never part of the test suite: numbers are printed, not asserted.
 ``BENCH_SCALE=0.1`` runs a tenth of the requests and runs (a smoke run).
 ``BENCH_ONLY=create,set_state`` runs only the named parts (``delivery``,
-``e2e``, ``create``, ``set_state``), for working on one of them.
+``e2e``, ``create``, ``set_state``, ``schedules``), for working on one of them.
+
+``schedules`` (tests/bench/schedules.py) runs last, on fresh stacks of its
+own: the scheduler's CPU and fill time with 1,000 and 10,000 active cron
+schedules (``BENCH_SCHEDULE_MINUTES`` minutes of steady state each, default 2).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -86,9 +90,10 @@ from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, Ta
 from flowbus.schemas.runs import CreateFlowRun, RunQueued, SetFlowRunState, StateChanged, StateSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
+from tests.bench.schedules import SCHEDULE_COUNTS, scheduler_cost
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
-PARTS = ("delivery", "e2e", "create", "set_state")
+PARTS = ("delivery", "e2e", "create", "set_state", "schedules")
 ONLY = {p.strip() for p in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if p.strip()}
 CREATES = {1: int(1000 * SCALE), 64: int(20000 * SCALE)}
 WALKS = {1: int(300 * SCALE), 64: int(6000 * SCALE)}  # runs walked through 3 transitions each
@@ -494,10 +499,12 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
     return results
 
 
-def main() -> None:
+@contextlib.contextmanager
+def _serving(extra_env: dict[str, str] | None = None) -> Iterator[tuple[Settings, dict[str, str], str]]:
+    """A fresh ``flowbus up`` in a temporary home: its settings, environment and process layout."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        env = {**os.environ, "FLOWBUS_HOME": str(home)}
+        env = {**os.environ, "FLOWBUS_HOME": str(home), **(extra_env or {})}
         for var in ("FLOWBUS_NATS_URL", "FLOWBUS_DATABASE_URL"):
             env.pop(var, None)
         up = subprocess.Popen(
@@ -520,15 +527,26 @@ def main() -> None:
             # Keep reading its output, so that a full pipe never blocks it; the tail goes with a failure.
             tail: collections.deque[str] = collections.deque(maxlen=40)
             threading.Thread(target=tail.extend, args=(up.stdout,), daemon=True).start()
-            settings = Settings(home=home)
             try:
-                results = asyncio.run(bench(settings, env))
+                yield Settings(home=home), env, layout
             except BaseException:
                 print("".join(tail), file=sys.stderr)
                 raise
         finally:
             up.terminate()
             up.wait(timeout=30)
+
+
+def main() -> None:
+    results: list[dict[str, Any]] = []
+    layout = "?"
+    if ONLY & set(PARTS) - {"schedules"}:
+        with _serving() as (settings, env, layout):
+            results.extend(asyncio.run(bench(settings, env)))
+    # Last, each on a stack of its own: the schedules leave thousands of due runs behind.
+    for count in SCHEDULE_COUNTS if "schedules" in ONLY else ():
+        with _serving({"FLOWBUS_SCHEDULER__PLAN_RUNS": "false"}) as (settings, env, layout):
+            results.append(scheduler_cost(settings, env, count))
     print(
         json.dumps(
             {
