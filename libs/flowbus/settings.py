@@ -92,6 +92,9 @@ class SchedulerSettings(BaseModel):
     # the run-queue stream lost them) reads one page this often: a safety
     # net, so it need not keep pace with the releases of new runs.
     sweep_interval: PositiveSeconds = 10.0
+    # A run still Scheduled this long after its start time is late: flagged in
+    # run queries and counted in the scheduler's status (its state is unchanged).
+    late_after: Seconds = 15.0
 
 
 class HeartbeatSettings(BaseModel):

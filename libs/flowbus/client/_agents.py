@@ -1,6 +1,8 @@
-"""Agents: the heartbeat service's list of agents, and why a due run is still waiting.
+"""Agents: the heartbeat service's list of agents, why a due run is still waiting,
+and the scheduler's status.
 
-Writes: ``flowbus.cmd.heartbeat.list_agents`` (and the run queries of ``_runs``).
+Writes: ``flowbus.cmd.heartbeat.list_agents``, ``flowbus.cmd.scheduler.status``
+(and the run queries of ``_runs``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from flowbus import subjects
 from flowbus.client._runs import Runs
-from flowbus.schemas.agents import AgentList, AgentOut, ListAgents
+from flowbus.schemas.agents import AgentList, AgentOut, ListAgents, SchedulerStatus
+from flowbus.schemas.common import Empty
 from flowbus.states import StateType
 
 # An agent is online while its last heartbeat is at most this many intervals old.
@@ -44,3 +47,7 @@ class Agents(Runs):
 
     async def get_agents(self) -> AgentList:
         return await self.request(subjects.HeartbeatCommands.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)
+
+    async def get_scheduler_status(self) -> SchedulerStatus:
+        """The scheduler's release counters and how many runs are late now."""
+        return await self.request(subjects.SchedulerCommands.STATUS, Empty(), SchedulerStatus, idempotent=True)

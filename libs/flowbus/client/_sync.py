@@ -151,6 +151,7 @@ class Client:
 
     get_agents = blocking(AsyncClient.get_agents)
     explain_waiting_run = blocking(AsyncClient.explain_waiting_run)
+    get_scheduler_status = blocking(AsyncClient.get_scheduler_status)
 
     def agent_online(self, agent: AgentOut) -> bool:
         """Online: heard from within the last few agent heartbeat intervals."""

@@ -51,3 +51,5 @@ class AgentList(Message):
 class SchedulerStatus(Message):
     released_total: int
     last_release: datetime | None
+    # Runs still Scheduled ``scheduler.late_after`` past their start time, now.
+    late_runs: int = 0
