@@ -50,6 +50,7 @@ def flow_group_out(group: FlowGroup) -> FlowGroupOut:
         labels=group.labels,
         default_parameters=group.default_parameters,
         settings=flow_settings(group),
+        schedule=ScheduleSpec.model_validate(group.schedule) if group.schedule else None,
     )
 
 
