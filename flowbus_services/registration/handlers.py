@@ -30,6 +30,7 @@ from flowbus.schemas.flows import (
     RenameProject,
     SetFlowGroupDefaultParameters,
     SetFlowGroupLabels,
+    SetFlowGroupSchedule,
     SetFlowScheduleState,
     SetFlowSettings,
     SetProjectDescription,
@@ -66,6 +67,12 @@ COMMANDS: tuple[tuple[str, type[Message], type[Message], UseCase], ...] = (
         SetFlowGroupDefaultParameters,
         FlowGroupOut,
         usecases.set_flow_group_default_parameters,
+    ),
+    (
+        RegistrationCommands.SET_FLOW_GROUP_SCHEDULE,
+        SetFlowGroupSchedule,
+        FlowGroupOut,
+        usecases.set_flow_group_schedule,
     ),
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete, func, update
@@ -51,6 +51,7 @@ from flowbus.schemas.flows import (
     ScheduleSpec,
     SetFlowGroupDefaultParameters,
     SetFlowGroupLabels,
+    SetFlowGroupSchedule,
     SetFlowScheduleState,
     SetFlowSettings,
     SetProjectDescription,
@@ -380,17 +381,27 @@ def schedule_covers_required(
     return all(required <= set(clock.parameter_defaults) for clock in schedule.clocks)
 
 
-async def _change_group(db: Database, group_id: str, change: Callable[[FlowGroup], None]) -> FlowGroupOut:
+async def _change_group(
+    db: Database,
+    group_id: str,
+    change: Callable[[FlowGroup], None],
+    check: Callable[[AsyncSession, FlowGroup], Awaitable[None]] | None = None,
+) -> FlowGroupOut:
+    """Apply ``change`` to a group and publish ``group_changed``; ``check``, run
+    first in the same transaction, may refuse the change by raising."""
     async with db.write_session() as session:
         group = await session.get(FlowGroup, group_id)
         if group is None:
             raise NotFound(f"Flow group {group_id} not found")
+        if check is not None:
+            await check(session, group)
+        schedule_before = group.schedule
         change(group)
         group.updated = utcnow()
         session.add(group)
         await session.flush()
         out = flow_group_out(group)
-        session.emit(FlowGroupChanged(**dict(out)))
+        session.emit(FlowGroupChanged(**dict(out), schedule_changed=group.schedule != schedule_before))
     return out
 
 
@@ -406,6 +417,37 @@ async def set_flow_group_default_parameters(db: Database, cmd: SetFlowGroupDefau
         group.default_parameters = dict(cmd.parameters)
 
     return await _change_group(db, cmd.flow_group_id, change)
+
+
+async def set_flow_group_schedule(db: Database, cmd: SetFlowGroupSchedule) -> FlowGroupOut:
+    """Set or clear the group's schedule. Refused while a live version with its
+    switch on would be left with a clock that misses a required parameter."""
+    stored = cmd.schedule.model_dump(mode="json") if cmd.schedule is not None else None
+
+    async def check(session: AsyncSession, group: FlowGroup) -> None:
+        live = (
+            await session.exec(
+                select(Flow).where(
+                    col(Flow.flow_group_id) == group.id,
+                    col(Flow.archived).is_(False),
+                    col(Flow.is_schedule_active).is_(True),
+                )
+            )
+        ).all()
+        for flow in live:
+            # Cleared, the flow's own schedule applies again.
+            schedule = cmd.schedule or (ScheduleSpec.model_validate(flow.schedule) if flow.schedule else None)
+            declared = [ParameterSpec.model_validate(p) for p in flow.parameters]
+            if schedule is not None and not schedule_covers_required(declared, group.default_parameters, schedule):
+                raise ValidationFailed(
+                    f"Flow {flow.id} (version {flow.version}) has its schedule on and required parameters "
+                    "that this schedule does not supply; give every clock their values or turn its schedule off."
+                )
+
+    def change(group: FlowGroup) -> None:
+        group.schedule = stored
+
+    return await _change_group(db, cmd.flow_group_id, change, check)
 
 
 async def list_flows(db: Database, query: ListFlows) -> FlowList:

@@ -1,7 +1,7 @@
 """NATS handlers of the scheduler service.
 
 Reads: ``flowbus.cmd.scheduler.status`` and ``flowbus.cmd.scheduler.get_schedule``
-(queue group ``scheduler``); flow and flow_group (read-only).
+(queue group ``scheduler``); flow and flow_group, and flow_run to count late runs (read-only).
 Writes: replies, from the counters of the release loop (``release.py``) and
 the planner (``planner.py``), and from the clocks of a flow's schedule.
 """
@@ -12,7 +12,7 @@ from flowbus import subjects
 from flowbus.clocks import compile_schedule, next_times
 from flowbus.db.engine import Database
 from flowbus.db.tables import utcnow
-from flowbus.db.views import effective_schedule, load_flow
+from flowbus.db.views import count_late_runs, effective_schedule, load_flow
 from flowbus.parameters import merge_parameters
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.agents import SchedulerStatus
@@ -28,10 +28,13 @@ def register(ctx: ServiceContext, state: ReleaseCursor, planner: list[Planner]) 
 
     @ctx.broker.subscriber(subjects.SchedulerCommands.STATUS, queue=queue, title="status")
     async def status(query: Empty) -> Reply[SchedulerStatus]:
+        async with ctx.db.read_session() as session:
+            late_runs = await count_late_runs(session, ctx.settings.scheduler.late_after)
         return Reply.success(
             SchedulerStatus(
                 released_total=state.released_total,
                 last_release=state.last_release,
+                late_runs=late_runs,
                 planner=planner_status(planner[0]) if planner else None,
             )
         )

@@ -44,6 +44,7 @@ def register(ctx: ServiceContext) -> None:
     sub = ctx.subscriber
     queue = StateCommands.QUEUE
     db = ctx.db
+    late_after = ctx.settings.scheduler.late_after
 
     # Every state write goes through one group committer, fed by the fast
     # lane: concurrent writes share a transaction, and their events are
@@ -59,7 +60,7 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(StateCommands.GET_FLOW_RUN, queue=queue, title="get_flow_run")
     async def get_flow_run(query: GetFlowRun) -> Reply[FlowRunDetail]:
-        return Reply.success(await queries.get_flow_run(db, query.flow_run_id))
+        return Reply.success(await queries.get_flow_run(db, query.flow_run_id, late_after))
 
     @sub(StateCommands.GET_FLOW_RUN_LOGS, queue=queue, title="get_flow_run_logs")
     async def get_flow_run_logs(query: GetFlowRunLogs) -> Reply[LogList]:
@@ -75,7 +76,7 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(StateCommands.LIST_FLOW_RUNS, queue=queue, title="list_flow_runs")
     async def list_flow_runs(query: ListFlowRuns) -> Reply[FlowRunList]:
-        return Reply.success(await queries.list_flow_runs(db, query))
+        return Reply.success(await queries.list_flow_runs(db, query, late_after))
 
 
 async def write_logs(ctx: ServiceContext) -> None:

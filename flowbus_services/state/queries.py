@@ -15,7 +15,7 @@ from sqlmodel import col
 
 from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowRun, Log, Project, StateHistory, TaskRun
-from flowbus.db.views import flow_run_out, load_flow_run, task_run_out
+from flowbus.db.views import flow_run_out, late_cutoff, late_filter, load_flow_run, task_run_out
 from flowbus.schemas.common import NotFound
 from flowbus.schemas.flows import RunConfigSpec, StorageSpec, TaskSpec
 from flowbus.schemas.runs import (
@@ -70,13 +70,14 @@ def _run_not_found(flow_run_id: str) -> NotFound:
     return NotFound(f"Flow run {flow_run_id} not found")
 
 
-async def get_flow_run(db: Database, flow_run_id: str) -> FlowRunDetail:
-    """A run with its task runs and what its runner needs (storage, tasks, settings)."""
+async def get_flow_run(db: Database, flow_run_id: str, late_after: float) -> FlowRunDetail:
+    """A run with its task runs and what its runner needs (storage, tasks, settings);
+    late when still Scheduled ``late_after`` seconds past its start time."""
     async with db.read_session() as session:
         run, flow, group, project = await load_flow_run(session, flow_run_id)
         task_runs = (await session.execute(_TASK_RUNS, {"flow_run_id": run.id})).scalars().all()
         return FlowRunDetail(
-            run=flow_run_out(run, flow.name, project.name),
+            run=flow_run_out(run, flow.name, project.name, late_cutoff(late_after)),
             task_runs=[task_run_out(t) for t in task_runs],
             storage=StorageSpec.model_validate(flow.storage),
             tasks=[TaskSpec.model_validate(t) for t in flow.tasks],
@@ -86,8 +87,10 @@ async def get_flow_run(db: Database, flow_run_id: str) -> FlowRunDetail:
         )
 
 
-async def list_flow_runs(db: Database, query: ListFlowRuns) -> FlowRunList:
-    """Runs filtered by flow, flow group, project and state, newest scheduled first."""
+async def list_flow_runs(db: Database, query: ListFlowRuns, late_after: float) -> FlowRunList:
+    """Runs filtered by flow, flow group, project, state and lateness, newest scheduled first;
+    late when still Scheduled ``late_after`` seconds past their start time."""
+    cutoff = late_cutoff(late_after)
     stmt = _RUNS
     if query.flow_id is not None:
         stmt = stmt.where(col(FlowRun.flow_id) == query.flow_id)
@@ -97,6 +100,8 @@ async def list_flow_runs(db: Database, query: ListFlowRuns) -> FlowRunList:
         stmt = stmt.where(col(Project.name) == query.project_name)
     if query.states is not None:
         stmt = stmt.where(col(FlowRun.state).in_([s.value for s in query.states]))
+    if query.late is not None:
+        stmt = stmt.where(late_filter(cutoff, query.late))
     stmt = stmt.limit(query.limit).offset(query.offset)
     async with db.read_session() as session:
         if query.project_name is not None:
@@ -104,7 +109,7 @@ async def list_flow_runs(db: Database, query: ListFlowRuns) -> FlowRunList:
             if project_id is None:
                 raise NotFound(f'Project "{query.project_name}" not found.')
         rows = (await session.execute(stmt)).all()
-        return FlowRunList(runs=[flow_run_out(run, flow.name, project.name) for run, flow, project in rows])
+        return FlowRunList(runs=[flow_run_out(run, flow.name, project.name, cutoff) for run, flow, project in rows])
 
 
 async def get_flow_run_history(db: Database, query: GetFlowRunHistory) -> StateHistoryList:

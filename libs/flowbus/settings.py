@@ -104,6 +104,9 @@ class SchedulerSettings(BaseModel):
     resync_interval: PositiveSeconds = 300.0
     # Create and delete commands the planner keeps in flight at once.
     planner_concurrency: int = Field(default=64, ge=1)
+    # A run still Scheduled this long after its start time is late: flagged in
+    # run queries and counted in the scheduler's status (its state is unchanged).
+    late_after: Seconds = 15.0
 
 
 class HeartbeatSettings(BaseModel):

@@ -60,6 +60,7 @@ class RegistrationCommands:
     SET_FLOW_SCHEDULE_STATE: Final = f"{PREFIX}.cmd.registration.set_flow_schedule_state"
     SET_FLOW_GROUP_LABELS: Final = f"{PREFIX}.cmd.registration.set_flow_group_labels"
     SET_FLOW_GROUP_DEFAULT_PARAMETERS: Final = f"{PREFIX}.cmd.registration.set_flow_group_default_parameters"
+    SET_FLOW_GROUP_SCHEDULE: Final = f"{PREFIX}.cmd.registration.set_flow_group_schedule"
 
 
 class RunCreationCommands:

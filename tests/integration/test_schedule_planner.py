@@ -41,7 +41,7 @@ class FakeClock:
 
 
 def every(seconds: float, **kw: object) -> ScheduleSpec:
-    return ScheduleSpec(clocks=[ClockSpec(type="interval", interval_seconds=seconds, **kw)])  # type: ignore[arg-type]
+    return ScheduleSpec(clocks=[ClockSpec(type="interval", interval_seconds=seconds, **kw)])
 
 
 @pytest.fixture
@@ -165,7 +165,8 @@ async def test_reregistration_moves_the_waiting_runs_to_the_new_version_without_
     keys = {r.idempotency_key for r in await auto_runs(client, old)}
 
     new = await register(client, project, name, schedule=every(60))
-    assert new.flow_group_id == old.flow_group_id and new.version == old.version + 1
+    assert new.flow_group_id == old.flow_group_id
+    assert new.version == old.version + 1
     await planner.plan([new.flow_group_id])
     runs = await auto_runs(client, new)
     assert [r.scheduled_start_time for r in runs] == [T0 + k * MINUTE for k in range(1, 11)]

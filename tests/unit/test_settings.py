@@ -111,3 +111,9 @@ def test_a_chosen_reply_point_is_kept_on_the_embedded_server(monkeypatch: pytest
     monkeypatch.setenv("FLOWBUS_NATS__REPLY_AFTER_EVENTS", "acked")
     with pytest.raises(ValidationError, match="reply_after_events"):
         Settings()
+
+
+def test_a_run_is_late_15_seconds_after_its_start_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().scheduler.late_after == 15.0
+    monkeypatch.setenv("FLOWBUS_SCHEDULER__LATE_AFTER", "2m")
+    assert Settings().scheduler.late_after == 120.0

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from flowbus.cli._parse import parse_params
+from flowbus.cli._parse import aware_time, parse_params
 from flowbus.cli.app import app, client_command, fail, flow_app, get_app
 from flowbus.client import AsyncClient
-from flowbus.schemas.flows import FlowOut
+from flowbus.schemas.flows import ClockSpec, FlowOut, ScheduleSpec
+from flowbus.settings import parse_duration
 
 
 def _describe_flow(verb: str, flow: FlowOut) -> str:
@@ -59,10 +61,83 @@ def _on(value: bool) -> str:
     return "on" if value else "off"
 
 
-@client_command(flow_app, "schedule", "Turn a flow's auto-scheduling on or off.")
-async def flow_schedule(client: AsyncClient, flow_id: str, on: Annotated[bool, typer.Option("--on/--off")]) -> None:
-    flow = await client.set_flow_schedule_state(flow_id, on)
-    typer.echo(f"{flow.name}: schedule {_on(flow.is_schedule_active)}")
+@client_command(
+    flow_app,
+    "schedule",
+    "Turn a flow's auto-scheduling on or off; set its group's schedule to one clock (--cron or --interval), "
+    "or --clear it so the flow's own applies.",
+)
+async def flow_schedule(
+    client: AsyncClient,
+    flow_id: str,
+    on: Annotated[
+        bool | None, typer.Option("--on/--off", help="Turn the schedule on (after any change) or off.")
+    ] = None,
+    cron: Annotated[str | None, typer.Option("--cron", help='A cron clock, e.g. "0 6 * * *".')] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="The --cron clock's timezone, e.g. UTC.")] = None,
+    interval: Annotated[str | None, typer.Option("--interval", help="An interval clock: 2s, 30m, 1h, 1d...")] = None,
+    start_date: Annotated[
+        str | None, typer.Option("--start-date", help="The --interval clock's start, ISO 8601 with a timezone.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Unset the group's schedule: the flow's own applies.")] = False,
+) -> None:
+    schedule = _group_schedule(cron, timezone, interval, start_date, clear)
+    if on is None and schedule is None and not clear:
+        raise fail("give --on or --off, or one of --cron, --interval and --clear", 2)
+    flow: FlowOut | None = None
+    if on is False:
+        # Off first: a schedule the switched-on flow could not take is then accepted.
+        flow = await client.set_flow_schedule_state(flow_id, False)
+    if schedule is not None or clear:
+        group_id = (flow or await client.get_flow(flow_id)).flow_group_id
+        await client.set_flow_group_schedule(group_id, schedule)
+        flow = await client.get_flow(flow_id)
+    if on:
+        flow = await client.set_flow_schedule_state(flow_id, True)
+    assert flow is not None
+    typer.echo(f"{flow.name}: schedule {_describe_schedule(flow)}, {_on(flow.is_schedule_active)}")
+
+
+def _group_schedule(
+    cron: str | None, timezone: str | None, interval: str | None, start_date: str | None, clear: bool
+) -> ScheduleSpec | None:
+    """The one-clock schedule `flow schedule` was given, or None (none given, or --clear); exit 2 on bad options."""
+    if sum((cron is not None, interval is not None, clear)) > 1:
+        raise fail("give only one of --cron, --interval and --clear", 2)
+    if timezone is not None and cron is None:
+        raise fail("--timezone goes with --cron", 2)
+    if start_date is not None and interval is None:
+        raise fail("--start-date goes with --interval", 2)
+    if cron is not None:
+        clock: dict[str, object] = {"type": "cron", "cron": cron, "timezone": timezone}
+    elif interval is not None:
+        try:
+            seconds = parse_duration(interval).total_seconds()
+        except ValueError as exc:
+            raise fail(f"--interval: {exc}", 2) from None
+        clock = {"type": "interval", "interval_seconds": seconds, "start_date": aware_time(start_date, "--start-date")}
+    else:
+        return None
+    try:
+        return ScheduleSpec(clocks=[ClockSpec.model_validate(clock)])
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors())
+        raise fail(f"bad schedule: {problems}", 2) from None
+
+
+def _describe_schedule(flow: FlowOut) -> str:
+    if flow.schedule is None:
+        return "none"
+    return "; ".join(_describe_clock(c) for c in flow.schedule.clocks)
+
+
+def _describe_clock(clock: ClockSpec) -> str:
+    if clock.type == "cron":
+        return f"cron {clock.cron!r}" + (f" in {clock.timezone}" if clock.timezone else "")
+    if clock.type == "interval":
+        start = f" from {clock.start_date.isoformat()}" if clock.start_date else ""
+        return f"every {clock.interval_seconds:g}s{start}"
+    return f"{len(clock.dates or [])} dates"
 
 
 @client_command(flow_app, "labels", "Set (or --clear) the labels of a flow's group; its runs use them.")

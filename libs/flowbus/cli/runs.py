@@ -220,6 +220,7 @@ async def get_flow_run(
         ("flow", f"{run.flow_name} ({run.flow_id}), project {run.project_name}"),
         ("version", str(run.version)),
         ("state", f"{state_line(run.state.type, run.state.message)} (since {when(run.state.timestamp)})"),
+        ("late", "yes: still Scheduled past its start time" if run.late else "no"),
         ("parameters", json.dumps(run.parameters)),
         ("context", json.dumps(run.context)),
         ("labels", ", ".join(run.labels) or "-"),
@@ -253,18 +254,31 @@ async def get_flow_runs(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    late: Annotated[
+        bool, typer.Option("--late", help="Only runs still Scheduled scheduler.late_after past their start time.")
+    ] = False,
 ) -> None:
     states = [state_type(s) for s in state] if state else None
     runs = await client.get_flow_runs(
-        flow_id=flow, flow_group_id=flow_group, project_name=project, states=states, limit=limit, offset=offset
+        flow_id=flow,
+        flow_group_id=flow_group,
+        project_name=project,
+        states=states,
+        limit=limit,
+        offset=offset,
+        late=True if late else None,
     )
     if not runs:
-        typer.echo("No flow runs.")
+        typer.echo("No late flow runs." if late else "No flow runs.")
         return
     table(
         [("NAME", "ID", "FLOW", "STATE", "SCHEDULED", "VERSION")]
-        + [(r.name, r.id, r.flow_name, r.state.type.value, when(r.scheduled_start_time), str(r.version)) for r in runs]
+        + [(r.name, r.id, r.flow_name, _run_state(r), when(r.scheduled_start_time), str(r.version)) for r in runs]
     )
+
+
+def _run_state(run: FlowRunOut) -> str:
+    return f"{run.state.type.value} (LATE)" if run.late else run.state.type.value
 
 
 @client_command(get_app, "history", "Show a flow run's state history, oldest first (--tasks: task runs too).")

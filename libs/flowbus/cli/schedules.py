@@ -43,10 +43,12 @@ async def get_schedule(
     )
 
 
-@client_command(get_app, "scheduler", "Show the scheduler's counters: runs released, created, deleted and skipped.")
+@client_command(get_app, "scheduler", "Show the scheduler's status: releases, late runs, runs created from clocks.")
 async def get_scheduler(client: AsyncClient) -> None:
     status = await client.get_scheduler_status()
-    typer.echo(f"released: {status.released_total} (last {when(status.last_release)})")
+    typer.echo(f"{'released:':<15}{status.released_total}")
+    typer.echo(f"{'last release:':<15}{when(status.last_release)}")
+    typer.echo(f"{'late runs:':<15}{status.late_runs}")
     planner = status.planner
     if planner is None:
         typer.echo("planner: not running in the instance that answered")

@@ -1,6 +1,8 @@
-"""Agents: the heartbeat service's list of agents, and why a due run is still waiting.
+"""Agents: the heartbeat service's list of agents, why a due run is still waiting,
+and the scheduler's status.
 
-Writes: ``flowbus.cmd.heartbeat.list_agents`` (and the run queries of ``_runs``).
+Writes: ``flowbus.cmd.heartbeat.list_agents``, ``flowbus.cmd.scheduler.status``
+(and the run queries of ``_runs``).
 """
 
 from __future__ import annotations

@@ -26,9 +26,11 @@ from flowbus.schemas.flows import (
     ProjectRef,
     RegisterFlow,
     RenameProject,
+    ScheduleSpec,
     SerializedFlow,
     SetFlowGroupDefaultParameters,
     SetFlowGroupLabels,
+    SetFlowGroupSchedule,
     SetFlowScheduleState,
     SetFlowSettings,
     SetProjectDescription,
@@ -142,6 +144,15 @@ class ProjectsAndFlows(Transport):
         cmd = SetFlowGroupDefaultParameters(flow_group_id=flow_group_id, parameters=parameters)
         return await self.request(
             subjects.RegistrationCommands.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut, idempotent=True
+        )
+
+    async def set_flow_group_schedule(self, flow_group_id: str, schedule: ScheduleSpec | None) -> FlowGroupOut:
+        """Set the group's schedule (it overrides its flows' own); None clears it.
+        VALIDATION_ERROR, nothing stored, when a live version with its schedule on
+        has a required parameter some clock does not supply."""
+        cmd = SetFlowGroupSchedule(flow_group_id=flow_group_id, schedule=schedule)
+        return await self.request(
+            subjects.RegistrationCommands.SET_FLOW_GROUP_SCHEDULE, cmd, FlowGroupOut, idempotent=True
         )
 
     async def get_flows(

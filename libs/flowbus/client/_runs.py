@@ -92,8 +92,10 @@ class Runs(Transport):
         states: Sequence[StateType | str] | None = None,
         limit: int = 50,
         offset: int = 0,
+        late: bool | None = None,
     ) -> list[FlowRunOut]:
-        """Runs, newest scheduled first; NOT_FOUND for an unknown project."""
+        """Runs, newest scheduled first; NOT_FOUND for an unknown project. ``late=True``:
+        only runs still Scheduled ``scheduler.late_after`` past their start time (False: the others)."""
         query = build(
             ListFlowRuns,
             flow_id=flow_id,
@@ -102,6 +104,7 @@ class Runs(Transport):
             states=list(states) if states is not None else None,
             limit=limit,
             offset=offset,
+            late=late,
         )
         return (await self.request(subjects.StateCommands.LIST_FLOW_RUNS, query, FlowRunList, idempotent=True)).runs
 

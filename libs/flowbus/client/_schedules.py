@@ -22,5 +22,6 @@ class Schedules(Transport):
         return await self.request(subjects.SchedulerCommands.GET_SCHEDULE, query, ScheduleOut, idempotent=True)
 
     async def get_scheduler_status(self) -> SchedulerStatus:
-        """One scheduler instance's counters: runs released, and runs created, deleted and skipped from clocks."""
+        """One scheduler instance's counters (runs released; created, deleted and
+        skipped from clocks) and how many runs are late now."""
         return await self.request(subjects.SchedulerCommands.STATUS, Empty(), SchedulerStatus, idempotent=True)

@@ -132,6 +132,7 @@ class Client:
     set_flow_schedule_state = blocking(AsyncClient.set_flow_schedule_state)
     set_flow_group_labels = blocking(AsyncClient.set_flow_group_labels)
     set_flow_group_default_parameters = blocking(AsyncClient.set_flow_group_default_parameters)
+    set_flow_group_schedule = blocking(AsyncClient.set_flow_group_schedule)
 
     # ---- runs -----------------------------------------------------------------
 

@@ -4,12 +4,14 @@ tables, but any may read)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, not_, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, TaskRun
+from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, TaskRun, utcnow
 from flowbus.schemas.common import NotFound
 from flowbus.schemas.flows import (
     EdgeSpec,
@@ -48,6 +50,7 @@ def flow_group_out(group: FlowGroup) -> FlowGroupOut:
         labels=group.labels,
         default_parameters=group.default_parameters,
         settings=flow_settings(group),
+        schedule=ScheduleSpec.model_validate(group.schedule) if group.schedule else None,
     )
 
 
@@ -102,8 +105,32 @@ def state_out_of_run(row: Any) -> StateOut:
     )
 
 
-def flow_run_out(run: Any, flow_name: str, project_name: str) -> FlowRunOut:
-    """A run as published: ``run`` is a FlowRun, a Core row of flow_run, or anything with its columns."""
+def late_cutoff(late_after: float) -> datetime:
+    """Runs still Scheduled with a start time before this are late (``scheduler.late_after`` seconds ago)."""
+    return utcnow() - timedelta(seconds=late_after)
+
+
+def is_late(state: str, scheduled_start_time: datetime, cutoff: datetime) -> bool:
+    return state == StateType.SCHEDULED.value and scheduled_start_time < cutoff
+
+
+def late_filter(cutoff: datetime, late: bool = True) -> ColumnElement[bool]:
+    """The SQL form of ``is_late`` (``late=False``: its negation), served by the ix_flow_run_due index."""
+    condition = and_(col(FlowRun.state) == StateType.SCHEDULED.value, col(FlowRun.scheduled_start_time) < cutoff)
+    return condition if late else not_(condition)
+
+
+async def count_late_runs(session: AsyncSession, late_after: float) -> int:
+    """How many runs are late now."""
+    stmt = select(func.count()).select_from(FlowRun).where(late_filter(late_cutoff(late_after)))
+    return int((await session.execute(stmt)).scalar_one())
+
+
+def flow_run_out(run: Any, flow_name: str, project_name: str, late_before: datetime | None = None) -> FlowRunOut:
+    """A run as published: ``run`` is a FlowRun, a Core row of flow_run, or anything with its columns.
+
+    ``late_before`` (``late_cutoff()``) flags a late run; without it (a run
+    just created, which cannot be late) ``late`` is False and costs nothing."""
     return FlowRunOut(
         id=run.id,
         flow_id=run.flow_id,
@@ -125,6 +152,7 @@ def flow_run_out(run: Any, flow_name: str, project_name: str) -> FlowRunOut:
         times_resurrected=run.times_resurrected,
         created=run.created,
         updated=run.updated,
+        late=late_before is not None and is_late(run.state, run.scheduled_start_time, late_before),
     )
 
 

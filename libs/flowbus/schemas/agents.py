@@ -54,3 +54,5 @@ class SchedulerStatus(Message):
     last_release: datetime | None
     # None when this instance does not plan runs from clocks (setting scheduler.plan_runs, or standing by).
     planner: PlannerStatus | None = None
+    # Runs still Scheduled ``scheduler.late_after`` past their start time, now.
+    late_runs: int = 0

@@ -286,10 +286,16 @@ class FlowGroupOut(Message):
     labels: list[str] | None
     default_parameters: dict[str, Any]
     settings: FlowSettings
+    # The group's own schedule; None: each flow's own applies.
+    schedule: ScheduleSpec | None = None
 
 
 class FlowGroupChanged(FlowGroupOut):
     """Published on ``flowbus.evt.flow_group.<id>.group_changed``: the group as it now is."""
+
+    # True when this change set, replaced or cleared the group's schedule
+    # (the scheduler re-plans the group's runs then).
+    schedule_changed: bool = False
 
     _occurrence: str = PrivateAttr(default_factory=_new_token)
 
@@ -345,6 +351,14 @@ class SetFlowGroupLabels(Message):
 class SetFlowGroupDefaultParameters(Message):
     flow_group_id: Key
     parameters: dict[Name, JsonValue]
+
+
+class SetFlowGroupSchedule(Message):
+    """Set the group's schedule (it overrides each version's own); ``schedule=None``
+    clears it, so each flow's own schedule applies again."""
+
+    flow_group_id: Key
+    schedule: ScheduleSpec | None
 
 
 class FlowOut(Message):

@@ -102,6 +102,8 @@ class FlowRunOut(Message):
     times_resurrected: int
     created: datetime
     updated: datetime
+    # Still Scheduled ``scheduler.late_after`` past its start time (computed when read).
+    late: bool = False
 
 
 class FlowRunDetail(Message):
@@ -177,12 +179,14 @@ class CancelFlowRun(Message):
 
 
 class ListFlowRuns(Message):
-    """Runs, newest scheduled first, filtered by flow, flow group, project and state."""
+    """Runs, newest scheduled first, filtered by flow, flow group, project, state and lateness."""
 
     flow_id: Key | None = None
     flow_group_id: Key | None = None
     project_name: Name | None = None
     states: list[StateType] | None = None
+    # True: only late runs; False: only runs that are not late.
+    late: bool | None = None
     limit: int = Field(default=50, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 
