@@ -262,3 +262,28 @@ async def test_delete_flow_run_checks_the_version_and_refuses_unknown_runs(plann
         await client.get_flow_run(run.id)
     with pytest.raises(NotFound):
         await client.delete_flow_run(run.id)
+
+
+async def test_get_schedule_lists_the_next_times_with_their_parameters_and_source(
+    planner_client: AsyncClient,
+) -> None:
+    client = planner_client
+    parameters = [ParameterSpec(name="a", default=1), ParameterSpec(name="b", default=1)]
+    schedule = every(3600, parameter_defaults={"b": 3}, labels=["hourly"])
+    flow = await register(client, unique("p"), unique("shown"), schedule=schedule, parameters=parameters)
+    await client.set_flow_group_default_parameters(flow.flow_group_id, {"a": 2})
+
+    shown = await client.get_schedule(flow.id, count=3)
+    assert (shown.active, shown.source, shown.clocks) == (True, "flow", schedule.clocks)
+    assert [u.parameters for u in shown.upcoming] == [{"a": 2, "b": 3}] * 3
+    assert all(u.labels == ["hourly"] for u in shown.upcoming)
+    gaps = {b.start - a.start for a, b in zip(shown.upcoming, shown.upcoming[1:], strict=False)}
+    assert gaps == {timedelta(hours=1)}
+
+    await client.set_flow_group_schedule(flow.flow_group_id, every(60))
+    await client.set_flow_schedule_state(flow.id, False)
+    shown = await client.get_schedule(flow.id)
+    assert (shown.active, shown.source, len(shown.upcoming)) == (False, "group", 10)
+    assert shown.upcoming[0].parameters == {"a": 2, "b": 1}
+    with pytest.raises(NotFound):
+        await client.get_schedule("no-such-flow")
