@@ -138,9 +138,21 @@ class CompiledClock:
         return self._local_day_times(after)
 
     def _cron_times(self, after: datetime) -> Iterator[datetime]:
-        # Evaluated in the clock's zone: a fixed-time cron keeps its wall-clock time across DST.
-        for moment in CronSim(self._cron, after.astimezone(self._zone)):
-            yield moment.astimezone(UTC)
+        if self._zone is UTC:
+            yield from CronSim(self._cron, after.astimezone(UTC))
+            return
+        # The cron's wall-clock times in the zone, each placed by the one DST rule
+        # (``_local``), whatever the cron: a time that does not exist fires at the
+        # first valid minute after it, one that happens twice at its first
+        # occurrence, and several that land on one instant fire once. Starting at
+        # ``after``'s own wall-clock time is enough: a skipped time before it lands
+        # at or before ``after``, and a repeated one at its first occurrence.
+        last: datetime | None = None
+        for wall in CronSim(self._cron, after.astimezone(self._zone).replace(tzinfo=None)):
+            moment = _local(wall, self._zone)
+            if moment > after and moment != last:
+                last = moment
+                yield moment
 
     def _elapsed_times(self, after: datetime) -> Iterator[datetime]:
         """start + k x interval in absolute time (timedelta arithmetic is exact to the microsecond)."""

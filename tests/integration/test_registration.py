@@ -7,7 +7,7 @@ from nats.aio.client import Client
 
 from flowbus.client import AsyncClient
 from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
-from flowbus.schemas.flows import SerializedFlow
+from flowbus.schemas.flows import ParameterSpec, SerializedFlow
 from tests.helpers import register, serialized_flow, unique
 from tests.helpers.commands import send
 
@@ -114,3 +114,31 @@ async def test_two_registration_instances_racing_never_share_a_version(stack, cl
     async with build_service_app("registration", stack):
         outs = await asyncio.gather(*(client.register(serialized_flow("race2"), project) for _ in range(16)))
     assert sorted(o.version for o in outs) == list(range(1, 17))
+
+
+async def test_bad_schedules_are_refused_and_nothing_is_stored(client: AsyncClient, nc: Client) -> None:
+    from flowbus import subjects
+
+    project = unique("proj")
+    await client.create_project(project)
+    good = serialized_flow("f", parameters=[ParameterSpec(name="x")]).model_dump(mode="json")
+    bad_clocks = [
+        {"type": "cron", "cron": "61 * * * *"},
+        {"type": "cron", "cron": "* * * * *", "timezone": "Mars/Olympus"},
+        {"type": "interval", "interval_seconds": 0},
+        {"type": "interval"},
+        {"type": "interval", "interval_seconds": 60, "start_date": "2026-01-01T00:00:00"},
+        {"type": "dates", "dates": ["2026-01-01T00:00:00"]},
+        {"type": "dates", "dates": []},
+        {"type": "interval", "interval_seconds": 60, "cron": "* * * * *"},
+        {"type": "cron", "cron": "0 6 * * *", "parameter_defaults": {"undeclared": 1}},
+    ]
+    messages: list[str] = []
+    for clock in bad_clocks:
+        body = {"project_name": project, "serialized_flow": {**good, "schedule": {"clocks": [clock]}}}
+        reply = await send(nc, subjects.RegistrationCommands.REGISTER_FLOW, body)
+        assert reply["error"]["code"] == "VALIDATION_ERROR", clock
+        messages.append(reply["error"]["message"])
+    assert "invalid cron '61 * * * *': Bad minute" in messages[0]
+    assert "timezone-aware" in messages[4]
+    assert await client.get_flows(project_name=project) == []
