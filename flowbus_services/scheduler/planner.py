@@ -41,7 +41,7 @@ from flowbus.clocks import CompiledClock, ScheduledTime, compile_schedule, merge
 from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, utcnow
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import FlowbusError, NotFound, ValidationFailed, VersionLockingError
+from flowbus.schemas.common import NotFound, ValidationFailed, VersionLockingError
 from flowbus.schemas.flows import Deleted, ScheduleSpec
 from flowbus.schemas.runs import CreateFlowRun, DeleteFlowRun, FlowRunOut
 from flowbus.settings import Settings
@@ -113,7 +113,7 @@ class _Waiting:
 @dataclass
 class _Work:
     deletes: list[_Waiting] = field(default_factory=list)
-    creates: list[tuple[str, ScheduledTime]] = field(default_factory=list)  # (flow id, time)
+    creates: list[tuple[_GroupPlan, ScheduledTime]] = field(default_factory=list)
 
 
 class Planner:
@@ -201,7 +201,6 @@ class Planner:
         keys = {t.key for t in wanted}
         kept = {r.key for r in rows if r.flow_id == active.flow_id and r.key in keys}
         work.deletes.extend(r for r in rows if r.key not in kept)
-        work.creates.extend((active.flow_id, t) for t in wanted if t.key not in kept)
         plan = _GroupPlan(
             group_id=active.group_id,
             flow_id=active.flow_id,
@@ -211,6 +210,7 @@ class Planner:
             upcoming=upcoming,
         )
         self.plans[active.group_id] = plan
+        work.creates.extend((plan, t) for t in wanted if t.key not in kept)
         self._push(plan)
 
     def _missed(
@@ -324,7 +324,7 @@ class Planner:
                 if upcoming is None:
                     break
                 plan.ahead.append(upcoming)
-                work.creates.append((plan.flow_id, upcoming))
+                work.creates.append((plan, upcoming))
             self._push(plan)
         await self._execute(work)
         return len(work.creates)
@@ -342,7 +342,7 @@ class Planner:
     async def _execute(self, work: _Work) -> None:
         # Deletes first: a key a new version takes over is free before it is asked for.
         await asyncio.gather(*(self._delete(run) for run in work.deletes))
-        await asyncio.gather(*(self._create(flow_id, t) for flow_id, t in work.creates))
+        await asyncio.gather(*(self._create(plan, t) for plan, t in work.creates))
 
     async def _delete(self, run: _Waiting) -> None:
         cmd = DeleteFlowRun(flow_run_id=run.id, version=run.version)
@@ -355,9 +355,9 @@ class Planner:
             except Exception as exc:  # the next resync tries again
                 self._error(f"deleting run {run.id}: {exc}")
 
-    async def _create(self, flow_id: str, upcoming: ScheduledTime) -> None:
+    async def _create(self, plan: _GroupPlan, upcoming: ScheduledTime) -> None:
         cmd = CreateFlowRun(
-            flow_id=flow_id,
+            flow_id=plan.flow_id,
             parameters=upcoming.parameter_defaults,
             labels=upcoming.labels,
             scheduled_start_time=upcoming.start,
@@ -370,17 +370,15 @@ class Planner:
                     subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True
                 )
                 self.stats.created_total += 1
-            except FlowbusError as exc:
-                # The flow changed under the plan (archived, deleted) or refuses the
-                # clock's parameters: re-plan the group from the database.
-                self._error(f"creating the {upcoming.start.isoformat()} run of flow {flow_id}: {exc}")
-                for plan in self.plans.values():
-                    if plan.flow_id == flow_id:
-                        plan.broken = isinstance(exc, ValidationFailed)
-                        if not plan.broken:
-                            self.mark_dirty(plan.group_id)
             except Exception as exc:
-                self._error(f"creating the {upcoming.start.isoformat()} run of flow {flow_id}: {exc}")
+                self._error(f"creating the {upcoming.start.isoformat()} run of flow {plan.flow_id}: {exc}")
+                if isinstance(exc, ValidationFailed):
+                    # The clock's parameters are refused: not tried again until the schedule changes.
+                    plan.broken = True
+                else:
+                    # The flow changed under the plan (archived, deleted) or the
+                    # command was lost: re-plan the group from the database.
+                    self.mark_dirty(plan.group_id)
 
     def _error(self, message: str) -> None:
         self.stats.errors_total += 1
