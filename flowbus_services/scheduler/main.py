@@ -13,6 +13,7 @@ from functools import partial
 from faststream.asgi import AsgiFastStream
 
 from flowbus import subjects
+from flowbus.runtime.lease import leased
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.scheduler.handlers import register
@@ -23,7 +24,12 @@ NAME = subjects.Service.SCHEDULER
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     state = ReleaseCursor()
-    return build_service(NAME, settings or Settings(), partial(register, state=state), loops=[release_loop(state)])
+    return build_service(
+        NAME,
+        settings or Settings(),
+        partial(register, state=state),
+        loops=[leased("scheduler.release", release_loop(state))],
+    )
 
 
 app = build_app()
