@@ -98,6 +98,7 @@ async def test_the_other_scheduler_takes_the_lease_and_releases_due_runs_when_th
         return holder_pid((await lease_status(nc, LEASE)).holder)
 
     first = await eventually(holder, "one scheduler holds the release lease", until=lambda pid: pid in pids)
+    assert first is not None
     killed = pids.pop(first)
     killed.kill()  # SIGKILL: no release, the lease must expire
     await asyncio.to_thread(killed.wait)

@@ -17,7 +17,7 @@ from nats.js.kv import KeyValue
 
 from flowbus.runtime.lease import Lease, held_leases, lease_status, leased
 from flowbus.runtime.nats import ensure_lease_bucket
-from flowbus.runtime.service import ServiceContext
+from flowbus.runtime.service import Loop, ServiceContext
 from flowbus.settings import LeaseSettings, Settings
 from tests.helpers import unique
 from tests.helpers.waiting import eventually
@@ -140,6 +140,11 @@ def loop_context(conn: Client, settings: Settings, name: str) -> ServiceContext:
     return cast(ServiceContext, SimpleNamespace(name=name, nc=conn, settings=settings))
 
 
+async def serve(loop: Loop, ctx: ServiceContext) -> None:
+    """Run a service loop as the service would, as a task of its own."""
+    await loop(ctx)
+
+
 class Recorder:
     """A service loop that records who runs it and when it is cancelled."""
 
@@ -163,7 +168,7 @@ async def test_only_one_wrapped_loop_runs_and_the_other_takes_over_when_its_hold
     name, recorder = unique("lease"), Recorder()
     wrapped = leased(name, recorder)
     tasks = {
-        who: asyncio.create_task(wrapped(loop_context(conn, lease_settings, who)))
+        who: asyncio.create_task(serve(wrapped, loop_context(conn, lease_settings, who)))
         for who, conn in zip(("a", "b"), connections, strict=True)
     }
     try:
@@ -192,7 +197,7 @@ async def test_a_lost_lease_cancels_the_loop_and_cancelling_the_wrapper_releases
     connections: list[Client], lease_settings: Settings
 ) -> None:
     name, recorder = unique("lease"), Recorder()
-    task = asyncio.create_task(leased(name, recorder)(loop_context(connections[0], lease_settings, "a")))
+    task = asyncio.create_task(serve(leased(name, recorder), loop_context(connections[0], lease_settings, "a")))
     try:
         await eventually(lambda: _now(recorder.running), "the wrapped loop runs")
         # Someone else takes the key: the holder's next refresh fails.
