@@ -111,3 +111,16 @@ def test_a_chosen_reply_point_is_kept_on_the_embedded_server(monkeypatch: pytest
     monkeypatch.setenv("FLOWBUS_NATS__REPLY_AFTER_EVENTS", "acked")
     with pytest.raises(ValidationError, match="reply_after_events"):
         Settings()
+
+
+def test_lease_ttl_defaults_to_6_seconds_and_reads_durations(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lease.ttl_seconds == 6.0
+    monkeypatch.setenv("FLOWBUS_LEASE__TTL_SECONDS", "10s")
+    assert Settings().lease.ttl_seconds == 10.0
+
+
+@pytest.mark.parametrize("value", ["0", "0.1", "-1", "soon"])
+def test_a_lease_ttl_the_server_would_refuse_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("FLOWBUS_LEASE__TTL_SECONDS", value)
+    with pytest.raises(ValidationError):
+        Settings()

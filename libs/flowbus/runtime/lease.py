@@ -251,8 +251,11 @@ def held_leases() -> dict[str, bool]:
     return status
 
 
-async def lease_status(nc: NatsClient, name: str) -> LeaseStatus:
-    """The lease ``name``: its holder in the bucket, and whether this process holds it."""
+async def lease_status(source: ServiceContext | NatsClient, name: str) -> LeaseStatus:
+    """The lease ``name``: its holder in the bucket, and whether this process holds it.
+    ``source``: a started service's context (its NATS connection) or a connection."""
+    nc = source.nc if isinstance(source, ServiceContext) else source
+    assert nc is not None, "the service has started"
     kv = await nc.jetstream().key_value(subjects.LEASES_BUCKET)
     try:
         entry = await kv.get(name)
