@@ -14,6 +14,7 @@ import weakref
 from faststream.asgi import AsgiFastStream
 
 from flowbus import subjects
+from flowbus.runtime.lease import leased
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.heartbeat.handlers import register
@@ -28,7 +29,9 @@ _ZOMBIES: weakref.WeakKeyDictionary[AsgiFastStream, ZombieKillerStats] = weakref
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     stats = ZombieKillerStats()
-    app = build_service(NAME, settings or Settings(), register, loops=[zombie_loop(stats)])
+    app = build_service(
+        NAME, settings or Settings(), register, loops=[leased("heartbeat.zombie_killer", zombie_loop(stats))]
+    )
     _ZOMBIES[app] = stats
     return app
 

@@ -14,12 +14,13 @@ from flowbus.db.engine import Database
 from flowbus.db.tables import utcnow
 from flowbus.db.views import count_late_runs, effective_schedule, load_flow
 from flowbus.parameters import merge_parameters
+from flowbus.runtime.lease import held_leases
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.agents import SchedulerStatus
 from flowbus.schemas.common import Empty, Reply
 from flowbus.schemas.flows import ParameterSpec
 from flowbus.schemas.schedules import GetSchedule, PlannerStatus, ScheduleOut, SkippedRuns, UpcomingRun
-from flowbus_services.scheduler.planner import Planner
+from flowbus_services.scheduler.planner import PLANNER_LEASE, Planner
 from flowbus_services.scheduler.release import ReleaseCursor
 
 
@@ -30,12 +31,14 @@ def register(ctx: ServiceContext, state: ReleaseCursor, planner: list[Planner]) 
     async def status(query: Empty) -> Reply[SchedulerStatus]:
         async with ctx.db.read_session() as session:
             late_runs = await count_late_runs(session, ctx.settings.scheduler.late_after)
+        held = held_leases()
         return Reply.success(
             SchedulerStatus(
                 released_total=state.released_total,
                 last_release=state.last_release,
                 late_runs=late_runs,
-                planner=planner_status(planner[0]) if planner else None,
+                planner=planner_status(planner[0]) if planner and held.get(PLANNER_LEASE) else None,
+                leases_held=sorted(name for name, holds in held.items() if holds),
             )
         )
 

@@ -4,7 +4,9 @@ Handlers: see ``handlers.py``. Background loops: the planner of runs from
 clocks (``planner.py``), which reads flow and flow-group events and writes
 ``flowbus.cmd.run_creation.create_flow_run`` and ``flowbus.cmd.state.delete_flow_run``;
 and the release of due runs (``release.py``), which reads
-``flowbus.hint.scheduler.wake`` and writes ``flowbus.runq.*``.
+``flowbus.hint.scheduler.wake`` and writes ``flowbus.runq.*``. Each runs
+only while this instance holds its lease (``scheduler.planner``,
+``scheduler.release`` in the KV bucket ``flowbus_leases``).
 Run alone with ``flowbus service run scheduler`` or
 ``uvicorn flowbus_services.scheduler.main:app``. No work happens at import.
 """
@@ -16,10 +18,11 @@ from functools import partial
 from faststream.asgi import AsgiFastStream
 
 from flowbus import subjects
+from flowbus.runtime.lease import leased
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.scheduler.handlers import register
-from flowbus_services.scheduler.planner import Planner, planner_loop
+from flowbus_services.scheduler.planner import PLANNER_LEASE, Planner, planner_loop
 from flowbus_services.scheduler.release import ReleaseCursor, release_loop
 
 NAME = subjects.Service.SCHEDULER
@@ -29,9 +32,9 @@ def build_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or Settings()
     state = ReleaseCursor()
     planner: list[Planner] = []
-    loops = [release_loop(state)]
+    loops = [leased("scheduler.release", release_loop(state))]
     if settings.scheduler.plan_runs:
-        loops.append(planner_loop(planner))
+        loops.append(leased(PLANNER_LEASE, planner_loop(planner)))
     return build_service(NAME, settings, partial(register, state=state, planner=planner), loops=loops)
 
 

@@ -54,6 +54,7 @@ _CLOCK_ID_START, _CLOCK_ID_LENGTH = len("scheduled:") + 1, 12
 # Missed clock times looked at per clock after a downtime (counted, then skipped or caught up).
 MAX_MISSED = 10_000
 RECENT_SKIPS = 20
+PLANNER_LEASE = "scheduler.planner"
 # Groups read per query (IN lists stay small on every backend).
 GROUP_CHUNK = 500
 

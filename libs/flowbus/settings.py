@@ -118,6 +118,16 @@ class HeartbeatSettings(BaseModel):
     zombie_missed_beats: int = Field(default=4, ge=1)
 
 
+class LeaseSettings(BaseModel):
+    """The leases that keep each time-driven loop running in one instance at a time."""
+
+    # How long a lease outlives its holder's last refresh: the KV bucket's
+    # max_age, enforced by the server's clock. The holder refreshes every
+    # ttl/3; a successor takes over at most about ttl + ttl/3 after the
+    # holder died. The server refuses a max_age under 100 ms.
+    ttl_seconds: PositiveSeconds = Field(default=6.0, ge=0.5)
+
+
 class AgentSettings(BaseModel):
     name: str | None = None
     labels: list[str] = Field(default_factory=list)
@@ -163,6 +173,7 @@ class Settings(BaseSettings):
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
 

@@ -268,6 +268,13 @@ def agent_durable(agent_labels: Iterable[str]) -> str:
     return f"agents-{label_set_key(agent_labels)}"
 
 
+# ---- leases (JetStream KV bucket) ------------------------------------------
+
+# One key per time-driven loop (``scheduler.release``...), its value the
+# holder; the bucket's max_age (settings.lease.ttl_seconds) expires a key
+# its holder stopped refreshing (runtime/lease.py).
+LEASES_BUCKET: Final = "flowbus_leases"
+
 # ---- hints (core NATS) ------------------------------------------------------
 
 # A run was created due later (its ``created`` event as payload): wakes the

@@ -11,7 +11,7 @@ and measures from outside:
   every schedule exist (N x 10 rows, counted in the SQLite file);
 - ``steady_cpu_seconds_per_minute`` and ``steady_core_percent``: the CPU time
   (user + system, from /proc) the process used over ``SCHEDULE_MINUTES``
-  whole minutes of steady state, starting at a minute boundary after the
+  whole minutes of steady state, from the middle of a minute after the
   fill; each minute every schedule's next run comes due, is released onto its
   run queue, and one new run is created per schedule;
 - ``rss_mb``: its resident memory at the end.
@@ -121,9 +121,10 @@ def scheduler_cost(settings: Settings, env: dict[str, str], count: int) -> dict[
         started = time.monotonic()
         _wait(lambda: _auto_runs(database) >= count * AHEAD, FILL_TIMEOUT)
         fill = time.monotonic() - started
-        # Whole minutes, from just after a boundary (the runs of :00 are created then).
+        # Whole minutes from mid-minute, so that each window holds exactly
+        # SCHEDULE_MINUTES of the bursts at :00 (every schedule's run comes due then).
         now = datetime.now(UTC)
-        time.sleep(60 - now.second - now.microsecond / 1e6 + 1)
+        time.sleep((90 - now.second - now.microsecond / 1e6) % 60)
         before, runs_before = _cpu_seconds(proc.pid), _auto_runs(database)
         time.sleep(SCHEDULE_MINUTES * 60)
         used, runs_after = _cpu_seconds(proc.pid) - before, _auto_runs(database)

@@ -117,3 +117,16 @@ def test_a_run_is_late_15_seconds_after_its_start_time_by_default(monkeypatch: p
     assert Settings().scheduler.late_after == 15.0
     monkeypatch.setenv("FLOWBUS_SCHEDULER__LATE_AFTER", "2m")
     assert Settings().scheduler.late_after == 120.0
+
+
+def test_lease_ttl_defaults_to_6_seconds_and_reads_durations(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lease.ttl_seconds == 6.0
+    monkeypatch.setenv("FLOWBUS_LEASE__TTL_SECONDS", "10s")
+    assert Settings().lease.ttl_seconds == 10.0
+
+
+@pytest.mark.parametrize("value", ["0", "0.1", "-1", "soon"])
+def test_a_lease_ttl_the_server_would_refuse_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("FLOWBUS_LEASE__TTL_SECONDS", value)
+    with pytest.raises(ValidationError):
+        Settings()

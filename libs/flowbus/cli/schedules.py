@@ -49,6 +49,7 @@ async def get_scheduler(client: AsyncClient) -> None:
     typer.echo(f"{'released:':<15}{status.released_total}")
     typer.echo(f"{'last release:':<15}{when(status.last_release)}")
     typer.echo(f"{'late runs:':<15}{status.late_runs}")
+    typer.echo(f"{'leases held:':<15}{', '.join(status.leases_held) or '-'} (by the instance that answered)")
     planner = status.planner
     if planner is None:
         typer.echo("planner: not running in the instance that answered")

@@ -1,8 +1,9 @@
 """NATS connections and the JetStream streams every component relies on.
 
 Streams: EVENTS (``flowbus.evt.>``), LOGS (``flowbus.logs.>``) and RUNQ
-(``flowbus.runq.>``). Creation is idempotent: whichever component starts
-first declares them, later ones find them. On a cluster that is still
+(``flowbus.runq.>``), and the KV bucket of the leases (``flowbus_leases``,
+runtime/lease.py). Creation is idempotent: whichever component starts
+first declares them, later ones find them; a changed setting updates them. On a cluster that is still
 forming (too few servers to place the replicas), creation waits for it.
 """
 
@@ -10,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 
 from flowbus import subjects
 from flowbus.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NatsUnavailable(ConnectionError):
@@ -115,20 +121,74 @@ NO_SUITABLE_PEERS = 10005
 STREAM_PLACEMENT_WAIT_SECONDS = 30.0
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+# nats-py's duplicate window for a bucket, cut to its max_age when shorter (the server requires it).
+KV_DUPLICATE_WINDOW_SECONDS = 120.0
+# JetStream's answer to creating a stream that exists with another configuration.
+STREAM_NAME_IN_USE = 10058
+
+
+async def _placed(create: Callable[[], Awaitable[T]], what: str) -> T:
+    """``create()``, waiting while a forming cluster cannot place the replicas yet."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + STREAM_PLACEMENT_WAIT_SECONDS
+    while True:
+        try:
+            return await create()
+        except BadRequestError as exc:
+            if exc.err_code != NO_SUITABLE_PEERS or loop.time() >= give_up:
+                raise
+            log.info("%s waits for the cluster to place its replicas", what)
+            await asyncio.sleep(0.25)
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Declare the streams and the leases bucket."""
     for config in stream_configs(settings):
-        while True:
-            try:
-                await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code == NO_SUITABLE_PEERS:
-                    if loop.time() >= give_up:
-                        raise
-                    log.info("stream %s waits for the cluster to place its replicas", config.name)
-                    await asyncio.sleep(0.25)
-                    continue
-                # Exists with a different config (a changed setting): adopt the new one.
-                await js.update_stream(config)
-            break
+        await _placed(partial(_ensure_stream, js, config), f"stream {config.name}")
+    await ensure_lease_bucket(js, settings)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code == NO_SUITABLE_PEERS:
+            raise
+        # Exists with a different config (a changed setting): adopt the new one.
+        await js.update_stream(config)
+
+
+def lease_bucket_config(settings: Settings) -> KeyValueConfig:
+    """The leases bucket: one revision per key, expiring ``lease.ttl_seconds``
+    after its last write by the server's clock (nats-py caps the duplicate
+    window at that max_age, as the server requires)."""
+    return KeyValueConfig(
+        bucket=subjects.LEASES_BUCKET,
+        history=1,
+        ttl=settings.lease.ttl_seconds,
+        storage=StorageType.FILE,
+        replicas=settings.nats.stream_replicas,
+    )
+
+
+async def ensure_lease_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
+    """Create the leases bucket, or adopt a changed TTL or replica count in an existing one."""
+    config = lease_bucket_config(settings)
+    try:
+        return await _placed(partial(js.create_key_value, config), f"bucket {config.bucket}")
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+    # nats-py has no update for a bucket: change its stream the way creation would have set it.
+    stream = f"KV_{config.bucket}"
+    current = (await js.stream_info(stream)).config
+    assert config.ttl is not None
+    await js.update_stream(
+        current.evolve(
+            max_age=config.ttl,
+            duplicate_window=min(KV_DUPLICATE_WINDOW_SECONDS, config.ttl),
+            max_msgs_per_subject=config.history,
+            num_replicas=config.replicas,
+        )
+    )
+    return await js.key_value(config.bucket)

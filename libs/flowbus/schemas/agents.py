@@ -54,5 +54,7 @@ class SchedulerStatus(Message):
     last_release: datetime | None
     # None when this instance does not plan runs from clocks (setting scheduler.plan_runs, or standing by).
     planner: PlannerStatus | None = None
+    # The leases the instance that answered holds (its loops run only while it does).
+    leases_held: list[str] = Field(default_factory=list)
     # Runs still Scheduled ``scheduler.late_after`` past their start time, now.
     late_runs: int = 0
