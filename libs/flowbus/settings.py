@@ -103,6 +103,20 @@ class HeartbeatSettings(BaseModel):
     zombie_missed_beats: int = Field(default=4, ge=1)
 
 
+class LazarusSettings(BaseModel):
+    """Lazarus: the heartbeat service's loop that reschedules flow runs whose
+    runner vanished (Submitted or Running, silent, no active task run)."""
+
+    # How often it looks (FLOWBUS_LAZARUS__INTERVAL_SECONDS).
+    interval_seconds: PositiveSeconds = 600.0
+    # A run is stale when its last heartbeat and its state's timestamp are
+    # both older than this (FLOWBUS_LAZARUS__STALE_AFTER_SECONDS).
+    stale_after_seconds: PositiveSeconds = 600.0
+    # Reschedules per run before Lazarus fails it instead
+    # (FLOWBUS_LAZARUS__MAX_RESURRECTIONS).
+    max_resurrections: int = Field(default=3, ge=0)
+
+
 class AgentSettings(BaseModel):
     name: str | None = None
     labels: list[str] = Field(default_factory=list)
@@ -148,6 +162,7 @@ class Settings(BaseSettings):
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    lazarus: LazarusSettings = Field(default_factory=LazarusSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
 
