@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from datetime import UTC, datetime
 
 import pytest
-from faststream.asgi import AsgiFastStream
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
@@ -32,35 +30,13 @@ from flowbus_services.heartbeat.lazarus import (
     rescheduled_log_message,
     revive,
 )
-from flowbus_services.heartbeat.main import lazarus_stats
-from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.registry import build_service_app
 from tests.helpers import unique
+from tests.helpers.lazarus import Services, lazarus_services, pass_ended
 from tests.helpers.runs import RunStates, watch_until_finished, watching
 from tests.helpers.waiting import eventually
 
 MAX = 2
-
-
-@dataclass
-class Services:
-    client: AsyncClient
-    stats: LazarusStats
-    heartbeat: AsgiFastStream
-    settings: Settings
-
-
-async def _services(settings: Settings, lazarus: LazarusSettings) -> AsyncIterator[Services]:
-    tuned = settings.model_copy(update={"lazarus": lazarus})
-    async with AsyncExitStack() as apps:
-        heartbeat: AsgiFastStream | None = None
-        for name in SERVICE_MODULES:
-            app = build_service_app(name, tuned)
-            await apps.enter_async_context(app)
-            if name == "heartbeat":
-                heartbeat = app
-        assert heartbeat is not None
-        async with AsyncClient(tuned) as client:
-            yield Services(client, lazarus_stats(heartbeat), heartbeat, tuned)
 
 
 @pytest.fixture
@@ -68,7 +44,7 @@ async def tight(settings: Settings) -> AsyncIterator[Services]:
     """The services with Lazarus passing every 0.1 s, a run stale after 0.5 s
     of silence, and two resurrections before it fails."""
     lazarus = LazarusSettings(interval_seconds=0.1, stale_after_seconds=0.5, max_resurrections=MAX)
-    async for services in _services(settings, lazarus):
+    async with lazarus_services(settings, lazarus) as services:
         yield services
 
 
@@ -77,7 +53,7 @@ async def idle(settings: Settings) -> AsyncIterator[Services]:
     """Lazarus passes once at start-up, then only when a test calls it; every
     run is stale as soon as it is written."""
     lazarus = LazarusSettings(interval_seconds=3600, stale_after_seconds=0.001, max_resurrections=MAX)
-    async for services in _services(settings, lazarus):
+    async with lazarus_services(settings, lazarus) as services:
         yield services
 
 
@@ -125,12 +101,6 @@ async def _lazarus_logs(client: AsyncClient, run_id: str, count: int) -> list[Lo
 def _rescheduled(states: RunStates, run_id: str, times: int) -> bool:
     # The first Scheduled is the run's creation.
     return states.seen.get(run_id, []).count(StateType.SCHEDULED) > times
-
-
-async def _one_full_pass_after(stats: LazarusStats) -> None:
-    """Wait for the pass under way to end: it read every run the pass that acted read."""
-    seen = stats.passes
-    await eventually(lambda: asyncio.sleep(0, stats.passes), "a Lazarus pass to end", until=lambda p: p > seen)
 
 
 async def test_a_stale_submitted_run_is_rescheduled_and_can_be_claimed_again(tight: Services) -> None:
@@ -192,7 +162,7 @@ async def test_runs_lazarus_may_not_touch_are_left_alone(tight: Services) -> Non
     async with watching(client) as states:
         control = await _submitted(client, quiet_flow)
         await states.until(lambda: _rescheduled(states, control, 1))
-        await _one_full_pass_after(tight.stats)
+        await pass_ended(tight.stats)
 
     for run_id, state in ((off, StateType.SUBMITTED), (quiet_running, StateType.RUNNING)):
         run = (await client.get_flow_run(run_id)).run
@@ -220,7 +190,7 @@ async def test_a_run_still_working_is_left_alone(tight: Services) -> None:
         async with watching(client) as states:
             control = await _running(client, flow_id)
             await states.until(lambda: _rescheduled(states, control, 1))
-            await _one_full_pass_after(tight.stats)
+            await pass_ended(tight.stats)
     finally:
         beats.cancel()
         with suppress(asyncio.CancelledError):
