@@ -111,3 +111,19 @@ def test_a_chosen_reply_point_is_kept_on_the_embedded_server(monkeypatch: pytest
     monkeypatch.setenv("FLOWBUS_NATS__REPLY_AFTER_EVENTS", "acked")
     with pytest.raises(ValidationError, match="reply_after_events"):
         Settings()
+
+
+def test_lazarus_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lazarus.model_dump() == {
+        "interval_seconds": 600.0,
+        "stale_after_seconds": 600.0,
+        "max_resurrections": 3,
+    }
+    monkeypatch.setenv("FLOWBUS_LAZARUS__INTERVAL_SECONDS", "30s")
+    monkeypatch.setenv("FLOWBUS_LAZARUS__STALE_AFTER_SECONDS", "5m")
+    monkeypatch.setenv("FLOWBUS_LAZARUS__MAX_RESURRECTIONS", "5")
+    assert Settings().lazarus.model_dump() == {
+        "interval_seconds": 30.0,
+        "stale_after_seconds": 300.0,
+        "max_resurrections": 5,
+    }
