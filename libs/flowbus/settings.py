@@ -110,7 +110,9 @@ class LazarusSettings(BaseModel):
     # How often it looks (FLOWBUS_LAZARUS__INTERVAL_SECONDS).
     interval_seconds: PositiveSeconds = 600.0
     # A run is stale when its last heartbeat and its state's timestamp are
-    # both older than this (FLOWBUS_LAZARUS__STALE_AFTER_SECONDS).
+    # both older than this (FLOWBUS_LAZARUS__STALE_AFTER_SECONDS). A Submitted
+    # run sends no heartbeat, so this must exceed the time a live agent takes
+    # from its claim to Running, or a slow start is rescheduled under it.
     stale_after_seconds: PositiveSeconds = 600.0
     # Reschedules per run before Lazarus fails it instead
     # (FLOWBUS_LAZARUS__MAX_RESURRECTIONS).

@@ -58,8 +58,11 @@ with Flow({name!r}) as flow:
 
 @pytest.fixture
 async def services(settings: Settings) -> AsyncIterator[Services]:
-    """Lazarus passing every 0.2 s; a run is stale after 1 s of silence."""
-    lazarus = LazarusSettings(interval_seconds=0.2, stale_after_seconds=1.0, max_resurrections=3)
+    """Lazarus passing every 0.2 s; a run is stale after 10 s of silence: longer
+    than a live agent takes from its claim to Running (a fork server to start,
+    the flow to load) on a busy machine, or the second agent's claim would be
+    rescheduled too."""
+    lazarus = LazarusSettings(interval_seconds=0.2, stale_after_seconds=10.0, max_resurrections=3)
     async with lazarus_services(settings, lazarus) as services:
         yield services
 

@@ -41,9 +41,9 @@ MAX = 2
 
 @pytest.fixture
 async def tight(settings: Settings) -> AsyncIterator[Services]:
-    """The services with Lazarus passing every 0.1 s, a run stale after 0.5 s
+    """The services with Lazarus passing every 0.1 s, a run stale after 1 s
     of silence, and two resurrections before it fails."""
-    lazarus = LazarusSettings(interval_seconds=0.1, stale_after_seconds=0.5, max_resurrections=MAX)
+    lazarus = LazarusSettings(interval_seconds=0.1, stale_after_seconds=1.0, max_resurrections=MAX)
     async with lazarus_services(settings, lazarus) as services:
         yield services
 
