@@ -1,8 +1,10 @@
 """Entry module of the heartbeat service.
 
-Handlers: see ``handlers.py``. Background loop: the Zombie Killer
-(``zombies.py``), which requests ``flowbus.cmd.state.set_flow_run_state`` and
-publishes on ``flowbus.logs.<flow_run_id>``.
+Handlers: see ``handlers.py``. Background loops: the Zombie Killer
+(``zombies.py``) and Lazarus (``lazarus.py``), which request
+``flowbus.cmd.state.set_flow_run_state`` and publish on
+``flowbus.logs.<flow_run_id>``; each runs only while this instance holds
+its lease (``heartbeat.zombie_killer``, ``heartbeat.lazarus``).
 Run alone with ``flowbus service run heartbeat`` or
 ``uvicorn flowbus_services.heartbeat.main:app``. No work happens at import.
 """
@@ -18,6 +20,7 @@ from flowbus.runtime.lease import leased
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
 from flowbus_services.heartbeat.handlers import register
+from flowbus_services.heartbeat.lazarus import LazarusStats, lazarus_loop
 from flowbus_services.heartbeat.zombies import ZombieKillerStats, zombie_loop
 
 NAME = subjects.Service.HEARTBEAT
@@ -25,20 +28,34 @@ NAME = subjects.Service.HEARTBEAT
 
 # The Zombie Killer's counters of each app build_app made.
 _ZOMBIES: weakref.WeakKeyDictionary[AsgiFastStream, ZombieKillerStats] = weakref.WeakKeyDictionary()
+# Lazarus's counters of each app build_app made.
+_LAZARUS: weakref.WeakKeyDictionary[AsgiFastStream, LazarusStats] = weakref.WeakKeyDictionary()
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
-    stats = ZombieKillerStats()
+    stats, lazarus = ZombieKillerStats(), LazarusStats()
     app = build_service(
-        NAME, settings or Settings(), register, loops=[leased("heartbeat.zombie_killer", zombie_loop(stats))]
+        NAME,
+        settings or Settings(),
+        register,
+        loops=[
+            leased("heartbeat.zombie_killer", zombie_loop(stats)),
+            leased("heartbeat.lazarus", lazarus_loop(lazarus)),
+        ],
     )
     _ZOMBIES[app] = stats
+    _LAZARUS[app] = lazarus
     return app
 
 
 def zombie_killer_stats(app: AsgiFastStream) -> ZombieKillerStats:
     """The counters of the Zombie Killer running in ``app``: its passes and the runs it failed."""
     return _ZOMBIES[app]
+
+
+def lazarus_stats(app: AsgiFastStream) -> LazarusStats:
+    """The counters of Lazarus running in ``app``: its passes, the runs it rescheduled and failed."""
+    return _LAZARUS[app]
 
 
 app = build_app()

@@ -1,6 +1,6 @@
 """Heartbeat use cases. Owns the agent and run_heartbeat tables.
 
-The Zombie Killer lives in ``zombies.py`` (Lazarus is not built yet); it
+The Zombie Killer lives in ``zombies.py`` and Lazarus in ``lazarus.py``; they
 only ever *proposes* transitions to the state service, never writes runs.
 """
 

@@ -57,6 +57,10 @@ def _zombies_query(cutoff: datetime) -> Any:
         .where(
             col(fr.state) == StateType.RUNNING.value,
             col(FlowGroup.heartbeat_enabled).is_(True),
+            # Running for less than the limit is no zombie, whatever its
+            # heartbeat row says: the row may be an earlier attempt's (a
+            # re-run, a run Lazarus rescheduled) and this one's first beat on its way.
+            col(fr.state_timestamp) < cutoff,
             # Each comparison is against one typed column, so the UTC
             # timestamp binds the same way on SQLite and PostgreSQL.
             or_(

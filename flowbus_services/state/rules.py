@@ -19,7 +19,7 @@ from enum import Enum, StrEnum
 
 from flowbus.schemas.common import Conflict
 from flowbus.schemas.runs import StateSpec
-from flowbus.states import CANCELLED_MESSAGE, StateType, is_a, is_failed, is_finished
+from flowbus.states import CANCELLED_MESSAGE, StateType, is_a, is_active_task_run, is_failed, is_finished
 
 
 class RunKind(StrEnum):
@@ -37,9 +37,13 @@ class Effect(Enum):
     CANCEL_TASK_RUNS = "cancel the unfinished task runs"
     FAIL_TASK_RUNS = "retry or fail the Running and Retrying task runs"
     REQUEUE_IF_DUE = "queue the run again on its run queue when it is due"
+    # A Lazarus resurrection's own two (``resurrection_effects``), not in RULES:
+    # they follow the command's flag, not the (from, to) pair.
+    COUNT_RESURRECTION = "add one to times_resurrected"
+    RESTART_TASK_RUNS = "send the finished task runs back to Scheduled"
 
 
-CASCADES = (Effect.CANCEL_TASK_RUNS, Effect.FAIL_TASK_RUNS)
+CASCADES = (Effect.CANCEL_TASK_RUNS, Effect.FAIL_TASK_RUNS, Effect.RESTART_TASK_RUNS)
 
 ANY = frozenset(StateType)
 FINISHED = frozenset(t for t in StateType if is_finished(t))
@@ -52,6 +56,7 @@ TASK_RUNS = frozenset({RunKind.TASK_RUN})
 CANCELLING_MESSAGE = "Flow run is being cancelled."
 TASK_FAILED_MESSAGE = "Flow run failed."
 TASK_RETRYING_MESSAGE = "Flow run failed; the task run has retries left."
+RESURRECTED_MESSAGE = "Rescheduled by a Lazarus process."
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +210,28 @@ def decide(
     return found.effects
 
 
+# ---- Lazarus ------------------------------------------------------------------
+
+# What Lazarus resurrects: a run claimed or started whose runner is gone.
+RESURRECTABLE = frozenset({StateType.SUBMITTED, StateType.RUNNING})
+
+
+def resurrection_effects(run_id: str, current: StateType, task_run_states: Iterable[StateType]) -> tuple[Effect, ...]:
+    """Raise ``Conflict`` unless the flow run may be resurrected; else the
+    effects a resurrection adds to those of its Scheduled.
+
+    Checked again here, in the writing transaction, because a runner may have
+    started a task run since Lazarus read the run (a task run's change does
+    not move its flow run's version).
+    """
+    if current not in RESURRECTABLE:
+        raise Conflict(f"Flow run {run_id} is {current.value}; only a Submitted or Running run can be resurrected.")
+    active = sorted({s.value for s in task_run_states if is_active_task_run(s)})
+    if active:
+        raise Conflict(f"Flow run {run_id} has an active task run ({', '.join(active)}); it is not resurrected.")
+    return (Effect.COUNT_RESURRECTION, Effect.RESTART_TASK_RUNS)
+
+
 # ---- what the commands and cascades propose -------------------------------------
 
 _CANCELLING = (StateType.CANCELLING, CANCELLING_MESSAGE)
@@ -229,6 +256,7 @@ def has_retries_left(max_retries: int, run_count: int) -> bool:
 _TASK_CANCELLED = StateSpec(type=StateType.CANCELLED, message=CANCELLED_MESSAGE)
 _TASK_FAILED = StateSpec(type=StateType.FAILED, message=TASK_FAILED_MESSAGE)
 _TASK_RETRYING = StateSpec(type=StateType.RETRYING, message=TASK_RETRYING_MESSAGE)
+_TASK_RESCHEDULED = StateSpec(type=StateType.SCHEDULED, message=RESURRECTED_MESSAGE)
 
 
 def cascaded_state(cascade: Effect, task_run_state: StateType, max_retries: int, run_count: int) -> StateSpec | None:
@@ -238,6 +266,10 @@ def cascaded_state(cascade: Effect, task_run_state: StateType, max_retries: int,
     """
     if cascade is Effect.CANCEL_TASK_RUNS:
         return None if is_finished(task_run_state) else _TASK_CANCELLED
+    if cascade is Effect.RESTART_TASK_RUNS:
+        # The next attempt runs every task again: a finished task run would
+        # refuse its Running. Pending and Scheduled ones can run as they are.
+        return _TASK_RESCHEDULED if is_finished(task_run_state) else None
     if task_run_state is not StateType.RUNNING and task_run_state is not StateType.RETRYING:
         return None
     if not has_retries_left(max_retries, run_count):

@@ -37,7 +37,15 @@ from flowbus.schemas.runs import (
     StateSpec,
 )
 from flowbus.states import StateType
-from flowbus_services.state.rules import CASCADES, Effect, RunKind, cancel_target, cascaded_state, decide
+from flowbus_services.state.rules import (
+    CASCADES,
+    Effect,
+    RunKind,
+    cancel_target,
+    cascaded_state,
+    decide,
+    resurrection_effects,
+)
 
 StateCommand = SetFlowRunState | SetTaskRunState | CancelFlowRun
 
@@ -57,6 +65,7 @@ _SELECT_FLOW_RUNS = select(
     _fr.c.agent_id,
     _fr.c.scheduled_start_time,
     _fr.c.labels,
+    _fr.c.times_resurrected,
 ).where(_fr.c.id.in_(bindparam("ids", expanding=True)))
 _TASK_COLUMNS = (
     _tr.c.id,
@@ -94,7 +103,7 @@ _STATE_COLUMNS = ("state", "state_message", "state_timestamp", "state_result", "
 _UPDATE_FLOW_RUN = Bulk(
     update(_fr)
     .where(_fr.c.id == bindparam("b_id"), _fr.c.version == bindparam("b_version"))
-    .values({c: bindparam(c) for c in (*_STATE_COLUMNS, "start_time", "end_time", "agent_id")})
+    .values({c: bindparam(c) for c in (*_STATE_COLUMNS, "start_time", "end_time", "agent_id", "times_resurrected")})
 )
 _UPDATE_TASK_RUN = Bulk(
     update(_tr)
@@ -121,6 +130,7 @@ class _Run:
     flow_id: str | None = None
     scheduled_start_time: datetime | None = None
     labels: list[str] = field(default_factory=list)
+    times_resurrected: int = 0
 
     @classmethod
     def of(cls, kind: RunKind, row: Any) -> _Run:
@@ -139,6 +149,7 @@ class _Run:
             flow_id=row.flow_id if flow else None,
             scheduled_start_time=row.scheduled_start_time if flow else None,
             labels=list(row.labels or []) if flow else [],
+            times_resurrected=row.times_resurrected if flow else 0,
         )
 
 
@@ -205,7 +216,7 @@ class _TransitionBatch:
         run = self._flow_run(cmd.flow_run_id)
         if run.version != cmd.version:
             raise version_error(run.kind, run.id, run.version, cmd.version)
-        return await self._transition(run, cmd.state, cmd.agent_id)
+        return await self._transition(run, cmd.state, cmd.agent_id, resurrect=cmd.resurrect)
 
     def _set_task_run_state(self, cmd: SetTaskRunState) -> StateSet:
         task_run = self.task_runs.get(cmd.task_run_id)
@@ -227,9 +238,14 @@ class _TransitionBatch:
         target, default_message = proposed
         return await self._transition(run, StateSpec(type=target, message=cmd.message or default_message))
 
-    async def _transition(self, run: _Run, spec: StateSpec, agent_id: str | None = None) -> StateSet:
+    async def _transition(
+        self, run: _Run, spec: StateSpec, agent_id: str | None = None, *, resurrect: bool = False
+    ) -> StateSet:
         """A flow-run change: the rules, the write, then the effects that follow it."""
         effects = decide(run.kind, run.id, run.state, spec.type)
+        if resurrect:
+            task_states = [task_run.state for task_run, _ in await self._task_runs_of(run)]
+            effects = (*effects, *resurrection_effects(run.id, run.state, task_states))
         out = self._write(run, spec, effects, agent_id)
         for effect in effects:
             if effect is Effect.REQUEUE_IF_DUE:
@@ -253,14 +269,18 @@ class _TransitionBatch:
 
     async def _cascade(self, flow_run: _Run, cascade: Effect) -> None:
         """Apply a flow run's ``cascade`` to its task runs, each change through the rules."""
-        rows = (await self.conn.execute(_SELECT_TASK_RUNS_OF, {"flow_run_id": flow_run.id})).all()
-        for row in rows:
-            task_run = self._add_task_run(row)
+        for task_run, row in await self._task_runs_of(flow_run):
             run_count = row.run_count + self._runs_staged(task_run.id)
             spec = cascaded_state(cascade, task_run.state, row.max_retries, run_count)
             if spec is not None:
                 effects = decide(task_run.kind, task_run.id, task_run.state, spec.type, flow_run.state)
                 self._write(task_run, spec, effects)
+
+    async def _task_runs_of(self, flow_run: _Run) -> list[tuple[_Run, Any]]:
+        """The flow run's task runs as this batch sees them, each with its row
+        (``max_retries``, ``run_count``)."""
+        rows = (await self.conn.execute(_SELECT_TASK_RUNS_OF, {"flow_run_id": flow_run.id})).all()
+        return [(self._add_task_run(row), row) for row in rows]
 
     def _runs_staged(self, task_run_id: str) -> int:
         """Running entries this batch added to a task run's history (not in the table yet)."""
@@ -292,6 +312,7 @@ class _TransitionBatch:
         task_run_id = None if run.kind is RunKind.FLOW_RUN else run.id
         if task_run_id is None:
             values["agent_id"] = run.agent_id
+            values["times_resurrected"] = run.times_resurrected
             self.flow_updates.append(values)
         else:
             self.task_updates.append(values)
@@ -330,6 +351,8 @@ class _TransitionBatch:
                 run.end_time = None
             elif effect is Effect.RECORD_AGENT:
                 run.agent_id = agent_id
+            elif effect is Effect.COUNT_RESURRECTION:
+                run.times_resurrected += 1
 
     async def flush(self) -> None:
         sane = self.conn.dialect.supports_sane_multi_rowcount

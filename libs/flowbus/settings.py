@@ -128,6 +128,22 @@ class LeaseSettings(BaseModel):
     ttl_seconds: PositiveSeconds = Field(default=6.0, ge=0.5)
 
 
+class LazarusSettings(BaseModel):
+    """Lazarus: the heartbeat service's loop that reschedules flow runs whose
+    runner vanished (Submitted or Running, silent, no active task run)."""
+
+    # How often it looks (FLOWBUS_LAZARUS__INTERVAL_SECONDS).
+    interval_seconds: PositiveSeconds = 600.0
+    # A run is stale when its last heartbeat and its state's timestamp are
+    # both older than this (FLOWBUS_LAZARUS__STALE_AFTER_SECONDS). A Submitted
+    # run sends no heartbeat, so this must exceed the time a live agent takes
+    # from its claim to Running, or a slow start is rescheduled under it.
+    stale_after_seconds: PositiveSeconds = 600.0
+    # Reschedules per run before Lazarus fails it instead
+    # (FLOWBUS_LAZARUS__MAX_RESURRECTIONS).
+    max_resurrections: int = Field(default=3, ge=0)
+
+
 class AgentSettings(BaseModel):
     name: str | None = None
     labels: list[str] = Field(default_factory=list)
@@ -174,6 +190,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    lazarus: LazarusSettings = Field(default_factory=LazarusSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
 

@@ -82,6 +82,16 @@ def is_running(state: StateType) -> bool:
     return is_a(state, StateType.RUNNING)
 
 
+def is_active_task_run(state: StateType) -> bool:
+    """A task run a live runner may be working on: Running (or Cancelling), or
+    Retrying (the runner waits out its retry delay). Lazarus leaves a flow run
+    with one alone; the state service refuses to resurrect it."""
+    return is_running(state) or state is StateType.RETRYING
+
+
+ACTIVE_TASK_RUN_STATES: frozenset[StateType] = frozenset(t for t in StateType if is_active_task_run(t))
+
+
 # The message of a cancelled run, written by the state service (a cancel, and
 # the task runs it cancels) and by the agent and runner that end a Cancelling run.
 CANCELLED_MESSAGE = "Flow run was cancelled."

@@ -208,6 +208,12 @@ def logs(flow_run_id: str) -> str:
     return f"{PREFIX}.logs.{flow_run_id}"
 
 
+def lazarus_log_msg_id(flow_run_id: str, version: int) -> str:
+    """The ``Nats-Msg-Id`` of Lazarus's log batch for a run read at one
+    version: two Lazarus instances that read the same version log once."""
+    return f"lazarus:{flow_run_id}:{version}"
+
+
 # ---- run queues (JetStream stream RUNQ) ------------------------------------
 
 RUNQ_STREAM: Final = "FLOWBUS_RUNQ"

@@ -49,10 +49,38 @@ def flowbus(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[s
     return result
 
 
-def start(args: list[str], home: Path, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+def start(
+    args: list[str], home: Path, cwd: Path, env: Mapping[str, str] | None = None, *, new_session: bool = False
+) -> subprocess.Popen[str]:
+    """``new_session``: the process leads a process group of its own, which
+    its children (an agent's fork server and flow processes) join, so a test
+    can signal exactly what it started with ``os.killpg(proc.pid, ...)``."""
     return subprocess.Popen(
-        args, env=cli_env(home, env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        env=cli_env(home, env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
     )
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:

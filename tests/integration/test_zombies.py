@@ -22,6 +22,7 @@ from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from flowbus_services.state.rules import TASK_FAILED_MESSAGE, TASK_RETRYING_MESSAGE
 from tests.helpers import unique
 from tests.helpers.runs import watch_until_finished
+from tests.helpers.waiting import eventually
 
 Tight = tuple[AsyncClient, ZombieKillerStats]
 
@@ -132,3 +133,27 @@ async def test_a_run_with_heartbeats_disabled_is_left_running(tight: Tight) -> N
     assert passes >= 2
     quiet_run: Any = (await client.get_flow_run(quiet)).run
     assert quiet_run.state.type is StateType.RUNNING
+
+
+async def test_a_run_started_again_is_judged_from_its_new_start(tight: Tight) -> None:
+    """Its heartbeat row is the first attempt's, older than the limit: the
+    killer waits for this attempt's silence to last the limit too."""
+    client, _ = tight
+    run_id = await _running_run(client, await _flow(client), tasks=False)
+    beat = RunHeartbeat(flow_run_id=run_id, timestamp=datetime.now(UTC))
+    await client.nc.publish(subjects.flow_run_heartbeat(run_id), beat.model_dump_json().encode())
+    first = (await watch_until_finished(client, run_id)).states[-1]
+    assert first.state.message == FLOW_RUN_MESSAGE
+    # Run again: Scheduled, claimed, Running; then silence.
+    rerun = await client.set_flow_run_state(run_id, first.version, StateType.SCHEDULED)
+    submitted = await client.set_flow_run_state(run_id, rerun.version, StateType.SUBMITTED)
+    running = await client.set_flow_run_state(run_id, submitted.version, StateType.RUNNING)
+
+    history = await eventually(
+        lambda: client.get_flow_run_history(run_id),
+        "the second Failed",
+        until=lambda h: [e.type for e in h].count(StateType.FAILED) == 2,
+    )
+    second = [h for h in history if h.type is StateType.FAILED][-1]
+    silence = 4 * 0.25  # zombie_missed_beats x interval_seconds
+    assert (second.timestamp - running.state.timestamp).total_seconds() >= silence

@@ -10,7 +10,15 @@ import pytest
 
 from flowbus.schemas.common import Conflict
 from flowbus.states import StateType
-from flowbus_services.state.rules import Effect, RunKind, cancel_target, cascaded_state, decide
+from flowbus_services.state.rules import (
+    RESURRECTED_MESSAGE,
+    Effect,
+    RunKind,
+    cancel_target,
+    cascaded_state,
+    decide,
+    resurrection_effects,
+)
 
 S = StateType
 # Spelled out rather than derived from flowbus.states, so that a change of the
@@ -128,3 +136,35 @@ def test_failed_retries_or_fails_the_running_and_retrying_task_runs(
     else:
         assert spec is not None
         assert (spec.type, spec.message) == (S.FAILED, "Flow run failed.")
+
+
+@pytest.mark.parametrize("current", list(StateType), ids=lambda s: s.value)
+def test_a_resurrection_takes_a_submitted_or_running_flow_run(current: StateType) -> None:
+    if current in {S.SUBMITTED, S.RUNNING}:
+        assert resurrection_effects("fr", current, [S.PENDING, S.SUCCESS, S.SCHEDULED, S.FAILED]) == (
+            Effect.COUNT_RESURRECTION,
+            Effect.RESTART_TASK_RUNS,
+        )
+    else:
+        with pytest.raises(Conflict, match="only a Submitted or Running run"):
+            resurrection_effects("fr", current, [])
+
+
+@pytest.mark.parametrize("task_run_state", list(StateType), ids=lambda s: s.value)
+def test_a_resurrection_is_refused_while_a_task_run_is_active(task_run_state: StateType) -> None:
+    if task_run_state in {*RUNNING, S.RETRYING}:
+        with pytest.raises(Conflict, match=f"active task run \\({task_run_state.value}\\)"):
+            resurrection_effects("fr", S.RUNNING, [S.SUCCESS, task_run_state])
+    else:
+        assert resurrection_effects("fr", S.RUNNING, [task_run_state])
+
+
+@pytest.mark.parametrize("current", list(StateType), ids=lambda s: s.value)
+def test_a_resurrection_sends_the_finished_task_runs_back_to_scheduled(current: StateType) -> None:
+    spec = cascaded_state(Effect.RESTART_TASK_RUNS, current, max_retries=0, run_count=1)
+    if current in FINISHED:
+        assert spec is not None
+        assert (spec.type, spec.message) == (S.SCHEDULED, RESURRECTED_MESSAGE)
+        assert decide(RunKind.TASK_RUN, "tr", current, spec.type, S.SCHEDULED) == ()
+    else:
+        assert spec is None

@@ -130,3 +130,19 @@ def test_a_lease_ttl_the_server_would_refuse_is_refused(monkeypatch: pytest.Monk
     monkeypatch.setenv("FLOWBUS_LEASE__TTL_SECONDS", value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_lazarus_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lazarus.model_dump() == {
+        "interval_seconds": 600.0,
+        "stale_after_seconds": 600.0,
+        "max_resurrections": 3,
+    }
+    monkeypatch.setenv("FLOWBUS_LAZARUS__INTERVAL_SECONDS", "30s")
+    monkeypatch.setenv("FLOWBUS_LAZARUS__STALE_AFTER_SECONDS", "5m")
+    monkeypatch.setenv("FLOWBUS_LAZARUS__MAX_RESURRECTIONS", "5")
+    assert Settings().lazarus.model_dump() == {
+        "interval_seconds": 30.0,
+        "stale_after_seconds": 300.0,
+        "max_resurrections": 5,
+    }

@@ -115,12 +115,15 @@ class Runs(Transport):
         state: StateLike,
         message: str | None = None,
         agent_id: str | None = None,
+        *,
+        resurrect: bool = False,
     ) -> StateSet:
         """Set a state at the run's current ``version`` (optimistic locking).
 
         ``state`` is a State object (``Success(message="It worked!")``), its JSON
         form (``{"type": "Success", "message": "It worked!"}``) or a StateType;
-        ``message``, when given, replaces the state's own.
+        ``message``, when given, replaces the state's own. ``resurrect``: a
+        Lazarus reschedule (Scheduled only), counted in ``times_resurrected``.
         """
         cmd = build(
             SetFlowRunState,
@@ -128,6 +131,7 @@ class Runs(Transport):
             version=version,
             state=state_spec(state, message),
             agent_id=agent_id,
+            resurrect=resurrect,
         )
         return await self.request(subjects.StateCommands.SET_FLOW_RUN_STATE, cmd, StateSet)
 

@@ -146,6 +146,16 @@ class SetFlowRunState(Message):
     version: int = Field(ge=1)
     state: StateSpec
     agent_id: Key | None = None
+    # A Lazarus resurrection: Submitted or Running back to Scheduled, counted
+    # in the run's times_resurrected and starting its task runs over, in the
+    # same transaction (docs/architecture.md, "Lazarus").
+    resurrect: bool = False
+
+    @model_validator(mode="after")
+    def _resurrect_to_scheduled(self) -> SetFlowRunState:
+        if self.resurrect and self.state.type is not StateType.SCHEDULED:
+            raise ValueError("a resurrection sets Scheduled")
+        return self
 
 
 class DeleteFlowRun(Message):
