@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client
 
 from flowbus.client import AsyncClient
 from flowbus.settings import NatsTuning, SchedulerSettings, Settings
@@ -103,3 +105,13 @@ async def stack(settings: Settings) -> AsyncIterator[Settings]:
 async def client(stack: Settings) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(stack) as c:
         yield c
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    """A plain NATS connection to the module's nats-server, for raw commands and subscriptions."""
+    conn = await nats.connect(nats_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -51,15 +50,6 @@ async def others(nats_url: str, tmp_path: Path) -> AsyncIterator[Settings]:
             if name != "scheduler":
                 await apps.enter_async_context(build_service_app(name, settings))
         yield settings
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
