@@ -29,9 +29,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 from sqlmodel import col
 
@@ -43,7 +45,7 @@ from flowbus.db.tables import Flow, FlowGroup, FlowRun, utcnow
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import NotFound, ValidationFailed, VersionLockingError
 from flowbus.schemas.flows import Deleted, ScheduleSpec
-from flowbus.schemas.runs import CreateFlowRun, DeleteFlowRun, FlowRunOut
+from flowbus.schemas.runs import CreateFlowRun, DeleteFlowRun
 from flowbus.settings import Settings
 from flowbus.states import StateType
 
@@ -111,6 +113,14 @@ class _Waiting:
     start: datetime
 
 
+class _Created(BaseModel):
+    """What the planner reads of a create's reply: the whole run is not needed, and
+    validating it is most of the planner's work per run."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+
+
 @dataclass
 class _Work:
     deletes: list[_Waiting] = field(default_factory=list)
@@ -130,7 +140,6 @@ class Planner:
         self._due: list[tuple[datetime, str]] = []
         self.dirty: set[str] = set()
         self.wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(settings.scheduler.planner_concurrency)
 
     @property
     def ahead_count(self) -> int:
@@ -342,19 +351,32 @@ class Planner:
 
     async def _execute(self, work: _Work) -> None:
         # Deletes first: a key a new version takes over is free before it is asked for.
-        await asyncio.gather(*(self._delete(run) for run in work.deletes))
-        await asyncio.gather(*(self._create(plan, t) for plan, t in work.creates))
+        await self._in_flight([partial(self._delete, run) for run in work.deletes])
+        await self._in_flight([partial(self._create, plan, t) for plan, t in work.creates])
+
+    async def _in_flight(self, commands: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Send the commands, ``planner_concurrency`` at a time. A fixed set of
+        workers, not one task per command behind a semaphore: a cold start
+        sends one command per run ahead of every schedule, and asyncio's
+        semaphore costs time in proportion to its waiters on every acquire."""
+        pending = iter(commands)
+
+        async def worker() -> None:
+            for command in pending:
+                await command()
+
+        workers = min(len(commands), self.settings.scheduler.planner_concurrency)
+        await asyncio.gather(*(worker() for _ in range(workers)))
 
     async def _delete(self, run: _Waiting) -> None:
         cmd = DeleteFlowRun(flow_run_id=run.id, version=run.version)
-        async with self._limit:
-            try:
-                await self.client.request(subjects.StateCommands.DELETE_FLOW_RUN, cmd, Deleted)
-                self.stats.deleted_total += 1
-            except (NotFound, VersionLockingError):
-                pass  # already gone, or claimed meanwhile: it runs as planned
-            except Exception as exc:  # the next resync tries again
-                self._error(f"deleting run {run.id}: {exc}")
+        try:
+            await self.client.request(subjects.StateCommands.DELETE_FLOW_RUN, cmd, Deleted)
+            self.stats.deleted_total += 1
+        except (NotFound, VersionLockingError):
+            pass  # already gone, or claimed meanwhile: it runs as planned
+        except Exception as exc:  # the next resync tries again
+            self._error(f"deleting run {run.id}: {exc}")
 
     async def _create(self, plan: _GroupPlan, upcoming: ScheduledTime) -> None:
         cmd = CreateFlowRun(
@@ -365,21 +387,18 @@ class Planner:
             idempotency_key=upcoming.key,
             auto_scheduled=True,
         )
-        async with self._limit:
-            try:
-                await self.client.request(
-                    subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True
-                )
-                self.stats.created_total += 1
-            except Exception as exc:
-                self._error(f"creating the {upcoming.start.isoformat()} run of flow {plan.flow_id}: {exc}")
-                if isinstance(exc, ValidationFailed):
-                    # The clock's parameters are refused: not tried again until the schedule changes.
-                    plan.broken = True
-                else:
-                    # The flow changed under the plan (archived, deleted) or the
-                    # command was lost: re-plan the group from the database.
-                    self.mark_dirty(plan.group_id)
+        try:
+            await self.client.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, _Created, idempotent=True)
+            self.stats.created_total += 1
+        except Exception as exc:
+            self._error(f"creating the {upcoming.start.isoformat()} run of flow {plan.flow_id}: {exc}")
+            if isinstance(exc, ValidationFailed):
+                # The clock's parameters are refused: not tried again until the schedule changes.
+                plan.broken = True
+            else:
+                # The flow changed under the plan (archived, deleted) or the
+                # command was lost: re-plan the group from the database.
+                self.mark_dirty(plan.group_id)
 
     def _error(self, message: str) -> None:
         self.stats.errors_total += 1
