@@ -22,9 +22,11 @@ from nats.aio.msg import Msg
 from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.runtime.lease import lease_status
-from flowbus.schemas.flows import SerializedFlow, StorageSpec
+from flowbus.schemas.flows import ClockSpec, ScheduleSpec, SerializedFlow, StorageSpec
+from flowbus.schemas.runs import FlowRunOut
 from flowbus.settings import LeaseSettings, Settings
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.scheduler.planner import PLANNER_LEASE
 from flowbus_services.up import free_port
 from tests.helpers import unique
 from tests.helpers.processes import FLOWBUS, start, stop, wait_ready
@@ -79,7 +81,7 @@ def holder_pid(holder: str | None) -> int | None:
     return int(holder.split(":")[-2]) if holder else None
 
 
-async def test_the_other_scheduler_takes_the_lease_and_releases_due_runs_when_the_holder_is_killed(
+async def test_the_other_scheduler_takes_the_leases_releases_due_runs_and_plans_when_the_holder_is_killed(
     others: Settings, schedulers: list[subprocess.Popen[str]], nc: Client
 ) -> None:
     pids = {proc.pid: proc for proc in schedulers}
@@ -95,6 +97,13 @@ async def test_the_other_scheduler_takes_the_lease_and_releases_due_runs_when_th
     (survivor,) = pids
     await eventually(
         holder, "the other scheduler takes the lease over", until=lambda pid: pid == survivor, timeout=10 * TTL
+    )
+
+    async def planner() -> int | None:
+        return holder_pid((await lease_status(nc, PLANNER_LEASE)).holder)
+
+    await eventually(
+        planner, "the survivor plans runs from clocks", until=lambda pid: pid == survivor, timeout=10 * TTL
     )
 
     async with AsyncClient(others) as client:
@@ -113,4 +122,16 @@ async def test_the_other_scheduler_takes_the_lease_and_releases_due_runs_when_th
         start_at = datetime.now(UTC) + timedelta(seconds=1)
         run = await client.create_flow_run(flow.id, labels=[label], scheduled_start_time=start_at)
         message = await asyncio.wait_for(queued.get(), timeout=30)
-    assert run.id.encode() in message
+        assert run.id.encode() in message
+
+        hourly = ScheduleSpec(clocks=[ClockSpec(type="interval", interval_seconds=3600)])
+        spec = SerializedFlow(
+            name=unique("lease"), storage=StorageSpec(type="script", path="/lease.py"), schedule=hourly
+        )
+        scheduled = await client.register(spec, project)
+
+        async def runs() -> list[FlowRunOut]:
+            return await client.get_flow_runs(flow_id=scheduled.id)
+
+        ahead = await eventually(runs, "the survivor creates the runs ahead", until=lambda r: len(r) == 10)
+    assert all(r.auto_scheduled for r in ahead)
