@@ -28,7 +28,7 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from flowbus import subjects
@@ -78,7 +78,7 @@ _SELECT_KEYS = select(_fr).where(
 # The scheduler's keys are unique per group (index uq_flow_run_auto_key).
 _SELECT_AUTO_KEYS = select(_fr).where(
     _fr.c.flow_group_id == bindparam("group_id"),
-    _fr.c.auto_scheduled.is_(True),
+    _fr.c.auto_scheduled == true(),  # the partial indexes' own condition, so they are used
     _fr.c.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
 _RELEASE_OR_REFRESH_KEY = (

@@ -34,7 +34,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlmodel import col
 
 from flowbus import subjects
@@ -280,7 +280,7 @@ class Planner:
         ).where(
             col(FlowRun.state) == StateType.SCHEDULED.value,
             col(FlowRun.scheduled_start_time) > now,
-            col(FlowRun.auto_scheduled).is_(True),
+            col(FlowRun.auto_scheduled) == true(),
         )
         if group_ids is not None:
             flows = flows.where(col(Flow.flow_group_id).in_(group_ids))
@@ -308,7 +308,7 @@ class Planner:
                 query = (
                     select(col(FlowRun.flow_group_id), clock_id, func.max(col(FlowRun.scheduled_start_time)))
                     .where(
-                        col(FlowRun.auto_scheduled).is_(True),
+                        col(FlowRun.auto_scheduled) == true(),
                         col(FlowRun.flow_group_id).in_(group_ids[start : start + GROUP_CHUNK]),
                     )
                     .group_by(col(FlowRun.flow_group_id), clock_id)

@@ -180,7 +180,7 @@ class FlowRun(SQLModel, table=True):
             "flow_group_id",
             "idempotency_key",
             unique=True,
-            sqlite_where=sa.text("auto_scheduled"),
+            sqlite_where=sa.text("auto_scheduled = 1"),
             postgresql_where=sa.text("auto_scheduled"),
         ),
         # The scheduler's start-up read: the latest time each group's clocks were planned up to.
@@ -188,7 +188,7 @@ class FlowRun(SQLModel, table=True):
             "ix_flow_run_auto_start",
             "flow_group_id",
             "scheduled_start_time",
-            sqlite_where=sa.text("auto_scheduled"),
+            sqlite_where=sa.text("auto_scheduled = 1"),
             postgresql_where=sa.text("auto_scheduled"),
         ),
     )

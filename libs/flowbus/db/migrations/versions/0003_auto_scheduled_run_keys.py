@@ -18,7 +18,7 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_WHERE = {"sqlite_where": sa.text("auto_scheduled"), "postgresql_where": sa.text("auto_scheduled")}
+_WHERE = {"sqlite_where": sa.text("auto_scheduled = 1"), "postgresql_where": sa.text("auto_scheduled")}
 
 
 def upgrade() -> None:
