@@ -1,16 +1,19 @@
 """NATS handlers of the run-creation service.
 
 Reads: ``flowbus.cmd.run_creation.create_flow_run`` (queue group ``run_creation``,
-through the fast lane into a group committer).
+through the fast lane into a group committer) and
+``flowbus.cmd.run_creation.create_flow_runs`` (a batch, into the same committer).
 Writes: replies; events and run-queue messages through the outbox.
 """
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.runs import CreateFlowRun, FlowRunOut
+from flowbus.schemas.common import FlowbusError, Reply
+from flowbus.schemas.runs import CreatedFlowRuns, CreateFlowRun, CreateFlowRuns, CreateOutcome, FlowRunOut
 from flowbus.subjects import RunCreationCommands
 from flowbus_services.run_creation import usecases
 
@@ -31,3 +34,19 @@ def register(ctx: ServiceContext) -> None:
         committer=creates,
         title="create_flow_run",
     )
+
+    @ctx.subscriber(RunCreationCommands.CREATE_FLOW_RUNS, queue=RunCreationCommands.QUEUE, title="create_flow_runs")
+    async def create_flow_runs(cmd: CreateFlowRuns) -> Reply[CreatedFlowRuns]:
+        # Through the committer, so a batch is decided exactly as its creates
+        # sent one by one would be (and shares transactions with them).
+        results = await asyncio.gather(*(creates.submit(run) for run in cmd.runs), return_exceptions=True)
+        outcomes: list[CreateOutcome] = []
+        for result in results:
+            if isinstance(result, FlowRunOut):
+                outcomes.append(CreateOutcome(id=result.id))
+            elif isinstance(result, FlowbusError):
+                outcomes.append(CreateOutcome(error=result.info()))
+            else:
+                # The store failed: the whole command fails, and is safe to resend (keys).
+                raise result
+        return Reply.success(CreatedFlowRuns(outcomes=outcomes))

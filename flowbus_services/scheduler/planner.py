@@ -33,7 +33,6 @@ from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select, true
 from sqlmodel import col
 
@@ -43,9 +42,9 @@ from flowbus.clocks import CompiledClock, ScheduledTime, compile_schedule, merge
 from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, utcnow
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import NotFound, ValidationFailed, VersionLockingError
+from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
 from flowbus.schemas.flows import Deleted, ScheduleSpec
-from flowbus.schemas.runs import CreateFlowRun, DeleteFlowRun
+from flowbus.schemas.runs import CreatedFlowRuns, CreateFlowRun, CreateFlowRuns, DeleteFlowRun
 from flowbus.settings import Settings
 from flowbus.states import StateType
 
@@ -111,14 +110,6 @@ class _Waiting:
     flow_id: str
     key: str
     start: datetime
-
-
-class _Created(BaseModel):
-    """What the planner reads of a create's reply: the whole run is not needed, and
-    validating it is most of the planner's work per run."""
-
-    model_config = ConfigDict(extra="ignore")
-    id: str
 
 
 @dataclass
@@ -352,13 +343,16 @@ class Planner:
     async def _execute(self, work: _Work) -> None:
         # Deletes first: a key a new version takes over is free before it is asked for.
         await self._in_flight([partial(self._delete, run) for run in work.deletes])
-        await self._in_flight([partial(self._create, plan, t) for plan, t in work.creates])
+        batch = self.settings.scheduler.planner_batch
+        creates = work.creates
+        await self._in_flight([partial(self._create, creates[i : i + batch]) for i in range(0, len(creates), batch)])
 
     async def _in_flight(self, commands: Sequence[Callable[[], Awaitable[None]]]) -> None:
         """Send the commands, ``planner_concurrency`` at a time. A fixed set of
         workers, not one task per command behind a semaphore: a cold start
-        sends one command per run ahead of every schedule, and asyncio's
-        semaphore costs time in proportion to its waiters on every acquire."""
+        sends a command for every few hundred runs ahead of every schedule,
+        and asyncio's semaphore costs time in proportion to its waiters on
+        every acquire."""
         pending = iter(commands)
 
         async def worker() -> None:
@@ -378,26 +372,44 @@ class Planner:
         except Exception as exc:  # the next resync tries again
             self._error(f"deleting run {run.id}: {exc}")
 
-    async def _create(self, plan: _GroupPlan, upcoming: ScheduledTime) -> None:
-        cmd = CreateFlowRun(
-            flow_id=plan.flow_id,
-            parameters=upcoming.parameter_defaults,
-            labels=upcoming.labels,
-            scheduled_start_time=upcoming.start,
-            idempotency_key=upcoming.key,
-            auto_scheduled=True,
+    async def _create(self, batch: Sequence[tuple[_GroupPlan, ScheduledTime]]) -> None:
+        """One create_flow_runs command for a batch of planned runs: a command per
+        run cost the planner most of its time (docs/performance.md, "Scheduler")."""
+        cmd = CreateFlowRuns(
+            runs=[
+                CreateFlowRun(
+                    flow_id=plan.flow_id,
+                    parameters=upcoming.parameter_defaults,
+                    labels=upcoming.labels,
+                    scheduled_start_time=upcoming.start,
+                    idempotency_key=upcoming.key,
+                    auto_scheduled=True,
+                )
+                for plan, upcoming in batch
+            ]
         )
         try:
-            await self.client.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, _Created, idempotent=True)
-            self.stats.created_total += 1
+            reply = await self.client.request(
+                subjects.RunCreationCommands.CREATE_FLOW_RUNS, cmd, CreatedFlowRuns, idempotent=True
+            )
         except Exception as exc:
-            self._error(f"creating the {upcoming.start.isoformat()} run of flow {plan.flow_id}: {exc}")
-            if isinstance(exc, ValidationFailed):
+            # Lost or refused as a whole: each group is re-planned from the database.
+            self._error(f"creating {len(batch)} runs: {exc}")
+            for plan, _ in batch:
+                self.mark_dirty(plan.group_id)
+            return
+        for (plan, upcoming), outcome in zip(batch, reply.outcomes, strict=True):
+            if outcome.error is None:
+                self.stats.created_total += 1
+                continue
+            self._error(
+                f"creating the {upcoming.start.isoformat()} run of flow {plan.flow_id}: {outcome.error.message}"
+            )
+            if outcome.error.code is ErrorCode.VALIDATION_ERROR:
                 # The clock's parameters are refused: not tried again until the schedule changes.
                 plan.broken = True
             else:
-                # The flow changed under the plan (archived, deleted) or the
-                # command was lost: re-plan the group from the database.
+                # The flow changed under the plan (archived, deleted): re-plan the group.
                 self.mark_dirty(plan.group_id)
 
     def _error(self, message: str) -> None:

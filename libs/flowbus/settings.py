@@ -102,8 +102,9 @@ class SchedulerSettings(BaseModel):
     # How often every schedule is checked against the database, on top of the
     # re-plans that flow and flow-group events trigger (a safety net).
     resync_interval: PositiveSeconds = 300.0
-    # Create and delete commands the planner keeps in flight at once.
-    planner_concurrency: int = Field(default=64, ge=1)
+    # Commands the planner keeps in flight at once, and runs per create_flow_runs command.
+    planner_concurrency: int = Field(default=8, ge=1)
+    planner_batch: int = Field(default=200, ge=1, le=500)
     # A run still Scheduled this long after its start time is late: flagged in
     # run queries and counted in the scheduler's status (its state is unchanged).
     late_after: Seconds = 15.0

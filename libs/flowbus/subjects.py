@@ -68,6 +68,7 @@ class RunCreationCommands:
 
     QUEUE: Final = Service.RUN_CREATION.value
     CREATE_FLOW_RUN: Final = f"{PREFIX}.cmd.run_creation.create_flow_run"
+    CREATE_FLOW_RUNS: Final = f"{PREFIX}.cmd.run_creation.create_flow_runs"
 
 
 class StateCommands:

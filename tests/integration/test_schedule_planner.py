@@ -23,6 +23,7 @@ from flowbus.schemas.runs import FlowRunOut
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.scheduler.handlers import planner_status
 from flowbus_services.scheduler.planner import Planner
 from tests.helpers.builders import register, unique
 
@@ -228,6 +229,12 @@ async def test_after_a_downtime_missed_times_are_skipped_and_reported(
     assert restarted.stats.skipped_total == 50
     (skip,) = restarted.stats.recent_skips
     assert (skip.flow_id, skip.count, skip.first, skip.last) == (flow.id, 50, T0 + 11 * MINUTE, later)
+    # What `flowbus get scheduler` shows of it.
+    status = planner_status(restarted)
+    assert (status.runs_skipped, status.schedules, status.runs_created) == (50, 1, 10)
+    assert [(s.flow_id, s.count, s.first, s.last) for s in status.recent_skips] == [
+        (flow.id, 50, T0 + 11 * MINUTE, later)
+    ]
 
 
 async def test_the_catch_up_window_creates_the_missed_runs_within_it_once(

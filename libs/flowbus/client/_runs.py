@@ -17,7 +17,10 @@ from flowbus.ids import uuid7
 from flowbus.schemas.flows import Deleted
 from flowbus.schemas.runs import (
     CancelFlowRun,
+    CreatedFlowRuns,
     CreateFlowRun,
+    CreateFlowRuns,
+    CreateOutcome,
     DeleteFlowRun,
     FlowRunDetail,
     FlowRunList,
@@ -70,6 +73,18 @@ class Runs(Transport):
             idempotency_key=idempotency_key or f"client-{uuid7()}",
         )
         return await self.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
+
+    async def create_flow_runs(self, runs: Sequence[CreateFlowRun]) -> list[CreateOutcome]:
+        """Create up to 500 runs in one command, each decided as if sent alone;
+        one outcome per run, in order: its id, or its refusal as an error code
+        and message. Resent after a lost reply only when every run has an
+        idempotency key."""
+        cmd = build(CreateFlowRuns, runs=list(runs))
+        idempotent = all(run.idempotency_key is not None for run in runs)
+        reply = await self.request(
+            subjects.RunCreationCommands.CREATE_FLOW_RUNS, cmd, CreatedFlowRuns, idempotent=idempotent
+        )
+        return reply.outcomes
 
     async def get_flow_run(self, flow_run_id: str) -> FlowRunDetail:
         """The run (with its version and state), its task runs, and what a runner needs."""

@@ -144,6 +144,7 @@ class Client:
     set_task_run_state = blocking(AsyncClient.set_task_run_state)
     cancel_flow_run = blocking(AsyncClient.cancel_flow_run)
     delete_flow_run = blocking(AsyncClient.delete_flow_run)
+    create_flow_runs = blocking(AsyncClient.create_flow_runs)
     get_flow_run_history = blocking(AsyncClient.get_flow_run_history)
     get_flow_run_logs = blocking(AsyncClient.get_flow_run_logs)
     watch_flow_run = blocking_iter(AsyncClient.watch_flow_run)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Final
 from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
 
 from flowbus import subjects
-from flowbus.schemas.common import Message
+from flowbus.schemas.common import ErrorInfo, Message
 from flowbus.schemas.flows import Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
 from flowbus.states import StateType
 
@@ -67,6 +67,28 @@ class CreateFlowRun(Message):
         if self.auto_scheduled and (self.idempotency_key is None or self.scheduled_start_time is None):
             raise ValueError("an auto-scheduled run needs an idempotency_key and a scheduled_start_time")
         return self
+
+
+# Creates per create_flow_runs command: a batch stays well under nats.max_command_bytes.
+MAX_CREATES_PER_COMMAND: Final = 500
+
+
+class CreateFlowRuns(Message):
+    """Several creates in one command, each decided as if sent alone (its own
+    target, key and refusal); for callers that create many runs at once."""
+
+    runs: list[CreateFlowRun] = Field(min_length=1, max_length=MAX_CREATES_PER_COMMAND)
+
+
+class CreateOutcome(Message):
+    """One create of a batch: the run's id, or why it was refused."""
+
+    id: str | None = None
+    error: ErrorInfo | None = None
+
+
+class CreatedFlowRuns(Message):
+    outcomes: list[CreateOutcome]
 
 
 class TaskRunOut(Message):
