@@ -2,7 +2,7 @@
 
 Handlers: see ``handlers.py``. Background loops: the planner of runs from
 clocks (``planner.py``), which reads flow and flow-group events and writes
-``flowbus.cmd.run_creation.create_flow_run`` and ``flowbus.cmd.state.delete_flow_run``;
+``flowbus.cmd.run_creation.create_flow_runs`` and ``flowbus.cmd.state.delete_flow_run``;
 and the release of due runs (``release.py``), which reads
 ``flowbus.hint.scheduler.wake`` and writes ``flowbus.runq.*``. Each runs
 only while this instance holds its lease (``scheduler.planner``,

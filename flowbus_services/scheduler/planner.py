@@ -3,7 +3,7 @@
 Reads flow, flow_group and flow_run (read-only), and the flow and flow-group
 events ``flowbus.evt.flow.*.*`` / ``flowbus.evt.flow_group.*.*`` (core NATS,
 as hints to re-plan a group at once). Writes only through the owning
-services: ``flowbus.cmd.run_creation.create_flow_run`` (``auto_scheduled``,
+services: ``flowbus.cmd.run_creation.create_flow_runs`` (``auto_scheduled``,
 keyed by group, clock and UTC time: docs/semantics.md, "Schedules") and
 ``flowbus.cmd.state.delete_flow_run`` (waiting runs a schedule no longer has,
 at the version read, so a run claimed meanwhile is kept).
