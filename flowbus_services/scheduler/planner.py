@@ -461,7 +461,8 @@ def planner_loop(holder: list[Planner]) -> Callable[[ServiceContext], Awaitable[
                 if planner.dirty:
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(planner.wake.wait(), max(0.0, delay))
+                    async with asyncio.timeout(max(0.0, delay)):
+                        await planner.wake.wait()
         finally:
             for sub in hints:
                 with contextlib.suppress(Exception):

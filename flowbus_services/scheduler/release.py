@@ -148,7 +148,8 @@ def release_loop(state: ReleaseCursor) -> Callable[[ServiceContext], Awaitable[N
                     delay = min(delay, max(0.0, (state.next_due - utcnow()).total_seconds()) + 0.001)
                 state.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await state.wake.wait()
         finally:
             with contextlib.suppress(Exception):
                 await wake.unsubscribe()

@@ -40,7 +40,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from flowbus import subjects
-from flowbus.runtime.service import Loop, ServiceContext
+from flowbus.runtime.service import Loop, ServiceContext, cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,7 +175,11 @@ class Lease:
 
     @staticmethod
     async def _bounded(call: Coroutine[Any, Any, T], timeout: float) -> T:
-        return await asyncio.wait_for(call, timeout=max(timeout, 0.001))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that arrives as the call completes, and a service
+        # stopping would then wait for this loop forever.
+        async with asyncio.timeout(max(timeout, 0.001)):
+            return await call
 
 
 def leased(name: str, loop: Loop) -> Loop:
@@ -221,8 +225,7 @@ async def _run_while_held(lease: Lease, loop: Loop, ctx: ServiceContext) -> bool
                 return False
     finally:
         if not task.done():
-            task.cancel()
-            await asyncio.wait({task})
+            await cancel_and_wait(task)
             if not task.cancelled() and task.exception() is not None:
                 log.warning(
                     "%s: loop of lease %s failed while stopping", ctx.name, lease.name, exc_info=task.exception()

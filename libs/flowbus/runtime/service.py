@@ -320,9 +320,7 @@ def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> 
 
     async def on_shutdown() -> None:
         await fast_lane.stop()
-        for task in ctx.tasks:
-            task.cancel()
-        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(task) for task in ctx.tasks))
         ctx.tasks.clear()
 
     async def after_shutdown() -> None:
@@ -366,6 +364,14 @@ async def _checkpoint(ctx: ServiceContext) -> None:
     while True:
         await asyncio.sleep(1.0)
         await ctx.db.checkpoint()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again if it
+    swallowed the request (asyncio.wait_for on Python 3.11 can)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
 
 
 async def _restart_on_crash(loop: Loop, ctx: ServiceContext) -> None:
