@@ -29,9 +29,9 @@ from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun, utcnow
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import ACTIVE_TASK_RUN_STATES, StateType
+from flowbus_services.heartbeat.proposing import propose
 
 RESCHEDULED_MESSAGE = "Rescheduled by a Lazarus process."
 LOGGER_NAME = "flowbus.lazarus"
@@ -115,13 +115,15 @@ async def revive(ctx: ServiceContext, stats: LazarusStats, candidates: list[Cand
             request = client.set_flow_run_state(
                 run.flow_run_id, run.version, StateType.SCHEDULED, RESCHEDULED_MESSAGE, resurrect=True
             )
-            if await _propose(request):
+            if await propose(request, "lazarus"):
                 stats.flow_runs_rescheduled += 1
                 changed += 1
         else:
             message = failed_message(limit)
             await _log(ctx, run, "ERROR", message)
-            if await _propose(client.set_flow_run_state(run.flow_run_id, run.version, StateType.FAILED, message)):
+            if await propose(
+                client.set_flow_run_state(run.flow_run_id, run.version, StateType.FAILED, message), "lazarus"
+            ):
                 stats.flow_runs_failed += 1
                 changed += 1
     return changed
@@ -139,18 +141,6 @@ async def _log(ctx: ServiceContext, run: Candidate, level: Literal["INFO", "ERRO
         LogBatch(records=[record]).model_dump_json().encode(),
         headers={"Nats-Msg-Id": subjects.lazarus_log_msg_id(run.flow_run_id, run.version)},
     )
-
-
-async def _propose(request: Awaitable[object]) -> bool:
-    """Send one transition; False when the run moved on since it was read."""
-    try:
-        await request
-        return True
-    except (VersionLockingError, Conflict, NotFound) as exc:
-        # Another writer won (the run started after all, a second Lazarus),
-        # or a task run became active: nothing to do.
-        log.info("lazarus skipped a run: %s", exc)
-        return False
 
 
 def lazarus_loop(stats: LazarusStats) -> Callable[[ServiceContext], Awaitable[None]]:

@@ -25,9 +25,9 @@ from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun, utcnow
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import StateType
+from flowbus_services.heartbeat.proposing import propose
 
 FLOW_RUN_MESSAGE = "No heartbeat detected from the flow run; marking the run as failed."
 TASK_RUN_MESSAGE = "No heartbeat detected from the remote task."
@@ -109,21 +109,10 @@ async def kill_zombies(ctx: ServiceContext, stats: ZombieKillerStats) -> int:
             subjects.logs(zombie.flow_run_id), LogBatch(records=records).model_dump_json().encode()
         )
         proposal = client.set_flow_run_state(zombie.flow_run_id, zombie.version, StateType.FAILED, FLOW_RUN_MESSAGE)
-        if await _propose(proposal):
+        if await propose(proposal, "zombie killer"):
             failed += 1
     stats.flow_runs_failed += failed
     return failed
-
-
-async def _propose(request: Awaitable[object]) -> bool:
-    """Send one transition; False when the run moved on since it was read."""
-    try:
-        await request
-        return True
-    except (VersionLockingError, Conflict, NotFound) as exc:
-        # Another writer won (a finishing run, a second killer): nothing to do.
-        log.info("zombie killer skipped a run: %s", exc)
-        return False
 
 
 def _record(flow_run_id: str, task_run_id: str | None, message: str) -> LogRecord:

@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
 from nats.aio.msg import Msg
 from sqlalchemy import func, select, true
@@ -305,7 +304,7 @@ class Planner:
                     .group_by(col(FlowRun.flow_group_id), clock_id)
                 )
                 for group_id, clock, latest in (await session.execute(query)).all():
-                    out.setdefault(group_id, {})[clock] = _as_datetime(latest)
+                    out.setdefault(group_id, {})[clock] = latest
         return out
 
     # ---- between plans ----------------------------------------------------
@@ -416,13 +415,6 @@ class Planner:
         self.stats.errors_total += 1
         self.stats.last_error = message
         log.warning("scheduler planner: %s", message)
-
-
-def _as_datetime(value: Any) -> datetime:
-    """An aggregate over a UTCDateTime column: SQLite returns its text, PostgreSQL a datetime."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=utcnow().tzinfo)
 
 
 def planner_loop(holder: list[Planner]) -> Callable[[ServiceContext], Awaitable[None]]:
