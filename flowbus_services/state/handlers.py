@@ -64,6 +64,7 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(StateCommands.GET_FLOW_RUN_LOGS, queue=queue, title="get_flow_run_logs")
     async def get_flow_run_logs(query: GetFlowRunLogs) -> Reply[LogList]:
+        await logs.wait_for_logs(ctx.jetstream, query.flow_run_id)
         return Reply.success(await queries.get_flow_run_logs(db, query))
 
     @sub(StateCommands.GET_FLOW_RUN_HISTORY, queue=queue, title="get_flow_run_history")

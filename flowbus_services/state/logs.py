@@ -1,21 +1,32 @@
 """Log storage: the state service persists the log batches of the LOGS stream.
 
-Owns the log table. Reads nothing from NATS itself: ``handlers.write_logs``
-feeds it the batches of ``flowbus.logs.<flow_run_id>``.
+Owns the log table. ``handlers.write_logs`` feeds it the batches of
+``flowbus.logs.<flow_run_id>``; ``wait_for_logs`` asks JetStream (the LOGS
+stream and the log writer's durable) whether a run's shipped logs are stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from flowbus import subjects
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, Log
 from flowbus.schemas.runs import LogRecord
 
 log = logging.getLogger(__name__)
+# How long a logs query waits for the writer to store what a run has shipped.
+CATCH_UP_SECONDS = 2.0
+CATCH_UP_POLL = 0.02
+_SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _log_row(record: LogRecord) -> Log:
@@ -43,3 +54,33 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
             log.warning("dropped %d log records of unknown flow runs", dropped)
         session.add_all([_log_row(r) for r in kept])
     return len(kept)
+
+
+async def wait_for_logs(js: JetStreamContext, flow_run_id: str, timeout: float = CATCH_UP_SECONDS) -> bool:
+    """Wait until the log writer has stored every batch the run shipped so far.
+
+    The writer stores batches asynchronously, so a run that has finished may
+    still have its last batch in flight; a reader that waits here reads its
+    own run's logs whole. True when caught up; False after ``timeout`` (the
+    caller answers with what is stored).
+    """
+    if not _SUBJECT_TOKEN.fullmatch(flow_run_id):
+        return True  # not a run id that could ship logs: nothing to wait for
+    try:
+        last = (await js.get_last_msg(subjects.LOGS_STREAM, subjects.logs(flow_run_id))).seq or 0
+    except NotFoundError:
+        return True
+    except NatsError:
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            info = await js.consumer_info(subjects.LOGS_STREAM, subjects.LOGS_DURABLE)
+            if (info.ack_floor.stream_seq or 0) >= last:
+                return True
+        except NatsError:
+            pass
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(CATCH_UP_POLL)

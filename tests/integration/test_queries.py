@@ -16,7 +16,6 @@ from flowbus.schemas.runs import FlowRunOut, LogBatch, LogRecord
 from flowbus.states import Running, StateType, Success
 from tests.helpers import register, unique
 from tests.helpers.commands import send
-from tests.helpers.waiting import eventually
 
 
 def later(hours: float) -> datetime:
@@ -94,11 +93,25 @@ async def _publish_logs(client: AsyncClient, records: list[LogRecord]) -> None:
     await client.nc.jetstream().publish(
         subjects.logs(records[0].flow_run_id), LogBatch(records=records).model_dump_json().encode()
     )
-    await eventually(
-        lambda: client.get_flow_run_logs(records[0].flow_run_id),
-        "the log writer has stored the batch",
-        until=lambda stored: len(stored) >= len(records),
-    )
+
+
+async def test_a_logs_query_sees_every_batch_already_shipped(client: AsyncClient) -> None:
+    """Read-your-writes: once JetStream has a run's batch, a logs query returns it
+    (``flowbus watch`` of a run that just finished shows its last lines)."""
+    flow = await register(client, unique("p"), "f")
+    runs = [await client.create_flow_run(flow.id) for _ in range(10)]
+    t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    for run in runs:
+        records = [
+            LogRecord(flow_run_id=run.id, timestamp=t0 + timedelta(seconds=i), name="t", level="INFO", message=str(i))
+            for i in range(50)
+        ]
+        await _publish_logs(client, records)
+        assert [r.message for r in await client.get_flow_run_logs(run.id)] == [str(i) for i in range(50)]
+    # Ids that are not one subject token wait for nothing and find nothing.
+    for odd in ("a.b", "*", ">"):
+        with pytest.raises(NotFound):
+            await client.get_flow_run_logs(odd)
 
 
 async def test_log_filters_by_minimum_level_and_time(client: AsyncClient) -> None:
