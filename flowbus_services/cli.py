@@ -33,7 +33,7 @@ def up() -> None:
 
 @service_app.command("run", help="Run one service alone under uvicorn, with /healthz, /readyz, /docs/asyncapi.")
 def service_run(
-    name: Annotated[str, typer.Argument(help="registration, run_creation, state, heartbeat or scheduler")],
+    name: Annotated[str, typer.Argument(help="registration, run_creation, state, heartbeat, scheduler or gateway")],
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> None:
@@ -43,7 +43,22 @@ def service_run(
 
     if name not in SERVICE_MODULES:
         raise fail(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
-    uvicorn.run(build_service_app(name, Settings()), host=host, port=port, log_level="info")
+    settings = Settings()
+    if name == "gateway":
+        # The gateway is an HTTP server itself: --host and --port are its own.
+        import asyncio
+
+        from flowbus_services.supervisor import serve_until_stopped
+
+        gateway = settings.gateway.model_copy(update={"host": host, "port": port or settings.gateway.port})
+        settings = settings.model_copy(update={"gateway": gateway})
+        print(f"GraphQL: http://{gateway.host}:{gateway.port}/graphql", flush=True)
+        try:
+            asyncio.run(serve_until_stopped(lambda n: build_service_app(n, settings), [name]))
+        except OSError as exc:
+            raise fail(f"the gateway cannot listen on {gateway.host}:{gateway.port}: {exc}") from None
+        return
+    uvicorn.run(build_service_app(name, settings), host=host, port=port, log_level="info")
 
 
 app.add_typer(service_app, name="service")

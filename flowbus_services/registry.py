@@ -19,6 +19,7 @@ SERVICE_MODULES: dict[str, str] = {
     "state": "flowbus_services.state.main",
     "heartbeat": "flowbus_services.heartbeat.main",
     "scheduler": "flowbus_services.scheduler.main",
+    "gateway": "flowbus_services.gateway.main",
 }
 
 

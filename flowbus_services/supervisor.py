@@ -172,17 +172,21 @@ def serve_in_child(build: Callable[[str], Any]) -> Callable[[tuple[str, ...], Ca
     """The body of a service process: enter each service's app, report ready, wait for a stop signal."""
 
     def run(services: tuple[str, ...], ready: Callable[[], None]) -> None:
-        async def main() -> None:
-            stopping = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signo in _STOP_SIGNALS:
-                loop.add_signal_handler(signo, stopping.set)
-            async with AsyncExitStack() as stack:
-                for name in services:
-                    await stack.enter_async_context(build(name))
-                ready()
-                await stopping.wait()
-
-        asyncio.run(main())
+        asyncio.run(serve_until_stopped(build, services, ready))
 
     return run
+
+
+async def serve_until_stopped(
+    build: Callable[[str], Any], services: Sequence[str], ready: Callable[[], None] = lambda: None
+) -> None:
+    """Enter each service's app, call ``ready``, and serve until SIGINT or SIGTERM."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signo in _STOP_SIGNALS:
+        loop.add_signal_handler(signo, stopping.set)
+    async with AsyncExitStack() as stack:
+        for name in services:
+            await stack.enter_async_context(build(name))
+        ready()
+        await stopping.wait()

@@ -48,19 +48,23 @@ def nats_server_binary() -> str:
     return found
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
         return True
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -165,20 +169,37 @@ def on_embedded_server(settings: Settings, url: str) -> Settings:
     return settings.model_copy(update={"nats_url": url, "nats": nats})
 
 
+def with_gateway_port(settings: Settings) -> Settings:
+    """The gateway on its default port (4200), or on a free one when that is taken;
+    a port the user chose is kept (and fails the start if taken)."""
+    gateway = settings.gateway
+    if "port" in gateway.model_fields_set or (gateway.port and port_is_free(gateway.port, gateway.host)):
+        return settings
+    return settings.model_copy(update={"gateway": gateway.model_copy(update={"port": free_port(gateway.host)})})
+
+
+def graphql_url(settings: Settings) -> str:
+    host = settings.gateway.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.gateway.port}/graphql"
+
+
 def _announce_up(settings: Settings, db_url: str, services: str) -> None:
+    url = graphql_url(settings)
     settings.endpoint_file.write_text(
-        json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "pid": os.getpid()})
+        json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "graphql_url": url, "pid": os.getpid()})
     )
     print(f"flowbus is up (home {settings.home})", flush=True)
     print(f"  NATS:     {settings.nats_url}", flush=True)
     print(f"  database: {db_url}", flush=True)
     print(f"  services: {services}", flush=True)
+    print(f"  GraphQL: {url}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run everything in this process until ``stop`` is set."""
     _claim_home(settings)
+    settings = with_gateway_port(settings)
     server, settings = await _start_nats(settings)
     try:
         db_url = settings.resolved_database_url()
@@ -201,6 +222,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def serve_processes(settings: Settings) -> None:
     """Run everything as service processes until SIGINT or SIGTERM (or a process fails)."""
     _claim_home(settings)
+    settings = with_gateway_port(settings)
     groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
     server, settings = asyncio.run(_start_nats(settings))
     failure: str | None = None

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENDPOINT_FILE = "endpoint.json"
+API_KEY_FILE = "api-key"  # the admin key `flowbus up` makes on its first start (mode 0600)
 DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -165,6 +166,26 @@ class UpSettings(BaseModel):
     single_process: bool = False
 
 
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (GraphQL, health, the web UI)."""
+
+    host: str = "127.0.0.1"
+    # Prefect Server's port; `flowbus up` takes a free one when it is in use.
+    port: int = Field(default=4200, ge=0, le=65535)
+    # "off" serves every request as admin: only for a trusted local setup.
+    auth: Literal["on", "off"] = "on"
+    # Request bodies over this are refused (413) before they are parsed.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Deepest selection a query may nest (Prefect's own clients nest about 4).
+    max_query_depth: int = Field(default=10, ge=2, le=100)
+    # Most rows one list field may return; an explicit larger `limit` is refused.
+    max_page_size: int = Field(default=1000, ge=1, le=100_000)
+    # Origins allowed by CORS; none (the default) sends no CORS headers.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Reads go here when set (a PostgreSQL replica); else to FLOWBUS_DATABASE_URL.
+    read_database_url: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLOWBUS_",
@@ -194,6 +215,7 @@ class Settings(BaseSettings):
     lazarus: LazarusSettings = Field(default_factory=LazarusSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @model_validator(mode="after")
     def _flat_heartbeat_interval(self) -> Settings:
@@ -208,6 +230,10 @@ class Settings(BaseSettings):
     @property
     def endpoint_file(self) -> Path:
         return self.home / ENDPOINT_FILE
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.home / API_KEY_FILE
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -36,6 +36,7 @@ class Service(StrEnum):
     STATE = "state"
     HEARTBEAT = "heartbeat"
     SCHEDULER = "scheduler"
+    GATEWAY = "gateway"
 
 
 # ---- commands (request-reply) ---------------------------------------------
@@ -101,10 +102,26 @@ class SchedulerCommands:
     GET_SCHEDULE: Final = f"{PREFIX}.cmd.scheduler.get_schedule"
 
 
+class GatewayCommands:
+    """Commands served by services/gateway: its API keys (the one table it owns)."""
+
+    QUEUE: Final = Service.GATEWAY.value
+    CREATE_API_KEY: Final = f"{PREFIX}.cmd.gateway.create_api_key"
+    LIST_API_KEYS: Final = f"{PREFIX}.cmd.gateway.list_api_keys"
+    DELETE_API_KEY: Final = f"{PREFIX}.cmd.gateway.delete_api_key"
+
+
 # Every command subject, for the validation tests and the AsyncAPI document.
 COMMAND_SUBJECTS: Final[tuple[str, ...]] = tuple(
     value
-    for group in (RegistrationCommands, RunCreationCommands, StateCommands, HeartbeatCommands, SchedulerCommands)
+    for group in (
+        RegistrationCommands,
+        RunCreationCommands,
+        StateCommands,
+        HeartbeatCommands,
+        SchedulerCommands,
+        GatewayCommands,
+    )
     for name, value in vars(group).items()
     if name.isupper() and name != "QUEUE"
 )
@@ -133,6 +150,14 @@ class ProjectFact(StrEnum):
     RENAMED = "renamed"
     DESCRIBED = "described"
     DELETED = "deleted"
+
+
+def api_key_event(key_id: str, fact: str) -> str:
+    """``flowbus.evt.api_key.<id>.<fact>`` (created, deleted): gateways drop a revoked key at once."""
+    return f"{PREFIX}.evt.api_key.{key_id}.{fact}"
+
+
+API_KEY_EVENTS: Final = f"{PREFIX}.evt.api_key.*.*"
 
 
 def flow_event(flow_id: str, fact: str) -> str:

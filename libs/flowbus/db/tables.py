@@ -5,12 +5,14 @@
 | project        | registration                                     |
 | flow_group     | registration                                     |
 | flow           | registration                                     |
+| task           | registration (with its flow, in one transaction) |
 | flow_run       | run_creation inserts; state alone changes it     |
 | task_run       | run_creation inserts; state alone changes it     |
 | state_history  | run_creation (the first Scheduled); state        |
 | log            | state                                            |
 | agent          | heartbeat                                        |
 | run_heartbeat  | heartbeat                                        |
+| api_key        | gateway                                          |
 | outbox         | each service, rows tagged with its name          |
 
 Other services only read. These classes never leave a service: replies and
@@ -167,6 +169,24 @@ class Flow(SQLModel, table=True):
     created: datetime = _ts(default_factory=utcnow)
 
 
+class Task(SQLModel, table=True):
+    """One task of one flow version: the rows of ``flow.tasks``, with ids of
+    their own (Prefect's task runs and queries name tasks by id)."""
+
+    __tablename__ = "task"
+    __table_args__ = (sa.UniqueConstraint("flow_id", "slug", name="uq_task_flow_slug"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    flow_id: str = _fk("flow.id")
+    slug: str = Field(max_length=255)
+    name: str = Field(max_length=255)
+    type: str = Field(default="", max_length=255)
+    max_retries: int = 0
+    retry_delay_seconds: float | None = None
+    tags: list[str] = _json(default_factory=list)
+    created: datetime = _ts(default_factory=utcnow)
+
+
 class FlowRun(SQLModel, table=True):
     __tablename__ = "flow_run"
     __table_args__ = (
@@ -282,6 +302,20 @@ class RunHeartbeat(SQLModel, table=True):
 
     flow_run_id: str = _fk("flow_run.id", primary_key=True)
     last_heartbeat: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key of the gateway. The key itself is never stored: only its
+    SHA-256 (keys are 256 random bits, so a slow hash adds nothing)."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    role: str = Field(max_length=32)
+    key_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    created: datetime = _ts(default_factory=utcnow)
+    last_used: datetime | None = _ts(default=None)
 
 
 class Outbox(SQLModel, table=True):

@@ -256,6 +256,7 @@ def build_service(
     loops: Sequence[Loop] = (),
     *,
     migrate: bool = True,
+    startup: Sequence[Callable[[ServiceContext], Awaitable[None]]] = (),
 ) -> AsgiFastStream:
     """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``."""
     broker = make_broker(settings, name)
@@ -278,7 +279,7 @@ def build_service(
         relay=relay,
     )
     register(ctx)
-    on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, migrate=migrate)
+    on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, startup, migrate=migrate)
     app = AsgiFastStream(
         broker,
         asgi_routes=_health_routes(ctx),
@@ -296,8 +297,17 @@ def build_service(
 Hook = Callable[[], Awaitable[None]]
 
 
-def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> tuple[Hook, Hook, Hook, Hook]:
-    """The app's start-up and shut-down hooks: on_startup, after_startup, on_shutdown, after_shutdown."""
+def _lifecycle(
+    ctx: ServiceContext,
+    loops: Sequence[Loop],
+    startup: Sequence[Callable[[ServiceContext], Awaitable[None]]],
+    *,
+    migrate: bool,
+) -> tuple[Hook, Hook, Hook, Hook]:
+    """The app's start-up and shut-down hooks: on_startup, after_startup, on_shutdown, after_shutdown.
+
+    ``startup`` runs once NATS and the database are there, before the loops:
+    what must be in place when the service reports ready."""
     name, settings, db, fast_lane = ctx.name, ctx.settings, ctx.db, ctx.fast_lane
 
     async def on_startup() -> None:
@@ -307,6 +317,8 @@ def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> 
         ctx.js = ctx.nc.jetstream()
         await ensure_streams(ctx.js, settings)
         ctx.relay.connect(ctx.nc)
+        for step in startup:
+            await step(ctx)
 
     async def after_startup() -> None:
         assert ctx.nc is not None
@@ -336,9 +348,23 @@ def _lifecycle(ctx: ServiceContext, loops: Sequence[Loop], *, migrate: bool) -> 
     return on_startup, after_startup, on_shutdown, after_shutdown
 
 
+async def readiness(ctx: ServiceContext, *databases: Database) -> list[str]:
+    """What a service cannot reach now: "nats", "database" (its own, then each of ``databases``)."""
+    problems = []
+    if not await ctx.broker.ping(timeout=2.0):
+        problems.append("nats")
+    for db in (ctx.db, *databases):
+        try:
+            async with db.read_session() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:
+            problems.append("database")
+            break
+    return problems
+
+
 def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
     """/healthz (the process answers) and /readyz (NATS and the database answer)."""
-    broker, db = ctx.broker, ctx.db
 
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
@@ -346,14 +372,7 @@ def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
 
     @get(include_in_schema=False)
     async def readyz(scope: Any) -> AsgiResponse:
-        problems = []
-        if not await broker.ping(timeout=2.0):
-            problems.append("nats")
-        try:
-            async with db.read_session() as session:
-                await session.execute(text("SELECT 1"))
-        except Exception:
-            problems.append("database")
+        problems = await readiness(ctx)
         body = json.dumps({"status": "ok" if not problems else "unavailable", "failing": problems})
         return AsgiResponse(body.encode(), 200 if not problems else 503, headers={"content-type": "application/json"})
 

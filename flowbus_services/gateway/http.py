@@ -1,0 +1,192 @@
+"""The gateway's HTTP surface: GraphQL at /graphql (and at / for Prefect's default endpoint), health.
+
+POST /graphql takes ``{"query", "variables", "operationName"}`` as JSON;
+``variables`` may also be a JSON-encoded string (the Prefect 1.x client sends
+one). Every request but health needs ``Authorization: Bearer <key>``. The
+answers:
+
+- 200 with ``data`` (and ``errors`` only when there are some) once the
+  operation ran: a refusal carries flowbus's stable code in
+  ``errors[].extensions.code``; ``FORBIDDEN`` (a root field the key's role may
+  not use) runs nothing;
+- 400 with ``errors`` (``VALIDATION_ERROR``) for a request that is not
+  GraphQL: not JSON, no ``query``, a syntax error, a query that does not
+  validate against the schema or nests too deep;
+- 401 with ``UNAUTHENTICATED`` for a missing, malformed or unknown key;
+- 413 for a body over ``gateway.max_body_bytes``.
+
+GET /graphql serves GraphiQL; a WebSocket on /graphql carries subscriptions.
+GET /healthz answers while the process lives, GET /readyz while NATS and the
+database answer. Reads and writes nothing on NATS itself: resolvers do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ariadne import graphql
+from ariadne.explorer import ExplorerGraphiQL
+from graphql import GraphQLError, GraphQLSchema, parse
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from flowbus_services.gateway.auth import AUTH_OFF, Principal, forbidden_fields
+from flowbus_services.gateway.context import Gateway, RequestContext
+from flowbus_services.gateway.errors import Code, error, format_error
+from flowbus_services.gateway.validation import depth_limit
+
+log = logging.getLogger(__name__)
+# Most tokens a query may have: bounds the parser's work whatever the body holds.
+MAX_QUERY_TOKENS = 20_000
+
+
+class BadRequest(Exception):
+    """A request that is not GraphQL: answered 400 (or ``status``) with one error."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _errors(status: int, message: str, code: Code) -> JSONResponse:
+    return JSONResponse({"errors": [error(message, code)]}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"The request body is over {limit} bytes.", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"The request body is over {limit} bytes.", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def graphql_request(body: bytes) -> dict[str, Any]:
+    """The body as ``{"query", "variables", "operationName"}``, or BadRequest."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("The body is not JSON.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
+        raise BadRequest('Not a GraphQL request: send a JSON object with a "query" string.')
+    variables = data.get("variables")
+    if isinstance(variables, str):  # the Prefect 1.x client sends them JSON-encoded
+        try:
+            variables = json.loads(variables)
+        except (ValueError, RecursionError):
+            raise BadRequest('"variables" is a string but not JSON.') from None
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest('"variables" must be a JSON object.')
+    operation = data.get("operationName")
+    if operation is not None and not isinstance(operation, str):
+        raise BadRequest('"operationName" must be a string.')
+    return {"query": data["query"], "variables": variables, "operationName": operation}
+
+
+def bearer_token(headers: Any) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def authenticate(gateway: Gateway, headers: Any) -> Principal | None:
+    """The request's principal: from its key, or admin when auth is off; None when refused."""
+    if gateway.settings.gateway.auth == "off":
+        return AUTH_OFF
+    token = bearer_token(headers)
+    if token is None or gateway.keys is None:
+        return None
+    principal: Principal | None = await gateway.keys.verify(token)
+    return principal
+
+
+class GraphQLEndpoint:
+    """POST runs a GraphQL request; GET shows GraphiQL."""
+
+    def __init__(self, gateway: Gateway, schema: GraphQLSchema) -> None:
+        self.gateway = gateway
+        self.schema = schema
+        self.rules = [depth_limit(gateway.settings.gateway.max_query_depth)]
+        self.explorer = ExplorerGraphiQL(title="flowbus GraphQL")
+
+    async def handle(self, request: Request) -> Response:
+        if request.method == "GET":
+            html = self.explorer.html(request)
+            return HTMLResponse(html if isinstance(html, str) else "")
+        try:
+            data = graphql_request(await read_body(request, self.gateway.settings.gateway.max_body_bytes))
+        except BadRequest as exc:
+            return _errors(exc.status, exc.message, Code.VALIDATION_ERROR)
+        principal = await authenticate(self.gateway, request.headers)
+        if principal is None:
+            return _errors(401, "A valid API key is needed: send Authorization: Bearer <key>.", Code.UNAUTHENTICATED)
+        try:
+            document = parse(data["query"], max_tokens=MAX_QUERY_TOKENS)
+        except GraphQLError as exc:
+            return _errors(400, exc.message, Code.VALIDATION_ERROR)
+        denied = forbidden_fields(document, data["operationName"], principal)
+        if denied:
+            message = f"The key's role ({principal.role.value}) may not use: {', '.join(denied)}."
+            return _errors(200, message, Code.FORBIDDEN)
+        context = RequestContext(self.gateway, principal, request.headers)
+        _, result = await graphql(
+            self.schema,
+            data,
+            context_value=context,
+            query_document=document,
+            validation_rules=self.rules,
+            error_formatter=format_error,
+            logger=log,
+        )
+        # No "data" means the operation never ran: it did not validate.
+        return JSONResponse(result, status_code=200 if "data" in result else 400)
+
+
+def build_http_app(
+    gateway: Gateway,
+    schema: GraphQLSchema,
+    *,
+    readiness: Callable[[], Awaitable[list[str]]],
+    extra_routes: list[BaseRoute] | None = None,
+) -> Starlette:
+    endpoint = GraphQLEndpoint(gateway, schema)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        problems = await readiness()
+        body = {"status": "ok" if not problems else "unavailable", "failing": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    routes: list[BaseRoute] = [
+        Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+        # Prefect's default endpoint is the server's root: POST / is GraphQL too.
+        Route("/", endpoint.handle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    middleware = []
+    origins = gateway.settings.gateway.cors_origins
+    if origins:
+        middleware.append(
+            Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+        )
+    return Starlette(routes=routes, middleware=middleware)

@@ -1,0 +1,109 @@
+"""Entry module of the gateway: its NATS side (API-key commands) and its HTTP server.
+
+Run alone with ``flowbus service run gateway``; ``flowbus up`` runs it with
+the other services. The listening socket is bound while the service starts,
+so a port in use fails the start at once, and the server answers as soon as
+the service reports ready. Several instances may share one port
+(SO_REUSEPORT) or sit behind any HTTP balancer: no state lives in the process.
+
+Reads: ``flowbus.cmd.gateway.*`` (queue group ``gateway``). Writes: replies,
+and every GraphQL write as a command to the service that owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from functools import partial
+
+import uvicorn
+from faststream.asgi import AsgiFastStream
+
+from flowbus import subjects
+from flowbus.client import AsyncClient
+from flowbus.db.engine import Database
+from flowbus.runtime.service import ServiceContext, build_service, readiness
+from flowbus.settings import GatewaySettings, Settings
+from flowbus_services.gateway.context import Gateway
+from flowbus_services.gateway.http import build_http_app
+from flowbus_services.gateway.schema import build_schema
+
+NAME = subjects.Service.GATEWAY
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def bind(settings: GatewaySettings) -> socket.socket:
+    """The gateway's listening socket (shared with other instances on the same port)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the service process owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def register(ctx: ServiceContext) -> None:
+    """The gateway's NATS handlers."""
+
+
+async def serve_http(sock: socket.socket, ctx: ServiceContext) -> None:
+    """Serve GraphQL and health on ``sock`` until cancelled."""
+    settings = ctx.settings
+    assert ctx.nc is not None
+    read_url = settings.gateway.read_database_url
+    reads = Database(read_url) if read_url else ctx.db
+    gateway = Gateway(settings=settings, db=reads, client=AsyncClient(settings, nc=ctx.nc))
+    extra = (reads,) if read_url else ()
+    app = build_http_app(gateway, build_schema(), readiness=partial(readiness, ctx, *extra))
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+    )
+    server = _Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS * 2)
+        raise
+    finally:
+        if read_url:
+            await reads.dispose()
+
+
+def build_app(settings: Settings | None = None) -> AsgiFastStream:
+    settings = settings or Settings()
+    sockets: list[socket.socket] = []
+
+    async def listen(ctx: ServiceContext) -> None:
+        sockets.append(bind(ctx.settings.gateway))
+
+    async def serve(ctx: ServiceContext) -> None:
+        if sockets[0].fileno() == -1:  # closed by a server that crashed: listen again
+            sockets[0] = bind(ctx.settings.gateway)
+        await serve_http(sockets[0], ctx)
+
+    serve.__name__ = "serve_http"
+    return build_service(NAME, settings, register, loops=[serve], startup=[listen])
