@@ -14,14 +14,16 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client
 
 from flowbus.client import AsyncClient
-from flowbus.settings import NatsTuning, SchedulerSettings, Settings
+from flowbus.settings import GatewaySettings, NatsTuning, SchedulerSettings, Settings
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
-from flowbus_services.up import NatsServer
+from flowbus_services.up import NatsServer, free_port
+from tests.helpers.gateway import GraphQL
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -89,6 +91,8 @@ def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         nats=NatsTuning(max_command_bytes=64 * 1024, request_timeout=10.0),
         scheduler=SchedulerSettings(release_interval=0.1),
+        # A free port of its own; keys are tested on their own (tests/integration/test_gateway_keys.py).
+        gateway=GatewaySettings(port=free_port(), auth="off"),
     )
 
 
@@ -105,6 +109,14 @@ async def stack(settings: Settings) -> AsyncIterator[Settings]:
 async def client(stack: Settings) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(stack) as c:
         yield c
+
+
+@pytest.fixture
+async def gql(stack: Settings) -> AsyncIterator[GraphQL]:
+    """The stack's gateway over real HTTP (auth off unless the test's settings turn it on)."""
+    url = f"http://127.0.0.1:{stack.gateway.port}/graphql"
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        yield GraphQL(url, http)
 
 
 @pytest.fixture
