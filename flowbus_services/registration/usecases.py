@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flowbus import subjects
 from flowbus.db.engine import Database, WriteSession
-from flowbus.db.tables import Flow, FlowGroup, Project, utcnow
+from flowbus.db.tables import Flow, FlowGroup, Project, Task, utcnow
 from flowbus.db.views import effective_schedule, flow_group_out, flow_out, load_flow, project_out
 from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
 from flowbus.schemas.flows import (
@@ -163,6 +163,7 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
         flow = _new_flow_version(cmd, project, group, (highest or 0) + 1)
         session.add(flow)
         await session.flush()  # the (group, version) constraint fires here
+        session.add_all(_task_rows(cmd, flow))
         archived = await _archive_other_versions(session, group, flow)
         if cmd.idempotency_key is not None:
             group.idempotency_key = cmd.idempotency_key
@@ -222,6 +223,22 @@ def _new_flow_version(cmd: RegisterFlow, project: Project, group: FlowGroup, ver
         ),
         core_version=spec.core_version,
     )
+
+
+def _task_rows(cmd: RegisterFlow, flow: Flow) -> list[Task]:
+    """The flow version's tasks as rows of their own: queries and task runs name them by id."""
+    return [
+        Task(
+            flow_id=flow.id,
+            slug=t.slug,
+            name=t.name,
+            max_retries=t.max_retries,
+            retry_delay_seconds=t.retry_delay_seconds,
+            tags=list(t.tags),
+            created=flow.created,
+        )
+        for t in cmd.serialized_flow.tasks
+    ]
 
 
 async def _archive_other_versions(session: AsyncSession, group: FlowGroup, flow: Flow) -> list[tuple[str, int]]:

@@ -61,3 +61,44 @@ def test_upgrading_the_outbox_keeps_the_rows_waiting_to_be_published(tmp_path: P
         ]
     finally:
         engine.dispose()
+
+
+def test_upgrading_to_task_rows_backfills_the_tasks_of_existing_flows(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url, "0003")
+    engine = sa.create_engine(_sync_url(db))
+    tasks = [
+        {"slug": "extract", "name": "extract", "max_retries": 2, "retry_delay_seconds": 5.0, "tags": ["io"]},
+        {"slug": "load", "name": "load", "max_retries": 0, "retry_delay_seconds": None, "tags": []},
+    ]
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO project (id, name, created) VALUES ('p1', 'p', '2026-12-01 10:00:00')"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO flow_group (id, project_id, name, default_parameters, heartbeat_enabled, "
+                    "lazarus_enabled, version_locking_enabled, created, updated) "
+                    "VALUES ('g1', 'p1', 'etl', '{}', 1, 1, 0, '2026-12-01 10:00:00', '2026-12-01 10:00:00')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO flow (id, project_id, flow_group_id, name, version, serialized_flow, parameters, "
+                    "tasks, edges, storage, run_config, is_schedule_active, archived, core_version, created) "
+                    "VALUES ('f1', 'p1', 'g1', 'etl', 1, '{}', '[]', :tasks, '[]', '{}', '{}', 0, 0, '', "
+                    "'2026-12-01 10:00:00.000000')"
+                ),
+                {"tasks": json.dumps(tasks)},
+            )
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT flow_id, slug, name, max_retries, retry_delay_seconds, tags, created FROM task")
+            ).all()
+        assert sorted((r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows) == [
+            ("f1", "extract", "extract", 2, 5.0, ["io"], "2026-12-01 10:00:00.000000"),
+            ("f1", "load", "load", 0, None, [], "2026-12-01 10:00:00.000000"),
+        ]
+    finally:
+        engine.dispose()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 from nats.aio.client import Client
+from sqlmodel import select
 
 from flowbus.client import AsyncClient
+from flowbus.db.engine import Database
+from flowbus.db.tables import Task
 from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
 from flowbus.schemas.flows import ParameterSpec, SerializedFlow
+from flowbus.settings import Settings
 from tests.helpers import register, serialized_flow, unique
 from tests.helpers.commands import send
 
@@ -142,3 +146,21 @@ async def test_bad_schedules_are_refused_and_nothing_is_stored(client: AsyncClie
     assert "invalid cron '61 * * * *': Bad minute" in messages[0]
     assert "timezone-aware" in messages[4]
     assert await client.get_flows(project_name=project) == []
+
+
+async def test_each_version_gets_task_rows_of_its_own(stack: Settings, client: AsyncClient) -> None:
+    project = unique("proj")
+    v1 = await register(client, project, "etl")
+    v2 = await register(client, project, "etl")
+    db = Database(stack.resolved_database_url())
+    try:
+        async with db.read_session() as session:
+            rows = (await session.execute(select(Task.flow_id, Task.slug, Task.name, Task.id))).all()
+    finally:
+        await db.dispose()
+    by_flow = {fid: sorted((slug, name) for f, slug, name, _ in rows if f == fid) for fid in (v1.id, v2.id)}
+    expected = sorted((t.slug, t.name) for t in v1.tasks)
+    assert expected
+    assert by_flow == {v1.id: expected, v2.id: expected}
+    ids = [r.id for r in rows if r.flow_id in (v1.id, v2.id)]
+    assert len(set(ids)) == len(ids)
