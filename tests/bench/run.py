@@ -49,7 +49,11 @@ later-scheduled run would never be released.
 Never part of the test suite: numbers are printed, not asserted.
 ``BENCH_SCALE=0.1`` runs a tenth of the requests and runs (a smoke run).
 ``BENCH_ONLY=create,set_state`` runs only the named parts (``delivery``,
-``e2e``, ``create``, ``set_state``, ``schedules``), for working on one of them.
+``e2e``, ``create``, ``set_state``, ``gateway``, ``schedules``), for working on one of them.
+
+``gateway`` (tests/bench/gateway.py): ``create_flow_run``,
+``set_flow_run_states`` and a query of 50 runs with their task runs, as
+GraphQL over HTTP through the gateway.
 
 ``schedules`` (tests/bench/schedules.py) runs last, on fresh stacks of its
 own: the scheduler's CPU and fill time with 1,000 and 10,000 active cron
@@ -90,14 +94,18 @@ from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, Ta
 from flowbus.schemas.runs import CreateFlowRun, RunQueued, SetFlowRunState, StateChanged, StateSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
+from tests.bench.gateway import gateway_bench
 from tests.bench.schedules import SCHEDULE_COUNTS, scheduler_cost
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
-PARTS = ("delivery", "e2e", "create", "set_state", "schedules")
+PARTS = ("delivery", "e2e", "create", "set_state", "gateway", "schedules")
 ONLY = {p.strip() for p in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if p.strip()}
 CREATES = {1: int(1000 * SCALE), 64: int(20000 * SCALE)}
 WALKS = {1: int(300 * SCALE), 64: int(6000 * SCALE)}  # runs walked through 3 transitions each
 WALK = (StateType.SUBMITTED, StateType.RUNNING, StateType.SUCCESS)
+# Through the gateway (GraphQL over HTTP): fewer, as each request costs more than a NATS command.
+GATEWAY_CREATES = {1: int(500 * SCALE), 64: int(10000 * SCALE)}
+GATEWAY_WALKS = {1: int(150 * SCALE), 64: int(3000 * SCALE)}
 
 # Delivery latency: runs scheduled ahead (released by the scheduler) and runs due now.
 FUTURE_RUNS = int(300 * SCALE)
@@ -494,6 +502,8 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
 
                 latencies, elapsed = await _drive(concurrency, [walk(r.id) for r in runs])
                 results.append(_summary("set_flow_run_state", concurrency, latencies, elapsed))
+        if "gateway" in ONLY:
+            results.extend(await gateway_bench(settings, flow.id, GATEWAY_CREATES, GATEWAY_WALKS, _drive, _summary))
     finally:
         await nc.close()
     return results
