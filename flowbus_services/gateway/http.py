@@ -15,6 +15,10 @@ answers:
 - 401 with ``UNAUTHENTICATED`` for a missing, malformed or unknown key;
 - 413 for a body over ``gateway.max_body_bytes``.
 
+A query text is parsed and validated once and then kept (an LRU cache of
+``DOCUMENT_CACHE_SIZE`` texts; the schema never changes while the process
+lives), then executed by graphql-core against ariadne's executable schema.
+
 GET /graphql serves GraphiQL; a WebSocket on /graphql carries subscriptions.
 GET /healthz answers while the process lives, GET /readyz while NATS and the
 database answer. Reads and writes nothing on NATS itself: resolvers do.
@@ -22,14 +26,26 @@ database answer. Reads and writes nothing on NATS itself: resolvers do.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from ariadne import graphql
 from ariadne.explorer import ExplorerGraphiQL
-from graphql import GraphQLError, GraphQLSchema, parse
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+    parse,
+    specified_rules,
+    validate,
+)
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -45,6 +61,16 @@ from flowbus_services.gateway.validation import depth_limit
 log = logging.getLogger(__name__)
 # Most tokens a query may have: bounds the parser's work whatever the body holds.
 MAX_QUERY_TOKENS = 20_000
+# Parsed and validated documents kept, by query text: clients send the same few again and again.
+DOCUMENT_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A query parsed and validated once: its document, or the errors that refuse it."""
+
+    document: DocumentNode | None
+    errors: list[dict[str, Any]]
 
 
 class BadRequest(Exception):
@@ -122,8 +148,27 @@ class GraphQLEndpoint:
     def __init__(self, gateway: Gateway, schema: GraphQLSchema) -> None:
         self.gateway = gateway
         self.schema = schema
-        self.rules = [depth_limit(gateway.settings.gateway.max_query_depth)]
+        self.rules = [*specified_rules, depth_limit(gateway.settings.gateway.max_query_depth)]
         self.explorer = ExplorerGraphiQL(title="flowbus GraphQL")
+        self.documents: OrderedDict[str, Prepared] = OrderedDict()
+
+    def prepare(self, query: str) -> Prepared:
+        """Parse and validate ``query`` (against the schema, which never changes), or take it from the cache."""
+        prepared = self.documents.get(query)
+        if prepared is not None:
+            self.documents.move_to_end(query)
+            return prepared
+        try:
+            document = parse(query, max_tokens=MAX_QUERY_TOKENS)
+        except GraphQLError as exc:
+            prepared = Prepared(None, [format_error(exc)])
+        else:
+            errors = validate(self.schema, document, self.rules)
+            prepared = Prepared(None if errors else document, [format_error(e) for e in errors])
+        self.documents[query] = prepared
+        if len(self.documents) > DOCUMENT_CACHE_SIZE:
+            self.documents.popitem(last=False)
+        return prepared
 
     async def handle(self, request: Request) -> Response:
         if request.method == "GET":
@@ -136,26 +181,41 @@ class GraphQLEndpoint:
         principal = await authenticate(self.gateway, request.headers)
         if principal is None:
             return _errors(401, "A valid API key is needed: send Authorization: Bearer <key>.", Code.UNAUTHENTICATED)
-        try:
-            document = parse(data["query"], max_tokens=MAX_QUERY_TOKENS)
-        except GraphQLError as exc:
-            return _errors(400, exc.message, Code.VALIDATION_ERROR)
-        denied = forbidden_fields(document, data["operationName"], principal)
+        prepared = self.prepare(data["query"])
+        if prepared.document is None:
+            return JSONResponse({"errors": prepared.errors}, status_code=400)
+        document, operation_name = prepared.document, data["operationName"]
+        if _is_subscription(document, operation_name):
+            return _errors(
+                400, "A subscription needs a WebSocket (graphql-transport-ws) on /graphql.", Code.VALIDATION_ERROR
+            )
+        denied = forbidden_fields(document, operation_name, principal)
         if denied:
             message = f"The key's role ({principal.role.value}) may not use: {', '.join(denied)}."
             return _errors(200, message, Code.FORBIDDEN)
         context = RequestContext(self.gateway, principal, request.headers)
-        _, result = await graphql(
+        result = execute(
             self.schema,
-            data,
+            document,
             context_value=context,
-            query_document=document,
-            validation_rules=self.rules,
-            error_formatter=format_error,
-            logger=log,
+            variable_values=data["variables"],
+            operation_name=operation_name,
         )
-        # No "data" means the operation never ran: it did not validate.
-        return JSONResponse(result, status_code=200 if "data" in result else 400)
+        if inspect.isawaitable(result):
+            result = await result
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:  # absent, never empty, on success: Prefect's client fails on "errors": []
+            body["errors"] = [format_error(e) for e in result.errors]
+        return JSONResponse(body)
+
+
+def _is_subscription(document: DocumentNode, operation_name: str | None) -> bool:
+    return any(
+        isinstance(d, OperationDefinitionNode)
+        and d.operation is OperationType.SUBSCRIPTION
+        and (operation_name is None or (d.name is not None and d.name.value == operation_name))
+        for d in document.definitions
+    )
 
 
 def build_http_app(
