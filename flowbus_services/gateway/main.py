@@ -41,6 +41,10 @@ def bind(settings: GatewaySettings) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Inherited by every accepted connection. Without it a response's second
+    # write (its body) waits for the client's delayed ACK: 40 ms per request
+    # on a kept-alive connection.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((settings.host, settings.port))
         sock.listen(2048)
