@@ -115,3 +115,15 @@ def test_with_auth_off_there_is_no_key_and_a_warning(home: Path, workdir: Path) 
     rest = output + proc.stdout.read()
     # The gateway's own warning, from its process's log.
     assert re.search(r"API keys are off \(FLOWBUS_GATEWAY__AUTH=off\)", rest), rest
+
+
+def test_the_single_process_layout_makes_the_first_key_too(home: Path, workdir: Path) -> None:
+    proc, output = start_up(home, workdir, {"FLOWBUS_UP__SINGLE_PROCESS": "true"})
+    try:
+        key = (home / "api-key").read_text().strip()
+        assert stat.S_IMODE((home / "api-key").stat().st_mode) == 0o600
+        assert f"  API key: {home / 'api-key'}" in output
+        assert post_hello(graphql_url(output), key)[0] == 200
+        assert post_hello(graphql_url(output), None)[0] == 401
+    finally:
+        stop(proc)
