@@ -11,18 +11,26 @@ where they first differ. ``last_used`` is written at most once a minute per key
 Refusals are logged with the reason and never with the key (at most one line a
 second, with a count of those not logged).
 
-Revocation, and the choice made here: verified keys are cached in each gateway
-process, by hash, for up to ``CACHE_SECONDS``, so a request usually costs no
-database read. Deleting a key publishes ``flowbus.evt.api_key.<id>.deleted``
-through the outbox (in the delete's transaction, published before the reply),
-and every gateway instance listens to ``flowbus.evt.api_key.*.*`` on core NATS
-(no queue group: each instance gets each event) and drops the key at once; the
-instance that served the delete drops it before it replies. A lookup that raced
-with a deletion is not cached (a generation counter). While an instance's NATS
-connection is down, or after it reconnected (events may have been missed), the
-cache is emptied and bypassed until connected again, so a revoked key can never
-outlive a missed event. Lookups go to the primary database (``ctx.db``), never
-to the read replica, which may lag behind a deletion.
+Revocation, and the choice made here: a cache invalidated by events. Verified
+keys are cached in each gateway process, by hash, for up to ``CACHE_SECONDS``,
+so a request usually costs no database read. Deleting a key publishes
+``flowbus.evt.api_key.<id>.deleted`` through the outbox (staged in the delete's
+transaction and stored by JetStream before the reply goes out, so NATS has
+already routed it to every listener). Every gateway instance listens to
+``flowbus.evt.api_key.*.*`` on core NATS (no queue group: each instance gets
+each event) and drops the key as it arrives; the instance that served the
+delete drops it before it replies. So a revoked key is refused from its next
+request on, on every instance. The corners:
+
+- a lookup that raced with a deletion is not cached (a generation counter);
+- while an instance's NATS connection is down, or once it has reconnected
+  (events may have been missed), its cache is emptied and bypassed;
+- should the event's publish fail (the deleter's NATS away), the outbox
+  sweep publishes it later, and ``CACHE_SECONDS`` bounds how long another
+  instance can still accept the key meanwhile.
+
+Lookups go to the primary database (``ctx.db``), never to the read replica,
+which may lag behind a deletion.
 
 Reads: ``flowbus.cmd.gateway.create_api_key``, ``list_api_keys``,
 ``delete_api_key`` (queue group ``gateway``); ``flowbus.evt.api_key.*.*``

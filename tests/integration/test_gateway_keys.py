@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
+from flowbus.db.engine import Database
+from flowbus.db.migrate import upgrade_async
+from flowbus.db.tables import ApiKey
 from flowbus.schemas.api_keys import ApiKeyOut, Role
 from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
 from flowbus.settings import Settings
+from flowbus_services.gateway.keys import KeyStore
 from flowbus_services.registry import build_service_app
 from flowbus_services.up import free_port
 from tests.helpers.commands import send
@@ -354,3 +359,63 @@ def test_settings_find_the_key_in_the_environment_else_in_the_home(
     from_env = Settings(home=tmp_path)
     assert from_env.gateway_api_key() == "fbk_from_env"
     assert "fbk_from_env" not in repr(from_env)
+
+
+class FakeNats:
+    """What the key store sees of its NATS connection: connected or not, reconnections, a subscription."""
+
+    def __init__(self) -> None:
+        self.is_connected = True
+        self.stats = {"reconnects": 0}
+
+    async def subscribe(self, subject: str, cb: Any) -> Any:
+        class Subscription:
+            async def unsubscribe(self) -> None:
+                return None
+
+        return Subscription()
+
+
+async def test_the_cache_is_trusted_only_while_no_deletion_event_can_be_missed(database_url: str) -> None:
+    await upgrade_async(database_url)
+    db = Database(database_url)
+    store = KeyStore(db)
+    nats = FakeNats()
+    await store.listen(nats)  # type: ignore[arg-type]
+    key = "fbk_" + "k" * 43
+
+    async def add() -> None:
+        row = {"id": "k1", "name": "k", "role": "runner", "key_hash": hashlib.sha256(key.encode()).hexdigest()}
+        async with db.write_connection() as conn:
+            await conn.execute(sa.insert(ApiKey.__table__), row | {"created": datetime.now(UTC)})  # type: ignore[attr-defined]
+
+    try:
+        await add()
+        principal = await store.verify(key)
+        assert principal is not None
+        assert (principal.name, principal.role, principal.key_id) == ("k", Role.RUNNER, "k1")
+        # Deleted behind the store's back (no event): the cache still answers...
+        async with db.write_connection() as conn:
+            await conn.execute(sa.delete(ApiKey.__table__))  # type: ignore[attr-defined]
+        assert await store.verify(key) == principal
+        # ...until the connection that would carry the event is down, or came back.
+        nats.is_connected = False
+        assert await store.verify(key) is None
+        nats.is_connected = True
+        await add()
+        assert await store.verify(key) == principal
+        async with db.write_connection() as conn:
+            await conn.execute(sa.delete(ApiKey.__table__))  # type: ignore[attr-defined]
+        nats.stats["reconnects"] += 1
+        assert await store.verify(key) is None
+        # What the deletion event does: the key is gone from the cache at once.
+        await add()
+        assert await store.verify(key) == principal
+        async with db.write_connection() as conn:
+            await conn.execute(sa.delete(ApiKey.__table__))  # type: ignore[attr-defined]
+        assert await store.verify(key) == principal
+        store.forget("k1")
+        assert await store.verify(key) is None
+    finally:
+        await store.close()
+        await db.dispose()
