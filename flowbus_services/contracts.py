@@ -43,6 +43,7 @@ SCHEMA_MODULES: tuple[str, ...] = (
     "flowbus.schemas.flows",
     "flowbus.schemas.runs",
     "flowbus.schemas.agents",
+    "flowbus.schemas.api_keys",
 )
 
 # Fixed, fake endpoints: building an app does no I/O, and the documents must

@@ -10,6 +10,12 @@ that the CLI, the SDK and agents in other shells find the server. SIGINT or
 SIGTERM stops the services, then the NATS server, and removes the endpoint
 file. ``FLOWBUS_NATS_URL`` /
 ``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
+
+On its first start (no ``$FLOWBUS_HOME/api-key`` yet) it creates an admin API
+key once the services are ready (``flowbus.cmd.gateway.create_api_key``, named
+``admin``, or ``admin-2``... when taken) and writes it to that file, mode
+0600, for the CLI, the SDK and the user; later starts keep the file. With
+``FLOWBUS_GATEWAY__AUTH=off`` it makes no key and warns instead.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.nats import NatsUnavailable, connect
+from flowbus.schemas.api_keys import ApiKeyCreated, Role
+from flowbus.schemas.common import Conflict
 from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
 from flowbus_services import supervisor
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
@@ -183,7 +192,52 @@ def graphql_url(settings: Settings) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{settings.gateway.port}/graphql"
 
 
-def _announce_up(settings: Settings, db_url: str, services: str) -> None:
+# Names tried for the first admin key: "admin", then "admin-2", "admin-3"...
+FIRST_KEY_NAME = "admin"
+FIRST_KEY_ATTEMPTS = 100
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), never briefly readable by others."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file left over by a crash
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+async def ensure_api_key(settings: Settings) -> str:
+    """The ``API key`` line of the start-up banner: on a first start (no key file), an admin key
+    is created through the running gateway and written to ``settings.api_key_file`` (0600)."""
+    if settings.gateway.auth == "off":
+        return "  API key: none (FLOWBUS_GATEWAY__AUTH=off): WARNING, every GraphQL request is served as admin"
+    path = settings.api_key_file
+    if path.exists():
+        return f"  API key: {path}"
+    try:
+        created = await _create_first_key(settings)
+    except CLIENT_ERRORS as exc:
+        raise RuntimeError(f"could not create the first API key: {describe_error(exc)}") from None
+    write_private(path, created.key + "\n")
+    return f"  API key: {path} (admin key {created.name!r}, created now; shown nowhere else)"
+
+
+async def _create_first_key(settings: Settings) -> ApiKeyCreated:
+    async with AsyncClient(settings) as client:
+        for attempt in range(1, FIRST_KEY_ATTEMPTS + 1):
+            name = FIRST_KEY_NAME if attempt == 1 else f"{FIRST_KEY_NAME}-{attempt}"
+            try:
+                return await client.create_api_key(name, Role.ADMIN)
+            except Conflict:  # a database that outlived its home's key file
+                continue
+    raise RuntimeError(f"{FIRST_KEY_NAME} and {FIRST_KEY_NAME}-2..{FIRST_KEY_ATTEMPTS} are all taken")
+
+
+def _announce_up(settings: Settings, db_url: str, services: str, key_line: str) -> None:
     url = graphql_url(settings)
     settings.endpoint_file.write_text(
         json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "graphql_url": url, "pid": os.getpid()})
@@ -193,6 +247,7 @@ def _announce_up(settings: Settings, db_url: str, services: str) -> None:
     print(f"  database: {db_url}", flush=True)
     print(f"  services: {services}", flush=True)
     print(f"  GraphQL: {url}", flush=True)
+    print(key_line, flush=True)
     print("Press Ctrl-C to stop.", flush=True)
 
 
@@ -208,7 +263,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             for name in SERVICE_MODULES:
                 app = build_service_app(name, settings)
                 await stack.enter_async_context(app)
-            _announce_up(settings, db_url, ", ".join(SERVICE_MODULES))
+            key_line = await ensure_api_key(settings)
+            _announce_up(settings, db_url, ", ".join(SERVICE_MODULES), key_line)
             try:
                 await stop.wait()
             finally:
@@ -239,11 +295,13 @@ def serve_processes(settings: Settings) -> None:
             for group in groups:
                 children.append(supervisor.spawn(group, body))
             supervisor.wait_ready(children)
+            key_line = asyncio.run(ensure_api_key(settings))
             counts = collections.Counter(groups)
             _announce_up(
                 settings,
                 db_url,
                 ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
+                key_line,
             )
             failure = supervisor.supervise(children)
         finally:

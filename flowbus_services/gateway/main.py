@@ -6,14 +6,17 @@ so a port in use fails the start at once, and the server answers as soon as
 the service reports ready. Several instances may share one port
 (SO_REUSEPORT) or sit behind any HTTP balancer: no state lives in the process.
 
-Reads: ``flowbus.cmd.gateway.*`` (queue group ``gateway``). Writes: replies,
-and every GraphQL write as a command to the service that owns it.
+Reads: ``flowbus.cmd.gateway.*`` (queue group ``gateway``) and
+``flowbus.evt.api_key.*.*`` (every instance: revoked keys, see keys.py).
+Writes: replies, the key events, and every GraphQL write as a command to the
+service that owns it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 from functools import partial
@@ -28,8 +31,11 @@ from flowbus.runtime.service import ServiceContext, build_service, readiness
 from flowbus.settings import GatewaySettings, Settings
 from flowbus_services.gateway.context import Gateway
 from flowbus_services.gateway.http import build_http_app
+from flowbus_services.gateway.keys import KeyStore
+from flowbus_services.gateway.keys import register as register_keys
 from flowbus_services.gateway.schema import build_schema
 
+log = logging.getLogger(__name__)
 NAME = subjects.Service.GATEWAY
 SHUTDOWN_GRACE_SECONDS = 5.0
 
@@ -63,17 +69,19 @@ class _Server(uvicorn.Server):
         yield
 
 
-def register(ctx: ServiceContext) -> None:
-    """The gateway's NATS handlers."""
+def register(ctx: ServiceContext) -> KeyStore:
+    """The gateway's NATS handlers (the API-key commands); the key store that serves them."""
+    return register_keys(ctx)
 
 
-async def serve_http(sock: socket.socket, ctx: ServiceContext) -> None:
-    """Serve GraphQL and health on ``sock`` until cancelled."""
+async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore) -> None:
+    """Serve GraphQL and health on ``sock`` until cancelled, verifying keys with ``keys``."""
     settings = ctx.settings
     assert ctx.nc is not None
     read_url = settings.gateway.read_database_url
     reads = Database(read_url) if read_url else ctx.db
-    gateway = Gateway(settings=settings, db=reads, client=AsyncClient(settings, nc=ctx.nc))
+    await keys.listen(ctx.nc)
+    gateway = Gateway(settings=settings, db=reads, client=AsyncClient(settings, nc=ctx.nc), keys=keys)
     extra = (reads,) if read_url else ()
     app = build_http_app(gateway, build_schema(), readiness=partial(readiness, ctx, *extra))
     config = uvicorn.Config(
@@ -93,6 +101,7 @@ async def serve_http(sock: socket.socket, ctx: ServiceContext) -> None:
         await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS * 2)
         raise
     finally:
+        await keys.close()
         if read_url:
             await reads.dispose()
 
@@ -100,14 +109,25 @@ async def serve_http(sock: socket.socket, ctx: ServiceContext) -> None:
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or Settings()
     sockets: list[socket.socket] = []
+    stores: list[KeyStore] = []
+
+    def handlers(ctx: ServiceContext) -> None:
+        stores.append(register(ctx))
 
     async def listen(ctx: ServiceContext) -> None:
         sockets.append(bind(ctx.settings.gateway))
+        if ctx.settings.gateway.auth == "off":
+            log.warning(
+                "API keys are off (FLOWBUS_GATEWAY__AUTH=off): every request to %s:%s is served as admin;"
+                " only for a trusted local setup",
+                ctx.settings.gateway.host,
+                ctx.settings.gateway.port,
+            )
 
     async def serve(ctx: ServiceContext) -> None:
         if sockets[0].fileno() == -1:  # closed by a server that crashed: listen again
             sockets[0] = bind(ctx.settings.gateway)
-        await serve_http(sockets[0], ctx)
+        await serve_http(sockets[0], ctx, stores[0])
 
     serve.__name__ = "serve_http"
-    return build_service(NAME, settings, register, loops=[serve], startup=[listen])
+    return build_service(NAME, settings, handlers, loops=[serve], startup=[listen])

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENDPOINT_FILE = "endpoint.json"
@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     # FLOWBUS_OTEL_CONSOLE: also print every span to the console (the OTLP
     # export follows the SDK's own OTEL_EXPORTER_OTLP_ENDPOINT).
     otel_console: bool = False
+    # FLOWBUS_API_KEY: the key to send to the gateway; when unset, the one
+    # `flowbus up` wrote to $FLOWBUS_HOME/api-key (see gateway_api_key).
+    api_key: SecretStr | None = None
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -234,6 +237,17 @@ class Settings(BaseSettings):
     @property
     def api_key_file(self) -> Path:
         return self.home / API_KEY_FILE
+
+    def gateway_api_key(self) -> str | None:
+        """The API key to send to the gateway: ``FLOWBUS_API_KEY``, else the key
+        ``flowbus up`` wrote to ``$FLOWBUS_HOME/api-key``; None when neither is there."""
+        if self.api_key is not None and self.api_key.get_secret_value().strip():
+            return self.api_key.get_secret_value().strip()
+        try:
+            key = self.api_key_file.read_text().strip()
+        except OSError:
+            return None
+        return key or None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -19,6 +19,7 @@ COMMAND_CLASSES: dict[subjects.Service, Any] = {
     subjects.Service.STATE: subjects.StateCommands,
     subjects.Service.HEARTBEAT: subjects.HeartbeatCommands,
     subjects.Service.SCHEDULER: subjects.SchedulerCommands,
+    subjects.Service.GATEWAY: subjects.GatewayCommands,
 }
 
 

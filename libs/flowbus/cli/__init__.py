@@ -17,10 +17,11 @@ from flowbus.cli import flows
 from flowbus.cli import runs
 from flowbus.cli import agents
 from flowbus.cli import schedules
+from flowbus.cli import keys
 
 # isort: on
 from flowbus.cli.app import app
 
-COMMAND_MODULES = (system, projects, flows, runs, agents, schedules)
+COMMAND_MODULES = (system, projects, flows, runs, agents, schedules, keys)
 
 __all__ = ["COMMAND_MODULES", "app"]

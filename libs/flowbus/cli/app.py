@@ -1,7 +1,7 @@
 """The typer application of the ``flowbus`` command, and what its command modules share.
 
 The command groups are declared here; ``projects``, ``flows``, ``runs``,
-``agents`` and ``system`` add their commands to them, and the package
+``agents``, ``keys`` and ``system`` add their commands to them, and the package
 imports them all. A command body that talks to the server is an ``async`` function
 taking a connected client (``client_command``): when nothing answers at the
 NATS URL it fails at once with one line naming it, and a service's error is
@@ -25,6 +25,7 @@ from flowbus.settings import Settings
 app = typer.Typer(help="flowbus: workflow orchestration over NATS.", no_args_is_help=True, add_completion=False)
 create_app = typer.Typer(help="Create things.", no_args_is_help=True)
 get_app = typer.Typer(help="Show things.", no_args_is_help=True)
+delete_app = typer.Typer(help="Delete things.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run agents.", no_args_is_help=True)
 local_agent_app = typer.Typer(help="The local agent.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -32,6 +33,7 @@ project_app = typer.Typer(help="Change or delete projects.", no_args_is_help=Tru
 flow_app = typer.Typer(help="Archive flows, change their settings, schedule, labels, defaults.", no_args_is_help=True)
 app.add_typer(create_app, name="create")
 app.add_typer(get_app, name="get")
+app.add_typer(delete_app, name="delete")
 app.add_typer(agent_app, name="agent")
 agent_app.add_typer(local_agent_app, name="local")
 app.add_typer(db_app, name="db")

@@ -157,6 +157,12 @@ class Client:
     get_schedule = blocking(AsyncClient.get_schedule)
     get_scheduler_status = blocking(AsyncClient.get_scheduler_status)
 
+    # ---- API keys -------------------------------------------------------------
+
+    create_api_key = blocking(AsyncClient.create_api_key)
+    list_api_keys = blocking(AsyncClient.list_api_keys)
+    delete_api_key = blocking(AsyncClient.delete_api_key)
+
     def agent_online(self, agent: AgentOut) -> bool:
         """Online: heard from within the last few agent heartbeat intervals."""
         return self._async.agent_online(agent)

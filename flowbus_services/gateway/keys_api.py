@@ -1,0 +1,47 @@
+"""The GraphQL fields of API keys: ``api_key``, ``create_api_key``, ``delete_api_key`` (admin only, auth.py).
+
+Lists come from the key store (the primary database); creating and deleting
+are the gateway's own NATS commands, so they behave exactly as from the CLI.
+Writes: ``flowbus.cmd.gateway.create_api_key`` and ``delete_api_key`` (through the client).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ariadne import MutationType, QueryType
+from graphql import GraphQLResolveInfo
+
+from flowbus.schemas.api_keys import ApiKeyOut
+from flowbus_services.gateway.context import RequestContext
+
+Info = GraphQLResolveInfo[RequestContext]
+
+query = QueryType()
+mutation = MutationType()
+
+
+def _row(key: ApiKeyOut) -> dict[str, Any]:
+    return {"id": key.id, "name": key.name, "role": key.role.value, "created": key.created, "last_used": key.last_used}
+
+
+@query.field("api_key")
+async def resolve_api_keys(_: Any, info: Info) -> list[dict[str, Any]]:
+    listing = await info.context.gateway.keys.list()
+    return [_row(key) for key in listing.keys]
+
+
+@mutation.field("create_api_key")
+async def resolve_create_api_key(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    # The message validates name and role (VALIDATION_ERROR) before anything is sent.
+    created = await info.context.gateway.client.create_api_key(input["name"], input["role"])
+    return {"id": created.id, "key": created.key}
+
+
+@mutation.field("delete_api_key")
+async def resolve_delete_api_key(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await info.context.gateway.client.delete_api_key(input["name"])
+    return {"success": True, "error": None}
+
+
+BINDABLES = [query, mutation]
