@@ -69,8 +69,8 @@ DOCUMENT_CACHE_SIZE = 512
 class Prepared:
     """A query parsed and validated once: its document, or the errors that refuse it."""
 
-    document: DocumentNode | None
-    errors: list[dict[str, Any]]
+    document: DocumentNode | None  # None: the text does not parse
+    errors: list[dict[str, Any]]  # why it does not parse or validate
 
 
 class BadRequest(Exception):
@@ -163,8 +163,7 @@ class GraphQLEndpoint:
         except GraphQLError as exc:
             prepared = Prepared(None, [format_error(exc)])
         else:
-            errors = validate(self.schema, document, self.rules)
-            prepared = Prepared(None if errors else document, [format_error(e) for e in errors])
+            prepared = Prepared(document, [format_error(e) for e in validate(self.schema, document, self.rules)])
         self.documents[query] = prepared
         if len(self.documents) > DOCUMENT_CACHE_SIZE:
             self.documents.popitem(last=False)
@@ -182,17 +181,19 @@ class GraphQLEndpoint:
         if principal is None:
             return _errors(401, "A valid API key is needed: send Authorization: Bearer <key>.", Code.UNAUTHENTICATED)
         prepared = self.prepare(data["query"])
-        if prepared.document is None:
-            return JSONResponse({"errors": prepared.errors}, status_code=400)
         document, operation_name = prepared.document, data["operationName"]
-        if _is_subscription(document, operation_name):
-            return _errors(
-                400, "A subscription needs a WebSocket (graphql-transport-ws) on /graphql.", Code.VALIDATION_ERROR
-            )
+        if document is None:
+            return JSONResponse({"errors": prepared.errors}, status_code=400)
+        # Permissions first: a key learns nothing about fields its role may not use.
         denied = forbidden_fields(document, operation_name, principal)
         if denied:
             message = f"The key's role ({principal.role.value}) may not use: {', '.join(denied)}."
             return _errors(200, message, Code.FORBIDDEN)
+        if prepared.errors:
+            return JSONResponse({"errors": prepared.errors}, status_code=400)
+        if _is_subscription(document, operation_name):
+            message = "A subscription needs a WebSocket (graphql-transport-ws) on /graphql."
+            return _errors(400, message, Code.VALIDATION_ERROR)
         context = RequestContext(self.gateway, principal, request.headers)
         result = execute(
             self.schema,

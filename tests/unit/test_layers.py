@@ -200,7 +200,7 @@ def repo() -> tuple[dict[str, Path], list[Import]]:
 def test_the_checks_see_the_whole_repository(repo: tuple[dict[str, Path], list[Import]]) -> None:
     modules, imports = repo
     assert {"flowbus.client", "flowbus.sdk.flow", f"{SERVICES}.state.main", "tests.helpers.waiting"} <= set(modules)
-    assert services_in(ROOT) == {"registration", "run_creation", "state", "heartbeat", "scheduler"}
+    assert services_in(ROOT) == {"registration", "run_creation", "state", "heartbeat", "scheduler", "gateway"}
     # The registry names the services' entry modules; it imports them when it builds one.
     assert {i.imported for i in imports if i.importer == f"{SERVICES}.registry" and i.how == "by name"} == {
         f"{SERVICES}.{name}.main" for name in services_in(ROOT)

@@ -68,7 +68,7 @@ def test_up_runs_the_hot_paths_in_processes_of_their_own_by_default() -> None:
     assert layout(list(SERVICE_MODULES), Settings().up.processes) == [
         ("run_creation",),
         ("state",),
-        ("registration", "heartbeat", "scheduler"),
+        ("registration", "heartbeat", "scheduler", "gateway"),
     ]
 
 
@@ -78,7 +78,7 @@ def test_up_processes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setenv("FLOWBUS_UP__PROCESSES", '{"run_creation": 2, "scheduler": 1}')
     groups = layout(list(SERVICE_MODULES), Settings().up.processes)
-    assert groups == [("run_creation",), ("run_creation",), ("scheduler",), ("registration", "state", "heartbeat")]
+    assert groups == [("run_creation",), ("run_creation",), ("scheduler",), ("registration", "state", "heartbeat", "gateway")]
 
 
 def test_up_processes_may_leave_no_shared_process() -> None:
