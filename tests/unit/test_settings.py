@@ -78,7 +78,8 @@ def test_up_processes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setenv("FLOWBUS_UP__PROCESSES", '{"run_creation": 2, "scheduler": 1}')
     groups = layout(list(SERVICE_MODULES), Settings().up.processes)
-    assert groups == [("run_creation",), ("run_creation",), ("scheduler",), ("registration", "state", "heartbeat", "gateway")]
+    shared = ("registration", "state", "heartbeat", "gateway")
+    assert groups == [("run_creation",), ("run_creation",), ("scheduler",), shared]
 
 
 def test_up_processes_may_leave_no_shared_process() -> None:
