@@ -51,6 +51,7 @@ UNIQUENESS_VIOLATION: Final = "Uniqueness violation."
 # A state set without a version is set at the run's current one; when another
 # writer moves the run in between, the state is tried again at the new version.
 UNVERSIONED_ATTEMPTS: Final = 5
+AGENT_ID_HEADER: Final = "x-prefect-agent-id"
 
 _flow_run = FlowRun.__table__  # type: ignore[attr-defined]
 _task_run = TaskRun.__table__  # type: ignore[attr-defined]
@@ -300,14 +301,21 @@ async def resolve_create_flow_run(_: Any, info: Info, input: dict[str, Any]) -> 
     return {"id": out.id}
 
 
-async def _set_flow_run_state(client: AsyncClient, flow_run_id: str, version: int | None, state: StateSpec) -> str:
+def _agent_id(info: Info) -> str | None:
+    """The agent a state comes from: Prefect's agents name themselves in a header
+    (the run records who submitted it)."""
+    return _context(info).headers.get(AGENT_ID_HEADER) or None
+
+
+async def _set_flow_run_state(info: Info, flow_run_id: str, version: int | None, state: StateSpec) -> str:
     """Set one flow run state: at ``version``, or (None) at the run's current version."""
+    client, agent_id = _client(info), _agent_id(info)
     if version is not None:
-        return (await client.set_flow_run_state(flow_run_id, version, state.model_dump())).id
+        return (await client.set_flow_run_state(flow_run_id, version, state.model_dump(), agent_id=agent_id)).id
     for attempt in range(UNVERSIONED_ATTEMPTS):
         current = (await client.get_flow_run(flow_run_id)).run.version
         try:
-            return (await client.set_flow_run_state(flow_run_id, current, state.model_dump())).id
+            return (await client.set_flow_run_state(flow_run_id, current, state.model_dump(), agent_id=agent_id)).id
         except VersionLockingError:
             if attempt == UNVERSIONED_ATTEMPTS - 1:
                 raise
@@ -357,7 +365,7 @@ async def resolve_set_flow_run_states(_: Any, info: Info, input: dict[str, Any])
     # (the states before it are set) and is the mutation's error.
     results = []
     for run_id, version, state in _states(input["states"], "flow_run_id"):
-        results.append(_state_result(await _set_flow_run_state(_client(info), run_id, version, state)))
+        results.append(_state_result(await _set_flow_run_state(info, run_id, version, state)))
     return {"states": results}
 
 
@@ -372,7 +380,7 @@ async def resolve_set_task_run_states(_: Any, info: Info, input: dict[str, Any])
 @_field("set_flow_run_state")
 async def resolve_set_flow_run_state(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
     state = state_from_input(input["state"])
-    return _state_result(await _set_flow_run_state(_client(info), input["flow_run_id"], input.get("version"), state))
+    return _state_result(await _set_flow_run_state(info, input["flow_run_id"], input.get("version"), state))
 
 
 @_field("set_task_run_state")

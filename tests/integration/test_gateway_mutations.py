@@ -433,12 +433,17 @@ async def test_set_flow_run_states_with_versions(gql: GraphQL, client: AsyncClie
     field, input_type = "set_flow_run_states", "set_flow_run_states_input"
     selection = "states { id status message }"
 
+    # An agent names itself in a header, as Prefect's agents do: the run records who submitted it.
     submitted = {"flow_run_id": run.id, "version": 1, "state": {"type": "Submitted", "message": "by a test"}}
-    assert await call(gql, field, input_type, {"states": [submitted]}, selection) == {
-        "states": [{"id": run.id, "status": "SUCCESS", "message": None}]
-    }
+    response = await gql.http.post(
+        gql.url,
+        json={"query": operation(field, input_type, selection), "variables": {"input": {"states": [submitted]}}},
+        headers={"X-PREFECT-AGENT-ID": "agent-7"},
+    )
+    assert response.json() == {"data": {field: {"states": [{"id": run.id, "status": "SUCCESS", "message": None}]}}}
     detail = (await client.get_flow_run(run.id)).run
     assert (detail.state.type, detail.state.message, detail.version) == (StateType.SUBMITTED, "by a test", 2)
+    assert detail.agent_id == "agent-7"
 
     # A stale version: refused with the code the Prefect client turns into VersionLockMismatchSignal.
     stale = {"flow_run_id": run.id, "version": 1, "state": {"type": "Running"}}
