@@ -85,10 +85,10 @@ def json_object(value: Any, what: str) -> dict[str, Any]:
 
 def run_config_from_input(value: Any) -> RunConfigSpec | None:
     """A run's run config: its ``labels`` and ``env`` (a Prefect run config's
-    ``type`` is accepted and carries nothing)."""
+    ``type`` is accepted and carries nothing, and so does any field set to null)."""
     if value is None:
         return None
-    fields = {k: v for k, v in json_object(value, "run_config").items() if k not in _RUN_CONFIG_META}
+    fields = {k: v for k, v in json_object(value, "run_config").items() if k not in _RUN_CONFIG_META and v is not None}
     config: RunConfigSpec = _validate(RunConfigSpec, fields, "run_config")
     return config
 
