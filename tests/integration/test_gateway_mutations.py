@@ -193,6 +193,10 @@ async def test_create_flow_refusals_register_nothing(gql: GraphQL, client: Async
         ({"serialized_flow": good, "project_id": pid, "set_schedule_active": "yes"}, "VALIDATION_ERROR"),
         ({"serialized_flow": good}, "VALIDATION_ERROR"),
     ]
+    elsewhere = await a_flow(client)
+    bad_inputs.append(
+        ({"serialized_flow": good, "project_id": pid, "version_group_id": elsewhere.flow_group_id}, "CONFLICT")
+    )
     for value, code in bad_inputs:
         assert await refused(gql, "create_flow", "create_flow_input", value, "id") == [code], value
     assert await client.get_flows(project_name=project) == []
@@ -210,11 +214,20 @@ async def test_create_flow_from_compressed_string(gql: GraphQL, client: AsyncCli
 
     not_json = base64.b64encode(gzip.compress(b"{nope")).decode()
     not_a_flow = base64.b64encode(gzip.compress(b'{"name": "x"}')).decode()
-    for packed_input in ("%%% not base64", base64.b64encode(b"not gzip").decode(), not_json, not_a_flow):
+    truncated = base64.b64encode(gzip.compress(json.dumps(flow_json(name)).encode())[:-10]).decode()
+    # A few kilobytes that would inflate to 20 MB.
+    bomb = base64.b64encode(gzip.compress(b'{"name": "' + b"x" * 20_000_000 + b'"}')).decode()
+    not_base64 = ("%%% not base64", base64.b64encode(b"not gzip").decode())
+    for packed_input in (*not_base64, not_json, not_a_flow, truncated, bomb):
         codes = await refused(
             gql, "create_flow_from_compressed_string", input_type, {"serialized_flow": packed_input, "project_id": pid}
         )
         assert codes == ["VALIDATION_ERROR"], packed_input
+    body = await gql.execute(
+        operation("create_flow_from_compressed_string", input_type, "id"),
+        {"input": {"serialized_flow": bomb, "project_id": pid}},
+    )
+    assert "inflates to more than" in body["errors"][0]["message"]
     assert await refused(
         gql, "create_flow_from_compressed_string", input_type, {"serialized_flow": {"a": 1}, "project_id": pid}, "id"
     ) == ["VALIDATION_ERROR"]
