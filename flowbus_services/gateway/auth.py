@@ -46,6 +46,7 @@ RUN_MUTATIONS: set[str] = {
     "set_flow_run_states",
     "set_flow_run_state",
     "set_task_run_states",
+    "set_task_run_state",
     "write_run_logs",
     "register_agent",
     "update_flow_run_heartbeat",

@@ -18,7 +18,11 @@ from flowbus_services.gateway.scalars import SCALARS
 
 SDL_DIR = Path(__file__).parent / "graphql"
 # The modules whose BINDABLES resolve the schema's fields, in binding order.
-AREAS = ["flowbus_services.gateway.root", "flowbus_services.gateway.keys_api"]
+AREAS = [
+    "flowbus_services.gateway.root",
+    "flowbus_services.gateway.keys_api",
+    "flowbus_services.gateway.mutations",
+]
 
 
 @cache

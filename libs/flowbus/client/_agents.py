@@ -1,8 +1,8 @@
 """Agents: the heartbeat service's list of agents, why a due run is still waiting,
 and the scheduler's status.
 
-Writes: ``flowbus.cmd.heartbeat.list_agents``, ``flowbus.cmd.scheduler.status``
-(and the run queries of ``_runs``).
+Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.cmd.heartbeat.list_agents``,
+``flowbus.cmd.scheduler.status`` (and the run queries of ``_runs``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from flowbus import subjects
+from flowbus.client._commands import build
 from flowbus.client._runs import Runs
-from flowbus.schemas.agents import AgentList, AgentOut, ListAgents
+from flowbus.ids import uuid7
+from flowbus.schemas.agents import AgentList, AgentOut, ListAgents, RegisterAgent
 from flowbus.states import StateType
 
 # An agent is online while its last heartbeat is at most this many intervals old.
@@ -43,6 +45,13 @@ class Agents(Runs):
         """Online: heard from within the last few agent heartbeat intervals."""
         window = timedelta(seconds=AGENT_ONLINE_BEATS * self.settings.heartbeat.agent_interval_seconds)
         return agent.last_seen >= datetime.now(UTC) - window
+
+    async def register_agent(
+        self, name: str, *, agent_type: str = "local", labels: list[str] | None = None, agent_id: str | None = None
+    ) -> AgentOut:
+        """Register (or, with the ``agent_id`` of a known agent, update) an agent; a new id when none is given."""
+        cmd = build(RegisterAgent, agent_id=agent_id or uuid7(), name=name, type=agent_type, labels=labels or [])
+        return await self.request(subjects.HeartbeatCommands.REGISTER_AGENT, cmd, AgentOut, idempotent=True)
 
     async def get_agents(self) -> AgentList:
         return await self.request(subjects.HeartbeatCommands.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)

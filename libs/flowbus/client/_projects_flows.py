@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import JsonValue
 
 from flowbus import subjects
+from flowbus.client._commands import build
 from flowbus.client._transport import Transport
 from flowbus.schemas.common import Empty
 from flowbus.schemas.flows import (
@@ -38,17 +39,22 @@ from flowbus.schemas.flows import (
 )
 
 
+def _ref(name: str | None, project_id: str | None) -> ProjectRef:
+    """A project named by name or by id; VALIDATION_ERROR unless exactly one is given."""
+    return build(ProjectRef, name=name, project_id=project_id)
+
+
 class ProjectsAndFlows(Transport):
     async def create_project(
         self, name: str, description: str | None = None, skip_if_exists: bool = False
     ) -> ProjectOut:
-        cmd = CreateProject(name=name, description=description, skip_if_exists=skip_if_exists)
+        cmd = build(CreateProject, name=name, description=description, skip_if_exists=skip_if_exists)
         return await self.request(subjects.RegistrationCommands.CREATE_PROJECT, cmd, ProjectOut)
 
-    async def get_project(self, name: str) -> ProjectOut:
-        return await self.request(
-            subjects.RegistrationCommands.GET_PROJECT, GetProject(name=name), ProjectOut, idempotent=True
-        )
+    async def get_project(self, name: str | None = None, *, project_id: str | None = None) -> ProjectOut:
+        """A project by name or by ``project_id`` (exactly one)."""
+        query = build(GetProject, name=name, project_id=project_id)
+        return await self.request(subjects.RegistrationCommands.GET_PROJECT, query, ProjectOut, idempotent=True)
 
     async def get_projects(self) -> list[ProjectOut]:
         out = await self.request(subjects.RegistrationCommands.LIST_PROJECTS, Empty(), ProjectList, idempotent=True)
@@ -63,7 +69,8 @@ class ProjectsAndFlows(Transport):
         labels: list[str] | None = None,
         set_schedule_active: bool = True,
     ) -> FlowOut:
-        cmd = RegisterFlow(
+        cmd = build(
+            RegisterFlow,
             project_name=project_name,
             serialized_flow=serialized_flow,
             version_group_id=version_group_id,
@@ -77,29 +84,35 @@ class ProjectsAndFlows(Transport):
 
     async def get_flow(self, flow_id: str) -> FlowOut:
         return await self.request(
-            subjects.RegistrationCommands.GET_FLOW, GetFlow(flow_id=flow_id), FlowOut, idempotent=True
+            subjects.RegistrationCommands.GET_FLOW, build(GetFlow, flow_id=flow_id), FlowOut, idempotent=True
         )
 
-    async def rename_project(self, name: str, new_name: str) -> ProjectOut:
-        cmd = RenameProject(project=ProjectRef(name=name), new_name=new_name)
+    async def rename_project(self, name: str | None, new_name: str, *, project_id: str | None = None) -> ProjectOut:
+        """Rename the project ``name`` (or, with ``name=None``, the one of ``project_id``)."""
+        cmd = build(RenameProject, project=_ref(name, project_id), new_name=new_name)
         return await self.request(subjects.RegistrationCommands.RENAME_PROJECT, cmd, ProjectOut)
 
-    async def set_project_description(self, name: str, description: str | None) -> ProjectOut:
-        cmd = SetProjectDescription(project=ProjectRef(name=name), description=description)
+    async def set_project_description(
+        self, name: str | None, description: str | None, *, project_id: str | None = None
+    ) -> ProjectOut:
+        cmd = build(SetProjectDescription, project=_ref(name, project_id), description=description)
         return await self.request(subjects.RegistrationCommands.SET_PROJECT_DESCRIPTION, cmd, ProjectOut)
 
-    async def delete_project(self, name: str) -> Deleted:
-        cmd = DeleteProject(project=ProjectRef(name=name))
+    async def delete_project(self, name: str | None, *, project_id: str | None = None) -> Deleted:
+        cmd = build(DeleteProject, project=_ref(name, project_id))
         return await self.request(subjects.RegistrationCommands.DELETE_PROJECT, cmd, Deleted)
 
     async def archive_flow(self, flow_id: str) -> FlowOut:
         return await self.request(
-            subjects.RegistrationCommands.ARCHIVE_FLOW, ArchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+            subjects.RegistrationCommands.ARCHIVE_FLOW, build(ArchiveFlow, flow_id=flow_id), FlowOut, idempotent=True
         )
 
     async def unarchive_flow(self, flow_id: str) -> FlowOut:
         return await self.request(
-            subjects.RegistrationCommands.UNARCHIVE_FLOW, UnarchiveFlow(flow_id=flow_id), FlowOut, idempotent=True
+            subjects.RegistrationCommands.UNARCHIVE_FLOW,
+            build(UnarchiveFlow, flow_id=flow_id),
+            FlowOut,
+            idempotent=True,
         )
 
     async def set_flow_settings(
@@ -110,7 +123,8 @@ class ProjectsAndFlows(Transport):
         lazarus_enabled: bool | None = None,
         version_locking_enabled: bool | None = None,
     ) -> FlowOut:
-        cmd = SetFlowSettings(
+        cmd = build(
+            SetFlowSettings,
             flow_id=flow_id,
             heartbeat_enabled=heartbeat_enabled,
             lazarus_enabled=lazarus_enabled,
@@ -129,11 +143,11 @@ class ProjectsAndFlows(Transport):
         return await self.set_flow_settings(flow_id, version_locking_enabled=value)
 
     async def set_flow_schedule_state(self, flow_id: str, active: bool) -> FlowOut:
-        cmd = SetFlowScheduleState(flow_id=flow_id, active=active)
+        cmd = build(SetFlowScheduleState, flow_id=flow_id, active=active)
         return await self.request(subjects.RegistrationCommands.SET_FLOW_SCHEDULE_STATE, cmd, FlowOut, idempotent=True)
 
     async def set_flow_group_labels(self, flow_group_id: str, labels: list[str] | None) -> FlowGroupOut:
-        cmd = SetFlowGroupLabels(flow_group_id=flow_group_id, labels=labels)
+        cmd = build(SetFlowGroupLabels, flow_group_id=flow_group_id, labels=labels)
         return await self.request(
             subjects.RegistrationCommands.SET_FLOW_GROUP_LABELS, cmd, FlowGroupOut, idempotent=True
         )
@@ -141,7 +155,7 @@ class ProjectsAndFlows(Transport):
     async def set_flow_group_default_parameters(
         self, flow_group_id: str, parameters: dict[str, JsonValue]
     ) -> FlowGroupOut:
-        cmd = SetFlowGroupDefaultParameters(flow_group_id=flow_group_id, parameters=parameters)
+        cmd = build(SetFlowGroupDefaultParameters, flow_group_id=flow_group_id, parameters=parameters)
         return await self.request(
             subjects.RegistrationCommands.SET_FLOW_GROUP_DEFAULT_PARAMETERS, cmd, FlowGroupOut, idempotent=True
         )
@@ -150,7 +164,7 @@ class ProjectsAndFlows(Transport):
         """Set the group's schedule (it overrides its flows' own); None clears it.
         VALIDATION_ERROR, nothing stored, when a live version with its schedule on
         has a required parameter some clock does not supply."""
-        cmd = SetFlowGroupSchedule(flow_group_id=flow_group_id, schedule=schedule)
+        cmd = build(SetFlowGroupSchedule, flow_group_id=flow_group_id, schedule=schedule)
         return await self.request(
             subjects.RegistrationCommands.SET_FLOW_GROUP_SCHEDULE, cmd, FlowGroupOut, idempotent=True
         )
@@ -162,5 +176,5 @@ class ProjectsAndFlows(Transport):
         archived: bool | None = None,
         newest_only: bool = True,
     ) -> list[FlowOut]:
-        query = ListFlows(project_name=project_name, name=name, archived=archived, newest_only=newest_only)
+        query = build(ListFlows, project_name=project_name, name=name, archived=archived, newest_only=newest_only)
         return (await self.request(subjects.RegistrationCommands.LIST_FLOWS, query, FlowList, idempotent=True)).flows

@@ -1,12 +1,14 @@
 """Flow runs and task runs: creation, queries and state changes.
 
-Writes: ``flowbus.cmd.run_creation.create_flow_run`` and ``flowbus.cmd.state.*`` requests.
+Writes: ``flowbus.cmd.run_creation.create_flow_run`` and ``flowbus.cmd.state.*`` requests,
+log batches on ``flowbus.logs.<flow_run_id>`` and heartbeats on ``flowbus.hb.flow_run.<id>``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import JsonValue
 
@@ -14,7 +16,9 @@ from flowbus import subjects
 from flowbus.client._commands import StateLike, build, state_spec
 from flowbus.client._transport import Transport
 from flowbus.ids import uuid7
-from flowbus.schemas.flows import Deleted
+from flowbus.schemas.agents import RunHeartbeat
+from flowbus.schemas.common import ValidationFailed
+from flowbus.schemas.flows import Deleted, RunConfigSpec
 from flowbus.schemas.runs import (
     CancelFlowRun,
     CreatedFlowRuns,
@@ -30,6 +34,7 @@ from flowbus.schemas.runs import (
     GetFlowRunLogs,
     HistoryEntry,
     ListFlowRuns,
+    LogBatch,
     LogList,
     LogRecord,
     SetFlowRunState,
@@ -38,6 +43,17 @@ from flowbus.schemas.runs import (
     StateSet,
 )
 from flowbus.states import StateType
+
+# Records per LogBatch message (the schema's cap).
+LOG_BATCH_MAX = 1000
+# A run id that fits in one subject token (logs and heartbeats are published on subjects naming the run).
+_SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _subject_token(run_id: str) -> str:
+    if not _SUBJECT_TOKEN.fullmatch(run_id):
+        raise ValidationFailed(f"Not a flow run id: {run_id!r}")
+    return run_id
 
 
 class Runs(Transport):
@@ -56,8 +72,10 @@ class Runs(Transport):
         run_name: str | None = None,
         scheduled_start_time: datetime | None = None,
         idempotency_key: str | None = None,
+        run_config: RunConfigSpec | None = None,
     ) -> FlowRunOut:
-        """Create a run (Scheduled, version 1); ``scheduled_start_time`` must be timezone-aware."""
+        """Create a run (Scheduled, version 1); ``scheduled_start_time`` must be timezone-aware;
+        ``run_config`` (its labels and env) replaces the flow's for this run."""
         cmd = build(
             CreateFlowRun,
             flow_id=flow_id,
@@ -69,6 +87,7 @@ class Runs(Transport):
             labels=labels,
             run_name=run_name,
             scheduled_start_time=scheduled_start_time,
+            run_config=run_config,
             # A random key per call makes the client's own retries safe.
             idempotency_key=idempotency_key or f"client-{uuid7()}",
         )
@@ -194,3 +213,25 @@ class Runs(Transport):
             limit=limit,
         )
         return (await self.request(subjects.StateCommands.GET_FLOW_RUN_LOGS, query, LogList, idempotent=True)).records
+
+    async def write_logs(self, records: Sequence[LogRecord]) -> int:
+        """Ship log records to the LOGS stream, where the state service stores them
+        (records of a run that does not exist are dropped there): one batch per
+        run and per ``LOG_BATCH_MAX`` records, each acknowledged by JetStream
+        before this returns. How many records were shipped."""
+        by_run: dict[str, list[LogRecord]] = {}
+        for record in records:
+            by_run.setdefault(_subject_token(record.flow_run_id), []).append(record)
+        js = (await self.connect()).jetstream()
+        for flow_run_id, run_records in by_run.items():
+            for start in range(0, len(run_records), LOG_BATCH_MAX):
+                batch = LogBatch(records=run_records[start : start + LOG_BATCH_MAX])
+                await js.publish(subjects.logs(flow_run_id), batch.model_dump_json().encode())
+        return len(records)
+
+    async def send_flow_run_heartbeat(self, flow_run_id: str, task_run_id: str | None = None) -> None:
+        """Publish one heartbeat of the run now, as its runner does (fire and forget:
+        the heartbeat service records it; one for an unknown run is dropped there)."""
+        beat = build(RunHeartbeat, flow_run_id=flow_run_id, task_run_id=task_run_id, timestamp=datetime.now(UTC))
+        nc = await self.connect()
+        await nc.publish(subjects.flow_run_heartbeat(_subject_token(flow_run_id)), beat.model_dump_json().encode())

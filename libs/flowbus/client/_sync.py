@@ -147,12 +147,15 @@ class Client:
     create_flow_runs = blocking(AsyncClient.create_flow_runs)
     get_flow_run_history = blocking(AsyncClient.get_flow_run_history)
     get_flow_run_logs = blocking(AsyncClient.get_flow_run_logs)
+    write_logs = blocking(AsyncClient.write_logs)
+    send_flow_run_heartbeat = blocking(AsyncClient.send_flow_run_heartbeat)
     watch_flow_run = blocking_iter(AsyncClient.watch_flow_run)
     follow_flow_run = blocking_iter(AsyncClient.follow_flow_run)
 
     # ---- agents ---------------------------------------------------------------
 
     get_agents = blocking(AsyncClient.get_agents)
+    register_agent = blocking(AsyncClient.register_agent)
     explain_waiting_run = blocking(AsyncClient.explain_waiting_run)
     get_schedule = blocking(AsyncClient.get_schedule)
     get_scheduler_status = blocking(AsyncClient.get_scheduler_status)

@@ -1,0 +1,453 @@
+"""The write side of the GraphQL API: Prefect Server 1.x's mutations (and the
+camelCase names of the Prefect Cloud documentation), each sent as a command
+to the service that owns what it changes.
+
+Inputs are checked here (``convert``) before anything is sent, so a refused
+input changes nothing; a service's refusal (a ``FlowbusError``) keeps its
+code. The gateway reads the database only to name what a command needs
+(a task run's flow run, whether runs exist) and never writes it.
+
+Writes: ``flowbus.cmd.registration.*`` (projects, flows, flow groups),
+``flowbus.cmd.run_creation.create_flow_run``, ``flowbus.cmd.state.*``
+(states, cancel, delete), ``flowbus.cmd.heartbeat.register_agent``, log
+batches on ``flowbus.logs.<flow_run_id>`` and heartbeats on
+``flowbus.hb.flow_run.<id>``. Reads: the replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, TypeAlias
+
+from ariadne import MutationType
+from graphql import GraphQLResolveInfo
+from sqlalchemy import select
+
+from flowbus.client import AsyncClient, build
+from flowbus.db.tables import FlowRun, TaskRun
+from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
+from flowbus.schemas.flows import SerializedFlow
+from flowbus.schemas.runs import LogRecord, StateSpec
+from flowbus_services.gateway.context import RequestContext
+from flowbus_services.gateway.convert import (
+    decompress_flow,
+    json_object,
+    run_config_from_input,
+    schedule_from_clocks,
+    serialized_flow_from_input,
+    state_from_input,
+    with_description,
+)
+from flowbus_services.gateway.errors import Code, refusal
+
+mutation = MutationType()
+
+Info: TypeAlias = "GraphQLResolveInfo[RequestContext]"
+Resolver = Callable[..., Awaitable[dict[str, Any]]]
+SUCCESS: Final = {"success": True, "error": None}
+# What the Prefect client matches on a duplicate project name (its create_project falls back then).
+UNIQUENESS_VIOLATION: Final = "Uniqueness violation."
+# A state set without a version is set at the run's current one; when another
+# writer moves the run in between, the state is tried again at the new version.
+UNVERSIONED_ATTEMPTS: Final = 5
+AGENT_ID_HEADER: Final = "x-prefect-agent-id"
+
+_flow_run = FlowRun.__table__  # type: ignore[attr-defined]
+_task_run = TaskRun.__table__  # type: ignore[attr-defined]
+
+
+def _context(info: Info) -> RequestContext:
+    return info.context
+
+
+def _client(info: Info) -> AsyncClient:
+    return _context(info).gateway.client
+
+
+def _field(name: str) -> Callable[[Resolver], Resolver]:
+    """Bind a resolver of ``input`` to the Mutation field ``name``."""
+
+    def bind(resolver: Resolver) -> Resolver:
+        mutation.set_field(name, resolver)
+        return resolver
+
+    return bind
+
+
+# ---- projects ---------------------------------------------------------------
+
+
+@_field("create_project")
+async def resolve_create_project(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    try:
+        out = await _client(info).create_project(input["name"], input.get("description"))
+    except Conflict:
+        raise refusal(UNIQUENESS_VIOLATION, Code.CONFLICT) from None
+    return {"id": out.id}
+
+
+@_field("set_project_name")
+async def resolve_set_project_name(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    try:
+        await _client(info).rename_project(None, input["name"], project_id=input["project_id"])
+    except Conflict:
+        raise refusal(UNIQUENESS_VIOLATION, Code.CONFLICT) from None
+    return SUCCESS
+
+
+@_field("set_project_description")
+async def resolve_set_project_description(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).set_project_description(None, input.get("description"), project_id=input["project_id"])
+    return SUCCESS
+
+
+@_field("delete_project")
+async def resolve_delete_project(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).delete_project(None, project_id=input["project_id"])
+    return SUCCESS
+
+
+# ---- flows ------------------------------------------------------------------
+
+
+async def _create_flow(
+    info: Info,
+    flow: SerializedFlow,
+    *,
+    project_id: str,
+    version_group_id: str | None,
+    set_schedule_active: bool | None,
+    description: str | None,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    client = _client(info)
+    if description is not None:
+        flow = with_description(flow, description)
+    project = await client.get_project(project_id=project_id)
+    out = await client.register(
+        flow,
+        project.name,
+        version_group_id=version_group_id,
+        idempotency_key=idempotency_key,
+        set_schedule_active=True if set_schedule_active is None else set_schedule_active,
+    )
+    return {"id": out.id}
+
+
+@_field("create_flow")
+async def resolve_create_flow(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    return await _create_flow(
+        info,
+        serialized_flow_from_input(input["serialized_flow"]),
+        project_id=input["project_id"],
+        version_group_id=input.get("version_group_id"),
+        set_schedule_active=input.get("set_schedule_active"),
+        description=input.get("description"),
+        idempotency_key=input.get("idempotency_key"),
+    )
+
+
+@_field("create_flow_from_compressed_string")
+async def resolve_create_flow_compressed(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    return await _create_flow(
+        info,
+        serialized_flow_from_input(decompress_flow(input["serialized_flow"])),
+        project_id=input["project_id"],
+        version_group_id=input.get("version_group_id"),
+        set_schedule_active=input.get("set_schedule_active"),
+        description=input.get("description"),
+        idempotency_key=input.get("idempotency_key"),
+    )
+
+
+@_field("createFlow")
+async def resolve_create_flow_camel(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    return await _create_flow(
+        info,
+        serialized_flow_from_input(input["serializedFlow"]),
+        project_id=input["projectId"],
+        version_group_id=input.get("versionGroupId"),
+        set_schedule_active=input.get("setScheduleActive"),
+        description=input.get("description"),
+        idempotency_key=input.get("idempotencyKey"),
+    )
+
+
+def _archiving(archived: bool, flow_id_field: str) -> Resolver:
+    async def resolve(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        client = _client(info)
+        flow_id = input[flow_id_field]
+        out = await (client.archive_flow(flow_id) if archived else client.unarchive_flow(flow_id))
+        return {"id": out.id, **SUCCESS}
+
+    return resolve
+
+
+for _name, _archived, _id_field in (
+    ("archive_flow", True, "flow_id"),
+    ("unarchive_flow", False, "flow_id"),
+    ("archiveFlow", True, "flowId"),
+    ("unarchiveFlow", False, "flowId"),
+):
+    mutation.set_field(_name, _archiving(_archived, _id_field))
+
+
+def _flow_setting(setting: str, value: bool) -> Resolver:
+    """A snake_case toggle of one flow-group setting: ``setting`` becomes ``value``."""
+
+    async def resolve(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        await _client(info).set_flow_settings(input["flow_id"], **{setting: value})
+        return SUCCESS
+
+    return resolve
+
+
+def _flow_setting_by_value(setting: str, *, enables: bool) -> Resolver:
+    """A camelCase toggle: ``value: true`` enables the setting when ``enables``, disables it otherwise."""
+
+    async def resolve(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        value = input.get("value")
+        if value is None:
+            raise refusal("value must be true or false.", Code.VALIDATION_ERROR)
+        await _client(info).set_flow_settings(input["flowId"], **{setting: value if enables else not value})
+        return SUCCESS
+
+    return resolve
+
+
+for _name, _setting, _value in (
+    ("disable_flow_heartbeat", "heartbeat_enabled", False),
+    ("enable_flow_heartbeat", "heartbeat_enabled", True),
+    ("disable_flow_lazarus_process", "lazarus_enabled", False),
+    ("enable_flow_lazarus_process", "lazarus_enabled", True),
+    ("enable_flow_version_locking", "version_locking_enabled", True),
+    ("disable_flow_version_locking", "version_locking_enabled", False),
+):
+    mutation.set_field(_name, _flow_setting(_setting, _value))
+
+mutation.set_field("disableFlowHeartbeat", _flow_setting_by_value("heartbeat_enabled", enables=False))
+mutation.set_field("disableLazarusForFlow", _flow_setting_by_value("lazarus_enabled", enables=False))
+mutation.set_field("enableFlowVersionLocking", _flow_setting_by_value("version_locking_enabled", enables=True))
+
+
+def _schedule_state(active: bool) -> Resolver:
+    async def resolve(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        await _client(info).set_flow_schedule_state(input["flow_id"], active)
+        return SUCCESS
+
+    return resolve
+
+
+mutation.set_field("set_schedule_active", _schedule_state(True))
+mutation.set_field("set_schedule_inactive", _schedule_state(False))
+
+
+@_field("setFlowScheduleState")
+async def resolve_set_flow_schedule_state(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).set_flow_schedule_state(input["flowId"], input["setActive"])
+    return SUCCESS
+
+
+# ---- flow groups --------------------------------------------------------------
+
+
+@_field("set_flow_group_labels")
+async def resolve_set_flow_group_labels(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).set_flow_group_labels(input["flow_group_id"], input.get("labels"))
+    return SUCCESS
+
+
+@_field("set_flow_group_default_parameters")
+async def resolve_set_flow_group_default_parameters(
+    _: Any,
+    info: Info,
+    input: dict[str, Any],
+) -> dict[str, Any]:
+    parameters = json_object(input["parameters"], "parameters")
+    await _client(info).set_flow_group_default_parameters(input["flow_group_id"], parameters)
+    return SUCCESS
+
+
+@_field("set_flow_group_schedule")
+async def resolve_set_flow_group_schedule(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    schedule = schedule_from_clocks(input.get("cron_clocks"), input.get("interval_clocks"), input.get("timezone"))
+    await _client(info).set_flow_group_schedule(input["flow_group_id"], schedule)
+    return SUCCESS
+
+
+@_field("delete_flow_group_schedule")
+async def resolve_delete_flow_group_schedule(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).set_flow_group_schedule(input["flow_group_id"], None)
+    return SUCCESS
+
+
+# ---- runs ---------------------------------------------------------------------
+
+
+@_field("create_flow_run")
+async def resolve_create_flow_run(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    out = await _client(info).create_flow_run(
+        input.get("flow_id"),
+        version_group_id=input.get("version_group_id"),
+        parameters=json_object(input.get("parameters"), "parameters"),
+        context=json_object(input.get("context"), "context"),
+        labels=input.get("labels"),
+        run_name=input.get("flow_run_name"),
+        scheduled_start_time=input.get("scheduled_start_time"),
+        idempotency_key=input.get("idempotency_key"),
+        run_config=run_config_from_input(input.get("run_config")),
+    )
+    return {"id": out.id}
+
+
+def _agent_id(info: Info) -> str | None:
+    """The agent a state comes from: Prefect's agents name themselves in a header
+    (the run records who submitted it)."""
+    return _context(info).headers.get(AGENT_ID_HEADER) or None
+
+
+async def _set_flow_run_state(info: Info, flow_run_id: str, version: int | None, state: StateSpec) -> str:
+    """Set one flow run state: at ``version``, or (None) at the run's current version."""
+    client, agent_id = _client(info), _agent_id(info)
+    if version is not None:
+        return (await client.set_flow_run_state(flow_run_id, version, state.model_dump(), agent_id=agent_id)).id
+    for attempt in range(UNVERSIONED_ATTEMPTS):
+        current = (await client.get_flow_run(flow_run_id)).run.version
+        try:
+            return (await client.set_flow_run_state(flow_run_id, current, state.model_dump(), agent_id=agent_id)).id
+        except VersionLockingError:
+            if attempt == UNVERSIONED_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _task_run_version(info: Info, task_run_id: str) -> int:
+    """A task run's current version, from the state service (its flow run's detail)."""
+    async with _context(info).gateway.db.read_connection() as conn:
+        flow_run_id = (
+            await conn.execute(select(_task_run.c.flow_run_id).where(_task_run.c.id == task_run_id))
+        ).scalar_one_or_none()
+    if flow_run_id is not None:
+        detail = await _client(info).get_flow_run(flow_run_id)
+        for task_run in detail.task_runs:
+            if task_run.id == task_run_id:
+                return task_run.version
+    raise NotFound(f"Task run {task_run_id} not found")
+
+
+async def _set_task_run_state(info: Info, task_run_id: str, version: int | None, state: StateSpec) -> str:
+    client = _client(info)
+    if version is not None:
+        return (await client.set_task_run_state(task_run_id, version, state.model_dump())).id
+    for attempt in range(UNVERSIONED_ATTEMPTS):
+        current = await _task_run_version(info, task_run_id)
+        try:
+            return (await client.set_task_run_state(task_run_id, current, state.model_dump())).id
+        except VersionLockingError:
+            if attempt == UNVERSIONED_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _state_result(run_id: str) -> dict[str, Any]:
+    return {"id": run_id, "status": "SUCCESS", "message": None}
+
+
+def _states(items: Iterable[Mapping[str, Any]], id_field: str) -> list[tuple[str, int | None, StateSpec]]:
+    """Every item's run id, version and state, all checked before any is set."""
+    return [(item[id_field], item.get("version"), state_from_input(item["state"])) for item in items]
+
+
+@_field("set_flow_run_states")
+async def resolve_set_flow_run_states(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    # One after another, in the order given: a refusal stops the batch there
+    # (the states before it are set) and is the mutation's error.
+    results = []
+    for run_id, version, state in _states(input["states"], "flow_run_id"):
+        results.append(_state_result(await _set_flow_run_state(info, run_id, version, state)))
+    return {"states": results}
+
+
+@_field("set_task_run_states")
+async def resolve_set_task_run_states(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    results = []
+    for run_id, version, state in _states(input["states"], "task_run_id"):
+        results.append(_state_result(await _set_task_run_state(info, run_id, version, state)))
+    return {"states": results}
+
+
+@_field("set_flow_run_state")
+async def resolve_set_flow_run_state(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    state = state_from_input(input["state"])
+    return _state_result(await _set_flow_run_state(info, input["flow_run_id"], input.get("version"), state))
+
+
+@_field("set_task_run_state")
+async def resolve_set_task_run_state(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    state = state_from_input(input["state"])
+    return _state_result(await _set_task_run_state(info, input["task_run_id"], input.get("version"), state))
+
+
+@_field("cancel_flow_run")
+async def resolve_cancel_flow_run(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    out = await _client(info).cancel_flow_run(input["flow_run_id"])
+    return {"state": out.state.type.value}
+
+
+@_field("delete_flow_run")
+async def resolve_delete_flow_run(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).delete_flow_run(input["flow_run_id"])
+    return SUCCESS
+
+
+async def _require_flow_runs(info: Info, flow_run_ids: set[str]) -> None:
+    """NOT_FOUND unless every run exists: logs and heartbeats are published, not
+    answered, so an unknown run is caught here rather than dropped unseen."""
+    async with _context(info).gateway.db.read_connection() as conn:
+        found = set(
+            (await conn.execute(select(_flow_run.c.id).where(_flow_run.c.id.in_(sorted(flow_run_ids))))).scalars()
+        )
+    missing = sorted(flow_run_ids - found)
+    if missing:
+        raise NotFound(f"Flow run {missing[0]} not found")
+
+
+@_field("write_run_logs")
+async def resolve_write_run_logs(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    records = [
+        build(
+            LogRecord,
+            flow_run_id=item["flow_run_id"],
+            task_run_id=item.get("task_run_id"),
+            timestamp=item.get("timestamp") or now,
+            name=item.get("name") or "",
+            level=item.get("level") or "INFO",
+            message=item.get("message") or "",
+            info=None if item.get("info") is None else json_object(item["info"], "info"),
+        )
+        for item in input["logs"]
+    ]
+    if records:
+        await _require_flow_runs(info, {r.flow_run_id for r in records})
+        await _client(info).write_logs(records)
+    return SUCCESS
+
+
+@_field("update_flow_run_heartbeat")
+async def resolve_update_flow_run_heartbeat(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _require_flow_runs(info, {input["flow_run_id"]})
+    await _client(info).send_flow_run_heartbeat(input["flow_run_id"])
+    return SUCCESS
+
+
+@_field("register_agent")
+async def resolve_register_agent(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    out = await _client(info).register_agent(
+        input.get("name") or input["type"], agent_type=input["type"], labels=input.get("labels")
+    )
+    return {"id": out.id}
+
+
+BINDABLES = [mutation]
