@@ -14,10 +14,12 @@ Every feed comes from JetStream, never from polling:
   before its final state, and the log writer may not have stored them yet).
 - ``flow_state_changes`` / ``project_state_changes``: a state event names
   neither the flow nor the project (subject ``flowbus.evt.flow_run.<id>.state``,
-  payload ``StateChanged``), so one consumer of every run's ``.state``, new
-  messages only, filters through ``RunOwners``: a bounded cache of run ->
-  (flow, project) read from the database once per run (a run never changes
-  flow, a flow never changes project).
+  payload ``StateChanged``), so a consumer of every run's ``.state``, new
+  messages only, looks each event's run up in ``RunOwners`` (a bounded cache
+  of run -> (flow, project), read from the database once per run: a run
+  never changes flow, a flow never changes project) and hands it to the
+  feeds that want it. One such consumer per gateway (``StateHub``) serves all
+  its flow and project feeds: the cost of an event does not grow with them.
 
 Consumers are ephemeral, acknowledge nothing, and are deleted as soon as the
 feed ends, the client completes it or disconnects; those of a gateway that
@@ -39,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from ariadne import SubscriptionType
-from graphql import GraphQLResolveInfo
+from graphql import GraphQLError, GraphQLResolveInfo
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -54,7 +56,7 @@ from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowRun, Log, Project, StateHistory
 from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, LogBatch, LogRecord, StateChanged
 from flowbus.states import StateType, is_finished
-from flowbus_services.gateway.context import RequestContext
+from flowbus_services.gateway.context import Gateway, RequestContext
 from flowbus_services.gateway.errors import Code, refusal
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,7 @@ class Feed:
 
     async def get(self) -> Msg:
         if self.overflowed:
-            raise refusal("The subscription fell too far behind its events: subscribe again.", Code.INTERNAL)
+            raise _behind()
         return await self.queue.get()
 
     async def last_sequence(self, stream: str, subject: str) -> int:
@@ -408,23 +410,127 @@ async def run_logs(
                 through = await feed.last_sequence(subjects.LOGS_STREAM, logs_subject)
 
 
-async def owned_states(
-    context: RequestContext, *, flow_id: str | None = None, project_id: str | None = None
-) -> AsyncGenerator[dict[str, Any], None]:
-    every_run = subjects.flow_run_event("*", _STATE)
-    async with open_feed(context) as feed:
-        await feed.consume(subjects.EVENTS_STREAM, every_run, DeliverPolicy.NEW)
+class Listener:
+    """One flow or project feed of a hub: the state changes it wants, queued for its client."""
+
+    def __init__(self, *, flow_id: str | None = None, project_id: str | None = None) -> None:
+        self.flow_id = flow_id
+        self.project_id = project_id
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None: failed
+        self.failure: GraphQLError | None = None
+
+    def wants(self, owners: Owners) -> bool:
+        return owners.flow_id == self.flow_id or owners.project_id == self.project_id
+
+    def offer(self, item: dict[str, Any]) -> None:
+        if self.queue.qsize() >= MAX_BACKLOG:
+            self.fail(_behind())
+        else:
+            self.queue.put_nowait(item)
+
+    def fail(self, error: GraphQLError) -> None:
+        if self.failure is None:
+            self.failure = error
+            self.queue.put_nowait(None)
+
+    async def get(self) -> dict[str, Any]:
+        item = None if self.failure is not None else await self.queue.get()
+        if item is None:
+            assert self.failure is not None
+            raise self.failure
+        return item
+
+
+class StateHub:
+    """The flow and project feeds of one gateway share one consumer of every run's state events.
+
+    Started by the first feed, stopped (its consumer deleted) when the last
+    one leaves; each event's run is looked up once, whatever the number of feeds.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.listeners: set[Listener] = set()
+        self.lock = asyncio.Lock()
+        self._feed: Feed | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def join(self, listener: Listener) -> None:
+        async with self.lock:
+            if self._pump is None:
+                feed = Feed(await self.gateway.client.connect(), self.gateway.settings.nats.request_timeout)
+                try:
+                    await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event("*", _STATE), DeliverPolicy.NEW)
+                except BaseException:
+                    await asyncio.shield(feed.close())
+                    raise
+                self._feed, self._pump = feed, asyncio.create_task(self._run(feed))
+            self.listeners.add(listener)
+
+    async def leave(self, listener: Listener) -> None:
+        async with self.lock:
+            self.listeners.discard(listener)
+            if self.listeners or self._pump is None:
+                return
+            pump, feed = self._pump, self._feed
+            self._pump = self._feed = None
+            if _HUBS.get(id(self.gateway)) is self:
+                del _HUBS[id(self.gateway)]
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        assert feed is not None
+        await feed.close()
+
+    async def _run(self, feed: Feed) -> None:
+        try:
+            while True:
+                msg = await feed.get()
+                changed = StateChanged.model_validate_json(msg.data)
+                owners = await OWNERS.get(self.gateway.db, changed.flow_run_id)
+                if owners is None:
+                    continue
+                item: dict[str, Any] | None = None
+                for listener in self.listeners:
+                    if listener.wants(owners):
+                        item = item or _live_state(changed, owners)
+                        listener.offer(item)
+        except Exception as exc:
+            log.exception("the flow and project state feeds failed")
+            error = exc if isinstance(exc, GraphQLError) else refusal("The state feed failed.", Code.INTERNAL)
+            async with self.lock:
+                failed, self.listeners = self.listeners, set()
+                if self._pump is asyncio.current_task():
+                    self._pump = self._feed = None
+            await feed.close()
+            for listener in failed:
+                listener.fail(error)
+
+
+# The hub of each gateway of the process that has flow or project feeds now.
+_HUBS: dict[int, StateHub] = {}
+
+
+def _hub(gateway: Gateway) -> StateHub:
+    hub = _HUBS.get(id(gateway))
+    if hub is None:
+        hub = _HUBS[id(gateway)] = StateHub(gateway)
+    return hub
+
+
+async def owned_states(context: RequestContext, listener: Listener) -> AsyncGenerator[dict[str, Any], None]:
+    hub = _hub(context.gateway)
+    await hub.join(listener)
+    try:
         while True:
-            msg = await feed.get()
-            changed = StateChanged.model_validate_json(msg.data)
-            owners = await OWNERS.get(context.gateway.db, changed.flow_run_id)
-            if owners is None:
-                continue
-            if (flow_id is not None and owners.flow_id != flow_id) or (
-                project_id is not None and owners.project_id != project_id
-            ):
-                continue
-            yield _live_state(changed, owners)
+            yield await listener.get()
+    finally:
+        # Shielded: a cancelled operation (the client completed it) still leaves.
+        await asyncio.shield(hub.leave(listener))
+
+
+def _behind() -> GraphQLError:
+    return refusal("The subscription fell too far behind its events: subscribe again.", Code.INTERNAL)
 
 
 # ---- resolvers --------------------------------------------------------------
@@ -460,14 +566,14 @@ async def source_flow_state_changes(
     _: Any, info: GraphQLResolveInfo[RequestContext], flow_id: str
 ) -> AsyncGenerator[dict[str, Any], None]:
     await _exists(info.context, col(Flow.id), flow_id, "flow")
-    return owned_states(info.context, flow_id=flow_id)
+    return owned_states(info.context, Listener(flow_id=flow_id))
 
 
 async def source_project_state_changes(
     _: Any, info: GraphQLResolveInfo[RequestContext], project_id: str
 ) -> AsyncGenerator[dict[str, Any], None]:
     await _exists(info.context, col(Project.id), project_id, "project")
-    return owned_states(info.context, project_id=project_id)
+    return owned_states(info.context, Listener(project_id=project_id))
 
 
 def _event(event: dict[str, Any], *_: Any, **_arguments: Any) -> dict[str, Any]:

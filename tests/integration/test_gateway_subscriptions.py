@@ -15,13 +15,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from graphql import parse, validate
 from websockets.asyncio.client import connect
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
+from flowbus.schemas.api_keys import Role
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.settings import Settings
 from flowbus.states import StateType
+from flowbus_services.gateway.auth import Principal
+from flowbus_services.gateway.schema import build_schema
+from flowbus_services.gateway.websocket import permission_rule
 from tests.helpers.builders import register, unique
 from tests.helpers.gateway import GraphQL
 from tests.helpers.graphql_ws import PROTOCOL, GraphQLWS, refusal
@@ -30,12 +35,14 @@ from tests.helpers.waiting import eventually
 RUN_STATES = """
 subscription ($id: uuid!) {
   flow_run_state_changes(flow_run_id: $id) {
-    flow_run_id flow_id project_id version state previous_state message deleted replayed
+    flow_run_id flow_id project_id version state previous_state message timestamp deleted replayed
   }
 }"""
 RUN_LOGS = """
 subscription ($id: uuid!, $level: String) {
-  flow_run_logs(flow_run_id: $id, level: $level) { flow_run_id task_run_id name level message info replayed }
+  flow_run_logs(flow_run_id: $id, level: $level) {
+    flow_run_id task_run_id timestamp name level message info replayed
+  }
 }"""
 FLOW_STATES = """
 subscription ($id: uuid!) { flow_state_changes(flow_id: $id) { flow_run_id flow_id project_id version state } }"""
@@ -99,6 +106,9 @@ async def test_a_runs_states_are_replayed_then_live_and_end_with_a_finished_stat
     ]
     assert {(i["flow_run_id"], i["flow_id"], i["project_id"]) for i in replayed} == {(run.id, flow.id, flow.project_id)}
     assert {i["deleted"] for i in replayed} == {False}
+    first_timestamp = datetime.fromisoformat(replayed[0]["timestamp"])
+    assert first_timestamp.tzinfo is not None
+    assert first_timestamp <= datetime.fromisoformat(replayed[1]["timestamp"])
 
     v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
     running = (await feed.next())["flow_run_state_changes"]
@@ -132,6 +142,7 @@ async def test_a_deleted_runs_feed_ends_with_a_deletion(client: AsyncClient, ws:
     await client.delete_flow_run(run.id)
     rest = [i["flow_run_state_changes"] for i in await feed.until_complete()]
     assert [(i["deleted"], i["state"], i["version"]) for i in rest] == [(True, None, None)]
+    assert datetime.fromisoformat(rest[0]["timestamp"]) > datetime.now(UTC) - timedelta(minutes=5)
     # Gone: now it is unknown.
     assert await (await ws.subscribe(RUN_STATES, {"id": run.id})).error_codes() == ["NOT_FOUND"]
 
@@ -156,6 +167,7 @@ async def test_a_runs_logs_are_replayed_then_live_until_it_ends(client: AsyncCli
         ("three", "WARNING", True),
     ]
     assert replayed[0]["flow_run_id"] == run.id
+    assert [datetime.fromisoformat(i["timestamp"]) for i in replayed] == [t0 + timedelta(seconds=i) for i in range(3)]
     assert replayed[0]["task_run_id"] is None
     assert [i["flow_run_logs"]["message"] for i in await warnings.take(1)] == ["three"]
 
@@ -164,6 +176,7 @@ async def test_a_runs_logs_are_replayed_then_live_until_it_ends(client: AsyncCli
     await publish_logs(client, run.id, [("INFO", "four"), ("ERROR", "five")], t0 + timedelta(minutes=1))
     live = [i["flow_run_logs"] for i in await feed.take(2)]
     assert [(i["message"], i["replayed"]) for i in live] == [("four", False), ("five", False)]
+    assert datetime.fromisoformat(live[1]["timestamp"]) == t0 + timedelta(minutes=1, seconds=1)
 
     # The last lines shipped just before the final state still arrive, then the feed ends.
     await publish_logs(client, run.id, [("CRITICAL", "six")], t0 + timedelta(minutes=2))
@@ -188,8 +201,8 @@ async def test_flow_and_project_feeds_carry_their_runs_states_live(client: Async
     async with GraphQLWS.connect(ws_url(gql)) as ws:
         flow_feed = await ws.subscribe(FLOW_STATES, {"id": flow_a.id})
         project_feed = await ws.subscribe(PROJECT_STATES, {"id": flow_a.project_id})
-        # Live from now: both consumers exist before anything happens.
-        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 2)
+        # Live from now: the gateway's one consumer of every run's states exists before anything happens.
+        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 1)
 
         # Another project's run first: had it passed the filter, it would come first.
         run_c = await client.create_flow_run(flow_c.id)
@@ -215,7 +228,28 @@ async def test_flow_and_project_feeds_carry_their_runs_states_live(client: Async
         # Flow b's run came after a's on the stream: the flow feed skipped it.
         run_a2 = await client.create_flow_run(flow_a.id)
         assert [(i["flow_state_changes"]["flow_run_id"]) for i in await flow_feed.take(1)] == [run_a2.id]
-    # Disconnected: the gateway deleted both consumers.
+    # Disconnected: the gateway deleted the consumer.
+    await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 0)
+
+
+async def test_feeds_of_several_clients_share_one_consumer_until_the_last_leaves(
+    client: AsyncClient, gql: GraphQL
+) -> None:
+    flow = await register(client, unique("p"), "f")
+    async with GraphQLWS.connect(ws_url(gql)) as first, GraphQLWS.connect(ws_url(gql)) as second:
+        feeds = [await ws.subscribe(FLOW_STATES, {"id": flow.id}) for ws in (first, second, second)]
+        project_feed = await first.subscribe(PROJECT_STATES, {"id": flow.project_id})
+        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 1)
+        run = await client.create_flow_run(flow.id)
+        for feed in [*feeds, project_feed]:
+            item = (await feed.take(1))[0]
+            assert next(iter(item.values()))["flow_run_id"] == run.id
+        await first.close()
+        await feeds[1].complete()
+        # The second client's remaining feed still gets every change.
+        await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)
+        assert [i["flow_state_changes"]["state"] for i in await feeds[2].take(1)] == ["Submitted"]
+        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 1)
     await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 0)
 
 
@@ -327,3 +361,19 @@ class TestKeys:
             await raw.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "{ hello }"}}))
             await raw.wait_closed()
             assert raw.close_code == 4401
+
+
+def test_a_role_may_subscribe_only_where_it_may_read() -> None:
+    """The permission rule of the socket's operations (every role reads; keys are admin's)."""
+    schema = build_schema()
+    reader = Principal("reader", Role.READ_ONLY)
+
+    def codes(query: str, principal: Principal) -> list[str]:
+        rule = permission_rule(principal, None)
+        return [e.extensions["code"] for e in validate(schema, parse(query), [rule]) if e.extensions]
+
+    assert codes('subscription { flow_state_changes(flow_id: "x") { state } }', reader) == []
+    assert codes("{ hello }", reader) == []
+    assert codes("mutation { create_flow_run }", reader) == ["FORBIDDEN"]
+    assert codes("{ api_key { name } }", Principal("runner", Role.RUNNER)) == ["FORBIDDEN"]
+    assert codes("mutation { create_flow_run }", Principal("admin", Role.ADMIN)) == []
