@@ -345,7 +345,8 @@ async def test_a_message_over_the_size_limit_closes_with_1009(ws: GraphQLWS, sta
 
 class TestKeys:
     @pytest.fixture
-    def settings(self, settings: Settings) -> Settings:
+    def settings(self, settings: Settings, database_url: str) -> Settings:
+        # (database_url named here too, or pytest loses its parameters through the override)
         return settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"auth": "on"})})
 
     async def test_no_key_or_a_wrong_key_is_refused_with_4403(self, gql: GraphQL) -> None:
