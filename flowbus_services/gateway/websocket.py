@@ -5,21 +5,25 @@ sends ``connection_init``. Its key comes in that message's payload
 (``{"Authorization": "Bearer <key>"}``, lower-case ``authorization``, or
 either inside ``{"headers": {...}}``) or else in the upgrade request's
 Authorization header; a missing or bad key closes the socket with 4403
-(Forbidden), without ``connection_ack``. Each ``subscribe`` is then checked
-as an HTTP request is (syntax, schema, depth, and each root field's
-permission for the key's role) and refused with an ``error`` message whose
-entries carry the code (``VALIDATION_ERROR``, ``FORBIDDEN``, ``NOT_FOUND``
-from a subscription's own checks), or run: a subscription sends ``next``
+(Forbidden), without ``connection_ack``. A key deleted while its socket is
+open stops the socket's operations and closes it with 4403 at once (the
+deletion's event), and each ``subscribe`` checks the key again. Each
+operation is checked as an HTTP request is: each root field's permission for the key's role first (FORBIDDEN),
+then syntax, schema and depth (VALIDATION_ERROR). A refusal is an ``error``
+message whose entries carry the code (``NOT_FOUND`` too, from a
+subscription's own checks); otherwise the operation runs: a subscription sends ``next``
 messages until it ends (``complete``) or the client sends ``complete``; a
 query or mutation sends one ``next``. A message that is not a JSON object of
 the protocol closes the socket with 4400, one over ``gateway.max_body_bytes``
 with 1009 (too big).
 
-Reads and writes nothing on NATS itself: the subscriptions' sources do.
+Reads: ``flowbus.evt.api_key.<id>.deleted`` (core NATS) for each open socket's
+key. Writes nothing on NATS: the subscriptions' sources read the streams.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,12 +33,16 @@ from ariadne.asgi import GraphQL
 from ariadne.asgi.handlers import GraphQLHTTPHandler, GraphQLTransportWSHandler
 from ariadne.graphql import validate_data
 from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, parse
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnected, WebSocketState
 
+from flowbus import subjects
 from flowbus_services.gateway.auth import Principal, forbidden_fields
 from flowbus_services.gateway.context import Gateway, RequestContext
-from flowbus_services.gateway.errors import Code, format_error
+from flowbus_services.gateway.errors import Code, error, format_error
 from flowbus_services.gateway.validation import depth_limit
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,8 @@ Authenticate = Callable[[Gateway, Mapping[str, str]], Awaitable[Principal | None
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_BIG = 1009
+# The fact of flowbus.evt.api_key.<id>.<fact> that revokes a key.
+KEY_DELETED = "deleted"
 # What receive_json answers for a frame that is not a JSON object, or too big.
 _INVALID = {"type": None}
 _TOO_BIG = {"type": "__too_big__"}
@@ -93,26 +103,14 @@ def _credentials(websocket: WebSocket, payload: Any) -> dict[str, str]:
     return found
 
 
-def permission_rule(principal: Principal, operation_name: str | None) -> type[ASTValidationRule]:
-    """A rule refusing (FORBIDDEN) a root field the principal's role may not use."""
-
-    class Permission(ASTValidationRule):
-        def enter_document(self, node: DocumentNode, *_args: Any) -> None:
-            denied = forbidden_fields(node, operation_name, principal)
-            if denied:
-                message = f"The key's role ({principal.role.value}) may not use: {', '.join(denied)}."
-                self.report_error(GraphQLError(message, extensions={"code": Code.FORBIDDEN.value}))
-
-    return Permission
-
-
 class TransportHandler(GraphQLTransportWSHandler):
     """ariadne's graphql-transport-ws handler, with keys checked at connection_init and bad messages refused."""
 
-    def __init__(self, gateway: Gateway, authenticate: Authenticate) -> None:
+    def __init__(self, gateway: Gateway, authenticate: Authenticate, max_query_tokens: int) -> None:
         super().__init__()
         self.gateway = gateway
         self.authenticate = authenticate
+        self.max_query_tokens = max_query_tokens
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = _ProtocolWebSocket(scope, receive, send, self.gateway.settings.gateway.max_body_bytes)
@@ -126,6 +124,11 @@ class TransportHandler(GraphQLTransportWSHandler):
             return
         await super().handle_websocket_message(websocket, message, client_context)
 
+    async def _refuse(self, websocket: WebSocket) -> None:
+        client = websocket.client.host if websocket.client else "?"
+        log.warning("WebSocket from %s refused: no valid API key in connection_init or the upgrade request", client)
+        await websocket.close(code=CLOSE_FORBIDDEN, reason="Forbidden: a valid API key is needed")
+
     async def handle_websocket_connection_init_message(
         self, websocket: WebSocket, message: dict[str, Any], client_context: Any
     ) -> None:
@@ -133,15 +136,40 @@ class TransportHandler(GraphQLTransportWSHandler):
             await websocket.close(code=4429)  # too many initialisation requests
             return
         client_context.connection_init_received = True
-        principal = await self.authenticate(self.gateway, _credentials(websocket, message.get("payload")))
+        credentials = _credentials(websocket, message.get("payload"))
+        principal = await self.authenticate(self.gateway, credentials)
         if principal is None:
-            client = websocket.client.host if websocket.client else "?"
-            log.warning("WebSocket from %s refused: no valid API key in connection_init or the upgrade request", client)
-            await websocket.close(code=CLOSE_FORBIDDEN, reason="Forbidden: a valid API key is needed")
+            await self._refuse(websocket)
             return
+        websocket.state.credentials = credentials
         websocket.state.principal = principal
+        if principal.key_id is not None:
+            websocket.state.revocation = await self._on_revocation(websocket, principal.key_id, client_context)
         await websocket.send_json({"type": self.GQL_CONNECTION_ACK})
         client_context.connection_acknowledged = True
+
+    async def _on_revocation(self, websocket: WebSocket, key_id: str, client_context: Any) -> Subscription:
+        """Stop every operation and close the socket (4403) as soon as the connection's key is deleted."""
+
+        async def revoked(_msg: Msg) -> None:
+            log.info("closing a WebSocket whose API key (id %s) was revoked", key_id)
+            for operation_id in list(client_context.operations):
+                await self.stop_websocket_operation(websocket, operation_id, client_context)
+            if websocket.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(RuntimeError):  # closed meanwhile by the client
+                    await websocket.close(code=CLOSE_FORBIDDEN, reason="Forbidden: the API key was revoked")
+
+        nc = await self.gateway.client.connect()
+        return await nc.subscribe(subjects.api_key_event(key_id, KEY_DELETED), cb=revoked)
+
+    async def handle_websocket(self, websocket: WebSocket) -> None:
+        try:
+            await super().handle_websocket(websocket)
+        finally:
+            revocation: Subscription | None = getattr(websocket.state, "revocation", None)
+            if revocation is not None:
+                with contextlib.suppress(NatsError):
+                    await revocation.unsubscribe()
 
     async def handle_websocket_subscribe(
         self, websocket: WebSocket, data: Any, operation_id: str, client_context: Any
@@ -150,14 +178,30 @@ class TransportHandler(GraphQLTransportWSHandler):
             await websocket.close(code=CLOSE_BAD_MESSAGE)
             return
         if client_context.connection_acknowledged and operation_id not in client_context.operations:
-            # ariadne lets a malformed payload escape and end the connection: answer it instead.
-            try:
-                validate_data(data)
-            except GraphQLError as exc:
-                payload = [format_error(exc)]
-                await websocket.send_json({"type": self.GQL_ERROR, "id": operation_id, "payload": payload})
+            # The key again: one revoked since connection_init starts nothing more.
+            principal = await self.authenticate(self.gateway, websocket.state.credentials)
+            if principal is None:
+                await self._refuse(websocket)
+                return
+            websocket.state.principal = principal
+            refusal = self._refusal(data, principal)
+            if refusal is not None:
+                await websocket.send_json({"type": self.GQL_ERROR, "id": operation_id, "payload": [refusal]})
                 return
         await super().handle_websocket_subscribe(websocket, data, operation_id, client_context)
+
+    def _refusal(self, data: Any, principal: Principal) -> dict[str, Any] | None:
+        """Why the operation may not run before it is validated (as over HTTP): not a GraphQL request,
+        or a root field the key's role may not use; None when it may go on."""
+        try:
+            validate_data(data)  # ariadne would let a malformed payload end the connection
+            document = parse(data["query"], max_tokens=self.max_query_tokens)
+        except GraphQLError as exc:
+            return format_error(exc)
+        denied = forbidden_fields(document, data.get("operationName"), principal)
+        if denied:
+            return error(f"The key's role ({principal.role.value}) may not use: {', '.join(denied)}.", Code.FORBIDDEN)
+        return None
 
 
 def build_websocket_app(
@@ -172,9 +216,8 @@ def build_websocket_app(
     def query_parser(_context: Any, data: dict[str, Any]) -> DocumentNode:
         return parse(data["query"], max_tokens=max_query_tokens)
 
-    def validation_rules(context: Any, _document: DocumentNode, data: dict[Any, Any]) -> list[type[ASTValidationRule]]:
-        assert isinstance(context, RequestContext)
-        return [depth, permission_rule(context.principal, data.get("operationName"))]
+    def validation_rules(_context: Any, _doc: DocumentNode, _data: dict[Any, Any]) -> list[type[ASTValidationRule]]:
+        return [depth]
 
     return GraphQL(
         schema,
@@ -184,5 +227,5 @@ def build_websocket_app(
         error_formatter=format_error,
         logger=_ariadne_log,
         http_handler=GraphQLHTTPHandler(),
-        websocket_handler=TransportHandler(gateway, authenticate),
+        websocket_handler=TransportHandler(gateway, authenticate, max_query_tokens),
     )
