@@ -21,7 +21,7 @@ Every feed comes from JetStream, never from polling:
   feeds that want it. One such consumer per gateway (``StateHub``) serves all
   its flow and project feeds: the cost of an event does not grow with them.
 
-Consumers are ephemeral, acknowledge nothing, and are deleted as soon as the
+Consumers are ephemeral, paced by acknowledgements (see ``Feed``), and deleted as soon as the
 feed ends, the client completes it or disconnects; those of a gateway that
 died are dropped by the server after ``CONSUMER_EXPIRY`` seconds.
 
@@ -37,7 +37,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from ariadne import SubscriptionType
@@ -67,7 +67,10 @@ CONSUMER_EXPIRY = 60.0
 FAILOVER_SECONDS = 30.0
 # Most stored log records a run's log feed replays before going live.
 REPLAY_LOG_LIMIT = 10_000
-# Messages a feed may hold for a client that reads slower than they come; past it the feed fails.
+# Messages a consumer delivers ahead of the client, and how long before it sends one again.
+MAX_ACK_PENDING = 1_000
+ACK_WAIT = 300.0
+# State changes a flow or project feed may hold for a client slower than they come; past it the feed fails.
 MAX_BACKLOG = 10_000
 # Runs whose flow and project the flow and project feeds remember.
 OWNER_CACHE_SIZE = 10_000
@@ -92,21 +95,25 @@ class RunRow:
 
 
 class Feed:
-    """Push consumers of JetStream subjects, delivering into one queue in arrival order."""
+    """Push consumers of JetStream subjects, delivering into one queue in arrival order.
+
+    Each message is acknowledged as the feed hands it out, and a consumer has at
+    most ``MAX_ACK_PENDING`` unacknowledged: the server paces a long replay or a
+    burst to the client's speed, and the queue stays bounded. A message
+    redelivered after ``ACK_WAIT`` (a client slower still) is skipped by its
+    stream sequence.
+    """
 
     def __init__(self, nc: NatsClient, request_timeout: float) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.request_timeout = request_timeout
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self.overflowed = False
         self._subscriptions: list[Subscription] = []
         self._consumers: list[tuple[str, str]] = []
+        self._handed: dict[str, int] = {}  # consumer -> stream sequence of the last message handed out
 
     async def _put(self, msg: Msg) -> None:
-        if self.queue.qsize() >= MAX_BACKLOG:
-            self.overflowed = True
-            return
         self.queue.put_nowait(msg)
 
     async def consume(self, stream: str, subject: str, deliver: DeliverPolicy) -> None:
@@ -118,7 +125,9 @@ class Feed:
             deliver_subject=inbox,
             filter_subject=subject,
             deliver_policy=deliver,
-            ack_policy=AckPolicy.NONE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=MAX_ACK_PENDING,
             inactive_threshold=CONSUMER_EXPIRY,
         )
         loop = asyncio.get_running_loop()
@@ -136,9 +145,14 @@ class Feed:
         self._consumers.append((stream, info.name))
 
     async def get(self) -> Msg:
-        if self.overflowed:
-            raise _behind()
-        return await self.queue.get()
+        while True:
+            msg = await self.queue.get()
+            with contextlib.suppress(NatsError):
+                await msg.ack()
+            meta = msg.metadata
+            if meta.sequence.stream > self._handed.get(meta.consumer, 0):
+                self._handed[meta.consumer] = meta.sequence.stream
+                return msg
 
     async def last_sequence(self, stream: str, subject: str) -> int:
         """Stream sequence of the newest message on ``subject`` (0 when there is none)."""
@@ -313,7 +327,6 @@ def _live_state(changed: StateChanged, owners: Owners) -> dict[str, Any]:
 
 
 def _deletion(msg: Msg, flow_run_id: str, owners: Owners) -> dict[str, Any]:
-    published = msg.metadata.timestamp if msg.reply else None
     return _state_change(
         flow_run_id,
         owners,
@@ -321,7 +334,7 @@ def _deletion(msg: Msg, flow_run_id: str, owners: Owners) -> dict[str, Any]:
         state=None,
         previous=None,
         message=FlowRunDeleted.model_validate_json(msg.data).reason,
-        timestamp=published or datetime.now(UTC),
+        timestamp=msg.metadata.timestamp,
         replayed=False,
         deleted=True,
     )

@@ -185,6 +185,24 @@ async def test_a_runs_logs_are_replayed_then_live_until_it_ends(client: AsyncCli
     assert messages == ["one", "two", "three", "four", "five", "six"]
 
 
+async def test_a_long_log_is_sent_once_each_whether_stored_yet_or_not(client: AsyncClient, ws: GraphQLWS) -> None:
+    """More batches than a consumer sends ahead, published as the feed starts: the log
+    writer has stored some of them (replayed), the stream holds them all (live)."""
+    flow = await register(client, unique("p"), "f")
+    run = await client.create_flow_run(flow.id)
+    t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    count = 1500
+    js = client.nc.jetstream()
+    for i in range(count):
+        at = t0 + timedelta(seconds=i)
+        record = LogRecord(flow_run_id=run.id, timestamp=at, name="n", level="INFO", message=str(i))
+        await js.publish(subjects.logs(run.id), LogBatch(records=[record]).model_dump_json().encode())
+    feed = await ws.subscribe(RUN_LOGS, {"id": run.id})
+    await client.set_flow_run_state(run.id, 1, StateType.CANCELLED)
+    messages = [i["flow_run_logs"]["message"] for i in await feed.until_complete()]
+    assert sorted(messages, key=int) == [str(i) for i in range(count)]
+
+
 # ---- flows and projects -----------------------------------------------------
 
 
