@@ -21,9 +21,12 @@ Every feed comes from JetStream, never from polling:
   feeds that want it. One such consumer per gateway (``StateHub``) serves all
   its flow and project feeds: the cost of an event does not grow with them.
 
-Consumers are ephemeral, paced by acknowledgements (see ``Feed``), and deleted as soon as the
-feed ends, the client completes it or disconnects; those of a gateway that
-died are dropped by the server after ``CONSUMER_EXPIRY`` seconds.
+Consumers are ephemeral, paced by acknowledgements to the client's speed
+(``Feed``), and deleted as soon as the feed ends, the client completes it or
+disconnects; those of a gateway that died are dropped by the server after
+``CONSUMER_EXPIRY`` seconds. A flow or project feed whose client falls
+``MAX_BACKLOG`` changes behind the others fails (INTERNAL): the shared
+consumer does not wait for one slow client.
 
 Reads: ``flowbus.evt.flow_run.<id|*>.state`` and ``flowbus.evt.flow_run.<id>.deleted``
 (EVENTS stream), ``flowbus.logs.<id>`` (LOGS stream). Writes nothing.
