@@ -472,6 +472,7 @@ class StateHub:
         self._pump: asyncio.Task[None] | None = None
 
     async def join(self, listener: Listener) -> None:
+        """Return once ``listener`` gets every state change from now on."""
         async with self.lock:
             if self._pump is None:
                 feed = Feed(await self.gateway.client.connect(), self.gateway.settings.nats.request_timeout)
@@ -525,6 +526,11 @@ class StateHub:
 
 # The hub of each gateway of the process that has flow or project feeds now.
 _HUBS: dict[int, StateHub] = {}
+
+
+def listening() -> int:
+    """How many flow and project feeds receive every state change from now on, in this process."""
+    return sum(len(hub.listeners) for hub in _HUBS.values())
 
 
 def _hub(gateway: Gateway) -> StateHub:

@@ -22,6 +22,7 @@ from flowbus.client import AsyncClient
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.settings import Settings
 from flowbus.states import StateType
+from flowbus_services.gateway.subscriptions import listening
 from tests.helpers.builders import register, unique
 from tests.helpers.gateway import GraphQL
 from tests.helpers.graphql_ws import PROTOCOL, GraphQLWS, refusal
@@ -69,6 +70,15 @@ async def wait_for_consumers(client: AsyncClient, stream: str, subject: str, cou
         return await consumers(client, stream, subject)
 
     await eventually(probe, f"{count} consumer(s) of {subject}", until=lambda n: n == count)
+
+
+async def wait_for_listeners(count: int) -> None:
+    """Until ``count`` flow and project feeds receive state changes (this process runs the gateway)."""
+
+    async def probe() -> int:
+        return listening()
+
+    await eventually(probe, f"{count} flow or project feed(s) listening", until=lambda n: n == count)
 
 
 async def publish_logs(client: AsyncClient, run_id: str, messages: list[tuple[str, str]], t0: datetime) -> None:
@@ -214,8 +224,9 @@ async def test_flow_and_project_feeds_carry_their_runs_states_live(client: Async
     async with GraphQLWS.connect(ws_url(gql)) as ws:
         flow_feed = await ws.subscribe(FLOW_STATES, {"id": flow_a.id})
         project_feed = await ws.subscribe(PROJECT_STATES, {"id": flow_a.project_id})
-        # Live from now: the gateway's one consumer of every run's states exists before anything happens.
-        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 1)
+        # Live from now: both feeds listen, on the gateway's one consumer of every run's states.
+        await wait_for_listeners(2)
+        assert await consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE) == 1
 
         # Another project's run first: had it passed the filter, it would come first.
         run_c = await client.create_flow_run(flow_c.id)
@@ -252,7 +263,8 @@ async def test_feeds_of_several_clients_share_one_consumer_until_the_last_leaves
     async with GraphQLWS.connect(ws_url(gql)) as first, GraphQLWS.connect(ws_url(gql)) as second:
         feeds = [await ws.subscribe(FLOW_STATES, {"id": flow.id}) for ws in (first, second, second)]
         project_feed = await first.subscribe(PROJECT_STATES, {"id": flow.project_id})
-        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 1)
+        await wait_for_listeners(4)
+        assert await consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE) == 1
         run = await client.create_flow_run(flow.id)
         for feed in [*feeds, project_feed]:
             item = (await feed.take(1))[0]
@@ -262,8 +274,10 @@ async def test_feeds_of_several_clients_share_one_consumer_until_the_last_leaves
         # The second client's remaining feed still gets every change.
         await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)
         assert [i["flow_state_changes"]["state"] for i in await feeds[2].take(1)] == ["Submitted"]
-        await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 1)
+        await wait_for_listeners(1)
+        assert await consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE) == 1
     await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 0)
+    assert listening() == 0
 
 
 # ---- completing and disconnecting -------------------------------------------
