@@ -51,12 +51,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from flowbus_services.gateway.auth import AUTH_OFF, Principal, forbidden_fields
 from flowbus_services.gateway.context import Gateway, RequestContext
 from flowbus_services.gateway.errors import Code, error, format_error
 from flowbus_services.gateway.validation import depth_limit
+from flowbus_services.gateway.websocket import build_websocket_app
 
 log = logging.getLogger(__name__)
 # Most tokens a query may have: bounds the parser's work whatever the body holds.
@@ -227,6 +228,7 @@ def build_http_app(
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     endpoint = GraphQLEndpoint(gateway, schema)
+    subscriptions = build_websocket_app(gateway, schema, authenticate=authenticate, max_query_tokens=MAX_QUERY_TOKENS)
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -238,6 +240,8 @@ def build_http_app(
 
     routes: list[BaseRoute] = [
         Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+        # graphql-transport-ws (flowbus_services.gateway.websocket): subscriptions.
+        WebSocketRoute("/graphql", subscriptions),
         # Prefect's default endpoint is the server's root: POST / is GraphQL too.
         Route("/", endpoint.handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
