@@ -90,6 +90,8 @@ async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore) -
         log_level="warning",
         access_log=False,
         ws="websockets-sansio",
+        # A WebSocket message over the body limit is refused by uvicorn before it is buffered whole.
+        ws_max_size=settings.gateway.max_body_bytes,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
     )
     server = _Server(config)

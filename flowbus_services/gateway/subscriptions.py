@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -124,7 +125,12 @@ class Feed:
         inbox = self.nc.new_inbox()
         # Subscribed before the consumer exists, so its first pushes are not lost.
         self._subscriptions.append(await self.nc.subscribe(inbox, cb=self._put))
+        # Named and recorded before it is created: an operation cancelled while
+        # the creation is under way still deletes it (close() ignores NotFound).
+        name = f"gateway-{uuid.uuid4().hex}"
+        self._consumers.append((stream, name))
         config = ConsumerConfig(
+            name=name,
             deliver_subject=inbox,
             filter_subject=subject,
             deliver_policy=deliver,
@@ -137,15 +143,13 @@ class Feed:
         deadline = loop.time() + max(self.request_timeout, FAILOVER_SECONDS)
         while True:
             try:
-                info = await self.js.add_consumer(stream, config)
-                break
+                await self.js.add_consumer(stream, config)
+                return
             except NatsError:
                 # A stream electing a new leader refuses consumers for a few seconds.
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.5)
-        assert info.name is not None
-        self._consumers.append((stream, info.name))
 
     async def get(self) -> Msg:
         while True:
