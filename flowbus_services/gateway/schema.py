@@ -18,7 +18,7 @@ from flowbus_services.gateway.scalars import SCALARS
 
 SDL_DIR = Path(__file__).parent / "graphql"
 # The modules whose BINDABLES resolve the schema's fields, in binding order.
-AREAS = ["flowbus_services.gateway.root"]
+AREAS = ["flowbus_services.gateway.root", "flowbus_services.gateway.queries"]
 
 
 @cache
