@@ -255,7 +255,7 @@ class Compiler:
         inner = self.where(target, b, exp)
         if inner is not None:
             conds.append(inner)
-        return sa.exists(sa.select(sa.literal(1)).select_from(b).where(*conds))
+        return sa.select(sa.literal(1)).select_from(b).where(*conds).correlate(a).exists()
 
     def compare(self, col: Col, expr: Expr, ops: Mapping[str, Any]) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
@@ -263,7 +263,8 @@ class Compiler:
             if raw is None:
                 continue
             if op == "_is_null":
-                out.append(expr.is_(None) if raw else expr.is_not(None))
+                null = self._null(col, expr)
+                out.append(null if raw else sa.not_(null))
             elif col.kind is Kind.JSON:
                 out.append(self._json(expr, op, raw))
             elif op in ("_in", "_nin"):
@@ -275,6 +276,13 @@ class Compiler:
                 value = _value(col, raw)
                 out.append(_COMPARE[op](expr, value))
         return out
+
+    def _null(self, col: Col, expr: Expr) -> ColumnElement[bool]:
+        if col.kind is not Kind.JSON:
+            return expr.is_(None)
+        # A JSON column may hold JSON's null rather than SQL's: both are null here.
+        typeof = sa.func.json_type(expr) if self.sqlite else sa.func.json_typeof(sa.cast(expr, sa.JSON))
+        return sa.or_(expr.is_(None), typeof == "null")
 
     def _like(self, expr: Expr, op: str, pattern: str) -> ColumnElement[bool]:
         negate = op.startswith("_n")
@@ -296,13 +304,14 @@ class Compiler:
                 return _sqlite_contains(expr, value)
         else:
             doc = sa.cast(expr, JSONB)
+            given = sa.bindparam(None, value, type_=JSONB)  # JSONB's own processor encodes it
             if op in ("_eq", "_neq"):
-                cond = doc == sa.cast(json.dumps(value), JSONB)
+                cond = doc == given
                 return sa.not_(cond) if op == "_neq" else cond
             if op == "_has_key":
                 return sa.func.jsonb_exists(doc, value)
             if op == "_contains":
-                return doc.op("@>")(sa.cast(json.dumps(value), JSONB))
+                return doc.op("@>")(given)
         raise refusal(f"{op} does not apply to JSON columns.", Code.VALIDATION_ERROR)
 
     # ---- order_by --------------------------------------------------------------------------------------------------
@@ -341,6 +350,7 @@ class Compiler:
                 sa.select(target.col(key).sql(b))
                 .where(target.col(rel.remote).sql(b) == table.col(rel.local).sql(a))
                 .limit(1)
+                .correlate(a)
                 .scalar_subquery()
             )
             out.append((sub, direction))
@@ -352,7 +362,7 @@ class Compiler:
         conds = [target.col(rel.remote).sql(b) == table.col(rel.local).sql(a)]
         if target.rows is not None:
             conds.append(target.rows(b))
-        return sa.select(sa.func.count()).select_from(b).where(*conds).scalar_subquery()
+        return sa.select(sa.func.count()).select_from(b).where(*conds).correlate(a).scalar_subquery()
 
     # ---- statements ------------------------------------------------------------------------------------------------
 
@@ -438,7 +448,7 @@ class Compiler:
             if distinct:
                 base = sa.select(*group, *[rows.c[c] for c in columns]).where(*not_null).distinct().subquery()
             else:
-                base = sa.select(*group).where(*not_null).subquery()
+                base = sa.select(*group, sa.literal(1).label("one")).where(*not_null).subquery()
         if parent is None:
             return sa.select(sa.func.count()).select_from(base)
         return sa.select(base.c[KEY], sa.func.count().label("count")).group_by(base.c[KEY])
@@ -635,7 +645,8 @@ def render_sdl(model: Model, header: str) -> str:
         out.append("\n".join(lines) + "\n")
         pk = t.columns[t.pk]
         roots.append(f"  {t.name}{_LIST_ARGS.format(t=t.name)}: [{t.name}!]!")
-        roots.append(f"  {t.name}_by_pk(id: {pk.output or OUTPUT_TYPE[pk.kind]}!): {t.name}")
+        key_type = "String" if pk.kind is Kind.KEY else pk.output or OUTPUT_TYPE[pk.kind]
+        roots.append(f"  {t.name}_by_pk(id: {key_type}!): {t.name}")
         roots.append(f"  {t.name}_aggregate{_LIST_ARGS.format(t=t.name)}: {t.name}_aggregate!")
     out.append("extend type Query {\n" + "\n".join(roots) + "\n}\n")
     return "\n".join(out)

@@ -147,7 +147,7 @@ def _settings(row: Mapping[str, Any]) -> dict[str, bool]:
 def _group_setting(name: str) -> Callable[[Alias], Any]:
     def sql(a: Alias) -> Any:
         g = _T["flow_group"].alias()
-        return sa.select(g.c[name]).where(g.c.id == a.c.flow_group_id).scalar_subquery()
+        return sa.select(g.c[name]).where(g.c.id == a.c.flow_group_id).correlate(a).scalar_subquery()
 
     return sql
 
@@ -160,7 +160,7 @@ def _run_state_start_time(a: Alias) -> Any:
 
 def _run_heartbeat(a: Alias) -> Any:
     hb = _T["run_heartbeat"].alias()
-    return sa.select(hb.c.last_heartbeat).where(hb.c.flow_run_id == a.c.id).scalar_subquery()
+    return sa.select(hb.c.last_heartbeat).where(hb.c.flow_run_id == a.c.id).correlate(a).scalar_subquery()
 
 
 def _task_id(a: Alias) -> Any:
@@ -168,13 +168,14 @@ def _task_id(a: Alias) -> Any:
     return (
         sa.select(task.c.id)
         .where(run.c.id == a.c.flow_run_id, task.c.flow_id == run.c.flow_id, task.c.slug == a.c.task_slug)
+        .correlate(a)
         .scalar_subquery()
     )
 
 
 def _scheduled_history_start(a: Alias) -> Any:
     run = _T["flow_run"].alias()
-    scheduled = sa.select(run.c.scheduled_start_time).where(run.c.id == a.c.flow_run_id).scalar_subquery()
+    scheduled = sa.select(run.c.scheduled_start_time).where(run.c.id == a.c.flow_run_id).correlate(a).scalar_subquery()
     return sa.type_coerce(sa.case((a.c.type == "Scheduled", scheduled), else_=sa.null()), UTCDateTime())
 
 
