@@ -88,6 +88,14 @@ def _tenant_source() -> Alias:
     ).subquery()
 
 
+def _no_agent_configs() -> Alias:
+    return (
+        sa.select(sa.literal(TENANT_ID, sa.String).label("id"), sa.literal(TENANT_NAME, sa.String).label("name"))
+        .where(sa.false())
+        .subquery()
+    )
+
+
 def _const(value: Any, type_: Any) -> Callable[[Alias], Any]:
     return lambda _a: sa.literal(value, type_) if value is not None else sa.cast(sa.null(), type_)
 
@@ -500,6 +508,14 @@ MODEL = Model(
                 C("agent_config_id", Kind.UUID, _const(None, sa.String), doc="Always null in flowbus."),
             ),
             _rels(Rel("flow_runs", "flow_run", "id", "agent_id", array=True, aggregate=True)),
+        ),
+        Table(
+            "agent_config",
+            _no_agent_configs,
+            "id",
+            _cols(C("id", Kind.UUID, nullable=False), C("name", Kind.STRING)),
+            computed={"settings": Computed("settings", "jsonb!", (), lambda _row: {})},
+            doc="flowbus has no agent configurations: always empty (Prefect agents ask only when given one).",
         ),
     ]
 )

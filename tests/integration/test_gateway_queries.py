@@ -659,6 +659,11 @@ async def test_relationship_filters_both_ways(gql: GraphQL, world: World) -> Non
     assert await run_names(gql, '{states: {state: {_eq: "Success"}}}') == ["done"]
     assert await run_names(gql, '{states: {state: {_eq: "Submitted"}}, agent: {name: {_eq: "ag"}}}') == ["run"]
     assert await run_names(gql, '{_not: {task_runs: {task: {slug: {_eq: "x-1"}}}}}') == ["run", "sched"]
+    # The agent's filter: a Running run counts only when one of its task runs is due.
+    due = '{_or: [{state: {_eq: "Scheduled"}}, {state: {_eq: "Running"}, task_runs: {state_start_time: {_lte: "%s"}}}]}'
+    assert await run_names(gql, due % "2000-01-01T00:00:00Z") == ["sched"]
+    assert await run_names(gql, due % iso(datetime.now(UTC) + timedelta(minutes=1))) == ["run", "sched"]
+    assert await gql.data("{ agent_config { id settings } }") == {"agent_config": []}
 
     async def flows(where: str) -> list[tuple[str, int]]:
         data = await gql.data(
