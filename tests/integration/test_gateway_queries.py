@@ -29,6 +29,7 @@ from flowbus.schemas.flows import FlowOut
 from flowbus.schemas.runs import FlowRunOut, LogBatch, LogRecord
 from flowbus.settings import Settings
 from flowbus.states import StateType
+from flowbus_services.gateway import queries
 from tests.helpers import register
 from tests.helpers.gateway import GraphQL
 from tests.helpers.waiting import eventually
@@ -149,10 +150,6 @@ def counting() -> Iterator[Statements]:
         yield statements
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", statements)
-
-
-async def names(gql: GraphQL, query: str, root: str = "flow_run", key: str = "name") -> list[Any]:
-    return [row[key] for row in (await gql.data(query))[root]]
 
 
 def rows(data: dict[str, Any], root: str, key: str = "name") -> list[Any]:
@@ -981,3 +978,19 @@ async def test_nested_selections_cost_one_statement_per_relation_and_level(
     with counting() as statements:
         await gql.data("{ flow_run(limit: 50) { id task_runs { id version serialized_state } } }")
     assert statements.count == 2
+
+
+async def test_many_parents_are_loaded_in_chunks_with_the_same_answer(
+    gql: GraphQL, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = """{ flow_run(order_by: {name: asc}) {
+        name flow { name } task_runs(order_by: {task_slug: desc}, limit: 2) { task_slug }
+        task_runs_aggregate { aggregate { count } } } }"""
+    whole = await gql.data(query)
+    monkeypatch.setattr(queries, "KEYS_PER_STATEMENT", 2)
+    with counting() as statements:
+        assert await gql.data(query) == whole
+    # The runs; their 2 distinct flows in one statement; task runs and counts of 3 runs in two each.
+    assert statements.count == 1 + 1 + 2 + 2
+    assert [len(r["task_runs"]) for r in whole["flow_run"]] == [1, 2, 2]
+    assert [r["task_runs_aggregate"]["aggregate"]["count"] for r in whole["flow_run"]] == [1, 3, 3]
