@@ -723,9 +723,24 @@ def _array(table: Table, rel: Rel) -> Callable[..., Any]:
         key = row.get(rel.local)
         if key is None:
             return []
-        return _rows_loader(info, target, rel, _page(info, args), columns_for(target, _selected_names(info))).load(key)
+        return _per_field(info, rel, lambda: _array_loader(info, args)).load(key)
+
+    def _array_loader(info: Info, args: dict[str, Any]) -> BatchLoader:
+        return _rows_loader(info, target, rel, _page(info, args), columns_for(target, _selected_names(info)))
 
     return resolve
+
+
+def _per_field(info: Info, rel: Rel, make: Callable[[], BatchLoader]) -> BatchLoader:
+    """The loader of this field of the query: worked out for its first parent, reused for the others
+    (the same field node has the same arguments and selections under every parent)."""
+    loaders = _context(info).loaders
+    key = ("field", id(info.field_nodes[0]), id(rel))
+    found = loaders.get(key)
+    if found is None:
+        found = loaders[key] = make()
+    assert isinstance(found, BatchLoader)
+    return found
 
 
 def _rows_loader(info: Info, target: Table, rel: Rel, args: Page, columns: tuple[str, ...]) -> BatchLoader:
@@ -748,18 +763,20 @@ def _object(table: Table, rel: Rel) -> Callable[..., Any]:
         key = row.get(rel.local)
         if key is None:
             return None
+        return _per_field(info, rel, lambda: _object_loader(info)).load(key)
+
+    def _object_loader(info: Info) -> BatchLoader:
         columns = columns_for(target, _selected_names(info))
 
         async def load(keys: list[Any]) -> dict[Any, dict[str, Any]]:
             found: dict[Any, dict[str, Any]] = {}
             for chunk in _chunks(keys):
-                for r in await fetch(
-                    info, compiler_for(info).rows(target, everything, columns, parent=(rel.remote, chunk))
-                ):
+                stmt = compiler_for(info).rows(target, everything, columns, parent=(rel.remote, chunk))
+                for r in await fetch(info, stmt):
                     found.setdefault(r.pop(KEY), r)
             return found
 
-        return _loader(info, ("object", target.name, rel.remote, columns), load, lambda: None).load(key)
+        return _loader(info, ("object", target.name, rel.remote, columns), load, lambda: None)
 
     return resolve
 
