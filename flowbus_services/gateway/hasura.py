@@ -164,7 +164,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Page:
-    """A list field's arguments, checked: ``limit`` is never None here."""
+    """A list field's arguments, checked; ``limit`` None only for what is counted, not listed."""
 
     where: Mapping[str, Any] | None
     order_by: Sequence[Mapping[str, Any]]
