@@ -20,6 +20,7 @@ SDL_DIR = Path(__file__).parent / "graphql"
 # The modules whose BINDABLES resolve the schema's fields, in binding order.
 AREAS = [
     "flowbus_services.gateway.root",
+    "flowbus_services.gateway.queries",
     "flowbus_services.gateway.keys_api",
     "flowbus_services.gateway.mutations",
     "flowbus_services.gateway.subscriptions",
