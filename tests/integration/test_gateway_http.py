@@ -21,7 +21,8 @@ async def test_health_and_graphiql(gql: GraphQL) -> None:
 
 
 async def test_variables_as_an_object_or_a_json_string_and_no_errors_key(gql: GraphQL) -> None:
-    for variables in (None, "null", {}, "{}"):
+    variants: list[object] = [None, "null", {}, "{}"]
+    for variables in variants:
         body = await gql.execute("{ hello api { backend } }", variables)
         assert body == {"data": {"hello": "👋", "api": {"backend": "flowbus"}}}
     # Prefect's default endpoint is the root path.
