@@ -20,9 +20,11 @@ import logging
 import socket
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import uvicorn
 from faststream.asgi import AsgiFastStream
+from starlette.routing import BaseRoute, Route
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
@@ -74,8 +76,9 @@ def register(ctx: ServiceContext) -> KeyStore:
     return register_keys(ctx)
 
 
-async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore) -> None:
-    """Serve GraphQL and health on ``sock`` until cancelled, verifying keys with ``keys``."""
+async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore, service: Any = None) -> None:
+    """Serve GraphQL and health on ``sock`` until cancelled, verifying keys with ``keys``;
+    ``service`` (the gateway's own ASGI app) answers /docs/asyncapi, as every service's port does."""
     settings = ctx.settings
     assert ctx.nc is not None
     read_url = settings.gateway.read_database_url
@@ -83,7 +86,8 @@ async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore) -
     await keys.listen(ctx.nc)
     gateway = Gateway(settings=settings, db=reads, client=AsyncClient(settings, nc=ctx.nc), keys=keys)
     extra = (reads,) if read_url else ()
-    app = build_http_app(gateway, build_schema(), readiness=partial(readiness, ctx, *extra))
+    docs: list[BaseRoute] = [Route("/docs/asyncapi", service, methods=["GET"])] if service is not None else []
+    app = build_http_app(gateway, build_schema(), readiness=partial(readiness, ctx, *extra), extra_routes=docs)
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -129,7 +133,8 @@ def build_app(settings: Settings | None = None) -> AsgiFastStream:
     async def serve(ctx: ServiceContext) -> None:
         if sockets[0].fileno() == -1:  # closed by a server that crashed: listen again
             sockets[0] = bind(ctx.settings.gateway)
-        await serve_http(sockets[0], ctx, stores[0])
+        await serve_http(sockets[0], ctx, stores[0], app)
 
     serve.__name__ = "serve_http"
-    return build_service(NAME, settings, handlers, loops=[serve], startup=[listen])
+    app = build_service(NAME, settings, handlers, loops=[serve], startup=[listen])
+    return app
