@@ -11,7 +11,9 @@ answers:
   not use) runs nothing;
 - 400 with ``errors`` (``VALIDATION_ERROR``) for a request that is not
   GraphQL: not JSON, no ``query``, a syntax error, a query that does not
-  validate against the schema or nests too deep;
+  validate against the schema or nests too deep (variables of the wrong
+  type are found as the operation starts: 200, ``data`` null, the error's
+  code ``VALIDATION_ERROR``);
 - 401 with ``UNAUTHENTICATED`` for a missing, malformed or unknown key;
 - 413 for a body over ``gateway.max_body_bytes``.
 
@@ -208,6 +210,7 @@ class GraphQLEndpoint:
         body: dict[str, Any] = {"data": result.data}
         if result.errors:  # absent, never empty, on success: Prefect's client fails on "errors": []
             body["errors"] = [format_error(e) for e in result.errors]
+        # Variables of the wrong type are refused here too, with 200: the request was GraphQL.
         return JSONResponse(body)
 
 

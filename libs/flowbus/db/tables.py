@@ -260,8 +260,16 @@ class TaskRun(SQLModel, table=True):
     updated: datetime = _ts(default_factory=utcnow)
 
 
+def _task_run_index(table: str) -> sa.Index:
+    """Rows of one task run (the gateway's ``task_run { states logs }``); partial,
+    so a flow run's own rows (most of them) cost the write path nothing."""
+    where = sa.text("task_run_id IS NOT NULL")
+    return sa.Index(f"ix_{table}_task_run_id", "task_run_id", sqlite_where=where, postgresql_where=where)
+
+
 class StateHistory(SQLModel, table=True):
     __tablename__ = "state_history"
+    __table_args__ = (_task_run_index("state_history"),)
 
     id: int | None = Field(default=None, primary_key=True)
     flow_run_id: str = _fk("flow_run.id", index=True)
@@ -275,6 +283,7 @@ class StateHistory(SQLModel, table=True):
 
 class Log(SQLModel, table=True):
     __tablename__ = "log"
+    __table_args__ = (_task_run_index("log"),)
 
     id: int | None = Field(default=None, primary_key=True)
     flow_run_id: str = _fk("flow_run.id", index=True)

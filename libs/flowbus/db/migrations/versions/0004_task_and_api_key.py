@@ -1,4 +1,4 @@
-"""task rows of their own (backfilled from flow.tasks), and the gateway's api_key table
+"""task rows of their own (backfilled from flow.tasks), the gateway's api_key table, task-run indexes
 
 Revision ID: 0004
 Revises: 0003
@@ -43,6 +43,15 @@ def upgrade() -> None:
         sa.Column("created", UTCDateTime(), nullable=False),
         sa.Column("last_used", UTCDateTime(), nullable=True),
     )
+    # A task run's states and logs (partial: flow runs' own rows are not indexed).
+    for table in ("state_history", "log"):
+        op.create_index(
+            f"ix_{table}_task_run_id",
+            table,
+            ["task_run_id"],
+            sqlite_where=sa.text("task_run_id IS NOT NULL"),
+            postgresql_where=sa.text("task_run_id IS NOT NULL"),
+        )
     # Flows registered before this revision get their task rows now.
     conn = op.get_bind()
     now = datetime.now(UTC)
@@ -77,5 +86,7 @@ def _aware(value: object) -> datetime | None:
 
 
 def downgrade() -> None:
+    for table in ("state_history", "log"):
+        op.drop_index(f"ix_{table}_task_run_id", table_name=table)
     op.drop_table("api_key")
     op.drop_table("task")
