@@ -46,15 +46,14 @@ def service_run(
     settings = Settings()
     if name == "gateway":
         # The gateway is an HTTP server itself: --host and --port are its own.
-        import asyncio
 
-        from flowbus_services.supervisor import serve_until_stopped
+        from flowbus_services.supervisor import run_services, serve_until_stopped
 
         gateway = settings.gateway.model_copy(update={"host": host, "port": port or settings.gateway.port})
         settings = settings.model_copy(update={"gateway": gateway})
         print(f"GraphQL: http://{gateway.host}:{gateway.port}/graphql", flush=True)
         try:
-            asyncio.run(serve_until_stopped(lambda n: build_service_app(n, settings), [name]))
+            run_services(serve_until_stopped(lambda n: build_service_app(n, settings), [name]))
         except OSError as exc:
             raise fail(f"the gateway cannot listen on {gateway.host}:{gateway.port}: {exc}") from None
         return

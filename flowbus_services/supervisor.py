@@ -28,10 +28,12 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
+
+import uvloop
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +174,15 @@ def serve_in_child(build: Callable[[str], Any]) -> Callable[[tuple[str, ...], Ca
     """The body of a service process: enter each service's app, report ready, wait for a stop signal."""
 
     def run(services: tuple[str, ...], ready: Callable[[], None]) -> None:
-        asyncio.run(serve_until_stopped(build, services, ready))
+        run_services(serve_until_stopped(build, services, ready))
 
     return run
+
+
+def run_services(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service process's event loop: uvloop's (libuv), which serves the
+    same NATS and HTTP traffic for less CPU than asyncio's own."""
+    uvloop.run(main)
 
 
 async def serve_until_stopped(
