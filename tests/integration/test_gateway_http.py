@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.gateway import GraphQL
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: HTTP handling never reaches the database (the suite's
+    PostgreSQL time goes where the database matters)."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'flowbus.db'}"
 
 
 async def test_health_and_graphiql(gql: GraphQL) -> None:

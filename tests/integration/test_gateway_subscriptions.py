@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,15 @@ from tests.helpers.builders import register, unique
 from tests.helpers.gateway import GraphQL
 from tests.helpers.graphql_ws import PROTOCOL, GraphQLWS, refusal
 from tests.helpers.waiting import eventually
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the feeds read NATS streams, and the reads they replay are the
+    state service's, tested on both databases in test_queries.py (the suite's
+    PostgreSQL time goes where the database matters)."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'flowbus.db'}"
+
 
 RUN_STATES = """
 subscription ($id: uuid!) {
