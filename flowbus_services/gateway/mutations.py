@@ -137,22 +137,20 @@ async def _create_flow(
 
 @_field("create_flow")
 async def resolve_create_flow(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
-    return await _create_flow(
-        info,
-        serialized_flow_from_input(input["serialized_flow"]),
-        project_id=input["project_id"],
-        version_group_id=input.get("version_group_id"),
-        set_schedule_active=input.get("set_schedule_active"),
-        description=input.get("description"),
-        idempotency_key=input.get("idempotency_key"),
-    )
+    return await _create_flow_from_input(info, input, serialized_flow_from_input(input["serialized_flow"]))
 
 
 @_field("create_flow_from_compressed_string")
 async def resolve_create_flow_compressed(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    flow = serialized_flow_from_input(decompress_flow(input["serialized_flow"]))
+    return await _create_flow_from_input(info, input, flow)
+
+
+async def _create_flow_from_input(info: Info, input: dict[str, Any], flow: SerializedFlow) -> dict[str, Any]:
+    """Prefect Server's two create-flow inputs: the same fields, the flow given two ways."""
     return await _create_flow(
         info,
-        serialized_flow_from_input(decompress_flow(input["serialized_flow"])),
+        flow,
         project_id=input["project_id"],
         version_group_id=input.get("version_group_id"),
         set_schedule_active=input.get("set_schedule_active"),

@@ -58,6 +58,7 @@ from sqlmodel import col
 from flowbus import subjects
 from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowRun, Log, Project, StateHistory
+from flowbus.runtime.nats import last_sequence
 from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, LogBatch, LogRecord, StateChanged
 from flowbus.states import StateType, is_finished
 from flowbus_services.gateway.context import Gateway, RequestContext
@@ -163,10 +164,7 @@ class Feed:
 
     async def last_sequence(self, stream: str, subject: str) -> int:
         """Stream sequence of the newest message on ``subject`` (0 when there is none)."""
-        try:
-            return (await self.js.get_last_msg(stream, subject)).seq or 0
-        except NotFoundError:
-            return 0
+        return await last_sequence(self.js, stream, subject)
 
     async def close(self) -> None:
         for sub in self._subscriptions:

@@ -13,13 +13,13 @@ import re
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from flowbus import subjects
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, Log
+from flowbus.runtime.nats import last_sequence
 from flowbus.schemas.runs import LogRecord
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ async def wait_for_logs(js: JetStreamContext, flow_run_id: str, timeout: float =
     if not _SUBJECT_TOKEN.fullmatch(flow_run_id):
         return True  # not a run id that could ship logs: nothing to wait for
     try:
-        last = (await js.get_last_msg(subjects.LOGS_STREAM, subjects.logs(flow_run_id))).seq or 0
-    except NotFoundError:
-        return True
+        last = await last_sequence(js, subjects.LOGS_STREAM, subjects.logs(flow_run_id))
     except NatsError:
         return False
     loop = asyncio.get_running_loop()

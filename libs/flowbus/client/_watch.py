@@ -20,10 +20,10 @@ from typing import Any, TypeAlias
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from flowbus import subjects
 from flowbus.client._runs import Runs
+from flowbus.runtime.nats import last_sequence
 from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, HistoryEntry, LogBatch, LogRecord, StateChanged
 from flowbus.states import is_finished
 
@@ -88,7 +88,7 @@ class Watching(Runs):
                 if isinstance(item, StateChanged) and is_finished(item.state.type):
                     # The runner ships its logs before the final state; the two
                     # streams arrive independently, so wait for the last batch.
-                    await feed.logs_through(await _last_sequence(js, subjects.LOGS_STREAM, subjects.logs(flow_run_id)))
+                    await feed.logs_through(await last_sequence(js, subjects.LOGS_STREAM, subjects.logs(flow_run_id)))
                     while not feed.queue.empty():
                         yield feed.queue.get_nowait()
                     return
@@ -168,11 +168,3 @@ def _log_wanted(record: LogRecord, level: str | None, since: datetime | None, un
         and (since is None or record.timestamp >= since)
         and (until is None or record.timestamp <= until)
     )
-
-
-async def _last_sequence(js: JetStreamContext, stream: str, subject: str) -> int:
-    """Stream sequence of the newest message on ``subject`` (0 when there is none)."""
-    try:
-        return (await js.get_last_msg(stream, subject)).seq or 0
-    except NotFoundError:
-        return 0

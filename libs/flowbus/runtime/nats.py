@@ -20,7 +20,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from flowbus import subjects
@@ -192,3 +192,11 @@ async def ensure_lease_bucket(js: JetStreamContext, settings: Settings) -> KeyVa
         )
     )
     return await js.key_value(config.bucket)
+
+
+async def last_sequence(js: JetStreamContext, stream: str, subject: str) -> int:
+    """Stream sequence of the newest message on ``subject`` (0 when there is none)."""
+    try:
+        return (await js.get_last_msg(stream, subject)).seq or 0
+    except NotFoundError:
+        return 0
