@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, cast
+
+from graphql import GraphQLResolveInfo
 
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
@@ -35,3 +37,12 @@ class RequestContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     # Per-request batch loaders, keyed by what they load (see queries).
     loaders: dict[Any, Any] = field(default_factory=dict)
+
+
+# graphql-core 3.2's resolve info is not generic over its context: this is the one
+# typed way from a resolver's ``info`` to the request's context.
+Info: TypeAlias = GraphQLResolveInfo
+
+
+def request_context(info: Info) -> RequestContext:
+    return cast(RequestContext, info.context)

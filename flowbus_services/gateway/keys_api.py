@@ -10,12 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ariadne import MutationType, QueryType
-from graphql import GraphQLResolveInfo
 
 from flowbus.schemas.api_keys import ApiKeyOut
-from flowbus_services.gateway.context import RequestContext
-
-Info = GraphQLResolveInfo[RequestContext]
+from flowbus_services.gateway.context import Info, request_context
 
 query = QueryType()
 mutation = MutationType()
@@ -27,20 +24,20 @@ def _row(key: ApiKeyOut) -> dict[str, Any]:
 
 @query.field("api_key")
 async def resolve_api_keys(_: Any, info: Info) -> list[dict[str, Any]]:
-    listing = await info.context.gateway.keys.list()
+    listing = await request_context(info).gateway.keys.list()
     return [_row(key) for key in listing.keys]
 
 
 @mutation.field("create_api_key")
 async def resolve_create_api_key(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
     # The message validates name and role (VALIDATION_ERROR) before anything is sent.
-    created = await info.context.gateway.client.create_api_key(input["name"], input["role"])
+    created = await request_context(info).gateway.client.create_api_key(input["name"], input["role"])
     return {"id": created.id, "key": created.key}
 
 
 @mutation.field("delete_api_key")
 async def resolve_delete_api_key(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
-    await info.context.gateway.client.delete_api_key(input["name"])
+    await request_context(info).gateway.client.delete_api_key(input["name"])
     return {"success": True, "error": None}
 
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from ariadne import MutationType
-from graphql import GraphQLResolveInfo
 from sqlalchemy import select
 
 from flowbus.client import AsyncClient, build
@@ -29,7 +28,7 @@ from flowbus.db.tables import FlowRun, TaskRun
 from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
 from flowbus.schemas.flows import SerializedFlow
 from flowbus.schemas.runs import LogRecord, StateSpec
-from flowbus_services.gateway.context import RequestContext
+from flowbus_services.gateway.context import Info, request_context
 from flowbus_services.gateway.convert import (
     decompress_flow,
     json_object,
@@ -43,7 +42,6 @@ from flowbus_services.gateway.errors import Code, refusal
 
 mutation = MutationType()
 
-Info: TypeAlias = "GraphQLResolveInfo[RequestContext]"
 Resolver = Callable[..., Awaitable[dict[str, Any]]]
 SUCCESS: Final = {"success": True, "error": None}
 # What the Prefect client matches on a duplicate project name (its create_project falls back then).
@@ -57,12 +55,8 @@ _flow_run = FlowRun.__table__  # type: ignore[attr-defined]
 _task_run = TaskRun.__table__  # type: ignore[attr-defined]
 
 
-def _context(info: Info) -> RequestContext:
-    return info.context
-
-
 def _client(info: Info) -> AsyncClient:
-    return _context(info).gateway.client
+    return request_context(info).gateway.client
 
 
 def _field(name: str) -> Callable[[Resolver], Resolver]:
@@ -302,7 +296,7 @@ async def resolve_create_flow_run(_: Any, info: Info, input: dict[str, Any]) -> 
 def _agent_id(info: Info) -> str | None:
     """The agent a state comes from: Prefect's agents name themselves in a header
     (the run records who submitted it)."""
-    return _context(info).headers.get(AGENT_ID_HEADER) or None
+    return request_context(info).headers.get(AGENT_ID_HEADER) or None
 
 
 async def _set_flow_run_state(info: Info, flow_run_id: str, version: int | None, state: StateSpec) -> str:
@@ -322,7 +316,7 @@ async def _set_flow_run_state(info: Info, flow_run_id: str, version: int | None,
 
 async def _task_run_version(info: Info, task_run_id: str) -> int:
     """A task run's current version, from the state service (its flow run's detail)."""
-    async with _context(info).gateway.db.read_connection() as conn:
+    async with request_context(info).gateway.db.read_connection() as conn:
         flow_run_id = (
             await conn.execute(select(_task_run.c.flow_run_id).where(_task_run.c.id == task_run_id))
         ).scalar_one_or_none()
@@ -402,7 +396,7 @@ async def resolve_delete_flow_run(_: Any, info: Info, input: dict[str, Any]) -> 
 async def _require_flow_runs(info: Info, flow_run_ids: set[str]) -> None:
     """NOT_FOUND unless every run exists: logs and heartbeats are published, not
     answered, so an unknown run is caught here rather than dropped unseen."""
-    async with _context(info).gateway.db.read_connection() as conn:
+    async with request_context(info).gateway.db.read_connection() as conn:
         found = set(
             (await conn.execute(select(_flow_run.c.id).where(_flow_run.c.id.in_(sorted(flow_run_ids))))).scalars()
         )

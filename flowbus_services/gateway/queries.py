@@ -22,14 +22,13 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, TypeAlias
+from typing import Any
 
 import sqlalchemy as sa
 from ariadne import ObjectType, QueryType, SchemaBindable
 from graphql import (
     FieldNode,
     FragmentSpreadNode,
-    GraphQLResolveInfo,
     InlineFragmentNode,
     ListValueNode,
     ObjectValueNode,
@@ -41,7 +40,7 @@ from sqlmodel import SQLModel
 
 import flowbus.db.tables  # noqa: F401  (registers the tables in SQLModel.metadata)
 from flowbus.db.tables import UTCDateTime
-from flowbus_services.gateway.context import RequestContext
+from flowbus_services.gateway.context import Info, request_context
 from flowbus_services.gateway.hasura import (
     KEY,
     Alias,
@@ -71,7 +70,6 @@ KEYS_PER_STATEMENT = 5000
 BATCH_TURNS = 3
 
 _T = SQLModel.metadata.tables
-Info: TypeAlias = "GraphQLResolveInfo[RequestContext]"
 
 
 def _source(name: str) -> Callable[[], Alias]:
@@ -574,7 +572,7 @@ def _loader(
     fetch: Callable[[list[Any]], Awaitable[Mapping[Any, Any]]],
     default: Callable[[], Any],
 ) -> BatchLoader:
-    loaders = _context(info).loaders
+    loaders = request_context(info).loaders
     found = loaders.get(key)
     if found is None:
         found = loaders[key] = BatchLoader(fetch, default)
@@ -585,26 +583,22 @@ def _loader(
 # ---- execution ---------------------------------------------------------------------------------------------------
 
 
-def _context(info: Info) -> RequestContext:
-    return info.context
-
-
 @cache
 def _compiler(dialect: str) -> Compiler:
     return Compiler(MODEL, dialect)
 
 
 def compiler_for(info: Info) -> Compiler:
-    return _compiler("sqlite" if _context(info).gateway.db.sqlite else "postgresql")
+    return _compiler("sqlite" if request_context(info).gateway.db.sqlite else "postgresql")
 
 
 def _max_page(info: Info) -> int:
-    return _context(info).gateway.settings.gateway.max_page_size
+    return request_context(info).gateway.settings.gateway.max_page_size
 
 
 async def fetch(info: Info, stmt: Select[Any]) -> list[dict[str, Any]]:
     """The statement's rows as dicts, on a read-only connection; tagged ``flowbus_gateway`` for observers."""
-    async with _context(info).gateway.db.read_connection() as conn:
+    async with request_context(info).gateway.db.read_connection() as conn:
         result = await conn.execute(stmt.execution_options(flowbus_gateway="query"))
         return [dict(row) for row in result.mappings()]
 
@@ -734,7 +728,7 @@ def _array(table: Table, rel: Rel) -> Callable[..., Any]:
 def _per_field(info: Info, rel: Rel, make: Callable[[], BatchLoader]) -> BatchLoader:
     """The loader of this field of the query: worked out for its first parent, reused for the others
     (the same field node has the same arguments and selections under every parent)."""
-    loaders = _context(info).loaders
+    loaders = request_context(info).loaders
     key = ("field", id(info.field_nodes[0]), id(rel))
     found = loaders.get(key)
     if found is None:

@@ -45,7 +45,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from ariadne import SubscriptionType
-from graphql import GraphQLError, GraphQLResolveInfo
+from graphql import GraphQLError
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -61,7 +61,7 @@ from flowbus.db.tables import Flow, FlowRun, Log, Project, StateHistory
 from flowbus.runtime.nats import last_sequence
 from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, LogBatch, LogRecord, StateChanged
 from flowbus.states import StateType, is_finished
-from flowbus_services.gateway.context import Gateway, RequestContext
+from flowbus_services.gateway.context import Gateway, Info, RequestContext, request_context
 from flowbus_services.gateway.errors import Code, refusal
 
 log = logging.getLogger(__name__)
@@ -573,31 +573,25 @@ def _levels(level: str | None) -> tuple[str, ...]:
 # the operation's error message, not an item of the stream.
 
 
-async def source_flow_run_state_changes(
-    _: Any, info: GraphQLResolveInfo[RequestContext], flow_run_id: str
-) -> AsyncGenerator[dict[str, Any], None]:
-    return run_states(info.context, await _run(info.context, flow_run_id))
+async def source_flow_run_state_changes(_: Any, info: Info, flow_run_id: str) -> AsyncGenerator[dict[str, Any], None]:
+    return run_states(request_context(info), await _run(request_context(info), flow_run_id))
 
 
 async def source_flow_run_logs(
-    _: Any, info: GraphQLResolveInfo[RequestContext], flow_run_id: str, level: str | None = None
+    _: Any, info: Info, flow_run_id: str, level: str | None = None
 ) -> AsyncGenerator[dict[str, Any], None]:
     levels = _levels(level)
-    return run_logs(info.context, await _run(info.context, flow_run_id), levels)
+    return run_logs(request_context(info), await _run(request_context(info), flow_run_id), levels)
 
 
-async def source_flow_state_changes(
-    _: Any, info: GraphQLResolveInfo[RequestContext], flow_id: str
-) -> AsyncGenerator[dict[str, Any], None]:
-    await _exists(info.context, col(Flow.id), flow_id, "flow")
-    return owned_states(info.context, Listener(flow_id=flow_id))
+async def source_flow_state_changes(_: Any, info: Info, flow_id: str) -> AsyncGenerator[dict[str, Any], None]:
+    await _exists(request_context(info), col(Flow.id), flow_id, "flow")
+    return owned_states(request_context(info), Listener(flow_id=flow_id))
 
 
-async def source_project_state_changes(
-    _: Any, info: GraphQLResolveInfo[RequestContext], project_id: str
-) -> AsyncGenerator[dict[str, Any], None]:
-    await _exists(info.context, col(Project.id), project_id, "project")
-    return owned_states(info.context, Listener(project_id=project_id))
+async def source_project_state_changes(_: Any, info: Info, project_id: str) -> AsyncGenerator[dict[str, Any], None]:
+    await _exists(request_context(info), col(Project.id), project_id, "project")
+    return owned_states(request_context(info), Listener(project_id=project_id))
 
 
 def _event(event: dict[str, Any], *_: Any, **_arguments: Any) -> dict[str, Any]:

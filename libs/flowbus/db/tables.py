@@ -192,6 +192,8 @@ class FlowRun(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("flow_id", "idempotency_key", name="uq_flow_run_idempotency"),
         sa.Index("ix_flow_run_due", "state", "scheduled_start_time"),
+        # A flow's runs, newest first (the API's and the UI's flow pages).
+        sa.Index("ix_flow_run_flow_created", "flow_id", "created"),
         # A scheduler's run is keyed by its group, clock and time: whatever
         # happens (a restart, two schedulers, a re-registration into the group,
         # a schedule edit), one time of one clock makes at most one run.
