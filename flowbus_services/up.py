@@ -33,18 +33,23 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from flowbus.bus_auth import (
+    USERS_FILE,
+    AuthStore,
+    BusRole,
+    ServerLimits,
+    private_dir,
+    write_private,
+    write_server_config,
+)
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
 from flowbus.db.migrate import upgrade_async
-from flowbus.runtime.nats import NatsUnavailable, connect
+from flowbus.runtime.nats import NatsUnavailable, connect, redacted, without_userinfo
 from flowbus.schemas.api_keys import ApiKeyCreated, Role
 from flowbus.schemas.common import Conflict
-from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, Settings
+from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, EmbeddedNatsSettings, Settings
 from flowbus_services import supervisor
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
-
-# The embedded server accepts bigger messages than services do, so an
-# oversize command reaches a service and gets a VALIDATION_ERROR reply.
-EMBEDDED_MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 def nats_server_binary() -> str:
@@ -78,12 +83,26 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class NatsServer:
-    """A nats-server child process with JetStream in ``store_dir``."""
+    """A nats-server child process with JetStream in ``store_dir``.
 
-    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+    Its users are those of ``auth_dir`` (``flowbus.bus_auth.AuthStore``): no
+    anonymous connection. ``auth_dir`` None starts it without authorization,
+    which only tests of that refusal do."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        auth_dir: Path | None,
+        port: int | None = None,
+        log_file: Path | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
         self.store_dir = store_dir
+        self.auth_dir = auth_dir
         self.port = port if port is not None else free_port()
         self.log_file = log_file
+        self.limits = limits or EmbeddedNatsSettings().limits()
+        self.config = store_dir.parent / "nats-server.conf"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,23 +110,14 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = self.store_dir.parent / "nats-server.conf"
-        config.write_text(f"max_payload: {EMBEDDED_MAX_PAYLOAD}\n")
+        private_dir(self.store_dir)
+        users = AuthStore(self.auth_dir).users() if self.auth_dir is not None else None
+        write_server_config(self.config, self.store_dir, users, self.limits)
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        if self.log_file is not None:
+            os.chmod(self.log_file, 0o600)
         self.proc = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-c",
-                str(config),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-            ],
+            [nats_server_binary(), "-c", str(self.config), "-a", "127.0.0.1", "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
@@ -115,13 +125,13 @@ class NatsServer:
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
-        settings = Settings(nats_url=self.url)
+        settings = Settings(nats_url=self.url, auth_dir=self.auth_dir, nats_creds=None)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with code {self.proc.returncode}")
             try:
-                nc = await connect(settings, "flowbus-probe")
+                nc = await connect(settings, "flowbus-probe", BusRole.SERVICE)
                 await nc.jetstream().account_info()
                 await nc.close()
                 return
@@ -146,7 +156,10 @@ def choose_port() -> int:
 
 
 def _claim_home(settings: Settings) -> None:
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # Everything flowbus writes under its home (database, WAL, logs, JetStream,
+    # credentials) is its owner's alone: files 0600, folders 0700.
+    os.umask(0o077)
+    private_dir(settings.home)
     running = _running_pid(settings.endpoint_file)
     if running is not None:
         # Two servers on one JetStream folder and database would corrupt both.
@@ -157,7 +170,16 @@ async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
     """The embedded NATS server, unless FLOWBUS_NATS_URL names one; settings pointing at it."""
     if settings.nats_url is not None:
         return None, settings
-    server = NatsServer(settings.home / "jetstream", choose_port(), settings.home / "nats-server.log")
+    auth = AuthStore(settings.auth_path())
+    auth.drop_retired()  # the keys `flowbus auth rotate` replaced: their processes have stopped with us
+    auth.ensure_defaults()
+    server = NatsServer(
+        settings.home / "jetstream",
+        settings.auth_path(),
+        choose_port(),
+        settings.home / "nats-server.log",
+        settings.embedded_nats.limits(),
+    )
     server.start()
     try:
         await server.wait_ready()
@@ -197,19 +219,6 @@ FIRST_KEY_NAME = "admin"
 FIRST_KEY_ATTEMPTS = 100
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600), never briefly readable by others."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file left over by a crash
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 async def ensure_api_key(settings: Settings) -> str:
     """The ``API key`` line of the start-up banner: on a first start (no key file), an admin key
     is created through the running gateway and written to ``settings.api_key_file`` (0600)."""
@@ -237,14 +246,25 @@ async def _create_first_key(settings: Settings) -> ApiKeyCreated:
     raise RuntimeError(f"{FIRST_KEY_NAME} and {FIRST_KEY_NAME}-2..{FIRST_KEY_ATTEMPTS} are all taken")
 
 
-def _announce_up(settings: Settings, db_url: str, services: str, key_line: str) -> None:
+def _credentials_line(settings: Settings) -> str:
+    if settings.nats_creds is not None:
+        return str(settings.nats_creds)
+    auth = settings.auth_path()
+    return f"{auth} (one per role)" if (auth / USERS_FILE).exists() else "none (the NATS server has no authorization)"
+
+
+def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, services: str, key_line: str) -> None:
     url = graphql_url(settings)
-    settings.endpoint_file.write_text(
-        json.dumps({"nats_url": settings.nats_url, "database_url": db_url, "graphql_url": url, "pid": os.getpid()})
-    )
+    nats_url = ",".join(without_userinfo(u) for u in settings.nats_servers())
+    endpoint = {"nats_url": nats_url, "database_url": redacted(db_url), "graphql_url": url, "pid": os.getpid()}
+    if server is not None and server.proc is not None:
+        # `flowbus auth` reloads the server's users through these.
+        endpoint |= {"nats_pid": server.proc.pid, "nats_config": str(server.config)}
+    write_private(settings.endpoint_file, json.dumps(endpoint))
     print(f"flowbus is up (home {settings.home})", flush=True)
-    print(f"  NATS:     {settings.nats_url}", flush=True)
-    print(f"  database: {db_url}", flush=True)
+    print(f"  NATS:     {redacted(nats_url)}", flush=True)
+    print(f"  NATS credentials: {_credentials_line(settings)}", flush=True)
+    print(f"  database: {redacted(db_url)}", flush=True)
     print(f"  services: {services}", flush=True)
     print(f"  GraphQL: {url}", flush=True)
     print(key_line, flush=True)
@@ -264,7 +284,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 app = build_service_app(name, settings)
                 await stack.enter_async_context(app)
             key_line = await ensure_api_key(settings)
-            _announce_up(settings, db_url, ", ".join(SERVICE_MODULES), key_line)
+            _announce_up(settings, server, db_url, ", ".join(SERVICE_MODULES), key_line)
             try:
                 await stop.wait()
             finally:
@@ -299,6 +319,7 @@ def serve_processes(settings: Settings) -> None:
             counts = collections.Counter(groups)
             _announce_up(
                 settings,
+                server,
                 db_url,
                 ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
                 key_line,

@@ -15,14 +15,15 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client
 
+from flowbus.bus_auth import AuthStore
 from flowbus.client import AsyncClient
 from flowbus.settings import GatewaySettings, NatsTuning, SchedulerSettings, Settings
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from flowbus_services.up import NatsServer, free_port
+from tests.helpers.bus import raw_connect
 from tests.helpers.gateway import GraphQL
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -36,9 +37,28 @@ def postgres_reachable() -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bus_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One set of NATS credentials (one per role) for every server the tests start.
+
+    ``FLOWBUS_AUTH_DIR`` points every ``Settings()`` and every child process
+    (CLI, agents, ``flowbus up``) at them, so nothing connects anonymously.
+    """
+    auth = tmp_path_factory.mktemp("auth")
+    AuthStore(auth).ensure_defaults()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FLOWBUS_AUTH_DIR", str(auth))
+    patch.delenv("FLOWBUS_NATS_CREDS", raising=False)
+    patch.delenv("FLOWBUS_ROLE", raising=False)
+    try:
+        yield auth
+    finally:
+        patch.undo()
+
+
 @pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = NatsServer(tmp_path_factory.mktemp("jetstream"))
+def nats_url(tmp_path_factory: pytest.TempPathFactory, bus_credentials: Path) -> Iterator[str]:
+    server = NatsServer(tmp_path_factory.mktemp("jetstream"), bus_credentials)
     server.start()
     asyncio.run(server.wait_ready())
     try:
@@ -121,8 +141,9 @@ async def gql(stack: Settings) -> AsyncIterator[GraphQL]:
 
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[Client]:
-    """A plain NATS connection to the module's nats-server, for raw commands and subscriptions."""
-    conn = await nats.connect(nats_url)
+    """A plain NATS connection to the module's nats-server, for raw commands and
+    subscriptions, with the ``service`` credential (the one that may do everything)."""
+    conn = await raw_connect(nats_url)
     try:
         yield conn
     finally:

@@ -27,6 +27,7 @@ from faststream.asgi import AsgiFastStream
 from starlette.routing import BaseRoute, Route
 
 from flowbus import subjects
+from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.runtime.service import ServiceContext, build_service, readiness
@@ -136,5 +137,5 @@ def build_app(settings: Settings | None = None) -> AsgiFastStream:
         await serve_http(sockets[0], ctx, stores[0], app)
 
     serve.__name__ = "serve_http"
-    app = build_service(NAME, settings, handlers, loops=[serve], startup=[listen])
+    app = build_service(NAME, settings, handlers, loops=[serve], startup=[listen], role=BusRole.GATEWAY)
     return app

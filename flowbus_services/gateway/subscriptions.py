@@ -21,10 +21,11 @@ Every feed comes from JetStream, never from polling:
   feeds that want it. One such consumer per gateway (``StateHub``) serves all
   its flow and project feeds: the cost of an event does not grow with them.
 
-Consumers are ephemeral, paced by acknowledgements to the client's speed
-(``Feed``), and deleted as soon as the feed ends, the client completes it or
-disconnects; those of a gateway that died are dropped by the server after
-``CONSUMER_EXPIRY`` seconds. A flow or project feed whose client falls
+Consumers are ephemeral and paced by acknowledgements to the client's speed
+(``Feed``). When the feed ends, the client completes it or disconnects, the
+feed unsubscribes, and the server drops the consumer once its deliver subject
+has had no interest for ``gateway.feed_expiry_seconds`` (the gateway's NATS
+role may not delete consumers: it could delete the services' own). A flow or project feed whose client falls
 ``MAX_BACKLOG`` changes behind the others fails (INTERNAL): the shared
 consumer does not wait for one slow client.
 
@@ -51,7 +52,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlmodel import col
 
@@ -67,7 +67,6 @@ from flowbus_services.gateway.errors import Code, refusal
 log = logging.getLogger(__name__)
 
 # A gateway that vanishes leaves its consumers behind; the server drops them after this.
-CONSUMER_EXPIRY = 60.0
 # About how long a replicated stream takes to elect a new leader (it refuses consumers meanwhile).
 FAILOVER_SECONDS = 30.0
 # Most stored log records a run's log feed replays before going live.
@@ -109,13 +108,13 @@ class Feed:
     stream sequence.
     """
 
-    def __init__(self, nc: NatsClient, request_timeout: float) -> None:
+    def __init__(self, nc: NatsClient, request_timeout: float, expiry: float) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.request_timeout = request_timeout
+        self.expiry = expiry
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._subscriptions: list[Subscription] = []
-        self._consumers: list[tuple[str, str]] = []
         self._handed: dict[str, int] = {}  # consumer -> stream sequence of the last message handed out
 
     async def _put(self, msg: Msg) -> None:
@@ -126,10 +125,8 @@ class Feed:
         inbox = self.nc.new_inbox()
         # Subscribed before the consumer exists, so its first pushes are not lost.
         self._subscriptions.append(await self.nc.subscribe(inbox, cb=self._put))
-        # Named and recorded before it is created: an operation cancelled while
-        # the creation is under way still deletes it (close() ignores NotFound).
+        # Named, so that its creation names its filter (the bus's permissions check it).
         name = f"gateway-{uuid.uuid4().hex}"
-        self._consumers.append((stream, name))
         config = ConsumerConfig(
             name=name,
             deliver_subject=inbox,
@@ -138,7 +135,7 @@ class Feed:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT,
             max_ack_pending=MAX_ACK_PENDING,
-            inactive_threshold=CONSUMER_EXPIRY,
+            inactive_threshold=self.expiry,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(self.request_timeout, FAILOVER_SECONDS)
@@ -170,21 +167,18 @@ class Feed:
         for sub in self._subscriptions:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
-        for stream, name in self._consumers:
-            try:
-                await self.js.delete_consumer(stream, name)
-            except NotFoundError:
-                pass
-            except NatsError:  # the server drops it after CONSUMER_EXPIRY anyway
-                log.warning("could not delete consumer %s of %s", name, stream, exc_info=True)
         self._subscriptions.clear()
-        self._consumers.clear()
+
+
+async def _new_feed(gateway: Gateway) -> Feed:
+    settings = gateway.settings
+    return Feed(await gateway.client.connect(), settings.nats.request_timeout, settings.gateway.feed_expiry_seconds)
 
 
 @contextlib.asynccontextmanager
 async def open_feed(context: RequestContext) -> AsyncIterator[Feed]:
     gateway = context.gateway
-    feed = Feed(await gateway.client.connect(), gateway.settings.nats.request_timeout)
+    feed = await _new_feed(gateway)
     try:
         yield feed
     finally:
@@ -477,7 +471,7 @@ class StateHub:
         """Return once ``listener`` gets every state change from now on."""
         async with self.lock:
             if self._pump is None:
-                feed = Feed(await self.gateway.client.connect(), self.gateway.settings.nats.request_timeout)
+                feed = await _new_feed(self.gateway)
                 try:
                     await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event("*", _STATE), DeliverPolicy.NEW)
                 except BaseException:

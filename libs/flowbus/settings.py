@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flowbus.bus_auth import BusRole, Credential, ServerLimits, default_role_file
+
 ENDPOINT_FILE = "endpoint.json"
 API_KEY_FILE = "api-key"  # the admin key `flowbus up` makes on its first start (mode 0600)
 DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
@@ -82,6 +84,23 @@ class NatsTuning(BaseModel):
     # Run-queue messages are deduplicated by run and version inside this window.
     duplicate_window_seconds: float = 120.0
     stream_replicas: int = 1
+
+
+class EmbeddedNatsSettings(BaseModel):
+    """The limits ``flowbus up`` gives the nats-server it starts (its own defaults are unlimited)."""
+
+    max_file_store: int = Field(default=10 * 1024**3, ge=1024**2)
+    max_memory_store: int = Field(default=256 * 1024**2, ge=1024**2)
+    max_connections: int = Field(default=10_000, ge=16)
+    max_subscriptions: int = Field(default=1_000_000, ge=1024)
+    max_streams: int = Field(default=100, ge=8)
+    max_consumers: int = Field(default=20_000, ge=64)
+    # Bigger than services accept, so an oversize command reaches a service
+    # and gets a VALIDATION_ERROR reply rather than a dropped connection.
+    max_payload: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
+
+    def limits(self) -> ServerLimits:
+        return ServerLimits(**self.model_dump())
 
 
 class SchedulerSettings(BaseModel):
@@ -182,6 +201,9 @@ class GatewaySettings(BaseModel):
     max_page_size: int = Field(default=1000, ge=1, le=100_000)
     # Origins allowed by CORS; none (the default) sends no CORS headers.
     cors_origins: list[str] = Field(default_factory=list)
+    # A subscription's JetStream consumer is dropped by the server this long
+    # after its subscriber went away (the gateway may not delete consumers).
+    feed_expiry_seconds: PositiveSeconds = 5.0
     # Reads go here when set (a PostgreSQL replica); else to FLOWBUS_DATABASE_URL.
     read_database_url: str | None = None
 
@@ -210,6 +232,13 @@ class Settings(BaseSettings):
     # FLOWBUS_API_KEY: the key to send to the gateway; when unset, the one
     # `flowbus up` wrote to $FLOWBUS_HOME/api-key (see gateway_api_key).
     api_key: SecretStr | None = None
+    # FLOWBUS_NATS_CREDS: the NATS credential file to connect with; when
+    # unset, the component's default role's file in ``auth_path()``.
+    nats_creds: Path | None = None
+    # FLOWBUS_AUTH_DIR: where the credentials live (default $FLOWBUS_HOME/auth).
+    auth_dir: Path | None = None
+    # FLOWBUS_ROLE: the credential the CLI and the SDK use (default admin, the local owner).
+    role: BusRole | None = None
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -219,6 +248,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    embedded_nats: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
 
     @model_validator(mode="after")
     def _flat_heartbeat_interval(self) -> Settings:
@@ -248,6 +278,21 @@ class Settings(BaseSettings):
         except OSError:
             return None
         return key or None
+
+    def auth_path(self) -> Path:
+        return self.auth_dir if self.auth_dir is not None else self.home / "auth"
+
+    def nats_credential_file(self, default_role: BusRole) -> Path | None:
+        """The credential file to connect with: ``FLOWBUS_NATS_CREDS``, else the default
+        role's file; None when neither exists (a NATS server without authorization)."""
+        if self.nats_creds is not None:
+            return self.nats_creds
+        path = default_role_file(self.auth_path(), default_role)
+        return path if path.exists() else None
+
+    def nats_credential(self, default_role: BusRole) -> Credential | None:
+        path = self.nats_credential_file(default_role)
+        return Credential.load(path) if path is not None else None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -81,14 +81,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import nats
 from nats.aio.msg import Msg
 
 from flowbus import subjects
 from flowbus.agent.launcher import Launcher
 from flowbus.agent.local import LocalAgent
 from flowbus.agent.runner import load_flow
+from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient
+from flowbus.runtime.nats import connect
 from flowbus.runtime.service import settle_heap
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec, TaskSpec
 from flowbus.schemas.runs import CreateFlowRun, RunQueued, SetFlowRunState, StateChanged, StateSpec
@@ -455,7 +456,7 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
             run_config=RunConfigSpec(labels=["bench-no-agent"]),
         )
         flow = await client.register(spec, "bench")
-    nc = await nats.connect(settings.nats_servers())
+    nc = await connect(settings, "bench", BusRole.SERVICE)
     results: list[dict[str, Any]] = []
     try:
         # First, while the only due runs are their own (see the module docstring).
@@ -515,7 +516,7 @@ def _serving(extra_env: dict[str, str] | None = None) -> Iterator[tuple[Settings
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         env = {**os.environ, "FLOWBUS_HOME": str(home), **(extra_env or {})}
-        for var in ("FLOWBUS_NATS_URL", "FLOWBUS_DATABASE_URL"):
+        for var in ("FLOWBUS_NATS_URL", "FLOWBUS_DATABASE_URL", "FLOWBUS_AUTH_DIR", "FLOWBUS_NATS_CREDS"):
             env.pop(var, None)
         up = subprocess.Popen(
             [sys.executable, "-m", "flowbus_services.cli", "up"],

@@ -25,6 +25,7 @@ from flowbus.settings import LazarusSettings, Settings
 from flowbus.states import StateType
 from flowbus_services.heartbeat.lazarus import RESCHEDULED_MESSAGE
 from tests.helpers import unique
+from tests.helpers.bus import bus_env
 from tests.helpers.lazarus import Services, lazarus_services, pass_ended
 from tests.helpers.processes import FLOWBUS, process_group_members, run, start, stop
 from tests.helpers.runs import RunStates, watch_until_finished, watching
@@ -77,7 +78,7 @@ class Scene:
         self.label = unique("lazarus")
         self.hold = tmp_path / "hold"
         self.agents: list[subprocess.Popen[str]] = []
-        self.env = {"FLOWBUS_NATS_URL": self.settings.resolved_nats_url()}
+        self.env = bus_env(self.settings.resolved_nats_url())
 
     async def register(self) -> str:
         name = unique("held")

@@ -29,6 +29,7 @@ from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from flowbus_services.scheduler.planner import PLANNER_LEASE
 from flowbus_services.up import free_port
 from tests.helpers import unique
+from tests.helpers.bus import bus_env
 from tests.helpers.processes import FLOWBUS, start, stop, wait_ready
 from tests.helpers.waiting import eventually
 
@@ -58,7 +59,7 @@ async def others(nats_url: str, tmp_path: Path) -> AsyncIterator[Settings]:
 async def schedulers(others: Settings, tmp_path: Path) -> AsyncIterator[list[subprocess.Popen[str]]]:
     """Two scheduler processes against the same server and database, both ready."""
     env = {
-        "FLOWBUS_NATS_URL": others.resolved_nats_url(),
+        **bus_env(others.resolved_nats_url()),
         "FLOWBUS_DATABASE_URL": others.resolved_database_url(),
         "FLOWBUS_LEASE__TTL_SECONDS": str(TTL),
         "FLOWBUS_SCHEDULER__RELEASE_INTERVAL": "0.2",

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from flowbus.settings import Settings
 from flowbus_services.registry import SERVICE_MODULES
 from flowbus_services.up import NatsServer, free_port
+from tests.helpers.bus import bus_env
 from tests.helpers.processes import FLOWBUS, cli_env, http_get, run, start, stop, wait_for_line, wait_ready
 from tests.helpers.scripts import HELLO_FLOW
 
@@ -28,12 +30,12 @@ pytestmark = pytest.mark.e2e
 def separate_services(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], dict[str, int]]]:
     """A nats-server, a migrated SQLite file and one process per service; the
     home, the variables that point at the server and the file, and each service's port."""
-    server = NatsServer(tmp_path / "js")
+    server = NatsServer(tmp_path / "js", Settings().auth_path())
     server.start()
     asyncio.run(server.wait_ready())
     home = tmp_path / "home"
     urls = {
-        "FLOWBUS_NATS_URL": server.url,
+        **bus_env(server.url),
         "FLOWBUS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
     }
     subprocess.run([FLOWBUS, "db", "upgrade"], env=cli_env(home, urls), check=True, capture_output=True, timeout=60)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -17,9 +18,10 @@ from nats.js.errors import BadRequestError
 
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
+from flowbus.bus_auth import AuthStore, BusRole, authorization_config
 from flowbus.client import AsyncClient
 from flowbus.runtime.nats import NO_SUITABLE_PEERS, connect, ensure_streams
-from flowbus.settings import NatsTuning, SchedulerSettings, Settings
+from flowbus.settings import EmbeddedNatsSettings, NatsTuning, SchedulerSettings, Settings
 from flowbus.states import StateType
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from flowbus_services.up import free_port, nats_server_binary
@@ -60,6 +62,7 @@ cluster {{
   listen: 127.0.0.1:{self.route_ports[i]}
   routes: [{routes}]
 }}
+accounts: {json.dumps(authorization_config(AuthStore(Settings().auth_path()).users(), EmbeddedNatsSettings().limits()))}
 """
         )
         log = (self.root / f"n{i}.log").open("wb")
@@ -69,7 +72,7 @@ cluster {{
         """Until JetStream answers through the cluster (a meta leader is elected)."""
 
         async def account_info() -> object:
-            nc = await connect(Settings(nats_url=self.url), "probe")
+            nc = await connect(Settings(nats_url=self.url), "probe", BusRole.SERVICE)
             try:
                 return await nc.jetstream().account_info()
             finally:
@@ -163,7 +166,7 @@ async def test_streams_wait_for_a_forming_cluster_to_place_their_replicas(tmp_pa
     try:
         await nodes.wait_ready()
         settings = Settings(nats_url=nodes.url, nats=NatsTuning(stream_replicas=3))
-        nc = await connect(settings, "test-forming")
+        nc = await connect(settings, "test-forming", BusRole.SERVICE)
         try:
             js = nc.jetstream()
             probe = StreamConfig(name=unique("PROBE"), subjects=[f"{unique('probe')}.>"], num_replicas=3)

@@ -33,6 +33,7 @@ from flowbus.settings import Settings
 from flowbus_services.gateway.keys import KeyStore
 from flowbus_services.registry import build_service_app
 from flowbus_services.up import free_port
+from tests.helpers.bus import bus_env
 from tests.helpers.commands import send
 from tests.helpers.gateway import GraphQL
 from tests.helpers.processes import FLOWBUS, run
@@ -300,7 +301,7 @@ async def test_events_of_created_and_deleted_keys_never_carry_the_key(client: As
 async def cli(stack: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``flowbus ARGS`` in a process of its own, pointed at the test's NATS server
     (in a thread: the services answering it run on this event loop)."""
-    env = {"FLOWBUS_NATS_URL": str(stack.nats_url)}
+    env = bus_env(str(stack.nats_url))
     return await asyncio.to_thread(run, [FLOWBUS, *args], tmp_path / "cli-home", tmp_path, 120, env)
 
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import TypeVar, cast
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
@@ -20,6 +19,7 @@ from flowbus.runtime.nats import ensure_lease_bucket
 from flowbus.runtime.service import Loop, ServiceContext
 from flowbus.settings import LeaseSettings, Settings
 from tests.helpers import unique
+from tests.helpers.bus import raw_connect
 from tests.helpers.waiting import eventually
 
 TTL = 1.5
@@ -34,7 +34,7 @@ def lease_settings(nats_url: str) -> Settings:
 @pytest.fixture
 async def connections(nats_url: str, lease_settings: Settings) -> AsyncIterator[list[Client]]:
     """Two connections (two contenders) to the module's server, the bucket created."""
-    conns = [await nats.connect(nats_url) for _ in range(2)]
+    conns = [await raw_connect(nats_url) for _ in range(2)]
     await ensure_lease_bucket(conns[0].jetstream(), lease_settings)
     try:
         yield conns

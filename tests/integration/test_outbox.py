@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
-import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 from sqlmodel import col, select
 
 from flowbus import subjects
+from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
@@ -33,17 +34,18 @@ from flowbus_services.registration import usecases as registration
 from flowbus_services.registry import build_service_app
 from flowbus_services.run_creation import usecases as run_creation
 from tests.helpers import serialized_flow, unique
+from tests.helpers.bus import raw_connect
 
 
 async def _events_of(settings: Settings, flow_run_id: str, expected: int) -> list[tuple[str, str | None]]:
     """Every message of the run's event subjects in the stream, with its message id."""
-    nc = await nats.connect(settings.nats_servers())
+    nc = await raw_connect(settings.nats_servers())
     try:
         js = nc.jetstream()
         got: list[tuple[str, str | None]] = []
         done = asyncio.Event()
 
-        async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        async def on_msg(msg: Msg) -> None:
             got.append((msg.subject, (msg.headers or {}).get("Nats-Msg-Id")))
             if len(got) >= expected:
                 done.set()
@@ -72,7 +74,7 @@ async def _direct(settings: Settings, name: str) -> AsyncIterator[tuple[Database
     and a flow whose runs no agent takes."""
     await upgrade_async(settings.resolved_database_url())
     db = Database(settings.resolved_database_url())
-    nc = await connect(settings, f"test-{name}")
+    nc = await connect(settings, f"test-{name}", BusRole.SERVICE)
     try:
         await ensure_streams(nc.jetstream(), settings)
         OutboxRelay(subjects.Service.RUN_CREATION, db, nc)
@@ -208,7 +210,7 @@ async def test_a_sent_batch_waiting_for_its_acks_is_not_swept_and_is_sent_again_
         owner, subject = unique("owner"), f"{unique('sink')}.a"
         heard: asyncio.Queue[bytes] = asyncio.Queue()
 
-        async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        async def on_msg(msg: Msg) -> None:
             await heard.put(msg.data)
 
         await nc.subscribe(subject, cb=on_msg)
@@ -270,7 +272,7 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
 async def test_a_use_case_has_published_its_events_when_it_returns(settings: Settings) -> None:
     """Called directly, with no handler around it: the unit of work publishes on its own."""
     async with _database(settings) as db:
-        nc = await connect(settings, "test-outbox")
+        nc = await connect(settings, "test-outbox", BusRole.SERVICE)
         try:
             await ensure_streams(nc.jetstream(), settings)
             OutboxRelay(subjects.Service.REGISTRATION, db, nc)

@@ -33,6 +33,7 @@ from flowbus import subjects
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
 from flowbus.agent.runner import settle_unfinished_run
+from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
@@ -73,7 +74,7 @@ class LocalAgent:
         if self.limit < 1:
             raise ValueError(f"An agent's limit must be at least 1, got {self.limit}.")
         self.id = str(uuid.uuid4())
-        self.client = AsyncClient(self.settings)
+        self.client = AsyncClient(self.settings, role=BusRole.AGENT)
         self._launcher = Launcher()
         # Runs being claimed or executed; never more than `limit`.
         self._active: set[asyncio.Task[None]] = set()
@@ -250,6 +251,11 @@ class LocalAgent:
                 "FLOWBUS_AGENT_ID": self.id,
             }
         )
+        # Last, so no run can choose it: the runner speaks with the agent's credential.
+        env.pop("FLOWBUS_NATS_CREDS", None)
+        creds = self.settings.nats_credential_file(BusRole.AGENT)
+        if creds is not None:
+            env["FLOWBUS_NATS_CREDS"] = str(creds.resolve())
         return env
 
     async def _wait_or_cancel(self, proc: FlowProcess, cancelling: asyncio.Event, shipper: LogShipper) -> int:

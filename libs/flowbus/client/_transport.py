@@ -10,6 +10,7 @@ Writes: ``flowbus.cmd.*`` requests.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TypeVar
 
 from nats.aio.client import Client as NatsClient
@@ -18,8 +19,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel
 
 from flowbus import subjects
+from flowbus.bus_auth import BusRole, PermissionDenied, permissions
 from flowbus.runtime.nats import connect
-from flowbus.schemas.common import Message, Reply, error_from_info
+from flowbus.schemas.common import Forbidden, Message, Reply, error_from_info
 from flowbus.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -35,15 +37,31 @@ class ServiceUnavailable(ConnectionError):
 class Transport:
     """The connection and the request loop that every resource of the client shares."""
 
-    def __init__(self, settings: Settings | None = None, nc: NatsClient | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, nc: NatsClient | None = None, role: BusRole | None = None
+    ) -> None:
         self.settings = settings or Settings()
         self._nc = nc
         self._owns_connection = nc is None
+        # The CLI's and the SDK's credential: FLOWBUS_ROLE, else the local owner's (admin).
+        self.role = role or self.settings.role or BusRole.ADMIN
+        # What the bus lets our own connection publish: a refused command fails
+        # here with FORBIDDEN rather than waiting for a reply that cannot come.
+        self._may_publish: Callable[[str], bool] | None = None
 
     async def connect(self) -> NatsClient:
         if self._nc is None:
-            self._nc = await connect(self.settings, "flowbus-client")
+            credential = self.settings.nats_credential(self.role)
+            self._nc = await connect(self.settings, "flowbus-client", self.role, credential)
+            if credential is not None:
+                self._may_publish = permissions(credential.role, credential.name).may_publish
+                self.role = credential.role
         return self._nc
+
+    def check_publish(self, subject: str) -> None:
+        """Raise ``Forbidden`` when this client's credential may not publish to ``subject``."""
+        if self._may_publish is not None and not self._may_publish(subject):
+            raise Forbidden(str(PermissionDenied(subject, self.role.value)))
 
     async def close(self) -> None:
         if self._nc is not None and self._owns_connection and not self._nc.is_closed:
@@ -68,6 +86,7 @@ class Transport:
         briefly, since during a fail-over a request can vanish with a node.
         """
         nc = await self.connect()
+        self.check_publish(subject)
         payload = message.model_dump_json().encode()
         service = subjects.service_of(subject)
         loop = asyncio.get_running_loop()

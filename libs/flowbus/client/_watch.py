@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any, TypeAlias
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from flowbus import subjects
 from flowbus.client._runs import Runs
@@ -149,7 +150,14 @@ class Watching(Runs):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(self.settings.nats.request_timeout, FAILOVER_SECONDS)
         while True:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=WATCH_CONSUMER_EXPIRY)
+            # Named (its creation then names its filter, which the bus's
+            # permissions check) and unacknowledged (no role needs ack rights to watch).
+            config = ConsumerConfig(
+                name=f"watch-{uuid.uuid4().hex}",
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=WATCH_CONSUMER_EXPIRY,
+            )
             try:
                 return await js.subscribe(subject, stream=stream, cb=cb, config=config)
             except NatsError:

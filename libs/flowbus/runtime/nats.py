@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import nats
@@ -24,6 +24,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from flowbus import subjects
+from flowbus.bus_auth import BusRole, Credential
 from flowbus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,42 @@ async def _probe(url: str, timeout: float) -> None:
     writer.close()
 
 
-async def connect(settings: Settings, name: str) -> NatsClient:
-    """Connect, failing fast with the URL in the message; reconnect for ever once connected."""
+def redacted(url: str) -> str:
+    """``url`` with its password (or a NATS URL's token) hidden, for messages and banners."""
+    parsed = urlparse(url)
+    host = (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
+    if parsed.password is not None:
+        return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
+    if parsed.username and parsed.scheme in ("nats", "tls", "ws", "wss"):
+        return parsed._replace(netloc=f"***@{host}").geturl()
+    return url
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with no user, password or token: what may be written to files others read."""
+    parsed = urlparse(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    host = parsed.hostname or ""
+    return parsed._replace(netloc=host + (f":{parsed.port}" if parsed.port else "")).geturl()
+
+
+def credential_options(credential: Credential | None) -> dict[str, Any]:
+    return credential.connect_options() if credential is not None else {}
+
+
+async def connect(settings: Settings, name: str, role: BusRole, credential: Credential | None = None) -> NatsClient:
+    """Connect with ``credential`` (else ``role``'s, see ``Settings.nats_credential``),
+    failing fast with the URL in the message; reconnect for ever once connected."""
     servers = settings.nats_servers()
-    url = ",".join(servers)
+    url = ",".join(redacted(server) for server in servers)
+    if credential is None:
+        credential = settings.nats_credential(role)
     # One reachable member of a cluster is enough to start.
     failures: list[NatsUnavailable] = []
     for server in servers:
         try:
-            await _probe(server, settings.nats.connect_timeout)
+            await _probe(redacted(server), settings.nats.connect_timeout)
             break
         except NatsUnavailable as exc:
             failures.append(exc)
@@ -79,6 +107,7 @@ async def connect(settings: Settings, name: str) -> NatsClient:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             error_cb=_quiet_error,
+            **credential_options(credential),
         )
     except Exception as exc:  # nats-py raises several unrelated types here
         raise NatsUnavailable(url, str(exc) or type(exc).__name__) from exc

@@ -35,11 +35,12 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from flowbus.bus_auth import BusRole
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
-from flowbus.runtime.nats import connect, ensure_streams
+from flowbus.runtime.nats import connect, credential_options, ensure_streams
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.telemetry import tracer, tracer_provider
 from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
@@ -201,9 +202,10 @@ def _faststream_logger() -> logging.Logger:
     return quiet
 
 
-def make_broker(settings: Settings, name: str) -> NatsBroker:
+def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) -> NatsBroker:
     return NatsBroker(
         settings.nats_servers(),
+        **credential_options(settings.nats_credential(role)),
         name=f"flowbus-{name}",
         connect_timeout=int(max(1, settings.nats.connect_timeout)),
         # Fail over to another cluster node quickly and never give up.
@@ -257,9 +259,12 @@ def build_service(
     *,
     migrate: bool = True,
     startup: Sequence[Callable[[ServiceContext], Awaitable[None]]] = (),
+    role: BusRole = BusRole.SERVICE,
 ) -> AsgiFastStream:
-    """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``."""
-    broker = make_broker(settings, name)
+    """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``.
+
+    ``role``: its NATS credential's; only the ``service`` role declares the streams."""
+    broker = make_broker(settings, name, role)
     spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name, settings.otel_console))
@@ -279,7 +284,7 @@ def build_service(
         relay=relay,
     )
     register(ctx)
-    on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, startup, migrate=migrate)
+    on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, startup, migrate=migrate, role=role)
     app = AsgiFastStream(
         broker,
         asgi_routes=_health_routes(ctx),
@@ -303,6 +308,7 @@ def _lifecycle(
     startup: Sequence[Callable[[ServiceContext], Awaitable[None]]],
     *,
     migrate: bool,
+    role: BusRole,
 ) -> tuple[Hook, Hook, Hook, Hook]:
     """The app's start-up and shut-down hooks: on_startup, after_startup, on_shutdown, after_shutdown.
 
@@ -313,9 +319,10 @@ def _lifecycle(
     async def on_startup() -> None:
         if migrate:
             await upgrade_async(db.url)
-        ctx.nc = await connect(settings, f"flowbus-{name}-relay")
+        ctx.nc = await connect(settings, f"flowbus-{name}-relay", role)
         ctx.js = ctx.nc.jetstream()
-        await ensure_streams(ctx.js, settings)
+        if role is BusRole.SERVICE:
+            await ensure_streams(ctx.js, settings)
         ctx.relay.connect(ctx.nc)
         for step in startup:
             await step(ctx)

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     VERSION_LOCKING_ERROR = "VERSION_LOCKING_ERROR"
     ARCHIVED = "ARCHIVED"
     CONFLICT = "CONFLICT"
+    FORBIDDEN = "FORBIDDEN"
     INTERNAL = "INTERNAL"
 
 
@@ -87,12 +88,19 @@ class Conflict(FlowbusError):
     code = ErrorCode.CONFLICT
 
 
+class Forbidden(FlowbusError):
+    """The caller's credential may not do this (the bus refuses it)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
 class InternalError(FlowbusError):
     code = ErrorCode.INTERNAL
 
 
 ERRORS_BY_CODE: dict[ErrorCode, type[FlowbusError]] = {
-    cls.code: cls for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, InternalError)
+    cls.code: cls
+    for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, Forbidden, InternalError)
 }
 
 
