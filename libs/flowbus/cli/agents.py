@@ -52,6 +52,7 @@ def local_agent_start(
         list[Path] | None,
         typer.Option(
             "--flow-root",
+            metavar="DIR",
             help="Run only flows whose code lies inside this folder (repeatable; symlinks and .. are followed "
             "before the check). Default: FLOWBUS_AGENT__FLOW_ROOTS, else any flow.",
         ),
