@@ -26,6 +26,8 @@ from flowbus.bus_auth import BusRole, Credential, ServerLimits, default_role_fil
 ENDPOINT_FILE = "endpoint.json"
 API_KEY_FILE = "api-key"  # the admin key `flowbus up` makes on its first start (mode 0600)
 DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
+# AgentSettings.flow_roots as a JSON list: how the agent hands its roots to the runner it starts.
+FLOW_ROOTS_ENV = "FLOWBUS_AGENT__FLOW_ROOTS"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -172,6 +174,10 @@ class AgentSettings(BaseModel):
     max_concurrent_runs: int = 16
     # How long a cancelled flow's process gets to stop after SIGTERM before SIGKILL.
     cancel_grace_seconds: float = 5.0
+    # When set, only flows whose code lies inside one of these folders run
+    # (FLOWBUS_AGENT__FLOW_ROOTS='["/srv/flows"]'; --flow-root); see
+    # flowbus.agent.flow_roots. Empty: the agent runs whatever it is given.
+    flow_roots: list[Path] = Field(default_factory=list)
 
 
 class UpSettings(BaseModel):

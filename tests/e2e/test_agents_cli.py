@@ -89,3 +89,15 @@ def test_runs_wait_through_a_restart_until_a_matching_agent_starts(tmp_path: Pat
         if agent is not None:
             stop(agent, signal.SIGKILL)
         stop(up)
+
+
+def test_a_flow_root_that_is_not_a_folder_stops_the_agent_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    home = tmp_path / "home"
+    by_flag = run([FLOWBUS, "agent", "local", "start", "--flow-root", str(missing)], home, tmp_path)
+    by_setting = run(
+        [FLOWBUS, "agent", "local", "start"], home, tmp_path, env={"FLOWBUS_AGENT__FLOW_ROOTS": f'["{missing}"]'}
+    )
+    for result in (by_flag, by_setting):
+        assert result.returncode != 0
+        assert f"Flow root '{missing}' is not an existing folder." in result.stdout + result.stderr

@@ -8,7 +8,7 @@ in milliseconds. The fork server is a clean single-threaded interpreter
 started once per agent (multiprocessing's ``forkserver``), so forking it is
 safe even though the agent itself runs threads.
 
-The child gets the run's environment (``FLOWBUS_FLOW_RUN_ID``,
+The child gets the run's environment as the agent built it (``FLOWBUS_FLOW_RUN_ID``,
 ``FLOWBUS_FLOW_ID``, ``FLOWBUS_NATS_URL``, ``FLOWBUS_LABELS`` and the
 run config's ``env``) before anything reads settings, then runs the same
 ``flowbus.agent.runner.main`` as the command-line form.

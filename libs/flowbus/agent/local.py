@@ -3,7 +3,9 @@
 It long-polls a durable consumer over its label sets' run queues, claims
 each run (Submitted at its queued version: one claim wins), starts it in a
 process of its own and, on a cancel, stops that process; ``limit`` caps the
-runs in hand (docs/architecture.md, "Agent and runner").
+runs in hand (docs/architecture.md, "Agent and runner"). With flow roots it
+fails, unstarted, a run whose flow's code lies outside them; it never hands
+a flow's process the run config's denied variables (docs/security.md).
 
 Reads: ``flowbus.runq.<key>`` (RUNQ stream), ``flowbus.evt.flow_run.<id>.state``.
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,
@@ -20,7 +22,9 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -30,15 +34,17 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from flowbus import subjects
+from flowbus.agent.flow_roots import OutsideFlowRoots, check_roots_exist, check_storage, resolve_roots
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
 from flowbus.agent.runner import settle_unfinished_run
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
+from flowbus.run_env import allowed_run_env
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
-from flowbus.settings import Settings
+from flowbus.settings import FLOW_ROOTS_ENV, Settings
 from flowbus.states import StateType
 
 log = logging.getLogger("flowbus.agent")
@@ -63,8 +69,13 @@ class LocalAgent:
         name: str | None = None,
         hostname_label: bool = True,
         limit: int | None = None,
+        flow_roots: Sequence[str | Path] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        roots = flow_roots if flow_roots is not None else self.settings.agent.flow_roots
+        check_roots_exist(roots)
+        # Real paths, so that a root reached through a symlink still matches.
+        self.flow_roots = resolve_roots(roots)
         chosen = set(labels if labels is not None else self.settings.agent.labels)
         if hostname_label and not self.settings.agent.no_hostname_label:
             chosen.add(socket.gethostname())
@@ -113,7 +124,10 @@ class LocalAgent:
             ),
         )
         log.info("Agent %s (%s) started with labels %s, limit %d", self.name, self.id, self.labels, self.limit)
-        print(f"Agent {self.name} waiting for flow runs (labels: {self.labels}, limit: {self.limit})", flush=True)
+        roots = f", flow roots: {self.flow_roots}" if self.flow_roots else ""
+        print(
+            f"Agent {self.name} waiting for flow runs (labels: {self.labels}, limit: {self.limit}{roots})", flush=True
+        )
         beat = asyncio.create_task(self._heartbeats())
         try:
             await self._take_runs(psub)
@@ -216,14 +230,14 @@ class LocalAgent:
                 await self._settle(run_id, 0)
                 return
             try:
-                proc = self._launcher.start(run_id, self._run_env(detail))
+                check_storage(detail.storage, self.flow_roots)
+            except OutsideFlowRoots as exc:
+                await self._fail_unstarted(detail, shipper, logging.WARNING, str(exc))
+                return
+            try:
+                proc = self._launcher.start(run_id, self._run_env(detail, shipper))
             except Exception as exc:
-                reason = f"Failed to start the flow process: {exc!r}"
-                log.error("Flow run %s: %s", run_id, reason)
-                shipper.log(logging.ERROR, reason)
-                await shipper.drain()
-                with contextlib.suppress(VersionLockingError, Conflict):
-                    await self.client.set_flow_run_state(run_id, detail.run.version, StateType.FAILED, reason)
+                await self._fail_unstarted(detail, shipper, logging.ERROR, f"Failed to start the flow process: {exc!r}")
                 return
             message = f"Submitted for execution: PID: {proc.pid}"
             log.info("Flow run %s: %s", run_id, message)
@@ -238,10 +252,31 @@ class LocalAgent:
                 await watch.unsubscribe()
             await shipper.stop()
 
-    def _run_env(self, detail: FlowRunDetail) -> dict[str, str]:
-        """The flow process's environment: ours, the run config's ``env``, then the run's identity."""
+    async def _fail_unstarted(self, detail: FlowRunDetail, shipper: LogShipper, level: int, reason: str) -> None:
+        """End a claimed run Failed before any process of it started."""
+        log.log(level, "Flow run %s: %s", detail.run.id, reason)
+        shipper.log(level, reason)
+        await shipper.drain()
+        with contextlib.suppress(VersionLockingError, Conflict):
+            await self.client.set_flow_run_state(detail.run.id, detail.run.version, StateType.FAILED, reason)
+
+    def _run_env(self, detail: FlowRunDetail, shipper: LogShipper | None = None) -> dict[str, str]:
+        """The flow process's environment; later layers win:
+
+        1. the agent's own environment;
+        2. the run config's ``env``, less what flowbus.run_env denies (creation
+           refuses those; a row from before the rule may still hold them);
+        3. the run's identity and the settings the runner takes from the agent;
+        4. last, the agent's credentials (``_credential_env``).
+        """
         env = dict(os.environ)
-        env.update(detail.run_config.env or {})
+        allowed, dropped = allowed_run_env(detail.run_config.env)
+        if dropped:
+            message = f"Not passing run_config.env variables {dropped} to the flow: they are denied (docs/security.md)."
+            log.warning("Flow run %s: %s", detail.run.id, message)
+            if shipper is not None:
+                shipper.log(logging.WARNING, message)
+        env.update(allowed)
         env.update(
             {
                 "FLOWBUS_NATS_URL": self.settings.resolved_nats_url(),
@@ -249,14 +284,18 @@ class LocalAgent:
                 "FLOWBUS_FLOW_ID": detail.run.flow_id,
                 "FLOWBUS_LABELS": json.dumps(detail.run.labels),
                 "FLOWBUS_AGENT_ID": self.id,
+                FLOW_ROOTS_ENV: json.dumps(self.flow_roots),
             }
         )
-        # Last, so no run can choose it: the runner speaks with the agent's credential.
-        env.pop("FLOWBUS_NATS_CREDS", None)
-        creds = self.settings.nats_credential_file(BusRole.AGENT)
-        if creds is not None:
-            env["FLOWBUS_NATS_CREDS"] = str(creds.resolve())
+        env.update(self._credential_env())
         return env
+
+    def _credential_env(self) -> dict[str, str]:
+        """The agent's NATS credential for the flow's process (``FLOWBUS_NATS_CREDS``):
+        applied last in ``_run_env``, so neither the run config nor anything else
+        can replace it. The runner speaks with the agent's credential."""
+        creds = self.settings.nats_credential_file(BusRole.AGENT)
+        return {"FLOWBUS_NATS_CREDS": str(creds.resolve())} if creds is not None else {}
 
     async def _wait_or_cancel(self, proc: FlowProcess, cancelling: asyncio.Event, shipper: LogShipper) -> int:
         """The flow process's exit code; a cancel stops it (SIGTERM, then SIGKILL after the grace period)."""
@@ -288,10 +327,12 @@ def run_local_agent(
     hostname_label: bool = True,
     settings: Settings | None = None,
     limit: int | None = None,
+    flow_roots: Sequence[str | Path] | None = None,
 ) -> None:
-    """Run an agent in the foreground until SIGINT or SIGTERM (running flows finish first)."""
+    """Run an agent in the foreground until SIGINT or SIGTERM (running flows finish first);
+    ``flow_roots`` (None: the settings') limits the flows it runs, see ``flowbus.agent.flow_roots``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s | %(message)s")
-    agent = LocalAgent(settings, labels, name, hostname_label, limit)
+    agent = LocalAgent(settings, labels, name, hostname_label, limit, flow_roots)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -1,6 +1,7 @@
 """Running a claimed flow run in this process: the agent's runner and ``flowbus run --execute``.
 
-Loads the flow from its storage, sets Running against the version it saw
+Loads the flow from its storage (only from inside the agent's flow roots,
+``FLOWBUS_AGENT__FLOW_ROOTS``, when it has some), sets Running against the version it saw
 (stopping if that write loses), runs the tasks, ships logs, sends heartbeats
 and sets the final state; signals, crashes and cancels are handled as
 docs/architecture.md, "Agent and runner" describes.
@@ -25,7 +26,7 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -36,6 +37,7 @@ from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from flowbus import subjects
+from flowbus.agent.flow_roots import OutsideFlowRoots, check_storage, resolve_roots
 from flowbus.agent.logs import LogShipper
 from flowbus.client import CLIENT_ERRORS, AsyncClient, ServiceUnavailable, describe_error
 from flowbus.schemas.agents import RunHeartbeat
@@ -59,17 +61,27 @@ class FlowLoadError(Exception):
     pass
 
 
-def load_flow(storage: StorageSpec, name: str) -> Flow:
-    """Import the flow's code from where registration said it lives."""
+def load_flow(storage: StorageSpec, name: str, flow_roots: Sequence[str] = ()) -> Flow:
+    """Import the flow's code from where registration said it lives.
+
+    ``flow_roots`` (real paths, ``flow_roots.resolve_roots``): refuse, before
+    anything is loaded, storage whose files lie outside them.
+    """
+    try:
+        resolved = check_storage(storage, flow_roots)
+    except OutsideFlowRoots as exc:
+        raise FlowLoadError(str(exc)) from None
     with context.scope(loading_flow=True):
         try:
             if storage.type == "script":
                 assert storage.path is not None
+                # The checked file, not the path again: a symlink swapped since leads nowhere new.
+                path = resolved or storage.path
                 # As `python script.py` would: the script's folder is importable.
-                folder = os.path.dirname(storage.path)
+                folder = os.path.dirname(path)
                 if folder not in sys.path:
                     sys.path.insert(0, folder)
-                namespace = runpy.run_path(storage.path, run_name=f"{LOADED_SCRIPT_PREFIX}")
+                namespace = runpy.run_path(path, run_name=f"{LOADED_SCRIPT_PREFIX}")
             else:
                 assert storage.module is not None
                 namespace = vars(importlib.import_module(storage.module))
@@ -422,7 +434,10 @@ async def _load_and_run(claimed: _ClaimedRun, settings: Settings, signals: StopS
     """Load the flow, set Running, run it and set its final state; the exit code."""
     client, run = claimed.client, claimed.run
     try:
-        flow = await signals.race(in_daemon_thread(lambda: load_flow(claimed.detail.storage, run.flow_name), "load"))
+        roots = resolve_roots(settings.agent.flow_roots)
+        flow = await signals.race(
+            in_daemon_thread(lambda: load_flow(claimed.detail.storage, run.flow_name, roots), "load")
+        )
     except FlowLoadError as exc:
         log.error("%s", exc)
         await claimed.finish(StateType.FAILED, str(exc))

@@ -6,6 +6,7 @@ local agent reads run queues and writes states, see ``flowbus.agent.local``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -47,11 +48,26 @@ def local_agent_start(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Most flow runs at once; more wait in the queue.")
     ] = None,
+    flow_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--flow-root",
+            metavar="DIR",
+            help="Run only flows whose code lies inside this folder (repeatable; symlinks and .. are followed "
+            "before the check). Default: FLOWBUS_AGENT__FLOW_ROOTS, else any flow.",
+        ),
+    ] = None,
 ) -> None:
     from flowbus.agent.local import run_local_agent
 
     try:
-        run_local_agent(labels=label or [], name=name, hostname_label=not no_hostname_label, limit=limit)
+        run_local_agent(
+            labels=label or [],
+            name=name,
+            hostname_label=not no_hostname_label,
+            limit=limit,
+            flow_roots=flow_root or None,
+        )
     except CLIENT_ERRORS as exc:
         raise fail(describe_error(exc, nats_hint=NATS_HINT)) from None
     except ValueError as exc:

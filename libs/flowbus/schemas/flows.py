@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, JsonValue, PrivateAttr, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, JsonValue, PrivateAttr, StringConstraints, model_validator
 
 from flowbus import clocks, subjects
+from flowbus.run_env import check_run_env
 from flowbus.schemas.common import LABEL_MAX, MAX_LABELS, NAME_MAX, Message
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
@@ -59,6 +60,17 @@ class StorageSpec(Message):
 class RunConfigSpec(Message):
     labels: Labels | None = None
     env: dict[str, str] | None = None
+
+
+def _env_allowed(config: RunConfigSpec) -> RunConfigSpec:
+    check_run_env(config.env)
+    return config
+
+
+# A run config a caller gives (registration, run creation): its env must pass
+# flowbus.run_env. Read back from the database a run config is not checked, so
+# that a row stored before the rule still loads; the agent filters that one.
+CheckedRunConfig = Annotated[RunConfigSpec, AfterValidator(_env_allowed)]
 
 
 # The fields each type of clock may set, besides type, parameter_defaults and labels.
@@ -121,7 +133,7 @@ class SerializedFlow(Message):
     tasks: list[TaskSpec] = Field(default_factory=list)
     edges: list[EdgeSpec] = Field(default_factory=list)
     storage: StorageSpec
-    run_config: RunConfigSpec = Field(default_factory=RunConfigSpec)
+    run_config: CheckedRunConfig = Field(default_factory=RunConfigSpec)
     schedule: ScheduleSpec | None = None
     core_version: str = Field(default="", max_length=64)
 

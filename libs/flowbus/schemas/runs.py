@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_v
 
 from flowbus import subjects
 from flowbus.schemas.common import ErrorInfo, Message
-from flowbus.schemas.flows import Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
+from flowbus.schemas.flows import CheckedRunConfig, Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
 from flowbus.states import StateType
 
 # The flow-run facts as plain strings: formatting an enum member into a
@@ -50,7 +50,7 @@ class CreateFlowRun(Message):
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
     context: dict[str, JsonValue] = Field(default_factory=dict)
     labels: Labels | None = None
-    run_config: RunConfigSpec | None = None
+    run_config: CheckedRunConfig | None = None
     run_name: Name | None = None
     # Timezone-aware only: a naive time would be a guess about the caller's zone.
     scheduled_start_time: AwareDatetime | None = None
