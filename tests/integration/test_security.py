@@ -187,7 +187,7 @@ JS_ADMIN = [
     f"$JS.API.STREAM.DELETE.{subjects.LOGS_STREAM}",
     f"$JS.API.STREAM.PURGE.{subjects.LOGS_STREAM}",
     f"$JS.API.STREAM.UPDATE.{subjects.EVENTS_STREAM}",  # sealing is an update
-    f"$JS.API.STREAM.CREATE.ATTACKER",
+    "$JS.API.STREAM.CREATE.ATTACKER",
     f"$JS.API.CONSUMER.DELETE.{subjects.LOGS_STREAM}.{subjects.LOGS_DURABLE}",
     f"$JS.API.STREAM.MSG.DELETE.{subjects.EVENTS_STREAM}",
 ]
