@@ -58,7 +58,7 @@ class Transport:
                 self.role = credential.role
         return self._nc
 
-    def check_publish(self, subject: str) -> None:
+    def _check_publish(self, subject: str) -> None:
         """Raise ``Forbidden`` when this client's credential may not publish to ``subject``."""
         if self._may_publish is not None and not self._may_publish(subject):
             raise Forbidden(str(PermissionDenied(subject, self.role.value)))
@@ -86,7 +86,7 @@ class Transport:
         briefly, since during a fail-over a request can vanish with a node.
         """
         nc = await self.connect()
-        self.check_publish(subject)
+        self._check_publish(subject)
         payload = message.model_dump_json().encode()
         service = subjects.service_of(subject)
         loop = asyncio.get_running_loop()
