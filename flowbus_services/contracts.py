@@ -36,6 +36,7 @@ from flowbus.settings import Settings
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC_NO_AUTH_DIR = Path("/nonexistent/flowbus-contracts-auth")
 CONTRACTS_DIR = REPO_ROOT / "contracts"
 
 SCHEMA_MODULES: tuple[str, ...] = (
@@ -78,7 +79,11 @@ def dump_json(data: Any) -> str:
 
 def asyncapi_documents() -> dict[str, dict[str, Any]]:
     """The AsyncAPI document of every service, by service name."""
-    settings = Settings(nats_url=SPEC_NATS_URL, database_url=SPEC_DATABASE_URL)
+    # No credentials, whatever this environment has: the documents describe the
+    # messages, the same on every machine (docs/security.md describes the auth).
+    settings = Settings(
+        nats_url=SPEC_NATS_URL, database_url=SPEC_DATABASE_URL, nats_creds=None, auth_dir=SPEC_NO_AUTH_DIR
+    )
     documents: dict[str, dict[str, Any]] = {}
     for name in SERVICE_MODULES:
         app = build_service_app(name, settings)

@@ -34,7 +34,7 @@ def register(ctx: ServiceContext) -> None:
 
     @sub(HeartbeatCommands.LIST_AGENTS, queue=queue, title="list_agents")
     async def list_agents(query: ListAgents) -> Reply[AgentList]:
-        return Reply.success(await usecases.list_agents(db))
+        return Reply.success(await usecases.list_agents(db, query))
 
     # Heartbeats carry no reply subject; they are parsed by hand so that a bad
     # one is dropped with a log line instead of an error reply to nobody.

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flowbus.db.engine import Database
 from flowbus.db.tables import Agent, RunHeartbeat, utcnow
-from flowbus.schemas.agents import AgentList, AgentOut, RegisterAgent
+from flowbus.schemas.agents import AgentList, AgentOut, ListAgents, RegisterAgent
 
 
 def _agent_out(agent: Agent) -> AgentOut:
@@ -38,9 +38,10 @@ async def agent_seen(db: Database, agent_id: str, when: datetime) -> None:
         await session.execute(update(Agent).where(Agent.id == agent_id).values(last_seen=when))  # type: ignore[arg-type]
 
 
-async def list_agents(db: Database) -> AgentList:
+async def list_agents(db: Database, query: ListAgents) -> AgentList:
     async with db.read_session() as session:
-        rows = (await session.execute(select(Agent).order_by(Agent.name))).all()
+        stmt = select(Agent).order_by(Agent.name, Agent.id).limit(query.limit).offset(query.offset)
+        rows = (await session.execute(stmt)).all()
         return AgentList(agents=[_agent_out(a) for (a,) in rows])
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from flowbus.db.engine import Database
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.common import Empty, Message, Reply
+from flowbus.schemas.common import Message, Reply
 from flowbus.schemas.flows import (
     ArchiveFlow,
     CreateProject,
@@ -24,6 +24,7 @@ from flowbus.schemas.flows import (
     GetFlow,
     GetProject,
     ListFlows,
+    ListProjects,
     ProjectList,
     ProjectOut,
     RegisterFlow,
@@ -42,15 +43,11 @@ from flowbus_services.registration import usecases
 UseCase = Callable[[Database, Any], Awaitable[Message]]
 
 
-async def _list_projects(db: Database, _query: Empty) -> ProjectList:
-    return await usecases.list_projects(db)
-
-
 # (subject, command, reply, use case): every registration command is one use case call.
 COMMANDS: tuple[tuple[str, type[Message], type[Message], UseCase], ...] = (
     (RegistrationCommands.CREATE_PROJECT, CreateProject, ProjectOut, usecases.create_project),
     (RegistrationCommands.GET_PROJECT, GetProject, ProjectOut, usecases.get_project),
-    (RegistrationCommands.LIST_PROJECTS, Empty, ProjectList, _list_projects),
+    (RegistrationCommands.LIST_PROJECTS, ListProjects, ProjectList, usecases.list_projects),
     (RegistrationCommands.RENAME_PROJECT, RenameProject, ProjectOut, usecases.rename_project),
     (RegistrationCommands.SET_PROJECT_DESCRIPTION, SetProjectDescription, ProjectOut, usecases.set_project_description),
     (RegistrationCommands.DELETE_PROJECT, DeleteProject, Deleted, usecases.delete_project),

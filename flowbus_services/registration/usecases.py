@@ -38,6 +38,7 @@ from flowbus.schemas.flows import (
     GetFlow,
     GetProject,
     ListFlows,
+    ListProjects,
     ParameterSpec,
     ProjectCreated,
     ProjectDeleted,
@@ -135,9 +136,10 @@ async def delete_project(db: Database, cmd: DeleteProject) -> Deleted:
     return out
 
 
-async def list_projects(db: Database) -> ProjectList:
+async def list_projects(db: Database, query: ListProjects) -> ProjectList:
     async with db.read_session() as session:
-        rows = (await session.execute(select(Project).order_by(Project.name))).all()
+        stmt = select(Project).order_by(Project.name, Project.id).limit(query.limit).offset(query.offset)
+        rows = (await session.execute(stmt)).all()
         return ProjectList(projects=[project_out(r[0]) for r in rows])
 
 
@@ -468,26 +470,37 @@ async def set_flow_group_schedule(db: Database, cmd: SetFlowGroupSchedule) -> Fl
 
 
 async def list_flows(db: Database, query: ListFlows) -> FlowList:
-    async with db.read_session() as session:
-        stmt = (
-            select(Flow, FlowGroup, Project)
-            .join(FlowGroup, FlowGroup.id == Flow.flow_group_id)  # type: ignore[arg-type]
-            .join(Project, Project.id == Flow.project_id)  # type: ignore[arg-type]
+    filters = []
+    if query.project_name is not None:
+        filters.append(col(Project.name) == query.project_name)
+    if query.name is not None:
+        filters.append(col(Flow.name) == query.name)
+    if query.archived is not None:
+        filters.append(col(Flow.archived).is_(query.archived))
+    stmt = (
+        select(Flow, FlowGroup, Project)
+        .join(FlowGroup, col(FlowGroup.id) == col(Flow.flow_group_id))
+        .join(Project, col(Project.id) == col(Flow.project_id))
+        .where(*filters)
+    )
+    if query.newest_only:
+        # The newest of each group's matching versions, chosen in the query so
+        # that limit and offset count flows, not versions.
+        newest = (
+            select(col(Flow.flow_group_id).label("group_id"), func.max(col(Flow.version)).label("version"))
+            .join(Project, col(Project.id) == col(Flow.project_id))
+            .where(*filters)
+            .group_by(col(Flow.flow_group_id))
+            .subquery()
         )
-        if query.project_name is not None:
-            stmt = stmt.where(Project.name == query.project_name)
-        if query.name is not None:
-            stmt = stmt.where(Flow.name == query.name)
-        if query.archived is not None:
-            stmt = stmt.where(Flow.archived.is_(query.archived))  # type: ignore[attr-defined]
-        stmt = stmt.order_by(Project.name, Flow.name, Flow.version.desc())  # type: ignore[attr-defined]
+        stmt = stmt.join(
+            newest, (newest.c.group_id == col(Flow.flow_group_id)) & (newest.c.version == col(Flow.version))
+        )
+    stmt = (
+        stmt.order_by(col(Project.name), col(Flow.name), col(Flow.version).desc(), col(Flow.id))
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    async with db.read_session() as session:
         rows = (await session.execute(stmt)).all()
-        seen: set[str] = set()
-        flows = []
-        for flow, group, project in rows:
-            if query.newest_only:
-                if group.id in seen:
-                    continue
-                seen.add(group.id)
-            flows.append(flow_out(flow, group, project))
-        return FlowList(flows=flows)
+        return FlowList(flows=[flow_out(flow, group, project) for flow, group, project in rows])

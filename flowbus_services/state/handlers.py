@@ -84,7 +84,7 @@ async def write_logs(ctx: ServiceContext) -> None:
     """Persist log batches from the LOGS stream."""
 
     async def store(batches: list[tuple[str, LogBatch]]) -> None:
-        await logs.store_logs(ctx.db, [r for _subject, b in batches for r in b.records])
+        await logs.store_logs(ctx.db, [r for subject, b in batches for r in logs.records_of(subject, b)])
 
     await consume(
         ctx.jetstream,

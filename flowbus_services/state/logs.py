@@ -1,7 +1,8 @@
 """Log storage: the state service persists the log batches of the LOGS stream.
 
 Owns the log table. ``handlers.write_logs`` feeds it the batches of
-``flowbus.logs.<flow_run_id>``; ``wait_for_logs`` asks JetStream (the LOGS
+``flowbus.logs.<flow_run_id>``, each keeping only the records of the run its
+subject names (``records_of``); ``wait_for_logs`` asks JetStream (the LOGS
 stream and the log writer's durable) whether a run's shipped logs are stored.
 """
 
@@ -20,13 +21,34 @@ from flowbus import subjects
 from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, Log
 from flowbus.runtime.nats import last_sequence
-from flowbus.schemas.runs import LogRecord
+from flowbus.schemas.runs import LogBatch, LogRecord
 
 log = logging.getLogger(__name__)
 # How long a logs query waits for the writer to store what a run has shipped.
 CATCH_UP_SECONDS = 2.0
 CATCH_UP_POLL = 0.02
 _SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_LOGS_PREFIX = subjects.logs("")
+
+
+def records_of(subject: str, batch: LogBatch) -> list[LogRecord]:
+    """The records of a batch that belong to the run its subject names.
+
+    The subject ``flowbus.logs.<flow_run_id>`` is what publish permissions
+    and stream limits apply to; a record naming another run would land in
+    that run's logs, so it is dropped (one warning per batch that had any).
+    """
+    run_id = subject.removeprefix(_LOGS_PREFIX)
+    kept = [r for r in batch.records if r.flow_run_id == run_id]
+    dropped = len(batch.records) - len(kept)
+    if dropped:
+        log.warning(
+            "dropped %d of %d log records published on %s: they name another flow run",
+            dropped,
+            len(batch.records),
+            subject,
+        )
+    return kept
 
 
 def _log_row(record: LogRecord) -> Log:

@@ -16,10 +16,9 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 
-from flowbus.schemas.common import NAME_MAX
+from flowbus.schemas.common import ENV_VALUE_MAX as MAX_ENV_VALUE_CHARS
+from flowbus.schemas.common import MAX_ENV_VARS, NAME_MAX
 
-MAX_ENV_VARS = 100
-MAX_ENV_VALUE_CHARS = 16 * 1024
 MAX_ENV_TOTAL_CHARS = 64 * 1024
 
 # Matched case-insensitively: Windows reads names that way, and tools read

@@ -8,13 +8,12 @@ from flowbus.agent.local import LocalAgent
 from flowbus.client._commands import build
 from flowbus.run_env import (
     MAX_ENV_TOTAL_CHARS,
-    MAX_ENV_VALUE_CHARS,
-    MAX_ENV_VARS,
     allowed_run_env,
     denied_env_name,
     env_problems,
 )
-from flowbus.schemas.common import ValidationFailed
+from flowbus.schemas.common import ENV_VALUE_MAX as MAX_ENV_VALUE_CHARS
+from flowbus.schemas.common import MAX_ENV_VARS, ValidationFailed
 from flowbus.schemas.flows import RunConfigSpec, SerializedFlow, StorageSpec
 from flowbus.schemas.runs import CreateFlowRun, FlowRunDetail
 from flowbus.settings import FLOW_ROOTS_ENV, Settings

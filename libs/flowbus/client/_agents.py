@@ -14,6 +14,7 @@ from flowbus.client._commands import build
 from flowbus.client._runs import Runs
 from flowbus.ids import uuid7
 from flowbus.schemas.agents import AgentList, AgentOut, ListAgents, RegisterAgent
+from flowbus.schemas.common import LIST_LIMIT_DEFAULT
 from flowbus.states import StateType
 
 # An agent is online while its last heartbeat is at most this many intervals old.
@@ -53,5 +54,7 @@ class Agents(Runs):
         cmd = build(RegisterAgent, agent_id=agent_id or uuid7(), name=name, type=agent_type, labels=labels or [])
         return await self.request(subjects.HeartbeatCommands.REGISTER_AGENT, cmd, AgentOut, idempotent=True)
 
-    async def get_agents(self) -> AgentList:
-        return await self.request(subjects.HeartbeatCommands.LIST_AGENTS, ListAgents(), AgentList, idempotent=True)
+    async def get_agents(self, *, limit: int = LIST_LIMIT_DEFAULT, offset: int = 0) -> AgentList:
+        """Agents by name: ``limit`` of them (at most ``LIST_LIMIT_MAX``) from ``offset`` on."""
+        query = build(ListAgents, limit=limit, offset=offset)
+        return await self.request(subjects.HeartbeatCommands.LIST_AGENTS, query, AgentList, idempotent=True)

@@ -10,7 +10,7 @@ from pydantic import JsonValue
 from flowbus import subjects
 from flowbus.client._commands import build
 from flowbus.client._transport import Transport
-from flowbus.schemas.common import Empty
+from flowbus.schemas.common import LIST_LIMIT_DEFAULT
 from flowbus.schemas.flows import (
     ArchiveFlow,
     CreateProject,
@@ -22,6 +22,7 @@ from flowbus.schemas.flows import (
     GetFlow,
     GetProject,
     ListFlows,
+    ListProjects,
     ProjectList,
     ProjectOut,
     ProjectRef,
@@ -56,8 +57,10 @@ class ProjectsAndFlows(Transport):
         query = build(GetProject, name=name, project_id=project_id)
         return await self.request(subjects.RegistrationCommands.GET_PROJECT, query, ProjectOut, idempotent=True)
 
-    async def get_projects(self) -> list[ProjectOut]:
-        out = await self.request(subjects.RegistrationCommands.LIST_PROJECTS, Empty(), ProjectList, idempotent=True)
+    async def get_projects(self, *, limit: int = LIST_LIMIT_DEFAULT, offset: int = 0) -> list[ProjectOut]:
+        """Projects by name: ``limit`` of them (at most ``LIST_LIMIT_MAX``) from ``offset`` on."""
+        query = build(ListProjects, limit=limit, offset=offset)
+        out = await self.request(subjects.RegistrationCommands.LIST_PROJECTS, query, ProjectList, idempotent=True)
         return out.projects
 
     async def register(
@@ -175,6 +178,19 @@ class ProjectsAndFlows(Transport):
         name: str | None = None,
         archived: bool | None = None,
         newest_only: bool = True,
+        *,
+        limit: int = LIST_LIMIT_DEFAULT,
+        offset: int = 0,
     ) -> list[FlowOut]:
-        query = build(ListFlows, project_name=project_name, name=name, archived=archived, newest_only=newest_only)
+        """Flows by project, name and newest version first: ``limit`` of them
+        (at most ``LIST_LIMIT_MAX``) from ``offset`` on."""
+        query = build(
+            ListFlows,
+            project_name=project_name,
+            name=name,
+            archived=archived,
+            newest_only=newest_only,
+            limit=limit,
+            offset=offset,
+        )
         return (await self.request(subjects.RegistrationCommands.LIST_FLOWS, query, FlowList, idempotent=True)).flows

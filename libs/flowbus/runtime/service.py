@@ -2,8 +2,9 @@
 
 ``build_service`` gives each service the same shape: a faststream NATS
 broker whose command handlers always answer with a ``Reply`` envelope (a
-malformed, wrong-typed or oversize command gets ``VALIDATION_ERROR``, a
-refusal its stable code, a bug ``INTERNAL``; the service keeps serving), an
+malformed, wrong-typed, oversize or too deeply nested command gets
+``VALIDATION_ERROR``, a refusal its stable code, a bug ``INTERNAL``; the
+service keeps serving), an
 ASGI app with /healthz, /readyz and /docs/asyncapi, OpenTelemetry spans with
 the trace context carried in NATS headers, a database with migrations
 applied, the JetStream streams, an outbox relay (its rows tagged with the
@@ -43,7 +44,15 @@ from flowbus.runtime.fastlane import FastLane
 from flowbus.runtime.nats import connect, credential_options, ensure_streams
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.telemetry import tracer, tracer_provider
-from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
+from flowbus.schemas.common import (
+    MAX_JSON_DEPTH,
+    ErrorCode,
+    ErrorInfo,
+    FlowbusError,
+    Message,
+    Reply,
+    validation_failed,
+)
 from flowbus.settings import Settings
 from flowbus.version import __version__
 
@@ -134,42 +143,46 @@ def lenient_json_decoder(max_bytes: int) -> Callable[..., Awaitable[Any]]:
     """Decode JSON if it is JSON; anything else reaches pydantic as bytes and fails there.
 
     faststream's own decoder raises on malformed JSON before the handler runs,
-    which would leave the requester without a reply.
+    which would leave the requester without a reply. A payload over the size
+    limit, or nested too deeply for ``json.loads`` (it raises RecursionError
+    at about the interpreter's recursion limit), decodes to a refusal that
+    ``_PayloadGuard`` answers; deep nesting below that reaches pydantic, whose
+    JSON fields refuse more than ``MAX_JSON_DEPTH`` levels.
     """
 
     async def decode(msg: StreamMessage[Any]) -> Any:
         body = msg.body
         if len(body) > max_bytes:
-            return _Oversize(len(body), max_bytes)
+            return _Refusal(f"payload of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
             return body
+        except RecursionError:
+            return _Refusal(f"payload nested too deeply (JSON fields take at most {MAX_JSON_DEPTH} levels)")
 
     return decode
 
 
 @dataclass(frozen=True)
-class _Oversize:
-    size: int
-    limit: int
+class _Refusal:
+    message: str
 
 
-class _OversizeGuard(BaseMiddleware):
-    """Turns a payload over the limit into a VALIDATION_ERROR before validation."""
+class _PayloadGuard(BaseMiddleware):
+    """Turns a payload the decoder refused into a VALIDATION_ERROR before validation."""
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         decoded = await msg.decode()
-        if isinstance(decoded, _Oversize):
-            raise OversizePayload(decoded.size, decoded.limit)
+        if isinstance(decoded, _Refusal):
+            raise InvalidPayload(decoded.message)
         return await call_next(msg)
 
 
-class OversizePayload(FlowbusError):
-    code = ErrorCode.VALIDATION_ERROR
+class InvalidPayload(FlowbusError):
+    """A payload refused before validation: oversize, or nested past what can be decoded."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
+    code = ErrorCode.VALIDATION_ERROR
 
 
 def _error_reply(info: ErrorInfo) -> dict[str, Any]:
@@ -216,7 +229,7 @@ def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) 
         middlewares=[
             NatsTelemetryMiddleware(tracer_provider=tracer_provider(name, settings.otel_console)),
             envelope_middleware(),
-            _OversizeGuard,
+            _PayloadGuard,
         ],
         # faststream logs two lines per message at INFO (and, for concurrent
         # subscribers, one more per finished task): too much for a service log.

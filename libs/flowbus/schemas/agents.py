@@ -6,8 +6,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from flowbus.schemas.common import Message
-from flowbus.schemas.flows import Key, Labels, Name
+from flowbus.schemas.common import LIST_LIMIT_DEFAULT, Message
+from flowbus.schemas.flows import Key, Labels, Limit, Name, Offset
 from flowbus.schemas.schedules import PlannerStatus
 
 
@@ -42,7 +42,10 @@ class AgentOut(Message):
 
 
 class ListAgents(Message):
-    pass
+    """Agents by name, a page at a time."""
+
+    limit: Limit = LIST_LIMIT_DEFAULT
+    offset: Offset = 0
 
 
 class AgentList(Message):

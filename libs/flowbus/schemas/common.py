@@ -1,16 +1,115 @@
-"""Base message class, the reply envelope and the stable error codes."""
+"""Base message class, the reply envelope, the stable error codes and the input limits."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    JsonValue,
+    ValidationError,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+# ---- input limits (docs/semantics.md, "Limits") -----------------------------
+# Every command is also bounded as a whole by the setting nats.max_command_bytes;
+# these caps bound the work one command can ask for within it (validation,
+# rows written, replies built), each checked before its items are validated.
 NAME_MAX = 255
 LABEL_MAX = 255
+TEXT_MAX = 10_000
 MAX_LABELS = 64
+MAX_TASKS = 5_000
+MAX_EDGES = 20_000
+MAX_PARAMETERS = 500
+MAX_TASK_TAGS = 64
+MAX_CLOCKS = 100
+MAX_CLOCK_DATES = 1_000
+MAX_ENV_VARS = 100
+ENV_VALUE_MAX = 16 * 1024
+# Levels of nesting of an arbitrary JSON field (parameters, context, a state's
+# result, a log's info), the field's own object or array counting as one.
+MAX_JSON_DEPTH = 32
+# The page of the list commands (list_projects, list_flows, list_agents).
+LIST_LIMIT_DEFAULT = 1_000
+LIST_LIMIT_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class at_most:  # lower case: used like a function, ``Annotated[list[X], at_most(MAX_X, "xs")]``
+    """Refuse a list or dict longer than ``limit`` before any of its items is
+    validated (``Field(max_length=...)`` counts only after validating them
+    all); the JSON Schema shows the cap as maxItems or maxProperties."""
+
+    limit: int
+    what: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["maxProperties" if json_schema.get("type") == "object" else "maxItems"] = self.limit
+        return json_schema
+
+    def _check(self, value: Any) -> Any:
+        if isinstance(value, list | dict) and len(value) > self.limit:
+            raise PydanticCustomError(
+                "too_long",
+                "{count} {what} exceed the limit of {limit}",
+                {"count": len(value), "what": self.what, "limit": self.limit},
+            )
+        return value
+
+
+def duplicates(values: Iterable[str]) -> list[str]:
+    """The values that occur more than once, sorted; one pass (a flow's
+    thousands of task slugs made a count per slug quadratic)."""
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """The nesting depth of ``value`` (a scalar: 0), counted without recursion
+    and only up to ``limit + 1``: past that it stops looking."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children if isinstance(child, dict | list | tuple))
+    return deepest
+
+
+def _shallow(value: Any) -> Any:
+    if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise PydanticCustomError("json_too_deep", "JSON nested deeper than {limit} levels", {"limit": MAX_JSON_DEPTH})
+    return value
+
+
+# Nesting of at most MAX_JSON_DEPTH levels, checked before pydantic walks the
+# value (its own walk recurses): ``Json`` for a value, ``shallow`` for a dict field.
+shallow = BeforeValidator(_shallow)
+Json = Annotated[JsonValue, shallow]
 
 
 def utcnow() -> datetime:

@@ -10,12 +10,41 @@ from pydantic import AfterValidator, Field, JsonValue, PrivateAttr, StringConstr
 
 from flowbus import clocks, subjects
 from flowbus.run_env import check_run_env
-from flowbus.schemas.common import LABEL_MAX, MAX_LABELS, NAME_MAX, Message
+from flowbus.schemas.common import (
+    ENV_VALUE_MAX,
+    LABEL_MAX,
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    MAX_CLOCK_DATES,
+    MAX_CLOCKS,
+    MAX_EDGES,
+    MAX_ENV_VARS,
+    MAX_LABELS,
+    MAX_PARAMETERS,
+    MAX_TASK_TAGS,
+    MAX_TASKS,
+    NAME_MAX,
+    TEXT_MAX,
+    Json,
+    Message,
+    at_most,
+    duplicates,
+    shallow,
+)
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX)]
-Labels = Annotated[list[Label], Field(max_length=MAX_LABELS)]
+Labels = Annotated[list[Label], at_most(MAX_LABELS, "labels")]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
+# A parameter's name as a key of a parameters object (kept as given, unlike Name).
+ParameterKey = Annotated[str, StringConstraints(max_length=NAME_MAX)]
+# Parameter values by name: at most MAX_PARAMETERS of them, each nested at most MAX_JSON_DEPTH levels.
+ParameterValues = Annotated[dict[ParameterKey, JsonValue], shallow, at_most(MAX_PARAMETERS, "parameters")]
+# Any other JSON object of a command (a run's context, a log's info): the same bounds.
+JsonObject = Annotated[dict[ParameterKey, JsonValue], shallow, at_most(MAX_PARAMETERS, "entries")]
+# The page of a list command: ``limit`` items from ``offset`` on.
+Limit = Annotated[int, Field(ge=1, le=LIST_LIMIT_MAX)]
+Offset = Annotated[int, Field(ge=0)]
 
 
 # ---- the serialized flow (what `flow.serialize()` produces) ---------------
@@ -24,7 +53,7 @@ Key = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
 class ParameterSpec(Message):
     name: Name
     required: bool = False
-    default: JsonValue = None
+    default: Json = None
 
 
 class TaskSpec(Message):
@@ -32,13 +61,13 @@ class TaskSpec(Message):
     name: Name
     max_retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float | None = Field(default=None, ge=0)
-    tags: list[Label] = Field(default_factory=list)
+    tags: Annotated[list[Label], at_most(MAX_TASK_TAGS, "tags")] = Field(default_factory=list)
 
 
 class EdgeSpec(Message):
     upstream: Name
     downstream: Name
-    key: str | None = None
+    key: str | None = Field(default=None, max_length=NAME_MAX)
 
 
 class StorageSpec(Message):
@@ -59,7 +88,15 @@ class StorageSpec(Message):
 
 class RunConfigSpec(Message):
     labels: Labels | None = None
-    env: dict[str, str] | None = None
+    env: (
+        Annotated[
+            dict[
+                Annotated[str, StringConstraints(max_length=NAME_MAX)], Annotated[str, Field(max_length=ENV_VALUE_MAX)]
+            ],
+            at_most(MAX_ENV_VARS, "environment variables"),
+        ]
+        | None
+    ) = None
 
 
 def _env_allowed(config: RunConfigSpec) -> RunConfigSpec:
@@ -92,8 +129,8 @@ class ClockSpec(Message):
     timezone: str | None = Field(default=None, max_length=NAME_MAX)
     interval_seconds: float | None = Field(default=None, gt=0, le=_INTERVAL_MAX_SECONDS)
     start_date: datetime | None = None
-    dates: list[datetime] | None = None
-    parameter_defaults: dict[str, JsonValue] = Field(default_factory=dict)
+    dates: Annotated[list[datetime], at_most(MAX_CLOCK_DATES, "dates")] | None = None
+    parameter_defaults: ParameterValues = Field(default_factory=dict)
     labels: Labels | None = None
 
     @model_validator(mode="after")
@@ -123,15 +160,15 @@ class ClockSpec(Message):
 
 
 class ScheduleSpec(Message):
-    clocks: list[ClockSpec] = Field(min_length=1)
+    clocks: Annotated[list[ClockSpec], at_most(MAX_CLOCKS, "clocks")] = Field(min_length=1)
 
 
 class SerializedFlow(Message):
     name: Name
-    description: str | None = Field(default=None, max_length=10_000)
-    parameters: list[ParameterSpec] = Field(default_factory=list)
-    tasks: list[TaskSpec] = Field(default_factory=list)
-    edges: list[EdgeSpec] = Field(default_factory=list)
+    description: str | None = Field(default=None, max_length=TEXT_MAX)
+    parameters: Annotated[list[ParameterSpec], at_most(MAX_PARAMETERS, "parameters")] = Field(default_factory=list)
+    tasks: Annotated[list[TaskSpec], at_most(MAX_TASKS, "tasks")] = Field(default_factory=list)
+    edges: Annotated[list[EdgeSpec], at_most(MAX_EDGES, "edges")] = Field(default_factory=list)
     storage: StorageSpec
     run_config: CheckedRunConfig = Field(default_factory=RunConfigSpec)
     schedule: ScheduleSpec | None = None
@@ -139,23 +176,31 @@ class SerializedFlow(Message):
 
     @model_validator(mode="after")
     def _consistent(self) -> SerializedFlow:
+        # Each check is one pass: a flow may have thousands of tasks and edges.
         slugs = [t.slug for t in self.tasks]
-        duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate task slugs: {duplicates}")
+        dup_slugs = duplicates(slugs)
+        if dup_slugs:
+            raise ValueError(f"duplicate task slugs: {_some(dup_slugs)}")
         names = [p.name for p in self.parameters]
-        dup_params = sorted({n for n in names if names.count(n) > 1})
+        dup_params = duplicates(names)
         if dup_params:
-            raise ValueError(f"duplicate parameter names: {dup_params}")
+            raise ValueError(f"duplicate parameter names: {_some(dup_params)}")
         known = set(slugs)
         for edge in self.edges:
             if edge.upstream not in known or edge.downstream not in known:
                 raise ValueError(f"edge {edge.upstream} -> {edge.downstream} names an unknown task")
+        declared = set(names)
         for index, clock in enumerate(self.schedule.clocks if self.schedule else []):
-            undeclared = sorted(set(clock.parameter_defaults) - set(names))
+            undeclared = sorted(set(clock.parameter_defaults) - declared)
             if undeclared:
                 raise ValueError(f"clock {index} sets parameters the flow does not declare: {undeclared}")
         return self
+
+
+def _some(values: list[str], shown: int = 20) -> str:
+    """The first few of ``values`` for an error message (thousands would swamp it)."""
+    more = len(values) - shown
+    return f"{values[:shown]}" + (f" and {more} more" if more > 0 else "")
 
 
 # ---- projects --------------------------------------------------------------
@@ -163,7 +208,7 @@ class SerializedFlow(Message):
 
 class CreateProject(Message):
     name: Name
-    description: str | None = Field(default=None, max_length=10_000)
+    description: str | None = Field(default=None, max_length=TEXT_MAX)
     skip_if_exists: bool = False
 
 
@@ -180,6 +225,13 @@ class ProjectRef(Message):
         return self
 
 
+class ListProjects(Message):
+    """Projects by name, a page at a time."""
+
+    limit: Limit = LIST_LIMIT_DEFAULT
+    offset: Offset = 0
+
+
 class GetProject(ProjectRef):
     pass
 
@@ -191,7 +243,7 @@ class RenameProject(Message):
 
 class SetProjectDescription(Message):
     project: ProjectRef
-    description: str | None = Field(default=None, max_length=10_000)
+    description: str | None = Field(default=None, max_length=TEXT_MAX)
 
 
 class DeleteProject(Message):
@@ -279,10 +331,14 @@ class GetFlow(Message):
 
 
 class ListFlows(Message):
+    """Flows by project, name and newest version first, a page at a time."""
+
     project_name: Name | None = None
     name: Name | None = None
     archived: bool | None = None
     newest_only: bool = True
+    limit: Limit = LIST_LIMIT_DEFAULT
+    offset: Offset = 0
 
 
 class FlowSettings(Message):
@@ -362,7 +418,7 @@ class SetFlowGroupLabels(Message):
 
 class SetFlowGroupDefaultParameters(Message):
     flow_group_id: Key
-    parameters: dict[Name, JsonValue]
+    parameters: Annotated[dict[Name, JsonValue], shallow, at_most(MAX_PARAMETERS, "parameters")]
 
 
 class SetFlowGroupSchedule(Message):

@@ -8,8 +8,19 @@ from typing import Annotated, Any, Final
 from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
 
 from flowbus import subjects
-from flowbus.schemas.common import ErrorInfo, Message
-from flowbus.schemas.flows import CheckedRunConfig, Key, Labels, Name, RunConfigSpec, StorageSpec, TaskSpec
+from flowbus.schemas.common import LIST_LIMIT_DEFAULT, TEXT_MAX, ErrorInfo, Json, Message, at_most
+from flowbus.schemas.flows import (
+    CheckedRunConfig,
+    JsonObject,
+    Key,
+    Labels,
+    Limit,
+    Name,
+    ParameterValues,
+    RunConfigSpec,
+    StorageSpec,
+    TaskSpec,
+)
 from flowbus.states import StateType
 
 # The flow-run facts as plain strings: formatting an enum member into a
@@ -26,8 +37,8 @@ LogLevel = Annotated[str, StringConstraints(pattern=rf"^({'|'.join(LOG_LEVELS)})
 
 class StateSpec(Message):
     type: StateType
-    message: str | None = Field(default=None, max_length=10_000)
-    result: JsonValue = None
+    message: str | None = Field(default=None, max_length=TEXT_MAX)
+    result: Json = None
 
 
 class StateOut(Message):
@@ -47,8 +58,8 @@ class CreateFlowRun(Message):
     version_group_id: Key | None = None
     flow_name: Name | None = None
     project_name: Name | None = None
-    parameters: dict[str, JsonValue] = Field(default_factory=dict)
-    context: dict[str, JsonValue] = Field(default_factory=dict)
+    parameters: ParameterValues = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
     labels: Labels | None = None
     run_config: CheckedRunConfig | None = None
     run_name: Name | None = None
@@ -207,7 +218,7 @@ class CancelFlowRun(Message):
     """Cancel a run: finished -> nothing; running -> Cancelling; otherwise -> Cancelled."""
 
     flow_run_id: Key
-    message: str | None = Field(default=None, max_length=10_000)
+    message: str | None = Field(default=None, max_length=TEXT_MAX)
 
 
 class ListFlowRuns(Message):
@@ -216,7 +227,7 @@ class ListFlowRuns(Message):
     flow_id: Key | None = None
     flow_group_id: Key | None = None
     project_name: Name | None = None
-    states: list[StateType] | None = None
+    states: Annotated[list[StateType], at_most(len(StateType), "states")] | None = None
     # True: only late runs; False: only runs that are not late.
     late: bool | None = None
     limit: int = Field(default=50, ge=1, le=1000)
@@ -303,7 +314,7 @@ class LogRecord(Message):
     name: str = Field(max_length=255)
     level: LogLevel
     message: str = Field(max_length=100_000)
-    info: dict[str, JsonValue] | None = None
+    info: JsonObject | None = None
 
 
 class LogBatch(Message):
@@ -319,7 +330,7 @@ class GetFlowRunLogs(Message):
     level: LogLevel | None = None
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
-    limit: int = Field(default=1000, ge=1, le=10_000)
+    limit: Limit = LIST_LIMIT_DEFAULT
 
 
 class LogList(Message):
