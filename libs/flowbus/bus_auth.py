@@ -351,8 +351,7 @@ class ServerLimits:
     max_payload: int
 
 
-def authorization_config(users: Iterable[User], limits: ServerLimits) -> dict[str, Any]:
-    """The ``accounts`` block of the nats-server config: one account, its users and JetStream limits."""
+def _server_users(users: Iterable[User]) -> list[dict[str, Any]]:
     entries = []
     for user in users:
         p = permissions(user.role, user.name)
@@ -362,9 +361,14 @@ def authorization_config(users: Iterable[User], limits: ServerLimits) -> dict[st
         if p.allow_responses:
             perms["allow_responses"] = True
         entries.append({"nkey": user.public_key, "permissions": perms})
+    return entries
+
+
+def authorization_config(users: Iterable[User], limits: ServerLimits) -> dict[str, Any]:
+    """The ``accounts`` block of the nats-server config: one account, its users and JetStream limits."""
     return {
         ACCOUNT: {
-            "users": entries,
+            "users": _server_users(users),
             "jetstream": {
                 "max_file": limits.max_file_store,
                 "max_mem": limits.max_memory_store,
@@ -397,6 +401,13 @@ def server_config(store_dir: Path, users: Iterable[User] | None, limits: ServerL
 
 def write_server_config(path: Path, store_dir: Path, users: Iterable[User] | None, limits: ServerLimits) -> None:
     write_private(path, server_config(store_dir, users, limits))
+
+
+def update_server_users(config: Path, users: Iterable[User]) -> None:
+    """Replace the users in a config ``server_config`` wrote, keeping its limits (before a reload)."""
+    data = json.loads(config.read_text())
+    data["accounts"][ACCOUNT]["users"] = _server_users(users)
+    write_private(config, json.dumps(data, indent=2) + "\n")
 
 
 def default_role_file(auth_dir: Path, role: BusRole) -> Path:

@@ -88,6 +88,16 @@ class NatsTuning(BaseModel):
     stream_replicas: int = 1
 
 
+class NatsTlsSettings(BaseModel):
+    """TLS to NATS (FLOWBUS_NATS_TLS__*): used for ``tls://`` URLs or when a file is set."""
+
+    # The CA that signed the server's certificate (default: the system's).
+    ca_file: Path | None = None
+    # A client certificate and key, for servers that verify clients (mutual TLS).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
 class EmbeddedNatsSettings(BaseModel):
     """The limits ``flowbus up`` gives the nats-server it starts (its own defaults are unlimited)."""
 
@@ -255,6 +265,7 @@ class Settings(BaseSettings):
     up: UpSettings = Field(default_factory=UpSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     embedded_nats: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
+    nats_tls: NatsTlsSettings = Field(default_factory=NatsTlsSettings)
 
     @model_validator(mode="after")
     def _flat_heartbeat_interval(self) -> Settings:

@@ -18,10 +18,11 @@ from flowbus.cli import runs
 from flowbus.cli import agents
 from flowbus.cli import schedules
 from flowbus.cli import keys
+from flowbus.cli import auth
 
 # isort: on
 from flowbus.cli.app import app
 
-COMMAND_MODULES = (system, projects, flows, runs, agents, schedules, keys)
+COMMAND_MODULES = (system, projects, flows, runs, agents, schedules, keys, auth)
 
 __all__ = ["COMMAND_MODULES", "app"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -81,6 +82,19 @@ def credential_options(credential: Credential | None) -> dict[str, Any]:
     return credential.connect_options() if credential is not None else {}
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS to NATS: for ``tls://`` URLs or when a CA or client certificate is set
+    (``FLOWBUS_NATS_TLS__*``); None for plain connections."""
+    tls = settings.nats_tls
+    wanted = any(url.startswith("tls://") for url in settings.nats_servers())
+    if not (wanted or tls.ca_file or tls.cert_file):
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return context
+
+
 async def connect(settings: Settings, name: str, role: BusRole, credential: Credential | None = None) -> NatsClient:
     """Connect with ``credential`` (else ``role``'s, see ``Settings.nats_credential``),
     failing fast with the URL in the message; reconnect for ever once connected."""
@@ -107,6 +121,7 @@ async def connect(settings: Settings, name: str, role: BusRole, credential: Cred
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             error_cb=_quiet_error,
+            tls=tls_context(settings),
             **credential_options(credential),
         )
     except Exception as exc:  # nats-py raises several unrelated types here

@@ -23,6 +23,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, TypeVar, cast
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -30,18 +31,19 @@ from faststream.message import StreamMessage
 from faststream.middlewares import BaseMiddleware, ExceptionMiddleware
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.security import NatsNKey, NatsSecurity
 from faststream.specification import AsyncAPI
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from flowbus.bus_auth import BusRole
+from flowbus.bus_auth import BusRole, Credential
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
-from flowbus.runtime.nats import connect, credential_options, ensure_streams
+from flowbus.runtime.nats import connect, ensure_streams, tls_context
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.telemetry import tracer, tracer_provider
 from flowbus.schemas.common import (
@@ -215,10 +217,20 @@ def _faststream_logger() -> logging.Logger:
     return quiet
 
 
+def _broker_security(credential: Credential | None, tls: SSLContext | None) -> dict[str, Any]:
+    """faststream's form of ``connect``'s credential and TLS options."""
+    if credential is None:
+        return {"security": NatsSecurity(ssl_context=tls)} if tls is not None else {}
+    security = NatsNKey(credential.name, ssl_context=tls)
+    # faststream takes a seed file; ours holds more than the seed, so hand it the seed itself.
+    security.seed, security.seed_is_file = credential.seed, False
+    return {"security": security, "inbox_prefix": credential.inbox_prefix}
+
+
 def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) -> NatsBroker:
     return NatsBroker(
         settings.nats_servers(),
-        **credential_options(settings.nats_credential(role)),
+        **_broker_security(settings.nats_credential(role), tls_context(settings)),
         name=f"flowbus-{name}",
         connect_timeout=int(max(1, settings.nats.connect_timeout)),
         # Fail over to another cluster node quickly and never give up.
