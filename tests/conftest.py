@@ -58,7 +58,9 @@ def bus_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def nats_url(tmp_path_factory: pytest.TempPathFactory, bus_credentials: Path) -> Iterator[str]:
-    server = NatsServer(tmp_path_factory.mktemp("jetstream"), bus_credentials)
+    store = tmp_path_factory.mktemp("jetstream")
+    # Its log tells which subject a permission refused, when a test fails on one.
+    server = NatsServer(store, bus_credentials, log_file=store.parent / "nats-server.log")
     server.start()
     asyncio.run(server.wait_ready())
     try:
@@ -112,7 +114,7 @@ def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
         nats=NatsTuning(max_command_bytes=64 * 1024, request_timeout=10.0),
         scheduler=SchedulerSettings(release_interval=0.1),
         # A free port of its own; keys are tested on their own (tests/integration/test_gateway_keys.py).
-        gateway=GatewaySettings(port=free_port(), auth="off"),
+        gateway=GatewaySettings(port=free_port(), auth="off", feed_expiry_seconds=1.0),
     )
 
 

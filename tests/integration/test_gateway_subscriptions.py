@@ -25,6 +25,7 @@ from flowbus.settings import Settings
 from flowbus.states import StateType
 from flowbus_services.gateway.subscriptions import listening
 from tests.helpers.builders import register, unique
+from tests.helpers.bus import raw_connect
 from tests.helpers.gateway import GraphQL
 from tests.helpers.graphql_ws import PROTOCOL, GraphQLWS, refusal
 from tests.helpers.waiting import eventually
@@ -70,8 +71,12 @@ def ws_url(gql: GraphQL) -> str:
 
 
 async def consumers(client: AsyncClient, stream: str, subject: str) -> int:
-    """How many consumers of ``stream`` filter exactly on ``subject``."""
-    infos = await client.nc.jetstream().consumers_info(stream)
+    """How many consumers of ``stream`` filter exactly on ``subject`` (listing them is the services' right)."""
+    nc = await raw_connect(client.settings.nats_servers())
+    try:
+        infos = await nc.jetstream().consumers_info(stream)
+    finally:
+        await nc.close()
     return sum(1 for info in infos if info.config.filter_subject == subject)
 
 

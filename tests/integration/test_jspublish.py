@@ -13,8 +13,9 @@ from tests.helpers import unique
 
 async def _stream(nc: Client) -> tuple[str, str]:
     name = unique("batch").replace("-", "_").upper()
-    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
-    return name, f"{name}.run"
+    # Under flowbus.: the service credential the tests use may publish only there.
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"flowbus.test.{name}.>"]))
+    return name, f"flowbus.test.{name}.run"
 
 
 async def test_a_batch_is_stored_in_order_before_publish_returns(nc: Client) -> None:
@@ -44,7 +45,7 @@ async def test_a_subject_no_stream_stores_fails_the_batch(nc: Client) -> None:
     _stream_name, subject = await _stream(nc)
     publisher = BatchPublisher(nc)
     with pytest.raises(PublishFailed, match="503"):
-        await publisher.publish([(subject, "a", b"kept"), (unique("nowhere"), "b", b"lost")], timeout=10)
+        await publisher.publish([(subject, "a", b"kept"), ("flowbus.test." + unique("nowhere"), "b", b"lost")], timeout=10)
     # The publisher keeps working after a refusal.
     await publisher.publish([(subject, "c", b"next")], timeout=10)
 
@@ -63,7 +64,7 @@ async def test_a_sent_batch_is_confirmed_once_stored(nc: Client) -> None:
 async def test_a_refusal_fails_the_confirmation_of_a_sent_batch(nc: Client) -> None:
     _stream_name, subject = await _stream(nc)
     publisher = BatchPublisher(nc)
-    sent = await publisher.send([(unique("nowhere"), "x", b"lost"), (subject, "y", b"kept")])
+    sent = await publisher.send([("flowbus.test." + unique("nowhere"), "x", b"lost"), (subject, "y", b"kept")])
     with pytest.raises(PublishFailed, match="503"):
         await publisher.confirm(sent, timeout=10)
 

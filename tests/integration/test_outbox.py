@@ -181,14 +181,15 @@ async def test_a_sent_batch_that_is_refused_is_published_again_on_the_next_pass(
         relay = OutboxRelay(owner, db, nc, reply_after_stored=False)
         stream = unique("later").replace("-", "_").upper()
         batch = OutboxBatch()
-        batch.messages.append((f"{stream}.a", f"{stream}-1", b"first"))
+        # Under flowbus.: the only subjects the service credential may publish to.
+        batch.messages.append((f"flowbus.test.{stream}.a", f"{stream}-1", b"first"))
         async with db.write_connection() as conn:
             await relay.stage(conn, batch, utcnow())
         relay.committed(batch)
         await relay.publish_committed()  # sent; the 503 comes back later
         await relay.close()
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+        await js.add_stream(StreamConfig(name=stream, subjects=[f"flowbus.test.{stream}.>"]))
         await relay.sweep()  # the failed batch is first in line, before any row
         await relay.close()
         assert (await js.stream_info(stream)).state.messages == 1
@@ -207,7 +208,7 @@ async def test_a_sent_batch_waiting_for_its_acks_is_not_swept_and_is_sent_again_
     sweep (grace 0) leaves the row alone; once the wait times out, the batch
     is sent again."""
     async with _direct(settings, "unacked") as (db, nc, _flow):
-        owner, subject = unique("owner"), f"{unique('sink')}.a"
+        owner, subject = unique("owner"), f"flowbus.test.{unique('sink')}.a"
         heard: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def on_msg(msg: Msg) -> None:
