@@ -57,7 +57,8 @@ async def test_an_existing_stream_without_limits_adopts_them(nc: Client, limits:
         config = (await js.stream_info(name)).config
         assert (config.max_bytes, config.max_msg_size) == expected[name], name
         assert config.max_consumers == 500
-        assert config.deny_delete and config.deny_purge
+        assert config.deny_delete
+        assert config.deny_purge
     leases = (await js.stream_info(f"KV_{subjects.LEASES_BUCKET}")).config
     assert leases.max_bytes == 1 << 20
     # The message stored before the update is still there.

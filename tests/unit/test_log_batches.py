@@ -46,7 +46,8 @@ def test_the_largest_valid_record_fits_a_batch_alone() -> None:
     size = len(largest.model_dump_json().encode())
     assert size <= largest.max_json_bytes() < LOG_BATCH_MAX_BYTES
     payload, count = pack_log_batch([largest])
-    assert count == 1 and len(payload) < LOG_BATCH_MAX_BYTES
+    assert count == 1
+    assert len(payload) < LOG_BATCH_MAX_BYTES
     assert LogBatch.model_validate_json(payload).records == [largest]
 
 
