@@ -30,6 +30,9 @@ class ErrorCode(StrEnum):
     ARCHIVED = "ARCHIVED"
     CONFLICT = "CONFLICT"
     INTERNAL = "INTERNAL"
+    # The service instance is at a limit (its queue of commands is full) and
+    # did not take the command: resending it later is safe.
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 class ErrorInfo(Message):
@@ -91,8 +94,13 @@ class InternalError(FlowbusError):
     code = ErrorCode.INTERNAL
 
 
+class Unavailable(FlowbusError):
+    code = ErrorCode.UNAVAILABLE
+
+
 ERRORS_BY_CODE: dict[ErrorCode, type[FlowbusError]] = {
-    cls.code: cls for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, InternalError)
+    cls.code: cls
+    for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, InternalError, Unavailable)
 }
 
 
