@@ -184,6 +184,17 @@ class LazarusSettings(BaseModel):
     max_resurrections: int = Field(default=3, ge=0)
 
 
+class LogSettings(BaseModel):
+    """How long the state service keeps stored log records (FLOWBUS_LOGS__...)."""
+
+    # Records stored longer ago than this are deleted; unset: as long as the
+    # LOGS stream keeps them (nats.logs_max_age_seconds, 7 days).
+    retention_seconds: PositiveSeconds | None = None
+    # How often the pruning loop looks, and how many rows one transaction deletes.
+    prune_interval_seconds: PositiveSeconds = 600.0
+    prune_batch: int = Field(default=5000, ge=1, le=100_000)
+
+
 class AgentSettings(BaseModel):
     name: str | None = None
     labels: list[str] = Field(default_factory=list)
@@ -254,6 +265,7 @@ class Settings(BaseSettings):
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
     lazarus: LazarusSettings = Field(default_factory=LazarusSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
@@ -263,6 +275,12 @@ class Settings(BaseSettings):
         if self.heartbeat_interval is not None and "interval_seconds" not in self.heartbeat.model_fields_set:
             self.heartbeat = self.heartbeat.model_copy(update={"interval_seconds": self.heartbeat_interval})
         return self
+
+    @property
+    def log_retention_seconds(self) -> float:
+        """How long stored log records are kept: ``logs.retention_seconds``, else the LOGS stream's max age."""
+        retention = self.logs.retention_seconds
+        return retention if retention is not None else self.nats.logs_max_age_seconds
 
     @property
     def idempotency_ttl_seconds(self) -> float | None:

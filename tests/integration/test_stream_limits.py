@@ -40,6 +40,7 @@ async def test_an_existing_stream_without_limits_adopts_them(nc: Client, limits:
     js = nc.jetstream()
     # As an older flowbus created them: age only, deletes and purges allowed.
     for config in stream_configs(limits):
+        assert config.name is not None
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(config.name)
         await js.add_stream(
