@@ -1,14 +1,17 @@
-"""NATS handlers and the log-writer loop of the state service.
+"""NATS handlers and the loops of the state service (log writer, run clean-up, log retention).
 
 Reads: ``flowbus.cmd.state.*`` (queue group ``state``); the LOGS stream
 through the durable ``state-log-writer``; ``flowbus.evt.flow.*.archived`` and
 ``...schedule_off`` through the durable ``state-flow-run-cleanup``.
-Writes: replies; state events and re-queued runs through the outbox.
+Writes: replies; state events and re-queued runs through the outbox. The log
+retention (``prune_logs``) runs under the lease ``state.log_retention``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from flowbus import subjects
@@ -94,6 +97,17 @@ async def write_logs(ctx: ServiceContext) -> None:
         model=LogBatch,
         handle=store,
     )
+
+
+async def prune_logs(ctx: ServiceContext) -> None:
+    """Delete stored log records older than the retention, every ``logs.prune_interval_seconds``."""
+    settings = ctx.settings
+    while True:
+        older_than = datetime.now(UTC) - timedelta(seconds=settings.log_retention_seconds)
+        deleted = await logs.prune_logs(ctx.db, older_than, settings.logs.prune_batch)
+        if deleted:
+            log.info("pruned %d log records stored before %s", deleted, older_than.isoformat())
+        await asyncio.sleep(settings.logs.prune_interval_seconds)
 
 
 async def clean_up_flow_runs(ctx: ServiceContext) -> None:

@@ -3,7 +3,8 @@
 Owns the log table. ``handlers.write_logs`` feeds it the batches of
 ``flowbus.logs.<flow_run_id>``, each keeping only the records of the run its
 subject names (``records_of``); ``wait_for_logs`` asks JetStream (the LOGS
-stream and the log writer's durable) whether a run's shipped logs are stored.
+stream and the log writer's durable) whether a run's shipped logs are stored;
+``prune_logs`` deletes records stored longer ago than the retention.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from datetime import datetime
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -76,6 +79,21 @@ async def store_logs(db: Database, records: list[LogRecord]) -> int:
             log.warning("dropped %d log records of unknown flow runs", dropped)
         session.add_all([_log_row(r) for r in kept])
     return len(kept)
+
+
+async def prune_logs(db: Database, older_than: datetime, batch: int) -> int:
+    """Delete the records stored before ``older_than``, ``batch`` rows per
+    transaction (a long delete would hold the write lock); how many."""
+    oldest = select(col(Log.id)).where(col(Log.created) < older_than).order_by(col(Log.created)).limit(batch)
+    deleted = 0
+    while True:
+        async with db.write_session() as session:
+            result = await session.execute(delete(Log).where(col(Log.id).in_(oldest.scalar_subquery())))
+        count = int(getattr(result, "rowcount", 0) or 0)
+        deleted += count
+        if count < batch:
+            return deleted
+        await asyncio.sleep(0)  # let the hot paths write between batches
 
 
 async def wait_for_logs(js: JetStreamContext, flow_run_id: str, timeout: float = CATCH_UP_SECONDS) -> bool:

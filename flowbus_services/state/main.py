@@ -1,5 +1,7 @@
 """Entry module of the state service.
 
+Handlers and loops: see ``handlers.py``; the log retention runs only while
+this instance holds the lease ``state.log_retention``.
 Run alone with ``flowbus service run state`` or
 ``uvicorn flowbus_services.state.main:app``. No work happens at import.
 """
@@ -9,15 +11,23 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from flowbus import subjects
+from flowbus.runtime.lease import leased
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
-from flowbus_services.state.handlers import clean_up_flow_runs, register, write_logs
+from flowbus_services.state.handlers import clean_up_flow_runs, prune_logs, register, write_logs
 
 NAME = subjects.Service.STATE
+LOG_RETENTION_LEASE = "state.log_retention"
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
-    return build_service(NAME, settings or Settings(), register, loops=[write_logs, clean_up_flow_runs])
+    return build_service(
+        NAME,
+        settings or Settings(),
+        register,
+        # One instance at a time prunes the logs: two would only delete the same rows twice.
+        loops=[write_logs, clean_up_flow_runs, leased(LOG_RETENTION_LEASE, prune_logs)],
+    )
 
 
 app = build_app()

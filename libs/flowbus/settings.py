@@ -59,6 +59,9 @@ def _never(value: object) -> object:
     return value
 
 
+# Room in a stream's message limit for what surrounds a payload (headers, an event's own fields).
+STREAM_MSG_MARGIN = 24 << 10
+
 # A duration in seconds, also given as "90s", "30m", "24h" or "1d".
 Seconds = Annotated[float, Field(ge=0), BeforeValidator(_seconds)]
 PositiveSeconds = Annotated[float, Field(gt=0), BeforeValidator(_seconds)]
@@ -83,9 +86,44 @@ class NatsTuning(BaseModel):
     events_max_age_seconds: float = 7 * 24 * 3600
     logs_max_age_seconds: float = 7 * 24 * 3600
     runq_max_age_seconds: float = 24 * 3600
+    # Stream limits (docs/architecture.md, "Limits"). Bytes a stream keeps: past
+    # them its oldest messages go, as past its max age.
+    events_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    logs_max_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    runq_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
+    # The largest message (headers included) a stream stores. An event can
+    # carry what two commands set (a flow group's default parameters and its
+    # schedule), so EVENTS takes twice max_command_bytes; a log batch is cut
+    # to LOG_BATCH_MAX_BYTES (flowbus.schemas.runs) by every shipper.
+    events_max_msg_bytes: int = 4 << 20
+    logs_max_msg_bytes: int = 1 << 20
+    runq_max_msg_bytes: int = Field(default=1 << 20, ge=64 << 10)
+    # Consumers a stream allows at once (durables, watches, subscriptions).
+    stream_max_consumers: int = Field(default=10_000, ge=16)
+    # Bytes the leases bucket keeps (a lease is one key of about 100 bytes).
+    leases_max_bytes: int = Field(default=8 << 20, ge=64 << 10)
+    # Fast-lane commands a service instance holds before its group committer
+    # takes them, by count and by bytes; past either, a command is answered
+    # UNAVAILABLE (not taken: the client resends it) instead of queued.
+    fast_lane_max_pending: int = Field(default=65_536, ge=1)
+    fast_lane_max_pending_bytes: int = Field(default=256 << 20, ge=1)
     # Run-queue messages are deduplicated by run and version inside this window.
     duplicate_window_seconds: float = 120.0
     stream_replicas: int = 1
+
+    @model_validator(mode="after")
+    def _messages_fit(self) -> NatsTuning:
+        # A message a stream refused would stay in its sender's outbox or shipper for ever.
+        from flowbus.schemas.runs import LOG_BATCH_MAX_BYTES
+
+        if self.events_max_msg_bytes < 2 * self.max_command_bytes + STREAM_MSG_MARGIN:
+            raise ValueError(
+                f"events_max_msg_bytes must be at least 2 x max_command_bytes + {STREAM_MSG_MARGIN}"
+                " (an event can carry what two commands set)"
+            )
+        if self.logs_max_msg_bytes < LOG_BATCH_MAX_BYTES + STREAM_MSG_MARGIN:
+            raise ValueError(f"logs_max_msg_bytes must be at least {LOG_BATCH_MAX_BYTES + STREAM_MSG_MARGIN}")
+        return self
 
 
 class NatsTlsSettings(BaseModel):
@@ -177,6 +215,17 @@ class LazarusSettings(BaseModel):
     max_resurrections: int = Field(default=3, ge=0)
 
 
+class LogSettings(BaseModel):
+    """How long the state service keeps stored log records (FLOWBUS_LOGS__...)."""
+
+    # Records stored longer ago than this are deleted; unset: as long as the
+    # LOGS stream keeps them (nats.logs_max_age_seconds, 7 days).
+    retention_seconds: PositiveSeconds | None = None
+    # How often the pruning loop looks, and how many rows one transaction deletes.
+    prune_interval_seconds: PositiveSeconds = 600.0
+    prune_batch: int = Field(default=5000, ge=1, le=100_000)
+
+
 class AgentSettings(BaseModel):
     name: str | None = None
     labels: list[str] = Field(default_factory=list)
@@ -261,6 +310,7 @@ class Settings(BaseSettings):
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
     lazarus: LazarusSettings = Field(default_factory=LazarusSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     up: UpSettings = Field(default_factory=UpSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
@@ -272,6 +322,12 @@ class Settings(BaseSettings):
         if self.heartbeat_interval is not None and "interval_seconds" not in self.heartbeat.model_fields_set:
             self.heartbeat = self.heartbeat.model_copy(update={"interval_seconds": self.heartbeat_interval})
         return self
+
+    @property
+    def log_retention_seconds(self) -> float:
+        """How long stored log records are kept: ``logs.retention_seconds``, else the LOGS stream's max age."""
+        retention = self.logs.retention_seconds
+        return retention if retention is not None else self.nats.logs_max_age_seconds
 
     @property
     def idempotency_ttl_seconds(self) -> float | None:

@@ -45,7 +45,9 @@ async def test_a_subject_no_stream_stores_fails_the_batch(nc: Client) -> None:
     _stream_name, subject = await _stream(nc)
     publisher = BatchPublisher(nc)
     with pytest.raises(PublishFailed, match="503"):
-        await publisher.publish([(subject, "a", b"kept"), ("flowbus.test." + unique("nowhere"), "b", b"lost")], timeout=10)
+        await publisher.publish(
+            [(subject, "a", b"kept"), ("flowbus.test." + unique("nowhere"), "b", b"lost")], timeout=10
+        )
     # The publisher keeps working after a refusal.
     await publisher.publish([(subject, "c", b"next")], timeout=10)
 

@@ -102,3 +102,46 @@ def test_upgrading_to_task_rows_backfills_the_tasks_of_existing_flows(tmp_path: 
         ]
     finally:
         engine.dispose()
+
+
+def _insert(conn: sa.Connection, table: str, **values: object) -> None:
+    """A row of ``table`` with ``values``; every other required column gets a filler of its type."""
+    for _cid, name, declared, notnull, default, pk in conn.execute(sa.text(f"PRAGMA table_info({table})")).all():
+        if name in values or not notnull or default is not None or pk:
+            continue
+        kind = declared.upper()
+        values[name] = (
+            "2026-12-01 10:00:00.000000"
+            if "DATETIME" in kind
+            else 0
+            if kind in {"INTEGER", "BOOLEAN", "FLOAT"}
+            else "{}"
+            if kind == "JSON"
+            else f"{table}-{name}"
+        )
+    columns = ", ".join(values)
+    conn.execute(sa.text(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(':' + c for c in values)})"), values)
+
+
+def test_upgrading_the_log_dates_existing_records_by_their_timestamp(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url, "0005")
+    engine = sa.create_engine(_sync_url(db))
+    try:
+        with engine.begin() as conn:
+            _insert(conn, "project", id="p1")
+            _insert(conn, "flow_group", id="g1", project_id="p1")
+            _insert(conn, "flow", id="f1", project_id="p1", flow_group_id="g1")
+            _insert(conn, "flow_run", id="r1", flow_id="f1")
+            for message, timestamp in (("past", "2026-11-22 03:00:00.000000"), ("ahead", "2999-01-01 00:00:00.000000")):
+                _insert(conn, "log", flow_run_id="r1", timestamp=timestamp, message=message)
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT message, created FROM log")).tuples().all()
+        created: dict[str, str] = dict(rows)
+        # The past one ages from its timestamp; one dated ahead from the upgrade.
+        assert created["past"] == "2026-11-22 03:00:00.000000"
+        assert "2026" <= created["ahead"][:4] < "2999"
+    finally:
+        engine.dispose()

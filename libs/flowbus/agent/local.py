@@ -1,11 +1,12 @@
 """The local agent: takes due runs from the run queues and runs them here.
 
-It long-polls a durable consumer over its label sets' run queues, claims
-each run (Submitted at its queued version: one claim wins), starts it in a
-process of its own and, on a cancel, stops that process; ``limit`` caps the
-runs in hand (docs/architecture.md, "Agent and runner"). With flow roots it
-fails, unstarted, a run whose flow's code lies outside them; it never hands
-a flow's process the run config's denied variables (docs/security.md).
+It long-polls a durable consumer over its label sets' run queues (recreated
+if it disappears), claims each run (Submitted at its queued version: one
+claim wins), starts it in a process of its own and, on a cancel, stops that
+process; ``limit`` caps the runs in hand (docs/architecture.md, "Agent and runner").
+With flow roots it fails, unstarted, a run whose flow's code lies outside
+them; it never hands a flow's process the run config's denied variables
+(docs/security.md).
 
 Reads: ``flowbus.runq.<key>`` (RUNQ stream), ``flowbus.evt.flow_run.<id>.state``.
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,
@@ -29,7 +30,6 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
@@ -41,6 +41,7 @@ from flowbus.agent.runner import settle_unfinished_run
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
+from flowbus.runtime.consumer import DurablePull
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
@@ -91,6 +92,7 @@ class LocalAgent:
         self._active: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
+        self.consumer: DurablePull | None = None
 
     def stop(self) -> None:
         """Take no new runs; those running finish, then ``run()`` returns."""
@@ -109,12 +111,12 @@ class LocalAgent:
             RegisterAgent(agent_id=self.id, name=self.name, type="local", labels=self.labels),
             AgentOut,
         )
-        js = nc.jetstream()
-        psub = await js.pull_subscribe(
-            "",
-            durable=subjects.agent_durable(self.labels),
-            stream=subjects.RUNQ_STREAM,
-            config=ConsumerConfig(
+        # Recreated with this configuration if it disappears while the agent runs.
+        self.consumer = DurablePull(
+            nc.jetstream(),
+            subjects.RUNQ_STREAM,
+            subjects.agent_durable(self.labels),
+            ConsumerConfig(
                 filter_subjects=queues,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
@@ -123,6 +125,7 @@ class LocalAgent:
                 inactive_threshold=CONSUMER_IDLE_EXPIRY.total_seconds(),
             ),
         )
+        await self.consumer.start()
         log.info("Agent %s (%s) started with labels %s, limit %d", self.name, self.id, self.labels, self.limit)
         roots = f", flow roots: {self.flow_roots}" if self.flow_roots else ""
         print(
@@ -130,7 +133,7 @@ class LocalAgent:
         )
         beat = asyncio.create_task(self._heartbeats())
         try:
-            await self._take_runs(psub)
+            await self._take_runs(self.consumer)
         finally:
             beat.cancel()
             if self._active:
@@ -139,7 +142,7 @@ class LocalAgent:
             await self.client.close()
             print(f"Agent {self.name} stopped", flush=True)
 
-    async def _take_runs(self, psub: JetStreamContext.PullSubscription) -> None:
+    async def _take_runs(self, consumer: DurablePull) -> None:
         while not self._stop.is_set():
             free = self.limit - len(self._active)
             if free <= 0:
@@ -148,13 +151,10 @@ class LocalAgent:
                 await _first_of(self._slot_freed, self._stop)
                 continue
             try:
-                msgs = await psub.fetch(batch=min(free, FETCH_BATCH), timeout=FETCH_WAIT)
+                # A fail-over to another NATS node is waited out (the durable keeps
+                # our place); a deleted consumer is recreated.
+                msgs = await consumer.fetch(min(free, FETCH_BATCH), timeout=FETCH_WAIT)
             except (TimeoutError, NatsTimeout):
-                continue
-            except NatsError as exc:
-                # Fail-over to another NATS node: the durable consumer keeps our place.
-                log.warning("run queue unavailable (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
                 if self._stop.is_set():

@@ -9,6 +9,7 @@ read them straight from the stream.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from flowbus import subjects
-from flowbus.schemas.runs import LogBatch, LogRecord
+from flowbus.schemas.runs import LOG_MESSAGE_MAX_CHARS, LogRecord, pack_log_batch
 from flowbus.sdk import context
 
 BATCH = 100
@@ -46,7 +47,7 @@ class LogShipper(logging.Handler):
                 timestamp=datetime.fromtimestamp(record.created, UTC),
                 name=record.name[:255],
                 level=record.levelname if record.levelname in _LEVELS else "INFO",
-                message=self.format(record)[:100_000],
+                message=self.format(record)[:LOG_MESSAGE_MAX_CHARS],
             )
             self.loop.call_soon_threadsafe(self.pending.append, item)
         except Exception:  # a log call must never break the flow
@@ -77,17 +78,14 @@ class LogShipper(logging.Handler):
                 log.warning("log shipping paused (%s); records kept for the next try", type(exc).__name__)
 
     async def publish_pending(self) -> None:
-        """Publish everything queued so far. A failed batch goes back to the
-        front of the queue, so a NATS fail-over delays logs but loses none."""
+        """Publish everything queued so far. A batch leaves the queue once
+        JetStream stored it, so a NATS fail-over delays logs but loses none."""
         async with self._lock:
             while self.pending:
-                records = [self.pending.popleft() for _ in range(min(BATCH, len(self.pending)))]
-                payload = LogBatch(records=records).model_dump_json().encode()
-                try:
-                    await self.js.publish(subjects.logs(self.flow_run_id), payload)
-                except BaseException:
-                    self.pending.extendleft(reversed(records))
-                    raise
+                payload, count = pack_log_batch(list(itertools.islice(self.pending, BATCH)))
+                await self.js.publish(subjects.logs(self.flow_run_id), payload)
+                for _ in range(count):
+                    self.pending.popleft()
 
     async def stop(self, patience: float = STOP_PATIENCE) -> None:
         """Stop the background shipping and publish what is left."""

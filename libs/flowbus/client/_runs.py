@@ -34,18 +34,16 @@ from flowbus.schemas.runs import (
     GetFlowRunLogs,
     HistoryEntry,
     ListFlowRuns,
-    LogBatch,
     LogList,
     LogRecord,
     SetFlowRunState,
     SetTaskRunState,
     StateHistoryList,
     StateSet,
+    pack_log_batch,
 )
 from flowbus.states import StateType
 
-# Records per LogBatch message (the schema's cap).
-LOG_BATCH_MAX = 1000
 # A run id that fits in one subject token (logs and heartbeats are published on subjects naming the run).
 _SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -216,17 +214,19 @@ class Runs(Transport):
 
     async def write_logs(self, records: Sequence[LogRecord]) -> int:
         """Ship log records to the LOGS stream, where the state service stores them
-        (records of a run that does not exist are dropped there): one batch per
-        run and per ``LOG_BATCH_MAX`` records, each acknowledged by JetStream
+        (records of a run that does not exist are dropped there): batches per
+        run of at most 1,000 records and ``LOG_BATCH_MAX_BYTES``, each acknowledged by JetStream
         before this returns. How many records were shipped."""
         by_run: dict[str, list[LogRecord]] = {}
         for record in records:
             by_run.setdefault(_subject_token(record.flow_run_id), []).append(record)
         js = (await self.connect()).jetstream()
         for flow_run_id, run_records in by_run.items():
-            for start in range(0, len(run_records), LOG_BATCH_MAX):
-                batch = LogBatch(records=run_records[start : start + LOG_BATCH_MAX])
-                await js.publish(subjects.logs(flow_run_id), batch.model_dump_json().encode())
+            start = 0
+            while start < len(run_records):
+                payload, count = pack_log_batch(run_records[start:])
+                await js.publish(subjects.logs(flow_run_id), payload)
+                start += count
         return len(records)
 
     async def send_flow_run_heartbeat(self, flow_run_id: str, task_run_id: str | None = None) -> None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from flowbus import subjects
 from flowbus.bus_auth import BusRole, PermissionDenied, permissions
 from flowbus.runtime.nats import connect
-from flowbus.schemas.common import Forbidden, Message, Reply, error_from_info
+from flowbus.schemas.common import ErrorCode, Forbidden, Message, Reply, error_from_info
 from flowbus.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,7 +31,8 @@ FIRST_ATTEMPT_TIMEOUT = 2.0
 
 
 class ServiceUnavailable(ConnectionError):
-    """The server is reachable but no instance of a service answered."""
+    """The server is reachable but no instance of a service answered, or each that
+    answered was full (UNAVAILABLE) until ``unavailable_retry_seconds`` ran out."""
 
 
 class Transport:
@@ -79,7 +80,8 @@ class Transport:
         """Send a command and unwrap its reply envelope.
 
         A command that no service received (none running yet, or this
-        connection failing over to another NATS node) is resent for up to
+        connection failing over to another NATS node) or that one answered
+        UNAVAILABLE (full, it did not take it) is resent for up to
         ``unavailable_retry_seconds``. A command that may have been received but
         got no answer is resent once only when ``idempotent`` (a query, or a
         command carrying an idempotency key): its first attempt then waits
@@ -97,7 +99,6 @@ class Transport:
         while True:
             try:
                 msg = await nc.request(subject, payload, timeout=timeouts[0])
-                break
             except (NoRespondersError, ConnectionReconnectingError) as exc:
                 # Nothing received the command (a service restarting, or this
                 # connection failing over to another NATS node): safe to resend.
@@ -107,13 +108,21 @@ class Transport:
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+                continue
             except NatsTimeout as exc:
                 if len(timeouts) > 1:
                     timeouts.pop(0)
                     continue
                 # It may have been applied: not resent; the caller decides.
                 raise ServiceUnavailable(f"the {service} service did not answer in time") from exc
-        envelope = Reply[reply].model_validate_json(msg.data)  # type: ignore[valid-type]
+            envelope = Reply[reply].model_validate_json(msg.data)  # type: ignore[valid-type]
+            if envelope.error is None or envelope.error.code is not ErrorCode.UNAVAILABLE:
+                break
+            # The instance was full and did not take the command: safe to resend.
+            if loop.time() + delay > deadline:
+                raise ServiceUnavailable(f"the {service} service is overloaded: {envelope.error.message}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
         if not envelope.ok:
             assert envelope.error is not None
             raise error_from_info(envelope.error)

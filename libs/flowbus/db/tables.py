@@ -285,7 +285,7 @@ class StateHistory(SQLModel, table=True):
 
 class Log(SQLModel, table=True):
     __tablename__ = "log"
-    __table_args__ = (_task_run_index("log"),)
+    __table_args__ = (_task_run_index("log"), sa.Index("ix_log_created", "created"))
 
     id: int | None = Field(default=None, primary_key=True)
     flow_run_id: str = _fk("flow_run.id", index=True)
@@ -295,6 +295,9 @@ class Log(SQLModel, table=True):
     level: str = Field(max_length=16)
     message: str
     info: dict[str, Any] | None = _json(default=None)
+    # When the state service stored it: retention counts from here, not from
+    # the record's own timestamp, which its sender chose.
+    created: datetime = _ts(default_factory=utcnow)
 
 
 class Agent(SQLModel, table=True):

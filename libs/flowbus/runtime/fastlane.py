@@ -11,6 +11,16 @@ Replies are the same ``Reply`` envelopes as faststream handlers send, with
 the same codes: malformed, wrong-typed or oversize input gets
 VALIDATION_ERROR, a refusal its code, a bug INTERNAL.
 
+The commands an instance holds (taken, not yet answered) are bounded by
+count and bytes (``nats.fast_lane_max_pending``, ``..._max_pending_bytes``):
+past either, a command is answered UNAVAILABLE at once, before it is even
+parsed, rather than queued without end; it was not taken, so the client
+resends it. nats-py's own queue in front of the callback holds what its
+reader parsed before the callback ran (the callback never waits, so only a
+burst read at once): it is bounded too, by the same settings but never
+below ``BURST_MSGS`` and ``BURST_BYTES``, and what overflows it nats-py
+drops (the requester's timeout answers those).
+
 The subjects are also declared on the service's documentation broker, so
 they appear in the AsyncAPI document like any other command. A message with
 a W3C ``traceparent`` header gets a span that continues the caller's trace.
@@ -18,6 +28,7 @@ a W3C ``traceparent`` header gets a span that continues the caller's trace.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +44,11 @@ from flowbus.runtime.batching import GroupCommitter
 from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
 
 log = logging.getLogger(__name__)
+
+# The least nats-py's queue in front of the callback holds: a burst that
+# arrives in one read must reach the callback, which answers UNAVAILABLE.
+BURST_MSGS = 65_536
+BURST_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,10 +77,24 @@ def outcome_reply(outcome: Any) -> bytes:
 
 
 class FastLane:
-    def __init__(self, service: str, max_bytes: int, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        service: str,
+        max_bytes: int,
+        tracer: trace.Tracer,
+        max_pending: int = 65_536,
+        max_pending_bytes: int = 256 << 20,
+    ) -> None:
         self.service = service
         self.max_bytes = max_bytes
         self.tracer = tracer
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        # Commands taken and not answered yet, over every lane, and their bytes.
+        self.pending = 0
+        self.pending_bytes = 0
+        # Commands answered UNAVAILABLE since the start.
+        self.turned_away = 0
         self._lanes: list[_Lane] = []
         self._subscriptions: list[Subscription] = []
 
@@ -74,7 +104,13 @@ class FastLane:
     async def start(self, nc: NatsClient) -> None:
         for lane in self._lanes:
             self._subscriptions.append(
-                await nc.subscribe(lane.subject, queue=lane.queue, cb=self._callback(nc, lane), pending_msgs_limit=-1)
+                await nc.subscribe(
+                    lane.subject,
+                    queue=lane.queue,
+                    cb=self._callback(nc, lane),
+                    pending_msgs_limit=max(self.max_pending, BURST_MSGS),
+                    pending_bytes_limit=max(self.max_pending_bytes, BURST_BYTES),
+                )
             )
 
     async def stop(self) -> None:
@@ -91,7 +127,14 @@ class FastLane:
             reply_to = msg.reply
             if not reply_to:
                 return  # a command nobody waits for: nothing to answer, nothing to do
-            if len(msg.data) > self.max_bytes:
+            size = len(msg.data)
+            if self.pending and (
+                self.pending >= self.max_pending or self.pending_bytes + size > self.max_pending_bytes
+            ):
+                self.turned_away += 1
+                await nc.publish(reply_to, self._unavailable)
+                return
+            if size > self.max_bytes:
                 info = ErrorInfo(
                     code=ErrorCode.VALIDATION_ERROR,
                     message=f"payload of {len(msg.data)} bytes exceeds the limit of {self.max_bytes} bytes",
@@ -106,15 +149,29 @@ class FastLane:
             span = self._span(lane, msg)
 
             async def respond(outcome: Any) -> None:
+                self.pending -= 1
+                self.pending_bytes -= size
                 try:
                     await nc.publish(reply_to, outcome_reply(outcome))
                 finally:
                     if span is not None:
                         span.end()
 
+            self.pending += 1
+            self.pending_bytes += size
             lane.committer.submit_nowait(command, respond)
 
         return on_message
+
+    @functools.cached_property
+    def _unavailable(self) -> bytes:
+        return error_reply(
+            ErrorInfo(
+                code=ErrorCode.UNAVAILABLE,
+                message=f"the {self.service} service has {self.max_pending} commands or"
+                f" {self.max_pending_bytes} bytes in hand; not taken, send it again later",
+            )
+        )
 
     def _span(self, lane: _Lane, msg: Msg) -> trace.Span | None:
         if not msg.headers or "traceparent" not in msg.headers:

@@ -129,6 +129,10 @@ async def connect(settings: Settings, name: str, role: BusRole, credential: Cred
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The three streams, each bounded by age, bytes, message size and consumers
+    (docs/architecture.md, "Limits"). No message of a stream can be deleted,
+    nor the stream purged, through the JetStream API: only its limits remove
+    messages."""
     tuning = settings.nats
     common = {
         "storage": StorageType.FILE,
@@ -136,24 +140,33 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         "duplicate_window": tuning.duplicate_window_seconds,
         "discard": DiscardPolicy.OLD,
         "retention": RetentionPolicy.LIMITS,
+        "max_consumers": tuning.stream_max_consumers,
+        "deny_delete": True,
+        "deny_purge": True,
     }
     return [
         StreamConfig(
             name=subjects.EVENTS_STREAM,
             subjects=[subjects.EVENTS_ALL],
             max_age=tuning.events_max_age_seconds,
+            max_bytes=tuning.events_max_bytes,
+            max_msg_size=tuning.events_max_msg_bytes,
             **common,  # type: ignore[arg-type]
         ),
         StreamConfig(
             name=subjects.LOGS_STREAM,
             subjects=[subjects.LOGS_ALL],
             max_age=tuning.logs_max_age_seconds,
+            max_bytes=tuning.logs_max_bytes,
+            max_msg_size=tuning.logs_max_msg_bytes,
             **common,  # type: ignore[arg-type]
         ),
         StreamConfig(
             name=subjects.RUNQ_STREAM,
             subjects=[subjects.RUNQ_ALL],
             max_age=tuning.runq_max_age_seconds,
+            max_bytes=tuning.runq_max_bytes,
+            max_msg_size=tuning.runq_max_msg_bytes,
             **common,  # type: ignore[arg-type]
         ),
     ]
@@ -212,11 +225,12 @@ def lease_bucket_config(settings: Settings) -> KeyValueConfig:
         ttl=settings.lease.ttl_seconds,
         storage=StorageType.FILE,
         replicas=settings.nats.stream_replicas,
+        max_bytes=settings.nats.leases_max_bytes,
     )
 
 
 async def ensure_lease_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    """Create the leases bucket, or adopt a changed TTL or replica count in an existing one."""
+    """Create the leases bucket, or adopt a changed TTL, size or replica count in an existing one."""
     config = lease_bucket_config(settings)
     try:
         return await _placed(partial(js.create_key_value, config), f"bucket {config.bucket}")
@@ -233,6 +247,7 @@ async def ensure_lease_bucket(js: JetStreamContext, settings: Settings) -> KeyVa
             duplicate_window=min(KV_DUPLICATE_WINDOW_SECONDS, config.ttl),
             max_msgs_per_subject=config.history,
             num_replicas=config.replicas,
+            max_bytes=config.max_bytes,
         )
     )
     return await js.key_value(config.bucket)

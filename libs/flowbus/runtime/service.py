@@ -292,7 +292,13 @@ def build_service(
     broker = make_broker(settings, name, role)
     spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
-    fast_lane = FastLane(name, settings.nats.max_command_bytes, tracer(name, settings.otel_console))
+    fast_lane = FastLane(
+        name,
+        settings.nats.max_command_bytes,
+        tracer(name, settings.otel_console),
+        max_pending=settings.nats.fast_lane_max_pending,
+        max_pending_bytes=settings.nats.fast_lane_max_pending_bytes,
+    )
     relay = OutboxRelay(
         name,
         db,

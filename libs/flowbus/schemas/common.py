@@ -130,6 +130,9 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"
     FORBIDDEN = "FORBIDDEN"
     INTERNAL = "INTERNAL"
+    # The service instance is at a limit (its queue of commands is full) and
+    # did not take the command: resending it later is safe.
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 class ErrorInfo(Message):
@@ -197,9 +200,22 @@ class InternalError(FlowbusError):
     code = ErrorCode.INTERNAL
 
 
+class Unavailable(FlowbusError):
+    code = ErrorCode.UNAVAILABLE
+
+
 ERRORS_BY_CODE: dict[ErrorCode, type[FlowbusError]] = {
     cls.code: cls
-    for cls in (NotFound, ValidationFailed, VersionLockingError, Archived, Conflict, Forbidden, InternalError)
+    for cls in (
+        NotFound,
+        ValidationFailed,
+        VersionLockingError,
+        Archived,
+        Conflict,
+        Forbidden,
+        InternalError,
+        Unavailable,
+    )
 }
 
 

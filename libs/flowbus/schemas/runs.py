@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
+from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, field_validator, model_validator
+from pydantic_core import to_json
 
 from flowbus import subjects
 from flowbus.schemas.common import LIST_LIMIT_DEFAULT, TEXT_MAX, ErrorInfo, Json, Message, at_most
@@ -307,20 +309,78 @@ class FlowRunCreated(Message):
 # ---- logs ------------------------------------------------------------------
 
 
+LOG_MESSAGE_MAX_CHARS: Final = 100_000
+LOG_INFO_MAX_BYTES: Final = 64 << 10
+LOG_BATCH_MAX_RECORDS: Final = 1000
+# A batch's JSON fits the LOGS stream's message limit (nats.logs_max_msg_bytes,
+# 1 MiB, which the settings keep above this), so a valid batch is never refused.
+LOG_BATCH_MAX_BYTES: Final = 1000 << 10
+# JSON spends at most 6 bytes on a character (a control character as \u00XX),
+# and a record's field names, timestamp and level take under 200.
+_JSON_BYTES_PER_CHAR: Final = 6
+_RECORD_FRAME_BYTES: Final = 200
+_BATCH_OPEN: Final = b'{"records":['
+_BATCH_CLOSE: Final = b"]}"
+
+
 class LogRecord(Message):
     flow_run_id: Key
     task_run_id: Key | None = None
     timestamp: datetime
     name: str = Field(max_length=255)
     level: LogLevel
-    message: str = Field(max_length=100_000)
+    message: str = Field(max_length=LOG_MESSAGE_MAX_CHARS)
     info: JsonObject | None = None
+
+    @field_validator("info")
+    @classmethod
+    def _small_info(cls, info: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        if info is not None and len(to_json(info)) > LOG_INFO_MAX_BYTES:
+            raise ValueError(f"a log record's info takes at most {LOG_INFO_MAX_BYTES} bytes of JSON")
+        return info
+
+    def max_json_bytes(self) -> int:
+        """An upper bound of this record's JSON size, without serializing it.
+
+        Its largest value (100,000 characters of message, three 255-character
+        fields, 64 KiB of info) is about 670 KB: every valid record fits a batch.
+        """
+        chars = len(self.flow_run_id) + len(self.task_run_id or "") + len(self.name) + len(self.message)
+        return _JSON_BYTES_PER_CHAR * chars + _RECORD_FRAME_BYTES + (LOG_INFO_MAX_BYTES if self.info else 0)
 
 
 class LogBatch(Message):
-    """Published on ``flowbus.logs.<flow_run_id>`` by runners and services."""
+    """Published on ``flowbus.logs.<flow_run_id>`` by runners and services:
+    at most 1,000 records and 1,000 KiB of JSON, so that it fits the LOGS
+    stream's message limit (``pack_log_batch`` cuts records into such batches)."""
 
-    records: list[LogRecord] = Field(min_length=1, max_length=1000)
+    records: list[LogRecord] = Field(min_length=1, max_length=LOG_BATCH_MAX_RECORDS)
+
+    @model_validator(mode="after")
+    def _fits_the_stream(self) -> LogBatch:
+        # Serialized only when the cheap bound says it might not fit (long lines).
+        bound = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + sum(r.max_json_bytes() + 1 for r in self.records)
+        if bound > LOG_BATCH_MAX_BYTES:
+            size = len(self.__pydantic_serializer__.to_json(self))
+            if size > LOG_BATCH_MAX_BYTES:
+                raise ValueError(f"a log batch takes at most {LOG_BATCH_MAX_BYTES} bytes of JSON, this one {size}")
+        return self
+
+
+def pack_log_batch(records: Sequence[LogRecord]) -> tuple[bytes, int]:
+    """The JSON of a ``LogBatch`` of the first records of ``records`` (at least
+    one), as many as fit the batch limits, and how many it holds."""
+    parts: list[bytes] = []
+    size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+    for record in records[:LOG_BATCH_MAX_RECORDS]:
+        data = record.__pydantic_serializer__.to_json(record)
+        if parts and size + len(data) + 1 > LOG_BATCH_MAX_BYTES:
+            break
+        parts.append(data)
+        size += len(data) + 1
+    if not parts:
+        raise ValueError("no log records to pack")
+    return _BATCH_OPEN + b",".join(parts) + _BATCH_CLOSE, len(parts)
 
 
 class GetFlowRunLogs(Message):
