@@ -30,7 +30,7 @@ class Permission(StrEnum):
     READ = "read"  # queries and subscriptions
     RUN = "run"  # what an agent and its runs write: states, logs, heartbeats, agents
     WRITE = "write"  # projects, flows, runs, settings
-    KEYS = "keys"  # API keys
+    ADMIN = "admin"  # API keys and deleting projects: the bus's admin commands
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -41,7 +41,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 # Mutations an agent and its runs send; every other mutation needs WRITE
-# unless listed in KEY_MUTATIONS.
+# unless listed in ADMIN_MUTATIONS.
 RUN_MUTATIONS: set[str] = {
     "set_flow_run_states",
     "set_flow_run_state",
@@ -53,9 +53,11 @@ RUN_MUTATIONS: set[str] = {
     "get_runs_in_queue",
     "get_or_create_task_run_info",
 }
-KEY_MUTATIONS: set[str] = {"create_api_key", "delete_api_key"}
+# Mutations only an admin may send: the bus refuses their commands to every
+# other role too (flowbus.bus_auth, docs/security.md).
+ADMIN_MUTATIONS: set[str] = {"create_api_key", "delete_api_key", "delete_project"}
 # Queries that only an admin may send.
-KEY_QUERIES: set[str] = {"api_key"}
+ADMIN_QUERIES: set[str] = {"api_key"}
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,10 @@ def required_permission(operation: OperationType, field: str) -> Permission:
     if field.startswith("__"):
         return Permission.READ
     if operation is OperationType.MUTATION:
-        if field in KEY_MUTATIONS:
-            return Permission.KEYS
+        if field in ADMIN_MUTATIONS:
+            return Permission.ADMIN
         return Permission.RUN if field in RUN_MUTATIONS else Permission.WRITE
-    return Permission.KEYS if field in KEY_QUERIES else Permission.READ
+    return Permission.ADMIN if field in ADMIN_QUERIES else Permission.READ
 
 
 def forbidden_fields(document: DocumentNode, operation_name: str | None, principal: Principal) -> list[str]:

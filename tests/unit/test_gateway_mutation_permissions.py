@@ -22,7 +22,6 @@ RUNNER_SENDS = {
 # What only a user (or an admin) may do.
 WRITES = {
     "create_project",
-    "delete_project",
     "create_flow",
     "createFlow",
     "archive_flow",
@@ -43,3 +42,5 @@ def test_runner_mutations_need_run_and_the_others_write() -> None:
     needs = {name: required_permission(OperationType.MUTATION, name) for name in fields}
     assert {needs[name] for name in RUNNER_SENDS} == {Permission.RUN}
     assert {needs[name] for name in WRITES} == {Permission.WRITE}
+    # Deleting a project is an admin command on the bus, so through the gateway too.
+    assert {needs[name] for name in ("delete_project", "create_api_key", "delete_api_key")} == {Permission.ADMIN}

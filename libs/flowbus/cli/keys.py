@@ -25,7 +25,10 @@ async def create_api_key(
         typer.Option(
             "--role",
             "-r",
-            help="admin: everything; user: all but keys; runner: what agents and runs need; read-only: queries.",
+            help=(
+                "admin: everything; user: all but keys and deleting projects; "
+                "runner: what agents and runs need; read-only: queries."
+            ),
         ),
     ],
 ) -> None:

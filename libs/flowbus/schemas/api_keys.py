@@ -32,7 +32,7 @@ ApiKeyName = Annotated[
 
 
 class Role(StrEnum):
-    """What a key may do: ``admin`` everything; ``user`` everything but keys;
+    """What a key may do: ``admin`` everything; ``user`` everything but keys and deleting projects;
     ``runner`` what an agent and its runs need; ``read-only`` queries and subscriptions."""
 
     ADMIN = "admin"
