@@ -131,8 +131,9 @@ async def cluster_stack(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Setti
 
 
 async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: Settings, tmp_path: Path) -> None:
-    async with AsyncClient(cluster_stack) as client:
-        info = await client.nc.jetstream().stream_info("FLOWBUS_EVENTS")
+    # Stream information is the services' to read: the harness looks with their credential.
+    async with AsyncClient(cluster_stack) as client, AsyncClient(cluster_stack, role=BusRole.SERVICE) as harness:
+        info = await harness.nc.jetstream().stream_info("FLOWBUS_EVENTS")
         assert info.config.num_replicas == 3
 
         flow_id = await register_greeting_flow(client, tmp_path)
@@ -144,12 +145,12 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
 
             # The worst node to lose: the one leading the events stream. The
             # other two keep a quorum and elect a new leader within seconds.
-            leader = (await client.nc.jetstream().stream_info("FLOWBUS_EVENTS")).cluster
+            leader = (await harness.nc.jetstream().stream_info("FLOWBUS_EVENTS")).cluster
             assert leader is not None
             assert leader.leader is not None
             dead = leader.leader
             cluster.kill(int(dead.removeprefix("n")))
-            await cluster.wait_for_leaders(client, dead)
+            await cluster.wait_for_leaders(harness, dead)
 
             second = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("after"))
             watched = await watch_until_finished(client, second.id)

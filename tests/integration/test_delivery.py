@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
@@ -48,7 +49,7 @@ with Flow({name!r}) as flow:
 
 @pytest.mark.timeout(300)
 async def test_every_run_executes_exactly_once_with_three_agents_and_duplicate_deliveries(
-    stack: Settings, client: AsyncClient, tmp_path: Path
+    stack: Settings, client: AsyncClient, nc: Client, tmp_path: Path
 ) -> None:
     name, label = unique("once"), unique("once")
     ledger = tmp_path / "ledger.txt"
@@ -64,7 +65,7 @@ async def test_every_run_executes_exactly_once_with_three_agents_and_duplicate_d
         ids = [r.id for r in runs]
         # And more duplicates: publish every run's queue message again, without a
         # message id, as a redelivery after a fail-over would.
-        js = client.nc.jetstream()
+        js = nc.jetstream()  # run-queue messages are the services' to publish
         for run in runs[::2]:
             again = RunQueued(
                 flow_run_id=run.id,
@@ -145,7 +146,9 @@ async def gated_flow(client: AsyncClient, tmp_path: Path) -> tuple[Gates, str]:
     return gates, await register_script(client, script, name, PROJECT)
 
 
-async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
+async def test_limit_keeps_further_runs_in_the_queue(
+    stack: Settings, client: AsyncClient, nc: Client, tmp_path: Path
+) -> None:
     label = unique("limit")
     gates, flow_id = await gated_flow(client, tmp_path)
     agent = LocalAgent(stack, labels=[label], hostname_label=False, limit=1)
@@ -162,7 +165,7 @@ async def test_limit_keeps_further_runs_in_the_queue(stack: Settings, client: As
             await states.until(lambda: bool(running_now()))
             # One runs; the other two are still in the stream, not fetched by the agent.
             assert agent.running == 1
-            consumer = await client.nc.jetstream().consumer_info(subjects.RUNQ_STREAM, subjects.agent_durable([label]))
+            consumer = await nc.jetstream().consumer_info(subjects.RUNQ_STREAM, subjects.agent_durable([label]))
             assert consumer.num_pending == 2
             assert consumer.num_ack_pending == 0
             waiting = [i for i in ids if (await client.get_flow_run(i)).run.state.type is StateType.SCHEDULED]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flowbus import subjects
@@ -232,7 +233,7 @@ with Flow("{flow_name}") as flow:
 
 
 async def test_a_running_task_heartbeats_every_interval(
-    stack: Settings, client: AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Settings, client: AsyncClient, nc: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The runner is a subprocess: FLOWBUS_HEARTBEAT_INTERVAL, the flat spelling
     # users type, reaches it through the agent's environment.
@@ -244,7 +245,7 @@ async def test_a_running_task_heartbeats_every_interval(
     async def on_beat(msg: Msg) -> None:
         beats.put_nowait(RunHeartbeat.model_validate_json(msg.data))
 
-    sub = await client.nc.subscribe(subjects.flow_run_heartbeat("*"), cb=on_beat)
+    sub = await nc.subscribe(subjects.flow_run_heartbeat("*"), cb=on_beat)  # heartbeats are the services' to read
     async with running_agents(LocalAgent(stack, labels=[LABEL], hostname_label=False)):
         try:
             run = await client.create_flow_run(flow_id, labels=[LABEL])

@@ -95,7 +95,7 @@ async def _walk(client: AsyncClient, task_run: TaskRunOut, *states: StateType) -
         version = (await client.set_task_run_state(task_run.id, version, state)).version
 
 
-async def test_a_failed_flow_run_retries_or_fails_its_running_task_runs(client: AsyncClient) -> None:
+async def test_a_failed_flow_run_retries_or_fails_its_running_task_runs(client: AsyncClient, nc: Client) -> None:
     run_id, version, tasks = await _running_with_tasks(
         client,
         TaskSpec(slug="once-1", name="once"),
@@ -111,7 +111,7 @@ async def test_a_failed_flow_run_retries_or_fails_its_running_task_runs(client: 
     async def on_task_state(msg: Msg) -> None:
         events.put_nowait(StateChanged.model_validate_json(msg.data))
 
-    sub = await client.nc.subscribe(subjects.flow_run_event(run_id, "task_state"), cb=on_task_state)
+    sub = await nc.subscribe(subjects.flow_run_event(run_id, "task_state"), cb=on_task_state)
     try:
         await client.set_flow_run_state(run_id, version, StateType.FAILED, "boom")
         async with asyncio.timeout(30):
