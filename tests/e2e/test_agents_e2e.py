@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from flowbus.client import Client
-from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
-from tests.helpers.processes import FLOWBUS, flowbus, run, serving_scripts, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, flowbus, home_settings, run, serving_scripts, start, stop, wait_for_line
 from tests.helpers.scripts import BLOCKING_MESSAGE, blocking_flow
 
 pytestmark = pytest.mark.e2e
@@ -124,7 +123,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
                     args += ["--label", label]
                 agents.append(start(args, home, work))
                 wait_for_line(agents[-1], "waiting for flow runs")
-            with Client(Settings(home=home)) as client:
+            with Client(home_settings(home)) as client:
                 ids = {a.name: a.id for a in client.get_agents().agents}
                 yield System(home, work, client, ids)
         finally:

@@ -16,9 +16,8 @@ import pytest
 
 from flowbus.client import Client
 from flowbus.schemas.runs import FlowRunOut
-from flowbus.settings import Settings
 from flowbus.states import StateType
-from tests.helpers.processes import FLOWBUS, UP_READY, flowbus, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, UP_READY, flowbus, home_settings, start, stop, wait_for_line
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +72,7 @@ def test_a_two_second_schedule_runs_each_time_once_across_a_restart_until_turned
         assert "active" in shown, shown
         assert shown.count("{}") == 10, shown  # ten start times, no parameters
 
-        with Client(Settings(home=home)) as client:
+        with Client(home_settings(home)) as client:
             wait_until(lambda: waiting_ahead(client, flow_id), "ten runs created ahead", until=lambda r: len(r) >= 9)
             agent = start([FLOWBUS, "agent", "local", "start"], home, workdir)
             wait_until(lambda: succeeded(client, flow_id), "three runs executed", until=lambda r: len(r) >= 3)
@@ -84,7 +83,7 @@ def test_a_two_second_schedule_runs_each_time_once_across_a_restart_until_turned
         up = start([FLOWBUS, "up"], home, workdir)
         wait_for_line(up, UP_READY)
         agent = start([FLOWBUS, "agent", "local", "start"], home, workdir)
-        with Client(Settings(home=home)) as client:
+        with Client(home_settings(home)) as client:
             before = len(succeeded(client, flow_id))
             wait_until(
                 lambda: succeeded(client, flow_id),

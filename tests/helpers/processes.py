@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from flowbus.settings import Settings
 from tests.helpers.waiting import wait_until
 
 BIN = Path(sys.executable).parent
@@ -32,6 +33,12 @@ def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def home_settings(home: Path) -> Settings:
+    """The settings of a process started with only ``FLOWBUS_HOME=home`` (``cli_env``): its
+    credentials are the home's, not the session's that this test process has (tests/conftest.py)."""
+    return Settings(home=home, auth_dir=home / "auth")
 
 
 def run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -19,12 +20,19 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from flowbus import subjects
+from flowbus.agent.local import LocalAgent
 from flowbus.bus_auth import BusRole, matches, permissions
 from flowbus.client import AsyncClient
 from flowbus.schemas.common import Forbidden
+from flowbus.schemas.runs import StateChanged
 from flowbus.settings import Settings
+from flowbus.states import StateType
+from tests.helpers.agents import running_agents
 from tests.helpers.builders import register, unique
 from tests.helpers.bus import credential
+from tests.helpers.runs import watch_until_finished
+from tests.helpers.scripts import register_script, write_script
+from tests.helpers.waiting import eventually
 
 NOT_SERVICE = [role for role in BusRole if role is not BusRole.SERVICE]
 
@@ -101,6 +109,17 @@ async def test_a_seed_of_another_server_is_refused(nats_url: str, tmp_path: Any)
     stranger = new_credential("service", BusRole.SERVICE)
     with pytest.raises(NatsError, match="Authorization Violation"):
         await nats.connect(nats_url, allow_reconnect=False, error_cb=quiet, **stranger.connect_options())
+
+
+async def test_a_refused_credential_is_reported_at_once(nats_url: str, tmp_path: Path) -> None:
+    """Not retried for ever: the error names the credential and the refusal."""
+    from flowbus.bus_auth import new_credential, write_private
+    from flowbus.runtime.nats import NatsUnavailable, connect
+
+    path = tmp_path / "stale.json"
+    write_private(path, new_credential("stale", BusRole.AGENT).dumps())
+    with pytest.raises(NatsUnavailable, match="refused the 'agent' credential 'stale'"):
+        await asyncio.wait_for(connect(Settings(nats_url=nats_url, nats_creds=path), "t", BusRole.AGENT), 30)
 
 
 @pytest.mark.parametrize(
@@ -292,3 +311,50 @@ def test_each_roles_permissions_are_what_docs_security_md_says() -> None:
     assert not matches("a.*", "a.b.c")
     assert matches("a.>", "a.b.c")
     assert not matches("a.>", "a")
+
+
+GATED = """
+import time
+from pathlib import Path
+import flowbus
+from flowbus import Flow, task
+
+@task
+def wait_for_release():
+    flowbus.context.get("logger").info("waiting")
+    while not Path({release!r}).exists():
+        time.sleep(0.02)
+
+with Flow({name!r}) as flow:
+    wait_for_release()
+"""
+
+
+async def test_a_running_flow_survives_a_forged_cancel_from_an_agent_credential(
+    stack: Settings, client: AsyncClient, attackers: Callable[[BusRole], Awaitable[Attacker]], tmp_path: Path
+) -> None:
+    """The review's forged `StateChanged{Cancelling}`: it once made the agent kill a Running flow."""
+    name, label, release = unique("survivor"), unique("sec"), tmp_path / "release"
+    script = write_script(tmp_path / "survivor.py", GATED.format(release=str(release), name=name))
+    flow_id = await register_script(client, script, name, unique("sec"), labels=[label])
+    async with running_agents(LocalAgent(stack, labels=[label], hostname_label=False)):
+        run = await client.create_flow_run(flow_id, labels=[label])
+        await eventually(
+            lambda: client.get_flow_run(run.id),
+            "the run is running",
+            until=lambda d: d.run.state.type is StateType.RUNNING,
+        )
+        detail = await client.get_flow_run(run.id)
+        forged = StateChanged(
+            flow_run_id=run.id,
+            version=detail.run.version + 1,
+            state=detail.run.state.model_copy(update={"type": StateType.CANCELLING}),
+        )
+        agent = await attackers(BusRole.AGENT)
+        await agent.publish_refused(
+            subjects.flow_run_event(run.id, subjects.FlowRunFact.STATE), forged.model_dump_json().encode()
+        )
+        release.touch()
+        finished = await watch_until_finished(client, run.id)
+    assert finished.types[-1] is StateType.SUCCESS
+    assert StateType.CANCELLING not in finished.types

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+AUTHORIZATION_VIOLATION = "authorization violation"
+
+
 class NatsUnavailable(ConnectionError):
     """No NATS server answered at the configured URL."""
 
@@ -112,18 +115,43 @@ async def connect(settings: Settings, name: str, role: BusRole, credential: Cred
             failures.append(exc)
     else:
         raise failures[0] if len(failures) == 1 else NatsUnavailable(url, "no server of the cluster answered")
-    try:
-        return await nats.connect(
+    # nats-py retries a first connect that the server refuses for ever: a
+    # credential it refuses is an error to report at once, naming it.
+    refused = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        if AUTHORIZATION_VIOLATION in str(exc).lower():
+            refused.set()
+        await _quiet_error(exc)
+
+    attempt = asyncio.ensure_future(
+        nats.connect(
             servers,
             name=name,
             connect_timeout=settings.nats.connect_timeout,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
-            error_cb=_quiet_error,
+            error_cb=on_error,
             tls=tls_context(settings),
             **credential_options(credential),
         )
+    )
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({attempt, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+    if not attempt.done():
+        attempt.cancel()
+        who = (
+            f"the {credential.role.value!r} credential {credential.name!r}"
+            if credential
+            else "a client without credential"
+        )
+        raise NatsUnavailable(url, f"the server refused {who} (Authorization Violation): see docs/security.md")
+    try:
+        return attempt.result()
     except Exception as exc:  # nats-py raises several unrelated types here
         raise NatsUnavailable(url, str(exc) or type(exc).__name__) from exc
 
