@@ -24,7 +24,10 @@ COPY libs ./libs
 COPY flowbus_services ./flowbus_services
 RUN uv sync --frozen --no-dev
 
-RUN useradd --system --create-home --home-dir /var/lib/flowbus flowbus
+# /auth: where docker-compose.yml's auth-init writes the NATS credentials. A
+# named volume mounted there takes this folder's owner, so the init can write.
+RUN useradd --system --create-home --home-dir /var/lib/flowbus flowbus \
+ && install -d -o flowbus -g flowbus -m 0700 /auth
 USER flowbus
 
 EXPOSE 8000

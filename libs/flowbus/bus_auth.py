@@ -216,10 +216,15 @@ def new_credential(name: str, role: BusRole) -> Credential:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (0600), never briefly readable by others."""
+    write_atomically(path, text, 0o600)
+
+
+def write_atomically(path: Path, text: str, mode: int) -> None:
+    """Replace ``path`` with ``text`` at once (readers see the old file or the new one), with ``mode``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file left over by a crash
+        os.fchmod(fd, mode)  # O_CREAT's mode does not apply to a file left over by a crash
         os.write(fd, text.encode())
         os.fsync(fd)
     finally:
@@ -378,6 +383,12 @@ def authorization_config(users: Iterable[User], limits: ServerLimits) -> dict[st
             "limits": {"max_subscriptions": limits.max_subscriptions},
         }
     }
+
+
+def accounts_include(users: Iterable[User], limits: ServerLimits) -> str:
+    """A nats-server include file holding the ``accounts`` block, for a server configured
+    elsewhere (docker-compose.yml's nodes ``include`` it). No secret: public keys only."""
+    return "accounts: " + json.dumps(authorization_config(users, limits), indent=2) + "\n"
 
 
 def server_config(store_dir: Path, users: Iterable[User] | None, limits: ServerLimits) -> str:

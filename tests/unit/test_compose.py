@@ -2,8 +2,12 @@
 
 Each check is a property the deployment breaks without: every service has
 a container, the containers agree on one NATS cluster and one database,
-their variables are settings flowbus reads, the cluster is one cluster. No
-check pins an image version or spells out a command: those may change.
+their variables are settings flowbus reads, the cluster is one cluster, and
+it is closed (review finding F10): NATS takes only credentials, over TLS,
+its routes are mutual TLS, PostgreSQL takes a password, and every published
+port listens on 127.0.0.1. No check pins an image version or spells out a
+command: those may change. The TLS init script is run for real (openssl),
+as the certificates it makes are what the NATS configuration names.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import ssl
+import stat
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,8 +26,11 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import BaseModel
 
+from flowbus.bus_auth import BusRole
 from flowbus.settings import Settings
 from flowbus_services.registry import SERVICE_MODULES
 
@@ -27,13 +38,39 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# What the operator exports before `docker compose up` (the file requires it).
+HOST_ENV = {"POSTGRES_PASSWORD": "0123abcd"}
+LOOPBACK = {"127.0.0.1", "::1", "[::1]"}
 
 Services = dict[str, dict[str, Any]]
+
+_VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``,
+    ``${VAR:?error}``. Stricter than compose: an unset variable with no default is an
+    error (compose would put an empty string, and warn), which catches a "$" meant for
+    a container that lacks its "$$"."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        expression = match["braced"] if match["braced"] is not None else match["bare"]
+        name, operator, argument = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(:?[-?]|)(.*)", expression, re.S).groups()  # type: ignore[union-attr]
+        value = env.get(name)
+        if value is None or (value == "" and operator.startswith(":")):
+            if operator.endswith("-"):
+                return argument
+            raise KeyError(f"{name}: {argument}" if operator.endswith("?") else f"{name} is not set")
+        return value
+
+    return _VARIABLE.sub(substitute, text)
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    document = yaml.safe_load(COMPOSE.read_text())
+    document = yaml.safe_load(interpolate(COMPOSE.read_text(), HOST_ENV))
     assert isinstance(document, dict)
     return document
 
@@ -124,6 +161,160 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
+def mounts_of(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """The service's mounts: (source, read-only) by target."""
+    found: dict[str, tuple[str, bool]] = {}
+    for mount in service.get("volumes", []):
+        if isinstance(mount, dict):
+            found[str(mount["target"])] = (str(mount.get("source", "")), bool(mount.get("read_only")))
+        else:
+            source, target, *options = str(mount).split(":")
+            found[target] = (source, "ro" in ",".join(options).split(","))
+    return found
+
+
+def volume_holding(service: dict[str, Any], path: str) -> tuple[str, PurePosixPath, bool]:
+    """The named volume ``path`` lies in, ``path`` inside that volume, and whether the mount is read-only."""
+    for target, (source, read_only) in sorted(mounts_of(service).items(), key=lambda m: -len(m[0])):
+        inside = PurePosixPath(path)
+        if inside == PurePosixPath(target) or PurePosixPath(target) in inside.parents:
+            return source, inside.relative_to(target), read_only
+    raise AssertionError(f"{path} is on no volume of the service")
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str | None, str, str]]:
+    """(host address or None for all interfaces, host port, container port) of each published port."""
+    found: list[tuple[str | None, str, str]] = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((port.get("host_ip"), str(port.get("published", "")), str(port["target"])))
+            continue
+        text = str(port)
+        address = None
+        if text.startswith("["):  # [::1]:4222:4222
+            address, text = text[1 : text.index("]")], text[text.index("]") + 2 :]
+        parts = text.split(":")
+        if len(parts) == 3:
+            address, parts = parts[0], parts[1:]
+        host, container = (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
+        found.append((address, host, container.split("/")[0]))
+    return found
+
+
+def config_text(compose: dict[str, Any], service: dict[str, Any], target: str) -> str:
+    """The content of the compose config the service mounts at ``target``."""
+    for config in service.get("configs", []):
+        if isinstance(config, dict) and config.get("target") == target:
+            return str(compose["configs"][config["source"]]["content"])
+    raise AssertionError(f"no config is mounted at {target}")
+
+
+class NatsConfReader:
+    """nats-server's configuration syntax, the parts docker-compose.yml uses: ``key: value``,
+    ``key = value``, ``key { ... }``, ``[ ... ]``, quoted and bare values, comments and
+    ``include`` (collected under the key "include")."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.at = 0
+
+    def skip(self, newlines: bool = True) -> None:
+        while self.at < len(self.text):
+            char = self.text[self.at]
+            if char == "#" or self.text.startswith("//", self.at):
+                end = self.text.find("\n", self.at)
+                self.at = end if end >= 0 else len(self.text)
+            elif char in " \t\r" or (newlines and char in "\n,;"):
+                self.at += 1
+            else:
+                return
+
+    def value(self) -> Any:
+        self.skip(newlines=False)
+        char = self.text[self.at]
+        if char == "{":
+            self.at += 1
+            return self.mapping("}")
+        if char == "[":
+            self.at += 1
+            return self.array()
+        if char == '"':
+            end = self.text.index('"', self.at + 1)
+            quoted, self.at = self.text[self.at + 1 : end], end + 1
+            return quoted
+        end = self.at
+        while end < len(self.text) and self.text[end] not in "\n,]}#;":
+            end += 1
+        raw, self.at = self.text[self.at : end].strip(), end
+        booleans: dict[str, Any] = {"true": True, "false": False}
+        return int(raw) if raw.isdigit() else booleans.get(raw, raw)
+
+    def array(self) -> list[Any]:
+        items: list[Any] = []
+        while True:
+            self.skip()
+            if self.text[self.at] == "]":
+                self.at += 1
+                return items
+            items.append(self.value())
+
+    def mapping(self, closing: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        while True:
+            self.skip()
+            if self.at >= len(self.text) or self.text[self.at] == closing:
+                self.at += 1
+                return found
+            key = re.match(r"[A-Za-z0-9_$.-]+", self.text[self.at :])
+            assert key, f"unexpected {self.text[self.at : self.at + 20]!r} in the NATS configuration"
+            self.at += key.end()
+            self.skip(newlines=False)
+            if key[0] == "include":
+                found.setdefault("include", []).append(self.value())
+                continue
+            self.at += self.text[self.at] in ":="
+            found[key[0]] = self.value()
+
+
+def parse_nats_conf(text: str) -> dict[str, Any]:
+    return NatsConfReader(text).mapping("")
+
+
+def resolve_nats_variables(config: Any, env: dict[str, str]) -> Any:
+    """``$NAME`` values as nats-server reads them: from the environment (here: the node's)."""
+    if isinstance(config, dict):
+        return {k: resolve_nats_variables(v, env) for k, v in config.items()}
+    if isinstance(config, list):
+        return [resolve_nats_variables(v, env) for v in config]
+    if isinstance(config, str) and config.startswith("$"):
+        assert config[1:] in env, f"the NATS configuration reads ${config[1:]}, which the node does not set"
+        return env[config[1:]]
+    return config
+
+
+def nats_config(compose: dict[str, Any], node: dict[str, Any]) -> tuple[PurePosixPath, dict[str, Any]]:
+    """Where the node's configuration file is and what it says for that node."""
+    flags = flags_of(command_of(node))
+    path = flags.get("c") or flags.get("config")
+    assert path, "the NATS node is started without a configuration file (-c)"
+    parsed = parse_nats_conf(config_text(compose, node, path))
+    return PurePosixPath(path), resolve_nats_variables(parsed, env_of(node))
+
+
+def auth_init(services: Services) -> tuple[str, dict[str, Any]]:
+    """The one-shot service that writes the NATS credentials (``flowbus auth init``)."""
+    found = [(n, s) for n, s in services.items() if command_of(s)[1:3] == ["auth", "init"]]
+    assert len(found) == 1, f"one service must run `flowbus auth init`: {[n for n, _ in found]}"
+    return found[0]
+
+
+def writer_of(services: Services, volume: str) -> str:
+    """The one service that mounts ``volume`` writable (an init service)."""
+    writers = [n for n, s in services.items() for source, ro in mounts_of(s).values() if source == volume and not ro]
+    assert len(writers) == 1, f"{volume} is written by {writers}"
+    return writers[0]
+
+
 # ---- NATS -----------------------------------------------------------------------
 
 
@@ -131,19 +322,19 @@ def test_three_nats_nodes_form_one_cluster_with_jetstream(compose: dict[str, Any
     nats = nats_nodes(services)
     assert len(nats) == 3, sorted(nats)
 
-    flags = {name: flags_of(command_of(s)) for name, s in nats.items()}
-    for name, f in flags.items():
-        assert {"js", "jetstream"} & f.keys(), f"{name} runs without JetStream"
-        assert "cluster" in f, f"{name} has no cluster listen address"
-    assert len({f["cluster_name"] for f in flags.values()}) == 1, "the nodes name different clusters"
-    server_names = [f.get("name") or f.get("server_name") for f in flags.values()]
+    configs = {name: nats_config(compose, s)[1] for name, s in nats.items()}
+    for name, config in configs.items():
+        assert "jetstream" in config, f"{name} runs without JetStream"
+        assert config.get("cluster", {}).get("listen"), f"{name} has no cluster listen address"
+    assert len({c["cluster"]["name"] for c in configs.values()}) == 1, "the nodes name different clusters"
+    server_names = [c.get("server_name") for c in configs.values()]
     assert all(server_names), "JetStream in a cluster needs a server name on each node"
     assert len(set(server_names)) == 3, server_names
 
-    # The routes connect every node to the others.
+    # The routes connect every node to the others (a route to itself a node ignores).
     linked: set[frozenset[str]] = set()
-    for name, f in flags.items():
-        for route in f.get("routes", "").split(","):
+    for name, config in configs.items():
+        for route in config["cluster"].get("routes", []):
             host = urlparse(route).hostname
             assert host in nats, f"{name} routes to {route}, which is no NATS node"
             if host != name:
@@ -157,17 +348,143 @@ def test_three_nats_nodes_form_one_cluster_with_jetstream(compose: dict[str, Any
         reachable |= more
     assert reachable == set(nodes), f"the routes do not connect every node: {sorted(linked, key=sorted)}"
 
-    # JetStream keeps its data in a named volume of its own on each node.
+    # JetStream keeps its data in a named volume of its own on each node, within a bound.
     declared = set((compose.get("volumes") or {}).keys())
     volumes_used: list[str] = []
     for name, s in nats.items():
-        store_dir = flags[name].get("store_dir") or flags[name].get("sd")
-        assert store_dir, f"{name} has no JetStream store_dir"
-        mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in s.get("volumes", [])}
-        assert store_dir in mounts, f"{name} stores JetStream in {store_dir}, which is no volume"
-        assert mounts[store_dir] in declared, f"{name}: {mounts[store_dir]} is not a named volume"
-        volumes_used.append(mounts[store_dir])
+        jetstream = configs[name]["jetstream"]
+        assert jetstream.get("max_file_store"), f"{name}'s JetStream may fill the disk"
+        volume, inside, read_only = volume_holding(s, jetstream["store_dir"])
+        assert volume in declared, f"{name}: JetStream is not on a named volume"
+        assert inside == PurePosixPath("."), f"{name}: JetStream is not at the root of its volume"
+        assert not read_only
+        volumes_used.append(volume)
     assert len(set(volumes_used)) == 3, volumes_used
+
+
+def nats_size(value: int | str) -> int:
+    """A size as nats-server reads it: ``8MB`` is 8 MiB, ``8M`` 8,000,000."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"(\d+)\s*([kmgt]?)(i?b?)", value.strip().lower())
+    assert match, f"not a size: {value}"
+    power = "kmgt".index(match[2]) + 1 if match[2] else 0
+    base = 1024 if match[3] else 1000
+    return int(match[1]) * int(base**power)
+
+
+def test_nats_nodes_hold_what_the_account_reserves(compose: dict[str, Any], services: Services) -> None:
+    """The users' account reserves flowbus's limits (``auth init`` writes them); a server
+    with less storage refuses to start JetStream. Commands up to the services' own limit
+    must reach a service, which answers VALIDATION_ERROR for bigger ones."""
+    limits = Settings().embedded_nats.limits()
+    for name, node in nats_nodes(services).items():
+        _, config = nats_config(compose, node)
+        jetstream = config["jetstream"]
+        assert nats_size(jetstream["max_file_store"]) >= limits.max_file_store, name
+        assert nats_size(jetstream.get("max_memory_store", 0)) >= limits.max_memory_store, name
+        assert nats_size(config.get("max_payload", 1024**2)) > Settings().nats.max_command_bytes, name
+
+
+def test_nats_takes_only_the_credentials_auth_init_writes(compose: dict[str, Any], services: Services) -> None:
+    init_name, init = auth_init(services)
+    include = flags_of(command_of(init)).get("nats-include")
+    assert include, f"{init_name} writes no nats-server include file (--nats-include)"
+    auth_volume, include_inside, _ = volume_holding(init, include)
+    for name, node in nats_nodes(services).items():
+        path, config = nats_config(compose, node)
+        # nats-server reads an include path relative to the including file's folder, even a leading "/".
+        includes = [PurePosixPath(os.path.normpath(f"{path.parent}/{i}")) for i in config.get("include", [])]
+        assert any(volume_holding(node, str(i))[:2] == (auth_volume, include_inside) for i in includes), (
+            f"{name} does not include the users {init_name} writes ({includes})"
+        )
+        assert "no_auth_user" not in config, f"{name} lets clients without a credential in"
+        assert "authorization" not in config, f"{name} has users outside the flowbus account"
+        assert dependencies(node).get(init_name) == "service_completed_successfully", f"{name} may start first"
+
+
+def test_nats_clients_and_routes_use_tls(compose: dict[str, Any], services: Services) -> None:
+    for name, node in nats_nodes(services).items():
+        _, config = nats_config(compose, node)
+        client_tls = config.get("tls", {})
+        assert client_tls.get("cert_file"), f"{name}'s clients connect without TLS"
+        assert client_tls.get("key_file"), f"{name}'s clients connect without TLS"
+        assert config.get("allow_non_tls") is not True
+        # Routes: mutual TLS, the only way nats-server authenticates them (and encrypts).
+        route_tls = config["cluster"].get("tls", {})
+        for key in ("cert_file", "key_file", "ca_file"):
+            assert route_tls.get(key), f"{name}'s routes have no TLS {key}"
+        assert route_tls.get("verify") is True, f"{name} accepts routes without a certificate"
+
+
+def test_the_nats_certificates_are_made_for_each_node(
+    compose: dict[str, Any], services: Services, tmp_path: Path
+) -> None:
+    """Run the TLS init's script with openssl, as its container would, and check what
+    it makes against what the nodes' configuration names."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl here")
+    nats = nats_nodes(services)
+    node_tls = {name: nats_config(compose, node)[1] for name, node in nats.items()}
+    ca_path = next(iter(node_tls.values()))["cluster"]["tls"]["ca_file"]
+    tls_volume, _, _ = volume_holding(next(iter(nats.values())), ca_path)
+    init = services[writer_of(services, tls_volume)]
+    for name, node in nats.items():
+        assert dependencies(node).get(writer_of(services, tls_volume)) == "service_completed_successfully", name
+
+    # The script as its container runs it, its volumes replaced by folders here.
+    entrypoint = init.get("entrypoint")
+    script_path = str(entrypoint[-1] if isinstance(entrypoint, list) else shlex.split(str(entrypoint))[-1])
+    script = config_text(compose, init, script_path)
+    folders: dict[str, Path] = {}
+    for target, (source, read_only) in mounts_of(init).items():
+        assert not read_only
+        folders[source] = tmp_path / source
+        folders[source].mkdir()
+        script = re.sub(rf"(?<![\w/.]){re.escape(target)}(?![\w.-])", str(folders[source]), script)
+    assert tls_volume in folders
+    for _ in range(2):  # the second run keeps the first's certificates
+        made = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+
+    def here(path: str) -> Path:
+        volume, inside, _ = volume_holding(next(iter(nats.values())), path)
+        assert volume == tls_volume, f"{path} is not in the volume the TLS init writes"
+        return folders[volume] / inside
+
+    ca = here(ca_path)
+    for name, config in node_tls.items():
+        for tls in (config["tls"], config["cluster"]["tls"]):
+            cert, key = here(tls["cert_file"]), here(tls["key_file"])
+            assert stat.S_IMODE(key.stat().st_mode) & 0o077 == 0, f"{key.name} is readable by others"
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+            context.load_cert_chain(cert, key)  # the key is the certificate's
+            certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert name in names.get_values_for_type(x509.DNSName), f"{cert.name} is not for {name}"
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            # A route's dialling side presents it as a client certificate.
+            assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usages)
+            verified = subprocess.run(
+                ["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True, text=True, check=False
+            )
+            assert verified.returncode == 0, verified.stderr
+    # A host CLI connects to the published node by address.
+    published = next(n for n, s in nats.items() if published_ports(s))
+    published_cert = x509.load_pem_x509_certificate(here(node_tls[published]["tls"]["cert_file"]).read_bytes())
+    sans = published_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    # The CA's key is nowhere a node or a service can read it.
+    assert not list(folders[tls_volume].glob("*ca*key*")), "the CA's key is in the volume the nodes mount"
+    others = [n for n, s in services.items() if n != writer_of(services, tls_volume)]
+    for volume in set(folders) - {tls_volume}:
+        assert not [n for n in others if volume in {src for src, _ in mounts_of(services[n]).values()}]
+
+
+def test_nats_monitoring_and_client_ports_are_not_public(services: Services) -> None:
+    for name, node in nats_nodes(services).items():
+        for address, _, container in published_ports(node):
+            assert address in LOOPBACK, f"{name} publishes {container} on every interface"
 
 
 # ---- flowbus services -------------------------------------------------------------
@@ -252,10 +569,70 @@ def test_the_database_accepts_the_services_url(services: Services) -> None:
     env = env_of(services[database])
     assert url.path.lstrip("/") == env.get("POSTGRES_DB", env.get("POSTGRES_USER", "postgres"))
     assert url.username == env.get("POSTGRES_USER", "postgres")
-    if url.password is None:
-        assert env.get("POSTGRES_HOST_AUTH_METHOD") == "trust", "a URL without a password needs trust auth"
-    else:
-        assert url.password == env.get("POSTGRES_PASSWORD")
+    assert url.password == env.get("POSTGRES_PASSWORD") == HOST_ENV["POSTGRES_PASSWORD"]
+
+
+def test_the_database_takes_a_password_the_operator_must_set(services: Services) -> None:
+    database = database_service(services)
+    env = env_of(services[database])
+    assert "trust" not in env.get("POSTGRES_HOST_AUTH_METHOD", "")
+    assert "trust" not in env.get("POSTGRES_INITDB_ARGS", "")
+    # No default password: without one, compose refuses to start, naming the variable.
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+        interpolate(COMPOSE.read_text(), {})
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    required = re.compile(r"\$\{POSTGRES_PASSWORD:?\?[^}]*\}")
+    assert required.fullmatch(env_of(raw[database])["POSTGRES_PASSWORD"]), "the database has a default password"
+    for name in flowbus_containers(services):
+        url = env_of(raw[name])["FLOWBUS_DATABASE_URL"]
+        assert required.search(url), f"{name}'s database URL has a default password"
+
+
+# ---- closed by default (review finding F10) --------------------------------------------
+
+
+def test_every_published_port_listens_on_loopback_only(services: Services) -> None:
+    for name, service in services.items():
+        for address, host, container in published_ports(service):
+            assert address in LOOPBACK, f"{name} publishes {container} on every interface"
+            assert host, f"{name} publishes {container} on a random port"
+
+
+def test_every_service_has_its_credential_and_the_ca(services: Services) -> None:
+    init_name, init = auth_init(services)
+    auth_dir = env_of(init)["FLOWBUS_AUTH_DIR"]
+    auth_volume, at_root, _ = volume_holding(init, auth_dir)
+    assert at_root == PurePosixPath(".")
+    tls_ca = {env_of(s).get("FLOWBUS_NATS_TLS__CA_FILE") for s in flowbus_services(services).values()}
+    assert len(tls_ca) == 1, f"the services disagree on the CA: {tls_ca}"
+    assert None not in tls_ca, "the services do not know the CA of the NATS certificates"
+    for name, target in flowbus_containers(services).items():
+        service, env = services[name], env_of(services[name])
+        credential = PurePosixPath(env.get("FLOWBUS_NATS_CREDS", ""))
+        expected = BusRole.GATEWAY if target == "gateway" else BusRole.SERVICE
+        assert credential.name == f"{expected.value}.json", f"{name} connects as {credential.name}, not {expected}"
+        volume, inside, read_only = volume_holding(service, str(credential))
+        assert volume == auth_volume, f"{name}: {credential} is not in the volume {init_name} writes"
+        assert inside == PurePosixPath(credential.name), f"{name}: {credential} is not in the auth folder"
+        assert read_only, f"{name} may change the credentials"
+        ca_volume, _, ca_read_only = volume_holding(service, env["FLOWBUS_NATS_TLS__CA_FILE"])
+        assert ca_volume != auth_volume
+        assert ca_read_only
+        assert dependencies(service).get(init_name) == "service_completed_successfully", f"{name} may start first"
+        assert dependencies(service).get(writer_of(services, ca_volume)) == "service_completed_successfully"
+        servers = env["FLOWBUS_NATS_URL"].split(",")
+        assert all(urlparse(url).scheme == "tls" for url in servers), f"{name} connects without TLS: {servers}"
+
+
+def test_the_auth_volume_is_writable_by_the_init(services: Services) -> None:
+    """A named volume takes the owner of the image's folder it is mounted on: the image
+    must make that folder its user's, or the init (not root) cannot write there."""
+    _, init = auth_init(services)
+    auth_dir = env_of(init)["FLOWBUS_AUTH_DIR"]
+    instructions = dockerfile_instructions()
+    user = [args for op, args in instructions if op == "USER"][-1]
+    runs = " ".join(args for op, args in instructions if op == "RUN")
+    assert re.search(rf"install -d -o {user} -g {user} -m 0?700 {re.escape(auth_dir)}(\s|$)", runs), runs
 
 
 # ---- the rest of the stack ----------------------------------------------------------

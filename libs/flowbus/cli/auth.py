@@ -1,8 +1,11 @@
-"""``flowbus auth add|list|rotate|remove``: the NATS credentials of this home.
+"""``flowbus auth init|add|list|rotate|remove``: the NATS credentials of this home.
 
 They live in ``$FLOWBUS_HOME/auth`` (``flowbus.bus_auth.AuthStore``); a running
 ``flowbus up`` is told to reload its users (the nats-server config it wrote is
-updated and the server gets SIGHUP). No NATS subject: files and a signal.
+updated and the server gets SIGHUP). ``init`` prepares them for a NATS server
+that ``flowbus up`` does not start (docker-compose.yml): the default
+credentials and a nats-server include file with their users. No NATS
+subject: files and a signal.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from flowbus.bus_auth import AuthStore, BusRole, update_server_users
+from flowbus.bus_auth import AuthStore, BusRole, accounts_include, update_server_users, write_atomically
 from flowbus.cli._output import table
 from flowbus.cli.app import app, fail
 from flowbus.settings import Settings
@@ -41,6 +44,38 @@ def reload_server(settings: Settings, store: AuthStore) -> str:
     except ProcessLookupError:
         return "The NATS server is not running: the next `flowbus up` uses them."
     return "The running NATS server reloaded its users."
+
+
+@auth_app.command("init")
+def init(
+    nats_include: Annotated[
+        Path | None,
+        typer.Option(
+            "--nats-include",
+            help="Also write a nats-server include file with the users and their permissions (`accounts` block).",
+        ),
+    ] = None,
+) -> None:
+    """Make the default credentials (one per role) where missing, for a NATS server of your own."""
+    settings = Settings()
+    store = _store(settings)
+    try:
+        made = store.ensure_defaults()
+    except OSError as exc:
+        raise fail(f"Cannot write the NATS credentials in {store.path}: {exc}") from None
+    typer.echo(
+        f"Made NATS credentials {', '.join(c.name for c in made)} in {store.path}."
+        if made
+        else f"The default NATS credentials exist already in {store.path}."
+    )
+    if nats_include is not None:
+        # Public keys and permissions only, so readable by a server running as another user.
+        try:
+            nats_include.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(nats_include, accounts_include(store.users(), settings.embedded_nats.limits()), 0o644)
+        except OSError as exc:
+            raise fail(f"Cannot write the NATS include file {nats_include}: {exc}") from None
+        typer.echo(f"Wrote the NATS server's users to {nats_include} (`include` it in the server's configuration).")
 
 
 @auth_app.command("add")
