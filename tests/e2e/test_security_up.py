@@ -4,9 +4,9 @@ credentials for another machine, rotation and removal (docs/security.md).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
+import subprocess
 from pathlib import Path
 
 import nats
@@ -15,7 +15,7 @@ from nats.errors import Error as NatsError
 
 from flowbus.bus_auth import BusRole, Credential
 from tests.helpers.processes import FLOWBUS, UP_READY, run, start, stop, wait_for_line
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -24,25 +24,22 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def refused(url: str, credential: Credential | None) -> bool:
+async def refused(url: str, credential: Credential | None) -> bool:
     """Whether the server refuses to authenticate ``credential`` (None: an anonymous client)."""
 
-    async def attempt() -> bool:
-        async def quiet(exc: Exception) -> None:
-            pass
+    async def quiet(exc: Exception) -> None:
+        pass
 
-        options = credential.connect_options() if credential is not None else {}
-        try:
-            nc = await nats.connect(url, allow_reconnect=False, error_cb=quiet, connect_timeout=5, **options)
-        except NatsError as exc:
-            return "Authorization Violation" in str(exc)
-        await nc.close()
-        return False
-
-    return asyncio.run(attempt())
+    options = credential.connect_options() if credential is not None else {}
+    try:
+        nc = await nats.connect(url, allow_reconnect=False, error_cb=quiet, connect_timeout=5, **options)
+    except NatsError as exc:
+        return "Authorization Violation" in str(exc)
+    await nc.close()
+    return False
 
 
-def test_the_first_start_makes_private_credentials_and_shows_no_secret(home: Path, workdir: Path) -> None:
+async def test_the_first_start_makes_private_credentials_and_shows_no_secret(home: Path, workdir: Path) -> None:
     proc = start([FLOWBUS, "up"], home, workdir)
     try:
         banner = "".join(wait_for_line(proc, UP_READY))
@@ -58,8 +55,8 @@ def test_the_first_start_makes_private_credentials_and_shows_no_secret(home: Pat
         for path in private:
             assert mode(path) == 0o600, path
         url = json.loads(endpoint_text)["nats_url"]
-        assert refused(url, None)
-        assert not refused(url, Credential.load(auth / "admin.json"))
+        assert await refused(url, None)
+        assert not await refused(url, Credential.load(auth / "admin.json"))
     finally:
         stop(proc)
     # A second start keeps the same credentials.
@@ -71,7 +68,9 @@ def test_the_first_start_makes_private_credentials_and_shows_no_secret(home: Pat
         stop(again)
 
 
-def test_a_credential_for_another_machine_can_be_rotated_and_removed(home: Path, workdir: Path, tmp_path: Path) -> None:
+async def test_a_credential_for_another_machine_can_be_rotated_and_removed(
+    home: Path, workdir: Path, tmp_path: Path
+) -> None:
     proc = start([FLOWBUS, "up"], home, workdir)
     try:
         wait_for_line(proc, UP_READY)
@@ -84,10 +83,12 @@ def test_a_credential_for_another_machine_can_be_rotated_and_removed(home: Path,
         # "Another machine": a home of its own, the copied file and the URL.
         elsewhere = {"FLOWBUS_NATS_CREDS": str(creds), "FLOWBUS_NATS_URL": url}
         other_home = tmp_path / "east-home"
-        listed = wait_until(
-            lambda: run([FLOWBUS, "get", "projects"], other_home, workdir, env=elsewhere),
-            "the reloaded server accepts the new credential",
-            until=lambda r: r.returncode == 0,
+
+        async def list_projects() -> subprocess.CompletedProcess[str]:
+            return run([FLOWBUS, "get", "projects"], other_home, workdir, env=elsewhere)
+
+        listed = await eventually(
+            list_projects, "the reloaded server accepts the new credential", until=lambda r: r.returncode == 0
         )
         assert listed.returncode == 0
         denied = run([FLOWBUS, "create", "project", "nope"], other_home, workdir, env=elsewhere)
@@ -100,12 +101,12 @@ def test_a_credential_for_another_machine_can_be_rotated_and_removed(home: Path,
         new = Credential.load(creds)
         assert new.seed != old.seed
         # Until the next start both keys work: running processes are not cut off.
-        wait_until(lambda: refused(url, new), "the new key is accepted", until=lambda r: r is False)
-        assert not refused(url, old)
+        await eventually(lambda: refused(url, new), "the new key is accepted", until=lambda r: r is False)
+        assert not await refused(url, old)
 
         assert run([FLOWBUS, "auth", "remove", "east"], home, workdir).returncode == 0
-        wait_until(lambda: refused(url, new), "the removed credential is refused")
-        assert refused(url, old)
+        await eventually(lambda: refused(url, new), "the removed credential is refused")
+        assert await refused(url, old)
         assert not creds.exists()
     finally:
         stop(proc)
