@@ -25,7 +25,7 @@ from flowbus.bus_auth import ACCOUNT, BusRole, Credential
 from flowbus.cli import app
 from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.settings import NatsTlsSettings, Settings
-from flowbus_services.up import free_port, nats_server_binary
+from tests.helpers.bus import nats_server, server_tls
 from tests.helpers.waiting import eventually
 
 
@@ -91,34 +91,21 @@ def test_an_include_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> N
 @pytest.fixture
 def server(initialised: Path, tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """A TLS nats-server including the users ``auth init`` wrote; its URL and CA file."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "server-key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = server_tls(tmp_path, trustme.CA())
     etc = tmp_path / "etc" / "nats"
     etc.mkdir(parents=True)
     (etc / "flowbus.conf").write_text(
         "include ../../auth/accounts.conf\n"
         + json.dumps(
             {
-                "tls": {"cert_file": str(tmp_path / "server.pem"), "key_file": str(tmp_path / "server-key.pem")},
+                "tls": {"cert_file": str(tls.cert), "key_file": str(tls.key)},
                 "jetstream": {"store_dir": str(tmp_path / "js"), "max_file_store": ACCOUNT_FILE_STORE},
             }
         )[1:-1]
         + "\n"
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-c", str(etc / "flowbus.conf"), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"tls://127.0.0.1:{port}", tmp_path / "ca.pem", proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with nats_server(etc / "flowbus.conf") as (port, proc):
+        yield f"tls://127.0.0.1:{port}", tls.ca, proc
 
 
 async def test_a_server_including_the_users_admits_the_service_credential_only(

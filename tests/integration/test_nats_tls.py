@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import trustme
 from flowbus.bus_auth import AuthStore, BusRole, server_config
 from flowbus.runtime.nats import NatsUnavailable, connect
 from flowbus.settings import EmbeddedNatsSettings, NatsTlsSettings, Settings
-from flowbus_services.up import free_port, nats_server_binary
+from tests.helpers.bus import nats_server, server_tls
 from tests.helpers.waiting import eventually
 
 
@@ -28,28 +27,16 @@ def ca() -> trustme.CA:
 
 
 def _serve(tmp: Path, ca: trustme.CA, *, verify_clients: bool) -> Iterator[tuple[str, Path]]:
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp / "server.pem"))
-    cert.private_key_pem.write_to_path(str(tmp / "server.key"))
-    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    tls = server_tls(tmp, ca)
     config = json.loads(
         server_config(tmp / "js", AuthStore(Settings().auth_path()).users(), EmbeddedNatsSettings().limits())
     )
-    config["tls"] = {"cert_file": str(tmp / "server.pem"), "key_file": str(tmp / "server.key")}
+    config["tls"] = {"cert_file": str(tls.cert), "key_file": str(tls.key)}
     if verify_clients:
-        config["tls"] |= {"ca_file": str(tmp / "ca.pem"), "verify": True}
+        config["tls"] |= {"ca_file": str(tls.ca), "verify": True}
     (tmp / "tls.conf").write_text(json.dumps(config))
-    port = free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-c", str(tmp / "tls.conf"), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"tls://127.0.0.1:{port}", tmp / "ca.pem"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with nats_server(tmp / "tls.conf") as (port, _proc):
+        yield f"tls://127.0.0.1:{port}", tls.ca
 
 
 @pytest.fixture

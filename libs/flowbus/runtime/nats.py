@@ -115,12 +115,18 @@ async def connect(settings: Settings, name: str, role: BusRole, credential: Cred
             failures.append(exc)
     else:
         raise failures[0] if len(failures) == 1 else NatsUnavailable(url, "no server of the cluster answered")
-    # nats-py retries a first connect that the server refuses for ever: a
-    # credential it refuses is an error to report at once, naming it.
+    # nats-py retries a first connect that fails for ever: a credential the
+    # server refuses, or a TLS handshake that fails, is reported at once.
+    who = f"the {credential.role.value!r} credential {credential.name!r}" if credential else "a client without one"
+    refusals: list[str] = []
     refused = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         if AUTHORIZATION_VIOLATION in str(exc).lower():
+            refusals.append(f"the server refused {who} (Authorization Violation): see docs/security.md")
+        elif isinstance(exc, ssl.SSLError):
+            refusals.append(f"TLS failed: {exc} (the FLOWBUS_NATS_TLS__* settings: see docs/security.md)")
+        if refusals:
             refused.set()
         await _quiet_error(exc)
 
@@ -144,12 +150,7 @@ async def connect(settings: Settings, name: str, role: BusRole, credential: Cred
         refusal.cancel()
     if not attempt.done():
         attempt.cancel()
-        who = (
-            f"the {credential.role.value!r} credential {credential.name!r}"
-            if credential
-            else "a client without credential"
-        )
-        raise NatsUnavailable(url, f"the server refused {who} (Authorization Violation): see docs/security.md")
+        raise NatsUnavailable(url, refusals[0])
     try:
         return attempt.result()
     except Exception as exc:  # nats-py raises several unrelated types here
