@@ -24,7 +24,9 @@ from tests.helpers.commands import send
 def settings(settings: Settings, database_url: str) -> Settings:
     # (database_url named again: pytest parametrizes an overriding fixture only by what it names.)
     # Room for a flow past the task cap: the cap, not the size limit, must refuse it.
-    return settings.model_copy(update={"nats": NatsTuning(max_command_bytes=4 * 1024 * 1024, request_timeout=10.0)})
+    # Events may carry what two commands set: the EVENTS stream's message limit grows with it.
+    nats = NatsTuning(max_command_bytes=3 * 1024 * 1024, events_max_msg_bytes=7 * 1024 * 1024, request_timeout=10.0)
+    return settings.model_copy(update={"nats": nats})
 
 
 def _register_flow(project: str, tasks: int) -> bytes:
