@@ -150,3 +150,16 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
         yield conn
     finally:
         await conn.close()
+
+
+# A flow root and a folder outside it, for the agent's flow-root tests.
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "root").mkdir()
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    (tmp_path / "outside").mkdir()
+    return tmp_path / "outside"

@@ -62,18 +62,6 @@ def agent(stack: Settings, roots: list[Path] | None = None) -> LocalAgent:
     return LocalAgent(stack, labels=["itest"], hostname_label=False, flow_roots=roots)
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    (tmp_path / "root").mkdir()
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    (tmp_path / "outside").mkdir()
-    return tmp_path / "outside"
-
-
 # ---- flow roots --------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -16,10 +15,9 @@ from flowbus.db.engine import Database
 from flowbus.db.tables import Log
 from flowbus.runtime.lease import lease_status
 from flowbus.schemas.runs import LogRecord
-from flowbus.settings import GatewaySettings, LogSettings, NatsTuning, Settings
+from flowbus.settings import LogSettings, Settings
 from flowbus_services.state import logs
 from flowbus_services.state.main import LOG_RETENTION_LEASE
-from flowbus_services.up import free_port
 from tests.helpers.builders import register, unique
 from tests.helpers.waiting import eventually
 
@@ -27,15 +25,10 @@ RETENTION = timedelta(hours=1)
 
 
 @pytest.fixture
-def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        home=tmp_path / "home",
-        nats_url=nats_url,
-        database_url=database_url,
-        nats=NatsTuning(max_command_bytes=64 * 1024),
-        logs=LogSettings(retention_seconds=RETENTION.total_seconds(), prune_interval_seconds=0.1, prune_batch=2),
-        gateway=GatewaySettings(port=free_port(), auth="off"),
-    )
+def settings(settings: Settings, database_url: str) -> Settings:
+    # (database_url named again: pytest parametrizes an overriding fixture only by what it names.)
+    logs = LogSettings(retention_seconds=RETENTION.total_seconds(), prune_interval_seconds=0.1, prune_batch=2)
+    return settings.model_copy(update={"logs": logs})
 
 
 @pytest.fixture

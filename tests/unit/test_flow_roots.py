@@ -25,18 +25,6 @@ from flowbus.settings import Settings
 MARKING = "open({marker!r}, 'w').write('ran')\n"
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    (tmp_path / "root").mkdir()
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    (tmp_path / "outside").mkdir()
-    return tmp_path / "outside"
-
-
 def script(path: Path) -> StorageSpec:
     return StorageSpec(type="script", path=str(path))
 
