@@ -21,11 +21,10 @@ Every feed comes from JetStream, never from polling:
   feeds that want it. One such consumer per gateway (``StateHub``) serves all
   its flow and project feeds: the cost of an event does not grow with them.
 
-Consumers are ephemeral and paced by acknowledgements to the client's speed
-(``Feed``). When the feed ends, the client completes it or disconnects, the
-feed unsubscribes, and the server drops the consumer once its deliver subject
-has had no interest for ``gateway.feed_expiry_seconds`` (the gateway's NATS
-role may not delete consumers: it could delete the services' own). A flow or project feed whose client falls
+Consumers are ephemeral, paced by acknowledgements to the client's speed
+(``Feed``), and deleted as soon as the feed ends, the client completes it or
+disconnects; those of a gateway that died are dropped by the server
+``gateway.feed_expiry_seconds`` after their subscriber went away. A flow or project feed whose client falls
 ``MAX_BACKLOG`` changes behind the others fails (INTERNAL): the shared
 consumer does not wait for one slow client.
 
@@ -52,6 +51,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlmodel import col
 
@@ -115,6 +115,7 @@ class Feed:
         self.expiry = expiry
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._subscriptions: list[Subscription] = []
+        self._consumers: list[tuple[str, str]] = []
         self._handed: dict[str, int] = {}  # consumer -> stream sequence of the last message handed out
 
     async def _put(self, msg: Msg) -> None:
@@ -125,8 +126,11 @@ class Feed:
         inbox = self.nc.new_inbox()
         # Subscribed before the consumer exists, so its first pushes are not lost.
         self._subscriptions.append(await self.nc.subscribe(inbox, cb=self._put))
-        # Named, so that its creation names its filter (the bus's permissions check it).
+        # Named, so that its creation names its filter (the bus's permissions
+        # check it), and recorded before it is created: an operation cancelled
+        # while the creation is under way still deletes it (close() ignores NotFound).
         name = f"gateway-{uuid.uuid4().hex}"
+        self._consumers.append((stream, name))
         config = ConsumerConfig(
             name=name,
             deliver_subject=inbox,
@@ -167,7 +171,15 @@ class Feed:
         for sub in self._subscriptions:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+        for stream, name in self._consumers:
+            try:
+                await self.js.delete_consumer(stream, name)
+            except NotFoundError:
+                pass
+            except NatsError:  # the server drops it feed_expiry_seconds after its subscriber left anyway
+                log.warning("could not delete consumer %s of %s", name, stream, exc_info=True)
         self._subscriptions.clear()
+        self._consumers.clear()
 
 
 async def _new_feed(gateway: Gateway) -> Feed:

@@ -148,8 +148,18 @@ def permissions(role: BusRole, name: str) -> Permissions:
     if role is BusRole.GATEWAY:
         # It serves its own commands (the API keys) and announces key revocations.
         return Permissions(
-            # Its feeds acknowledge what they hand out (paced replays).
-            publish=(*common, f"$JS.ACK.{s.EVENTS_STREAM}.>", f"$JS.ACK.{s.LOGS_STREAM}.>", s.API_KEY_EVENTS),
+            # Its feeds acknowledge what they hand out (paced replays) and delete
+            # their consumers when they end. NATS cannot scope a deletion to the
+            # gateway's own consumers by name, so it may delete any of these two
+            # streams': the services' durables there recreate themselves.
+            publish=(
+                *common,
+                f"$JS.ACK.{s.EVENTS_STREAM}.>",
+                f"$JS.ACK.{s.LOGS_STREAM}.>",
+                f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.*",
+                f"{_JS}.CONSUMER.DELETE.{s.LOGS_STREAM}.*",
+                s.API_KEY_EVENTS,
+            ),
             subscribe=(inbox, run_events, f"{s.PREFIX}.cmd.{s.Service.GATEWAY}.>", s.API_KEY_EVENTS),
             allow_responses=True,
         )

@@ -266,8 +266,8 @@ class GatewaySettings(BaseModel):
     max_page_size: int = Field(default=1000, ge=1, le=100_000)
     # Origins allowed by CORS; none (the default) sends no CORS headers.
     cors_origins: list[str] = Field(default_factory=list)
-    # A subscription's JetStream consumer is dropped by the server this long
-    # after its subscriber went away (the gateway may not delete consumers).
+    # A subscription's JetStream consumer is deleted when the subscription ends,
+    # or dropped by the server this long after its subscriber went away (a gateway that died).
     feed_expiry_seconds: PositiveSeconds = 5.0
     # Reads go here when set (a PostgreSQL replica); else to FLOWBUS_DATABASE_URL.
     read_database_url: str | None = None
