@@ -22,8 +22,9 @@ from pydantic import BaseModel, ValidationError
 
 from flowbus.client import state_spec
 from flowbus.schemas.common import ValidationFailed, validation_failed
-from flowbus.schemas.flows import ClockSpec, RunConfigSpec, ScheduleSpec, SerializedFlow
+from flowbus.schemas.flows import ClockSpec, EdgeSpec, RunConfigSpec, ScheduleSpec, SerializedFlow, TaskSpec
 from flowbus.schemas.runs import StateSpec
+from flowbus_services.gateway import prefect1
 
 # Most bytes a compressed serialized flow may inflate to: the request body is
 # capped, but gzip can multiply it a thousandfold.
@@ -44,9 +45,27 @@ def _validate(model: type[BaseModel], value: Any, what: str) -> Any:
 
 def serialized_flow_from_input(value: Any) -> SerializedFlow:
     """The flow a ``create_flow`` input describes: flowbus's serialized form
-    (what ``Flow.serialize()`` gives, as JSON)."""
+    (what its ``Flow.serialize()`` gives, as JSON), or Prefect 1.x's."""
+    if prefect1.is_prefect_flow(value):
+        value = prefect1.flow_fields(value)
     flow: SerializedFlow = _validate(SerializedFlow, value, "serialized_flow")
     return flow
+
+
+def tasks_from_input(values: Any) -> list[TaskSpec]:
+    """``register_tasks``'s tasks (Prefect 1.x's serialized tasks)."""
+    return [_validate(TaskSpec, prefect1.task_fields(t), "a task") for t in _items(values, "serialized_tasks")]
+
+
+def edges_from_input(values: Any) -> list[EdgeSpec]:
+    """``register_edges``'s edges (Prefect 1.x's, tasks named by slug)."""
+    return [_validate(EdgeSpec, prefect1.edge_fields(e), "an edge") for e in _items(values, "serialized_edges")]
+
+
+def _items(values: Any, what: str) -> list[Any]:
+    if not isinstance(values, list):
+        raise ValidationFailed(f"{what} must be a JSON list, not {type(values).__name__}.")
+    return values
 
 
 def decompress_flow(text: str) -> Any:
@@ -68,9 +87,12 @@ def decompress_flow(text: str) -> Any:
 
 def state_from_input(value: Any) -> StateSpec:
     """A state to set: ``{"type": "Success", "message": "It worked!"}`` (flowbus's
-    state and the shape Prefect's docs show), with an optional ``result``."""
+    state and the shape Prefect's docs show), with an optional ``result``; or
+    a state as a Prefect 1.x client serialized it, kept whole."""
     if not isinstance(value, Mapping):
         raise ValidationFailed(f'state must be a JSON object such as {{"type": "Success"}}, not {value!r}.')
+    if prefect1.is_prefect_state(value):
+        return state_spec(prefect1.state_fields(value))
     return state_spec(value)
 
 
@@ -84,11 +106,17 @@ def json_object(value: Any, what: str) -> dict[str, Any]:
 
 
 def run_config_from_input(value: Any) -> RunConfigSpec | None:
-    """A run's run config: its ``labels`` and ``env`` (a Prefect run config's
-    ``type`` is accepted and carries nothing, and so does any field set to null)."""
+    """A run's run config: its ``labels`` and ``env``; a Prefect 1.x run config
+    (it names its ``type``) is kept whole besides, for Prefect agents."""
     if value is None:
         return None
-    fields = {k: v for k, v in json_object(value, "run_config").items() if k not in _RUN_CONFIG_META and v is not None}
+    given = json_object(value, "run_config")
+    if "type" in given:
+        # Prefect's other fields (working_dir, image, ...) are its agents' business.
+        fields = {k: v for k, v in given.items() if k in ("labels", "env") and v is not None}
+        fields["prefect"] = given
+    else:
+        fields = {k: v for k, v in given.items() if k not in _RUN_CONFIG_META and v is not None}
     config: RunConfigSpec = _validate(RunConfigSpec, fields, "run_config")
     return config
 

@@ -103,6 +103,7 @@ class Col:
     nullable: bool = True
     doc: str | None = None
     hidden: bool = False  # selected for computed fields, not part of the schema
+    # A Computed of the same name, when the table has one, is what the field answers.
     output: str | None = None  # the GraphQL type when not the kind's
 
     @property
@@ -602,7 +603,9 @@ def render_sdl(model: Model, header: str) -> str:
         lines = [f'"""{t.doc}"""', f"type {t.name} {{"] if t.doc else [f"type {t.name} {{"]
         fields: list[tuple[str, str, str | None]] = []
         for c in t.columns.values():
-            if not c.hidden:
+            # A computed field of a column's name shows the column its own way
+            # (the column still filters and sorts).
+            if not c.hidden and c.name not in t.computed:
                 fields.append((c.name, c.gql_type, c.doc))
         for comp in t.computed.values():
             fields.append((comp.name, comp.gql_type, comp.doc))

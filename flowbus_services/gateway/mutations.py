@@ -7,38 +7,48 @@ input changes nothing; a service's refusal (a ``FlowbusError``) keeps its
 code. The gateway reads the database only to name what a command needs
 (a task run's flow run, whether runs exist) and never writes it.
 
-Writes: ``flowbus.cmd.registration.*`` (projects, flows, flow groups),
-``flowbus.cmd.run_creation.create_flow_run``, ``flowbus.cmd.state.*``
-(states, cancel, delete), ``flowbus.cmd.heartbeat.register_agent``, log
-batches on ``flowbus.logs.<flow_run_id>`` and heartbeats on
-``flowbus.hb.flow_run.<id>``. Reads: the replies.
+Writes: ``flowbus.cmd.registration.*`` (projects, flows and their tasks,
+flow groups), ``flowbus.cmd.run_creation.create_flow_run``,
+``flowbus.cmd.state.*`` (states, cancel, delete, mapped task runs),
+``flowbus.cmd.heartbeat.register_agent``, log batches on
+``flowbus.logs.<flow_run_id>``, heartbeats on ``flowbus.hb.flow_run.<id>``
+and, for polling Prefect agents, ``flowbus.hb.agent.<id>``. Reads: the
+replies; the database for the runs due for Prefect agents
+(``get_runs_in_queue``).
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from ariadne import MutationType
-from sqlalchemy import select
+from sqlalchemy import case, select
 
+from flowbus import subjects
 from flowbus.client import AsyncClient, build
-from flowbus.db.tables import FlowRun, TaskRun
-from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
+from flowbus.db.tables import Flow, FlowRun
+from flowbus.schemas.common import Conflict, NotFound, ValidationFailed, VersionLockingError
 from flowbus.schemas.flows import SerializedFlow
 from flowbus.schemas.runs import LogRecord, StateSpec
+from flowbus.states import StateType
 from flowbus_services.gateway.context import Info, request_context
 from flowbus_services.gateway.convert import (
     decompress_flow,
+    edges_from_input,
     json_object,
     run_config_from_input,
     schedule_from_clocks,
     serialized_flow_from_input,
     state_from_input,
+    tasks_from_input,
     with_description,
 )
 from flowbus_services.gateway.errors import Code, refusal
+from flowbus_services.gateway.prefect1 import serialized_state
 
 mutation = MutationType()
 
@@ -46,13 +56,26 @@ Resolver = Callable[..., Awaitable[dict[str, Any]]]
 SUCCESS: Final = {"success": True, "error": None}
 # What the Prefect client matches on a duplicate project name (its create_project falls back then).
 UNIQUENESS_VIOLATION: Final = "Uniqueness violation."
-# A state set without a version is set at the run's current one; when another
-# writer moves the run in between, the state is tried again at the new version.
-UNVERSIONED_ATTEMPTS: Final = 5
 AGENT_ID_HEADER: Final = "x-prefect-agent-id"
+PREFECT_VERSION_HEADER: Final = "x-prefect-core-version"
+# What a Prefect agent matches ("State update failed") to leave a run another agent claimed.
+SUBMITTED_ALREADY: Final = "State update failed: this run has already been submitted."
+# Prefect Server's cap on the runs one poll of get_runs_in_queue returns.
+QUEUED_RUNS_RETURNED: Final = 25
+# Due runs read per page while looking for ones an agent's labels allow, and
+# the pages read per poll: a poll's cost stays bounded however many runs wait
+# for other agents.
+QUEUE_PAGE: Final = 200
+QUEUE_PAGES: Final = 10
+# Prefect's states that wait for an agent (its "scheduled" states).
+_WAITING_STATES: Final = tuple(
+    t.value for t in (StateType.SCHEDULED, StateType.QUEUED, StateType.RESUME, StateType.RETRYING)
+)
 
 _flow_run = FlowRun.__table__  # type: ignore[attr-defined]
-_task_run = TaskRun.__table__  # type: ignore[attr-defined]
+_flow = Flow.__table__  # type: ignore[attr-defined]
+# Agent ids derived from what registers them (see resolve_register_agent).
+AGENT_NAMESPACE: Final = uuid.UUID("9b0c6f4e-3f1d-4c55-8a7e-2d6f0b1c4e9a")
 
 
 def _client(info: Info) -> AsyncClient:
@@ -153,6 +176,18 @@ async def _create_flow_from_input(info: Info, input: dict[str, Any], flow: Seria
     )
 
 
+@_field("register_tasks")
+async def resolve_register_tasks(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).add_flow_tasks(input["flow_id"], tasks=tasks_from_input(input["serialized_tasks"]))
+    return SUCCESS
+
+
+@_field("register_edges")
+async def resolve_register_edges(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).add_flow_tasks(input["flow_id"], edges=edges_from_input(input["serialized_edges"]))
+    return SUCCESS
+
+
 @_field("createFlow")
 async def resolve_create_flow_camel(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
     return await _create_flow(
@@ -225,7 +260,13 @@ mutation.set_field("enableFlowVersionLocking", _flow_setting_by_value("version_l
 
 def _schedule_state(active: bool) -> Resolver:
     async def resolve(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
-        await _client(info).set_flow_schedule_state(input["flow_id"], active)
+        try:
+            await _client(info).set_flow_schedule_state(input["flow_id"], active)
+        except ValidationFailed as refused:
+            # As Prefect Server: a flow with no schedule (or one no clock can
+            # run) is no error but an answer (Prefect's flow.register() asks
+            # for every flow and reads nothing back).
+            return {"success": False, "error": refused.message}
         return SUCCESS
 
     return resolve
@@ -299,47 +340,26 @@ def _agent_id(info: Info) -> str | None:
     return request_context(info).headers.get(AGENT_ID_HEADER) or None
 
 
+def _from_prefect(info: Info) -> bool:
+    """A request of the Prefect 1.x client: it names its version in a header on every request."""
+    return bool(request_context(info).headers.get(PREFECT_VERSION_HEADER))
+
+
 async def _set_flow_run_state(info: Info, flow_run_id: str, version: int | None, state: StateSpec) -> str:
     """Set one flow run state: at ``version``, or (None) at the run's current version."""
     client, agent_id = _client(info), _agent_id(info)
-    if version is not None:
+    try:
         return (await client.set_flow_run_state(flow_run_id, version, state.model_dump(), agent_id=agent_id)).id
-    for attempt in range(UNVERSIONED_ATTEMPTS):
-        current = (await client.get_flow_run(flow_run_id)).run.version
-        try:
-            return (await client.set_flow_run_state(flow_run_id, current, state.model_dump(), agent_id=agent_id)).id
-        except VersionLockingError:
-            if attempt == UNVERSIONED_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-async def _task_run_version(info: Info, task_run_id: str) -> int:
-    """A task run's current version, from the state service (its flow run's detail)."""
-    async with request_context(info).gateway.db.read_connection() as conn:
-        flow_run_id = (
-            await conn.execute(select(_task_run.c.flow_run_id).where(_task_run.c.id == task_run_id))
-        ).scalar_one_or_none()
-    if flow_run_id is not None:
-        detail = await _client(info).get_flow_run(flow_run_id)
-        for task_run in detail.task_runs:
-            if task_run.id == task_run_id:
-                return task_run.version
-    raise NotFound(f"Task run {task_run_id} not found")
+    except VersionLockingError:
+        if state.type is StateType.SUBMITTED and _from_prefect(info):
+            # A Prefect agent lost the claim to another: the text it matches to
+            # leave the run alone (any other error makes it fail the run).
+            raise Conflict(SUBMITTED_ALREADY) from None
+        raise
 
 
 async def _set_task_run_state(info: Info, task_run_id: str, version: int | None, state: StateSpec) -> str:
-    client = _client(info)
-    if version is not None:
-        return (await client.set_task_run_state(task_run_id, version, state.model_dump())).id
-    for attempt in range(UNVERSIONED_ATTEMPTS):
-        current = await _task_run_version(info, task_run_id)
-        try:
-            return (await client.set_task_run_state(task_run_id, current, state.model_dump())).id
-        except VersionLockingError:
-            if attempt == UNVERSIONED_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    return (await _client(info).set_task_run_state(task_run_id, version, state.model_dump())).id
 
 
 def _state_result(run_id: str) -> dict[str, Any]:
@@ -436,10 +456,63 @@ async def resolve_update_flow_run_heartbeat(_: Any, info: Info, input: dict[str,
 
 @_field("register_agent")
 async def resolve_register_agent(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
-    out = await _client(info).register_agent(
-        input.get("name") or input["type"], agent_type=input["type"], labels=input.get("labels")
-    )
+    name, agent_type, labels = input.get("name") or input["type"], input["type"], sorted(set(input.get("labels") or []))
+    # As Prefect Server: an agent that registers again (a restart) keeps its id.
+    agent_id = str(uuid.uuid5(AGENT_NAMESPACE, json.dumps([agent_type, name, labels])))
+    out = await _client(info).register_agent(name, agent_type=agent_type, labels=labels, agent_id=agent_id)
     return {"id": out.id}
+
+
+@_field("get_runs_in_queue")
+async def resolve_get_runs_in_queue(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    before = input.get("before") or datetime.now(UTC)
+    labels = input.get("labels") or []
+    agent_id = _agent_id(info)
+    if agent_id:
+        await _client(info).send_agent_heartbeat(agent_id)
+    ids: list[str] = []
+    async with request_context(info).gateway.db.read_connection() as conn:
+        for page in range(QUEUE_PAGES):
+            rows = (await conn.execute(_due_prefect_runs(before, page))).all()
+            ids.extend(row.id for row in rows if subjects.agent_can_take(labels, row.labels or []))
+            if len(ids) >= QUEUED_RUNS_RETURNED or len(rows) < QUEUE_PAGE:
+                break
+    return {"flow_run_ids": ids[:QUEUED_RUNS_RETURNED]}
+
+
+def _due_prefect_runs(before: datetime, page: int) -> Any:
+    """A page of the runs of Prefect flows waiting for an agent, due by ``before``, oldest first.
+
+    Only Prefect flows' runs: a Prefect agent cannot load flowbus's storage."""
+    fr, fl = _flow_run, _flow
+    start = case((fr.c.state == StateType.SCHEDULED.value, fr.c.scheduled_start_time), else_=fr.c.state_timestamp)
+    return (
+        select(fr.c.id, fr.c.labels)
+        .join(fl, fl.c.id == fr.c.flow_id)
+        .where(
+            fr.c.state.in_(_WAITING_STATES),
+            start <= before,
+            fl.c.storage["type"].as_string() == "prefect",
+        )
+        .order_by(start, fr.c.id)
+        .limit(QUEUE_PAGE)
+        .offset(page * QUEUE_PAGE)
+    )
+
+
+@_field("get_or_create_task_run_info")
+async def resolve_get_or_create_task_run_info(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    map_index = input.get("map_index")
+    found = await _client(info).ensure_task_run(
+        input["flow_run_id"], input["task_id"], -1 if map_index is None else map_index
+    )
+    task_run, state = found.task_run, found.task_run.state
+    return {
+        "id": task_run.id,
+        "version": task_run.version,
+        "state": state.type.value,
+        "serialized_state": serialized_state(state.type.value, state.message, None, found.serialized_state),
+    }
 
 
 BINDABLES = [mutation]

@@ -56,6 +56,7 @@ from flowbus_services.gateway.hasura import (
     page,
     render_sdl,
 )
+from flowbus_services.gateway.prefect1 import serialized_state
 
 # Prefect clients read the tenant first (``tenant { id }``) and take the first:
 # flowbus has one, always there, with a fixed id.
@@ -128,18 +129,25 @@ def _created_as_updated() -> Col:
     return C("updated", Kind.TIMESTAMP, "created", nullable=False, doc="Rows of this table never change: created.")
 
 
-def _iso(value: Any) -> str | None:
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    return None
+def _prefect(value: Any) -> Any:
+    """What a Prefect client sent for a storage or run config, where it sent one; else the value."""
+    if isinstance(value, Mapping) and isinstance(value.get("prefect"), Mapping):
+        return value["prefect"]
+    return value
 
 
-def serialized_state(state: str | None, message: str | None, start_time: Any = None) -> dict[str, Any]:
-    """A Prefect-like serialized state: its type and message, and the start time of a Scheduled one."""
-    out: dict[str, Any] = {"type": state, "message": message}
-    if start_time is not None:
-        out["start_time"] = _iso(start_time)
-    return out
+def _flow_run_config(row: Mapping[str, Any]) -> Any:
+    """A run's run config; for a run of a Prefect flow that has none of its
+    own, the flow's (Prefect agents read only the run's, as Prefect Server fills it)."""
+    own = row["run_config"]
+    if own is None and isinstance(row["flow_run_config"], Mapping) and "prefect" in row["flow_run_config"]:
+        return _prefect(row["flow_run_config"])
+    return _prefect(own)
+
+
+def _serialized_flow(row: Mapping[str, Any]) -> Any:
+    flow = row["serialized_flow"]
+    return flow["prefect"] if isinstance(flow, Mapping) and isinstance(flow.get("prefect"), Mapping) else flow
 
 
 def _settings(row: Mapping[str, Any]) -> dict[str, bool]:
@@ -214,6 +222,11 @@ def _state_columns(start: Callable[[Alias], Any], start_doc: str) -> list[Col]:
 
 def _state_serialized(row: Mapping[str, Any]) -> dict[str, Any]:
     return serialized_state(row["state"], row["message"], row.get("start_time"))
+
+
+def _flow_run_run_config(a: Alias) -> Any:
+    flow = _T["flow"].alias()
+    return sa.select(flow.c.run_config).where(flow.c.id == a.c.flow_id).correlate(a).scalar_subquery()
 
 
 MODEL = Model(
@@ -318,7 +331,30 @@ MODEL = Model(
                 Rel("tasks", "task", "id", "flow_id", array=True, aggregate=True),
                 Rel("flow_runs", "flow_run", "id", "flow_id", array=True, aggregate=True),
             ),
-            {"settings": _SETTINGS},
+            {
+                "settings": _SETTINGS,
+                "storage": Computed(
+                    "storage",
+                    "jsonb",
+                    ("storage",),
+                    lambda r: _prefect(r["storage"]),
+                    "Where the flow's code lives; a Prefect flow's storage as Prefect serialized it.",
+                ),
+                "run_config": Computed(
+                    "run_config",
+                    "jsonb",
+                    ("run_config",),
+                    lambda r: _prefect(r["run_config"]),
+                    "The flow's run config; a Prefect flow's as Prefect serialized it.",
+                ),
+                "serialized_flow": Computed(
+                    "serialized_flow",
+                    "jsonb",
+                    ("serialized_flow",),
+                    _serialized_flow,
+                    "The flow as registered; a Prefect flow as Prefect serialized it.",
+                ),
+            },
         ),
         Table(
             "task",
@@ -357,9 +393,11 @@ MODEL = Model(
                 C("parameters", Kind.JSON, nullable=False),
                 C("context", Kind.JSON, nullable=False),
                 C("run_config", Kind.JSON),
+                C("flow_run_config", Kind.JSON, _flow_run_run_config, hidden=True),
                 C("version", Kind.INT, nullable=False),
                 C("state", Kind.STRING, nullable=False),
                 C("state_message", Kind.STRING),
+                C("state_serialized", Kind.JSON, hidden=True),
                 C("state_timestamp", Kind.TIMESTAMP, nullable=False, doc="When the current state was set."),
                 C("state_start_time", Kind.TIMESTAMP, _run_state_start_time, nullable=False, doc=_STATE_DOC),
                 C("scheduled_start_time", Kind.TIMESTAMP, nullable=False),
@@ -384,12 +422,24 @@ MODEL = Model(
                 "serialized_state": Computed(
                     "serialized_state",
                     "jsonb!",
-                    ("state", "state_message", "state_start_time"),
+                    ("state", "state_message", "state_start_time", "state_serialized"),
                     lambda r: serialized_state(
-                        r["state"], r["state_message"], r["state_start_time"] if r["state"] == "Scheduled" else None
+                        r["state"],
+                        r["state_message"],
+                        r["state_start_time"] if r["state"] == "Scheduled" else None,
+                        r["state_serialized"],
                     ),
-                    "The current state as a Prefect-like dict: type, message (and start_time while Scheduled).",
-                )
+                    "The current state as Prefect serializes it: as a Prefect client set it, "
+                    "else its type, message (and start_time while Scheduled).",
+                ),
+                "run_config": Computed(
+                    "run_config",
+                    "jsonb",
+                    ("run_config", "flow_run_config"),
+                    _flow_run_config,
+                    "The run's own run config (labels, env); for a run of a Prefect flow, "
+                    "as Prefect serialized it, the flow's when the run has none of its own.",
+                ),
             },
         ),
         Table(
@@ -411,6 +461,7 @@ MODEL = Model(
                 C("state_message", Kind.STRING),
                 C("state_timestamp", Kind.TIMESTAMP, nullable=False),
                 C("state_start_time", Kind.TIMESTAMP, "state_timestamp", nullable=False, doc="= state_timestamp"),
+                C("state_serialized", Kind.JSON, hidden=True),
                 C("start_time", Kind.TIMESTAMP),
                 C("end_time", Kind.TIMESTAMP),
                 C("cache_key", Kind.STRING, _const(None, sa.String), doc="Always null in flowbus."),
@@ -427,9 +478,10 @@ MODEL = Model(
                 "serialized_state": Computed(
                     "serialized_state",
                     "jsonb!",
-                    ("state", "state_message"),
-                    lambda r: serialized_state(r["state"], r["state_message"]),
-                    "The current state as a Prefect-like dict: type and message.",
+                    ("state", "state_message", "state_serialized"),
+                    lambda r: serialized_state(r["state"], r["state_message"], None, r["state_serialized"]),
+                    "The current state as Prefect serializes it: as a Prefect client set it, "
+                    "else its type and message.",
                 )
             },
         ),
@@ -637,10 +689,10 @@ def columns_for(table: Table, names: set[str]) -> tuple[str, ...]:
     """The SQL columns that answer the selected fields (the key and relation keys included)."""
     needed = {table.pk}
     for name in names:
-        if name in table.columns and not table.columns[name].hidden:
-            needed.add(name)
-        elif name in table.computed:
+        if name in table.computed:
             needed.update(table.computed[name].needs)
+        elif name in table.columns and not table.columns[name].hidden:
+            needed.add(name)
         elif name in table.relations:
             needed.add(table.relations[name].local)
         elif name.endswith("_aggregate") and name.removesuffix("_aggregate") in table.relations:

@@ -14,6 +14,7 @@ from flowbus.db.engine import Database
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Message, Reply
 from flowbus.schemas.flows import (
+    AddFlowTasks,
     ArchiveFlow,
     CreateProject,
     Deleted,
@@ -52,6 +53,7 @@ COMMANDS: tuple[tuple[str, type[Message], type[Message], UseCase], ...] = (
     (RegistrationCommands.SET_PROJECT_DESCRIPTION, SetProjectDescription, ProjectOut, usecases.set_project_description),
     (RegistrationCommands.DELETE_PROJECT, DeleteProject, Deleted, usecases.delete_project),
     (RegistrationCommands.REGISTER_FLOW, RegisterFlow, FlowOut, usecases.register_flow),
+    (RegistrationCommands.ADD_FLOW_TASKS, AddFlowTasks, FlowOut, usecases.add_flow_tasks),
     (RegistrationCommands.GET_FLOW, GetFlow, FlowOut, usecases.get_flow),
     (RegistrationCommands.LIST_FLOWS, ListFlows, FlowList, usecases.list_flows),
     (RegistrationCommands.ARCHIVE_FLOW, ArchiveFlow, FlowOut, usecases.archive_flow),

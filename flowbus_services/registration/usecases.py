@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sqlalchemy import delete, func, update
@@ -23,8 +23,9 @@ from flowbus import subjects
 from flowbus.db.engine import Database, WriteSession
 from flowbus.db.tables import Flow, FlowGroup, Project, Task, utcnow
 from flowbus.db.views import effective_schedule, flow_group_out, flow_out, load_flow, project_out
-from flowbus.schemas.common import Conflict, NotFound, ValidationFailed
+from flowbus.schemas.common import MAX_EDGES, MAX_TASKS, Conflict, NotFound, ValidationFailed
 from flowbus.schemas.flows import (
+    AddFlowTasks,
     ArchiveFlow,
     CreateProject,
     Deleted,
@@ -56,6 +57,7 @@ from flowbus.schemas.flows import (
     SetFlowScheduleState,
     SetFlowSettings,
     SetProjectDescription,
+    TaskSpec,
     UnarchiveFlow,
 )
 
@@ -165,7 +167,7 @@ async def _register_once(db: Database, cmd: RegisterFlow) -> FlowOut:
         flow = _new_flow_version(cmd, project, group, (highest or 0) + 1)
         session.add(flow)
         await session.flush()  # the (group, version) constraint fires here
-        session.add_all(_task_rows(cmd, flow))
+        session.add_all(_task_rows(cmd.serialized_flow.tasks, flow))
         archived = await _archive_other_versions(session, group, flow)
         if cmd.idempotency_key is not None:
             group.idempotency_key = cmd.idempotency_key
@@ -227,7 +229,7 @@ def _new_flow_version(cmd: RegisterFlow, project: Project, group: FlowGroup, ver
     )
 
 
-def _task_rows(cmd: RegisterFlow, flow: Flow) -> list[Task]:
+def _task_rows(tasks: Iterable[TaskSpec], flow: Flow) -> list[Task]:
     """The flow version's tasks as rows of their own: queries and task runs name them by id."""
     return [
         Task(
@@ -239,8 +241,40 @@ def _task_rows(cmd: RegisterFlow, flow: Flow) -> list[Task]:
             tags=list(t.tags),
             created=flow.created,
         )
-        for t in cmd.serialized_flow.tasks
+        for t in tasks
     ]
+
+
+async def add_flow_tasks(db: Database, cmd: AddFlowTasks) -> FlowOut:
+    """Add tasks and edges to a flow version (Prefect 1.x registers them after
+    the flow); known task slugs and known edges are left as they are."""
+    async with db.write_session() as session:
+        flow, group, project = await load_flow(session, cmd.flow_id)
+        known = {t["slug"] for t in flow.tasks}
+        new_tasks = [t for t in cmd.tasks if t.slug not in known]
+        slugs = known | {t.slug for t in new_tasks}
+        missing = sorted({s for e in cmd.edges for s in (e.upstream, e.downstream)} - slugs)
+        if missing:
+            raise ValidationFailed(f"edges name tasks the flow does not have: {missing[:20]}")
+        seen = {(e["upstream"], e["downstream"], e.get("key")) for e in flow.edges}
+        new_edges = []
+        for edge in cmd.edges:
+            key = (edge.upstream, edge.downstream, edge.key)
+            if key not in seen:
+                seen.add(key)
+                new_edges.append(edge)
+        if len(flow.tasks) + len(new_tasks) > MAX_TASKS or len(flow.edges) + len(new_edges) > MAX_EDGES:
+            raise ValidationFailed(f"A flow has at most {MAX_TASKS} tasks and {MAX_EDGES} edges.")
+        if new_tasks or new_edges:
+            tasks = [*flow.tasks, *(t.model_dump(mode="json") for t in new_tasks)]
+            edges = [*flow.edges, *(e.model_dump(mode="json") for e in new_edges)]
+            # New lists (not appends): the JSON columns see a change only on assignment.
+            flow.tasks, flow.edges = tasks, edges
+            flow.serialized_flow = {**flow.serialized_flow, "tasks": tasks, "edges": edges}
+            session.add(flow)
+            session.add_all(_task_rows(new_tasks, flow))
+        out = flow_out(flow, group, project)
+    return out
 
 
 async def _archive_other_versions(session: AsyncSession, group: FlowGroup, flow: Flow) -> list[tuple[str, int]]:

@@ -282,6 +282,7 @@ class _CreateRunsBatch:
                 "state_message": SCHEDULED_MESSAGE,
                 "state_timestamp": now,
                 "state_result": None,
+                "state_serialized": None,
                 "created": now,
                 "updated": now,
             }
@@ -340,6 +341,7 @@ def _task_run_row(flow_run_id: str, task: dict[str, Any], now: datetime) -> dict
         "state": StateType.PENDING.value,
         "state_timestamp": now,
         "state_result": None,
+        "state_serialized": None,
         "created": now,
         "updated": now,
     }

@@ -22,6 +22,7 @@ from flowbus.schemas.flows import Deleted, FlowEvent
 from flowbus.schemas.runs import (
     CancelFlowRun,
     DeleteFlowRun,
+    EnsureTaskRun,
     FlowRunDetail,
     FlowRunList,
     GetFlowRun,
@@ -34,9 +35,10 @@ from flowbus.schemas.runs import (
     SetTaskRunState,
     StateHistoryList,
     StateSet,
+    TaskRunInfo,
 )
 from flowbus.subjects import StateCommands
-from flowbus_services.state import cleanup, logs, queries
+from flowbus_services.state import cleanup, logs, queries, task_runs
 from flowbus_services.state.transitions import apply_transitions
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ def register(ctx: ServiceContext) -> None:
     @sub(StateCommands.GET_FLOW_RUN_HISTORY, queue=queue, title="get_flow_run_history")
     async def get_flow_run_history(query: GetFlowRunHistory) -> Reply[StateHistoryList]:
         return Reply.success(await queries.get_flow_run_history(db, query))
+
+    @sub(StateCommands.ENSURE_TASK_RUN, queue=queue, title="ensure_task_run")
+    async def ensure_task_run(cmd: EnsureTaskRun) -> Reply[TaskRunInfo]:
+        return Reply.success(await task_runs.ensure_task_run(db, cmd))
 
     @sub(StateCommands.DELETE_FLOW_RUN, queue=queue, title="delete_flow_run")
     async def delete_flow_run(cmd: DeleteFlowRun) -> Reply[Deleted]:

@@ -99,7 +99,15 @@ _SELECT_VERSION = {
     RunKind.FLOW_RUN: select(_fr.c.version).where(_fr.c.id == bindparam("id")),
     RunKind.TASK_RUN: select(_tr.c.version).where(_tr.c.id == bindparam("id")),
 }
-_STATE_COLUMNS = ("state", "state_message", "state_timestamp", "state_result", "version", "updated")
+_STATE_COLUMNS = (
+    "state",
+    "state_message",
+    "state_timestamp",
+    "state_result",
+    "state_serialized",
+    "version",
+    "updated",
+)
 _UPDATE_FLOW_RUN = Bulk(
     update(_fr)
     .where(_fr.c.id == bindparam("b_id"), _fr.c.version == bindparam("b_version"))
@@ -214,7 +222,7 @@ class _TransitionBatch:
 
     async def _set_flow_run_state(self, cmd: SetFlowRunState) -> StateSet:
         run = self._flow_run(cmd.flow_run_id)
-        if run.version != cmd.version:
+        if cmd.version is not None and run.version != cmd.version:
             raise version_error(run.kind, run.id, run.version, cmd.version)
         return await self._transition(run, cmd.state, cmd.agent_id, resurrect=cmd.resurrect)
 
@@ -222,7 +230,7 @@ class _TransitionBatch:
         task_run = self.task_runs.get(cmd.task_run_id)
         if task_run is None:
             raise NotFound(f"Task run {cmd.task_run_id} not found")
-        if task_run.version != cmd.version:
+        if cmd.version is not None and task_run.version != cmd.version:
             raise version_error(task_run.kind, task_run.id, task_run.version, cmd.version)
         flow_run = self.flow_runs.get(task_run.flow_run_id)
         flow_run_state = flow_run.state if flow_run else None
@@ -304,6 +312,7 @@ class _TransitionBatch:
             "state_message": spec.message,
             "state_timestamp": self.now,
             "state_result": spec.result,
+            "state_serialized": spec.serialized,
             "version": run.version,
             "updated": self.now,
             "start_time": run.start_time,
@@ -372,8 +381,10 @@ class _TransitionBatch:
 
 async def apply_transitions(db: Database, commands: Sequence[StateCommand]) -> list[StateSet | FlowbusError]:
     """Apply a batch of state commands in one transaction; one outcome per command."""
-    # A cancel carries no version: when another writer wins the race, it reads again.
-    attempts = 5 if len(commands) == 1 and isinstance(commands[0], CancelFlowRun) else 1
+    # A cancel, or a state set at no version, names no version: when another
+    # writer wins the race, it reads again.
+    unversioned = len(commands) == 1 and (isinstance(commands[0], CancelFlowRun) or commands[0].version is None)
+    attempts = 5 if unversioned else 1
     for _ in range(attempts):
         try:
             return await write_batch(db, _TransitionBatch, commands)
@@ -387,5 +398,5 @@ async def apply_transitions(db: Database, commands: Sequence[StateCommand]) -> l
     )
     async with db.read_connection() as conn:
         current = (await conn.execute(_SELECT_VERSION[kind], {"id": run_id})).scalar()
-    given = cmd.version if not isinstance(cmd, CancelFlowRun) else (current or 0) - 1
+    given = cmd.version if not isinstance(cmd, CancelFlowRun) and cmd.version is not None else (current or 0) - 1
     return [version_error(kind, run_id, current or 0, given)]

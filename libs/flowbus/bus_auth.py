@@ -94,6 +94,7 @@ _ADMIN_COMMANDS: Final = (
 _RUN_WORK: Final = (
     s.StateCommands.SET_FLOW_RUN_STATE,
     s.StateCommands.SET_TASK_RUN_STATE,
+    s.StateCommands.ENSURE_TASK_RUN,
     s.RunCreationCommands.CREATE_FLOW_RUN,
     f"{s.PREFIX}.logs.*",
     f"{s.PREFIX}.hb.flow_run.*",
@@ -159,6 +160,8 @@ def permissions(role: BusRole, name: str) -> Permissions:
                 f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.*",
                 f"{_JS}.CONSUMER.DELETE.{s.LOGS_STREAM}.*",
                 s.API_KEY_EVENTS,
+                # Prefect 1.x agents poll through it: each poll is their heartbeat.
+                f"{s.PREFIX}.hb.agent.*",
             ),
             subscribe=(inbox, run_events, f"{s.PREFIX}.cmd.{s.Service.GATEWAY}.>", s.API_KEY_EVENTS),
             allow_responses=True,

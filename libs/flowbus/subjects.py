@@ -50,6 +50,7 @@ class RegistrationCommands:
     GET_PROJECT: Final = f"{PREFIX}.cmd.registration.get_project"
     LIST_PROJECTS: Final = f"{PREFIX}.cmd.registration.list_projects"
     REGISTER_FLOW: Final = f"{PREFIX}.cmd.registration.register_flow"
+    ADD_FLOW_TASKS: Final = f"{PREFIX}.cmd.registration.add_flow_tasks"
     GET_FLOW: Final = f"{PREFIX}.cmd.registration.get_flow"
     LIST_FLOWS: Final = f"{PREFIX}.cmd.registration.list_flows"
     RENAME_PROJECT: Final = f"{PREFIX}.cmd.registration.rename_project"
@@ -79,6 +80,8 @@ class StateCommands:
     SET_FLOW_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_flow_run_state"
     SET_TASK_RUN_STATE: Final = f"{PREFIX}.cmd.state.set_task_run_state"
     GET_FLOW_RUN: Final = f"{PREFIX}.cmd.state.get_flow_run"
+    # A write, though it may find the task run there: not named get_ (the queries' prefix).
+    ENSURE_TASK_RUN: Final = f"{PREFIX}.cmd.state.ensure_task_run"
     GET_FLOW_RUN_LOGS: Final = f"{PREFIX}.cmd.state.get_flow_run_logs"
     GET_FLOW_RUN_HISTORY: Final = f"{PREFIX}.cmd.state.get_flow_run_history"
     LIST_FLOW_RUNS: Final = f"{PREFIX}.cmd.state.list_flow_runs"

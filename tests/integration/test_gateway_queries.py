@@ -38,6 +38,20 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 AGENT_ID = "9d7a3f52-1c1e-4f0a-8b56-3e4b1f0c2d11"
 
 
+def prefect_state(state_type: str, message: str | None, **extra: Any) -> dict[str, Any]:
+    """A state as Prefect 1.x serializes it (what the gateway answers for a state
+    flowbus's own clients set): its type and message, and Prefect's empty parts."""
+    return {
+        "type": state_type,
+        "message": message,
+        **extra,
+        "_result": {"type": "NoResultType", "__version__": "1.4.1"},
+        "context": {},
+        "cached_inputs": {},
+        "__version__": "1.4.1",
+    }
+
+
 @dataclass
 class World:
     alpha1: FlowOut
@@ -478,11 +492,7 @@ async def test_the_queries_prefect_sends_validate_and_answer(gql: GraphQL, world
     assert isinstance(flow["run_config"], dict)
 
     [view] = answers["flow_run_view"]["flow_run"]
-    assert view["serialized_state"] == {
-        "type": "Scheduled",
-        "message": "Flow run scheduled.",
-        "start_time": iso(T0),
-    }
+    assert view["serialized_state"] == prefect_state("Scheduled", "Flow run scheduled.", start_time=iso(T0))
     assert [s["serialized_state"]["type"] for s in view["states"]] == ["Scheduled"]
     assert view["states"][0]["serialized_state"]["start_time"] == iso(T0)
     assert (view["name"], view["flow_id"], view["labels"]) == ("sched", world.alpha2.id, [])
@@ -505,7 +515,7 @@ async def test_the_queries_prefect_sends_validate_and_answer(gql: GraphQL, world
     agent_runs = {r["name"]: r for r in answers["agent_runs"]["flow_run"]}
     assert set(agent_runs) == {"sched", "run"}
     assert (agent_runs["run"]["state"], agent_runs["run"]["version"]) == ("Running", 3)
-    assert agent_runs["run"]["serialized_state"] == {"type": "Running", "message": "going"}
+    assert agent_runs["run"]["serialized_state"] == prefect_state("Running", "going")
     assert agent_runs["run"]["flow"]["storage"]["type"] == "script"
     assert agent_runs["run"]["flow"]["environment"] is None
     assert len(agent_runs["run"]["task_runs"]) == 3
@@ -526,7 +536,7 @@ async def test_the_queries_prefect_sends_validate_and_answer(gql: GraphQL, world
     assert states["scheduled_start_time"] == iso(T0)
     assert states["states"][0]["start_time"] == iso(T0)
     assert len(answers["running_task_runs"]["task_run"]) == 3
-    assert answers["run_state"]["flow_run_by_pk"]["serialized_state"] == {"type": "Success", "message": "ok"}
+    assert answers["run_state"]["flow_run_by_pk"]["serialized_state"] == prefect_state("Success", "ok")
     [agent] = answers["agents"]["agent"]
     assert (agent["id"], agent["name"], agent["labels"]) == (AGENT_ID, "ag", ["vm"])
     assert agent["last_queried"] is not None
@@ -726,7 +736,7 @@ async def test_nested_selections(gql: GraphQL, world: World) -> None:
     ]
     assert {t["task"]["flow"]["version"] for t in run["task_runs"]} == {2}
     assert run["task_runs"][0]["states"] == [
-        {"state": "Running", "serialized_state": {"type": "Running", "message": None}}
+        {"state": "Running", "serialized_state": prefect_state("Running", None)}
     ]
     assert run["task_runs"][0]["logs"] == [{"message": "two"}]
     assert run["task_runs"][1]["states"] == []

@@ -93,6 +93,8 @@ class LocalAgent:
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self.consumer: DurablePull | None = None
+        # Whether each flow seen was registered by Prefect 1.x (its runs are left to Prefect agents).
+        self._prefect_flows: dict[str, bool] = {}
 
     def stop(self) -> None:
         """Take no new runs; those running finish, then ``run()`` returns."""
@@ -187,6 +189,11 @@ class LocalAgent:
             log.warning("dropping a malformed run-queue message")
             await msg.term()
             return
+        if await self._prefect_flow(queued.flow_id):
+            # Registered by Prefect 1.x: only a Prefect agent can load its storage,
+            # and one polls for it (get_runs_in_queue); the run stays Scheduled.
+            await msg.ack()
+            return
         try:
             await self.client.set_flow_run_state(
                 queued.flow_run_id, queued.version, StateType.SUBMITTED, "Submitted for execution", agent_id=self.id
@@ -201,6 +208,17 @@ class LocalAgent:
             return
         await msg.ack()
         await self._run_child(queued)
+
+    async def _prefect_flow(self, flow_id: str) -> bool:
+        """True for a flow Prefect 1.x registered (asked once per flow: a flow version never changes storage)."""
+        known = self._prefect_flows.get(flow_id)
+        if known is None:
+            try:
+                known = (await self.client.get_flow(flow_id)).storage.type == "prefect"
+            except FlowbusError:
+                return False  # the claim will say what is wrong with the run
+            self._prefect_flows[flow_id] = known
+        return known
 
     async def _claimed_by_us(self, queued: RunQueued) -> bool:
         """True when an earlier claim of ours went through but its reply was lost

@@ -2,6 +2,7 @@
 and the scheduler's status.
 
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.cmd.heartbeat.list_agents``,
+``flowbus.hb.agent.<id>``,
 ``flowbus.cmd.scheduler.status`` (and the run queries of ``_runs``).
 """
 
@@ -13,7 +14,7 @@ from flowbus import subjects
 from flowbus.client._commands import build
 from flowbus.client._runs import Runs
 from flowbus.ids import uuid7
-from flowbus.schemas.agents import AgentList, AgentOut, ListAgents, RegisterAgent
+from flowbus.schemas.agents import AgentHeartbeat, AgentList, AgentOut, ListAgents, RegisterAgent
 from flowbus.schemas.common import LIST_LIMIT_DEFAULT
 from flowbus.states import StateType
 
@@ -46,6 +47,13 @@ class Agents(Runs):
         """Online: heard from within the last few agent heartbeat intervals."""
         window = timedelta(seconds=AGENT_ONLINE_BEATS * self.settings.heartbeat.agent_interval_seconds)
         return agent.last_seen >= datetime.now(UTC) - window
+
+    async def send_agent_heartbeat(self, agent_id: str) -> None:
+        """Publish one heartbeat of the agent now (fire and forget: the heartbeat
+        service records its last seen; one for an unknown agent is dropped there)."""
+        beat = build(AgentHeartbeat, agent_id=agent_id, timestamp=datetime.now(UTC))
+        nc = await self.connect()
+        await nc.publish(subjects.agent_heartbeat(agent_id), beat.model_dump_json().encode())
 
     async def register_agent(
         self, name: str, *, agent_type: str = "local", labels: list[str] | None = None, agent_id: str | None = None

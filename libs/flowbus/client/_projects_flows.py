@@ -5,6 +5,8 @@ Writes: ``flowbus.cmd.registration.*`` requests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import JsonValue
 
 from flowbus import subjects
@@ -12,10 +14,12 @@ from flowbus.client._commands import build
 from flowbus.client._transport import Transport
 from flowbus.schemas.common import LIST_LIMIT_DEFAULT
 from flowbus.schemas.flows import (
+    AddFlowTasks,
     ArchiveFlow,
     CreateProject,
     Deleted,
     DeleteProject,
+    EdgeSpec,
     FlowGroupOut,
     FlowList,
     FlowOut,
@@ -36,6 +40,7 @@ from flowbus.schemas.flows import (
     SetFlowScheduleState,
     SetFlowSettings,
     SetProjectDescription,
+    TaskSpec,
     UnarchiveFlow,
 )
 
@@ -84,6 +89,13 @@ class ProjectsAndFlows(Transport):
         return await self.request(
             subjects.RegistrationCommands.REGISTER_FLOW, cmd, FlowOut, idempotent=idempotency_key is not None
         )
+
+    async def add_flow_tasks(
+        self, flow_id: str, tasks: Sequence[TaskSpec] = (), edges: Sequence[EdgeSpec] = ()
+    ) -> FlowOut:
+        """Add tasks and edges to a registered flow version; known ones are skipped (safe to resend)."""
+        cmd = build(AddFlowTasks, flow_id=flow_id, tasks=list(tasks), edges=list(edges))
+        return await self.request(subjects.RegistrationCommands.ADD_FLOW_TASKS, cmd, FlowOut, idempotent=True)
 
     async def get_flow(self, flow_id: str) -> FlowOut:
         return await self.request(

@@ -26,6 +26,7 @@ from flowbus.schemas.runs import (
     CreateFlowRuns,
     CreateOutcome,
     DeleteFlowRun,
+    EnsureTaskRun,
     FlowRunDetail,
     FlowRunList,
     FlowRunOut,
@@ -40,6 +41,7 @@ from flowbus.schemas.runs import (
     SetTaskRunState,
     StateHistoryList,
     StateSet,
+    TaskRunInfo,
     pack_log_batch,
 )
 from flowbus.states import StateType
@@ -112,6 +114,12 @@ class Runs(Transport):
             idempotent=True,
         )
 
+    async def ensure_task_run(self, flow_run_id: str, task_id: str, map_index: int = -1) -> TaskRunInfo:
+        """The task run of task ``task_id`` at ``map_index`` in the flow run, made
+        Pending if there is none yet (a mapped child); safe to resend."""
+        cmd = build(EnsureTaskRun, flow_run_id=flow_run_id, task_id=task_id, map_index=map_index)
+        return await self.request(subjects.StateCommands.ENSURE_TASK_RUN, cmd, TaskRunInfo, idempotent=True)
+
     async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
         """The 1.x name of :meth:`get_flow_run`."""
         return await self.get_flow_run(flow_run_id)
@@ -143,14 +151,15 @@ class Runs(Transport):
     async def set_flow_run_state(
         self,
         flow_run_id: str,
-        version: int,
+        version: int | None,
         state: StateLike,
         message: str | None = None,
         agent_id: str | None = None,
         *,
         resurrect: bool = False,
     ) -> StateSet:
-        """Set a state at the run's current ``version`` (optimistic locking).
+        """Set a state at the run's current ``version`` (optimistic locking);
+        ``None`` sets it at whatever version the run is at.
 
         ``state`` is a State object (``Success(message="It worked!")``), its JSON
         form (``{"type": "Success", "message": "It worked!"}``) or a StateType;
@@ -168,7 +177,7 @@ class Runs(Transport):
         return await self.request(subjects.StateCommands.SET_FLOW_RUN_STATE, cmd, StateSet)
 
     async def set_task_run_state(
-        self, task_run_id: str, version: int, state: StateLike, message: str | None = None
+        self, task_run_id: str, version: int | None, state: StateLike, message: str | None = None
     ) -> StateSet:
         """Set a task run's state at its current ``version``; ``state`` as for set_flow_run_state."""
         cmd = build(SetTaskRunState, task_run_id=task_run_id, version=version, state=state_spec(state, message))

@@ -122,6 +122,7 @@ class Client:
     delete_project = blocking(AsyncClient.delete_project)
     register = blocking(AsyncClient.register)
     get_flow = blocking(AsyncClient.get_flow)
+    add_flow_tasks = blocking(AsyncClient.add_flow_tasks)
     get_flows = blocking(AsyncClient.get_flows)
     archive_flow = blocking(AsyncClient.archive_flow)
     unarchive_flow = blocking(AsyncClient.unarchive_flow)
@@ -149,6 +150,7 @@ class Client:
     get_flow_run_logs = blocking(AsyncClient.get_flow_run_logs)
     write_logs = blocking(AsyncClient.write_logs)
     send_flow_run_heartbeat = blocking(AsyncClient.send_flow_run_heartbeat)
+    ensure_task_run = blocking(AsyncClient.ensure_task_run)
     watch_flow_run = blocking_iter(AsyncClient.watch_flow_run)
     follow_flow_run = blocking_iter(AsyncClient.follow_flow_run)
 
@@ -156,6 +158,7 @@ class Client:
 
     get_agents = blocking(AsyncClient.get_agents)
     register_agent = blocking(AsyncClient.register_agent)
+    send_agent_heartbeat = blocking(AsyncClient.send_agent_heartbeat)
     explain_waiting_run = blocking(AsyncClient.explain_waiting_run)
     get_schedule = blocking(AsyncClient.get_schedule)
     get_scheduler_status = blocking(AsyncClient.get_scheduler_status)

@@ -231,6 +231,8 @@ class FlowRun(SQLModel, table=True):
     state_message: str | None = None
     state_timestamp: datetime = _ts(default_factory=utcnow)
     state_result: Any = _json(default=None)
+    # The current state as a Prefect 1.x client serialized it (StateSpec.serialized).
+    state_serialized: dict[str, Any] | None = _json(default=None)
     version: int = 1
     agent_id: str | None = Field(default=None, max_length=255)
     start_time: datetime | None = _ts(default=None)
@@ -255,6 +257,8 @@ class TaskRun(SQLModel, table=True):
     state_message: str | None = None
     state_timestamp: datetime = _ts(default_factory=utcnow)
     state_result: Any = _json(default=None)
+    # The current state as a Prefect 1.x client serialized it (StateSpec.serialized).
+    state_serialized: dict[str, Any] | None = _json(default=None)
     version: int = 1
     start_time: datetime | None = _ts(default=None)
     end_time: datetime | None = _ts(default=None)

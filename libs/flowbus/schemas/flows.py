@@ -71,11 +71,17 @@ class EdgeSpec(Message):
 
 
 class StorageSpec(Message):
-    """Where the flow's code lives. The code itself never reaches the backend."""
+    """Where the flow's code lives. The code itself never reaches the backend.
 
-    type: Literal["script", "module"]
+    ``prefect``: a flow registered by Prefect 1.x, whose storage (``prefect``,
+    as Prefect serialized it) only a Prefect agent can load; flowbus agents
+    leave its runs to one (docs/prefect1.md).
+    """
+
+    type: Literal["script", "module", "prefect"]
     path: str | None = Field(default=None, max_length=4096)
     module: str | None = Field(default=None, max_length=NAME_MAX)
+    prefect: JsonObject | None = None
 
     @model_validator(mode="after")
     def _location(self) -> StorageSpec:
@@ -83,11 +89,16 @@ class StorageSpec(Message):
             raise ValueError("script storage needs a path")
         if self.type == "module" and not self.module:
             raise ValueError("module storage needs a module")
+        if (self.type == "prefect") != (self.prefect is not None):
+            raise ValueError("prefect storage, and only it, carries the storage Prefect serialized")
         return self
 
 
 class RunConfigSpec(Message):
     labels: Labels | None = None
+    # A Prefect 1.x run config as Prefect serialized it (its labels and env are
+    # the fields above); Prefect clients read it back as they sent it.
+    prefect: JsonObject | None = None
     env: (
         Annotated[
             dict[
@@ -173,6 +184,9 @@ class SerializedFlow(Message):
     run_config: CheckedRunConfig = Field(default_factory=RunConfigSpec)
     schedule: ScheduleSpec | None = None
     core_version: str = Field(default="", max_length=64)
+    # The flow as Prefect 1.x serialized it (``Flow.serialize()``), for the
+    # Prefect clients that read ``serialized_flow`` back; None for flowbus's own.
+    prefect: JsonObject | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SerializedFlow:
@@ -328,6 +342,16 @@ class RegisterFlow(Message):
 
 class GetFlow(Message):
     flow_id: Key
+
+
+class AddFlowTasks(Message):
+    """Tasks and edges added to a registered flow version, as Prefect 1.x
+    registers them after the flow (``register_tasks``, ``register_edges``):
+    known slugs and edges are skipped, so a resend changes nothing."""
+
+    flow_id: Key
+    tasks: Annotated[list[TaskSpec], at_most(MAX_TASKS, "tasks")] = Field(default_factory=list)
+    edges: Annotated[list[EdgeSpec], at_most(MAX_EDGES, "edges")] = Field(default_factory=list)
 
 
 class ListFlows(Message):

@@ -41,6 +41,10 @@ class StateSpec(Message):
     type: StateType
     message: str | None = Field(default=None, max_length=TEXT_MAX)
     result: Json = None
+    # The state as a Prefect 1.x client serialized it (``State.serialize()``:
+    # its start time, run count, cached inputs, result location...), kept with
+    # the run's current state and handed back to Prefect clients as it came.
+    serialized: JsonObject | None = None
 
 
 class StateOut(Message):
@@ -157,6 +161,22 @@ class GetFlowRun(Message):
     flow_run_id: Key
 
 
+class EnsureTaskRun(Message):
+    """The task run of ``task_id`` (a task of the run's flow version, by its id)
+    at ``map_index`` in a flow run; created Pending (version 1) when there is
+    none yet, as Prefect 1.x's runner asks for each mapped child."""
+
+    flow_run_id: Key
+    task_id: Key
+    map_index: int = Field(default=-1, ge=-1)
+
+
+class TaskRunInfo(Message):
+    task_run: TaskRunOut
+    # Its current state as a Prefect client set it (StateSpec.serialized), if one did.
+    serialized_state: dict[str, Any] | None = None
+
+
 class RunQueued(Message):
     """Published on ``flowbus.runq.<label-set key>`` when a run is due."""
 
@@ -178,7 +198,10 @@ class RunQueued(Message):
 
 class SetFlowRunState(Message):
     flow_run_id: Key
-    version: int = Field(ge=1)
+    # None: at whatever version the run is at (Prefect 1.x clients send no
+    # version for most states); refused when the run's flow group has version
+    # locking on, where every write names the version it read.
+    version: int | None = Field(default=None, ge=1)
     state: StateSpec
     agent_id: Key | None = None
     # A Lazarus resurrection: Submitted or Running back to Scheduled, counted
@@ -204,7 +227,8 @@ class DeleteFlowRun(Message):
 
 class SetTaskRunState(Message):
     task_run_id: Key
-    version: int = Field(ge=1)
+    # None: at the task run's current version, as for SetFlowRunState.
+    version: int | None = Field(default=None, ge=1)
     state: StateSpec
 
 
