@@ -735,9 +735,7 @@ async def test_nested_selections(gql: GraphQL, world: World) -> None:
         ("c", "c-1", -1),
     ]
     assert {t["task"]["flow"]["version"] for t in run["task_runs"]} == {2}
-    assert run["task_runs"][0]["states"] == [
-        {"state": "Running", "serialized_state": prefect_state("Running", None)}
-    ]
+    assert run["task_runs"][0]["states"] == [{"state": "Running", "serialized_state": prefect_state("Running", None)}]
     assert run["task_runs"][0]["logs"] == [{"message": "two"}]
     assert run["task_runs"][1]["states"] == []
     assert [(s["state"], s["version"]) for s in run["states"]] == [("Scheduled", 1), ("Submitted", 2), ("Running", 3)]
