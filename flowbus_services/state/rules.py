@@ -109,8 +109,23 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "A finished run stays finished, except an explicit re-run to Scheduled.",
         BOTH_KINDS,
-        FINISHED,
+        FINISHED - FAILED,
         ANY - {StateType.SCHEDULED},
+        check=refuse_leaving_finished,
+    ),
+    Rule(
+        "A failed run stays failed, except a re-run to Scheduled, or a task run's"
+        " retry (Prefect 1.x's runner sets Failed, then Retrying).",
+        BOTH_KINDS,
+        FAILED,
+        ANY - {StateType.SCHEDULED, StateType.RETRYING},
+        check=refuse_leaving_finished,
+    ),
+    Rule(
+        "Only a task run retries after it failed.",
+        FLOW_RUNS,
+        FAILED,
+        frozenset({StateType.RETRYING}),
         check=refuse_leaving_finished,
     ),
     Rule(
@@ -141,6 +156,13 @@ RULES: tuple[Rule, ...] = (
         ANY,
         frozenset({StateType.SCHEDULED}),
         effects=(Effect.CLEAR_END_TIME, Effect.REQUEUE_IF_DUE),
+    ),
+    Rule(
+        "A task run retried after it failed is no longer finished.",
+        TASK_RUNS,
+        FAILED,
+        frozenset({StateType.RETRYING}),
+        effects=(Effect.CLEAR_END_TIME,),
     ),
     Rule(
         "The first Running sets start_time.",
