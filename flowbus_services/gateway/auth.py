@@ -52,6 +52,7 @@ RUN_MUTATIONS: set[str] = {
     "update_flow_run_heartbeat",
     "get_runs_in_queue",
     "get_or_create_task_run_info",
+    "set_task_run_name",
 }
 # Mutations only an admin may send: the bus refuses their commands to every
 # other role too (flowbus.bus_auth, docs/security.md).

@@ -176,6 +176,18 @@ async def _create_flow_from_input(info: Info, input: dict[str, Any], flow: Seria
     )
 
 
+@_field("set_flow_run_name")
+async def resolve_set_flow_run_name(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).set_flow_run_name(input["flow_run_id"], input["name"])
+    return SUCCESS
+
+
+@_field("set_task_run_name")
+async def resolve_set_task_run_name(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    await _client(info).set_task_run_name(input["task_run_id"], input["name"])
+    return SUCCESS
+
+
 @_field("register_tasks")
 async def resolve_register_tasks(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
     await _client(info).add_flow_tasks(input["flow_id"], tasks=tasks_from_input(input["serialized_tasks"]))

@@ -52,6 +52,7 @@ def task_fields(task: Any) -> dict[str, Any]:
     return {
         "slug": task.get("slug"),
         "name": task.get("name") or task.get("slug"),
+        "type": task.get("type") or "",
         "max_retries": task.get("max_retries") or 0,
         "retry_delay_seconds": task.get("retry_delay"),
         "tags": sorted(set(_list(task.get("tags"), "a task's tags"))),

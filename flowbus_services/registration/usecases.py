@@ -236,6 +236,7 @@ def _task_rows(tasks: Iterable[TaskSpec], flow: Flow) -> list[Task]:
             flow_id=flow.id,
             slug=t.slug,
             name=t.name,
+            type=t.type,
             max_retries=t.max_retries,
             retry_delay_seconds=t.retry_delay_seconds,
             tags=list(t.tags),

@@ -31,6 +31,8 @@ from flowbus.schemas.runs import (
     ListFlowRuns,
     LogBatch,
     LogList,
+    Renamed,
+    RenameRun,
     SetFlowRunState,
     SetTaskRunState,
     StateHistoryList,
@@ -79,6 +81,10 @@ def register(ctx: ServiceContext) -> None:
     @sub(StateCommands.ENSURE_TASK_RUN, queue=queue, title="ensure_task_run")
     async def ensure_task_run(cmd: EnsureTaskRun) -> Reply[TaskRunInfo]:
         return Reply.success(await task_runs.ensure_task_run(db, cmd))
+
+    @sub(StateCommands.RENAME_RUN, queue=queue, title="rename_run")
+    async def rename_run(cmd: RenameRun) -> Reply[Renamed]:
+        return Reply.success(await task_runs.rename_run(db, cmd))
 
     @sub(StateCommands.DELETE_FLOW_RUN, queue=queue, title="delete_flow_run")
     async def delete_flow_run(cmd: DeleteFlowRun) -> Reply[Deleted]:

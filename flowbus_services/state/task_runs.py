@@ -1,4 +1,5 @@
-"""Task runs made on demand: a mapped child's, when a runner first asks for it.
+"""Task runs made on demand (a mapped child's, when a runner first asks for
+it), and the names of runs.
 
 A flow run's task runs (map index -1) are made with it by run_creation; a
 mapped task's children exist only once a runner asks for one
@@ -16,7 +17,7 @@ from flowbus.db.engine import Database
 from flowbus.db.tables import FlowRun, Task, TaskRun, utcnow
 from flowbus.db.views import state_out_of_run, task_run_out
 from flowbus.schemas.common import NotFound, ValidationFailed
-from flowbus.schemas.runs import EnsureTaskRun, StateChanged, TaskRunInfo
+from flowbus.schemas.runs import EnsureTaskRun, Renamed, RenameRun, StateChanged, TaskRunInfo
 from flowbus.states import StateType
 
 CREATED_MESSAGE = "Task run created"
@@ -74,3 +75,21 @@ async def _ensure_once(db: Database, cmd: EnsureTaskRun) -> TaskRunInfo:
             StateChanged(flow_run_id=run.id, task_run_id=made.id, version=made.version, state=state_out_of_run(made))
         )
         return TaskRunInfo(task_run=task_run_out(made))
+
+
+async def rename_run(db: Database, cmd: RenameRun) -> Renamed:
+    """Give a flow run or a task run a new name (no event: names are not states)."""
+    async with db.write_session() as session:
+        if cmd.flow_run_id is not None:
+            run = await session.get(FlowRun, cmd.flow_run_id)
+            if run is None:
+                raise NotFound(f"Flow run {cmd.flow_run_id} not found")
+            run.name, run.updated = cmd.name, utcnow()
+            session.add(run)
+            return Renamed(id=run.id, name=cmd.name)
+        task_run = await session.get(TaskRun, cmd.task_run_id)
+        if task_run is None:
+            raise NotFound(f"Task run {cmd.task_run_id} not found")
+        task_run.name, task_run.updated = cmd.name, utcnow()
+        session.add(task_run)
+        return Renamed(id=task_run.id, name=cmd.name)

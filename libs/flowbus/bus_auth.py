@@ -95,6 +95,7 @@ _RUN_WORK: Final = (
     s.StateCommands.SET_FLOW_RUN_STATE,
     s.StateCommands.SET_TASK_RUN_STATE,
     s.StateCommands.ENSURE_TASK_RUN,
+    s.StateCommands.RENAME_RUN,
     s.RunCreationCommands.CREATE_FLOW_RUN,
     f"{s.PREFIX}.logs.*",
     f"{s.PREFIX}.hb.flow_run.*",

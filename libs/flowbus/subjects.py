@@ -87,6 +87,7 @@ class StateCommands:
     LIST_FLOW_RUNS: Final = f"{PREFIX}.cmd.state.list_flow_runs"
     CANCEL_FLOW_RUN: Final = f"{PREFIX}.cmd.state.cancel_flow_run"
     DELETE_FLOW_RUN: Final = f"{PREFIX}.cmd.state.delete_flow_run"
+    RENAME_RUN: Final = f"{PREFIX}.cmd.state.rename_run"
 
 
 class HeartbeatCommands:

@@ -30,9 +30,10 @@ RUNNING = {S.RUNNING, S.CANCELLING}
 PAIRS = [pytest.param(a, b, id=f"{a.value}->{b.value}") for a, b in itertools.product(StateType, StateType)]
 
 
-def refusal(current: StateType, target: StateType) -> str | None:
+def refusal(current: StateType, target: StateType, task_run: bool = False) -> str | None:
     """The refusal the rules give first, as a fragment of its message."""
-    if current in FINISHED and target is not S.SCHEDULED:
+    retry = task_run and current in FAILED and target is S.RETRYING
+    if current in FINISHED and target is not S.SCHEDULED and not retry:
         return f"is already finished \\({current.value}\\); it cannot enter {target.value}"
     if target is S.SUBMITTED and current not in CLAIMABLE:
         return f"was already claimed \\({current.value}\\)"
@@ -53,7 +54,9 @@ def flow_run_effects(target: StateType) -> tuple[Effect, ...]:
     return (Effect.SET_END_TIME,) if target in FINISHED else ()
 
 
-def task_run_effects(target: StateType) -> tuple[Effect, ...]:
+def task_run_effects(target: StateType, current: StateType | None = None) -> tuple[Effect, ...]:
+    if target is S.RETRYING and current in FAILED:
+        return (Effect.CLEAR_END_TIME,)
     if target is S.RUNNING:
         return (Effect.SET_START_TIME,)
     return (Effect.SET_END_TIME,) if target in FINISHED else ()
@@ -71,12 +74,12 @@ def test_a_flow_run_change(current: StateType, target: StateType) -> None:
 
 @pytest.mark.parametrize(("current", "target"), PAIRS)
 def test_a_task_run_change_inside_a_running_flow_run(current: StateType, target: StateType) -> None:
-    refused = refusal(current, target)
+    refused = refusal(current, target, task_run=True)
     if refused is not None:
         with pytest.raises(Conflict, match=f"^Task run t {refused}"):
             decide(RunKind.TASK_RUN, "t", current, target, S.RUNNING)
     else:
-        assert decide(RunKind.TASK_RUN, "t", current, target, S.RUNNING) == task_run_effects(target)
+        assert decide(RunKind.TASK_RUN, "t", current, target, S.RUNNING) == task_run_effects(target, current)
 
 
 @pytest.mark.parametrize("flow_run_state", [*StateType, None], ids=lambda s: s.value if s else "unknown")

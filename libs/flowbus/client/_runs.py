@@ -37,6 +37,8 @@ from flowbus.schemas.runs import (
     ListFlowRuns,
     LogList,
     LogRecord,
+    Renamed,
+    RenameRun,
     SetFlowRunState,
     SetTaskRunState,
     StateHistoryList,
@@ -119,6 +121,16 @@ class Runs(Transport):
         Pending if there is none yet (a mapped child); safe to resend."""
         cmd = build(EnsureTaskRun, flow_run_id=flow_run_id, task_id=task_id, map_index=map_index)
         return await self.request(subjects.StateCommands.ENSURE_TASK_RUN, cmd, TaskRunInfo, idempotent=True)
+
+    async def set_flow_run_name(self, flow_run_id: str, name: str) -> Renamed:
+        """Rename a flow run."""
+        cmd = build(RenameRun, flow_run_id=flow_run_id, name=name)
+        return await self.request(subjects.StateCommands.RENAME_RUN, cmd, Renamed, idempotent=True)
+
+    async def set_task_run_name(self, task_run_id: str, name: str) -> Renamed:
+        """Name a task run (one without a name goes by its task's)."""
+        cmd = build(RenameRun, task_run_id=task_run_id, name=name)
+        return await self.request(subjects.StateCommands.RENAME_RUN, cmd, Renamed, idempotent=True)
 
     async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
         """The 1.x name of :meth:`get_flow_run`."""

@@ -151,6 +151,8 @@ class Client:
     write_logs = blocking(AsyncClient.write_logs)
     send_flow_run_heartbeat = blocking(AsyncClient.send_flow_run_heartbeat)
     ensure_task_run = blocking(AsyncClient.ensure_task_run)
+    set_flow_run_name = blocking(AsyncClient.set_flow_run_name)
+    set_task_run_name = blocking(AsyncClient.set_task_run_name)
     watch_flow_run = blocking_iter(AsyncClient.watch_flow_run)
     follow_flow_run = blocking_iter(AsyncClient.follow_flow_run)
 

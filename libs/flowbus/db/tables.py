@@ -250,6 +250,8 @@ class TaskRun(SQLModel, table=True):
     flow_run_id: str = _fk("flow_run.id", index=True)
     task_slug: str = Field(max_length=255)
     task_name: str = Field(max_length=255)
+    # The run's own name, when one was given (else it goes by its task's name).
+    name: str | None = Field(default=None, max_length=255)
     map_index: int = -1
     max_retries: int = 0
     retry_delay_seconds: float | None = None

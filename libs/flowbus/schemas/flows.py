@@ -59,6 +59,9 @@ class ParameterSpec(Message):
 class TaskSpec(Message):
     slug: Name
     name: Name
+    # What kind of task it is, as its framework names it (Prefect 1.x: the
+    # task's class, e.g. prefect.core.parameter.Parameter); "" when unnamed.
+    type: str = Field(default="", max_length=NAME_MAX)
     max_retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float | None = Field(default=None, ge=0)
     tags: Annotated[list[Label], at_most(MAX_TASK_TAGS, "tags")] = Field(default_factory=list)

@@ -216,6 +216,26 @@ class SetFlowRunState(Message):
         return self
 
 
+class RenameRun(Message):
+    """Name a flow run, or a task run (Prefect 1.x's runner names a task's run
+    from its ``task_run_name`` template); exactly one of the two ids."""
+
+    flow_run_id: Key | None = None
+    task_run_id: Key | None = None
+    name: Name
+
+    @model_validator(mode="after")
+    def _one(self) -> RenameRun:
+        if (self.flow_run_id is None) == (self.task_run_id is None):
+            raise ValueError("give exactly one of flow_run_id and task_run_id")
+        return self
+
+
+class Renamed(Message):
+    id: str
+    name: str
+
+
 class DeleteFlowRun(Message):
     """Delete a run with its task runs, history and logs; with ``version``,
     only while the run is still at that version (the scheduler deletes a
