@@ -6,9 +6,12 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_FLAGS ?=
+# The compatibility tier's own environment: the real prefect 1.4.1 (Python 3.11), pinned.
+PREFECT1 := $(TOOLS)/prefect1
+PREFECT1_REQUIREMENTS := tests/compat/prefect1-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt typecheck unit integration e2e contracts bench clean
+.PHONY: help install up test lint fmt typecheck unit integration e2e compat compat-env contracts bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +25,14 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@touch $@
 
 install: $(VENV)/.synced ## Create .venv from uv.lock (the only lockfile)
+
+# Rebuilt from scratch only when the pins change (compile them from the .in file next to them).
+$(PREFECT1)/.synced: $(UV) $(PREFECT1_REQUIREMENTS)
+	$(UV) venv --clear --python 3.11 $(PREFECT1)
+	$(UV) pip install --python $(PREFECT1)/bin/python -r $(PREFECT1_REQUIREMENTS)
+	@touch $@
+
+compat-env: $(PREFECT1)/.synced ## Create .tools/prefect1 (prefect 1.4.1) from its pinned requirements
 
 up: install ## Start NATS, SQLite and all five services in the foreground (Ctrl-C stops)
 	$(BIN)/flowbus up
@@ -47,7 +58,10 @@ integration: install ## Integration tests (real nats-server, SQLite and PostgreS
 e2e: install ## End-to-end tests (the real processes, driven through the CLI)
 	$(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
 
-test: install lint typecheck ## Lint, type-check and run every test tier
+compat: install $(PREFECT1)/.synced ## Prefect 1.4.1 compatibility tier
+	$(BIN)/pytest tests/compat $(PYTEST_FLAGS)
+
+test: install lint typecheck $(PREFECT1)/.synced ## Lint, type-check and run every test tier (compat included)
 	$(BIN)/pytest $(PYTEST_FLAGS)
 
 contracts: install ## Regenerate contracts/ (AsyncAPI and JSON Schemas)
