@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.harness import PREFECT1_BIN, Agent, Flowbus, PrefectUser, prefect_env, start_flowbus
+from tests.helpers.prefect1 import PREFECT1_BIN, Agent, Flowbus, PrefectUser, prefect_env, start_flowbus
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from flowbus.schemas.flows import FlowOut
-from tests.compat.flows import HELLO_FLOW, HELLO_FLOW_IDEMPOTENT
-from tests.compat.harness import HOSTNAME, Finished, Flowbus, PrefectUser, uuid_after
+from tests.helpers.prefect1 import HOSTNAME, Finished, Flowbus, PrefectUser, uuid_after
+from tests.helpers.prefect1_scripts import HELLO_FLOW, HELLO_FLOW_IDEMPOTENT
 
 pytestmark = pytest.mark.compat
 

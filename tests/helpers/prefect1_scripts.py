@@ -1,4 +1,4 @@
-"""The Prefect 1.x scripts of the compatibility tier, as a user writes them.
+"""The Prefect 1.x scripts of the compatibility tier (tests/compat/), as a user writes them.
 
 They import the real ``prefect`` package, so they live here as text (written
 to the user's work folder by the tests) rather than as modules of the test

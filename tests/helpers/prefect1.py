@@ -1,4 +1,4 @@
-"""The compatibility tier's harness: `flowbus up`, and a Prefect 1.x user's shell pointed at it.
+"""The compatibility tier's harness (tests/compat/): `flowbus up`, and a Prefect 1.x user's shell pointed at it.
 
 Every Prefect command runs as a subprocess exactly as a user types it
 (``prefect run --name hello-flow --watch``, ``python hello_flow.py``), from
@@ -145,6 +145,7 @@ class Background:
         """``stdin``: what the user will type when asked (read from a file, so never blocking)."""
         self.args = list(args)
         self.log = log
+        self.started = time.monotonic()
         log.parent.mkdir(parents=True, exist_ok=True)
         typed = log.with_suffix(".stdin")
         typed.write_text(stdin or "")
@@ -181,12 +182,12 @@ class Background:
         return poll(probe, f"{needle!r} printed", timeout, self.__str__, interval=0.1)
 
     def finish(self, timeout: float) -> Finished:
-        """Its end (at most ``timeout`` seconds from now): exit code and output."""
+        """Its end, at most ``timeout`` seconds after it started: exit code and output."""
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(0.0, self.started + timeout - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.stop(grace=0)
-            raise AssertionError(f"did not end within {timeout:g} s:\n{self}") from None
+            raise AssertionError(f"did not end within {timeout:g} s of its start:\n{self}") from None
         finally:
             _kill_group(self.proc.pid)
         return Finished(self.args, self.proc.returncode, self.output(), "")
@@ -355,13 +356,31 @@ class Flowbus:
 
         return poll(probe, f"flow run {flow_run_id} in {' or '.join(types)}", timeout, why, interval=0.25)
 
+    def wait_for_log(self, flow_run_id: str, text: str, timeout: float = 30) -> list[str]:
+        """Until a stored log of the run contains ``text``; the run's log messages then.
+
+        Prefect ships a run's logs in batches (every ``cloud.logging_heartbeat``, and
+        when its process exits, after its final state), so they may land after the run ended.
+        """
+
+        def probe() -> list[str] | None:
+            messages = [r.message for r in self.client.get_flow_run_logs(flow_run_id)]
+            return messages if any(text in m for m in messages) else None
+
+        return poll(probe, f"a log of flow run {flow_run_id} with {text!r}", timeout, lambda: self.history(flow_run_id))
+
     def stop(self) -> None:
         self.client.close()
         self.process.stop(grace=30)
 
 
 def start_flowbus(home: Path, work: Path, logs: Path, env: Mapping[str, str] | None = None) -> Flowbus:
-    """`flowbus up` on ``home`` until it serves; the gateway URL and key from its files."""
+    """`flowbus up` on ``home`` until it serves; the gateway URL and key from its files.
+
+    The gateway gets a free port of its own: left to take 4200, two `flowbus up`
+    started at once on one machine may both bind it (SO_REUSEPORT) and serve each
+    other's requests."""
+    env = {"FLOWBUS_GATEWAY__PORT": str(free_port()), **(env or {})}
     process = Background([FLOWBUS, "up"], cli_env(home, env), work, logs / "flowbus-up.log")
     try:
         process.wait_for(UP_READY, timeout=90)
@@ -372,6 +391,18 @@ def start_flowbus(home: Path, work: Path, logs: Path, env: Mapping[str, str] | N
         process.stop()
         raise
     return Flowbus(home, work, process, endpoint["graphql_url"], api_key, client)
+
+
+def assert_in_order(output: str, needles: Sequence[str], context: object) -> None:
+    """Each needle appears in ``output``, each after the one before; else fail naming the
+    first that is missing or out of place, and showing ``context``."""
+    position = 0
+    for needle in needles:
+        found = output.find(needle, position)
+        if found < 0:
+            where = "is missing" if needle not in output else "comes too early"
+            raise AssertionError(f"{needle!r} {where} (expected in this order: {list(needles)})\n{context}")
+        position = found + len(needle)
 
 
 def uuid_after(label: str, output: str) -> str:
