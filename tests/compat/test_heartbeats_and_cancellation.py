@@ -1,13 +1,12 @@
-"""Item 5's heartbeats and cancellation with the real prefect 1.4.1 runner against `flowbus up`.
+"""Heartbeats and cancellation with the real prefect 1.4.1 runner against `flowbus up`.
 
-flowbus's Zombie Killer here fails a Running flow run after 4 missed beats of
-2 s; Prefect's runner beats every second, checks for cancellation every second
-and ships its logs every second (Prefect's own settings; the reference
-recording shortened the first two the same way). A long run that stays
-Running well past 8 s shows that flowbus sees its heartbeats; cancelling it
-from flowbus (`flowbus cancel`) or through the gateway (Prefect's
-``Client.cancel_flow_run``) ends it Cancelled; and `prefect run --watch`
-streams its logs while it runs.
+flowbus's Zombie Killer here fails a Running flow run after 4 missed beats
+of 2 s; Prefect's runner beats every second, checks for cancellation every
+second and ships its logs every second (Prefect's own settings, set in its
+environment). A long run that stays Running well past 8 s shows that flowbus
+sees its heartbeats; cancelling it from flowbus (`flowbus cancel`) or through
+the gateway (Prefect's ``Client.cancel_flow_run``) ends it Cancelled; and
+`prefect run --watch` streams its logs while it runs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Items 1, 2 and 8 of the Prefect 1.x compatibility: projects, the three ways to
-register the seed tutorial's flow, and `prefect get flows` / `prefect describe
-flows`, with the real prefect 1.4.1 CLI and client against `flowbus up`.
+"""Projects and registration with the real prefect 1.4.1 CLI and client against
+`flowbus up`: `prefect create project`, the three ways to register the 1.x
+tutorial's flow, and `prefect get flows` / `prefect describe flows`.
 
 The expected outputs are what the CLI prints against Prefect Server.
 """

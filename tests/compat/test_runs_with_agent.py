@@ -1,8 +1,8 @@
-"""Items 3 to 8 of the Prefect 1.x compatibility: `prefect agent local start`
-runs what `prefect run` creates, the runner inside its subprocess (mapped
-tasks, retries, logs), `--execute`, the run options, the Client API of seed
-002, child flow runs, `flow.run_agent()`, and `prefect get flow-runs` /
-`prefect get logs`, with the real prefect 1.4.1 against `flowbus up`.
+"""Running flows with the real prefect 1.4.1 against `flowbus up`: `prefect
+agent local start` runs what `prefect run` creates; the runner inside its
+subprocess (mapped tasks, retries, logs); `--execute`; the run options; the
+Client calls of the 1.x flow-run docs; child flow runs; `flow.run_agent()`;
+`prefect get flow-runs` and `prefect get logs`.
 
 One `flowbus up` and one agent (``--label compat``, plus the hostname the
 agent adds) serve the module. To keep the tier's cost down, the watched runs
@@ -47,12 +47,13 @@ RUN_TIMEOUT = 90
 
 @pytest.fixture(scope="module")
 def registered(user: PrefectUser) -> dict[str, str]:
-    """The project and the flows: hello-flow with ``flow.register`` (the seed tutorial),
+    """The project and the flows: hello-flow with ``flow.register`` (the 1.x tutorial),
     the others with `prefect register`; the flow ids by name."""
     for name, source in {
         "hello_flow.py": flows.HELLO_FLOW,
         "failing_flow.py": flows.FAILING_FLOW,
-        "map_retry_flow.py": flows.MAP_RETRY_FLOW,
+        "map_flow.py": flows.MAP_FLOW,
+        "retry_flow.py": flows.RETRY_FLOW,
         "parent_flow.py": flows.PARENT_FLOW,
     }.items():
         user.write(name, source)
@@ -62,12 +63,12 @@ def registered(user: PrefectUser) -> dict[str, str]:
     assert hello.returncode == 0, str(hello)
     others = user.run(
         "prefect", "register", "--project", "tutorial",
-        "-p", "failing_flow.py", "-p", "map_retry_flow.py", "-p", "parent_flow.py",
+        "-p", "failing_flow.py", "-p", "map_flow.py", "-p", "retry_flow.py", "-p", "parent_flow.py",
     )  # fmt: skip
     assert others.returncode == 0, str(others)
-    assert "3 registered" in others.stdout, str(others)
+    assert "4 registered" in others.stdout, str(others)
     ids = {"hello-flow": uuid_after("ID: ", hello.stdout)}
-    for name in ("failing-flow", "map-retry-flow", "parent-flow"):
+    for name in ("failing-flow", "map-flow", "retry-flow", "parent-flow"):
         ids[name] = uuid_after("ID: ", others.stdout.split(f"Registering '{name}'...", 1)[1])
     return ids
 
@@ -96,7 +97,8 @@ def launched(user: PrefectUser, agent: Agent, registered: dict[str, str]) -> dic
             "--param", "name=Marvin", "--run-name", "compat-marvin", "--label", "compat", "--watch",
         ),
         "execute": user.start("run-execute", *run, "hello-flow", "--run-name", "compat-execute", "--execute"),
-        "map-retry": user.start("run-map-retry", *run, "map-retry-flow", "--watch"),
+        "map": user.start("run-map", *run, "map-flow", "--watch"),
+        "retry": user.start("run-retry", *run, "retry-flow", "--watch"),
         "parent": user.start("run-parent", *run, "parent-flow", "--watch"),
     }  # fmt: skip
     return started
@@ -236,8 +238,29 @@ def test_execute_runs_the_flow_without_an_agent(launched: dict[str, Background],
     assert "Submitted" not in state_types(flowbus, run.id), history
 
 
-def test_mapped_tasks_and_a_retry_run_in_the_runner(launched: dict[str, Background], flowbus: Flowbus) -> None:
-    done = launched["map-retry"].finish(RUN_TIMEOUT)
+def test_mapped_tasks_run_in_the_runner(launched: dict[str, Background], flowbus: Flowbus) -> None:
+    done = launched["map"].finish(RUN_TIMEOUT)
+    assert done.returncode == 0, str(done)
+    assert "Flow run succeeded!" in done.stdout, str(done)
+
+    detail = finished_run(flowbus, done)
+    history = flowbus.history(detail.run.id)
+    assert detail.run.state.type.value == "Success", history
+    # The mapped parent ends Mapped; its children were created by get_or_create_task_run_info.
+    assert sorted((t.task_slug, t.map_index, t.state.type.value) for t in detail.task_runs) == [
+        ("double-1", -1, "Mapped"),
+        ("double-1", 0, "Success"),
+        ("double-1", 1, "Success"),
+        ("double-1", 2, "Success"),
+        ("numbers-1", -1, "Success"),
+        ("total-1", -1, "Success"),
+    ], history
+    # The reduce got the children's results: 2 + 4 + 6.
+    flowbus.wait_for_log(detail.run.id, "Total: 12")
+
+
+def test_a_failed_task_is_retried_after_its_delay(launched: dict[str, Background], flowbus: Flowbus) -> None:
+    done = launched["retry"].finish(RUN_TIMEOUT)
     assert done.returncode == 0, str(done)
     assert "Flow run succeeded!" in done.stdout, str(done)
 
@@ -245,17 +268,11 @@ def test_mapped_tasks_and_a_retry_run_in_the_runner(launched: dict[str, Backgrou
     run_id = detail.run.id
     history = flowbus.history(run_id)
     assert detail.run.state.type.value == "Success", history
-    by_slug: dict[str, list[tuple[int, str]]] = {}
-    for t in detail.task_runs:
-        by_slug.setdefault(t.task_slug, []).append((t.map_index, t.state.type.value))
-    # The mapped parent ends Mapped; its children were created by get_or_create_task_run_info.
-    assert sorted(by_slug["double-1"]) == [(-1, "Mapped"), (0, "Success"), (1, "Success"), (2, "Success")], history
-    assert by_slug["total-1"] == [(-1, "Success")], history
-    assert by_slug["flaky-1"] == [(-1, "Success")], history
-    flaky = next(t for t in detail.task_runs if t.task_slug == "flaky-1")
+    [flaky] = detail.task_runs
+    assert (flaky.task_slug, flaky.state.type.value) == ("flaky-1", "Success"), history
+    # Failed, then Retrying (with its start time and run count), then run again.
     assert state_types(flowbus, run_id, flaky.id)[-4:] == ["Failed", "Retrying", "Running", "Success"], history
-    messages = flowbus.wait_for_log(run_id, "The second attempt succeeded")
-    assert "Total: 12" in messages, history
+    flowbus.wait_for_log(run_id, "The second attempt succeeded")
 
 
 def test_a_child_flow_run_is_created_and_waited_for(
@@ -305,7 +322,7 @@ def test_a_run_scheduled_for_later_starts_no_earlier(
     user: PrefectUser, flowbus: Flowbus, registered: dict[str, str], agent: Agent
 ) -> None:
     # prefect 1.4.1's `prefect run` has no start-time option: a later start is
-    # given through the Client (seed 002), and the agent waits for it.
+    # given through the Client, and the agent waits for it.
     user.write("start_later.py", flows.START_LATER)
     done = user.run("python", "start_later.py", registered["hello-flow"], "4")
     assert done.returncode == 0, str(done)
@@ -320,7 +337,9 @@ def test_a_run_scheduled_for_later_starts_no_earlier(
     assert run.start_time >= start, (run.start_time, start, history)
 
 
-def test_the_client_api_of_seed_002(user: PrefectUser, flowbus: Flowbus, registered: dict[str, str]) -> None:
+def test_the_client_creates_reads_and_sets_the_state_of_a_run(
+    user: PrefectUser, flowbus: Flowbus, registered: dict[str, str]
+) -> None:
     user.write("client_api.py", flows.CLIENT_API)
     done = user.run("python", "client_api.py", registered["hello-flow"])
     assert done.returncode == 0, str(done)

@@ -27,7 +27,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,22 +93,20 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def run_command(
-    args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float, stdin: str | None = None
-) -> Finished:
+def run_command(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float) -> Finished:
     """Run a command to its end (at most ``timeout`` seconds) in a process group of its own."""
     proc = subprocess.Popen(
         list(args),
         env=dict(env),
         cwd=cwd,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
-        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         stdout, stderr = proc.communicate()
@@ -236,15 +233,13 @@ class PrefectUser:
         path.write_text(source)
         return path
 
-    def run(self, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None) -> Finished:
+    def run(self, *args: str, timeout: float = 60) -> Finished:
         """``args`` as typed (``"prefect", "get", "flows"``), to its end."""
-        return run_command(args, {**self.env, **(env or {})}, self.work, timeout)
+        return run_command(args, self.env, self.work, timeout)
 
-    def start(
-        self, name: str, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
-    ) -> Background:
+    def start(self, name: str, *args: str, stdin: str | None = None) -> Background:
         """``args`` in the background, its output in ``logs/<name>.log``; stopped at teardown."""
-        process = Background(args, {**self.env, **(env or {})}, self.work, self.logs / f"{name}.log", stdin)
+        process = Background(args, self.env, self.work, self.logs / f"{name}.log", stdin)
         self._started.append(process)
         return process
 
@@ -258,15 +253,16 @@ class Agent:
 
     Prefect's agent backs off to one poll every 10 s when it finds nothing;
     ``--agent-address`` serves ``/api/poke``, Prefect's own way to wake it, which
-    ``poking()`` calls twice a second so that tests never wait on the backoff.
+    a thread here calls twice a second once the agent is ready, so that tests
+    never wait on the backoff.
     """
 
-    def __init__(self, user: PrefectUser, labels: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, user: PrefectUser, labels: Sequence[str]) -> None:
         self.address = f"http://127.0.0.1:{free_port()}"
         args = ["prefect", "agent", "local", "start", "--agent-address", self.address]
         for label in labels:
             args += ["--label", label]
-        self.process = user.start("agent", *args, env=env)
+        self.process = user.start("agent", *args)
         self.labels = [*labels, HOSTNAME]
         self._stop = threading.Event()
         self._poker = threading.Thread(target=self._poke_until_stopped, name="agent-poker", daemon=True)
@@ -281,7 +277,7 @@ class Agent:
             try:
                 with urllib.request.urlopen(f"{self.address}/api/poke", timeout=2):
                     pass
-            except (OSError, urllib.error.URLError):
+            except OSError:
                 pass  # not serving yet, or stopping
 
     def stop(self) -> None:
@@ -370,8 +366,10 @@ class Flowbus:
         return poll(probe, f"a log of flow run {flow_run_id} with {text!r}", timeout, lambda: self.history(flow_run_id))
 
     def stop(self) -> None:
-        self.client.close()
-        self.process.stop(grace=30)
+        try:
+            self.client.close()
+        finally:
+            self.process.stop(grace=30)
 
 
 def start_flowbus(home: Path, work: Path, logs: Path, env: Mapping[str, str] | None = None) -> Flowbus:

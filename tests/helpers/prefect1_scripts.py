@@ -8,7 +8,7 @@ register` and the flow-run subprocess load these files without running it.
 
 from __future__ import annotations
 
-# The seed tutorial's flow, with a parameter.
+# Prefect 1.x's tutorial flow ("hello-flow"), with a parameter.
 HELLO_FLOW = """\
 import prefect
 from prefect import Flow, Parameter, task
@@ -47,10 +47,8 @@ with Flow("failing-flow") as flow:
     broken()
 """
 
-# A mapped task, a reduce over it, and a task that fails its first attempt and is retried after 1 s.
-MAP_RETRY_FLOW = """\
-from datetime import timedelta
-
+# A mapped task and a reduce over it.
+MAP_FLOW = """\
 import prefect
 from prefect import Flow, task
 
@@ -70,6 +68,18 @@ def total(values):
     prefect.context.get("logger").info(f"Total: {sum(values)}")
 
 
+with Flow("map-flow") as flow:
+    total(double.map(numbers()))
+"""
+
+# A task that fails its first attempt and is retried after 1 s.
+RETRY_FLOW = """\
+from datetime import timedelta
+
+import prefect
+from prefect import Flow, task
+
+
 @task(max_retries=1, retry_delay=timedelta(seconds=1))
 def flaky():
     if prefect.context.get("task_run_count", 1) == 1:
@@ -77,8 +87,7 @@ def flaky():
     prefect.context.get("logger").info("The second attempt succeeded")
 
 
-with Flow("map-retry-flow") as flow:
-    total(double.map(numbers()))
+with Flow("retry-flow") as flow:
     flaky()
 """
 
@@ -100,7 +109,7 @@ with Flow("slow-flow") as flow:
     wait_a_while()
 """
 
-# Seed 004's child flow runs: the parent creates a run of hello-flow and waits for it.
+# Child flow runs, as Prefect 1.x documents them: the parent creates a run of hello-flow and waits for it.
 PARENT_FLOW = """\
 from prefect import Flow
 from prefect.tasks.prefect import create_flow_run, wait_for_flow_run
@@ -131,7 +140,7 @@ if __name__ == "__main__":
     flow.run_agent()
 """
 
-# Seed 002 with the Client: create a run (later), read it, set its state with
+# The Client calls of Prefect 1.x's flow-run docs: create a run (later), read it, set its state with
 # its version; then cancel another run before it starts. Prints what it saw as JSON.
 CLIENT_API = """\
 import json
