@@ -202,11 +202,16 @@ def on_embedded_server(settings: Settings, url: str) -> Settings:
 
 def with_gateway_port(settings: Settings) -> Settings:
     """The gateway on its default port (4200), or on a free one when that is taken;
-    a port the user chose is kept (and fails the start if taken)."""
+    a port the user chose is kept (and fails the start if taken). One gateway
+    process binds its port alone: another `flowbus up` that found the port
+    free a moment before fails to bind it instead of sharing it."""
     gateway = settings.gateway
-    if "port" in gateway.model_fields_set or (gateway.port and port_is_free(gateway.port, gateway.host)):
-        return settings
-    return settings.model_copy(update={"gateway": gateway.model_copy(update={"port": free_port(gateway.host)})})
+    update: dict[str, object] = {}
+    if "reuse_port" not in gateway.model_fields_set and settings.up.processes.get("gateway", 0) <= 1:
+        update["reuse_port"] = False
+    if not ("port" in gateway.model_fields_set or (gateway.port and port_is_free(gateway.port, gateway.host))):
+        update["port"] = free_port(gateway.host)
+    return settings.model_copy(update={"gateway": gateway.model_copy(update=update)}) if update else settings
 
 
 def graphql_url(settings: Settings) -> str:

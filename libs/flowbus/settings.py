@@ -256,6 +256,10 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     # Prefect Server's port; `flowbus up` takes a free one when it is in use.
     port: int = Field(default=4200, ge=0, le=65535)
+    # SO_REUSEPORT: gateway processes share the port. `flowbus up` with one
+    # gateway process turns it off, so that a second `flowbus up` cannot bind
+    # the same port and answer the first one's requests.
+    reuse_port: bool = True
     # "off" serves every request as admin: only for a trusted local setup.
     auth: Literal["on", "off"] = "on"
     # Request bodies over this are refused (413) before they are parsed.
