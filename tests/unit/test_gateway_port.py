@@ -18,7 +18,7 @@ def test_one_gateway_process_binds_its_port_alone() -> None:
     try:
         # A second `flowbus up` that found the port free a moment before
         # fails to bind it, instead of sharing it with the first.
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="in use"):
             bind(settings.gateway).close()
     finally:
         first.close()
