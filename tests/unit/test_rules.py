@@ -30,9 +30,11 @@ RUNNING = {S.RUNNING, S.CANCELLING}
 PAIRS = [pytest.param(a, b, id=f"{a.value}->{b.value}") for a, b in itertools.product(StateType, StateType)]
 
 
-def refusal(current: StateType, target: StateType) -> str | None:
+def refusal(kind: RunKind, current: StateType, target: StateType) -> str | None:
     """The refusal the rules give first, as a fragment of its message."""
-    if current in FINISHED and target is not S.SCHEDULED:
+    # A failed task run may retry: Prefect 1.x's runner sets Failed, then Retrying.
+    retried = kind is RunKind.TASK_RUN and current in FAILED and target is S.RETRYING
+    if current in FINISHED and target is not S.SCHEDULED and not retried:
         return f"is already finished \\({current.value}\\); it cannot enter {target.value}"
     if target is S.SUBMITTED and current not in CLAIMABLE:
         return f"was already claimed \\({current.value}\\)"
@@ -53,7 +55,9 @@ def flow_run_effects(target: StateType) -> tuple[Effect, ...]:
     return (Effect.SET_END_TIME,) if target in FINISHED else ()
 
 
-def task_run_effects(target: StateType) -> tuple[Effect, ...]:
+def task_run_effects(current: StateType, target: StateType) -> tuple[Effect, ...]:
+    if current in FAILED and target is S.RETRYING:
+        return (Effect.CLEAR_END_TIME,)
     if target is S.RUNNING:
         return (Effect.SET_START_TIME,)
     return (Effect.SET_END_TIME,) if target in FINISHED else ()
@@ -61,7 +65,7 @@ def task_run_effects(target: StateType) -> tuple[Effect, ...]:
 
 @pytest.mark.parametrize(("current", "target"), PAIRS)
 def test_a_flow_run_change(current: StateType, target: StateType) -> None:
-    refused = refusal(current, target)
+    refused = refusal(RunKind.FLOW_RUN, current, target)
     if refused is not None:
         with pytest.raises(Conflict, match=f"^Flow run r {refused}"):
             decide(RunKind.FLOW_RUN, "r", current, target)
@@ -71,12 +75,12 @@ def test_a_flow_run_change(current: StateType, target: StateType) -> None:
 
 @pytest.mark.parametrize(("current", "target"), PAIRS)
 def test_a_task_run_change_inside_a_running_flow_run(current: StateType, target: StateType) -> None:
-    refused = refusal(current, target)
+    refused = refusal(RunKind.TASK_RUN, current, target)
     if refused is not None:
         with pytest.raises(Conflict, match=f"^Task run t {refused}"):
             decide(RunKind.TASK_RUN, "t", current, target, S.RUNNING)
     else:
-        assert decide(RunKind.TASK_RUN, "t", current, target, S.RUNNING) == task_run_effects(target)
+        assert decide(RunKind.TASK_RUN, "t", current, target, S.RUNNING) == task_run_effects(current, target)
 
 
 @pytest.mark.parametrize("flow_run_state", [*StateType, None], ids=lambda s: s.value if s else "unknown")
