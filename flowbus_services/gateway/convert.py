@@ -116,6 +116,9 @@ def run_config_from_input(value: Any) -> RunConfigSpec | None:
         fields = {k: v for k, v in given.items() if k in ("labels", "env") and v is not None}
         fields["prefect"] = given
     else:
+        if "prefect" in given:
+            # flowbus's own field for what a Prefect client sent: not one to give.
+            raise ValidationFailed("run_config: a run config has no field prefect.")
         fields = {k: v for k, v in given.items() if k not in _RUN_CONFIG_META and v is not None}
     config: RunConfigSpec = _validate(RunConfigSpec, fields, "run_config")
     return config

@@ -49,13 +49,17 @@ def _list(value: Any, what: str) -> list[Any]:
 def task_fields(task: Any) -> dict[str, Any]:
     """A task of a Prefect flow (``register_tasks`` or ``serialized_flow.tasks``) as TaskSpec's fields."""
     task = _object(task, "a task")
+    tags = _list(task.get("tags"), "a task's tags")
+    if not all(isinstance(t, str) for t in tags):
+        # Checked before they are sorted: a list or a number among them would not sort.
+        raise ValidationFailed("a task's tags must be strings.")
     return {
         "slug": task.get("slug"),
         "name": task.get("name") or task.get("slug"),
         "type": task.get("type") or "",
         "max_retries": task.get("max_retries") or 0,
         "retry_delay_seconds": task.get("retry_delay"),
-        "tags": sorted(set(_list(task.get("tags"), "a task's tags"))),
+        "tags": sorted(set(tags)),
     }
 
 
@@ -85,9 +89,12 @@ def _clock(clock: Any) -> dict[str, Any]:
         out["timezone"] = start.get("tz") if isinstance(start, Mapping) else None
     elif kind == "interval":
         interval = clock.get("interval")
-        if not isinstance(interval, int | float):
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
             raise ValidationFailed("An IntervalClock needs its interval (in microseconds).")
-        out["interval_seconds"] = interval / 1e6
+        try:
+            out["interval_seconds"] = interval / 1e6
+        except OverflowError:  # an integer past any float (JSON has no bound)
+            raise ValidationFailed("An IntervalClock's interval is out of range.") from None
         if isinstance(start, Mapping):
             out["start_date"] = _zoned(start)
             out["timezone"] = start.get("tz")

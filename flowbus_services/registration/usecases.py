@@ -250,6 +250,11 @@ async def add_flow_tasks(db: Database, cmd: AddFlowTasks) -> FlowOut:
     """Add tasks and edges to a flow version (Prefect 1.x registers them after
     the flow); known task slugs and known edges are left as they are."""
     async with db.write_session() as session:
+        # Writers of one flow version take turns, each reading the lists the one
+        # before wrote: on PostgreSQL two at once would each add to the lists they
+        # read, and the later commit would drop the other's tasks and edges.
+        # (SQLite has one writer at a time; there the lock is no clause at all.)
+        await session.execute(select(Flow.id).where(col(Flow.id) == cmd.flow_id).with_for_update())
         flow, group, project = await load_flow(session, cmd.flow_id)
         known = {t["slug"] for t in flow.tasks}
         new_tasks = [t for t in cmd.tasks if t.slug not in known]

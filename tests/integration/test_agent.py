@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 
+from flowbus import subjects
 from flowbus.agent.local import LocalAgent
 from flowbus.client import AsyncClient
-from flowbus.schemas.flows import StorageSpec
+from flowbus.schemas.flows import SerializedFlow, StorageSpec, TaskSpec
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from tests.helpers import unique
@@ -66,6 +68,39 @@ async def test_run_waits_for_an_agent_with_matching_labels(
         watched = await watch_until_finished(client, run.id)
         assert watched.types[-1] is StateType.SUCCESS
         assert (await client.get_flow_run(run.id)).run.agent_id == right.id
+
+
+async def test_runs_of_prefect_flows_are_left_to_prefect_agents(
+    stack: Settings, client: AsyncClient, nc: Client, tmp_path: Path
+) -> None:
+    """A flow Prefect 1.x registered keeps its code where only a Prefect agent can
+    load it: its run stays Scheduled for one (which polls for it), while the
+    flowbus agent that matches its labels takes the flowbus flow's run beside it."""
+    label = unique("mixed")
+    storage = StorageSpec(
+        type="prefect", prefect={"type": "Local", "flows": {"hello": "/nowhere"}, "__version__": "1.4.1"}
+    )
+    spec = SerializedFlow(name=unique("prefect-flow"), tasks=[TaskSpec(slug="say-1", name="say")], storage=storage)
+    await client.create_project("agents", skip_if_exists=True)
+    prefect_flow = await client.register(spec, "agents")
+    prefect_run = await client.create_flow_run(prefect_flow.id, labels=[label])
+    own_run = await client.create_flow_run(await register_greeting_flow(client, tmp_path), labels=[label])
+
+    async with running_agents(LocalAgent(stack, labels=[label], hostname_label=False)):
+        watched = await watch_until_finished(client, own_run.id)
+        assert watched.types[-1] is StateType.SUCCESS
+        # Both runs were delivered to the agent and settled there (the Prefect flow's first).
+        js = nc.jetstream()
+        durable = subjects.agent_durable([label])
+        await eventually(
+            lambda: js.consumer_info(subjects.RUNQ_STREAM, durable),
+            "both queued runs settled",
+            until=lambda info: info.delivered.consumer_seq >= 2 and info.num_pending == 0 and info.num_ack_pending == 0,
+        )
+
+    left = (await client.get_flow_run(prefect_run.id)).run
+    assert (left.state.type, left.version, left.agent_id) == (StateType.SCHEDULED, 1, None)
+    assert [e.type for e in await client.get_flow_run_history(prefect_run.id)] == [StateType.SCHEDULED]
 
 
 async def test_future_run_is_released_by_the_scheduler(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """State changes through the state service (services/state/transitions.py):
-optimistic locking, the transition rules as the service applies them,
-cascades, racing writers and batches, and events in order after commit."""
+optimistic locking and writes at no version, the transition rules as the
+service applies them, cascades, racing writers and batches, and events in
+order after commit."""
 
 from __future__ import annotations
 
@@ -43,6 +44,72 @@ async def test_optimistic_locking_and_transition_rules(client: AsyncClient) -> N
     assert detail.run.agent_id == "agent-1"
     assert detail.run.start_time is not None
     assert detail.run.end_time is not None
+
+
+async def test_a_failed_task_run_retries_but_a_failed_flow_run_does_not(client: AsyncClient) -> None:
+    """Prefect 1.x's runner retries a task by setting Failed, then Retrying."""
+    run_id, version, tasks = await _running_with_tasks(
+        client, TaskSpec(slug="flaky-1", name="flaky", max_retries=1), TaskSpec(slug="steady-1", name="steady")
+    )
+    await _walk(
+        client,
+        tasks["flaky"],
+        StateType.RUNNING,
+        StateType.FAILED,
+        StateType.RETRYING,
+        StateType.RUNNING,
+        StateType.SUCCESS,
+    )
+    flaky = next(t for t in (await client.get_flow_run(run_id)).task_runs if t.task_name == "flaky")
+    assert (flaky.state.type, flaky.version) == (StateType.SUCCESS, tasks["flaky"].version + 5)
+    history = await client.get_flow_run_history(run_id, include_task_runs=True)
+    assert [e.type for e in history if e.task_run_id == flaky.id] == [
+        StateType.RUNNING,
+        StateType.FAILED,
+        StateType.RETRYING,
+        StateType.RUNNING,
+        StateType.SUCCESS,
+    ]
+    # Only from a failed state: a finished one stays finished.
+    with pytest.raises(Conflict, match="already finished"):
+        await client.set_task_run_state(flaky.id, flaky.version, StateType.RETRYING)
+    steady = tasks["steady"]
+    await _walk(client, steady, StateType.RUNNING, StateType.TIMED_OUT, StateType.RETRYING)
+
+    failed = (await client.set_flow_run_state(run_id, version, StateType.FAILED, "boom")).version
+    with pytest.raises(Conflict, match=r"is already finished \(Failed\); it cannot enter Retrying"):
+        await client.set_flow_run_state(run_id, failed, StateType.RETRYING)
+    assert (await client.get_flow_run(run_id)).run.state.type is StateType.FAILED
+
+
+async def test_a_state_set_at_no_version_applies_at_the_current_one(client: AsyncClient) -> None:
+    """Prefect 1.x's client sends no version for most states."""
+    flow = await register(client, unique("p"), "f", tasks=["a"])
+    run = await client.create_flow_run(flow.id)
+    task_run = (await client.get_flow_run(run.id)).task_runs[0]
+
+    assert (await client.set_flow_run_state(run.id, None, StateType.SUBMITTED, agent_id="agent-1")).version == 2
+    assert (await client.set_flow_run_state(run.id, None, StateType.RUNNING)).version == 3
+    assert (await client.set_task_run_state(task_run.id, None, StateType.RUNNING)).version == 2
+    # Writers at once: each applies, one after the other.
+    outs = await asyncio.gather(
+        *(client.set_task_run_state(task_run.id, None, StateType.RUNNING, f"writer {n}") for n in range(WRITERS))
+    )
+    assert sorted(o.version for o in outs) == list(range(3, 3 + WRITERS))
+    detail = await client.get_flow_run(run.id)
+    assert (detail.run.version, detail.run.agent_id, detail.task_runs[0].version) == (3, "agent-1", 2 + WRITERS)
+
+    # The rules hold as for a versioned write.
+    with pytest.raises(Conflict, match="already claimed"):
+        await client.set_flow_run_state(run.id, None, StateType.SUBMITTED)
+    done = await client.set_flow_run_state(run.id, None, StateType.SUCCESS)
+    with pytest.raises(Conflict, match="already finished"):
+        await client.set_flow_run_state(run.id, None, StateType.RUNNING)
+    with pytest.raises(NotFound):
+        await client.set_flow_run_state("no-such-run", None, StateType.RUNNING)
+    with pytest.raises(NotFound):
+        await client.set_task_run_state("no-such-task-run", None, StateType.RUNNING)
+    assert (await client.get_flow_run(run.id)).run.version == done.version
 
 
 async def test_exactly_one_claim_wins(client: AsyncClient) -> None:

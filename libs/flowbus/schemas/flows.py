@@ -115,6 +115,10 @@ class RunConfigSpec(Message):
 
 def _env_allowed(config: RunConfigSpec) -> RunConfigSpec:
     check_run_env(config.env)
+    # A Prefect agent gives the flow's process the env of the Prefect run
+    # config: it must be the env just checked.
+    if config.prefect is not None and (config.prefect.get("env") or None) != (config.env or None):
+        raise ValueError("a Prefect run config's env must be the run config's env")
     return config
 
 
