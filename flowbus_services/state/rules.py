@@ -129,6 +129,13 @@ RULES: tuple[Rule, ...] = (
         check=refuse_leaving_finished,
     ),
     Rule(
+        "A failed task run retries only while its flow run runs.",
+        TASK_RUNS,
+        FAILED,
+        frozenset({StateType.RETRYING}),
+        check=task_runs_inside_running_flow_run,
+    ),
+    Rule(
         "One agent claims a run: Submitted only from a Scheduled (or Queued) state.",
         BOTH_KINDS,
         ANY - CLAIMABLE,

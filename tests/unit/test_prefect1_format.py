@@ -34,6 +34,9 @@ from tests.helpers import serialized_flow
 
 V = "1.4.1"
 NO_RESULT = {"type": "NoResultType", "__version__": V}
+# The task types Prefect names (kept as TaskSpec.type).
+PARAMETER = "prefect.core.parameter.Parameter"
+FUNCTION = "prefect.tasks.core.function.FunctionTask"
 
 # What ``flow.register()`` sends (decompressed): no tasks or edges, those follow
 # in register_tasks and register_edges.
@@ -178,9 +181,9 @@ def test_a_flow_with_its_tasks_and_edges_inline() -> None:
     }
     flow = serialized_flow_from_input(given)
     assert flow.tasks == [
-        TaskSpec(slug="name", name="name"),
-        TaskSpec(slug="say-1", name="say"),
-        TaskSpec(slug="shout-1", name="shout", max_retries=2, retry_delay_seconds=10, tags=["a", "b"]),
+        TaskSpec(slug="name", name="name", type=PARAMETER),
+        TaskSpec(slug="say-1", name="say", type=FUNCTION),
+        TaskSpec(slug="shout-1", name="shout", type=FUNCTION, max_retries=2, retry_delay_seconds=10, tags=["a", "b"]),
     ]
     assert flow.edges == [
         EdgeSpec(upstream="name", downstream="say-1", key="name"),
@@ -264,9 +267,11 @@ def test_register_tasks_input() -> None:
         ]
     )
     assert tasks == [
-        TaskSpec(slug="name", name="name"),
-        TaskSpec(slug="say-1", name="say"),
-        TaskSpec(slug="retry-1", name="retry", max_retries=3, retry_delay_seconds=30, tags=["db", "etl"]),
+        TaskSpec(slug="name", name="name", type=PARAMETER),
+        TaskSpec(slug="say-1", name="say", type=FUNCTION),
+        TaskSpec(
+            slug="retry-1", name="retry", type=FUNCTION, max_retries=3, retry_delay_seconds=30, tags=["db", "etl"]
+        ),
         TaskSpec(slug="bare-1", name="bare-1"),
     ]
     assert tasks_from_input([]) == []

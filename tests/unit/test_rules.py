@@ -92,6 +92,16 @@ def test_a_task_run_runs_only_while_its_flow_run_runs(flow_run_state: StateType 
             decide(RunKind.TASK_RUN, "t", S.PENDING, S.RUNNING, flow_run_state)
 
 
+@pytest.mark.parametrize("flow_run_state", [*StateType, None], ids=lambda s: s.value if s else "unknown")
+def test_a_failed_task_run_retries_only_while_its_flow_run_runs(flow_run_state: StateType | None) -> None:
+    if flow_run_state in RUNNING:
+        assert decide(RunKind.TASK_RUN, "t", S.FAILED, S.RETRYING, flow_run_state) == (Effect.CLEAR_END_TIME,)
+    else:
+        shown = flow_run_state.value if flow_run_state else "unknown"
+        with pytest.raises(Conflict, match=f"^Task run t cannot run while its flow run is {shown}.$"):
+            decide(RunKind.TASK_RUN, "t", S.FAILED, S.RETRYING, flow_run_state)
+
+
 def test_the_first_refusal_wins() -> None:
     # Finished and already claimed: the finished rule comes first.
     with pytest.raises(Conflict, match="already finished"):

@@ -199,8 +199,8 @@ class RunQueued(Message):
 class SetFlowRunState(Message):
     flow_run_id: Key
     # None: at whatever version the run is at (Prefect 1.x clients send no
-    # version for most states); refused when the run's flow group has version
-    # locking on, where every write names the version it read.
+    # version for most states, as Prefect Server and Cloud accept); a version
+    # given is always checked, whatever the group's version_locking_enabled.
     version: int | None = Field(default=None, ge=1)
     state: StateSpec
     agent_id: Key | None = None
