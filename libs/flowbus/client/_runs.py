@@ -14,6 +14,7 @@ from pydantic import JsonValue
 
 from flowbus import subjects
 from flowbus.client._commands import StateLike, build, state_spec
+from flowbus.client._run_info import FlowRunInfo
 from flowbus.client._transport import Transport
 from flowbus.ids import uuid7
 from flowbus.schemas.agents import RunHeartbeat
@@ -132,9 +133,11 @@ class Runs(Transport):
         cmd = build(RenameRun, task_run_id=task_run_id, name=name)
         return await self.request(subjects.StateCommands.RENAME_RUN, cmd, Renamed, idempotent=True)
 
-    async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
-        """The 1.x name of :meth:`get_flow_run`."""
-        return await self.get_flow_run(flow_run_id)
+    async def get_flow_run_info(self, flow_run_id: str) -> FlowRunInfo:
+        """The run as Prefect 1.x's ``get_flow_run_info`` gave it: flat (``.version``,
+        ``.state`` as a ``flowbus.states`` object, ``.task_runs``, ...), the
+        former nested shape still at ``.run``; see ``FlowRunInfo``."""
+        return FlowRunInfo.of(await self.get_flow_run(flow_run_id))
 
     async def get_flow_runs(
         self,
