@@ -332,7 +332,7 @@ async def resolve_delete_flow_group_schedule(_: Any, info: Info, input: dict[str
 
 @_field("create_flow_run")
 async def resolve_create_flow_run(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
-    out = await _client(info).create_flow_run(
+    run_id = await _client(info).create_flow_run(
         input.get("flow_id"),
         version_group_id=input.get("version_group_id"),
         parameters=json_object(input.get("parameters"), "parameters"),
@@ -343,7 +343,7 @@ async def resolve_create_flow_run(_: Any, info: Info, input: dict[str, Any]) -> 
         idempotency_key=input.get("idempotency_key"),
         run_config=run_config_from_input(input.get("run_config")),
     )
-    return {"id": out.id}
+    return {"id": run_id}
 
 
 def _agent_id(info: Info) -> str | None:

@@ -86,7 +86,8 @@ class CreateFlowRunTask(Task):
             if run_name is None and parent_name:
                 child_flow = flow_name if flow_name is not None else client.get_flow(str(flow_id)).name
                 run_name = f"{parent_name}-{child_flow}"[:NAME_MAX]
-            child_id = client.create_flow_run(
+            # The whole run, not just its id: the server chose the name when we did not (no parent run name).
+            child = client.create_flow_run_out(
                 flow_id,
                 flow_name=flow_name,
                 project_name=project_name,
@@ -96,10 +97,8 @@ class CreateFlowRunTask(Task):
                 scheduled_start_time=scheduled_start_time,
                 idempotency_key=key,
             )
-            # The server chose the name when we did not (no parent run name).
-            name = run_name or client.get_flow_run(child_id).run.name
-        logger.info("Created flow run %s (%s)", name, child_id)
-        return child_id
+        logger.info("Created flow run %s (%s)", child.name, child.id)
+        return child.id
 
 
 class WaitForFlowRunTask(Task):

@@ -485,7 +485,7 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
 
         async with AsyncClient(settings) as client:
             for concurrency, count in WALKS.items() if "set_state" in ONLY else ():
-                runs = [await client.create_flow_run(flow.id) for _ in range(count)]
+                runs = [await client.create_flow_run_out(flow.id) for _ in range(count)]
 
                 def walk(run_id: str) -> Callable[[], Awaitable[list[float]]]:
                     async def go() -> list[float]:

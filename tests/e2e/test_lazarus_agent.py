@@ -96,7 +96,7 @@ class Scene:
         """A run claimed by an agent that is SIGKILLed, with its flow process, before the run starts."""
         self.hold.touch()
         agent = self.start_agent()
-        run_id = (await self.client.create_flow_run(flow_id, labels=[self.label])).id
+        run_id = await self.client.create_flow_run(flow_id, labels=[self.label])
         await states.reached(run_id, StateType.SUBMITTED)
         os.killpg(agent.pid, signal.SIGKILL)
         await asyncio.to_thread(agent.wait, 30)
@@ -166,7 +166,7 @@ async def test_a_flow_with_lazarus_off_keeps_its_run_submitted(services: Service
     control_flow = await scene.register()
     async with watching(client) as states:
         run_id = await scene.claimed_then_killed(flow_id, states)
-        control = await client.create_flow_run(control_flow, labels=[unique("nobody")])
+        control = await client.create_flow_run_out(control_flow, labels=[unique("nobody")])
         await client.set_flow_run_state(control.id, control.version, StateType.SUBMITTED)
         await states.until(lambda: states.seen.get(control.id, []).count(StateType.SCHEDULED) == 2)
         passes = services.stats.passes

@@ -121,9 +121,9 @@ async def test_the_other_scheduler_takes_the_leases_releases_due_runs_and_plans_
         await nc.flush()
         # Due after the take-over: only the surviving scheduler can release it.
         start_at = datetime.now(UTC) + timedelta(seconds=1)
-        run = await client.create_flow_run(flow.id, labels=[label], scheduled_start_time=start_at)
+        run_id = await client.create_flow_run(flow.id, labels=[label], scheduled_start_time=start_at)
         message = await asyncio.wait_for(queued.get(), timeout=30)
-        assert run.id.encode() in message
+        assert run_id.encode() in message
 
         hourly = ScheduleSpec(clocks=[ClockSpec(type="interval", interval_seconds=3600)])
         spec = SerializedFlow(

@@ -238,7 +238,7 @@ def test_the_python_client_sets_states_and_reads_runs(stack: tuple[Path, Path]) 
         )
         assert isinstance(run_id, str)
         info = client.get_flow_run_info(run_id)
-        v = client.set_flow_run_state(run_id, info.run.version, StateType.SUBMITTED, "by type").version
+        v = client.set_flow_run_state(run_id, info.version, StateType.SUBMITTED, "by type").version
         v = client.set_flow_run_state(run_id, v, {{"type": "Running", "message": "by dict"}}).version
         done = client.set_flow_run_state(run_id, v, Success(message="It worked!"))
         print(done.state.type.value, done.version)

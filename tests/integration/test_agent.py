@@ -29,18 +29,18 @@ async def test_agent_runs_a_flow_to_success_and_ships_logs(
     flow_id = await register_greeting_flow(client, tmp_path)
     agent = LocalAgent(stack, labels=["itest"], hostname_label=True)
     async with running_agents(agent):
-        run = await client.create_flow_run(flow_id, labels=["itest"], parameters={"name": "Cloud"})
-        watched = await watch_until_finished(client, run.id)
+        run_id = await client.create_flow_run(flow_id, labels=["itest"], parameters={"name": "Cloud"})
+        watched = await watch_until_finished(client, run_id)
         states, messages = watched.types, watched.messages
         assert states == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.SUCCESS], messages
         assert "Hello, Cloud!" in messages
         assert any(m.startswith(WhenBlocking.SUBMITTED) for m in messages)
-        detail = await client.get_flow_run(run.id)
+        detail = await client.get_flow_run(run_id)
         assert detail.run.agent_id == agent.id
         assert {t.state.type for t in detail.task_runs} == {StateType.SUCCESS}
         # The state service persists the same logs from the LOGS stream.
         await eventually(
-            lambda: client.get_flow_run_logs(run.id),
+            lambda: client.get_flow_run_logs(run_id),
             "the run's log line is stored",
             until=lambda records: "Hello, Cloud!" in [r.message for r in records],
         )
@@ -51,8 +51,8 @@ async def test_agent_runs_a_flow_to_success_and_ships_logs(
 async def test_failing_flow_ends_failed(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
     flow_id = await register_greeting_flow(client, tmp_path, fail=True)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
-        run = await client.create_flow_run(flow_id, labels=["itest"])
-        watched = await watch_until_finished(client, run.id)
+        run_id = await client.create_flow_run(flow_id, labels=["itest"])
+        watched = await watch_until_finished(client, run_id)
         assert watched.types[-1] is StateType.FAILED
 
 
@@ -61,13 +61,13 @@ async def test_run_waits_for_an_agent_with_matching_labels(
 ) -> None:
     flow_id = await register_greeting_flow(client, tmp_path)
     # Created before any agent exists; a non-matching agent must not take it.
-    run = await client.create_flow_run(flow_id, labels=["itest", "gpu"])
+    run_id = await client.create_flow_run(flow_id, labels=["itest", "gpu"])
     wrong = LocalAgent(stack, labels=["itest"], hostname_label=False)
     right = LocalAgent(stack, labels=["itest", "gpu"], hostname_label=False)
     async with running_agents(wrong, right):
-        watched = await watch_until_finished(client, run.id)
+        watched = await watch_until_finished(client, run_id)
         assert watched.types[-1] is StateType.SUCCESS
-        assert (await client.get_flow_run(run.id)).run.agent_id == right.id
+        assert (await client.get_flow_run(run_id)).run.agent_id == right.id
 
 
 async def test_runs_of_prefect_flows_are_left_to_prefect_agents(
@@ -109,19 +109,19 @@ async def test_future_run_is_released_by_the_scheduler(stack: Settings, client: 
     flow_id = await register_greeting_flow(client, tmp_path)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
         start = datetime.now(UTC) + timedelta(seconds=1)
-        run = await client.create_flow_run(flow_id, labels=["itest"], scheduled_start_time=start)
-        watched = await watch_until_finished(client, run.id)
+        run_id = await client.create_flow_run(flow_id, labels=["itest"], scheduled_start_time=start)
+        watched = await watch_until_finished(client, run_id)
         assert watched.types[-1] is StateType.SUCCESS
-        detail = await client.get_flow_run(run.id)
+        detail = await client.get_flow_run(run_id)
         assert detail.run.start_time is not None
         assert detail.run.start_time >= start
 
 
 async def test_a_waiting_run_is_explained(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:
     flow_id = await register_greeting_flow(client, tmp_path)
-    run = await client.create_flow_run(flow_id, labels=["itest", "explain-gpu"])
+    run_id = await client.create_flow_run(flow_id, labels=["itest", "explain-gpu"])
     # Each test has its own database, so no agent is registered yet.
-    assert await client.explain_waiting_run(run.id) == (
+    assert await client.explain_waiting_run(run_id) == (
         "No agent is online: start one with `flowbus agent local start`."
     )
     wrong = LocalAgent(stack, labels=["itest"], hostname_label=False)
@@ -131,7 +131,7 @@ async def test_a_waiting_run_is_explained(stack: Settings, client: AsyncClient, 
             "the agent is registered",
             until=lambda listed: wrong.id in [a.id for a in listed.agents],
         )
-        reason = await client.explain_waiting_run(run.id)
+        reason = await client.explain_waiting_run(run_id)
         assert reason is not None
         assert "No online agent can take this run" in reason
         assert "['explain-gpu', 'itest']" in reason
@@ -157,10 +157,10 @@ async def _run_until_finished(
     """Run the blocking flow on a real agent; ``act(run_id, pid)`` once its task blocks; watch it finish."""
     flow_id = await _registered_blocking(client, tmp_path)
     async with running_agents(LocalAgent(stack, labels=["itest"], hostname_label=False)):
-        run = await client.create_flow_run(flow_id, labels=["itest"])
-        flow_process = WhenBlocking(lambda pid: act(run.id, pid))
-        watched = await watch_until_finished(client, run.id, on_item=flow_process)
-    return run.id, watched, flow_process
+        run_id = await client.create_flow_run(flow_id, labels=["itest"])
+        flow_process = WhenBlocking(lambda pid: act(run_id, pid))
+        watched = await watch_until_finished(client, run_id, on_item=flow_process)
+    return run_id, watched, flow_process
 
 
 async def test_cancelling_a_running_flow_stops_its_process_and_ends_cancelled(

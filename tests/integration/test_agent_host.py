@@ -76,8 +76,8 @@ async def test_scripts_outside_the_roots_end_failed_unloaded(
     linked_id = await register_env_flow(client, root / "linked.py", marker, [])
     async with running_agents(agent(stack, [root])):
         for flow_id, script in [(outside_id, outside / "evil.py"), (linked_id, root / "linked.py")]:
-            run = await client.create_flow_run(flow_id)
-            watched = await watch_until_finished(client, run.id)
+            run_id = await client.create_flow_run(flow_id)
+            watched = await watch_until_finished(client, run_id)
             assert watched.types == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.FAILED], watched.messages
             message = watched.states[-1].state.message or ""
             assert f"its script {script}" in message
@@ -93,8 +93,8 @@ async def test_a_script_inside_the_roots_runs(stack: Settings, client: AsyncClie
     (root / "flows").mkdir()
     flow_id = await register_env_flow(client, root / "flows" / ".." / "flows" / "good.py", marker, [])
     async with running_agents(agent(stack, [root])):
-        run = await client.create_flow_run(flow_id)
-        watched = await watch_until_finished(client, run.id)
+        run_id = await client.create_flow_run(flow_id)
+        watched = await watch_until_finished(client, run_id)
     assert watched.types[-1] is StateType.SUCCESS, watched.messages
     assert marker.read_text() == "loaded\n"
 
@@ -108,8 +108,8 @@ async def test_the_runner_checks_the_roots_itself(
     flow_id = await register_env_flow(client, outside / "evil.py", marker, [])
     monkeypatch.setattr("flowbus.agent.local.check_storage", lambda storage, roots: None)
     async with running_agents(agent(stack, [root])):
-        run = await client.create_flow_run(flow_id)
-        watched = await watch_until_finished(client, run.id)
+        run_id = await client.create_flow_run(flow_id)
+        watched = await watch_until_finished(client, run_id)
     assert watched.types == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.FAILED], watched.messages
     assert any(m.startswith("Submitted for execution: PID") for m in watched.messages), "a runner did start"
     assert "outside the flow roots" in (watched.states[-1].state.message or "")
@@ -152,7 +152,7 @@ async def test_the_flow_process_gets_the_allowed_env_and_not_the_denied(
 ) -> None:
     names = ["GREETING", "LD_PRELOAD", "PYTHONINSPECT", "FLOWBUS_FLOW_RUN_ID"]
     flow_id = await register_env_flow(client, root / "env.py", root / "marker", names)
-    run = await client.create_flow_run(flow_id, run_config=RunConfigSpec(env={"GREETING": "hello"}))
+    run_id = await client.create_flow_run(flow_id, run_config=RunConfigSpec(env={"GREETING": "hello"}))
     # A row stored before the rule (or written around it) holds denied names.
     stored = {"env": {"GREETING": "hello", "LD_PRELOAD": "/tmp/evil.so", "PYTHONINSPECT": "1"}}
     stored["env"]["FLOWBUS_FLOW_RUN_ID"] = "someone-else"
@@ -160,17 +160,17 @@ async def test_the_flow_process_gets_the_allowed_env_and_not_the_denied(
     try:
         async with engine.begin() as conn:
             table = FlowRun.__table__  # type: ignore[attr-defined]
-            await conn.execute(sa.update(table).where(table.c.id == run.id).values(run_config=stored))
+            await conn.execute(sa.update(table).where(table.c.id == run_id).values(run_config=stored))
     finally:
         await engine.dispose()
-    assert (await client.get_flow_run(run.id)).run_config.env == stored["env"]
+    assert (await client.get_flow_run(run_id)).run_config.env == stored["env"]
     async with running_agents(agent(stack)):
-        watched = await watch_until_finished(client, run.id)
+        watched = await watch_until_finished(client, run_id)
     assert watched.types[-1] is StateType.SUCCESS, watched.messages
     assert "env GREETING=hello" in watched.messages
     assert f"env LD_PRELOAD={os.environ.get('LD_PRELOAD')}" in watched.messages
     assert f"env PYTHONINSPECT={os.environ.get('PYTHONINSPECT')}" in watched.messages
-    assert f"env FLOWBUS_FLOW_RUN_ID={run.id}" in watched.messages
+    assert f"env FLOWBUS_FLOW_RUN_ID={run_id}" in watched.messages
     dropped = [m for m in watched.messages if m.startswith("Not passing run_config.env variables")]
     assert dropped == [
         "Not passing run_config.env variables ['FLOWBUS_FLOW_RUN_ID', 'LD_PRELOAD', 'PYTHONINSPECT']"

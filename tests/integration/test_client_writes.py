@@ -41,14 +41,14 @@ async def test_projects_by_id(client: AsyncClient) -> None:
 
 async def test_run_config_labels_of_one_run(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), unique("f"), labels=["flow-label"])
-    run = await client.create_flow_run(flow.id, run_config=RunConfigSpec(labels=["gpu"]))
+    run = await client.create_flow_run_out(flow.id, run_config=RunConfigSpec(labels=["gpu"]))
     assert run.labels == ["gpu"]
-    assert (await client.create_flow_run(flow.id)).labels == ["flow-label"]
+    assert (await client.create_flow_run_out(flow.id)).labels == ["flow-label"]
 
 
 async def test_write_logs_ships_batches_per_run(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), unique("f"))
-    first, second = await client.create_flow_run(flow.id), await client.create_flow_run(flow.id)
+    first, second = await client.create_flow_run_out(flow.id), await client.create_flow_run_out(flow.id)
     now = datetime.now(UTC)
     records = [
         LogRecord(flow_run_id=run.id, timestamp=now, name="t", level="INFO", message=f"{run.id}-{i}")
@@ -66,8 +66,8 @@ async def test_write_logs_ships_batches_per_run(client: AsyncClient) -> None:
 
 async def test_heartbeat_and_agent_registration(client: AsyncClient, stack: Settings) -> None:
     flow = await register(client, unique("p"), unique("f"))
-    run = await client.create_flow_run(flow.id)
-    await client.send_flow_run_heartbeat(run.id)
+    run_id = await client.create_flow_run(flow.id)
+    await client.send_flow_run_heartbeat(run_id)
     db = Database(stack.resolved_database_url())
     try:
 
@@ -75,7 +75,7 @@ async def test_heartbeat_and_agent_registration(client: AsyncClient, stack: Sett
             async with db.read_session() as session:
                 return list((await session.execute(select(RunHeartbeat.flow_run_id))).scalars())  # type: ignore[call-overload]
 
-        assert await eventually(beats, "the heartbeat recorded") == [run.id]
+        assert await eventually(beats, "the heartbeat recorded") == [run_id]
     finally:
         await db.dispose()
     with pytest.raises(ValidationFailed):

@@ -138,8 +138,8 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
 
         flow_id = await register_greeting_flow(client, tmp_path)
         async with running_agents(LocalAgent(cluster_stack, labels=["itest"], hostname_label=False)):
-            first = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("before"))
-            watched = await watch_until_finished(client, first.id)
+            first_id = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("before"))
+            watched = await watch_until_finished(client, first_id)
             assert watched.types[-1] is StateType.SUCCESS
             assert "Hello, Cloud!" in watched.messages
 
@@ -152,8 +152,8 @@ async def test_runs_survive_losing_a_nats_node(cluster: Cluster, cluster_stack: 
             cluster.kill(int(dead.removeprefix("n")))
             await cluster.wait_for_leaders(harness, dead)
 
-            second = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("after"))
-            watched = await watch_until_finished(client, second.id)
+            second_id = await client.create_flow_run(flow_id, labels=["itest"], run_name=unique("after"))
+            watched = await watch_until_finished(client, second_id)
             assert watched.types[-1] is StateType.SUCCESS
             assert "Hello, Cloud!" in watched.messages
 

@@ -39,18 +39,18 @@ async def stored_messages(client: AsyncClient, run_id: str, expected: list[str])
 
 async def test_the_log_writer_recreates_its_deleted_consumer(client: AsyncClient, nc: Client) -> None:
     flow = await register(client, unique("p"), unique("f"))
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
 
     def line(message: str) -> LogRecord:
-        return LogRecord(flow_run_id=run.id, timestamp=datetime.now(UTC), name="t", level="INFO", message=message)
+        return LogRecord(flow_run_id=run_id, timestamp=datetime.now(UTC), name="t", level="INFO", message=message)
 
     await client.write_logs([line("before")])
-    await stored_messages(client, run.id, ["before"])
+    await stored_messages(client, run_id, ["before"])
 
     await nc.jetstream().delete_consumer(subjects.LOGS_STREAM, subjects.LOGS_DURABLE)
     await client.write_logs([line("after")])
     # Stored once each: the recreated consumer resumes after what was stored, not from the stream's start.
-    assert sorted(await stored_messages(client, run.id, ["before", "after"])) == ["after", "before"]
+    assert sorted(await stored_messages(client, run_id, ["before", "after"])) == ["after", "before"]
     info = await consumer_present(nc, subjects.LOGS_STREAM, subjects.LOGS_DURABLE)
     assert info.config.filter_subjects == [subjects.LOGS_ALL]
 
@@ -65,8 +65,8 @@ async def test_an_agent_recreates_its_deleted_run_queue_consumer(
     async with running_agents(agent):
         await consumer_present(nc, subjects.RUNQ_STREAM, durable)
         await nc.jetstream().delete_consumer(subjects.RUNQ_STREAM, durable)
-        run = await client.create_flow_run(flow_id, labels=labels)
-        watched = await watch_until_finished(client, run.id)
+        run_id = await client.create_flow_run(flow_id, labels=labels)
+        watched = await watch_until_finished(client, run_id)
         assert watched.types[-1] is StateType.SUCCESS, watched.messages
         assert agent.consumer is not None
         assert agent.consumer.recreated == 1

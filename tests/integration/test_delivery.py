@@ -61,7 +61,7 @@ async def test_every_run_executes_exactly_once_with_three_agents_and_duplicate_d
     # A few runs each: the services and the agents share this test's one process.
     trio = [LocalAgent(stack, labels=[label, extra], hostname_label=False, limit=4) for extra in ("x", "y", "z")]
     async with watching(client) as states, running_agents(*trio):
-        runs = await asyncio.gather(*(client.create_flow_run(flow_id, labels=[label]) for _ in range(200)))
+        runs = await asyncio.gather(*(client.create_flow_run_out(flow_id, labels=[label]) for _ in range(200)))
         ids = [r.id for r in runs]
         # And more duplicates: publish every run's queue message again, without a
         # message id, as a redelivery after a fail-over would.
@@ -98,12 +98,12 @@ async def test_label_routing(stack: Settings, client: AsyncClient, tmp_path: Pat
     a_and_b = LocalAgent(stack, labels=[a, b], hostname_label=False)
     async with watching(client) as states, running_agents(bare, only_a, a_and_b):
         runs = {
-            "none": await client.create_flow_run(flow_id, labels=[]),
-            "a": await client.create_flow_run(flow_id, labels=[a]),
-            "a,b": await client.create_flow_run(flow_id, labels=[a, b]),
-            "b": await client.create_flow_run(flow_id, labels=[b]),
-            "c": await client.create_flow_run(flow_id, labels=[c]),
-            "a,c": await client.create_flow_run(flow_id, labels=[a, c]),
+            "none": await client.create_flow_run_out(flow_id, labels=[]),
+            "a": await client.create_flow_run_out(flow_id, labels=[a]),
+            "a,b": await client.create_flow_run_out(flow_id, labels=[a, b]),
+            "b": await client.create_flow_run_out(flow_id, labels=[b]),
+            "c": await client.create_flow_run_out(flow_id, labels=[c]),
+            "a,c": await client.create_flow_run_out(flow_id, labels=[a, c]),
         }
         await states.finished([runs[k].id for k in ("none", "a", "a,b", "b")])
         by = {k: (await client.get_flow_run(r.id)).run for k, r in runs.items()}
@@ -153,7 +153,7 @@ async def test_limit_keeps_further_runs_in_the_queue(
     gates, flow_id = await gated_flow(client, tmp_path)
     agent = LocalAgent(stack, labels=[label], hostname_label=False, limit=1)
     async with watching(client) as states:
-        ids = [(await client.create_flow_run(flow_id, labels=[label])).id for _ in range(3)]
+        ids = [await client.create_flow_run(flow_id, labels=[label]) for _ in range(3)]
         for run_id in ids:
             gates.add(run_id)
         released: list[str] = []
@@ -193,12 +193,12 @@ async def test_stopping_agent_finishes_its_run_and_takes_no_more(
     gates, flow_id = await gated_flow(client, tmp_path)
     first = LocalAgent(stack, labels=[label], hostname_label=False, limit=4)
     async with watching(client) as states:
-        running = (await client.create_flow_run(flow_id, labels=[label])).id
+        running = await client.create_flow_run(flow_id, labels=[label])
         gates.add(running)
         first_task = asyncio.create_task(first.run())
         await states.reached(running, StateType.RUNNING)
         first.stop()  # what SIGTERM does
-        later = (await client.create_flow_run(flow_id, labels=[label])).id
+        later = await client.create_flow_run(flow_id, labels=[label])
         gates.add(later)
         await gates.open(running)
         await first_task  # returns once its running flow has finished

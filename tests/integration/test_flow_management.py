@@ -65,17 +65,17 @@ async def test_rename_describe_and_get_project(client: AsyncClient) -> None:
 async def test_deleting_a_project_cascades_to_flows_runs_and_logs(client: AsyncClient) -> None:
     project = unique("doomed")
     flow = await register(client, project, "f")
-    run = await client.create_flow_run(flow.id)
-    record = LogRecord(flow_run_id=run.id, timestamp=datetime.now(UTC), name="t", level="INFO", message="kept?")
-    await client.nc.jetstream().publish(subjects.logs(run.id), LogBatch(records=[record]).model_dump_json().encode())
-    await eventually(lambda: client.get_flow_run_logs(run.id), "the log record is stored")
+    run_id = await client.create_flow_run(flow.id)
+    record = LogRecord(flow_run_id=run_id, timestamp=datetime.now(UTC), name="t", level="INFO", message="kept?")
+    await client.nc.jetstream().publish(subjects.logs(run_id), LogBatch(records=[record]).model_dump_json().encode())
+    await eventually(lambda: client.get_flow_run_logs(run_id), "the log record is stored")
     await client.delete_project(project)
     with pytest.raises(NotFound):
         await client.get_flow(flow.id)
     with pytest.raises(NotFound):
-        await client.get_flow_run(run.id)
+        await client.get_flow_run(run_id)
     with pytest.raises(NotFound):
-        await client.get_flow_run_logs(run.id)
+        await client.get_flow_run_logs(run_id)
     assert project not in [p.name for p in await client.get_projects()]
     with pytest.raises(NotFound):
         await client.delete_project(project)
@@ -86,7 +86,7 @@ async def test_deleting_a_project_cascades_to_flows_runs_and_logs(client: AsyncC
 
 async def test_archiving_blocks_runs_and_cleans_up_waiting_ones(client: AsyncClient, database_url: str) -> None:
     flow = await register(client, unique("p"), "f")
-    adhoc = await client.create_flow_run(flow.id, scheduled_start_time=datetime.now(UTC) + timedelta(hours=1))
+    adhoc_id = await client.create_flow_run(flow.id, scheduled_start_time=datetime.now(UTC) + timedelta(hours=1))
     auto_id = await insert_auto_scheduled_run(database_url, flow.id, flow.flow_group_id)
 
     archived = await client.archive_flow(flow.id)
@@ -95,7 +95,7 @@ async def test_archiving_blocks_runs_and_cleans_up_waiting_ones(client: AsyncCli
     with pytest.raises(Archived, match=f"Flow {flow.id} is archived."):
         await client.create_flow_run(flow.id)
 
-    cancelled = (await watch_until_finished(client, adhoc.id)).final
+    cancelled = (await watch_until_finished(client, adhoc_id)).final
     assert isinstance(cancelled, StateChanged)
     assert cancelled.state.type is StateType.CANCELLED
     assert cancelled.state.message == f"Flow {flow.id} was archived."
@@ -105,7 +105,7 @@ async def test_archiving_blocks_runs_and_cleans_up_waiting_ones(client: AsyncCli
 
     restored = await client.unarchive_flow(flow.id)
     assert restored.archived is False
-    assert (await client.create_flow_run(flow.id)).flow_id == flow.id
+    assert (await client.create_flow_run_out(flow.id)).flow_id == flow.id
 
 
 async def test_two_versions_may_both_be_unarchived(client: AsyncClient) -> None:
@@ -160,7 +160,7 @@ async def test_settings_toggle_per_group(client: AsyncClient) -> None:
     assert v2.settings == out.settings
     back = await client.disable_flow_heartbeat(v2.id, value=False)
     assert back.settings.heartbeat_enabled is True
-    detail = await client.get_flow_run((await client.create_flow_run(v2.id)).id)
+    detail = await client.get_flow_run(await client.create_flow_run(v2.id))
     assert detail.heartbeat_enabled is True
     assert detail.version_locking_enabled is True
 
@@ -191,12 +191,12 @@ async def test_schedule_needs_required_parameters_covered(client: AsyncClient, d
     assert on.default_parameters == {"x": 5}
 
     auto_id = await insert_auto_scheduled_run(database_url, flow.id, flow.flow_group_id)
-    adhoc = await client.create_flow_run(flow.id, scheduled_start_time=datetime.now(UTC) + timedelta(hours=1))
+    adhoc_id = await client.create_flow_run(flow.id, scheduled_start_time=datetime.now(UTC) + timedelta(hours=1))
     off = await client.set_flow_schedule_state(flow.id, False)
     assert off.is_schedule_active is False
     assert isinstance((await watch_until_finished(client, auto_id)).final, FlowRunDeleted)
     # Ad-hoc runs survive a schedule switch.
-    assert (await client.get_flow_run(adhoc.id)).run.state.type is StateType.SCHEDULED
+    assert (await client.get_flow_run(adhoc_id)).run.state.type is StateType.SCHEDULED
 
 
 async def test_clock_parameter_defaults_cover_required_parameters(client: AsyncClient) -> None:
@@ -243,7 +243,7 @@ async def test_group_labels_and_defaults_apply_to_queries_and_runs(client: Async
     shown = await client.get_flow(flow.id)
     assert shown.labels == ["eu", "gpu"]
     assert shown.default_parameters == {"n": 7}
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     assert run.labels == ["eu", "gpu"]
     assert run.parameters == {"n": 7}
     await client.set_flow_group_labels(flow.flow_group_id, None)

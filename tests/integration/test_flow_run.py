@@ -90,7 +90,7 @@ async def run_parent(
     parent_flow_id = await register_script(client, parent_path, parent, PROJECT, labels=[label])
     # Script flows carry the hostname label (only an agent on this machine can load them).
     async with running_agents(LocalAgent(stack, labels=[label], hostname_label=True)):
-        run = await client.create_flow_run(parent_flow_id)
+        run = await client.create_flow_run_out(parent_flow_id)
         state, messages = await finish(client, run.id)
         children = await client.get_flow_runs(flow_id=child_flow_id)
         for child_run in children:  # let the agent see its children end before it stops

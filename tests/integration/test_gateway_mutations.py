@@ -314,7 +314,7 @@ async def test_flow_group_labels_and_default_parameters(gql: GraphQL, client: As
     labels_input = "set_flow_group_labels_input"
     await call(gql, "set_flow_group_labels", labels_input, {"flow_group_id": group, "labels": ["gpu", "eu"]})
     assert (await client.get_flow(flow.id)).labels == ["eu", "gpu"]
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     assert sorted(run.labels) == ["eu", "gpu"]
     await call(gql, "set_flow_group_labels", labels_input, {"flow_group_id": group, "labels": None})
     assert (await client.get_flow(flow.id)).labels == ["own"]
@@ -333,7 +333,7 @@ async def test_flow_group_labels_and_default_parameters(gql: GraphQL, client: As
     field = "set_flow_group_default_parameters"
     await call(gql, field, params_input, {"flow_group_id": group, "parameters": {"x": 5}})
     assert (await client.get_flow(flow.id)).default_parameters == {"x": 5}
-    assert (await client.create_flow_run(flow.id)).parameters == {"x": 5}
+    assert (await client.create_flow_run_out(flow.id)).parameters == {"x": 5}
     for parameters in ([1], "x", 3):
         assert await refused(gql, field, params_input, {"flow_group_id": group, "parameters": parameters}) == [
             "VALIDATION_ERROR"
@@ -447,34 +447,34 @@ async def test_create_flow_run_refusals_create_nothing(gql: GraphQL, client: Asy
 
 async def test_set_flow_run_states_with_versions(gql: GraphQL, client: AsyncClient) -> None:
     flow = await a_flow(client)
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     field, input_type = "set_flow_run_states", "set_flow_run_states_input"
     selection = "states { id status message }"
 
     # An agent names itself in a header, as Prefect's agents do: the run records who submitted it.
-    submitted = {"flow_run_id": run.id, "version": 1, "state": {"type": "Submitted", "message": "by a test"}}
+    submitted = {"flow_run_id": run_id, "version": 1, "state": {"type": "Submitted", "message": "by a test"}}
     response = await gql.http.post(
         gql.url,
         json={"query": operation(field, input_type, selection), "variables": {"input": {"states": [submitted]}}},
         headers={"X-PREFECT-AGENT-ID": "agent-7"},
     )
-    assert response.json() == {"data": {field: {"states": [{"id": run.id, "status": "SUCCESS", "message": None}]}}}
-    detail = (await client.get_flow_run(run.id)).run
+    assert response.json() == {"data": {field: {"states": [{"id": run_id, "status": "SUCCESS", "message": None}]}}}
+    detail = (await client.get_flow_run(run_id)).run
     assert (detail.state.type, detail.state.message, detail.version) == (StateType.SUBMITTED, "by a test", 2)
     assert detail.agent_id == "agent-7"
 
     # A stale version: refused with the code the Prefect client turns into VersionLockMismatchSignal.
-    stale = {"flow_run_id": run.id, "version": 1, "state": {"type": "Running"}}
+    stale = {"flow_run_id": run_id, "version": 1, "state": {"type": "Running"}}
     assert await refused(gql, field, input_type, {"states": [stale]}, selection) == ["VERSION_LOCKING_ERROR"]
-    assert (await client.get_flow_run(run.id)).run.version == 2
+    assert (await client.get_flow_run(run_id)).run.version == 2
 
     # No version: set at whatever version the run is at (Prefect's client sends none for most states).
-    unversioned = {"flow_run_id": run.id, "version": None, "state": {"type": "Running"}}
+    unversioned = {"flow_run_id": run_id, "version": None, "state": {"type": "Running"}}
     await call(gql, field, input_type, {"states": unversioned}, selection)  # a single object is a list of one
-    assert (await client.get_flow_run(run.id)).run.state.type is StateType.RUNNING
+    assert (await client.get_flow_run(run_id)).run.state.type is StateType.RUNNING
 
     # One bad item refuses the whole batch before any state is set.
-    good = {"flow_run_id": run.id, "version": 3, "state": {"type": "Success"}}
+    good = {"flow_run_id": run_id, "version": 3, "state": {"type": "Success"}}
     for state in ({"type": "Exploded"}, "Success", {"type": "Success", "colour": "red"}, None):
         codes = await refused(gql, field, input_type, {"states": [good, {**good, "state": state}]}, selection)
         assert codes == ["VALIDATION_ERROR"], state
@@ -490,23 +490,23 @@ async def test_set_flow_run_states_with_versions(gql: GraphQL, client: AsyncClie
     assert await refused(
         gql, field, input_type, {"states": [{**good, "flow_run_id": UNKNOWN, "version": None}]}, selection
     ) == ["NOT_FOUND"]
-    detail = (await client.get_flow_run(run.id)).run
+    detail = (await client.get_flow_run(run_id)).run
     assert (detail.state.type, detail.version) == (StateType.RUNNING, 3)
 
     singular = "set_flow_run_state"
     assert await call(gql, singular, "set_flow_run_state_input", good, "id status") == {
-        "id": run.id,
+        "id": run_id,
         "status": "SUCCESS",
     }
-    assert (await client.get_flow_run(run.id)).run.state.type is StateType.SUCCESS
+    assert (await client.get_flow_run(run_id)).run.state.type is StateType.SUCCESS
     assert await refused(gql, singular, "set_flow_run_state_input", good, "id") == ["VERSION_LOCKING_ERROR"]
 
 
 async def test_set_task_run_states_with_versions(gql: GraphQL, client: AsyncClient) -> None:
     flow = await a_flow(client, tasks=["a", "b"])
-    run = await client.create_flow_run(flow.id)
-    await client.set_flow_run_state(run.id, 1, {"type": "Running"})
-    first, second = (await client.get_flow_run(run.id)).task_runs
+    run_id = await client.create_flow_run(flow.id)
+    await client.set_flow_run_state(run_id, 1, {"type": "Running"})
+    first, second = (await client.get_flow_run(run_id)).task_runs
     field, input_type = "set_task_run_states", "set_task_run_states_input"
     selection = "states { id status message }"
 
@@ -516,7 +516,7 @@ async def test_set_task_run_states_with_versions(gql: GraphQL, client: AsyncClie
     ]
     out = await call(gql, field, input_type, {"states": items}, selection)
     assert out == {"states": [{"id": t.id, "status": "SUCCESS", "message": None} for t in (first, second)]}
-    task_runs = (await client.get_flow_run(run.id)).task_runs
+    task_runs = (await client.get_flow_run(run_id)).task_runs
     assert [(t.state.type, t.version) for t in task_runs] == [(StateType.RUNNING, 2)] * 2
 
     assert await refused(gql, field, input_type, {"states": [items[0]]}, selection) == ["VERSION_LOCKING_ERROR"]
@@ -526,39 +526,39 @@ async def test_set_task_run_states_with_versions(gql: GraphQL, client: AsyncClie
     assert await refused(
         gql, field, input_type, {"states": [{**items[0], "version": 2, "state": {"type": 3}}]}, selection
     ) == ["VALIDATION_ERROR"]
-    assert [t.version for t in (await client.get_flow_run(run.id)).task_runs] == [2, 2]
+    assert [t.version for t in (await client.get_flow_run(run_id)).task_runs] == [2, 2]
 
     singular = {"task_run_id": first.id, "version": 2, "state": {"type": "Success", "message": "done"}}
     assert await call(gql, "set_task_run_state", "set_task_run_state_input", singular, "id status") == {
         "id": first.id,
         "status": "SUCCESS",
     }
-    done = (await client.get_flow_run(run.id)).task_runs[0]
+    done = (await client.get_flow_run(run_id)).task_runs[0]
     assert (done.state.type, done.state.message, done.version) == (StateType.SUCCESS, "done", 3)
 
 
 async def test_cancel_and_delete_flow_runs(gql: GraphQL, client: AsyncClient) -> None:
     flow = await a_flow(client)
-    waiting = await client.create_flow_run(flow.id)
-    running = await client.create_flow_run(flow.id)
-    await client.set_flow_run_state(running.id, 1, {"type": "Running"})
+    waiting_id = await client.create_flow_run(flow.id)
+    running_id = await client.create_flow_run(flow.id)
+    await client.set_flow_run_state(running_id, 1, {"type": "Running"})
 
     cancel = "cancel_flow_run_input"
-    assert await call(gql, "cancel_flow_run", cancel, {"flow_run_id": waiting.id}, "state") == {"state": "Cancelled"}
-    assert await call(gql, "cancel_flow_run", cancel, {"flow_run_id": running.id}, "state") == {"state": "Cancelling"}
+    assert await call(gql, "cancel_flow_run", cancel, {"flow_run_id": waiting_id}, "state") == {"state": "Cancelled"}
+    assert await call(gql, "cancel_flow_run", cancel, {"flow_run_id": running_id}, "state") == {"state": "Cancelling"}
     # A finished run stays as it is.
-    assert await call(gql, "cancel_flow_run", cancel, {"flow_run_id": waiting.id}, "state") == {"state": "Cancelled"}
-    assert (await client.get_flow_run(running.id)).run.state.type is StateType.CANCELLING
+    assert await call(gql, "cancel_flow_run", cancel, {"flow_run_id": waiting_id}, "state") == {"state": "Cancelled"}
+    assert (await client.get_flow_run(running_id)).run.state.type is StateType.CANCELLING
     assert await refused(gql, "cancel_flow_run", cancel, {"flow_run_id": UNKNOWN}, "state") == ["NOT_FOUND"]
     assert await refused(gql, "cancel_flow_run", cancel, {"flow_run_id": None}, "state") == ["VALIDATION_ERROR"]
 
     delete = "delete_flow_run_input"
-    assert await call(gql, "delete_flow_run", delete, {"flow_run_id": waiting.id}) == {"success": True}
+    assert await call(gql, "delete_flow_run", delete, {"flow_run_id": waiting_id}) == {"success": True}
     with pytest.raises(NotFound):
-        await client.get_flow_run(waiting.id)
+        await client.get_flow_run(waiting_id)
     assert await refused(gql, "delete_flow_run", delete, {"flow_run_id": UNKNOWN}) == ["NOT_FOUND"]
     assert await refused(gql, "delete_flow_run", delete, {"flow_run_id": "x"}) == ["VALIDATION_ERROR"]
-    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id)] == [running.id]
+    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id)] == [running_id]
 
 
 # ---- what runners send ------------------------------------------------------------
@@ -566,13 +566,13 @@ async def test_cancel_and_delete_flow_runs(gql: GraphQL, client: AsyncClient) ->
 
 async def test_write_run_logs(gql: GraphQL, client: AsyncClient) -> None:
     flow = await a_flow(client)
-    run = await client.create_flow_run(flow.id)
-    task_run = (await client.get_flow_run(run.id)).task_runs[0]
+    run_id = await client.create_flow_run(flow.id)
+    task_run = (await client.get_flow_run(run_id)).task_runs[0]
     field, input_type = "write_run_logs", "write_run_logs_input"
     before = datetime.now(UTC)
     logs = [
         {
-            "flow_run_id": run.id,
+            "flow_run_id": run_id,
             "task_run_id": task_run.id,
             "timestamp": "2031-01-01T00:00:00+00:00",
             "name": "prefect.TaskRunner",
@@ -580,14 +580,14 @@ async def test_write_run_logs(gql: GraphQL, client: AsyncClient) -> None:
             "message": "first",
             "info": {"lineno": 3},
         },
-        {"flow_run_id": run.id, "message": "second"},
+        {"flow_run_id": run_id, "message": "second"},
     ]
     assert await call(gql, field, input_type, {"logs": logs}) == {"success": True}
     # A single object where the list is expected (the Prefect runner sends one).
     query = 'mutation { write_run_logs(input: { logs: { flow_run_id: "%s", level: ERROR, message: "third" } }) '
-    assert await gql.data(query % run.id + "{ success } }") == {"write_run_logs": {"success": True}}
+    assert await gql.data(query % run_id + "{ success } }") == {"write_run_logs": {"success": True}}
 
-    records = await client.get_flow_run_logs(run.id)
+    records = await client.get_flow_run_logs(run_id)
     # In time order: "first" carries a timestamp in 2031.
     assert [(r.message, r.level, r.name, r.task_run_id) for r in records] == [
         ("second", "INFO", "", None),
@@ -601,22 +601,22 @@ async def test_write_run_logs(gql: GraphQL, client: AsyncClient) -> None:
 
     bad: list[tuple[Any, str]] = [
         ([{"flow_run_id": UNKNOWN, "message": "lost"}], "NOT_FOUND"),
-        ([{"flow_run_id": run.id, "message": "x"}, {"flow_run_id": UNKNOWN, "message": "x"}], "NOT_FOUND"),
-        ([{"flow_run_id": run.id, "level": "LOUD", "message": "x"}], "VALIDATION_ERROR"),
-        ([{"flow_run_id": run.id, "info": [1], "message": "x"}], "VALIDATION_ERROR"),
-        ([{"flow_run_id": run.id, "timestamp": "yesterday", "message": "x"}], "VALIDATION_ERROR"),
+        ([{"flow_run_id": run_id, "message": "x"}, {"flow_run_id": UNKNOWN, "message": "x"}], "NOT_FOUND"),
+        ([{"flow_run_id": run_id, "level": "LOUD", "message": "x"}], "VALIDATION_ERROR"),
+        ([{"flow_run_id": run_id, "info": [1], "message": "x"}], "VALIDATION_ERROR"),
+        ([{"flow_run_id": run_id, "timestamp": "yesterday", "message": "x"}], "VALIDATION_ERROR"),
         ([{"message": "x"}], "VALIDATION_ERROR"),
     ]
     for value, code in bad:
         assert await refused(gql, field, input_type, {"logs": value}) == [code], value
-    assert len(await client.get_flow_run_logs(run.id)) == 3
+    assert len(await client.get_flow_run_logs(run_id)) == 3
 
 
 async def test_update_flow_run_heartbeat(gql: GraphQL, client: AsyncClient, stack: Settings) -> None:
     flow = await a_flow(client)
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     input_type = "update_flow_run_heartbeat_input"
-    assert await call(gql, "update_flow_run_heartbeat", input_type, {"flow_run_id": run.id}) == {"success": True}
+    assert await call(gql, "update_flow_run_heartbeat", input_type, {"flow_run_id": run_id}) == {"success": True}
 
     db = Database(stack.resolved_database_url())
     try:
@@ -625,10 +625,10 @@ async def test_update_flow_run_heartbeat(gql: GraphQL, client: AsyncClient, stac
             async with db.read_session() as session:
                 return list((await session.execute(select(RunHeartbeat.flow_run_id))).scalars())  # type: ignore[call-overload]
 
-        assert await eventually(beats, "the heartbeat recorded") == [run.id]
+        assert await eventually(beats, "the heartbeat recorded") == [run_id]
         assert await refused(gql, "update_flow_run_heartbeat", input_type, {"flow_run_id": UNKNOWN}) == ["NOT_FOUND"]
         assert await refused(gql, "update_flow_run_heartbeat", input_type, {"flow_run_id": 1}) == ["VALIDATION_ERROR"]
-        assert await beats() == [run.id]
+        assert await beats() == [run_id]
     finally:
         await db.dispose()
 

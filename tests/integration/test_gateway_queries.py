@@ -106,13 +106,13 @@ async def build_world(client: AsyncClient, gql: GraphQL, database_url: str) -> W
         RegisterAgent(agent_id=AGENT_ID, name="ag", labels=["vm"]),
         AgentOut,
     )
-    scheduled = await client.create_flow_run(alpha2.id, run_name="sched", scheduled_start_time=T0)
-    running = await client.create_flow_run(alpha2.id, run_name="run", labels=["vm"])
+    scheduled = await client.create_flow_run_out(alpha2.id, run_name="sched", scheduled_start_time=T0)
+    running = await client.create_flow_run_out(alpha2.id, run_name="run", labels=["vm"])
     v = (await client.set_flow_run_state(running.id, 1, StateType.SUBMITTED, agent_id=AGENT_ID)).version
     await client.set_flow_run_state(running.id, v, StateType.RUNNING, "going")
     task_a = next(t for t in (await client.get_flow_run_info(running.id)).task_runs if t.task_slug == "a-1")
     await client.set_task_run_state(task_a.id, 1, StateType.RUNNING)
-    done = await client.create_flow_run(beta.id, run_name="done")
+    done = await client.create_flow_run_out(beta.id, run_name="done")
     v = (await client.set_flow_run_state(done.id, 1, StateType.RUNNING)).version
     await client.set_flow_run_state(done.id, v, StateType.SUCCESS, "ok")
     records = [

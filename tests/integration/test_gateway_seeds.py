@@ -260,27 +260,27 @@ async def test_seed_flow_runs_page_create_flow_run(gql: GraphQL, client: AsyncCl
 
 async def test_seed_flow_runs_page_set_state_at_a_version(gql: GraphQL, client: AsyncClient) -> None:
     flow = await register(client, unique("seed"), unique("flow"))
-    run = await client.create_flow_run(flow.id)
-    version = (await client.get_flow_run(run.id)).run.version
+    run_id = await client.create_flow_run(flow.id)
+    version = (await client.get_flow_run(run_id)).run.version
 
-    document = fill(SET_FLOW_RUN_STATE, flow_run_id=run.id, version=version)
-    assert await gql.data(document, STATE_VARIABLES) == {"set_flow_run_state": {"id": run.id}}
-    state = (await client.get_flow_run(run.id)).run.state
+    document = fill(SET_FLOW_RUN_STATE, flow_run_id=run_id, version=version)
+    assert await gql.data(document, STATE_VARIABLES) == {"set_flow_run_state": {"id": run_id}}
+    state = (await client.get_flow_run(run_id)).run.state
     assert (state.type, state.message) == (StateType.SUCCESS, "It worked!")
 
     # "If your version doesn't match, ... the update will fail."
     assert await gql.error_codes(document, STATE_VARIABLES) == ["VERSION_LOCKING_ERROR"]
-    assert (await client.get_flow_run(run.id)).run.version == version + 1
+    assert (await client.get_flow_run(run_id)).run.version == version + 1
 
 
 async def test_seed_flow_runs_page_query_the_version_then_set_the_state(gql: GraphQL, client: AsyncClient) -> None:
     """The page's two steps together; ``flow_run_by_pk`` comes from the gateway's queries."""
     flow = await register(client, unique("seed"), unique("flow"))
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
 
-    queried = await gql.data(fill(FLOW_RUN_VERSION, flow_run_id=run.id))
+    queried = await gql.data(fill(FLOW_RUN_VERSION, flow_run_id=run_id))
     version = queried["flow_run_by_pk"]["version"]
     assert version == 1
-    document = fill(SET_FLOW_RUN_STATE, flow_run_id=run.id, version=version)
-    assert await gql.data(document, STATE_VARIABLES) == {"set_flow_run_state": {"id": run.id}}
-    assert await gql.data(fill(FLOW_RUN_VERSION, flow_run_id=run.id)) == {"flow_run_by_pk": {"version": 2}}
+    document = fill(SET_FLOW_RUN_STATE, flow_run_id=run_id, version=version)
+    assert await gql.data(document, STATE_VARIABLES) == {"set_flow_run_state": {"id": run_id}}
+    assert await gql.data(fill(FLOW_RUN_VERSION, flow_run_id=run_id)) == {"flow_run_by_pk": {"version": 2}}

@@ -115,22 +115,22 @@ async def test_a_runs_states_are_replayed_then_live_and_end_with_a_finished_stat
     client: AsyncClient, ws: GraphQLWS
 ) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
-    v = (await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)).version
+    run_id = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED)).version
 
-    feed = await ws.subscribe(RUN_STATES, {"id": run.id})
+    feed = await ws.subscribe(RUN_STATES, {"id": run_id})
     replayed = [i["flow_run_state_changes"] for i in await feed.take(2)]
     assert [(i["version"], i["state"], i["previous_state"], i["replayed"]) for i in replayed] == [
         (1, "Scheduled", None, True),
         (2, "Submitted", "Scheduled", True),
     ]
-    assert {(i["flow_run_id"], i["flow_id"], i["project_id"]) for i in replayed} == {(run.id, flow.id, flow.project_id)}
+    assert {(i["flow_run_id"], i["flow_id"], i["project_id"]) for i in replayed} == {(run_id, flow.id, flow.project_id)}
     assert {i["deleted"] for i in replayed} == {False}
     first_timestamp = datetime.fromisoformat(replayed[0]["timestamp"])
     assert first_timestamp.tzinfo is not None
     assert first_timestamp <= datetime.fromisoformat(replayed[1]["timestamp"])
 
-    v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
+    v = (await client.set_flow_run_state(run_id, v, StateType.RUNNING)).version
     running = (await feed.next())["flow_run_state_changes"]
     assert (running["version"], running["state"], running["previous_state"], running["replayed"]) == (
         3,
@@ -138,14 +138,14 @@ async def test_a_runs_states_are_replayed_then_live_and_end_with_a_finished_stat
         "Submitted",
         False,
     )
-    await client.set_flow_run_state(run.id, v, StateType.SUCCESS, "all done")
+    await client.set_flow_run_state(run_id, v, StateType.SUCCESS, "all done")
     rest = [i["flow_run_state_changes"] for i in await feed.until_complete()]
     assert [(i["version"], i["state"], i["message"], i["replayed"]) for i in rest] == [
         (4, "Success", "all done", False)
     ]
 
     # A finished run's feed is its history, then complete.
-    again = await ws.subscribe(RUN_STATES, {"id": run.id})
+    again = await ws.subscribe(RUN_STATES, {"id": run_id})
     assert states(await again.until_complete(), "flow_run_state_changes") == [
         (1, "Scheduled"),
         (2, "Submitted"),
@@ -156,15 +156,15 @@ async def test_a_runs_states_are_replayed_then_live_and_end_with_a_finished_stat
 
 async def test_a_deleted_runs_feed_ends_with_a_deletion(client: AsyncClient, ws: GraphQLWS) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
-    feed = await ws.subscribe(RUN_STATES, {"id": run.id})
+    run_id = await client.create_flow_run(flow.id)
+    feed = await ws.subscribe(RUN_STATES, {"id": run_id})
     assert states(await feed.take(1), "flow_run_state_changes") == [(1, "Scheduled")]
-    await client.delete_flow_run(run.id)
+    await client.delete_flow_run(run_id)
     rest = [i["flow_run_state_changes"] for i in await feed.until_complete()]
     assert [(i["deleted"], i["state"], i["version"]) for i in rest] == [(True, None, None)]
     assert datetime.fromisoformat(rest[0]["timestamp"]) > datetime.now(UTC) - timedelta(minutes=5)
     # Gone: now it is unknown.
-    assert await (await ws.subscribe(RUN_STATES, {"id": run.id})).error_codes() == ["NOT_FOUND"]
+    assert await (await ws.subscribe(RUN_STATES, {"id": run_id})).error_codes() == ["NOT_FOUND"]
 
 
 # ---- a run's logs -----------------------------------------------------------
@@ -172,40 +172,40 @@ async def test_a_deleted_runs_feed_ends_with_a_deletion(client: AsyncClient, ws:
 
 async def test_a_runs_logs_are_replayed_then_live_until_it_ends(client: AsyncClient, ws: GraphQLWS) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-    await publish_logs(client, run.id, [("INFO", "one"), ("DEBUG", "two"), ("WARNING", "three")], t0)
+    await publish_logs(client, run_id, [("INFO", "one"), ("DEBUG", "two"), ("WARNING", "three")], t0)
     # Stored (the logs query waits for the log writer), so they are replayed.
-    assert len(await client.get_flow_run_logs(run.id)) == 3
+    assert len(await client.get_flow_run_logs(run_id)) == 3
 
-    feed = await ws.subscribe(RUN_LOGS, {"id": run.id})
-    warnings = await ws.subscribe(RUN_LOGS, {"id": run.id, "level": "warning"})
+    feed = await ws.subscribe(RUN_LOGS, {"id": run_id})
+    warnings = await ws.subscribe(RUN_LOGS, {"id": run_id, "level": "warning"})
     replayed = [i["flow_run_logs"] for i in await feed.take(3)]
     assert [(i["message"], i["level"], i["replayed"]) for i in replayed] == [
         ("one", "INFO", True),
         ("two", "DEBUG", True),
         ("three", "WARNING", True),
     ]
-    assert replayed[0]["flow_run_id"] == run.id
+    assert replayed[0]["flow_run_id"] == run_id
     assert [datetime.fromisoformat(i["timestamp"]) for i in replayed] == [t0 + timedelta(seconds=i) for i in range(3)]
     assert replayed[0]["task_run_id"] is None
     assert [i["flow_run_logs"]["message"] for i in await warnings.take(1)] == ["three"]
 
-    v = (await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)).version
-    v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
-    await publish_logs(client, run.id, [("INFO", "four"), ("ERROR", "five")], t0 + timedelta(minutes=1))
+    v = (await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED)).version
+    v = (await client.set_flow_run_state(run_id, v, StateType.RUNNING)).version
+    await publish_logs(client, run_id, [("INFO", "four"), ("ERROR", "five")], t0 + timedelta(minutes=1))
     live = [i["flow_run_logs"] for i in await feed.take(2)]
     assert [(i["message"], i["replayed"]) for i in live] == [("four", False), ("five", False)]
     assert datetime.fromisoformat(live[1]["timestamp"]) == t0 + timedelta(minutes=1, seconds=1)
 
     # The last lines shipped just before the final state still arrive, then the feed ends.
-    await publish_logs(client, run.id, [("CRITICAL", "six")], t0 + timedelta(minutes=2))
-    await client.set_flow_run_state(run.id, v, StateType.FAILED)
+    await publish_logs(client, run_id, [("CRITICAL", "six")], t0 + timedelta(minutes=2))
+    await client.set_flow_run_state(run_id, v, StateType.FAILED)
     assert [i["flow_run_logs"]["message"] for i in await feed.until_complete()] == ["six"]
     assert [i["flow_run_logs"]["message"] for i in await warnings.until_complete()] == ["five", "six"]
 
     # A finished run's feed is its logs, then complete.
-    again = await ws.subscribe(RUN_LOGS, {"id": run.id})
+    again = await ws.subscribe(RUN_LOGS, {"id": run_id})
     messages = [i["flow_run_logs"]["message"] for i in await again.until_complete()]
     assert messages == ["one", "two", "three", "four", "five", "six"]
 
@@ -214,16 +214,16 @@ async def test_a_long_log_is_sent_once_each_whether_stored_yet_or_not(client: As
     """More batches than a consumer sends ahead, published as the feed starts: the log
     writer has stored some of them (replayed), the stream holds them all (live)."""
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     count = 1500
     js = client.nc.jetstream()
     for i in range(count):
         at = t0 + timedelta(seconds=i)
-        record = LogRecord(flow_run_id=run.id, timestamp=at, name="n", level="INFO", message=str(i))
-        await js.publish(subjects.logs(run.id), LogBatch(records=[record]).model_dump_json().encode())
-    feed = await ws.subscribe(RUN_LOGS, {"id": run.id})
-    await client.set_flow_run_state(run.id, 1, StateType.CANCELLED)
+        record = LogRecord(flow_run_id=run_id, timestamp=at, name="n", level="INFO", message=str(i))
+        await js.publish(subjects.logs(run_id), LogBatch(records=[record]).model_dump_json().encode())
+    feed = await ws.subscribe(RUN_LOGS, {"id": run_id})
+    await client.set_flow_run_state(run_id, 1, StateType.CANCELLED)
     messages = [i["flow_run_logs"]["message"] for i in await feed.until_complete()]
     assert sorted(messages, key=int) == [str(i) for i in range(count)]
 
@@ -244,29 +244,29 @@ async def test_flow_and_project_feeds_carry_their_runs_states_live(client: Async
         assert await consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE) == 1
 
         # Another project's run first: had it passed the filter, it would come first.
-        run_c = await client.create_flow_run(flow_c.id)
-        await client.set_flow_run_state(run_c.id, 1, StateType.SUBMITTED)
-        run_a = await client.create_flow_run(flow_a.id)
-        await client.set_flow_run_state(run_a.id, 1, StateType.SUBMITTED)
-        run_b = await client.create_flow_run(flow_b.id)
-        await client.set_flow_run_state(run_b.id, 1, StateType.CANCELLED)
+        run_c_id = await client.create_flow_run(flow_c.id)
+        await client.set_flow_run_state(run_c_id, 1, StateType.SUBMITTED)
+        run_a_id = await client.create_flow_run(flow_a.id)
+        await client.set_flow_run_state(run_a_id, 1, StateType.SUBMITTED)
+        run_b_id = await client.create_flow_run(flow_b.id)
+        await client.set_flow_run_state(run_b_id, 1, StateType.CANCELLED)
 
         of_flow = [i["flow_state_changes"] for i in await flow_feed.take(2)]
         assert [(i["flow_run_id"], i["version"], i["state"]) for i in of_flow] == [
-            (run_a.id, 1, "Scheduled"),
-            (run_a.id, 2, "Submitted"),
+            (run_a_id, 1, "Scheduled"),
+            (run_a_id, 2, "Submitted"),
         ]
         assert {(i["flow_id"], i["project_id"]) for i in of_flow} == {(flow_a.id, flow_a.project_id)}
         of_project = [i["project_state_changes"] for i in await project_feed.take(4)]
         assert [(i["flow_run_id"], i["flow_id"], i["version"], i["state"]) for i in of_project] == [
-            (run_a.id, flow_a.id, 1, "Scheduled"),
-            (run_a.id, flow_a.id, 2, "Submitted"),
-            (run_b.id, flow_b.id, 1, "Scheduled"),
-            (run_b.id, flow_b.id, 2, "Cancelled"),
+            (run_a_id, flow_a.id, 1, "Scheduled"),
+            (run_a_id, flow_a.id, 2, "Submitted"),
+            (run_b_id, flow_b.id, 1, "Scheduled"),
+            (run_b_id, flow_b.id, 2, "Cancelled"),
         ]
         # Flow b's run came after a's on the stream: the flow feed skipped it.
-        run_a2 = await client.create_flow_run(flow_a.id)
-        assert [(i["flow_state_changes"]["flow_run_id"]) for i in await flow_feed.take(1)] == [run_a2.id]
+        run_a2_id = await client.create_flow_run(flow_a.id)
+        assert [(i["flow_state_changes"]["flow_run_id"]) for i in await flow_feed.take(1)] == [run_a2_id]
     # Disconnected: the gateway deleted the consumer.
     await wait_for_consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE, 0)
 
@@ -280,14 +280,14 @@ async def test_feeds_of_several_clients_share_one_consumer_until_the_last_leaves
         project_feed = await first.subscribe(PROJECT_STATES, {"id": flow.project_id})
         await wait_for_listeners(4)
         assert await consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE) == 1
-        run = await client.create_flow_run(flow.id)
+        run_id = await client.create_flow_run(flow.id)
         for feed in [*feeds, project_feed]:
             item = (await feed.take(1))[0]
-            assert next(iter(item.values()))["flow_run_id"] == run.id
+            assert next(iter(item.values()))["flow_run_id"] == run_id
         await first.close()
         await feeds[1].complete()
         # The second client's remaining feed still gets every change.
-        await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)
+        await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED)
         assert [i["flow_state_changes"]["state"] for i in await feeds[2].take(1)] == ["Submitted"]
         await wait_for_listeners(1)
         assert await consumers(client, subjects.EVENTS_STREAM, EVERY_RUN_STATE) == 1
@@ -300,18 +300,18 @@ async def test_feeds_of_several_clients_share_one_consumer_until_the_last_leaves
 
 async def test_complete_and_disconnect_delete_the_feeds_consumers(client: AsyncClient, gql: GraphQL) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
-    state_subject = subjects.flow_run_event(run.id, subjects.FlowRunFact.STATE)
-    logs_subject = subjects.logs(run.id)
+    run_id = await client.create_flow_run(flow.id)
+    state_subject = subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE)
+    logs_subject = subjects.logs(run_id)
     async with GraphQLWS.connect(ws_url(gql)) as ws:
-        feed = await ws.subscribe(RUN_STATES, {"id": run.id})
+        feed = await ws.subscribe(RUN_STATES, {"id": run_id})
         await feed.take(1)
         await wait_for_consumers(client, subjects.EVENTS_STREAM, state_subject, 1)
         await feed.complete()
         await wait_for_consumers(client, subjects.EVENTS_STREAM, state_subject, 0)
         # The connection serves on: a new feed of the same run, and one of its logs.
-        feed = await ws.subscribe(RUN_STATES, {"id": run.id})
-        logs = await ws.subscribe(RUN_LOGS, {"id": run.id})
+        feed = await ws.subscribe(RUN_STATES, {"id": run_id})
+        logs = await ws.subscribe(RUN_LOGS, {"id": run_id})
         await feed.take(1)
         await wait_for_consumers(client, subjects.EVENTS_STREAM, state_subject, 2)
         await wait_for_consumers(client, subjects.LOGS_STREAM, logs_subject, 1)
@@ -319,7 +319,7 @@ async def test_complete_and_disconnect_delete_the_feeds_consumers(client: AsyncC
         await wait_for_consumers(client, subjects.LOGS_STREAM, logs_subject, 0)
         await wait_for_consumers(client, subjects.EVENTS_STREAM, state_subject, 1)
         # The feed left running is still live.
-        await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)
+        await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED)
         assert [i["flow_run_state_changes"]["state"] for i in await feed.take(1)] == ["Submitted"]
     await wait_for_consumers(client, subjects.EVENTS_STREAM, state_subject, 0)
 
@@ -343,11 +343,11 @@ async def test_an_unknown_id_is_not_found(ws: GraphQLWS, query: str, variables: 
 
 async def test_bad_input_is_a_validation_error_and_the_connection_serves_on(client: AsyncClient, ws: GraphQLWS) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     for query, variables in [
         (RUN_STATES, {"id": "not-a-uuid"}),
         (RUN_STATES, {}),
-        (RUN_LOGS, {"id": run.id, "level": "LOUD"}),
+        (RUN_LOGS, {"id": run_id, "level": "LOUD"}),
         ("subscription { flow_run_state_changes(flow_run_id: 1) { state } }", None),
         ("subscription { no_such_feed { state } }", None),
         ("subscription { flow_run_state_changes(", None),
@@ -357,7 +357,7 @@ async def test_bad_input_is_a_validation_error_and_the_connection_serves_on(clie
     # Payloads that are not GraphQL requests.
     for payload in [{"query": 42}, {"query": "{ hello }", "variables": [1]}, "query", None]:
         assert await (await ws.send_subscribe(payload)).error_codes() == ["VALIDATION_ERROR"], payload
-    feed = await ws.subscribe(RUN_STATES, {"id": run.id})
+    feed = await ws.subscribe(RUN_STATES, {"id": run_id})
     assert states(await feed.take(1), "flow_run_state_changes") == [(1, "Scheduled")]
 
 
@@ -436,11 +436,11 @@ class TestKeysOfRoles:
         self, client: AsyncClient, gql: GraphQL
     ) -> None:
         flow = await register(client, unique("p"), "f")
-        run = await client.create_flow_run(flow.id)
+        run_id = await client.create_flow_run(flow.id)
         for role in ("read-only", "runner", "user", "admin"):
             _, key = await self.new_key(client, role)
             async with GraphQLWS.connect(ws_url(gql), payload={"Authorization": f"Bearer {key}"}) as ws:
-                feed = await ws.subscribe(RUN_STATES, {"id": run.id})
+                feed = await ws.subscribe(RUN_STATES, {"id": run_id})
                 assert states(await feed.take(1), "flow_run_state_changes") == [(1, "Scheduled")], role
                 if role in ("read-only", "runner"):
                     create = await ws.subscribe('mutation { create_project(input: {name: "p"}) { id } }')
@@ -453,12 +453,12 @@ class TestKeysOfRoles:
 
     async def test_a_revoked_key_closes_its_socket_at_once(self, client: AsyncClient, gql: GraphQL) -> None:
         flow = await register(client, unique("p"), "f")
-        run = await client.create_flow_run(flow.id)
-        state_subject = subjects.flow_run_event(run.id, subjects.FlowRunFact.STATE)
+        run_id = await client.create_flow_run(flow.id)
+        state_subject = subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE)
         name, key = await self.new_key(client, "read-only")
         keys: Any = client
         async with GraphQLWS.connect(ws_url(gql), payload={"Authorization": f"Bearer {key}"}) as ws:
-            feed = await ws.subscribe(RUN_STATES, {"id": run.id})
+            feed = await ws.subscribe(RUN_STATES, {"id": run_id})
             await feed.take(1)
             await wait_for_consumers(client, subjects.EVENTS_STREAM, state_subject, 1)
             await keys.delete_api_key(name)

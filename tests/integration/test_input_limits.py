@@ -62,12 +62,12 @@ def _record(run_id: str, message: str) -> LogRecord:
 async def test_a_batch_cannot_write_another_runs_logs(client: AsyncClient, nc: Client) -> None:
     flow = await register(client, unique("p"), unique("f"))
     own, other = await client.create_flow_run(flow.id), await client.create_flow_run(flow.id)
-    forged = LogBatch(records=[_record(own.id, "mine"), _record(other.id, "forged")])
-    await nc.jetstream().publish(subjects.logs(own.id), forged.model_dump_json().encode())
-    assert [r.message for r in await client.get_flow_run_logs(own.id)] == ["mine"]
+    forged = LogBatch(records=[_record(own, "mine"), _record(other, "forged")])
+    await nc.jetstream().publish(subjects.logs(own), forged.model_dump_json().encode())
+    assert [r.message for r in await client.get_flow_run_logs(own)] == ["mine"]
     # The other run's own batch, shipped after the forged one, is stored alone.
-    await client.write_logs([_record(other.id, "theirs")])
-    assert [r.message for r in await client.get_flow_run_logs(other.id)] == ["theirs"]
+    await client.write_logs([_record(other, "theirs")])
+    assert [r.message for r in await client.get_flow_run_logs(other)] == ["theirs"]
 
 
 async def test_list_commands_page(client: AsyncClient, nc: Client) -> None:

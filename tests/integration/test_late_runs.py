@@ -35,20 +35,20 @@ def at(minutes: float) -> datetime:
 
 async def test_a_run_waiting_past_late_after_is_late_and_stays_scheduled(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    late = await client.create_flow_run(flow.id, scheduled_start_time=at(-60))
-    waiting = await client.create_flow_run(flow.id, scheduled_start_time=at(-1))  # due, within late_after
-    future = await client.create_flow_run(flow.id, scheduled_start_time=at(60))
-    cancelled = await client.create_flow_run(flow.id, scheduled_start_time=at(-120))
+    late_id = await client.create_flow_run(flow.id, scheduled_start_time=at(-60))
+    waiting = await client.create_flow_run_out(flow.id, scheduled_start_time=at(-1))  # due, within late_after
+    future = await client.create_flow_run_out(flow.id, scheduled_start_time=at(60))
+    cancelled = await client.create_flow_run_out(flow.id, scheduled_start_time=at(-120))
     await client.cancel_flow_run(cancelled.id)
 
-    detail = (await client.get_flow_run(late.id)).run
+    detail = (await client.get_flow_run(late_id)).run
     assert detail.late
     assert detail.state.type is StateType.SCHEDULED
     assert not any([(await client.get_flow_run(r.id)).run.late for r in (waiting, future, cancelled)])
 
     listed = {r.id: r.late for r in await client.get_flow_runs(flow_id=flow.id)}
-    assert listed == {late.id: True, waiting.id: False, future.id: False, cancelled.id: False}
-    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id, late=True)] == [late.id]
+    assert listed == {late_id: True, waiting.id: False, future.id: False, cancelled.id: False}
+    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id, late=True)] == [late_id]
     not_late = await client.get_flow_runs(flow_id=flow.id, late=False)
     assert [r.id for r in not_late] == [future.id, waiting.id, cancelled.id]
     assert await client.get_flow_runs(flow_id=flow.id, late=True, states=[StateType.CANCELLED]) == []
@@ -59,7 +59,7 @@ async def test_a_run_waiting_past_late_after_is_late_and_stays_scheduled(client:
 async def test_the_scheduler_counts_every_late_run_and_none_once_taken_care_of(client: AsyncClient) -> None:
     assert (await client.get_scheduler_status()).late_runs == 0
     flow = await register(client, unique("p"), "f")
-    runs = [await client.create_flow_run(flow.id, scheduled_start_time=at(-30 - n)) for n in range(3)]
+    runs = [await client.create_flow_run_out(flow.id, scheduled_start_time=at(-30 - n)) for n in range(3)]
     assert (await client.get_scheduler_status()).late_runs == 3
     await client.cancel_flow_run(runs[0].id)
     await client.set_flow_run_state(runs[1].id, 1, StateType.SUBMITTED)

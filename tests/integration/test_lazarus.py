@@ -74,14 +74,14 @@ async def _flow(client: AsyncClient, *, heartbeat: bool = True, lazarus: bool = 
 
 async def _submitted(client: AsyncClient, flow_id: str) -> str:
     """A run claimed as an agent would, by an agent that then vanished (no agent has its label)."""
-    run = await client.create_flow_run(flow_id, labels=[unique("nobody")])
+    run = await client.create_flow_run_out(flow_id, labels=[unique("nobody")])
     await client.set_flow_run_state(run.id, run.version, StateType.SUBMITTED)
     return run.id
 
 
 async def _running(client: AsyncClient, flow_id: str, task_states: tuple[StateType, ...] = ()) -> str:
     """A run walked to Running as a runner would; its "once" task run walked through ``task_states``."""
-    run = await client.create_flow_run(flow_id, labels=[unique("nobody")])
+    run = await client.create_flow_run_out(flow_id, labels=[unique("nobody")])
     submitted = await client.set_flow_run_state(run.id, run.version, StateType.SUBMITTED)
     await client.set_flow_run_state(run.id, submitted.version, StateType.RUNNING)
     once = next(t for t in (await client.get_flow_run(run.id)).task_runs if t.task_name == "once")
@@ -226,7 +226,7 @@ async def test_the_state_service_refuses_a_resurrection_it_must_not_make(idle: S
     version = (await client.get_flow_run(working)).run.version
     with pytest.raises(Conflict, match="active task run"):
         await client.set_flow_run_state(working, version, StateType.SCHEDULED, resurrect=True)
-    scheduled = await client.create_flow_run(flow_id, labels=[unique("nobody")])
+    scheduled = await client.create_flow_run_out(flow_id, labels=[unique("nobody")])
     with pytest.raises(Conflict, match="only a Submitted or Running run"):
         await client.set_flow_run_state(scheduled.id, scheduled.version, StateType.SCHEDULED, resurrect=True)
     with pytest.raises(ValidationFailed, match="a resurrection sets Scheduled"):

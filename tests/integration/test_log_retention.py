@@ -67,12 +67,12 @@ def fresh(run_id: str, message: str) -> LogRecord:
 
 
 async def test_records_stored_before_the_retention_are_pruned(client: AsyncClient, nc: Client, db: Database) -> None:
-    run = await client.create_flow_run((await register(client, unique("p"), unique("f"))).id)
-    await client.write_logs([fresh(run.id, "fresh")])
-    await store_old(db, run.id, 5, RETENTION + timedelta(minutes=1))
+    run_id = await client.create_flow_run((await register(client, unique("p"), unique("f"))).id)
+    await client.write_logs([fresh(run_id, "fresh")])
+    await store_old(db, run_id, 5, RETENTION + timedelta(minutes=1))
 
     async def messages() -> list[str]:
-        return sorted(r.message for r in await client.get_flow_run_logs(run.id))
+        return sorted(r.message for r in await client.get_flow_run_logs(run_id))
 
     assert await eventually(messages, "the old records pruned", until=lambda got: got == ["fresh"]) == ["fresh"]
     # The leases bucket is the services' to read: the harness looks with their credential.
@@ -80,12 +80,12 @@ async def test_records_stored_before_the_retention_are_pruned(client: AsyncClien
 
 
 async def test_prune_logs_deletes_in_batches_only_what_is_older(client: AsyncClient, db: Database) -> None:
-    run = await client.create_flow_run((await register(client, unique("p"), unique("f"))).id)
-    await store_old(db, run.id, 7, timedelta(days=30))
+    run_id = await client.create_flow_run((await register(client, unique("p"), unique("f"))).id)
+    await store_old(db, run_id, 7, timedelta(days=30))
     # Within the service's retention (an hour), so only this test's cut-off reaches them.
-    await store_old(db, run.id, 3, timedelta(minutes=30), prefix="recent")
+    await store_old(db, run_id, 3, timedelta(minutes=30), prefix="recent")
     await logs.prune_logs(db, datetime.now(UTC) - timedelta(minutes=40), batch=3)
-    left = sorted(r.message for r in await client.get_flow_run_logs(run.id))
+    left = sorted(r.message for r in await client.get_flow_run_logs(run_id))
     assert left == ["recent-0", "recent-1", "recent-2"]
     assert await logs.prune_logs(db, datetime.now(UTC) - timedelta(minutes=20), batch=2) == 3
-    assert await client.get_flow_run_logs(run.id) == []
+    assert await client.get_flow_run_logs(run_id) == []

@@ -122,7 +122,7 @@ async def test_events_survive_a_crash_between_commit_and_publish(settings: Setti
                 subjects.state_event_msg_id(run.id, 1),
             }
         async with AsyncClient(settings) as client:
-            assert (await client.create_flow_run(flow.id, idempotency_key="after")).version == 1
+            assert (await client.create_flow_run_out(flow.id, idempotency_key="after")).version == 1
 
 
 async def test_each_batch_deletes_the_outbox_rows_published_before_it(settings: Settings) -> None:

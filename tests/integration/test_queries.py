@@ -27,24 +27,24 @@ async def test_list_flow_runs_filters_orders_and_pages(client: AsyncClient) -> N
     f1 = await register(client, project, "f1")
     f2 = await register(client, project, "f2")
     g = await register(client, other, "g")
-    r1 = await client.create_flow_run(f1.id, scheduled_start_time=later(1))
-    r2 = await client.create_flow_run(f1.id, scheduled_start_time=later(3))
-    r3 = await client.create_flow_run(f2.id, scheduled_start_time=later(2))
-    r4 = await client.create_flow_run(g.id, scheduled_start_time=later(4))
-    await client.set_flow_run_state(r1.id, 1, StateType.CANCELLED, "not needed")
+    r1_id = await client.create_flow_run(f1.id, scheduled_start_time=later(1))
+    r2_id = await client.create_flow_run(f1.id, scheduled_start_time=later(3))
+    r3_id = await client.create_flow_run(f2.id, scheduled_start_time=later(2))
+    r4_id = await client.create_flow_run(g.id, scheduled_start_time=later(4))
+    await client.set_flow_run_state(r1_id, 1, StateType.CANCELLED, "not needed")
 
     def ids(runs: list[FlowRunOut]) -> list[str]:
         return [r.id for r in runs]
 
-    assert ids(await client.get_flow_runs()) == [r4.id, r2.id, r3.id, r1.id]
-    assert ids(await client.get_flow_runs(project_name=project)) == [r2.id, r3.id, r1.id]
-    assert ids(await client.get_flow_runs(flow_id=f1.id)) == [r2.id, r1.id]
-    assert ids(await client.get_flow_runs(flow_group_id=f2.flow_group_id)) == [r3.id]
-    assert ids(await client.get_flow_runs(project_name=project, states=[StateType.SCHEDULED])) == [r2.id, r3.id]
-    assert ids(await client.get_flow_runs(states=["Cancelled", StateType.FAILED])) == [r1.id]
+    assert ids(await client.get_flow_runs()) == [r4_id, r2_id, r3_id, r1_id]
+    assert ids(await client.get_flow_runs(project_name=project)) == [r2_id, r3_id, r1_id]
+    assert ids(await client.get_flow_runs(flow_id=f1.id)) == [r2_id, r1_id]
+    assert ids(await client.get_flow_runs(flow_group_id=f2.flow_group_id)) == [r3_id]
+    assert ids(await client.get_flow_runs(project_name=project, states=[StateType.SCHEDULED])) == [r2_id, r3_id]
+    assert ids(await client.get_flow_runs(states=["Cancelled", StateType.FAILED])) == [r1_id]
     assert ids(await client.get_flow_runs(flow_id=f1.id, project_name=other)) == []
     pages = [ids(await client.get_flow_runs(limit=1, offset=n)) for n in range(5)]
-    assert pages == [[r4.id], [r2.id], [r3.id], [r1.id], []]
+    assert pages == [[r4_id], [r2_id], [r3_id], [r1_id], []]
     listed = (await client.get_flow_runs(flow_id=f2.id))[0]
     assert (listed.flow_name, listed.project_name, listed.version) == ("f2", project, 1)
     assert listed.state.type is StateType.SCHEDULED
@@ -56,27 +56,27 @@ async def test_list_flow_runs_filters_orders_and_pages(client: AsyncClient) -> N
 
 async def test_history_is_gap_free_and_task_runs_only_when_asked(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f", tasks=["a", "b"])
-    run = await client.create_flow_run(flow.id)
-    v = (await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED, agent_id="agent-1")).version
-    v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
-    task_a = next(t for t in (await client.get_flow_run_info(run.id)).task_runs if t.task_slug == "a-1")
+    run_id = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED, agent_id="agent-1")).version
+    v = (await client.set_flow_run_state(run_id, v, StateType.RUNNING)).version
+    task_a = next(t for t in (await client.get_flow_run_info(run_id)).task_runs if t.task_slug == "a-1")
     tv = (await client.set_task_run_state(task_a.id, 1, StateType.RUNNING)).version
     await client.set_task_run_state(task_a.id, tv, StateType.SUCCESS, "a done")
-    await client.set_flow_run_state(run.id, v, StateType.FAILED, "b never ran")
+    await client.set_flow_run_state(run_id, v, StateType.FAILED, "b never ran")
 
-    history = await client.get_flow_run_history(run.id)
+    history = await client.get_flow_run_history(run_id)
     assert [(e.version, e.type) for e in history] == [
         (1, StateType.SCHEDULED),
         (2, StateType.SUBMITTED),
         (3, StateType.RUNNING),
         (4, StateType.FAILED),
     ]
-    assert all(e.task_run_id is None and e.flow_run_id == run.id for e in history)
+    assert all(e.task_run_id is None and e.flow_run_id == run_id for e in history)
     assert history[0].message == "Flow run scheduled."
     assert history[-1].message == "b never ran"
     assert [e.timestamp for e in history] == sorted(e.timestamp for e in history)
 
-    full = await client.get_flow_run_history(run.id, include_task_runs=True)
+    full = await client.get_flow_run_history(run_id, include_task_runs=True)
     described = [(e.task_run_id is not None, e.version, e.type) for e in full]
     assert described == [
         (False, 1, StateType.SCHEDULED),
@@ -99,7 +99,7 @@ async def test_a_logs_query_sees_every_batch_already_shipped(client: AsyncClient
     """Read-your-writes: once JetStream has a run's batch, a logs query returns it
     (``flowbus watch`` of a run that just finished shows its last lines)."""
     flow = await register(client, unique("p"), "f")
-    runs = [await client.create_flow_run(flow.id) for _ in range(10)]
+    runs = [await client.create_flow_run_out(flow.id) for _ in range(10)]
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     for run in runs:
         records = [
@@ -116,12 +116,12 @@ async def test_a_logs_query_sees_every_batch_already_shipped(client: AsyncClient
 
 async def test_log_filters_by_minimum_level_and_time(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     records = [
         LogRecord(
-            flow_run_id=run.id,
+            flow_run_id=run_id,
             timestamp=t0 + timedelta(minutes=i),
             name="flowbus.test",
             level=level,
@@ -131,33 +131,33 @@ async def test_log_filters_by_minimum_level_and_time(client: AsyncClient) -> Non
     ]
     await _publish_logs(client, list(reversed(records)))
 
-    everything = await client.get_flow_run_logs(run.id)
+    everything = await client.get_flow_run_logs(run_id)
     assert [r.level for r in everything] == levels  # time order, whatever the arrival order
-    assert [r.level for r in await client.get_flow_run_logs(run.id, level="WARNING")] == [
+    assert [r.level for r in await client.get_flow_run_logs(run_id, level="WARNING")] == [
         "WARNING",
         "ERROR",
         "CRITICAL",
     ]
-    assert [r.level for r in await client.get_flow_run_logs(run.id, level="info")] == levels[1:]
-    assert [r.level for r in await client.get_flow_run_logs(run.id, level="CRITICAL")] == ["CRITICAL"]
+    assert [r.level for r in await client.get_flow_run_logs(run_id, level="info")] == levels[1:]
+    assert [r.level for r in await client.get_flow_run_logs(run_id, level="CRITICAL")] == ["CRITICAL"]
     # since and until are inclusive.
-    window = await client.get_flow_run_logs(run.id, since=t0 + timedelta(minutes=1), until=t0 + timedelta(minutes=3))
+    window = await client.get_flow_run_logs(run_id, since=t0 + timedelta(minutes=1), until=t0 + timedelta(minutes=3))
     assert [r.level for r in window] == ["INFO", "WARNING", "ERROR"]
     # Any zone: 13:02 at +01:00 is 12:02 UTC.
     since_local = datetime(2030, 1, 1, 13, 2, tzinfo=timezone(timedelta(hours=1)))
-    assert [r.level for r in await client.get_flow_run_logs(run.id, since=since_local)] == [
+    assert [r.level for r in await client.get_flow_run_logs(run_id, since=since_local)] == [
         "WARNING",
         "ERROR",
         "CRITICAL",
     ]
-    combined = await client.get_flow_run_logs(run.id, level="ERROR", until=t0 + timedelta(minutes=3), limit=5)
+    combined = await client.get_flow_run_logs(run_id, level="ERROR", until=t0 + timedelta(minutes=3), limit=5)
     assert [r.message for r in combined] == ["error at minute 3"]
-    assert [r.level for r in await client.get_flow_run_logs(run.id, limit=2)] == ["DEBUG", "INFO"]
-    assert await client.get_flow_run_logs(run.id, since=t0 + timedelta(hours=1)) == []
+    assert [r.level for r in await client.get_flow_run_logs(run_id, limit=2)] == ["DEBUG", "INFO"]
+    assert await client.get_flow_run_logs(run_id, since=t0 + timedelta(hours=1)) == []
     with pytest.raises(ValidationFailed, match="level"):
-        await client.get_flow_run_logs(run.id, level="LOUD")
+        await client.get_flow_run_logs(run_id, level="LOUD")
     with pytest.raises(ValidationFailed, match="since"):
-        await client.get_flow_run_logs(run.id, since=datetime(2030, 1, 1, 12, 0))  # naive
+        await client.get_flow_run_logs(run_id, since=datetime(2030, 1, 1, 12, 0))  # naive
 
 
 async def test_unknown_ids_are_not_found(client: AsyncClient) -> None:
@@ -186,24 +186,24 @@ async def test_naive_times_are_refused(client: AsyncClient, nc: Client) -> None:
     )
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert "scheduled_start_time" in reply["error"]["message"]
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     reply = await send(
-        nc, subjects.StateCommands.GET_FLOW_RUN_LOGS, {"flow_run_id": run.id, "until": "2030-01-01T12:00:00"}
+        nc, subjects.StateCommands.GET_FLOW_RUN_LOGS, {"flow_run_id": run_id, "until": "2030-01-01T12:00:00"}
     )
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     # Nothing was created by the refused commands.
-    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id)] == [run.id]
+    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id)] == [run_id]
 
 
 async def test_a_state_as_object_dict_or_type(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f", tasks=["a"])
-    run = await client.create_flow_run(flow.id)
-    submitted = await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED, "by type")
-    running = await client.set_flow_run_state(run.id, submitted.version, {"type": "Running", "message": "by dict"})
-    done = await client.set_flow_run_state(run.id, running.version, Success(message="It worked!", result={"rows": 3}))
+    run_id = await client.create_flow_run(flow.id)
+    submitted = await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED, "by type")
+    running = await client.set_flow_run_state(run_id, submitted.version, {"type": "Running", "message": "by dict"})
+    done = await client.set_flow_run_state(run_id, running.version, Success(message="It worked!", result={"rows": 3}))
     assert done.state.type is StateType.SUCCESS
     assert done.state.message == "It worked!"
-    history = await client.get_flow_run_history(run.id)
+    history = await client.get_flow_run_history(run_id)
     assert [(e.type, e.message) for e in history[1:]] == [
         (StateType.SUBMITTED, "by type"),
         (StateType.RUNNING, "by dict"),
@@ -211,32 +211,32 @@ async def test_a_state_as_object_dict_or_type(client: AsyncClient) -> None:
     ]
     assert history[-1].result == {"rows": 3}
 
-    again = await client.create_flow_run(flow.id)
-    v = (await client.set_flow_run_state(again.id, 1, StateType.SUBMITTED)).version
-    v = (await client.set_flow_run_state(again.id, v, Running)).version  # a class is its empty state
-    task = (await client.get_flow_run_info(again.id)).task_runs[0]
+    again_id = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(again_id, 1, StateType.SUBMITTED)).version
+    v = (await client.set_flow_run_state(again_id, v, Running)).version  # a class is its empty state
+    task = (await client.get_flow_run_info(again_id)).task_runs[0]
     tv = (await client.set_task_run_state(task.id, 1, Running(message="task by object"))).version
     cached = await client.set_task_run_state(task.id, tv, {"type": "Cached"}, message="the message argument wins")
     assert (cached.state.type, cached.state.message) == (StateType.CACHED, "the message argument wins")
     with pytest.raises(ValidationFailed, match="type"):
-        await client.set_flow_run_state(again.id, v, {"type": "Exploded"})
+        await client.set_flow_run_state(again_id, v, {"type": "Exploded"})
     with pytest.raises(ValidationFailed):
-        await client.set_flow_run_state(again.id, v, {"type": "Success", "colour": "green"})
+        await client.set_flow_run_state(again_id, v, {"type": "Success", "colour": "green"})
 
 
 async def test_cancel_through_the_client(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    waiting = await client.create_flow_run(flow.id, scheduled_start_time=later(1))
-    cancelled = await client.cancel_flow_run(waiting.id, "not today")
+    waiting_id = await client.create_flow_run(flow.id, scheduled_start_time=later(1))
+    cancelled = await client.cancel_flow_run(waiting_id, "not today")
     assert (cancelled.changed, cancelled.state.type, cancelled.version) == (True, StateType.CANCELLED, 2)
     assert cancelled.state.message == "not today"
-    again = await client.cancel_flow_run(waiting.id)
+    again = await client.cancel_flow_run(waiting_id)
     assert (again.changed, again.state.type, again.version) == (False, StateType.CANCELLED, 2)
 
-    running = await client.create_flow_run(flow.id)
-    v = (await client.set_flow_run_state(running.id, 1, StateType.SUBMITTED)).version
-    await client.set_flow_run_state(running.id, v, StateType.RUNNING)
-    assert (await client.cancel_flow_run(running.id)).state.type is StateType.CANCELLING
-    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id, states=["Cancelling"])] == [running.id]
+    running_id = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(running_id, 1, StateType.SUBMITTED)).version
+    await client.set_flow_run_state(running_id, v, StateType.RUNNING)
+    assert (await client.cancel_flow_run(running_id)).state.type is StateType.CANCELLING
+    assert [r.id for r in await client.get_flow_runs(flow_id=flow.id, states=["Cancelling"])] == [running_id]
     with pytest.raises(NotFound):
         await client.cancel_flow_run(unique("missing"))

@@ -52,14 +52,14 @@ async def test_a_future_run_is_released_on_time_despite_a_backlog(
     script.write_text(textwrap.dedent(RECORDING_FLOW.format(ledger=str(tmp_path / "ledger.txt"), name=name)))
     flow_id = await register_script(client, script, name, "release")
     # Older due runs that no agent will ever take: more than one release batch.
-    backlog = [await client.create_flow_run(flow_id, labels=[unique("nobody")]) for _ in range(7)]
+    backlog = [await client.create_flow_run_out(flow_id, labels=[unique("nobody")]) for _ in range(7)]
     agent = LocalAgent(stack, labels=[label], hostname_label=False)
     async with watching(client) as states, running_agents(agent):
         start = datetime.now(UTC) + timedelta(seconds=1)
-        later = await client.create_flow_run(flow_id, labels=[label], scheduled_start_time=start)
-        await states.finished([later.id], seconds=20)
-    assert states.last(later.id) is StateType.SUCCESS
-    detail = (await client.get_flow_run(later.id)).run
+        later_id = await client.create_flow_run(flow_id, labels=[label], scheduled_start_time=start)
+        await states.finished([later_id], seconds=20)
+    assert states.last(later_id) is StateType.SUCCESS
+    detail = (await client.get_flow_run(later_id)).run
     assert detail.start_time is not None
     assert detail.start_time >= start
     for run in backlog:
@@ -84,21 +84,21 @@ async def test_a_pass_releases_runs_that_came_due_and_leaves_runs_created_due_to
                 storage=StorageSpec(type="script", path="/release.py"),
             )
             flow = await client.register(spec, project)
-            created_due = await client.create_flow_run(flow.id, labels=[unique("nobody")])
+            created_due_id = await client.create_flow_run(flow.id, labels=[unique("nobody")])
             start = datetime.now(UTC) + timedelta(seconds=0.2)
-            due_later = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+            due_later_id = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
             # Waiting for the clock itself: the run must have come due.
             await asyncio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 0.01)
 
             # A pass without a sweep page: only the run that came due is released.
             passing = ReleaseCursor(last_sweep=time.monotonic())
             assert await release_due_runs(scheduler, passing) == 1
-            assert set(passing.recent) == {due_later.id}
+            assert set(passing.recent) == {due_later_id}
 
             # The backlog sweep re-releases the run created due too (a stream may have lost it).
             sweeping = ReleaseCursor(horizon=datetime.now(UTC))
             await release_due_runs(scheduler, sweeping)
-            assert set(sweeping.recent) == {created_due.id, due_later.id}
+            assert set(sweeping.recent) == {created_due_id, due_later_id}
 
 
 async def test_only_runs_created_due_later_wake_the_scheduler(stack: Settings, client: AsyncClient, nc: Client) -> None:
@@ -117,11 +117,11 @@ async def test_only_runs_created_due_later_wake_the_scheduler(stack: Settings, c
     flow = await client.register(spec, project)
     start = datetime.now(UTC) + timedelta(hours=1)
     await client.create_flow_run(flow.id, labels=[unique("nobody")])
-    later = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+    later_id = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
     async with asyncio.timeout(10):
         hint = await hints.get()
-    assert (hint.flow_run_id, hint.scheduled_start_time) == (later.id, start)
+    assert (hint.flow_run_id, hint.scheduled_start_time) == (later_id, start)
     # One more run due later: its hint is the next one, so the run created due sent none.
-    again = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
+    again_id = await client.create_flow_run(flow.id, labels=[unique("nobody")], scheduled_start_time=start)
     async with asyncio.timeout(10):
-        assert (await hints.get()).flow_run_id == again.id
+        assert (await hints.get()).flow_run_id == again_id

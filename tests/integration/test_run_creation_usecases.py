@@ -23,7 +23,7 @@ from tests.helpers.commands import send
 
 async def test_new_run_is_scheduled_at_version_one(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f", tasks=["a", "b"])
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     assert run.state.type is StateType.SCHEDULED
     assert run.state.message == "Flow run scheduled."
     assert run.version == 1
@@ -43,34 +43,34 @@ async def test_creation_errors(client: AsyncClient) -> None:
         await client.create_flow_run(flow.id)
     with pytest.raises(ValidationFailed, match="Unknown parameters"):
         await client.create_flow_run(flow.id, parameters={"x": 1, "z": 3})
-    run = await client.create_flow_run(flow.id, parameters={"x": 1})
+    run = await client.create_flow_run_out(flow.id, parameters={"x": 1})
     assert run.parameters == {"x": 1, "y": 2}
     newer = await register(client, project, "f", parameters=params)
     with pytest.raises(Archived, match=f"Flow {flow.id} is archived."):
         await client.create_flow_run(flow.id)
-    by_group = await client.create_flow_run(version_group_id=newer.flow_group_id, parameters={"x": 5})
+    by_group = await client.create_flow_run_out(version_group_id=newer.flow_group_id, parameters={"x": 5})
     assert by_group.flow_id == newer.id
-    by_name = await client.create_flow_run(flow_name="f", project_name=project, parameters={"x": 5})
+    by_name = await client.create_flow_run_out(flow_name="f", project_name=project, parameters={"x": 5})
     assert by_name.flow_id == newer.id
 
 
 async def test_idempotency_key_returns_the_first_run(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    first = await client.create_flow_run(flow.id, idempotency_key="k1")
-    again = await client.create_flow_run(flow.id, idempotency_key="k1")
-    other = await client.create_flow_run(flow.id, idempotency_key="k2")
-    assert again.id == first.id
-    assert other.id != first.id
+    first_id = await client.create_flow_run(flow.id, idempotency_key="k1")
+    again_id = await client.create_flow_run(flow.id, idempotency_key="k1")
+    other_id = await client.create_flow_run(flow.id, idempotency_key="k2")
+    assert again_id == first_id
+    assert other_id != first_id
     racing = await asyncio.gather(*(client.create_flow_run(flow.id, idempotency_key="k3") for _ in range(6)))
-    assert len({r.id for r in racing}) == 1
+    assert len(set(racing)) == 1
 
 
 async def test_labels_and_start_time(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f", labels=["b", "a"])
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     assert run.labels == ["a", "b"]
     later = datetime.now(UTC) + timedelta(hours=1)
-    explicit = await client.create_flow_run(flow.id, labels=["x"], scheduled_start_time=later)
+    explicit = await client.create_flow_run_out(flow.id, labels=["x"], scheduled_start_time=later)
     assert explicit.labels == ["x"]
     assert explicit.scheduled_start_time == later
 
@@ -93,4 +93,4 @@ async def test_oversize_and_malformed_creates_are_refused_and_create_nothing(
         assert reply["error"]["code"] == ErrorCode.VALIDATION_ERROR, body[:80]
     assert str(limit) in (await send(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, oversize))["error"]["message"]
     assert await client.get_flow_runs(flow_id=flow.id) == []
-    assert (await client.create_flow_run(flow.id)).version == 1  # and the service still serves
+    assert (await client.create_flow_run_out(flow.id)).version == 1  # and the service still serves

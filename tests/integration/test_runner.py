@@ -54,8 +54,8 @@ async def register_source(client: AsyncClient, tmp_path: Path, source: str) -> t
 
 async def run_to_the_end(client: AsyncClient, flow_id: str, **kwargs: Any) -> tuple[FlowRunDetail, list[str]]:
     """Create a run for the agent and watch it to its final state: the run's detail and the log messages."""
-    run = await client.create_flow_run(flow_id, labels=[LABEL], **kwargs)
-    return await watch_to_the_end(client, run.id)
+    run_id = await client.create_flow_run(flow_id, labels=[LABEL], **kwargs)
+    return await watch_to_the_end(client, run_id)
 
 
 async def watch_to_the_end(client: AsyncClient, run_id: str) -> tuple[FlowRunDetail, list[str]]:
@@ -248,17 +248,17 @@ async def test_a_running_task_heartbeats_every_interval(
     sub = await nc.subscribe(subjects.flow_run_heartbeat("*"), cb=on_beat)  # heartbeats are the services' to read
     async with running_agents(LocalAgent(stack, labels=[LABEL], hostname_label=False)):
         try:
-            run = await client.create_flow_run(flow_id, labels=[LABEL])
+            run_id = await client.create_flow_run(flow_id, labels=[LABEL])
             task_beats: list[RunHeartbeat] = []
             async with asyncio.timeout(60):
                 # Three beats naming the blocked task run: the one sent when it
                 # started Running and two more, one interval apart.
                 while len(task_beats) < 3:
                     beat = await beats.get()
-                    if beat.flow_run_id == run.id and beat.task_run_id is not None:
+                    if beat.flow_run_id == run_id and beat.task_run_id is not None:
                         task_beats.append(beat)
             release.touch()
-            detail, _ = await watch_to_the_end(client, run.id)
+            detail, _ = await watch_to_the_end(client, run_id)
             assert detail.run.state.type is StateType.SUCCESS
             assert {b.task_run_id for b in task_beats} == {task_run(detail, "block").id}
             assert task_beats[-1].timestamp - task_beats[1].timestamp >= timedelta(seconds=0.05)
@@ -290,13 +290,13 @@ async def test_sigterm_ships_the_logs_and_leaves_the_final_state_to_the_agent(
     stack: Settings, client: AsyncClient, agent: LocalAgent, tmp_path: Path
 ) -> None:
     flow_id, _ = await register_source(client, tmp_path, blocking_flow("{flow_name}"))
-    run = await client.create_flow_run(flow_id, labels=[LABEL])
+    run_id = await client.create_flow_run(flow_id, labels=[LABEL])
 
     async def sigterm(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
     flow_process = WhenBlocking(sigterm)
-    watched = await watch_until_finished(client, run.id, on_item=flow_process)
+    watched = await watch_until_finished(client, run_id, on_item=flow_process)
     final = watched.final
     assert isinstance(final, StateChanged)
     assert final.state.type is StateType.FAILED
@@ -304,5 +304,5 @@ async def test_sigterm_ships_the_logs_and_leaves_the_final_state_to_the_agent(
     assert "143" in (final.state.message or ""), final.state
     # Logged by the runner's SIGTERM handler, shipped before it exited.
     assert f"Flow run process {flow_process.pid} received SIGTERM." in watched.messages
-    history = await client.get_flow_run_history(run.id)
+    history = await client.get_flow_run_history(run_id)
     assert [e.type for e in history] == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.FAILED]

@@ -184,13 +184,13 @@ async def test_a_schedule_change_replaces_future_runs_and_leaves_ad_hoc_runs(
     clock = FakeClock(T0)
     planner = make_planner(database, client, quiet_settings, clock)
     await planner.plan()
-    ad_hoc = await client.create_flow_run(old.id, scheduled_start_time=T0 + 5 * MINUTE)
+    ad_hoc_id = await client.create_flow_run(old.id, scheduled_start_time=T0 + 5 * MINUTE)
 
     new = await register(client, project, name, schedule=every(120))
     await planner.plan([new.flow_group_id])
     assert await future_starts(client, new, T0) == [T0 + k * 2 * MINUTE for k in range(1, 11)]
     # The ad-hoc run of the archived version is cancelled by the archive, never deleted.
-    kept = (await client.get_flow_run(ad_hoc.id)).run
+    kept = (await client.get_flow_run(ad_hoc_id)).run
     assert kept.auto_scheduled is False
 
 
@@ -202,12 +202,12 @@ async def test_schedule_off_deletes_future_runs_and_on_recreates_them(
     clock = FakeClock(T0)
     planner = make_planner(database, client, quiet_settings, clock)
     await planner.plan()
-    ad_hoc = await client.create_flow_run(flow.id, scheduled_start_time=T0 + 3 * MINUTE)
+    ad_hoc_id = await client.create_flow_run(flow.id, scheduled_start_time=T0 + 3 * MINUTE)
 
     await client.set_flow_schedule_state(flow.id, False)
     await planner.plan([flow.flow_group_id])
     assert await future_starts(client, flow, T0) == []
-    assert (await client.get_flow_run(ad_hoc.id)).run.state.type is StateType.SCHEDULED
+    assert (await client.get_flow_run(ad_hoc_id)).run.state.type is StateType.SCHEDULED
 
     await client.set_flow_schedule_state(flow.id, True)
     await planner.plan([flow.flow_group_id])
@@ -260,7 +260,7 @@ async def test_the_catch_up_window_creates_the_missed_runs_within_it_once(
 async def test_delete_flow_run_checks_the_version_and_refuses_unknown_runs(planner_client: AsyncClient) -> None:
     client = planner_client
     flow = await register(client, unique("p"), unique("delete"))
-    run = await client.create_flow_run(flow.id, scheduled_start_time=T0)
+    run = await client.create_flow_run_out(flow.id, scheduled_start_time=T0)
     with pytest.raises(VersionLockingError):
         await client.delete_flow_run(run.id, version=run.version + 1)
     assert (await client.get_flow_run(run.id)).run.id == run.id

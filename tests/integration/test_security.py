@@ -282,9 +282,9 @@ async def test_a_watcher_creates_only_consumers_filtered_to_a_run(
     # What the CLI does for `flowbus watch` works with the read-only credential.
     project = unique("watch")
     flow = await register(client, project, "watched")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     async with AsyncClient(stack, role=BusRole.READ_ONLY) as viewer:
-        history = await viewer.get_flow_run_history(run.id)
+        history = await viewer.get_flow_run_history(run_id)
         assert history
         with pytest.raises(Forbidden):
             await viewer.create_flow_run(flow.id)
@@ -340,23 +340,23 @@ async def test_a_running_flow_survives_a_forged_cancel_from_an_agent_credential(
     script = write_script(tmp_path / "survivor.py", GATED.format(release=str(release), name=name))
     flow_id = await register_script(client, script, name, unique("sec"), labels=[label])
     async with running_agents(LocalAgent(stack, labels=[label], hostname_label=False)):
-        run = await client.create_flow_run(flow_id, labels=[label])
+        run_id = await client.create_flow_run(flow_id, labels=[label])
         await eventually(
-            lambda: client.get_flow_run(run.id),
+            lambda: client.get_flow_run(run_id),
             "the run is running",
             until=lambda d: d.run.state.type is StateType.RUNNING,
         )
-        detail = await client.get_flow_run(run.id)
+        detail = await client.get_flow_run(run_id)
         forged = StateChanged(
-            flow_run_id=run.id,
+            flow_run_id=run_id,
             version=detail.run.version + 1,
             state=detail.run.state.model_copy(update={"type": StateType.CANCELLING}),
         )
         agent = await attackers(BusRole.AGENT)
         await agent.publish_refused(
-            subjects.flow_run_event(run.id, subjects.FlowRunFact.STATE), forged.model_dump_json().encode()
+            subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE), forged.model_dump_json().encode()
         )
         release.touch()
-        finished = await watch_until_finished(client, run.id)
+        finished = await watch_until_finished(client, run_id)
     assert finished.types[-1] is StateType.SUCCESS
     assert StateType.CANCELLING not in finished.types

@@ -31,16 +31,16 @@ ATTEMPTS = 8
 
 async def test_optimistic_locking_and_transition_rules(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     with pytest.raises(VersionLockingError):
-        await client.set_flow_run_state(run.id, 7, StateType.SUBMITTED)
-    submitted = await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED, agent_id="agent-1")
+        await client.set_flow_run_state(run_id, 7, StateType.SUBMITTED)
+    submitted = await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED, agent_id="agent-1")
     assert submitted.version == 2
-    running = await client.set_flow_run_state(run.id, 2, StateType.RUNNING)
-    done = await client.set_flow_run_state(run.id, running.version, StateType.SUCCESS, "ok")
+    running = await client.set_flow_run_state(run_id, 2, StateType.RUNNING)
+    done = await client.set_flow_run_state(run_id, running.version, StateType.SUCCESS, "ok")
     with pytest.raises(Conflict, match="already finished"):
-        await client.set_flow_run_state(run.id, done.version, StateType.RUNNING)
-    detail = await client.get_flow_run(run.id)
+        await client.set_flow_run_state(run_id, done.version, StateType.RUNNING)
+    detail = await client.get_flow_run(run_id)
     assert detail.run.agent_id == "agent-1"
     assert detail.run.start_time is not None
     assert detail.run.end_time is not None
@@ -114,9 +114,9 @@ async def test_a_state_set_at_no_version_applies_at_the_current_one(client: Asyn
 
 async def test_exactly_one_claim_wins(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
+    run_id = await client.create_flow_run(flow.id)
     results = await asyncio.gather(
-        *(client.set_flow_run_state(run.id, 1, StateType.SUBMITTED, agent_id=f"a{i}") for i in range(10)),
+        *(client.set_flow_run_state(run_id, 1, StateType.SUBMITTED, agent_id=f"a{i}") for i in range(10)),
         return_exceptions=True,
     )
     winners = [r for r in results if not isinstance(r, BaseException)]
@@ -126,17 +126,17 @@ async def test_exactly_one_claim_wins(client: AsyncClient) -> None:
 
 async def test_task_run_cannot_run_before_its_flow_run(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
-    task_run = (await client.get_flow_run(run.id)).task_runs[0]
+    run_id = await client.create_flow_run(flow.id)
+    task_run = (await client.get_flow_run(run_id)).task_runs[0]
     with pytest.raises(Conflict, match="cannot run"):
         await client.set_task_run_state(task_run.id, 1, StateType.RUNNING)
 
 
 async def test_cancelling_a_flow_run_cancels_its_task_runs(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f", tasks=["a", "b"])
-    run = await client.create_flow_run(flow.id)
-    await client.set_flow_run_state(run.id, 1, StateType.CANCELLED, "stop")
-    detail = await client.get_flow_run(run.id)
+    run_id = await client.create_flow_run(flow.id)
+    await client.set_flow_run_state(run_id, 1, StateType.CANCELLED, "stop")
+    detail = await client.get_flow_run(run_id)
     assert {t.state.type for t in detail.task_runs} == {StateType.CANCELLED}
 
 
@@ -150,7 +150,7 @@ async def _running_with_tasks(client: AsyncClient, *tasks: TaskSpec) -> tuple[st
         storage=StorageSpec(type="script", path="/nonexistent/flow.py"),
         run_config=RunConfigSpec(labels=None),
     )
-    run = await client.create_flow_run((await client.register(flow, project)).id)
+    run = await client.create_flow_run_out((await client.register(flow, project)).id)
     version = (await client.set_flow_run_state(run.id, run.version, StateType.SUBMITTED)).version
     version = (await client.set_flow_run_state(run.id, version, StateType.RUNNING)).version
     return run.id, version, {t.task_name: t for t in (await client.get_flow_run(run.id)).task_runs}
@@ -254,11 +254,11 @@ async def test_failed_counts_a_run_started_earlier_in_the_same_batch(stack: Sett
 
 async def test_state_events_arrive_in_order_after_commit(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "f")
-    run = await client.create_flow_run(flow.id)
-    v = (await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)).version
-    v = (await client.set_flow_run_state(run.id, v, StateType.RUNNING)).version
-    await client.set_flow_run_state(run.id, v, StateType.FAILED, "boom")
-    seen = [(s.version, s.state.type) for s in (await watch_until_finished(client, run.id)).states]
+    run_id = await client.create_flow_run(flow.id)
+    v = (await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED)).version
+    v = (await client.set_flow_run_state(run_id, v, StateType.RUNNING)).version
+    await client.set_flow_run_state(run_id, v, StateType.FAILED, "boom")
+    seen = [(s.version, s.state.type) for s in (await watch_until_finished(client, run_id)).states]
     assert seen == [
         (1, StateType.SCHEDULED),
         (2, StateType.SUBMITTED),
@@ -269,18 +269,18 @@ async def test_state_events_arrive_in_order_after_commit(client: AsyncClient) ->
 
 async def test_racing_writers_get_one_winner_per_version_and_a_gap_free_history(client: AsyncClient) -> None:
     flow = await register(client, unique("p"), "race")
-    run = await client.create_flow_run(flow.id)
-    await client.set_flow_run_state(run.id, 1, StateType.SUBMITTED)
-    await client.set_flow_run_state(run.id, 2, StateType.RUNNING)
+    run_id = await client.create_flow_run(flow.id)
+    await client.set_flow_run_state(run_id, 1, StateType.SUBMITTED)
+    await client.set_flow_run_state(run_id, 2, StateType.RUNNING)
     wins: list[int] = []
     losses = 0
 
     async def writer(n: int) -> None:
         nonlocal losses
         for attempt in range(ATTEMPTS):
-            seen = (await client.get_flow_run_info(run.id)).run.version
+            seen = (await client.get_flow_run_info(run_id)).version
             try:
-                out = await client.set_flow_run_state(run.id, seen, StateType.RUNNING, f"writer {n} try {attempt}")
+                out = await client.set_flow_run_state(run_id, seen, StateType.RUNNING, f"writer {n} try {attempt}")
                 wins.append(out.version)
             except VersionLockingError:
                 losses += 1
@@ -290,14 +290,14 @@ async def test_racing_writers_get_one_winner_per_version_and_a_gap_free_history(
     assert losses > 0, "the writers never raced; the test proves nothing"
     assert len(wins) + losses == WRITERS * ATTEMPTS
     assert sorted(wins) == list(range(4, 4 + len(wins))), "each version has exactly one winner"
-    history = await client.get_flow_run_history(run.id)
+    history = await client.get_flow_run_history(run_id)
     assert [e.version for e in history] == list(range(1, 4 + len(wins)))
 
 
 async def test_a_batch_keeps_each_commands_outcome_apart(client: AsyncClient, nc: Client) -> None:
     """Concurrent commands share transactions; a refused one changes nothing for the others."""
     flow = await register(client, unique("p"), "batch")
-    runs = [await client.create_flow_run(flow.id) for _ in range(20)]
+    runs = [await client.create_flow_run_out(flow.id) for _ in range(20)]
     submitted = StateSpec(type=StateType.SUBMITTED)
     commands = []
     for i, run in enumerate(runs):
@@ -321,6 +321,6 @@ async def test_a_batch_keeps_each_commands_outcome_apart(client: AsyncClient, nc
     assert last["code"] == ErrorCode.NOT_FOUND
     for i, run in enumerate(runs):
         info = await client.get_flow_run_info(run.id)
-        assert info.run.state.type is (StateType.SUBMITTED if i % 2 == 0 else StateType.SCHEDULED)
+        assert info.state.type is (StateType.SUBMITTED if i % 2 == 0 else StateType.SCHEDULED)
     with pytest.raises(NotFound):
         await client.get_flow_run_info("no-such-run")

@@ -67,7 +67,7 @@ async def _flow(client: AsyncClient, *, heartbeat: bool = True) -> str:
 
 async def _running_run(client: AsyncClient, flow_id: str, *, tasks: bool = True) -> str:
     """A run walked to Running as a runner would, its task runs Running too."""
-    run = await client.create_flow_run(flow_id, labels=[unique("nobody")])
+    run = await client.create_flow_run_out(flow_id, labels=[unique("nobody")])
     submitted = await client.set_flow_run_state(run.id, run.version, StateType.SUBMITTED)
     await client.set_flow_run_state(run.id, submitted.version, StateType.RUNNING)
     if tasks:

@@ -10,7 +10,7 @@ BEFORE = set(
     "AsyncClient Client NatsUnavailable ServiceUnavailable StateLike build state_spec AGENT_ONLINE_BEATS"  # noqa: SIM905
     " FAILOVER_SECONDS FIRST_ATTEMPT_TIMEOUT WATCH_CONSUMER_EXPIRY".split()
 )
-ADDED = set("describe_error CLIENT_ERRORS NATS_HINT FollowItem WatchItem REPLAY_LOG_LIMIT".split())  # noqa: SIM905
+ADDED = set("describe_error CLIENT_ERRORS NATS_HINT FollowItem WatchItem REPLAY_LOG_LIMIT FlowRunInfo".split())  # noqa: SIM905
 PUBLIC = BEFORE | ADDED
 
 

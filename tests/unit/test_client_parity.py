@@ -57,3 +57,12 @@ def test_each_twin_takes_the_same_parameters() -> None:
 def test_only_the_documented_exceptions_lack_a_twin() -> None:
     assert set(ASYNC_ONLY) <= set(public_methods(AsyncClient)), "ASYNC_ONLY names a method that no longer exists"
     assert not set(ASYNC_ONLY) & set(public_methods(Client))
+
+
+def test_create_flow_run_returns_the_id_and_its_out_twin_the_run() -> None:
+    # As Prefect 1.x's Client.create_flow_run; create_flow_run_out takes the same parameters.
+    assert parameters(AsyncClient.create_flow_run) == parameters(AsyncClient.create_flow_run_out)
+    for cls in (AsyncClient, Client):
+        assert inspect.signature(cls.create_flow_run).return_annotation == "str", cls
+        assert inspect.signature(cls.create_flow_run_out).return_annotation == "FlowRunOut", cls
+        assert inspect.signature(cls.get_flow_run_info).return_annotation == "FlowRunInfo", cls

@@ -146,10 +146,10 @@ def _creator(
     async def create() -> FlowRunOut:
         if flow_id is not None:
             try:
-                return await client.create_flow_run(flow_id, **fields)
+                return await client.create_flow_run_out(flow_id, **fields)
             except NotFound:
-                return await client.create_flow_run(version_group_id=flow_id, **fields)
-        return await client.create_flow_run(flow_name=name, project_name=project, **fields)
+                return await client.create_flow_run_out(version_group_id=flow_id, **fields)
+        return await client.create_flow_run_out(flow_name=name, project_name=project, **fields)
 
     return create
 

@@ -16,6 +16,7 @@ from flowbus.client._agents import AGENT_ONLINE_BEATS
 from flowbus.client._async import AsyncClient
 from flowbus.client._commands import StateLike, build, state_spec
 from flowbus.client._errors import CLIENT_ERRORS, NATS_HINT, describe_error
+from flowbus.client._run_info import FlowRunInfo
 from flowbus.client._sync import Client
 from flowbus.client._transport import FIRST_ATTEMPT_TIMEOUT, ServiceUnavailable
 from flowbus.client._watch import (
@@ -37,6 +38,7 @@ __all__ = [
     "WATCH_CONSUMER_EXPIRY",
     "AsyncClient",
     "Client",
+    "FlowRunInfo",
     "FollowItem",
     "NatsUnavailable",
     "ServiceUnavailable",

@@ -14,6 +14,7 @@ from pydantic import JsonValue
 
 from flowbus import subjects
 from flowbus.client._commands import StateLike, build, state_spec
+from flowbus.client._run_info import FlowRunInfo
 from flowbus.client._transport import Transport
 from flowbus.ids import uuid7
 from flowbus.schemas.agents import RunHeartbeat
@@ -75,9 +76,44 @@ class Runs(Transport):
         scheduled_start_time: datetime | None = None,
         idempotency_key: str | None = None,
         run_config: RunConfigSpec | None = None,
+    ) -> str:
+        """Create a run (Scheduled, version 1) and return its id, as the 1.x client did;
+        ``scheduled_start_time`` must be timezone-aware; ``run_config`` (its labels
+        and env) replaces the flow's for this run. :meth:`create_flow_run_out`
+        returns the whole run instead."""
+        created = await self.create_flow_run_out(
+            flow_id,
+            version_group_id=version_group_id,
+            flow_name=flow_name,
+            project_name=project_name,
+            parameters=parameters,
+            context=context,
+            labels=labels,
+            run_name=run_name,
+            scheduled_start_time=scheduled_start_time,
+            idempotency_key=idempotency_key,
+            run_config=run_config,
+        )
+        return created.id
+
+    async def create_flow_run_out(
+        self,
+        flow_id: str | None = None,
+        *,
+        version_group_id: str | None = None,
+        flow_name: str | None = None,
+        project_name: str | None = None,
+        parameters: dict[str, JsonValue] | None = None,
+        context: dict[str, JsonValue] | None = None,
+        labels: list[str] | None = None,
+        run_name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+        run_config: RunConfigSpec | None = None,
     ) -> FlowRunOut:
-        """Create a run (Scheduled, version 1); ``scheduled_start_time`` must be timezone-aware;
-        ``run_config`` (its labels and env) replaces the flow's for this run."""
+        """:meth:`create_flow_run`, returning the new run as a ``FlowRunOut`` (its name,
+        version, state, labels, scheduled start time, ...) rather than its id: one
+        request where the id alone would need a ``get_flow_run`` after it."""
         cmd = build(
             CreateFlowRun,
             flow_id=flow_id,
@@ -132,9 +168,11 @@ class Runs(Transport):
         cmd = build(RenameRun, task_run_id=task_run_id, name=name)
         return await self.request(subjects.StateCommands.RENAME_RUN, cmd, Renamed, idempotent=True)
 
-    async def get_flow_run_info(self, flow_run_id: str) -> FlowRunDetail:
-        """The 1.x name of :meth:`get_flow_run`."""
-        return await self.get_flow_run(flow_run_id)
+    async def get_flow_run_info(self, flow_run_id: str) -> FlowRunInfo:
+        """The run as Prefect 1.x's ``get_flow_run_info`` gave it: flat (``.version``,
+        ``.state`` as a ``flowbus.states`` object, ``.task_runs``, ...), the
+        former nested shape still at ``.run``; see ``FlowRunInfo``."""
+        return FlowRunInfo.of(await self.get_flow_run(flow_run_id))
 
     async def get_flow_runs(
         self,

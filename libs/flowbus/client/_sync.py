@@ -2,8 +2,7 @@
 
 Each method runs its ``AsyncClient`` namesake on a private event-loop thread.
 They are built from the async methods themselves (``blocking``,
-``blocking_iter``, ``returning_id``), so their signatures and docstrings
-cannot drift; ``create_flow_run`` returns the new run's id, as the 1.x client did.
+``blocking_iter``), so their signatures, results and docstrings cannot drift.
 ``tests/unit/test_client_parity.py`` fails when an async method has no twin.
 """
 
@@ -18,7 +17,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from flowbus.client._async import AsyncClient
 from flowbus.schemas.agents import AgentOut
-from flowbus.schemas.runs import FlowRunOut
 from flowbus.settings import Settings
 
 P = ParamSpec("P")
@@ -50,21 +48,6 @@ def blocking_iter(
     # The async method's return annotation names an async generator, which this is not.
     run.__annotations__ = {k: v for k, v in method.__annotations__.items() if k != "return"}
     run.__signature__ = inspect.signature(method).replace(return_annotation=inspect.Signature.empty)  # type: ignore[attr-defined]
-    return run
-
-
-def returning_id(
-    method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, FlowRunOut]],
-) -> Callable[Concatenate[Client, P], str]:
-    """The blocking form of a method that creates a run: same parameters, the new run's id as result."""
-
-    @functools.wraps(method)
-    def run(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> str:
-        return self._run(method(self._async, *args, **kwargs)).id
-
-    run.__doc__ = f"{(method.__doc__ or '').rstrip('.')}; returns its id, as the 1.x client did."
-    run.__annotations__ = {**method.__annotations__, "return": "str"}
-    run.__signature__ = inspect.signature(method).replace(return_annotation="str")  # type: ignore[attr-defined]
     return run
 
 
@@ -137,7 +120,8 @@ class Client:
 
     # ---- runs -----------------------------------------------------------------
 
-    create_flow_run = returning_id(AsyncClient.create_flow_run)
+    create_flow_run = blocking(AsyncClient.create_flow_run)
+    create_flow_run_out = blocking(AsyncClient.create_flow_run_out)
     get_flow_run = blocking(AsyncClient.get_flow_run)
     get_flow_run_info = blocking(AsyncClient.get_flow_run_info)
     get_flow_runs = blocking(AsyncClient.get_flow_runs)
