@@ -83,8 +83,8 @@ async def test_runs_of_prefect_flows_are_left_to_prefect_agents(
     spec = SerializedFlow(name=unique("prefect-flow"), tasks=[TaskSpec(slug="say-1", name="say")], storage=storage)
     await client.create_project("agents", skip_if_exists=True)
     prefect_flow = await client.register(spec, "agents")
-    prefect_run = await client.create_flow_run(prefect_flow.id, labels=[label])
-    own_run = await client.create_flow_run(await register_greeting_flow(client, tmp_path), labels=[label])
+    prefect_run = await client.create_flow_run_out(prefect_flow.id, labels=[label])
+    own_run = await client.create_flow_run_out(await register_greeting_flow(client, tmp_path), labels=[label])
 
     async with running_agents(LocalAgent(stack, labels=[label], hostname_label=False)):
         watched = await watch_until_finished(client, own_run.id)

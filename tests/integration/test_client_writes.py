@@ -105,7 +105,7 @@ async def test_add_flow_tasks_adds_what_the_flow_lacks(client: AsyncClient) -> N
     assert (again.tasks, again.edges) == (added.tasks, added.edges)
     assert (await client.get_flow(flow.id)).tasks == added.tasks
     # Runs made from now on have a task run per task.
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     assert sorted(t.task_slug for t in (await client.get_flow_run(run.id)).task_runs) == ["a-1", "b-1"]
 
     with pytest.raises(ValidationFailed, match="does not have"):
@@ -129,7 +129,7 @@ async def test_add_flow_tasks_from_writers_at_once(client: AsyncClient) -> None:
     stored = await client.get_flow(flow.id)
     assert sorted(t.slug for t in stored.tasks) == sorted(["root-1", *(f"t{i}-1" for i in range(8))])
     assert sorted(e.downstream for e in stored.edges) == sorted(f"t{i}-1" for i in range(8))
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     assert len((await client.get_flow_run(run.id)).task_runs) == 9
 
 
@@ -147,7 +147,7 @@ async def task_ids(stack: Settings, flow_id: str) -> dict[str, str]:
 async def test_ensure_task_run_makes_a_mapped_child_once(client: AsyncClient, stack: Settings) -> None:
     flow = await register(client, unique("p"), unique("f"), tasks=["map"])
     other = await register(client, unique("p"), unique("f"), tasks=["map"])
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     [pre_created] = (await client.get_flow_run(run.id)).task_runs
     task_id = (await task_ids(stack, flow.id))["map-1"]
 

@@ -85,7 +85,7 @@ async def test_a_failed_task_run_retries_but_a_failed_flow_run_does_not(client: 
 async def test_a_state_set_at_no_version_applies_at_the_current_one(client: AsyncClient) -> None:
     """Prefect 1.x's client sends no version for most states."""
     flow = await register(client, unique("p"), "f", tasks=["a"])
-    run = await client.create_flow_run(flow.id)
+    run = await client.create_flow_run_out(flow.id)
     task_run = (await client.get_flow_run(run.id)).task_runs[0]
 
     assert (await client.set_flow_run_state(run.id, None, StateType.SUBMITTED, agent_id="agent-1")).version == 2
