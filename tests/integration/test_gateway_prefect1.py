@@ -21,82 +21,13 @@ from flowbus.client import AsyncClient
 from flowbus.states import StateType
 from tests.helpers import register, unique
 from tests.helpers.gateway import GraphQL
+from tests.helpers.prefect1_payloads import V, prefect_edge, prefect_flow, prefect_state, prefect_task
 from tests.helpers.waiting import eventually
 
-V = "1.4.1"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
-NO_RESULT = {"type": "NoResultType", "__version__": V}
 # Every request of the Prefect client carries it; the gateway tells Prefect's requests by it.
 PREFECT_HEADERS = {"X-PREFECT-CORE-VERSION": V}
 SUBMITTED_ALREADY = "State update failed: this run has already been submitted."
-
-
-def prefect_flow(name: str, labels: list[str] | None = None) -> dict[str, Any]:
-    """What ``flow.register()`` sends (decompressed): no tasks or edges, those
-    follow in register_tasks and register_edges."""
-    return {
-        "name": name,
-        "type": "prefect.core.flow.Flow",
-        "schedule": None,
-        "parameters": [
-            {
-                "slug": "name",
-                "name": "name",
-                "default": "world",
-                "required": False,
-                "outputs": "typing.Any",
-                "tags": [],
-                "type": "prefect.core.parameter.Parameter",
-                "__version__": V,
-            }
-        ],
-        "reference_tasks": [],
-        "run_config": {"type": "UniversalRun", "labels": labels, "env": None, "__version__": V},
-        "storage": {
-            "type": "Local",
-            "directory": "/home/user/.prefect/flows",
-            "path": None,
-            "stored_as_script": False,
-            "flows": {name: f"/home/user/.prefect/flows/{name}/2026-12-01t21-50-31-890861-00-00"},
-            "secrets": [],
-            "__version__": V,
-        },
-        "__version__": V,
-    }
-
-
-def prefect_task(slug: str, **fields: Any) -> dict[str, Any]:
-    """A task as register_tasks carries it (no id)."""
-    return {
-        "name": slug.rsplit("-", 1)[0],
-        "slug": slug,
-        "type": "prefect.tasks.core.function.FunctionTask",
-        "tags": [],
-        "max_retries": 0,
-        "retry_delay": None,
-        "trigger": {"fn": "prefect.triggers.all_successful", "kwargs": {}},
-        "cache_key": None,
-        "cache_for": None,
-        "cache_validator": {"fn": "prefect.engine.cache_validators.never_use", "kwargs": {}},
-        "inputs": {},
-        "outputs": "typing.Any",
-        "timeout": None,
-        "skip_on_upstream_skip": True,
-        "auto_generated": False,
-        "__version__": V,
-        **fields,
-    }
-
-
-def prefect_edge(upstream: str, downstream: str, key: str | None = None) -> dict[str, Any]:
-    return {
-        "upstream_task": {"slug": upstream, "__version__": V},
-        "downstream_task": {"slug": downstream, "__version__": V},
-        "key": key,
-        "mapped": False,
-        "flattened": False,
-        "__version__": V,
-    }
 
 
 TASKS = [
@@ -104,19 +35,6 @@ TASKS = [
     prefect_task("say-1", max_retries=2, retry_delay=10, tags=["greet"]),
 ]
 EDGES = [prefect_edge("name", "say-1", "name")]
-
-
-def prefect_state(state_type: str, message: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A state as Prefect 1.x's ``State.serialize()`` gives it."""
-    return {
-        "type": state_type,
-        "message": message,
-        "_result": NO_RESULT,
-        "context": {},
-        "cached_inputs": {},
-        "__version__": V,
-        **extra,
-    }
 
 
 def iso(moment: datetime) -> str:

@@ -32,24 +32,11 @@ from flowbus.states import StateType
 from flowbus_services.gateway import queries
 from tests.helpers import register
 from tests.helpers.gateway import GraphQL
+from tests.helpers.prefect1_payloads import prefect_state
 from tests.helpers.waiting import eventually
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 AGENT_ID = "9d7a3f52-1c1e-4f0a-8b56-3e4b1f0c2d11"
-
-
-def prefect_state(state_type: str, message: str | None, **extra: Any) -> dict[str, Any]:
-    """A state as Prefect 1.x serializes it (what the gateway answers for a state
-    flowbus's own clients set): its type and message, and Prefect's empty parts."""
-    return {
-        "type": state_type,
-        "message": message,
-        **extra,
-        "_result": {"type": "NoResultType", "__version__": "1.4.1"},
-        "context": {},
-        "cached_inputs": {},
-        "__version__": "1.4.1",
-    }
 
 
 @dataclass

@@ -31,97 +31,20 @@ from flowbus_services.gateway.convert import (
 )
 from flowbus_services.gateway.prefect1 import serialized_state
 from tests.helpers import serialized_flow
+from tests.helpers.prefect1_payloads import NO_RESULT, V, prefect_edge, prefect_flow, prefect_state, prefect_task
 
-V = "1.4.1"
-NO_RESULT = {"type": "NoResultType", "__version__": V}
 # The task types Prefect names (kept as TaskSpec.type).
 PARAMETER = "prefect.core.parameter.Parameter"
 FUNCTION = "prefect.tasks.core.function.FunctionTask"
 
 # What ``flow.register()`` sends (decompressed): no tasks or edges, those follow
 # in register_tasks and register_edges.
-HELLO_FLOW: dict[str, Any] = {
-    "name": "hello-flow",
-    "type": "prefect.core.flow.Flow",
-    "schedule": None,
-    "parameters": [
-        {
-            "slug": "name",
-            "name": "name",
-            "default": "world",
-            "required": False,
-            "outputs": "typing.Any",
-            "tags": [],
-            "type": "prefect.core.parameter.Parameter",
-            "__version__": V,
-        }
-    ],
-    "reference_tasks": [],
-    "run_config": {"type": "UniversalRun", "labels": ["vm"], "env": None, "__version__": V},
-    "storage": {
-        "type": "Local",
-        "directory": "/home/user/.prefect/flows",
-        "path": None,
-        "stored_as_script": False,
-        "flows": {"hello-flow": "/home/user/.prefect/flows/hello-flow/2026-12-01t21-50-31-890861-00-00"},
-        "secrets": [],
-        "__version__": V,
-    },
-    "__version__": V,
-}
-
-
-def prefect_task(slug: str, name: str | None = None, **fields: Any) -> dict[str, Any]:
-    """A task as Prefect 1.x serializes it for register_tasks (no id)."""
-    return {
-        "name": name or slug.rsplit("-", 1)[0],
-        "slug": slug,
-        "type": "prefect.tasks.core.function.FunctionTask",
-        "tags": [],
-        "max_retries": 0,
-        "retry_delay": None,
-        "trigger": {"fn": "prefect.triggers.all_successful", "kwargs": {}},
-        "cache_key": None,
-        "cache_for": None,
-        "cache_validator": {"fn": "prefect.engine.cache_validators.never_use", "kwargs": {}},
-        "inputs": {},
-        "outputs": "typing.Any",
-        "timeout": None,
-        "skip_on_upstream_skip": True,
-        "auto_generated": False,
-        "__version__": V,
-        **fields,
-    }
-
-
-def prefect_edge(upstream: str, downstream: str, key: str | None = None) -> dict[str, Any]:
-    """An edge as Prefect 1.x serializes it: its tasks named by slug."""
-    return {
-        "upstream_task": {"slug": upstream, "__version__": V},
-        "downstream_task": {"slug": downstream, "__version__": V},
-        "key": key,
-        "mapped": False,
-        "flattened": False,
-        "__version__": V,
-    }
+HELLO_FLOW: dict[str, Any] = prefect_flow("hello-flow", ["vm"])
 
 
 # The parameter is a task too: Prefect registers it with the others.
 NAME_TASK = {**prefect_task("name", "name"), "type": "prefect.core.parameter.Parameter", "default": "world"}
 SAY_TASK = prefect_task("say-1", inputs={"name": {"required": True, "type": "typing.Any"}})
-
-
-def prefect_state(state_type: str, message: Any = None, **extra: Any) -> dict[str, Any]:
-    """A state as Prefect 1.x's ``State.serialize()`` gives it."""
-    return {
-        "type": state_type,
-        "message": message,
-        "_result": NO_RESULT,
-        "context": {},
-        "cached_inputs": {},
-        "__version__": V,
-        **extra,
-    }
 
 
 def with_schedule(*clocks: dict[str, Any], **modifiers: Any) -> dict[str, Any]:
