@@ -109,6 +109,14 @@ def _shallow(value: Any) -> Any:
 # Nesting of at most MAX_JSON_DEPTH levels, checked before pydantic walks the
 # value (its own walk recurses): ``Json`` for a value, ``shallow`` for a dict field.
 shallow = BeforeValidator(_shallow)
+
+
+def is_none(value: object) -> bool:
+    """For ``Field(exclude_if=is_none)``: a field only some senders fill (Prefect
+    1.x's copies) is left out of the others' JSON, which stays as it was."""
+    return value is None
+
+
 Json = Annotated[JsonValue, shallow]
 
 

@@ -29,6 +29,7 @@ from flowbus.schemas.common import (
     Message,
     at_most,
     duplicates,
+    is_none,
     shallow,
 )
 
@@ -84,7 +85,7 @@ class StorageSpec(Message):
     type: Literal["script", "module", "prefect"]
     path: str | None = Field(default=None, max_length=4096)
     module: str | None = Field(default=None, max_length=NAME_MAX)
-    prefect: JsonObject | None = None
+    prefect: JsonObject | None = Field(default=None, exclude_if=is_none)
 
     @model_validator(mode="after")
     def _location(self) -> StorageSpec:
@@ -101,7 +102,7 @@ class RunConfigSpec(Message):
     labels: Labels | None = None
     # A Prefect 1.x run config as Prefect serialized it (its labels and env are
     # the fields above); Prefect clients read it back as they sent it.
-    prefect: JsonObject | None = None
+    prefect: JsonObject | None = Field(default=None, exclude_if=is_none)
     env: (
         Annotated[
             dict[
@@ -193,7 +194,7 @@ class SerializedFlow(Message):
     core_version: str = Field(default="", max_length=64)
     # The flow as Prefect 1.x serialized it (``Flow.serialize()``), for the
     # Prefect clients that read ``serialized_flow`` back; None for flowbus's own.
-    prefect: JsonObject | None = None
+    prefect: JsonObject | None = Field(default=None, exclude_if=is_none)
 
     @model_validator(mode="after")
     def _consistent(self) -> SerializedFlow:

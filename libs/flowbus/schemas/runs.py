@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, field_v
 from pydantic_core import to_json
 
 from flowbus import subjects
-from flowbus.schemas.common import LIST_LIMIT_DEFAULT, TEXT_MAX, ErrorInfo, Json, Message, at_most
+from flowbus.schemas.common import LIST_LIMIT_DEFAULT, TEXT_MAX, ErrorInfo, Json, Message, at_most, is_none
 from flowbus.schemas.flows import (
     CheckedRunConfig,
     JsonObject,
@@ -44,7 +44,7 @@ class StateSpec(Message):
     # The state as a Prefect 1.x client serialized it (``State.serialize()``:
     # its start time, run count, cached inputs, result location...), kept with
     # the run's current state and handed back to Prefect clients as it came.
-    serialized: JsonObject | None = None
+    serialized: JsonObject | None = Field(default=None, exclude_if=is_none)
 
 
 class StateOut(Message):
