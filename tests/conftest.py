@@ -2,17 +2,24 @@
 
 Each test module gets its own nats-server (free port, temporary JetStream
 folder). Databases: SQLite always; PostgreSQL at 127.0.0.1:5432 when it is
-reachable (a fresh database per test, dropped afterwards).
+reachable (a fresh database per test, dropped afterwards). Each test's
+database starts migrated: a copy of one migrated once per session (a file
+copy; PostgreSQL's ``CREATE DATABASE ... TEMPLATE``), since migrating every
+test's database took most of its set-up. The migrations themselves are
+tested from scratch in tests/integration/test_migrations.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -20,6 +27,7 @@ from nats.aio.client import Client
 
 from flowbus.bus_auth import AuthStore
 from flowbus.client import AsyncClient
+from flowbus.db.migrate import upgrade
 from flowbus.settings import GatewaySettings, NatsTuning, SchedulerSettings, Settings
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
 from flowbus_services.up import NatsServer, free_port
@@ -27,6 +35,7 @@ from tests.helpers.bus import raw_connect
 from tests.helpers.gateway import GraphQL
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
+T = TypeVar("T")
 
 
 def postgres_reachable() -> bool:
@@ -69,16 +78,47 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory, bus_credentials: Path) ->
         server.stop()
 
 
-async def _create_pg_database() -> str:
+async def _create_pg_database(template: str | None = None) -> str:
     import asyncpg
 
     name = f"flowbus_test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await conn.close()
     return name
+
+
+def _pg_url(name: str) -> str:
+    return f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def _off_the_loop(fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread of its own: the templates are first asked for from
+    inside a test's event loop, where neither asyncio.run nor Alembic (which
+    runs a loop of its own) may run."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated to head, copied for each test."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "flowbus.db"
+    _off_the_loop(lambda: upgrade(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A PostgreSQL database migrated to head, the template of each test's."""
+    name = _off_the_loop(lambda: asyncio.run(_create_pg_database()))
+    try:
+        _off_the_loop(lambda: upgrade(_pg_url(name)))
+        yield name
+    finally:
+        _off_the_loop(lambda: asyncio.run(_drop_pg_database(name)))
 
 
 async def _drop_pg_database(name: str) -> None:
@@ -94,13 +134,15 @@ async def _drop_pg_database(name: str) -> None:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'flowbus.db'}"
+        path = tmp_path / "flowbus.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite+aiosqlite:///{path}"
         return
     if not postgres_reachable():
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    name = await _create_pg_database()
+    name = await _create_pg_database(template=request.getfixturevalue("pg_template"))
     try:
-        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+        yield _pg_url(name)
     finally:
         await _drop_pg_database(name)
 
