@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from ariadne import MutationType
-from sqlalchemy import case, select
+from sqlalchemy import select
 
 from flowbus import subjects
 from flowbus.client import AsyncClient, build
@@ -49,6 +49,7 @@ from flowbus_services.gateway.convert import (
 )
 from flowbus_services.gateway.errors import Code, refusal
 from flowbus_services.gateway.prefect1 import serialized_state
+from flowbus_services.gateway.queries import run_state_start_time
 
 mutation = MutationType()
 
@@ -497,7 +498,7 @@ def _due_prefect_runs(before: datetime, page: int) -> Any:
 
     Only Prefect flows' runs: a Prefect agent cannot load flowbus's storage."""
     fr, fl = _flow_run, _flow
-    start = case((fr.c.state == StateType.SCHEDULED.value, fr.c.scheduled_start_time), else_=fr.c.state_timestamp)
+    start = run_state_start_time(fr)
     return (
         select(fr.c.id, fr.c.labels)
         .join(fl, fl.c.id == fr.c.flow_id)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from flowbus import clocks
 from flowbus.schemas.common import ValidationFailed
 from flowbus.states import StateType
 
@@ -105,8 +106,6 @@ def _clock(clock: Any) -> dict[str, Any]:
 
 def _zoned(value: Any) -> str:
     """Prefect's ``{"dt": naive ISO time, "tz": zone name}`` as an aware ISO time."""
-    from flowbus import clocks
-
     value = _object(value, "a date")
     try:
         naive = datetime.fromisoformat(str(value["dt"]))

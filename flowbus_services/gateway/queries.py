@@ -166,7 +166,8 @@ def _group_setting(name: str) -> Callable[[Alias], Any]:
     return sql
 
 
-def _run_state_start_time(a: Alias) -> Any:
+def run_state_start_time(a: Alias) -> Any:
+    """When a run's state starts: its scheduled start time while Scheduled, else the state's time."""
     return sa.type_coerce(
         sa.case((a.c.state == "Scheduled", a.c.scheduled_start_time), else_=a.c.state_timestamp), UTCDateTime()
     )
@@ -399,7 +400,7 @@ MODEL = Model(
                 C("state_message", Kind.STRING),
                 C("state_serialized", Kind.JSON, hidden=True),
                 C("state_timestamp", Kind.TIMESTAMP, nullable=False, doc="When the current state was set."),
-                C("state_start_time", Kind.TIMESTAMP, _run_state_start_time, nullable=False, doc=_STATE_DOC),
+                C("state_start_time", Kind.TIMESTAMP, run_state_start_time, nullable=False, doc=_STATE_DOC),
                 C("scheduled_start_time", Kind.TIMESTAMP, nullable=False),
                 C("start_time", Kind.TIMESTAMP, doc="When the run first ran."),
                 C("end_time", Kind.TIMESTAMP),

@@ -79,17 +79,17 @@ async def _ensure_once(db: Database, cmd: EnsureTaskRun) -> TaskRunInfo:
 
 async def rename_run(db: Database, cmd: RenameRun) -> Renamed:
     """Give a flow run or a task run a new name (no event: names are not states)."""
+    table: type[FlowRun] | type[TaskRun]
+    table, run_id, what = (
+        (FlowRun, cmd.flow_run_id, "Flow run")
+        if cmd.flow_run_id is not None
+        else (TaskRun, cmd.task_run_id, "Task run")
+    )
+    assert run_id is not None  # RenameRun names exactly one
     async with db.write_session() as session:
-        if cmd.flow_run_id is not None:
-            run = await session.get(FlowRun, cmd.flow_run_id)
-            if run is None:
-                raise NotFound(f"Flow run {cmd.flow_run_id} not found")
-            run.name, run.updated = cmd.name, utcnow()
-            session.add(run)
-            return Renamed(id=run.id, name=cmd.name)
-        task_run = await session.get(TaskRun, cmd.task_run_id)
-        if task_run is None:
-            raise NotFound(f"Task run {cmd.task_run_id} not found")
-        task_run.name, task_run.updated = cmd.name, utcnow()
-        session.add(task_run)
-        return Renamed(id=task_run.id, name=cmd.name)
+        row = await session.get(table, run_id)
+        if row is None:
+            raise NotFound(f"{what} {run_id} not found")
+        row.name, row.updated = cmd.name, utcnow()
+        session.add(row)
+    return Renamed(id=run_id, name=cmd.name)
