@@ -541,3 +541,39 @@ async def test_get_or_create_task_run_info(gql: GraphQL, client: AsyncClient) ->
     for bad_value, code in bad:
         assert await codes(gql, field, input_type, bad_value, "id") == [code], bad_value
     assert len((await client.get_flow_run(run_id)).task_runs) == 3
+
+
+async def test_flow_runs_and_task_runs_are_renamed(gql: GraphQL, client: AsyncClient) -> None:
+    flow_id = await create_prefect_flow(gql, client, prefect_flow(unique("named")))
+    await add_tasks_and_edges(gql, flow_id)
+    run_id = await create_run(gql, flow_id, flow_run_name="before")
+    say = next(
+        t
+        for t in (await flow_run_by_pk(gql, run_id, "task_runs { id name task { slug } }"))["task_runs"]
+        if t["task"]["slug"] == "say-1"
+    )
+    # Without a name of its own a task run goes by its task's.
+    assert say["name"] == "say"
+
+    renamed = {"flow_run_id": run_id, "name": "after"}
+    assert await call(gql, "set_flow_run_name", "set_flow_run_name_input", renamed) == {"success": True}
+    named = {"task_run_id": say["id"], "name": "say-Cloud"}
+    assert await call(gql, "set_task_run_name", "set_task_run_name_input", named, headers=PREFECT_HEADERS) == {
+        "success": True
+    }
+    run = await flow_run_by_pk(gql, run_id, "name version task_runs { id name }")
+    assert run["name"] == "after"
+    assert {t["id"]: t["name"] for t in run["task_runs"]}[say["id"]] == "say-Cloud"
+    # A name is not a state: the run's version is unchanged.
+    assert run["version"] == 1
+
+    assert await codes(gql, "set_flow_run_name", "set_flow_run_name_input", {"flow_run_id": UNKNOWN, "name": "x"}) == [
+        "NOT_FOUND"
+    ]
+    assert await codes(gql, "set_task_run_name", "set_task_run_name_input", {"task_run_id": UNKNOWN, "name": "x"}) == [
+        "NOT_FOUND"
+    ]
+    assert await codes(gql, "set_flow_run_name", "set_flow_run_name_input", {"flow_run_id": run_id, "name": ""}) == [
+        "VALIDATION_ERROR"
+    ]
+    assert (await flow_run_by_pk(gql, run_id, "name"))["name"] == "after"
