@@ -11,7 +11,7 @@ PREFECT1 := $(TOOLS)/prefect1
 PREFECT1_REQUIREMENTS := tests/compat/prefect1-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt typecheck unit integration e2e compat compat-env contracts bench clean
+.PHONY: help install up test lint fmt typecheck unit integration e2e compat compat-env browser browser-env screenshots contracts bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,15 @@ $(PREFECT1)/.synced: $(UV) $(PREFECT1_REQUIREMENTS)
 	@touch $@
 
 compat-env: $(PREFECT1)/.synced ## Create .tools/prefect1 (prefect 1.4.1) from its pinned requirements
+
+# The browser tier drives Debian's Chromium (Playwright's own download does not
+# work on these machines). Installed when missing and apt-get can; otherwise the
+# tier's tests are skipped with one line that says how to get it.
+CHROMIUM ?= /usr/bin/chromium
+browser-env: ## Install Chromium for the browser tier (Debian: apt-get install -y chromium)
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+		echo "make: no Chromium at $(CHROMIUM) and it could not be installed: the browser tier will be skipped"
 
 up: install ## Start NATS, SQLite and all five services in the foreground (Ctrl-C stops)
 	$(BIN)/flowbus up
@@ -61,7 +70,13 @@ e2e: install ## End-to-end tests (the real processes, driven through the CLI)
 compat: install $(PREFECT1)/.synced ## Prefect 1.4.1 compatibility tier
 	$(BIN)/pytest tests/compat $(PYTEST_FLAGS)
 
-test: install lint typecheck $(PREFECT1)/.synced ## Lint, type-check and run every test tier (compat included)
+browser: install browser-env ## The web UI in headless Chromium (Playwright)
+	$(BIN)/pytest tests/browser $(PYTEST_FLAGS)
+
+screenshots: install browser-env ## Retake docs/images/*.png (the README's screenshots) from the browser tests
+	FLOWBUS_UI_SCREENSHOTS=docs/images $(BIN)/pytest tests/browser -k "tutorial_flow_runs" $(PYTEST_FLAGS)
+
+test: install lint typecheck $(PREFECT1)/.synced browser-env ## Lint, type-check and run every test tier (compat and browser included)
 	$(BIN)/pytest $(PYTEST_FLAGS)
 
 contracts: install ## Regenerate contracts/ (AsyncAPI and JSON Schemas)

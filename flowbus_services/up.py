@@ -272,6 +272,8 @@ def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, ser
     print(f"  database: {redacted(db_url)}", flush=True)
     print(f"  services: {services}", flush=True)
     print(f"  GraphQL: {url}", flush=True)
+    if settings.gateway.ui:
+        print(f"  Web UI:  {url.removesuffix('graphql')}", flush=True)
     print(key_line, flush=True)
     print("Press Ctrl-C to stop.", flush=True)
 

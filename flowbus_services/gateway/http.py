@@ -21,7 +21,8 @@ A query text is parsed and validated once and then kept (an LRU cache of
 ``DOCUMENT_CACHE_SIZE`` texts; the schema never changes while the process
 lives), then executed by graphql-core against ariadne's executable schema.
 
-GET /graphql serves GraphiQL; a WebSocket on /graphql carries subscriptions.
+GET /graphql serves GraphiQL; a WebSocket on /graphql carries subscriptions;
+GET / and the other page paths serve the web UI (webui.py).
 GET /healthz answers while the process lives, GET /readyz while NATS and the
 database answer. Reads and writes nothing on NATS itself: resolvers do.
 """
@@ -61,6 +62,7 @@ from flowbus_services.gateway.context import Gateway, RequestContext
 from flowbus_services.gateway.errors import Code, error, format_error
 from flowbus_services.gateway.validation import depth_limit
 from flowbus_services.gateway.websocket import build_websocket_app
+from flowbus_services.gateway.webui import ui_routes
 
 log = logging.getLogger(__name__)
 # Where GraphQL is POSTed: its own path, and the root (Prefect's default endpoint).
@@ -254,6 +256,8 @@ def build_http_app(
         Route("/readyz", readyz, methods=["GET"]),
         *(extra_routes or []),
     ]
+    if gateway.settings.gateway.ui:
+        routes.extend(ui_routes())  # GET / and the page paths; POST / stays GraphQL
     middleware = []
     origins = gateway.settings.gateway.cors_origins
     if origins:

@@ -1,4 +1,5 @@
-"""The GraphQL fields of API keys: ``api_key``, ``create_api_key``, ``delete_api_key`` (admin only, auth.py).
+"""The GraphQL fields of API keys: ``viewer`` (any key, who it is), and
+``api_key``, ``create_api_key``, ``delete_api_key`` (admin only, auth.py).
 
 Lists come from the key store (the primary database); creating and deleting
 are the gateway's own NATS commands, so they behave exactly as from the CLI.
@@ -12,6 +13,7 @@ from typing import Any
 from ariadne import MutationType, QueryType
 
 from flowbus.schemas.api_keys import ApiKeyOut
+from flowbus_services.gateway.auth import ROLE_PERMISSIONS, Permission
 from flowbus_services.gateway.context import Info, request_context
 
 query = QueryType()
@@ -20,6 +22,17 @@ mutation = MutationType()
 
 def _row(key: ApiKeyOut) -> dict[str, Any]:
     return {"id": key.id, "name": key.name, "role": key.role.value, "created": key.created, "last_used": key.last_used}
+
+
+@query.field("viewer")
+def resolve_viewer(_: Any, info: Info) -> dict[str, Any]:
+    principal = request_context(info).principal
+    allowed = ROLE_PERMISSIONS[principal.role]
+    return {
+        "name": principal.name,
+        "role": principal.role.value,
+        "permissions": [p.value for p in Permission if p in allowed],
+    }
 
 
 @query.field("api_key")

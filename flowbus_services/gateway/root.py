@@ -6,7 +6,9 @@ from typing import Any
 
 from ariadne import QueryType
 
+from flowbus.client._agents import AGENT_ONLINE_BEATS
 from flowbus.version import __version__
+from flowbus_services.gateway.context import Info, request_context
 
 query = QueryType()
 
@@ -17,8 +19,16 @@ def resolve_hello(*_: Any) -> str:
 
 
 @query.field("api")
-def resolve_api(*_: Any) -> dict[str, str]:
-    return {"backend": "flowbus", "mode": "normal", "version": __version__, "core_version": __version__}
+def resolve_api(_: Any, info: Info) -> dict[str, Any]:
+    settings = request_context(info).gateway.settings
+    return {
+        "backend": "flowbus",
+        "mode": "normal",
+        "version": __version__,
+        "core_version": __version__,
+        # What `flowbus get agents` calls online: heard from within this many seconds.
+        "agent_online_seconds": AGENT_ONLINE_BEATS * settings.heartbeat.agent_interval_seconds,
+    }
 
 
 BINDABLES = [query]

@@ -268,6 +268,8 @@ class GatewaySettings(BaseModel):
     max_query_depth: int = Field(default=10, ge=2, le=100)
     # Most rows one list field may return; an explicit larger `limit` is refused.
     max_page_size: int = Field(default=1000, ge=1, le=100_000)
+    # The web UI at / (flowbus_services/gateway/webui.py); off leaves the API alone.
+    ui: bool = True
     # Origins allowed by CORS; none (the default) sends no CORS headers.
     cors_origins: list[str] = Field(default_factory=list)
     # A subscription's JetStream consumer is deleted when the subscription ends,
