@@ -7,7 +7,8 @@ type them: ``FLOWBUS_NATS_URL``, ``FLOWBUS_DATABASE_URL`` and
 ``30s``; the nested ``FLOWBUS_HEARTBEAT__INTERVAL_SECONDS`` wins when both
 are set). When the NATS
 URL is not set, clients read the endpoint file that ``flowbus up`` writes in
-``$FLOWBUS_HOME``, so a second shell finds the running server with no setup.
+``$FLOWBUS_HOME``, so a second shell finds the running server with no setup
+(and, without ``FLOWBUS_UI_URL``, the web UI its printed links point at).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -310,6 +312,9 @@ class Settings(BaseSettings):
     auth_dir: Path | None = None
     # FLOWBUS_ROLE: the credential the CLI and the SDK use (default admin, the local owner).
     role: BusRole | None = None
+    # FLOWBUS_UI_URL: the web UI's base URL, for the links the CLI and the SDK
+    # print; when unset, the gateway of the running `flowbus up` (see resolved_ui_url).
+    ui_url: str | None = None
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -391,3 +396,40 @@ class Settings(BaseSettings):
             return str(data["nats_url"])
         except (OSError, ValueError, KeyError):
             return f"nats://127.0.0.1:{DEFAULT_EMBEDDED_NATS_PORT}"
+
+    def resolved_ui_url(self) -> str | None:
+        """The web UI's base URL, no trailing slash: ``FLOWBUS_UI_URL``, else the gateway
+        of the `flowbus up` in the endpoint file (its GraphQL URL less ``/graphql``) when
+        that is the server this process talks to; None when neither is known."""
+        if self.ui_url and self.ui_url.strip():
+            return self.ui_url.strip().rstrip("/")
+        try:
+            data = json.loads(self.endpoint_file.read_text())
+            graphql, endpoint_nats = str(data["graphql_url"]), str(data["nats_url"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        try:
+            # FLOWBUS_NATS_URL naming another server: that `flowbus up`'s UI would show other flows.
+            if self.nats_url and _servers(self.nats_url) != _servers(endpoint_nats):
+                return None
+            parsed = urlsplit(graphql)
+            port = parsed.port
+        except ValueError:  # a port that is no number
+            return None
+        if not parsed.scheme or not parsed.hostname:
+            return None
+        netloc = parsed.netloc
+        if parsed.hostname in _LOOPBACK_FOR:
+            # A gateway bound to every address; the endpoint file is this machine's, so loopback reaches it.
+            netloc = _LOOPBACK_FOR[parsed.hostname] + (f":{port}" if port is not None else "")
+        path = parsed.path.rstrip("/").removesuffix("/graphql")
+        return urlunsplit((parsed.scheme, netloc, path, "", ""))
+
+
+# The loopback address that reaches a server bound to every address.
+_LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
+
+
+def _servers(urls: str) -> set[tuple[str | None, int | None]]:
+    """The hosts and ports of a comma-separated list of NATS URLs (credentials left out)."""
+    return {(p.hostname, p.port) for p in (urlsplit(u.strip()) for u in urls.split(",") if u.strip())}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, flowbus, run
+from tests.helpers.processes import FLOWBUS, flowbus, run, ui_base
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,22 @@ def flow_json(home: Path, work: Path, flow_id: str) -> dict[str, Any]:
 
 
 def registered_id(output: str) -> str:
-    return output.strip().rsplit("(", 1)[1].rstrip(")")
+    """The id on the first line, ``NAME: registered as version N (ID)``; a ``Flow URL:`` line follows it."""
+    return output.splitlines()[0].rsplit("(", 1)[1].rstrip(")")
+
+
+def check_links(home: Path, work: Path, script: Path, flow_id: str) -> None:
+    """`register` and `run` print the UI's pages of what they made: the running gateway's, or FLOWBUS_UI_URL's."""
+    again = flowbus(home, work, "register", "--project", "data", "-p", str(script)).stdout
+    assert again.splitlines()[1:] == [f"Flow URL: {ui_base(home)}/flow/{flow_id}"], again
+    created = flowbus(home, work, "run", "--id", flow_id).stdout.splitlines()
+    run_id = created[0].rsplit(": ", 1)[1]
+    assert created[1:] == [f"Flow run URL: {ui_base(home)}/flow-run/{run_id}"], created
+    assert flowbus(home, work, "run", "--id", flow_id, "-q").stdout.strip().count("\n") == 0  # -q: the id alone
+
+    chosen = {"FLOWBUS_UI_URL": "https://flows.example.com/ui/"}
+    named = run([FLOWBUS, "register", "--project", "data", "-p", str(script)], home, work, env=chosen)
+    assert named.stdout.splitlines()[1:] == [f"Flow URL: https://flows.example.com/ui/flow/{flow_id}"], named
 
 
 def switch_every_setting_and_back(home: Path, work: Path, flow_id: str) -> None:
@@ -107,6 +122,7 @@ def test_register_version_archive_and_settings(server: subprocess.Popen[str], ho
 
     forced = flowbus(home, work, "register", "--project", "data", "-p", str(script), "--force")
     assert "registered as version 3" in forced.stdout
+    check_links(home, work, script, registered_id(forced.stdout))
 
     assert "unarchived" in flowbus(home, work, "flow", "unarchive", v1).stdout
     assert flow_json(home, work, v1)["archived"] is False

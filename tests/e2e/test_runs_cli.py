@@ -17,7 +17,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, assert_in_order, flowbus, run, serving_scripts, start, stop, wait_for_line
+from tests.helpers.processes import (
+    FLOWBUS,
+    assert_in_order,
+    flowbus,
+    run,
+    serving_scripts,
+    start,
+    stop,
+    ui_base,
+    wait_for_line,
+)
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +83,8 @@ def run_json(home: Path, work: Path, run_id: str) -> dict[str, Any]:
 
 
 def created_id(output: str) -> str:
-    return output.strip().rsplit(": ", 1)[1]
+    """The id on the first line, ``Flow run NAME created: ID``; a ``Flow run URL:`` line follows it."""
+    return output.splitlines()[0].rsplit(": ", 1)[1]
 
 
 def test_run_options(stack: tuple[Path, Path]) -> None:
@@ -179,7 +190,9 @@ def test_a_real_run_its_logs_history_and_watch(stack: tuple[Path, Path]) -> None
         assert stop(agent) == 0
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "careful now" in watched.stdout
-    run_id = created_id(watched.stdout.splitlines()[0])
+    run_id = created_id(watched.stdout)
+    # The run's page first, then the watch.
+    assert watched.stdout.splitlines()[1] == f"Flow run URL: {ui_base(home)}/flow-run/{run_id}", watched.stdout
 
     # The log writer stores what the watch streamed; wait until it has all of it.
     wait_until(

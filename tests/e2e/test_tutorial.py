@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, assert_in_order, cli_env, run, start, stop, wait_for_line
+from tests.helpers.processes import FLOWBUS, assert_in_order, cli_env, run, start, stop, ui_base, wait_for_line
 from tests.helpers.scripts import HELLO_FLOW
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def broken():
     raise ValueError("this flow fails")
 
 flow = Flow("failing-flow", tasks=[broken])
-flow.register(project_name="tutorial")
+flow.register(project_name="tutorial", no_url=True)
 """
 
 
@@ -107,6 +107,8 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
     assert "Version: 1" in registered.stdout
     assert f"Labels: ['{socket.gethostname()}']" in registered.stdout
     flow_id = next(line.split("ID: ")[1] for line in registered.stdout.splitlines() if "ID: " in line).strip()
+    # The flow's page on the gateway `flowbus up` serves, as Prefect's flow.register() prints it.
+    assert registered.stdout.splitlines()[-1] == f"Flow URL: {ui_base(home)}/flow/{flow_id}", registered.stdout
 
     # A local agent waits for runs.
     agent = start([FLOWBUS, "agent", "local", "start"], home, workdir)
@@ -127,9 +129,13 @@ def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir:
         ):
             assert needle in out, out
         assert_in_order(out, ["Entered state Submitted", "Hello, Cloud!", "Entered state Success"])
+        assert_in_order(out, [f"Flow run URL: {ui_base(home)}/flow-run/", "Entered state Scheduled"])
 
         # A failing flow ends with exit code 1.
-        assert run([sys.executable, "failing_flow.py"], home, workdir).returncode == 0
+        failing = run([sys.executable, "failing_flow.py"], home, workdir)
+        assert failing.returncode == 0, failing.stderr
+        assert "Project: tutorial" in failing.stdout
+        assert "URL" not in failing.stdout  # flow.register(no_url=True)
         failed = run([FLOWBUS, "run", "--name", "failing-flow", "--watch"], home, workdir)
         assert failed.returncode == 1, failed.stdout + failed.stderr
         assert "Entered state Failed" in failed.stdout

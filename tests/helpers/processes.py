@@ -7,6 +7,7 @@ writes its endpoint file), plus what the test adds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,15 @@ def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def ui_base(home: Path) -> str:
+    """The base of the web UI's links for a home's `flowbus up`: the gateway it serves (the
+    GraphQL URL it printed and wrote to its endpoint file, less ``/graphql``)."""
+    graphql_url = str(json.loads((home / "endpoint.json").read_text())["graphql_url"])
+    assert graphql_url.startswith("http://"), graphql_url
+    assert graphql_url.endswith("/graphql"), graphql_url
+    return graphql_url.removesuffix("/graphql")
 
 
 def home_settings(home: Path) -> Settings:

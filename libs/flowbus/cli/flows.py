@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from flowbus.cli._parse import aware_time, parse_params
 from flowbus.cli.app import app, client_command, fail, flow_app, get_app
 from flowbus.client import AsyncClient
+from flowbus.links import flow_url
 from flowbus.schemas.flows import ClockSpec, FlowOut, ScheduleSpec
 from flowbus.settings import parse_duration
 
@@ -223,3 +224,6 @@ async def register(
         )
         status = "skipped (unchanged)" if out.skipped else f"registered as version {out.version}"
         typer.echo(f"{flow.name}: {status} ({out.id})")
+        url = flow_url(client.settings, out.id)
+        if url is not None:
+            typer.echo(f"Flow URL: {url}")

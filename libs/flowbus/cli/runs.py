@@ -21,6 +21,7 @@ from flowbus.cli._parse import aware_time, log_level, parse_params, read_param_f
 from flowbus.cli._watching import quiet_echo, show_run
 from flowbus.cli.app import app, client_command, fail, get_app
 from flowbus.client import AsyncClient
+from flowbus.links import flow_run_url
 from flowbus.schemas.common import NotFound
 from flowbus.schemas.runs import FlowRunOut, LogRecord
 from flowbus.states import StateType
@@ -41,7 +42,7 @@ async def _execute(client: AsyncClient, create: Callable[[], Awaitable[FlowRunOu
     # can take it.
     with StopSignals() as signals:
         created = await create()
-        typer.echo(created.id if quiet else f"Flow run {created.name} created: {created.id}")
+        _announce(client, created, quiet)
         watcher = asyncio.create_task(
             show_run(client, created.id, StateType.SUBMITTED, created.scheduled_start_time, echo)
         )
@@ -157,11 +158,22 @@ def _creator(
 async def _create(client: AsyncClient, create: Callable[[], Awaitable[FlowRunOut]], watch: bool, quiet: bool) -> int:
     """`run` without --execute: create the run, print it, and with --watch follow it; the exit code."""
     created = await create()
-    typer.echo(created.id if quiet else f"Flow run {created.name} created: {created.id}")
+    _announce(client, created, quiet)
     if not watch:
         return 0
     echo = quiet_echo if quiet else typer.echo
     return await show_run(client, created.id, created.state.type, created.scheduled_start_time, echo)
+
+
+def _announce(client: AsyncClient, created: FlowRunOut, quiet: bool) -> None:
+    """The created run: its id alone when quiet, else its name, id and, when the UI's URL is known, its page."""
+    if quiet:
+        typer.echo(created.id)
+        return
+    typer.echo(f"Flow run {created.name} created: {created.id}")
+    url = flow_run_url(client.settings, created.id)
+    if url is not None:
+        typer.echo(f"Flow run URL: {url}")
 
 
 @client_command(app, "watch", "Stream a flow run's states and logs (stored, then live) until it ends.")

@@ -183,17 +183,23 @@ class Flow:
         idempotency_key: str | None = None,
         labels: list[str] | None = None,
         set_schedule_active: bool = True,
+        no_url: bool = False,
     ) -> str | None:
         """Register the flow's metadata; prints and returns its id.
 
-        Does nothing while an agent's runner is loading this script.
+        The printout ends with the flow's page in the web UI when its URL is
+        known (``no_url=True``: not, as in Prefect 1.x). Does nothing while an
+        agent's runner is loading this script.
         """
         if context.get("loading_flow"):
             return None
         from flowbus.client import CLIENT_ERRORS, Client, describe_error
+        from flowbus.links import flow_url
+        from flowbus.settings import Settings
 
+        settings = Settings()
         try:
-            with Client() as client:
+            with Client(settings) as client:
                 out = client.register(
                     self.serialize(),
                     project_name,
@@ -204,7 +210,7 @@ class Flow:
                 )
         except CLIENT_ERRORS as exc:
             raise SystemExit(f"Error: {describe_error(exc)}") from None
-        print(describe_registration(out))
+        print(describe_registration(out, None if no_url else flow_url(settings, out.id)))
         return out.id
 
     def run_agent(self, labels: list[str] | None = None) -> None:
@@ -222,17 +228,16 @@ class Flow:
         return run_flow(self, parameters or {}, LocalHooks())
 
 
-def describe_registration(out: FlowOut) -> str:
+def describe_registration(out: FlowOut, url: str | None = None) -> str:
     head = f"Flow: {out.name}" + ("  (skipped: unchanged)" if out.skipped else "")
-    return "\n".join(
-        [
-            head,
-            f" └── ID: {out.id}",
-            f" └── Project: {out.project_name}",
-            f" └── Version: {out.version}",
-            f" └── Labels: {out.labels}",
-        ]
-    )
+    lines = [
+        head,
+        f" └── ID: {out.id}",
+        f" └── Project: {out.project_name}",
+        f" └── Version: {out.version}",
+        f" └── Labels: {out.labels}",
+    ]
+    return "\n".join(lines if url is None else [*lines, f"Flow URL: {url}"])
 
 
 def _caller_storage() -> StorageSpec:
