@@ -3,7 +3,7 @@
 Each task run's current state replayed from the database, then each new one
 live (mapped children made later included), each once across the replay's
 boundary; the feed ends with its run, finished or deleted; an unknown run is
-NOT_FOUND. On both databases, unlike test_gateway_subscriptions.py: the
+NOT_FOUND; a read-only key may subscribe. On both databases, unlike test_gateway_subscriptions.py: the
 replay is this feed's own query.
 """
 
@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from flowbus.client import AsyncClient
+from flowbus.schemas.api_keys import Role
+from flowbus.settings import Settings
 from flowbus.states import StateType
 from tests.helpers.builders import register, unique
 from tests.helpers.gateway import GraphQL
@@ -152,3 +154,19 @@ async def test_an_unknown_run_is_not_found(ws: GraphQLWS) -> None:
     assert await feed.error_codes() == ["NOT_FOUND"]
     bad = await ws.subscribe(TASK_STATES, {"id": "not-a-uuid"})
     assert await bad.error_codes() == ["VALIDATION_ERROR"]
+
+
+class TestKeys:
+    @pytest.fixture
+    def settings(self, settings: Settings, database_url: str) -> Settings:
+        # (database_url named here too, or pytest loses its parameters through the override)
+        return settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"auth": "on"})})
+
+    async def test_a_read_only_key_may_subscribe(self, client: AsyncClient, gql: GraphQL) -> None:
+        flow = await register(client, unique("p"), "f", tasks=["a"])
+        run_id = await client.create_flow_run(flow.id)
+        key = (await client.create_api_key(unique("viewer"), Role.READ_ONLY)).key
+        url = gql.url.replace("http://", "ws://", 1)
+        async with GraphQLWS.connect(url, payload={"Authorization": f"Bearer {key}"}) as ws:
+            feed = await ws.subscribe(TASK_STATES, {"id": run_id})
+            assert [brief(i) for i in items(await feed.take(1))] == [("a-1", -1, 1, "Pending", True)]
