@@ -22,6 +22,7 @@ AREAS = [
     "flowbus_services.gateway.root",
     "flowbus_services.gateway.queries",
     "flowbus_services.gateway.keys_api",
+    "flowbus_services.gateway.schedules",
     "flowbus_services.gateway.mutations",
     "flowbus_services.gateway.subscriptions",
 ]

@@ -1,4 +1,4 @@
-"""GraphQL subscriptions: a run's states and logs, and the state changes of a flow's or a project's runs.
+"""GraphQL subscriptions: a run's states, task run states and logs; the state changes of a flow's or a project's runs.
 
 Every feed comes from JetStream, never from polling:
 
@@ -7,6 +7,12 @@ Every feed comes from JetStream, never from polling:
   events from the stream's first message, skipping the versions already
   replayed: nothing set between the read and the consumers' start is missed.
   Ends after a finished state or with the deletion.
+- ``task_run_state_changes``: the current state of each of the run's task
+  runs from the database, then a consumer of its ``.task_state`` events from
+  the first message that skips each task run's versions already replayed.
+  The run's ``.state`` events tell when it finished; the feed then delivers
+  the stream's task-state events of the run up to that moment and ends (at
+  once with a deletion).
 - ``flow_run_logs``: the stored records, then a consumer of the run's log
   subject from the first message that skips the records already replayed.
   The run's state events tell when it ended; the feed then delivers the
@@ -28,8 +34,8 @@ disconnects; those of a gateway that died are dropped by the server
 ``MAX_BACKLOG`` changes behind the others fails (INTERNAL): the shared
 consumer does not wait for one slow client.
 
-Reads: ``flowbus.evt.flow_run.<id|*>.state`` and ``flowbus.evt.flow_run.<id>.deleted``
-(EVENTS stream), ``flowbus.logs.<id>`` (LOGS stream). Writes nothing.
+Reads: ``flowbus.evt.flow_run.<id|*>.state``, ``flowbus.evt.flow_run.<id>.task_state`` and
+``flowbus.evt.flow_run.<id>.deleted`` (EVENTS stream), ``flowbus.logs.<id>`` (LOGS stream). Writes nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from sqlmodel import col
 
 from flowbus import subjects
 from flowbus.db.engine import Database
-from flowbus.db.tables import Flow, FlowRun, Log, Project, StateHistory
+from flowbus.db.tables import Flow, FlowRun, Log, Project, StateHistory, Task, TaskRun
 from flowbus.runtime.nats import last_sequence
 from flowbus.schemas.runs import LOG_LEVELS, FlowRunDeleted, LogBatch, LogRecord, StateChanged
 from flowbus.states import StateType, is_finished
@@ -80,6 +86,7 @@ MAX_BACKLOG = 10_000
 OWNER_CACHE_SIZE = 10_000
 
 _STATE = subjects.FlowRunFact.STATE.value
+_TASK_STATE = subjects.FlowRunFact.TASK_STATE.value
 _DELETED = subjects.FlowRunFact.DELETED.value
 
 subscription = SubscriptionType()
@@ -96,6 +103,22 @@ class RunRow:
     id: str
     owners: Owners
     state: str
+    version: int
+
+
+@dataclass(frozen=True)
+class TaskRunRow:
+    """A task run as its feed shows it: which task of the flow, and where in a map.
+
+    Unknown (None) only for a task run the gateway could not read: deleted with
+    its run since, or not yet on a lagging read replica.
+    """
+
+    id: str
+    task_id: str | None
+    task_slug: str | None
+    task_name: str | None
+    map_index: int | None
 
 
 class Feed:
@@ -235,7 +258,7 @@ OWNERS = RunOwners(OWNER_CACHE_SIZE)
 
 async def _run(context: RequestContext, flow_run_id: str) -> RunRow:
     query = (
-        select(col(FlowRun.id), col(FlowRun.flow_id), col(Flow.project_id), col(FlowRun.state))
+        select(col(FlowRun.id), col(FlowRun.flow_id), col(Flow.project_id), col(FlowRun.state), col(FlowRun.version))
         .join(Flow, col(Flow.id) == col(FlowRun.flow_id))
         .where(col(FlowRun.id) == flow_run_id)
     )
@@ -243,7 +266,7 @@ async def _run(context: RequestContext, flow_run_id: str) -> RunRow:
         row = (await conn.execute(query)).first()
     if row is None:
         raise refusal(f"No flow run has the id {flow_run_id}.", Code.NOT_FOUND)
-    return RunRow(row[0], Owners(row[1], row[2]), row[3])
+    return RunRow(row[0], Owners(row[1], row[2]), row[3], row[4])
 
 
 async def _exists(context: RequestContext, column: Any, value: str, what: str) -> None:
@@ -263,6 +286,43 @@ async def _history(db: Database, flow_run_id: str) -> list[Any]:
     )
     async with db.read_connection() as conn:
         return list((await conn.execute(query)).all())
+
+
+def _task_runs_query(run: RunRow) -> Any:
+    """The run's task runs with their task (by the flow's slug) and current state, oldest state first."""
+    return (
+        select(
+            col(TaskRun.id),
+            col(Task.id),
+            col(TaskRun.task_slug),
+            col(TaskRun.task_name),
+            col(TaskRun.map_index),
+            col(TaskRun.version),
+            col(TaskRun.state),
+            col(TaskRun.state_message),
+            col(TaskRun.state_timestamp),
+        )
+        .outerjoin(Task, (col(Task.flow_id) == run.owners.flow_id) & (col(Task.slug) == col(TaskRun.task_slug)))
+        .where(col(TaskRun.flow_run_id) == run.id)
+        .order_by(col(TaskRun.state_timestamp), col(TaskRun.id))
+    )
+
+
+async def _task_runs(db: Database, run: RunRow) -> list[Any]:
+    async with db.read_connection() as conn:
+        return list((await conn.execute(_task_runs_query(run))).all())
+
+
+async def _task_run(db: Database, run: RunRow, known: dict[str, TaskRunRow], task_run_id: str) -> TaskRunRow:
+    """The task run, read once per feed (a task run never changes task or map index)."""
+    if task_run_id in known:
+        return known[task_run_id]
+    async with db.read_connection() as conn:
+        row = (await conn.execute(_task_runs_query(run).where(col(TaskRun.id) == task_run_id))).first()
+    if row is None:
+        return TaskRunRow(task_run_id, None, None, None, None)
+    task_run = known[task_run_id] = TaskRunRow(*row[:5])
+    return task_run
 
 
 async def _stored_logs(db: Database, flow_run_id: str, levels: tuple[str, ...]) -> list[LogRecord]:
@@ -351,6 +411,48 @@ def _deletion(msg: Msg, flow_run_id: str, owners: Owners) -> dict[str, Any]:
     )
 
 
+def _task_state_change(
+    run: RunRow,
+    task_run: TaskRunRow,
+    *,
+    version: int,
+    state: str,
+    previous: str | None,
+    message: str | None,
+    timestamp: datetime,
+    replayed: bool,
+) -> dict[str, Any]:
+    return {
+        "flow_run_id": run.id,
+        "flow_id": run.owners.flow_id,
+        "project_id": run.owners.project_id,
+        "task_run_id": task_run.id,
+        "task_id": task_run.task_id,
+        "task_slug": task_run.task_slug,
+        "task_name": task_run.task_name,
+        "map_index": task_run.map_index,
+        "version": version,
+        "state": state,
+        "previous_state": previous,
+        "message": message,
+        "timestamp": timestamp,
+        "replayed": replayed,
+    }
+
+
+def _live_task_state(run: RunRow, task_run: TaskRunRow, changed: StateChanged) -> dict[str, Any]:
+    return _task_state_change(
+        run,
+        task_run,
+        version=changed.version,
+        state=changed.state.type.value,
+        previous=changed.previous.value if changed.previous else None,
+        message=changed.state.message,
+        timestamp=changed.state.timestamp,
+        replayed=False,
+    )
+
+
 def _log_record(record: LogRecord, *, replayed: bool) -> dict[str, Any]:
     return {**record.model_dump(), "replayed": replayed}
 
@@ -395,6 +497,55 @@ async def run_states(context: RequestContext, run: RunRow) -> AsyncGenerator[dic
             yield _live_state(changed, run.owners)
             if is_finished(changed.state.type):
                 return
+
+
+async def task_run_states(context: RequestContext, run: RunRow) -> AsyncGenerator[dict[str, Any], None]:
+    db = context.gateway.db
+    known: dict[str, TaskRunRow] = {}
+    replayed: dict[str, int] = {}  # task run -> its version replayed or delivered last
+    for row in await _task_runs(db, run):
+        task_run = known[row[0]] = TaskRunRow(*row[:5])
+        version, state, message, timestamp = row[5:]
+        replayed[task_run.id] = version
+        yield _task_state_change(
+            run,
+            task_run,
+            version=version,
+            state=state,
+            previous=None,
+            message=message,
+            timestamp=timestamp,
+            replayed=True,
+        )
+    task_subject = subjects.flow_run_event(run.id, _TASK_STATE)
+    async with open_feed(context) as feed:
+        await feed.consume(subjects.EVENTS_STREAM, task_subject, DeliverPolicy.ALL)
+        # Through this stream sequence of the run's task states, once the run finished; None while it runs.
+        through: int | None = None
+        if is_finished(StateType(run.state)):
+            through = await feed.last_sequence(subjects.EVENTS_STREAM, task_subject)
+        else:
+            await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _STATE), DeliverPolicy.ALL)
+            await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _DELETED), DeliverPolicy.ALL)
+        delivered = 0
+        while through is None or delivered < through:
+            msg = await feed.get()
+            if msg.subject == task_subject:
+                delivered = msg.metadata.sequence.stream
+                changed = StateChanged.model_validate_json(msg.data)
+                if changed.task_run_id is None or changed.version <= replayed.get(changed.task_run_id, 0):
+                    continue
+                replayed[changed.task_run_id] = changed.version
+                yield _live_task_state(run, await _task_run(db, run, known, changed.task_run_id), changed)
+            elif through is not None:
+                continue
+            elif msg.subject.endswith(f".{_DELETED}"):
+                return
+            else:
+                changed = StateChanged.model_validate_json(msg.data)
+                # Versions up to the one read are the run's past (a restarted run finished before).
+                if changed.version > run.version and is_finished(changed.state.type):
+                    through = await feed.last_sequence(subjects.EVENTS_STREAM, task_subject)
 
 
 async def run_logs(
@@ -583,6 +734,10 @@ async def source_flow_run_state_changes(_: Any, info: Info, flow_run_id: str) ->
     return run_states(request_context(info), await _run(request_context(info), flow_run_id))
 
 
+async def source_task_run_state_changes(_: Any, info: Info, flow_run_id: str) -> AsyncGenerator[dict[str, Any], None]:
+    return task_run_states(request_context(info), await _run(request_context(info), flow_run_id))
+
+
 async def source_flow_run_logs(
     _: Any, info: Info, flow_run_id: str, level: str | None = None
 ) -> AsyncGenerator[dict[str, Any], None]:
@@ -607,6 +762,7 @@ def _event(event: dict[str, Any], *_: Any, **_arguments: Any) -> dict[str, Any]:
 # ariadne's type for a source wants a generator; graphql-core awaits a source's coroutine first.
 for _name, _source in (
     ("flow_run_state_changes", source_flow_run_state_changes),
+    ("task_run_state_changes", source_task_run_state_changes),
     ("flow_run_logs", source_flow_run_logs),
     ("flow_state_changes", source_flow_state_changes),
     ("project_state_changes", source_project_state_changes),
