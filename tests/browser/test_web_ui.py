@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import Stack, login
+from tests.helpers.processes import flowbus
 
 pytestmark = pytest.mark.browser
 
@@ -81,7 +83,6 @@ def test_the_tutorial_flow_runs_from_its_page_and_its_run_is_followed_live(
 ) -> None:
     login(page, stack.key)
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
-    screenshot(page, "dashboard")
     page.get_by_role("link", name="hello-flow", exact=True).click()
     expect(page.get_by_role("heading", name="hello-flow", level=1)).to_be_visible()
 
@@ -98,7 +99,6 @@ def test_the_tutorial_flow_runs_from_its_page_and_its_run_is_followed_live(
     start = page.evaluate(IN_SIX_SECONDS)
     form.get_by_label("Later").check()
     form.get_by_label("Start at (your time zone)").fill(start)
-    screenshot(page, "flow")
     form.get_by_role("button", name="Run", exact=True).click()
 
     expect(page).to_have_url(re.compile(r"/flow-run/[0-9a-f-]{36}$"))
@@ -211,6 +211,8 @@ def test_settings_and_the_schedule_toggle_from_the_flow_page(page: Page, stack: 
     login(page, stack.key, f"/flow/{flow_id}")
     times = page.get_by_role("list", name="Next start times")
     expect(times.get_by_role("listitem")).to_have_count(10)
+    expect(page.get_by_role("region", name="Runs").get_by_role("row")).not_to_have_count(1)  # the scheduler's runs
+    screenshot(page, "flow")
     first = times.get_by_role("listitem").first.locator("time")
     expect(first).to_have_attribute("title", re.compile(r" 03:00:00 UTC$"))
     query = """query($id: uuid!) { flow_by_pk(id: $id) { is_schedule_active flow_group { heartbeat_enabled } } }"""
@@ -290,3 +292,43 @@ def test_a_run_page_fits_a_phone_and_shows_names_as_text(page: Page, stack: Stac
     assert page.evaluate("window.__xss") is None
     # Nothing wider than the screen: no sideways scrolling of the page itself.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_the_dashboard_sums_up_runs_late_runs_and_agents(page: Page, stack: Stack) -> None:
+    succeeded = create_run(stack, "hello-flow")
+    failed = create_run(stack, "failing-flow")
+    # Two minutes overdue, with labels no agent has: late.
+    overdue = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    late = create_run(stack, "hello-flow", labels=["no-agent-has-this"], scheduled_start_time=overdue)
+    login(page, stack.key, f"/flow-run/{succeeded}")
+    expect(page.locator("#run-state")).to_have_text("Success")
+    page.goto(f"/flow-run/{failed}")
+    expect(page.locator("#run-state")).to_have_text("Failed")
+
+    page.get_by_role("link", name="Dashboard").click()
+    chart = page.get_by_role("list", name=re.compile(r"^Runs created in the last 24 hours by state"))
+    for state in ("Success", "Failed", "Scheduled"):
+        count = chart.get_by_role("listitem").filter(has_text=state).locator(".num").inner_text()
+        assert int(count) >= 1, state
+    late_runs = page.get_by_role("region", name="Late runs")
+    expect(late_runs.get_by_role("link", name=run_name(stack, late))).to_be_visible()
+    agents = page.get_by_role("region", name="Agents online")
+    expect(agents.get_by_role("row", name=re.compile(r"^local-"))).to_be_visible()
+    # Each flow's latest runs are links to their pages, named by run and state.
+    flows = page.get_by_role("region", name="Flows")
+    expect(flows.get_by_role("link", name=f"Run {run_name(stack, failed)}: Failed")).to_be_visible()
+    screenshot(page, "dashboard")
+
+    # The project filter: a project without flows lists none.
+    flowbus(stack.home, stack.work, "create", "project", "empty-project")
+    page.reload()
+    page.get_by_label("Project").select_option(label="empty-project")
+    expect(page).to_have_url(re.compile(r"/\?project=[0-9a-f-]{36}$"))
+    expect(flows.get_by_role("link", name="hello-flow", exact=True)).to_have_count(0)
+    page.get_by_label("Project").select_option(label="tutorial")
+    expect(flows.get_by_role("link", name="hello-flow", exact=True)).to_be_visible()
+
+
+def run_name(stack: Stack, run_id: str) -> str:
+    data = stack.data("query($id: uuid!) { flow_run_by_pk(id: $id) { name } }", {"id": run_id})
+    return str(data["flow_run_by_pk"]["name"])

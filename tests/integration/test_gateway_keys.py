@@ -420,3 +420,20 @@ async def test_the_cache_is_trusted_only_while_no_deletion_event_can_be_missed(d
     finally:
         await store.close()
         await db.dispose()
+
+
+async def test_viewer_tells_each_key_its_name_role_and_permissions(gql: GraphQL, client: AsyncClient) -> None:
+    expected = {
+        Role.ADMIN: ["read", "run", "write", "admin"],
+        Role.USER: ["read", "run", "write"],
+        Role.RUNNER: ["read", "run"],
+        Role.READ_ONLY: ["read"],
+    }
+    for role, permissions in expected.items():
+        key = await new_key(client, f"who-{role.value}", role)
+        answer = await gql.data("{ viewer { name role permissions } api { agent_online_seconds } }", key=key)
+        assert answer["viewer"] == {"name": f"who-{role.value}", "role": role.value, "permissions": permissions}
+        assert answer["api"]["agent_online_seconds"] > 0
+    response = await gql.http.post(gql.url, json={"query": "{ viewer { name } }"})
+    assert response.status_code == 401
+    assert codes(response) == ["UNAUTHENTICATED"]

@@ -13,7 +13,7 @@ const SETTINGS = [
 
 const FLOW_QUERY = `query Flow($id: uuid!) {
   flow_by_pk(id: $id) {
-    id name version description archived created parameters is_schedule_active schedule core_version
+    id name version description archived created parameters is_schedule_active schedule core_version run_config
     project { id name }
     flow_group {
       id labels default_parameters schedule heartbeat_enabled lazarus_enabled version_locking_enabled
@@ -27,7 +27,7 @@ const GROUP_QUERY = `query Group($id: uuid!) {
 }`;
 
 const RUNS_QUERY = `query Runs($group: String!, $limit: Int!, $offset: Int!) {
-  flow_run(where: {flow_group_id: {_eq: $group}}, order_by: {created: desc}, limit: $limit, offset: $offset) {
+  flow_run(where: {flow_group_id: {_eq: $group}}, order_by: [{scheduled_start_time: desc}, {created: desc}], limit: $limit, offset: $offset) {
     id name state start_time end_time scheduled_start_time flow { version }
   }
   flow_run_aggregate(where: {flow_group_id: {_eq: $group}}) { aggregate { count } }
@@ -128,7 +128,7 @@ export async function flowPage(ctx) {
         h("dl", { class: "facts" },
           h("dt", {}, "Project"), h("dd", {}, flow.project.name),
           h("dt", {}, "Version"), h("dd", {}, flow.version),
-          h("dt", {}, "Labels"), h("dd", {}, labels(group.labels)),
+          h("dt", {}, "Labels"), h("dd", {}, labels(group.labels ?? flow.run_config?.labels)),
           h("dt", {}, "Registered"), h("dd", {}, when(flow.created)),
           flow.description ? [h("dt", {}, "Description"), h("dd", {}, flow.description)] : null)),
       section("Settings", settingsList),
@@ -207,8 +207,10 @@ function runFlowForm(ctx, flow, defaults) {
   const params = (flow.parameters || []).map((p) => {
     const id = `param-${p.name}`;
     const value = p.name in defaults && defaults[p.name] !== undefined ? JSON.stringify(defaults[p.name]) : "";
-    const area = h("textarea", { id, name: p.name, rows: 1, spellcheck: "false", required: p.required && !value, "aria-describedby": `${id}-error` }, value);
-    return { p, area, error: h("p", { class: "error", id: `${id}-error` }) };
+    const error = h("p", { class: "error", id: `${id}-error` });
+    const area = h("textarea", { id, name: p.name, rows: 1, spellcheck: "false", required: p.required && !value, "aria-describedby": `${id}-error`,
+      oninput: () => { error.replaceChildren(); area.removeAttribute("aria-invalid"); } }, value);
+    return { p, area, error };
   });
   const labelsInput = h("input", { id: "run-labels", autocomplete: "off", placeholder: "the flow's labels", "aria-describedby": "run-labels-hint" });
   const nameInput = h("input", { id: "run-name", autocomplete: "off", maxlength: 200, placeholder: "a generated name" });
