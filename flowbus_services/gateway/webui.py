@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ASSETS = Path(__file__).parent / "ui"
 # The paths the app routes itself; each answers the shell.
@@ -49,6 +49,8 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
 }
 
+_ENCODED_HEADERS = [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
 
 class _Secured:
     """Adds the security headers to every response of the wrapped app."""
@@ -57,11 +59,9 @@ class _Secured:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_secured(message: dict[str, object]) -> None:
+        async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))  # type: ignore[call-overload]
-                headers.extend((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", []), *_ENCODED_HEADERS]}
             await send(message)
 
         await self.app(scope, receive, send_secured)

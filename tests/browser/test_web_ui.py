@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Stack, login
+from tests.helpers.browser import Stack, login
 from tests.helpers.processes import flowbus
 
 pytestmark = pytest.mark.browser
