@@ -126,7 +126,8 @@ def test_the_tutorial_flow_runs_from_its_page_and_its_run_is_followed_live(
 
 def test_a_failing_flow_shows_failed_and_its_error_log(page: Page, stack: Stack) -> None:
     run_id = create_run(stack, "failing-flow")
-    login(page, stack.key, f"/flow-run/{run_id}")
+    # The run link the Prefect 1.x client prints: the tenant's slug first.
+    login(page, stack.key, f"/default/flow-run/{run_id}")
     expect(page.locator("#run-state")).to_have_text("Failed")
     expect(page.get_by_role("log", name="Logs")).to_contain_text("kaboom: the flow failed on purpose")
     expect(schematic(page).get_by_role("img", name="explode: Failed")).to_be_visible()
@@ -135,6 +136,14 @@ def test_a_failing_flow_shows_failed_and_its_error_log(page: Page, stack: Stack)
     expect(page.get_by_role("log", name="Logs").locator("li:visible")).not_to_have_count(0)
     for line in page.get_by_role("log", name="Logs").locator("li:visible").all():
         assert re.search(r"\b(ERROR|CRITICAL)\b", line.inner_text()), line.inner_text()
+    # Search keeps the lines that contain the text, whatever its case.
+    page.get_by_label("Level").select_option("DEBUG")
+    page.get_by_label("Search").fill("KABOOM")
+    visible = page.get_by_role("log", name="Logs").locator("li:visible")
+    expect(visible).not_to_have_count(0)
+    for line in visible.all():
+        assert "kaboom" in line.inner_text().lower()
+    assert page.get_by_role("log", name="Logs").locator("li[hidden]").count() >= 1
 
 
 def test_cancel_stops_a_running_flow(page: Page, stack: Stack, tmp_path: Path) -> None:
@@ -208,7 +217,10 @@ def test_archive_and_unarchive_a_version(page: Page, stack: Stack) -> None:
 
 def test_settings_and_the_schedule_toggle_from_the_flow_page(page: Page, stack: Stack) -> None:
     flow_id = stack.flow_id("nightly")
-    login(page, stack.key, f"/flow/{flow_id}")
+    group = stack.data("query($id: uuid!) { flow_by_pk(id: $id) { flow_group_id } }", {"id": flow_id})
+    # The flow link the Prefect 1.x client prints names the flow group: it opens the group's newest version.
+    login(page, stack.key, f"/default/flow/{group['flow_by_pk']['flow_group_id']}")
+    expect(page).to_have_url(f"{stack.base}/flow/{flow_id}")
     times = page.get_by_role("list", name="Next start times")
     expect(times.get_by_role("listitem")).to_have_count(10)
     expect(page.get_by_role("region", name="Runs").get_by_role("row")).not_to_have_count(1)  # the scheduler's runs

@@ -22,7 +22,7 @@ const FLOW_QUERY = `query Flow($id: uuid!) {
   }
 }`;
 
-const GROUP_QUERY = `query Group($id: uuid!) {
+const GROUP_QUERY = `query Group($id: String!) {
   flow_group_by_pk(id: $id) { flows(order_by: {version: desc}) { id archived } }
 }`;
 
