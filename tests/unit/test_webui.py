@@ -32,9 +32,7 @@ PAGES = [
 
 
 @pytest.mark.parametrize("path", PAGES)
-async def test_every_page_path_answers_the_shell_with_its_security_headers(
-    http: httpx.AsyncClient, path: str
-) -> None:
+async def test_every_page_path_answers_the_shell_with_its_security_headers(http: httpx.AsyncClient, path: str) -> None:
     response = await http.get(path)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"
