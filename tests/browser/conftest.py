@@ -59,12 +59,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterato
         threading.Thread(target=drain, args=(agent, outputs["agent"]), daemon=True).start()
         yield stack
     finally:
-        if agent is not None:
-            stop(agent)
-            # A flow process a failed test left waiting goes with its agent's group.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(agent.pid, signal.SIGKILL)
-        stop(up)
+        try:
+            if agent is not None:
+                stop(agent)
+        finally:
+            if agent is not None:
+                # A flow process a failed test left waiting goes with its agent's group.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(agent.pid, signal.SIGKILL)
+            stop(up)
 
 
 @pytest.fixture
