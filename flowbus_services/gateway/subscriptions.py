@@ -519,33 +519,12 @@ async def task_run_states(context: RequestContext, run: RunRow) -> AsyncGenerato
         )
     task_subject = subjects.flow_run_event(run.id, _TASK_STATE)
     async with open_feed(context) as feed:
-        await feed.consume(subjects.EVENTS_STREAM, task_subject, DeliverPolicy.ALL)
-        # Through this stream sequence of the run's task states, once the run finished; None while it runs.
-        through: int | None = None
-        if is_finished(StateType(run.state)):
-            through = await feed.last_sequence(subjects.EVENTS_STREAM, task_subject)
-        else:
-            await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _STATE), DeliverPolicy.ALL)
-            await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _DELETED), DeliverPolicy.ALL)
-        delivered = 0
-        while through is None or delivered < through:
-            msg = await feed.get()
-            if msg.subject == task_subject:
-                delivered = msg.metadata.sequence.stream
-                changed = StateChanged.model_validate_json(msg.data)
-                if changed.task_run_id is None or changed.version <= replayed.get(changed.task_run_id, 0):
-                    continue
-                replayed[changed.task_run_id] = changed.version
-                yield _live_task_state(run, await _task_run(db, run, known, changed.task_run_id), changed)
-            elif through is not None:
+        async for msg in _until_run_ends(feed, run, subjects.EVENTS_STREAM, task_subject):
+            changed = StateChanged.model_validate_json(msg.data)
+            if changed.task_run_id is None or changed.version <= replayed.get(changed.task_run_id, 0):
                 continue
-            elif msg.subject.endswith(f".{_DELETED}"):
-                return
-            else:
-                changed = StateChanged.model_validate_json(msg.data)
-                # Versions up to the one read are the run's past (a restarted run finished before).
-                if changed.version > run.version and is_finished(changed.state.type):
-                    through = await feed.last_sequence(subjects.EVENTS_STREAM, task_subject)
+            replayed[changed.task_run_id] = changed.version
+            yield _live_task_state(run, await _task_run(db, run, known, changed.task_run_id), changed)
 
 
 async def run_logs(
@@ -558,31 +537,45 @@ async def run_logs(
     replayed = Counter(_log_key(r) for r in stored)
     logs_subject = subjects.logs(run.id)
     async with open_feed(context) as feed:
-        await feed.consume(subjects.LOGS_STREAM, logs_subject, DeliverPolicy.ALL)
-        # Through this stream sequence of the run's logs, once the run ended; None while it runs.
-        through: int | None = None
-        if is_finished(StateType(run.state)):
-            through = await feed.last_sequence(subjects.LOGS_STREAM, logs_subject)
+        async for msg in _until_run_ends(feed, run, subjects.LOGS_STREAM, logs_subject):
+            for record in LogBatch.model_validate_json(msg.data).records:
+                key = _log_key(record)
+                if replayed[key]:
+                    replayed[key] -= 1
+                elif record.level in levels:
+                    yield _log_record(record, replayed=False)
+
+
+async def _until_run_ends(feed: Feed, run: RunRow, stream: str, subject: str) -> AsyncGenerator[Msg, None]:
+    """The messages of ``subject`` in ``stream``, from its first, until the run has
+    finished and every message published before its final state was delivered,
+    or until the run is deleted (its stored records go with it).
+
+    A finished state at or below the version read when the feed started is the
+    past of a run that was restarted since, not its end.
+    """
+    await feed.consume(stream, subject, DeliverPolicy.ALL)
+    # Through this stream sequence of ``subject``, once the run finished; None while it runs.
+    through: int | None = None
+    if is_finished(StateType(run.state)):
+        through = await feed.last_sequence(stream, subject)
+    else:
+        await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _STATE), DeliverPolicy.ALL)
+        await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _DELETED), DeliverPolicy.ALL)
+    delivered = 0
+    while through is None or delivered < through:
+        msg = await feed.get()
+        if msg.subject == subject:
+            delivered = msg.metadata.sequence.stream
+            yield msg
+        elif through is not None:
+            continue
+        elif msg.subject.endswith(f".{_DELETED}"):
+            return
         else:
-            await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _STATE), DeliverPolicy.ALL)
-            await feed.consume(subjects.EVENTS_STREAM, subjects.flow_run_event(run.id, _DELETED), DeliverPolicy.ALL)
-        delivered = 0
-        while through is None or delivered < through:
-            msg = await feed.get()
-            if msg.subject == logs_subject:
-                delivered = msg.metadata.sequence.stream
-                for record in LogBatch.model_validate_json(msg.data).records:
-                    key = _log_key(record)
-                    if replayed[key]:
-                        replayed[key] -= 1
-                    elif record.level in levels:
-                        yield _log_record(record, replayed=False)
-            elif through is not None:
-                continue
-            elif msg.subject.endswith(f".{_DELETED}"):
-                return  # its stored logs are gone with it
-            elif is_finished(StateChanged.model_validate_json(msg.data).state.type):
-                through = await feed.last_sequence(subjects.LOGS_STREAM, logs_subject)
+            changed = StateChanged.model_validate_json(msg.data)
+            if changed.version > run.version and is_finished(changed.state.type):
+                through = await feed.last_sequence(stream, subject)
 
 
 class Listener:
