@@ -294,7 +294,7 @@ def test_a_read_only_key_sees_no_write_buttons_and_its_writes_are_refused(page: 
     assert run_state(stack, run_id)["state"] == "Scheduled"
 
 
-def test_a_run_page_fits_a_phone_and_shows_names_as_text(page: Page, stack: Stack) -> None:
+def test_the_pages_fit_a_phone_and_show_names_as_text(page: Page, stack: Stack) -> None:
     hostile = '<img src=x onerror="window.__xss = 1">'
     run_id = create_run(stack, "hello-flow", labels=["no-agent-has-this"], flow_run_name=hostile)
     page.set_viewport_size({"width": 390, "height": 844})
@@ -302,7 +302,16 @@ def test_a_run_page_fits_a_phone_and_shows_names_as_text(page: Page, stack: Stac
     expect(page.get_by_role("heading", level=1)).to_have_text(hostile)
     expect(page.locator("#run-state")).to_have_text("Scheduled")
     assert page.evaluate("window.__xss") is None
-    # Nothing wider than the screen: no sideways scrolling of the page itself.
+    # Nothing wider than the screen: no sideways scrolling of the page itself
+    # (wide tables scroll inside their own box).
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.get_by_role("link", name="hello-flow").first.click()
+    expect(page.get_by_role("heading", name="hello-flow", level=1)).to_be_visible()
+    page.get_by_role("button", name="Run Flow").click()
+    expect(page.get_by_role("button", name="Run", exact=True)).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.get_by_role("link", name="Dashboard").click()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 

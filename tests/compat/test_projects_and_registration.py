@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from flowbus.schemas.flows import FlowOut
@@ -83,6 +84,11 @@ def test_flow_register_stores_the_flow_with_its_tasks_and_the_hostname_label(
     flow_id = uuid_after("ID: ", done.stdout)
 
     flow = assert_newest_and_only_unarchived(flowbus, flow_id, done)
+    # Its link opens flowbus's web UI: Prefect names the flow group, after the tenant's slug.
+    ui = flowbus.graphql_url.removesuffix("/graphql")
+    assert f"Flow URL: {ui}/default/flow/{flow.flow_group_id}" in done.stdout, str(done)
+    page = httpx.get(f"{ui}/default/flow/{flow.flow_group_id}")
+    assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
     assert (flow.name, flow.project_name) == ("hello-flow", "tutorial")
     assert HOSTNAME in flow.labels, flow.labels
     assert flow.core_version == "1.4.1"

@@ -210,6 +210,8 @@ def prefect_env(home: Path, graphql_url: str, api_key: str, extra: Mapping[str, 
             "PREFECT__BACKEND": "server",
             "PREFECT__SERVER__ENDPOINT": graphql_url,
             "PREFECT__CLOUD__API_KEY": api_key,
+            # Where the links it prints point: flowbus's web UI, at the gateway's root.
+            "PREFECT__SERVER__UI__ENDPOINT": graphql_url.removesuffix("/graphql"),
             # Output reaches the log files as it is printed (it changes nothing else).
             "PYTHONUNBUFFERED": "1",
         }
