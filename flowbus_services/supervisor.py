@@ -1,4 +1,4 @@
-"""The service processes of ``flowbus up``: fork them, wait until each is ready, supervise.
+"""The processes of ``flowbus up``: fork the services, wait until each is ready, keep them running.
 
 One Python process runs on one core, and under load the hot paths (run
 creation, state transitions) are CPU-bound. So ``flowbus up`` gives each
@@ -11,15 +11,17 @@ their writes to the one SQLite file queue on its cross-process write lock
 The parent imports every service before forking (the children start at
 once and share those pages), forks with no event loop running and no
 thread alive, then waits for each child to report ready over a pipe. It
-writes nothing to NATS or the database itself. SIGINT or SIGTERM stops the
-children (they finish what they hold), and a child that dies on its own
-stops the whole system with an error, as a crash in the single process
-would.
+writes nothing to NATS or the database itself. It restarts a service
+process or the embedded nats-server that dies, with a backoff, and stops
+everything with an error when one dies too often; SIGINT or SIGTERM stops
+the children (they finish what they hold). docs/architecture.md,
+"Supervision", says why this loop is ours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import uvloop
 
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
+READY_POLL_SECONDS = 0.05  # how often a restarted process is looked at until it serves
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_WAITED_SIGNALS = _STOP_SIGNALS | {signal.SIGCHLD}
 
 
 def can_fork() -> bool:
@@ -56,15 +60,114 @@ def layout(services: Sequence[str], processes: dict[str, int]) -> list[tuple[str
     return own + ([shared] if shared else [])
 
 
-@dataclass
-class Child:
-    services: tuple[str, ...]
-    pid: int
-    ready_fd: int
+class Supervised(Protocol):
+    """A process that ``supervise`` keeps running: a service process, or the embedded nats-server."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None: ...
+
+    def reap(self) -> int | None:
+        """Its exit code (negative: the signal that ended it) once it has exited, reaping it; else None."""
+
+    def poll_ready(self) -> bool:
+        """Whether it serves since its last start, without blocking."""
+
+    def kill(self) -> None: ...
+
+
+class ServiceProcess:
+    """A forked process that calls ``run(services, ready)``; ``ready()`` tells the parent it serves."""
+
+    def __init__(self, services: tuple[str, ...], run: Callable[[tuple[str, ...], Callable[[], None]], None]) -> None:
+        self.services = services
+        self.run = run
+        self.pid: int | None = None  # None once reaped: its number may already be another process's
+        self.ready_fd: int | None = None
+        self.ready = False
 
     @property
     def label(self) -> str:
         return "+".join(self.services)
+
+    @property
+    def name(self) -> str:
+        return f"service process {self.label}"
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        # Whatever sits in the parent's buffers would otherwise be written twice.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            self._child(write_fd)
+        os.close(write_fd)
+        self.pid, self.ready_fd, self.ready = pid, read_fd, False
+
+    def _child(self, write_fd: int) -> NoReturn:
+        code = 0
+        try:
+            child_setup()
+
+            def ready() -> None:
+                os.write(write_fd, b"1")
+                os.close(write_fd)
+
+            self.run(self.services, ready)
+        except BaseException:
+            log.exception("%s failed", self.name)
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def reap(self) -> int | None:
+        if self.pid is None:
+            return None
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if not pid:
+            return None
+        self.pid = None
+        self._close_ready_fd()
+        return os.waitstatus_to_exitcode(status)
+
+    def poll_ready(self) -> bool:
+        if self.ready_fd is not None and select.select([self.ready_fd], [], [], 0)[0]:
+            self.ready = os.read(self.ready_fd, 1) == b"1"  # nothing: it exited first
+            self._close_ready_fd()
+        return self.ready
+
+    def send_signal(self, signo: int) -> None:
+        if self.pid is not None:
+            _signal(self.pid, signo)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self) -> None:
+        """Block until it has exited, and reap it."""
+        if self.pid is not None:
+            os.waitpid(self.pid, 0)
+            self.pid = None
+            self._close_ready_fd()
+
+    def _close_ready_fd(self) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+
+def child_setup() -> None:
+    """In a new child of ``flowbus up``: take the signals the parent blocks, and die with the parent."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED_SIGNALS)
+    die_with_parent()
 
 
 def die_with_parent() -> None:
@@ -76,93 +179,148 @@ def die_with_parent() -> None:
         pass
 
 
-def spawn(services: tuple[str, ...], run: Callable[[tuple[str, ...], Callable[[], None]], None]) -> Child:
-    """Fork a child that calls ``run(services, ready)``; ``ready()`` tells the parent it serves."""
-    read_fd, write_fd = os.pipe()
-    # Whatever sits in the parent's buffers would otherwise be written twice.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 0
-        try:
-            os.close(read_fd)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS | {signal.SIGCHLD})
-            die_with_parent()
-
-            def ready() -> None:
-                os.write(write_fd, b"1")
-                os.close(write_fd)
-
-            run(services, ready)
-        except BaseException:
-            log.exception("service process %s failed", "+".join(services))
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_fd)
-    return Child(services, pid, read_fd)
+def spawn(services: tuple[str, ...], run: Callable[[tuple[str, ...], Callable[[], None]], None]) -> ServiceProcess:
+    """Fork a service process running ``services`` (see ``ServiceProcess``)."""
+    process = ServiceProcess(services, run)
+    process.start()
+    return process
 
 
-def wait_ready(children: list[Child], timeout: float = READY_TIMEOUT_SECONDS) -> None:
+def wait_ready(children: Sequence[ServiceProcess], timeout: float = READY_TIMEOUT_SECONDS) -> None:
     """Return once every child reported ready; raise if one exits or the time runs out."""
-    waiting = {child.ready_fd: child for child in children}
+    waiting = list(children)
     deadline = time.monotonic() + timeout
     while waiting:
         left = deadline - time.monotonic()
         if left <= 0:
-            names = ", ".join(child.label for child in waiting.values())
+            names = ", ".join(child.label for child in waiting)
             raise RuntimeError(f"service processes not ready after {timeout:.0f} s: {names}")
-        readable, _, _ = select.select(list(waiting), [], [], left)
-        for fd in readable:
-            child = waiting.pop(fd)
-            got = os.read(fd, 1)
-            os.close(fd)
-            if got != b"1":
-                raise RuntimeError(f"service process {child.label} exited while starting")
+        select.select([child.ready_fd for child in waiting if child.ready_fd is not None], [], [], left)
+        for child in list(waiting):
+            if child.poll_ready():
+                waiting.remove(child)
+            elif child.ready_fd is None:
+                raise RuntimeError(f"{child.name} exited while starting")
 
 
-def supervise(children: list[Child]) -> str | None:
-    """Block until a stop signal or a child's exit; return what failed, or None.
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a process that died starts again, and how many deaths stop everything instead.
 
-    Call with the stop signals and SIGCHLD blocked, so that they wait here.
-    A child that exits with code 0 was stopped on purpose: the system stops too.
+    The delay doubles with each death still inside the window, as in systemd's
+    ``StartLimitBurst``/``StartLimitIntervalSec`` and supervisord's ``startretries``."""
+
+    burst: int = 5
+    window_seconds: float = 60.0
+    first_delay_seconds: float = 0.5
+    max_delay_seconds: float = 10.0
+
+    def delay(self, recent_deaths: int) -> float:
+        return float(min(self.first_delay_seconds * 2 ** (recent_deaths - 1), self.max_delay_seconds))
+
+
+def supervise(
+    members: Sequence[Supervised],
+    policy: RestartPolicy,
+    restarted: Callable[[Supervised], None] = lambda member: None,
+) -> str | None:
+    """Keep ``members`` running until a stop signal (return None) or until one dies too often (what failed).
+
+    Call with the stop signals and SIGCHLD blocked, so that they wait here: a
+    stop signal that arrives while a member restarts is taken once that start
+    returns, and ``stop`` then ends the new process with the others. Every
+    member that exits is reaped here, whether it is restarted or not.
     """
+    deaths: dict[Supervised, collections.deque[float]] = {member: collections.deque() for member in members}
+    due: dict[Supervised, float] = {}  # dead members and when they start again
+    starting: dict[Supervised, float] = {}  # restarted members not ready yet, and until when they may take
     while True:
-        signo = signal.sigwait(_STOP_SIGNALS | {signal.SIGCHLD})
-        if signo in _STOP_SIGNALS:
+        if _next_signal(due, starting) in _STOP_SIGNALS:
             return None
-        for child in list(children):
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-            if pid:
-                children.remove(child)
-                code = os.waitstatus_to_exitcode(status)
-                return None if code == 0 else f"service process {child.label} exited with code {code}"
+        now = time.monotonic()
+        for member in members:
+            if member in due or (code := member.reap()) is None:
+                continue
+            starting.pop(member, None)
+            failure = _count_death(member, code, deaths[member], policy, now)
+            if failure is not None:
+                return failure
+            due[member] = now + policy.delay(len(deaths[member]))
+        for member in [member for member, at in due.items() if at <= now]:
+            del due[member]
+            try:
+                member.start()
+            except OSError as exc:
+                return f"{member.name} could not be restarted: {exc}"
+            restarted(member)
+            starting[member] = now + READY_TIMEOUT_SECONDS
+            log.warning("%s restarted (pid %s)", member.name, member.pid)
+        for member, deadline in list(starting.items()):
+            if member.poll_ready():
+                del starting[member]
+                log.warning("%s is ready again", member.name)
+            elif now > deadline:
+                log.error("%s not ready after %.0f s: killing it", member.name, READY_TIMEOUT_SECONDS)
+                del starting[member]
+                member.kill()  # reaped and counted as a death like any other
 
 
-def stop(children: list[Child], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    """SIGTERM every child and reap them; SIGKILL what is left after ``timeout``.
+def _next_signal(due: dict[Supervised, float], starting: dict[Supervised, float]) -> int | None:
+    """The next stop signal or SIGCHLD; None when the next restart is due, or to look at who is starting."""
+    waits = [at - time.monotonic() for at in due.values()]
+    if starting:
+        waits.append(READY_POLL_SECONDS)
+    if not waits:
+        return signal.sigwait(_WAITED_SIGNALS)
+    info = signal.sigtimedwait(_WAITED_SIGNALS, max(0.0, min(waits)))
+    return None if info is None else info.si_signo
+
+
+def _count_death(
+    member: Supervised, code: int, deaths: collections.deque[float], policy: RestartPolicy, now: float
+) -> str | None:
+    """Log a death; what failed when it is one too many within the window."""
+    deaths.append(now)
+    while deaths[0] <= now - policy.window_seconds:
+        deaths.popleft()
+    how = describe_exit(code)
+    if len(deaths) >= policy.burst:
+        return (
+            f"{member.name} {how}: it died {len(deaths)} times within {policy.window_seconds:g} s "
+            f"(up.restart_burst is {policy.burst}), so flowbus stops instead of restarting it"
+        )
+    log.warning("%s %s; restarting it in %.1f s", member.name, how, policy.delay(len(deaths)))
+    return None
+
+
+def describe_exit(code: int) -> str:
+    """``exited with code 1``, or ``was killed by SIGKILL`` for a negative (signal) code."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
+def stop(children: Sequence[ServiceProcess], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM every running child and reap them; SIGKILL what is left after ``timeout``.
 
     Call with SIGCHLD blocked (as ``supervise`` needs): each exit is awaited as that signal.
     """
-    for child in children:
-        _signal(child.pid, signal.SIGTERM)
+    left = [child for child in children if child.pid is not None]
+    for child in left:
+        child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    left = list(children)
     while left:
-        for child in list(left):
-            pid, _status = os.waitpid(child.pid, os.WNOHANG)
-            if pid:
-                left.remove(child)
+        left = [child for child in left if child.reap() is None]
         remaining = deadline - time.monotonic()
         if not left or remaining <= 0:
             break
         signal.sigtimedwait({signal.SIGCHLD}, remaining)
     for child in left:
-        _signal(child.pid, signal.SIGKILL)
-        os.waitpid(child.pid, 0)
+        child.kill()
+        child.wait()
 
 
 def _signal(pid: int, signo: int) -> None:

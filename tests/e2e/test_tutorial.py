@@ -8,7 +8,6 @@ CLI and SDK find the server through the endpoint file of `flowbus up`).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import FLOWBUS, assert_in_order, cli_env, run, start, stop, ui_base, wait_for_line
+from tests.helpers.processes import (
+    FLOWBUS,
+    assert_in_order,
+    cli_env,
+    nats_is_listening,
+    run,
+    start,
+    stop,
+    ui_base,
+    wait_for_line,
+)
 from tests.helpers.scripts import HELLO_FLOW
 
 pytestmark = pytest.mark.e2e
@@ -47,15 +56,6 @@ def broken():
 flow = Flow("failing-flow", tasks=[broken])
 flow.register(project_name="tutorial", no_url=True)
 """
-
-
-def nats_is_listening(url: str) -> bool:
-    host, port = url.removeprefix("nats://").split(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -191,46 +191,3 @@ def test_up_stops_cleanly_and_reuses_its_data(home: Path, workdir: Path) -> None
         assert "already running" in duplicate.stderr
     finally:
         assert stop(second) == 0
-
-
-def _children(pid: int) -> dict[int, str]:
-    """The live child processes of ``pid`` and their command lines (Linux /proc)."""
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found[int(entry.name)] = cmdline
-    return found
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
-def test_up_runs_services_in_processes_and_stops_when_one_dies(home: Path, workdir: Path) -> None:
-    up = start([FLOWBUS, "up"], home, workdir)
-    try:
-        lines = wait_for_line(up, "Press Ctrl-C to stop.")
-        services = next(line for line in lines if "services:" in line)
-        assert "run_creation, state, registration+heartbeat+scheduler" in services
-        url = json.loads((home / "endpoint.json").read_text())["nats_url"]
-        workers = {pid: cmd for pid, cmd in _children(up.pid).items() if "nats-server" not in cmd}
-        assert len(workers) == 3, workers
-        assert run([FLOWBUS, "create", "project", "served"], home, workdir).returncode == 0
-
-        victim = min(workers)
-        os.kill(victim, signal.SIGKILL)
-        assert up.wait(timeout=60) == 1
-        assert up.stdout is not None
-        output = up.stdout.read()
-        assert "exited with code -9" in output, output
-        assert not (home / "endpoint.json").exists()
-        assert not nats_is_listening(url), "the NATS server must stop with flowbus up"
-        survivors = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
-        assert not survivors, "every service process stops (and is reaped) with flowbus up"
-    finally:
-        stop(up)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -98,6 +99,37 @@ def process_group_members(pgid: int) -> list[int]:
         if int(pgrp) == pgid and state != "Z":
             members.append(int(entry.name))
     return members
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The live (not zombie) child processes of ``pid`` and their command lines, from /proc."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # ended meanwhile
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def is_gone(pid: int) -> bool:
+    """Whether ``pid`` has ended and been reaped by its parent (no zombie left)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def nats_is_listening(url: str) -> bool:
+    host, port = url.removeprefix("nats://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
