@@ -82,6 +82,12 @@ class NatsTuning(BaseModel):
     reply_after_events: Literal["stored", "sent"] = "stored"
     # Commands larger than this are refused with VALIDATION_ERROR before decoding.
     max_command_bytes: int = 1024 * 1024
+    # Commands (and any other untrusted JSON: heartbeats, gateway bodies)
+    # nesting arrays and objects deeper than this are refused with
+    # VALIDATION_ERROR before they are parsed (flowbus.runtime.payload). The
+    # floor leaves room for a JSON field's own 32 levels (MAX_JSON_DEPTH)
+    # inside its message; the ceiling keeps parsers far from Python's recursion limit.
+    max_json_depth: int = Field(default=64, ge=48, le=500)
     # Messages a service instance handles at once per faststream subject (the
     # hot-path commands go through the fast lane and group commit instead).
     max_concurrent_messages: int = 16

@@ -45,9 +45,9 @@ from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
 from flowbus.runtime.nats import connect, ensure_streams, tls_context
 from flowbus.runtime.outbox import OutboxRelay
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.runtime.telemetry import tracer, tracer_provider
 from flowbus.schemas.common import (
-    MAX_JSON_DEPTH,
     ErrorCode,
     ErrorInfo,
     FlowbusError,
@@ -141,27 +141,23 @@ class ServiceContext:
 Loop = Callable[[ServiceContext], Awaitable[None]]
 
 
-def lenient_json_decoder(max_bytes: int) -> Callable[..., Awaitable[Any]]:
+def lenient_json_decoder(limits: PayloadLimits) -> Callable[..., Awaitable[Any]]:
     """Decode JSON if it is JSON; anything else reaches pydantic as bytes and fails there.
 
     faststream's own decoder raises on malformed JSON before the handler runs,
-    which would leave the requester without a reply. A payload over the size
-    limit, or nested too deeply for ``json.loads`` (it raises RecursionError
-    at about the interpreter's recursion limit), decodes to a refusal that
-    ``_PayloadGuard`` answers; deep nesting below that reaches pydantic, whose
-    JSON fields refuse more than ``MAX_JSON_DEPTH`` levels.
+    which would leave the requester without a reply. A payload over
+    ``limits`` decodes to a refusal that ``_PayloadGuard`` answers, before it
+    is parsed (flowbus.runtime.payload).
     """
 
     async def decode(msg: StreamMessage[Any]) -> Any:
         body = msg.body
-        if len(body) > max_bytes:
-            return _Refusal(f"payload of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            return limits.loads(body)
+        except PayloadRefused as exc:
+            return _Refusal(exc.message)
+        except ValueError:  # UnicodeDecodeError included
             return body
-        except RecursionError:
-            return _Refusal(f"payload nested too deeply (JSON fields take at most {MAX_JSON_DEPTH} levels)")
 
     return decode
 
@@ -172,19 +168,18 @@ class _Refusal:
 
 
 class _PayloadGuard(BaseMiddleware):
-    """Turns a payload the decoder refused into a VALIDATION_ERROR before validation."""
+    """Turns a payload the decoder refused into a VALIDATION_ERROR before validation;
+    one nobody waits for (a heartbeat) is dropped with a log line."""
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         decoded = await msg.decode()
         if isinstance(decoded, _Refusal):
-            raise InvalidPayload(decoded.message)
+            if not msg.reply_to:
+                subject = getattr(msg.raw_message, "subject", "?")
+                log.warning("dropping a message on %s: %s", subject, decoded.message)
+                return None
+            raise PayloadRefused(decoded.message)
         return await call_next(msg)
-
-
-class InvalidPayload(FlowbusError):
-    """A payload refused before validation: oversize, or nested past what can be decoded."""
-
-    code = ErrorCode.VALIDATION_ERROR
 
 
 def _error_reply(info: ErrorInfo) -> dict[str, Any]:
@@ -237,7 +232,7 @@ def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) 
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        decoder=lenient_json_decoder(settings.nats.max_command_bytes),
+        decoder=lenient_json_decoder(PayloadLimits.of(settings)),
         middlewares=[
             NatsTelemetryMiddleware(tracer_provider=tracer_provider(name, settings.otel_console)),
             envelope_middleware(),
@@ -294,7 +289,7 @@ def build_service(
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(
         name,
-        settings.nats.max_command_bytes,
+        PayloadLimits.of(settings),
         tracer(name, settings.otel_console),
         max_pending=settings.nats.fast_lane_max_pending,
         max_pending_bytes=settings.nats.fast_lane_max_pending_bytes,
