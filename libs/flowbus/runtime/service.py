@@ -43,7 +43,7 @@ from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
-from flowbus.runtime.nats import connect, ensure_streams, tls_context
+from flowbus.runtime.nats import connect, ensure_streams, known_servers, tls_context
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.runtime.telemetry import tracer, tracer_provider
@@ -222,9 +222,13 @@ def _broker_security(credential: Credential | None, tls: SSLContext | None) -> d
     return {"security": security, "inbox_prefix": credential.inbox_prefix}
 
 
+# The servers of a broker built while no NATS URL was known (see _point_broker).
+UNKNOWN_SERVERS = ["nats://unknown.invalid:4222"]
+
+
 def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) -> NatsBroker:
     return NatsBroker(
-        settings.nats_servers(),
+        known_servers(settings) or UNKNOWN_SERVERS,
         **_broker_security(settings.nats_credential(role), tls_context(settings)),
         name=f"flowbus-{name}",
         connect_timeout=int(max(1, settings.nats.connect_timeout)),
@@ -285,7 +289,7 @@ def build_service(
 
     ``role``: its NATS credential's; only the ``service`` role declares the streams."""
     broker = make_broker(settings, name, role)
-    spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
+    spec_broker = NatsBroker(known_servers(settings) or UNKNOWN_SERVERS, name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(
         name,
@@ -346,6 +350,7 @@ def _lifecycle(
         if migrate:
             await upgrade_async(db.url)
         ctx.nc = await connect(settings, f"flowbus-{name}-relay", role)
+        _point_broker(ctx.broker, settings.nats_servers())
         ctx.js = ctx.nc.jetstream()
         if role is BusRole.SERVICE:
             await ensure_streams(ctx.js, settings)
@@ -379,6 +384,13 @@ def _lifecycle(
         await db.dispose()
 
     return on_startup, after_startup, on_shutdown, after_shutdown
+
+
+def _point_broker(broker: NatsBroker, servers: list[str]) -> None:
+    """Give ``broker`` the servers known now. A service module's ``app`` is built
+    at import, maybe before a starting `flowbus up` wrote its endpoint file, and
+    faststream (pinned) takes its servers only when the broker is made."""
+    broker._connection_kwargs["servers"] = servers
 
 
 async def readiness(ctx: ServiceContext, *databases: Database) -> list[str]:
