@@ -7,13 +7,14 @@ The ``flowbus`` console script runs ``main`` (as does ``python -m flowbus_servic
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import typer
 
 from flowbus.cli import app
 from flowbus.cli.app import fail
-from flowbus.runtime.nats import NatsUnavailable
+from flowbus.runtime.nats import NatsUnavailable, nats_servers
 from flowbus.settings import Settings
 
 service_app = typer.Typer(help="Run one service on its own.", no_args_is_help=True)
@@ -44,6 +45,10 @@ def service_run(
     if name not in SERVICE_MODULES:
         raise fail(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
     settings = Settings()
+    try:
+        asyncio.run(nats_servers(settings))
+    except NatsUnavailable as exc:  # no FLOWBUS_NATS_URL and no `flowbus up`, not even one starting
+        raise fail(str(exc)) from None
     if name == "gateway":
         # The gateway is an HTTP server itself: --host and --port are its own.
 

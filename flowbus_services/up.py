@@ -7,9 +7,9 @@ database in ``$FLOWBUS_HOME``, runs the six services (in processes laid
 out by ``up.processes``, which ``flowbus_services.supervisor`` keeps running
 with the NATS server, restarting one that dies; or all in this process with
 ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
-that the CLI, the SDK and agents in other shells find the server. SIGINT or
-SIGTERM stops the services, then the NATS server, and removes the endpoint
-file. ``FLOWBUS_NATS_URL`` /
+that the CLI, the SDK and agents in other shells find the server (while it
+starts, ``$FLOWBUS_HOME/up.pid`` tells them to wait for that file). SIGINT or
+SIGTERM stops the services, then the NATS server, and removes both files. ``FLOWBUS_NATS_URL`` /
 ``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
 
 On its first start (no ``$FLOWBUS_HOME/api-key`` yet) it creates an admin API
@@ -31,7 +31,8 @@ import signal
 import socket
 import subprocess
 import sys
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 from flowbus.bus_auth import (
@@ -48,7 +49,7 @@ from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.nats import NatsUnavailable, connect, redacted, without_userinfo
 from flowbus.schemas.api_keys import ApiKeyCreated, Role
 from flowbus.schemas.common import Conflict
-from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, EmbeddedNatsSettings, Settings
+from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, EmbeddedNatsSettings, Settings, live_pid
 from flowbus_services import supervisor
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
 
@@ -186,15 +187,24 @@ def choose_port() -> int:
     return DEFAULT_EMBEDDED_NATS_PORT if port_is_free(DEFAULT_EMBEDDED_NATS_PORT) else free_port()
 
 
-def _claim_home(settings: Settings) -> None:
+@contextmanager
+def _claimed_home(settings: Settings) -> Iterator[None]:
+    """The home is this process's until the block ends; its up.pid says so
+    to clients meanwhile (they wait for the endpoint file while it does)."""
     # Everything flowbus writes under its home (database, WAL, logs, JetStream,
     # credentials) is its owner's alone: files 0600, folders 0700.
     os.umask(0o077)
     private_dir(settings.home)
-    running = _running_pid(settings.endpoint_file)
+    running = live_pid(settings.endpoint_file) or live_pid(settings.up_pid_file)
     if running is not None:
         # Two servers on one JetStream folder and database would corrupt both.
         raise RuntimeError(f"flowbus is already running with FLOWBUS_HOME={settings.home} (pid {running})")
+    write_private(settings.up_pid_file, json.dumps({"pid": os.getpid()}))
+    try:
+        yield
+    finally:
+        if live_pid(settings.up_pid_file) == os.getpid():
+            settings.up_pid_file.unlink(missing_ok=True)
 
 
 async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
@@ -322,7 +332,11 @@ def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, ser
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run everything in this process until ``stop`` is set."""
-    _claim_home(settings)
+    with _claimed_home(settings):
+        await _serve(settings, stop)
+
+
+async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     settings = with_gateway_port(settings)
     server, settings = await _start_nats(settings)
     try:
@@ -347,7 +361,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def serve_processes(settings: Settings) -> None:
     """Run everything as service processes until SIGINT or SIGTERM, restarting a process
     (the nats-server too) that dies, until one dies too often."""
-    _claim_home(settings)
+    with _claimed_home(settings):
+        _serve_processes(settings)
+
+
+def _serve_processes(settings: Settings) -> None:
     settings = with_gateway_port(settings)
     groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
     server, settings = asyncio.run(_start_nats(settings))
@@ -391,21 +409,6 @@ def serve_processes(settings: Settings) -> None:
         print("flowbus stopped.", flush=True)
     if failure is not None:
         raise RuntimeError(failure)
-
-
-def _running_pid(endpoint_file: Path) -> int | None:
-    """The pid of a live `flowbus up` that wrote ``endpoint_file``, if any."""
-    try:
-        pid = int(json.loads(endpoint_file.read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # left behind by a killed process
-    except PermissionError:
-        return pid
-    return pid
 
 
 def run_foreground(settings: Settings) -> None:

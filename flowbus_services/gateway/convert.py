@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
-import json
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from flowbus.client import state_spec
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.schemas.common import ValidationFailed, validation_failed
 from flowbus.schemas.flows import ClockSpec, EdgeSpec, RunConfigSpec, ScheduleSpec, SerializedFlow, TaskSpec
 from flowbus.schemas.runs import StateSpec
@@ -68,8 +68,9 @@ def _items(values: Any, what: str) -> list[Any]:
     return values
 
 
-def decompress_flow(text: str) -> Any:
-    """The JSON of ``create_flow_from_compressed_string``: ``base64(gzip(json))``."""
+def decompress_flow(text: str, max_depth: int) -> Any:
+    """The JSON of ``create_flow_from_compressed_string``: ``base64(gzip(json))``,
+    nested at most ``max_depth`` levels (the setting ``nats.max_json_depth``)."""
     try:
         compressed = base64.b64decode(text, validate=True)
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -78,8 +79,10 @@ def decompress_flow(text: str) -> Any:
             raise ValidationFailed(f"serialized_flow inflates to more than {MAX_INFLATED_BYTES} bytes.")
         if not inflater.eof:
             raise ValueError("truncated gzip data")
-        return json.loads(raw)
-    except (binascii.Error, zlib.error, gzip.BadGzipFile, ValueError, RecursionError) as exc:
+        return PayloadLimits(MAX_INFLATED_BYTES, max_depth).loads(raw)
+    except PayloadRefused as exc:
+        raise ValidationFailed(f"serialized_flow is refused: {exc.message}") from None
+    except (binascii.Error, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         if isinstance(exc, ValidationFailed):
             raise
         raise ValidationFailed(f"serialized_flow is not base64-encoded gzipped JSON: {exc}") from None

@@ -30,7 +30,6 @@ database answer. Reads and writes nothing on NATS itself: resolvers do.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -57,6 +56,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus_services.gateway.auth import AUTH_OFF, Principal, forbidden_fields
 from flowbus_services.gateway.context import Gateway, RequestContext
 from flowbus_services.gateway.errors import Code, error, format_error
@@ -109,20 +109,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def graphql_request(body: bytes) -> dict[str, Any]:
+def graphql_request(body: bytes, limits: PayloadLimits) -> dict[str, Any]:
     """The body as ``{"query", "variables", "operationName"}``, or BadRequest."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = limits.loads(body)
+    except PayloadRefused as exc:
+        raise BadRequest(f"The body's JSON is refused: {exc.message}.") from None
+    except ValueError:
         raise BadRequest("The body is not JSON.") from None
     if not isinstance(data, dict) or not isinstance(data.get("query"), str):
         raise BadRequest('Not a GraphQL request: send a JSON object with a "query" string.')
     variables = data.get("variables")
     if isinstance(variables, str):  # the Prefect 1.x client sends them JSON-encoded
         try:
-            variables = json.loads(variables)
-        except (ValueError, RecursionError):
-            raise BadRequest('"variables" is a string but not JSON.') from None
+            variables = limits.loads(variables)
+        except (ValueError, PayloadRefused):
+            raise BadRequest('"variables" is a string but not JSON (or nested too deeply).') from None
     if variables is not None and not isinstance(variables, dict):
         raise BadRequest('"variables" must be a JSON object.')
     operation = data.get("operationName")
@@ -182,7 +184,9 @@ class GraphQLEndpoint:
             html = self.explorer.html(request)
             return HTMLResponse(html if isinstance(html, str) else "")
         try:
-            data = graphql_request(await read_body(request, self.gateway.settings.gateway.max_body_bytes))
+            settings = self.gateway.settings
+            raw = await read_body(request, settings.gateway.max_body_bytes)
+            data = graphql_request(raw, PayloadLimits.of(settings, settings.gateway.max_body_bytes))
         except BadRequest as exc:
             return _errors(exc.status, exc.message, Code.VALIDATION_ERROR)
         principal = await authenticate(self.gateway, request.headers)

@@ -160,7 +160,8 @@ async def resolve_create_flow(_: Any, info: Info, input: dict[str, Any]) -> dict
 
 @_field("create_flow_from_compressed_string")
 async def resolve_create_flow_compressed(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
-    flow = serialized_flow_from_input(decompress_flow(input["serialized_flow"]))
+    max_depth = request_context(info).gateway.settings.nats.max_json_depth
+    flow = serialized_flow_from_input(decompress_flow(input["serialized_flow"], max_depth))
     return await _create_flow_from_input(info, input, flow)
 
 

@@ -9,13 +9,16 @@ Reads and writes nothing on NATS.
 
 from __future__ import annotations
 
-import json
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ariadne import ScalarType
 from graphql import GraphQLError, StringValueNode, ValueNode, value_from_ast_untyped
+
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
+from flowbus.settings import NatsTuning
 
 json_scalar = ScalarType("JSON")
 jsonb_scalar = ScalarType("jsonb")
@@ -26,10 +29,17 @@ uuid_scalar = ScalarType("uuid")
 interval_scalar = ScalarType("interval")
 
 
+# A literal sits in a body already checked against the settings; a scalar's
+# parser gets no settings, so it takes the default depth (json.loads must not recurse far).
+_LITERAL_LIMITS = PayloadLimits(sys.maxsize, NatsTuning().max_json_depth)
+
+
 def _json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
     if isinstance(node, StringValueNode):
         try:
-            return json.loads(node.value)
+            return _LITERAL_LIMITS.loads(node.value)
+        except PayloadRefused as exc:
+            raise GraphQLError(f"Not accepted JSON: {exc.message}") from None
         except ValueError as exc:
             raise GraphQLError(f"Not valid JSON: {exc}") from None
     return value_from_ast_untyped(node, variables)

@@ -24,7 +24,6 @@ key. Writes nothing on NATS: the subscriptions' sources read the streams.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -40,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnected, WebSocketState
 
 from flowbus import subjects
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus_services.gateway.auth import Principal, forbidden_fields
 from flowbus_services.gateway.context import Gateway, RequestContext
 from flowbus_services.gateway.errors import Code, error, format_error
@@ -67,9 +67,9 @@ _TOO_BIG = {"type": "__too_big__"}
 class _ProtocolWebSocket(WebSocket):
     """A WebSocket whose messages are JSON objects: anything else becomes a message of no known type."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, limits: PayloadLimits) -> None:
         super().__init__(scope, receive, send)
-        self.max_bytes = max_bytes
+        self.limits = limits
 
     async def receive_json(self, mode: str = "text") -> Any:
         if self.application_state != WebSocketState.CONNECTED:
@@ -79,11 +79,11 @@ class _ProtocolWebSocket(WebSocket):
         text = message.get("text")
         if text is None:
             return _INVALID  # a binary frame
-        if len(text) > self.max_bytes:
+        if len(text) > self.limits.max_bytes:
             return _TOO_BIG
         try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):
+            data = self.limits.loads(text)
+        except (ValueError, PayloadRefused):  # its size in UTF-8 past the limit, or nested too deeply
             return _INVALID
         return data if isinstance(data, dict) else _INVALID
 
@@ -113,7 +113,9 @@ class TransportHandler(GraphQLTransportWSHandler):
         self.max_query_tokens = max_query_tokens
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        websocket = _ProtocolWebSocket(scope, receive, send, self.gateway.settings.gateway.max_body_bytes)
+        settings = self.gateway.settings
+        limits = PayloadLimits.of(settings, settings.gateway.max_body_bytes)
+        websocket = _ProtocolWebSocket(scope, receive, send, limits)
         await self.handle_websocket(websocket)
 
     async def handle_websocket_message(

@@ -40,6 +40,7 @@ from flowbus.client import AsyncClient
 from flowbus.clocks import CompiledClock, ScheduledTime, compile_schedule, merged_times, times_between
 from flowbus.db.engine import Database
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, utcnow
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import ErrorCode, NotFound, VersionLockingError
 from flowbus.schemas.flows import Deleted, ScheduleSpec
@@ -426,8 +427,10 @@ def planner_loop(holder: list[Planner]) -> Callable[[ServiceContext], Awaitable[
         planner = Planner(ctx.db, AsyncClient(settings, nc=ctx.nc), settings)
         holder[:] = [planner]
 
+        limits = PayloadLimits.of(settings)
+
         async def on_fact(msg: Msg) -> None:
-            group_id = _group_of(msg)
+            group_id = _group_of(msg, limits)
             if group_id:
                 planner.mark_dirty(group_id)
 
@@ -463,14 +466,14 @@ def planner_loop(holder: list[Planner]) -> Callable[[ServiceContext], Awaitable[
     return plan_schedules
 
 
-def _group_of(msg: Msg) -> str | None:
-    """The flow group a flow or flow-group event is about."""
+def _group_of(msg: Msg, limits: PayloadLimits) -> str | None:
+    """The flow group a flow or flow-group event is about; None for one that is not JSON."""
     parts = msg.subject.split(".")
     if len(parts) >= 4 and parts[2] == "flow_group":
         return parts[3]
     try:
-        data = json.loads(msg.data)
-    except ValueError:
+        data = limits.loads(msg.data)
+    except (ValueError, PayloadRefused):
         return None
     group_id = data.get("flow_group_id") if isinstance(data, dict) else None
     return group_id if isinstance(group_id, str) else None

@@ -8,12 +8,14 @@ type them: ``FLOWBUS_NATS_URL``, ``FLOWBUS_DATABASE_URL`` and
 are set). When the NATS
 URL is not set, clients read the endpoint file that ``flowbus up`` writes in
 ``$FLOWBUS_HOME``, so a second shell finds the running server with no setup
-(and, without ``FLOWBUS_UI_URL``, the web UI its printed links point at).
+(and, without ``FLOWBUS_UI_URL``, the web UI its printed links point at);
+with neither, there is no server to guess: see ``resolved_nats_url``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -26,8 +28,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flowbus.bus_auth import BusRole, Credential, ServerLimits, default_role_file
 
 ENDPOINT_FILE = "endpoint.json"
+# `flowbus up` holds its pid here from its start to its exit: a home whose
+# endpoint file is missing while this names a live process has a server starting (or stopping).
+UP_PID_FILE = "up.pid"
 API_KEY_FILE = "api-key"  # the admin key `flowbus up` makes on its first start (mode 0600)
-DEFAULT_EMBEDDED_NATS_PORT = 4322  # not 4222: a system NATS may already own it
+# The port `flowbus up` takes when it is free: not 4222, which a system NATS may own.
+# Clients never assume it: they take FLOWBUS_NATS_URL or the endpoint file.
+DEFAULT_EMBEDDED_NATS_PORT = 4322
 # AgentSettings.flow_roots as a JSON list: how the agent hands its roots to the runner it starts.
 FLOW_ROOTS_ENV = "FLOWBUS_AGENT__FLOW_ROOTS"
 
@@ -82,6 +89,16 @@ class NatsTuning(BaseModel):
     reply_after_events: Literal["stored", "sent"] = "stored"
     # Commands larger than this are refused with VALIDATION_ERROR before decoding.
     max_command_bytes: int = 1024 * 1024
+    # Commands (and any other untrusted JSON: heartbeats, gateway bodies)
+    # nesting arrays and objects deeper than this are refused with
+    # VALIDATION_ERROR before they are parsed (flowbus.runtime.payload). The
+    # floor leaves room for a JSON field's own 32 levels (MAX_JSON_DEPTH)
+    # inside its message; the ceiling keeps parsers far from Python's recursion limit.
+    max_json_depth: int = Field(default=64, ge=48, le=500)
+    # How long a client without FLOWBUS_NATS_URL waits for the endpoint file
+    # while a `flowbus up` of its home is starting or restarting (its up.pid
+    # names a live process); with none alive it fails at once, saying to start one.
+    endpoint_wait_seconds: Seconds = 15.0
     # Messages a service instance handles at once per faststream subject (the
     # hot-path commands go through the fast lane and group commit instead).
     max_concurrent_messages: int = 16
@@ -355,6 +372,14 @@ class Settings(BaseSettings):
         return self.home / ENDPOINT_FILE
 
     @property
+    def up_pid_file(self) -> Path:
+        return self.home / UP_PID_FILE
+
+    def server_starting(self) -> bool:
+        """A `flowbus up` of this home is alive: its endpoint file, if missing, is on its way."""
+        return live_pid(self.up_pid_file) is not None
+
+    @property
     def api_key_file(self) -> Path:
         return self.home / API_KEY_FILE
 
@@ -394,14 +419,19 @@ class Settings(BaseSettings):
         return [u.strip() for u in self.resolved_nats_url().split(",") if u.strip()]
 
     def resolved_nats_url(self) -> str:
-        """The NATS URL to connect to: the setting, else the running `flowbus up`."""
+        """The NATS URL to connect to: the setting, else the running `flowbus up`'s.
+
+        Raises ``NoServerRunning`` (a ``NatsUnavailable``) when neither is
+        there: a port guessed instead could be another instance's. To wait
+        for a starting server, see ``flowbus.runtime.nats.nats_servers``."""
         if self.nats_url:
             return self.nats_url
         try:
-            data = json.loads(self.endpoint_file.read_text())
-            return str(data["nats_url"])
-        except (OSError, ValueError, KeyError):
-            return f"nats://127.0.0.1:{DEFAULT_EMBEDDED_NATS_PORT}"
+            return str(json.loads(self.endpoint_file.read_text())["nats_url"])
+        except (OSError, ValueError, KeyError, TypeError):
+            from flowbus.runtime.nats import NoServerRunning  # it imports this module
+
+            raise NoServerRunning(self.endpoint_file) from None
 
     def resolved_ui_url(self) -> str | None:
         """The web UI's base URL, no trailing slash: ``FLOWBUS_UI_URL``, else the gateway
@@ -439,3 +469,23 @@ _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
 def _servers(urls: str) -> set[tuple[str | None, int | None]]:
     """The hosts and ports of a comma-separated list of NATS URLs (credentials left out)."""
     return {(p.hostname, p.port) for p in (urlsplit(u.strip()) for u in urls.split(",") if u.strip())}
+
+
+def live_pid(path: Path) -> int | None:
+    """The ``pid`` of the JSON file ``path`` when that process is alive (a file
+    that a killed process left behind names a dead one); None otherwise."""
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid <= 0:  # os.kill would signal a process group
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    except OSError:
+        return None
+    return pid

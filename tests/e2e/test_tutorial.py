@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,27 @@ def test_no_server_fails_at_once_with_the_url(home: Path, workdir: Path) -> None
     assert len(lines) == 1, result.stderr
     assert url in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_no_endpoint_file_fails_at_once_saying_no_server_runs(tmp_path: Path, workdir: Path) -> None:
+    """No FLOWBUS_NATS_URL and no `flowbus up` in the home: no port is guessed, and no wait."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [FLOWBUS, "create", "project", "tutorial"],
+        check=False,
+        env=cli_env(tmp_path / "never-started"),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "no flowbus server is running" in lines[0]
+    assert "`flowbus up`" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 10  # the CLI's start-up, not nats.endpoint_wait_seconds
 
 
 def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from flowbus.client import AsyncClient
 from flowbus.schemas.common import MAX_JSON_DEPTH
 from flowbus.settings import Settings
 from tests.helpers.commands import send
+from tests.helpers.waiting import eventually
 
 BAD_BODIES = [
     pytest.param(b"this is not json", id="malformed-json"),
@@ -73,7 +75,8 @@ def _nested(depth: int) -> Any:
 async def test_json_fields_deeper_than_the_cap_are_refused(
     stack: Settings, nc: Client, subject: str, command: Any
 ) -> None:
-    for depth in (MAX_JSON_DEPTH, 100):
+    # Deeper than nats.max_json_depth (64) the whole payload is refused before this cap is looked at.
+    for depth in (MAX_JSON_DEPTH, 50):
         reply = await send(nc, subject, command(_nested(depth)))
         assert reply["error"]["code"] == "VALIDATION_ERROR", (depth, reply)
         assert f"deeper than {MAX_JSON_DEPTH} levels" in reply["error"]["message"]
@@ -102,3 +105,72 @@ async def test_empty_and_overlong_names(stack: Settings, nc: Client) -> None:
         rename = {"project": {"name": "anything"}, "new_name": name}
         reply = await send(nc, subjects.RegistrationCommands.RENAME_PROJECT, json.dumps(rename).encode())
         assert reply["error"]["code"] == "VALIDATION_ERROR", name
+
+
+def _hostile_bodies(max_bytes: int) -> dict[str, bytes]:
+    """What the fuzzing found answered INTERNAL, and its neighbours."""
+    field = {"flow_id": "f", "parameters": {"p": "DEEP"}}
+    return {
+        "nested-10000-top-level": b"[" * 10_000 + b"]" * 10_000,
+        "nested-1000-in-a-field": json.dumps(field).replace('"DEEP"', '{"a":' * 1000 + "1" + "}" * 1000).encode(),
+        "nested-65-objects": b'{"a":' * 65 + b"1" + b"}" * 65,
+        "2-MiB": json.dumps({"name": "x" * max(2 << 20, max_bytes + 1)}).encode(),
+        "random-bytes": random.Random(16).randbytes(64 << 10),
+    }
+
+
+HOSTILE_SUBJECTS = [
+    # faststream: registration, scheduler, heartbeat queries, state queries ...
+    subjects.RegistrationCommands.CREATE_PROJECT,
+    subjects.RegistrationCommands.REGISTER_FLOW,
+    subjects.SchedulerCommands.STATUS,
+    subjects.HeartbeatCommands.REGISTER_AGENT,
+    subjects.HeartbeatCommands.LIST_AGENTS,
+    subjects.StateCommands.GET_FLOW_RUN,
+    subjects.StateCommands.LIST_FLOW_RUNS,
+    # ... and the fast lane.
+    subjects.RunCreationCommands.CREATE_FLOW_RUN,
+    subjects.StateCommands.SET_FLOW_RUN_STATE,
+    subjects.StateCommands.SET_TASK_RUN_STATE,
+    subjects.StateCommands.CANCEL_FLOW_RUN,
+]
+
+
+async def test_hostile_payloads_are_validation_errors_on_every_kind_of_subject(
+    stack: Settings, nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name, body in _hostile_bodies(stack.nats.max_command_bytes).items():
+        for subject in HOSTILE_SUBJECTS:
+            reply = await send(nc, subject, body)
+            assert reply["ok"] is False, (name, subject)
+            assert reply["error"]["code"] == "VALIDATION_ERROR", (name, subject, reply)
+            if name.startswith("nested"):
+                assert "nested deeper than 64 levels" in reply["error"]["message"], (subject, reply)
+    # Heartbeats answer nobody: a deep one is dropped with one line.
+    deep = _hostile_bodies(stack.nats.max_command_bytes)["nested-10000-top-level"]
+    await nc.publish(subjects.flow_run_heartbeat("r"), deep)
+    await nc.publish(subjects.agent_heartbeat("a"), deep)
+
+    def dropped() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropping a message on flowbus.hb")]
+
+    async def both_dropped() -> list[str]:
+        return dropped()
+
+    lines = await eventually(both_dropped, "both heartbeats dropped", until=lambda found: len(found) == 2)
+    assert all("nested deeper than 64 levels" in line for line in lines)
+    # Every service still answers.
+    for subject in (
+        subjects.RegistrationCommands.LIST_PROJECTS,
+        subjects.HeartbeatCommands.LIST_AGENTS,
+        subjects.StateCommands.LIST_FLOW_RUNS,
+        subjects.SchedulerCommands.STATUS,
+    ):
+        reply = await send(nc, subject, {})
+        assert reply["ok"] is True, (subject, reply)
+    reply = await send(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, {"flow_id": "no-such-flow"})
+    assert reply["error"]["code"] == "NOT_FOUND", reply
+    # Refusals, not bugs: nothing logged a traceback or an error.
+    assert "Traceback" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []

@@ -16,6 +16,7 @@ from faststream.message import StreamMessage
 from pydantic import BaseModel, ValidationError
 
 from flowbus import subjects
+from flowbus.runtime.payload import PayloadLimits
 from flowbus.runtime.service import lenient_json_decoder
 from flowbus.schemas import common
 from flowbus.schemas.agents import ListAgents
@@ -71,7 +72,7 @@ def _nested(depth: int) -> Any:
 
 async def _as_the_service_validates(body: bytes) -> None:
     """Decode and validate a register_flow payload as the registration service does."""
-    decoded = await lenient_json_decoder(len(body))(StreamMessage[Any](raw_message=None, body=body))
+    decoded = await lenient_json_decoder(PayloadLimits(len(body), 64))(StreamMessage[Any](raw_message=None, body=body))
     RegisterFlow.model_validate(decoded)
 
 
@@ -227,8 +228,8 @@ def test_run_parameters_are_capped() -> None:
 
 async def test_a_payload_nested_too_deeply_for_json_loads_is_refused_not_raised() -> None:
     body = b"[" * 100_000 + b"]" * 100_000
-    decoded = await lenient_json_decoder(len(body))(StreamMessage[Any](raw_message=None, body=body))
-    assert "nested too deeply" in decoded.message
+    decoded = await lenient_json_decoder(PayloadLimits(len(body), 64))(StreamMessage[Any](raw_message=None, body=body))
+    assert decoded.message == "payload nested deeper than 64 levels"
 
 
 @pytest.mark.parametrize("model", [ListProjects, ListFlows, ListAgents])

@@ -1,14 +1,23 @@
 """Settings read from the environment: the flat FLOWBUS_HEARTBEAT_INTERVAL
-alongside the nested FLOWBUS_HEARTBEAT__INTERVAL_SECONDS."""
+alongside the nested FLOWBUS_HEARTBEAT__INTERVAL_SECONDS; the NATS URL, which
+is never guessed (FLOWBUS_NATS_URL, else the endpoint file, waited for while a
+`flowbus up` of the home is alive)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from flowbus.settings import HeartbeatSettings, Settings
+from flowbus.runtime.nats import NoServerRunning, nats_servers
+from flowbus.settings import HeartbeatSettings, NatsTuning, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -147,3 +156,63 @@ def test_lazarus_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
         "stale_after_seconds": 300.0,
         "max_resurrections": 5,
     }
+
+
+def _home_settings(home: Path, wait: float = 15.0) -> Settings:
+    return Settings(home=home, nats=NatsTuning(endpoint_wait_seconds=wait))
+
+
+def _write(path: Path, data: dict[str, object]) -> None:
+    path.write_text(json.dumps(data))
+
+
+def test_the_url_is_the_setting_else_the_endpoint_file(tmp_path: Path) -> None:
+    settings = _home_settings(tmp_path)
+    _write(settings.endpoint_file, {"nats_url": "nats://127.0.0.1:5555", "pid": os.getpid()})
+    assert settings.resolved_nats_url() == "nats://127.0.0.1:5555"
+    explicit = Settings(home=tmp_path, nats_url="nats://10.0.0.1:4222,nats://10.0.0.2:4222")
+    assert explicit.nats_servers() == ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+
+
+@pytest.mark.parametrize("endpoint", [None, "not json", '{"pid": 1}'])
+def test_no_url_and_no_endpoint_file_is_an_error_not_a_guessed_port(tmp_path: Path, endpoint: str | None) -> None:
+    settings = _home_settings(tmp_path)
+    if endpoint is not None:
+        settings.endpoint_file.write_text(endpoint)
+    with pytest.raises(NoServerRunning) as raised:
+        settings.resolved_nats_url()
+    message = str(raised.value)
+    assert message.startswith("no flowbus server is running")
+    assert "`flowbus up`" in message
+    assert "FLOWBUS_NATS_URL" in message
+    assert str(settings.endpoint_file) in message
+
+
+async def test_a_client_fails_at_once_when_no_flowbus_up_is_alive(tmp_path: Path) -> None:
+    settings = _home_settings(tmp_path)
+    # A pid file left by a killed `flowbus up` names a process that is gone.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=False, capture_output=True, text=True
+    )
+    _write(settings.up_pid_file, {"pid": int(gone.stdout)})
+    started = time.monotonic()
+    with pytest.raises(NoServerRunning):
+        await nats_servers(settings)
+    assert time.monotonic() - started < 1.0  # not the 15 s wait
+
+
+async def test_a_client_waits_for_a_starting_flowbus_up(tmp_path: Path) -> None:
+    settings = _home_settings(tmp_path)
+    _write(settings.up_pid_file, {"pid": os.getpid()})  # alive: this process
+    waiting = asyncio.create_task(nats_servers(settings))
+    await asyncio.sleep(0)  # its first look found no endpoint file
+    assert not waiting.done()
+    _write(settings.endpoint_file, {"nats_url": "nats://127.0.0.1:5556", "pid": os.getpid()})
+    assert await asyncio.wait_for(waiting, 5) == ["nats://127.0.0.1:5556"]
+
+
+async def test_the_wait_for_a_starting_flowbus_up_is_bounded(tmp_path: Path) -> None:
+    settings = _home_settings(tmp_path, wait=0.3)
+    _write(settings.up_pid_file, {"pid": os.getpid()})
+    with pytest.raises(NoServerRunning):
+        await asyncio.wait_for(nats_servers(settings), 5)

@@ -42,6 +42,7 @@ from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
 from flowbus.runtime.consumer import DurablePull
+from flowbus.runtime.nats import nats_servers
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
@@ -253,6 +254,8 @@ class LocalAgent:
                 await self._fail_unstarted(detail, shipper, logging.WARNING, str(exc))
                 return
             try:
+                # The runner gets the endpoint file's URL: wait for it while `flowbus up` restarts.
+                await nats_servers(self.settings)
                 proc = self._launcher.start(run_id, self._run_env(detail, shipper))
             except Exception as exc:
                 await self._fail_unstarted(detail, shipper, logging.ERROR, f"Failed to start the flow process: {exc!r}")

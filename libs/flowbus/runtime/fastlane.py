@@ -8,8 +8,9 @@ subscription validates the bytes with the command's pydantic model, hands
 the command to the service's group committer without waiting, and the
 committer replies when the batch is committed and its events published.
 Replies are the same ``Reply`` envelopes as faststream handlers send, with
-the same codes: malformed, wrong-typed or oversize input gets
-VALIDATION_ERROR, a refusal its code, a bug INTERNAL.
+the same codes: malformed, wrong-typed, oversize or too deeply nested input
+(checked before parsing, flowbus.runtime.payload) gets VALIDATION_ERROR, a
+refusal its code, a bug INTERNAL.
 
 The commands an instance holds (taken, not yet answered) are bounded by
 count and bytes (``nats.fast_lane_max_pending``, ``..._max_pending_bytes``):
@@ -41,6 +42,7 @@ from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from flowbus.runtime.batching import GroupCommitter
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
 
 log = logging.getLogger(__name__)
@@ -80,13 +82,13 @@ class FastLane:
     def __init__(
         self,
         service: str,
-        max_bytes: int,
+        limits: PayloadLimits,
         tracer: trace.Tracer,
         max_pending: int = 65_536,
         max_pending_bytes: int = 256 << 20,
     ) -> None:
         self.service = service
-        self.max_bytes = max_bytes
+        self.limits = limits
         self.tracer = tracer
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
@@ -134,15 +136,12 @@ class FastLane:
                 self.turned_away += 1
                 await nc.publish(reply_to, self._unavailable)
                 return
-            if size > self.max_bytes:
-                info = ErrorInfo(
-                    code=ErrorCode.VALIDATION_ERROR,
-                    message=f"payload of {len(msg.data)} bytes exceeds the limit of {self.max_bytes} bytes",
-                )
-                await nc.publish(reply_to, error_reply(info))
-                return
             try:
+                self.limits.check(msg.data)
                 command = lane.model.model_validate_json(msg.data)
+            except PayloadRefused as exc:
+                await nc.publish(reply_to, error_reply(exc.info()))
+                return
             except ValidationError as exc:
                 await nc.publish(reply_to, error_reply(validation_failed(exc).info()))
                 return

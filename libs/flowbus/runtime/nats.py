@@ -5,6 +5,8 @@ Streams: EVENTS (``flowbus.evt.>``), LOGS (``flowbus.logs.>``) and RUNQ
 runtime/lease.py). Creation is idempotent: whichever component starts
 first declares them, later ones find them; a changed setting updates them. On a cluster that is still
 forming (too few servers to place the replicas), creation waits for it.
+Without ``FLOWBUS_NATS_URL`` the URL is the endpoint file's, waited for while
+a `flowbus up` is starting (``nats_servers``; docs/architecture.md, "Clients").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -41,6 +44,45 @@ class NatsUnavailable(ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach the flowbus NATS server at {url}: {reason}")
         self.url = url
+
+
+class NoServerRunning(NatsUnavailable):
+    """No ``FLOWBUS_NATS_URL`` and no endpoint file: no `flowbus up` to connect to."""
+
+    def __init__(self, endpoint_file: Path) -> None:
+        ConnectionError.__init__(
+            self,
+            f"no flowbus server is running: FLOWBUS_NATS_URL is not set and {endpoint_file}"
+            " does not exist (start one with `flowbus up`, or set FLOWBUS_NATS_URL to a running one)",
+        )
+        self.url = ""
+
+
+# How often a client looks for the endpoint file of a starting `flowbus up`.
+ENDPOINT_POLL_SECONDS = 0.1
+
+
+def known_servers(settings: Settings) -> list[str] | None:
+    """``settings.nats_servers()``, or None while no server is known (nothing waited for)."""
+    try:
+        return settings.nats_servers()
+    except NoServerRunning:
+        return None
+
+
+async def nats_servers(settings: Settings) -> list[str]:
+    """``settings.nats_servers()``; while the endpoint file is missing and a
+    `flowbus up` of the home is alive (starting, or restarting in place), it is
+    waited for up to ``nats.endpoint_wait_seconds``. Raises ``NoServerRunning``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.nats.endpoint_wait_seconds
+    while True:
+        try:
+            return settings.nats_servers()
+        except NoServerRunning:
+            if loop.time() >= deadline or not settings.server_starting():
+                raise
+        await asyncio.sleep(ENDPOINT_POLL_SECONDS)
 
 
 async def _quiet_error(exc: Exception) -> None:
@@ -89,7 +131,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """TLS to NATS: for ``tls://`` URLs or when a CA or client certificate is set
     (``FLOWBUS_NATS_TLS__*``); None for plain connections."""
     tls = settings.nats_tls
-    wanted = any(url.startswith("tls://") for url in settings.nats_servers())
+    wanted = any(url.startswith("tls://") for url in known_servers(settings) or [])
     if not (wanted or tls.ca_file or tls.cert_file):
         return None
     context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
@@ -101,7 +143,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 async def connect(settings: Settings, name: str, role: BusRole, credential: Credential | None = None) -> NatsClient:
     """Connect with ``credential`` (else ``role``'s, see ``Settings.nats_credential``),
     failing fast with the URL in the message; reconnect for ever once connected."""
-    servers = settings.nats_servers()
+    servers = await nats_servers(settings)
     url = ",".join(redacted(server) for server in servers)
     if credential is None:
         credential = settings.nats_credential(role)

@@ -43,11 +43,11 @@ from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
-from flowbus.runtime.nats import connect, ensure_streams, tls_context
+from flowbus.runtime.nats import connect, ensure_streams, known_servers, tls_context
 from flowbus.runtime.outbox import OutboxRelay
+from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.runtime.telemetry import tracer, tracer_provider
 from flowbus.schemas.common import (
-    MAX_JSON_DEPTH,
     ErrorCode,
     ErrorInfo,
     FlowbusError,
@@ -141,27 +141,23 @@ class ServiceContext:
 Loop = Callable[[ServiceContext], Awaitable[None]]
 
 
-def lenient_json_decoder(max_bytes: int) -> Callable[..., Awaitable[Any]]:
+def lenient_json_decoder(limits: PayloadLimits) -> Callable[..., Awaitable[Any]]:
     """Decode JSON if it is JSON; anything else reaches pydantic as bytes and fails there.
 
     faststream's own decoder raises on malformed JSON before the handler runs,
-    which would leave the requester without a reply. A payload over the size
-    limit, or nested too deeply for ``json.loads`` (it raises RecursionError
-    at about the interpreter's recursion limit), decodes to a refusal that
-    ``_PayloadGuard`` answers; deep nesting below that reaches pydantic, whose
-    JSON fields refuse more than ``MAX_JSON_DEPTH`` levels.
+    which would leave the requester without a reply. A payload over
+    ``limits`` decodes to a refusal that ``_PayloadGuard`` answers, before it
+    is parsed (flowbus.runtime.payload).
     """
 
     async def decode(msg: StreamMessage[Any]) -> Any:
         body = msg.body
-        if len(body) > max_bytes:
-            return _Refusal(f"payload of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            return limits.loads(body)
+        except PayloadRefused as exc:
+            return _Refusal(exc.message)
+        except ValueError:  # UnicodeDecodeError included
             return body
-        except RecursionError:
-            return _Refusal(f"payload nested too deeply (JSON fields take at most {MAX_JSON_DEPTH} levels)")
 
     return decode
 
@@ -172,19 +168,18 @@ class _Refusal:
 
 
 class _PayloadGuard(BaseMiddleware):
-    """Turns a payload the decoder refused into a VALIDATION_ERROR before validation."""
+    """Turns a payload the decoder refused into a VALIDATION_ERROR before validation;
+    one nobody waits for (a heartbeat) is dropped with a log line."""
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         decoded = await msg.decode()
         if isinstance(decoded, _Refusal):
-            raise InvalidPayload(decoded.message)
+            if not msg.reply_to:
+                subject = getattr(msg.raw_message, "subject", "?")
+                log.warning("dropping a message on %s: %s", subject, decoded.message)
+                return None
+            raise PayloadRefused(decoded.message)
         return await call_next(msg)
-
-
-class InvalidPayload(FlowbusError):
-    """A payload refused before validation: oversize, or nested past what can be decoded."""
-
-    code = ErrorCode.VALIDATION_ERROR
 
 
 def _error_reply(info: ErrorInfo) -> dict[str, Any]:
@@ -227,9 +222,13 @@ def _broker_security(credential: Credential | None, tls: SSLContext | None) -> d
     return {"security": security, "inbox_prefix": credential.inbox_prefix}
 
 
+# The servers of a broker built while no NATS URL was known (see _point_broker).
+UNKNOWN_SERVERS = ["nats://unknown.invalid:4222"]
+
+
 def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) -> NatsBroker:
     return NatsBroker(
-        settings.nats_servers(),
+        known_servers(settings) or UNKNOWN_SERVERS,
         **_broker_security(settings.nats_credential(role), tls_context(settings)),
         name=f"flowbus-{name}",
         connect_timeout=int(max(1, settings.nats.connect_timeout)),
@@ -237,7 +236,7 @@ def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) 
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        decoder=lenient_json_decoder(settings.nats.max_command_bytes),
+        decoder=lenient_json_decoder(PayloadLimits.of(settings)),
         middlewares=[
             NatsTelemetryMiddleware(tracer_provider=tracer_provider(name, settings.otel_console)),
             envelope_middleware(),
@@ -290,11 +289,11 @@ def build_service(
 
     ``role``: its NATS credential's; only the ``service`` role declares the streams."""
     broker = make_broker(settings, name, role)
-    spec_broker = NatsBroker(settings.nats_servers(), name=f"flowbus-{name}")
+    spec_broker = NatsBroker(known_servers(settings) or UNKNOWN_SERVERS, name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(
         name,
-        settings.nats.max_command_bytes,
+        PayloadLimits.of(settings),
         tracer(name, settings.otel_console),
         max_pending=settings.nats.fast_lane_max_pending,
         max_pending_bytes=settings.nats.fast_lane_max_pending_bytes,
@@ -351,6 +350,7 @@ def _lifecycle(
         if migrate:
             await upgrade_async(db.url)
         ctx.nc = await connect(settings, f"flowbus-{name}-relay", role)
+        _point_broker(ctx.broker, settings.nats_servers())
         ctx.js = ctx.nc.jetstream()
         if role is BusRole.SERVICE:
             await ensure_streams(ctx.js, settings)
@@ -384,6 +384,13 @@ def _lifecycle(
         await db.dispose()
 
     return on_startup, after_startup, on_shutdown, after_shutdown
+
+
+def _point_broker(broker: NatsBroker, servers: list[str]) -> None:
+    """Give ``broker`` the servers known now. A service module's ``app`` is built
+    at import, maybe before a starting `flowbus up` wrote its endpoint file, and
+    faststream (pinned) takes its servers only when the broker is made."""
+    broker._connection_kwargs["servers"] = servers
 
 
 async def readiness(ctx: ServiceContext, *databases: Database) -> list[str]:
