@@ -322,6 +322,9 @@ SCHEDULER_WAKE: Final = f"{PREFIX}.hint.scheduler.wake"
 
 HEARTBEAT_ALL: Final = f"{PREFIX}.hb.>"
 
+# Heartbeats and hints: published without a reply subject, nobody waits for an answer.
+FIRE_AND_FORGET_PREFIXES: Final = (f"{PREFIX}.hb.", f"{PREFIX}.hint.")
+
 
 def flow_run_heartbeat(flow_run_id: str) -> str:
     return f"{PREFIX}.hb.flow_run.{flow_run_id}"

@@ -38,6 +38,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from flowbus import subjects
 from flowbus.bus_auth import BusRole, Credential
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
@@ -174,8 +175,8 @@ class _PayloadGuard(BaseMiddleware):
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         decoded = await msg.decode()
         if isinstance(decoded, _Refusal):
-            if not msg.reply_to:
-                subject = getattr(msg.raw_message, "subject", "?")
+            subject = getattr(msg.raw_message, "subject", "")
+            if subject.startswith(subjects.FIRE_AND_FORGET_PREFIXES):
                 log.warning("dropping a message on %s: %s", subject, decoded.message)
                 return None
             raise PayloadRefused(decoded.message)
