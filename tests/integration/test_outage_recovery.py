@@ -1,6 +1,6 @@
 """Agents and runners through a state-service outage: a write waits for the
-service to come back, and a write whose answer was lost is resent and applies
-once.
+service to come back, a write whose answer was lost is resent and applies
+once, and a claimed run whose process does not start goes back to the queue.
 
 The state service is started by each test (``StateService``), so that it can
 be missing, stopped and started again; every other service runs throughout.
@@ -20,7 +20,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flowbus import subjects
-from flowbus.agent.local import LocalAgent
+from flowbus.agent.launcher import FlowProcess, Launcher
+from flowbus.agent.local import MAX_START_ATTEMPTS, LocalAgent
 from flowbus.agent.runner import set_state_surviving_lost_reply
 from flowbus.client import AsyncClient
 from flowbus.schemas.runs import LogRecord
@@ -121,6 +122,67 @@ async def test_a_runner_waits_out_a_state_service_restart(
     task_states = [e.type for e in history if e.task_run_id is not None]
     assert flow_states == [StateType.SCHEDULED, StateType.SUBMITTED, StateType.RUNNING, StateType.SUCCESS]
     assert task_states[-2:] == [StateType.RUNNING, StateType.SUCCESS]
+
+
+class _FailingLauncher(Launcher):
+    """Starts no process for the first ``failures`` runs it is given (as a fork
+    that fails for want of memory or processes would), then starts them."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def start(self, flow_run_id: str, env: dict[str, str]) -> FlowProcess:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(11, "Resource temporarily unavailable")
+        return super().start(flow_run_id, env)
+
+
+def _agent(settings: Settings, failures: int) -> LocalAgent:
+    agent = LocalAgent(settings, labels=[LABEL], hostname_label=False)
+    agent._launcher = _FailingLauncher(failures)
+    return agent
+
+
+async def test_a_claimed_run_whose_process_does_not_start_goes_back_to_the_queue(
+    settings: Settings, state_service: StateService, client: AsyncClient, tmp_path: Path
+) -> None:
+    await state_service.start()
+    flow_id = await register_greeting_flow(client, tmp_path)
+    agent = _agent(settings, failures=1)
+    async with running_agents(agent):
+        run_id = await client.create_flow_run(flow_id, labels=[LABEL])
+        watched = await watch_until_finished(client, run_id)
+
+    assert watched.types == [
+        StateType.SCHEDULED,
+        StateType.SUBMITTED,
+        StateType.SCHEDULED,
+        StateType.SUBMITTED,
+        StateType.RUNNING,
+        StateType.SUCCESS,
+    ]
+    returned = watched.states[2].state.message
+    assert returned is not None
+    assert returned.startswith(f"Returned to the queue by agent {agent.name}: its process was not started (OSError(")
+    assert returned in watched.messages  # logged on the run too
+
+
+async def test_a_run_whose_process_never_starts_ends_failed(
+    settings: Settings, state_service: StateService, client: AsyncClient, tmp_path: Path
+) -> None:
+    await state_service.start()
+    flow_id = await register_greeting_flow(client, tmp_path)
+    async with running_agents(_agent(settings, failures=MAX_START_ATTEMPTS)):
+        run_id = await client.create_flow_run(flow_id, labels=[LABEL])
+        watched = await watch_until_finished(client, run_id)
+
+    claims = [StateType.SUBMITTED, StateType.SCHEDULED] * (MAX_START_ATTEMPTS - 1)
+    assert watched.types == [StateType.SCHEDULED, *claims, StateType.SUBMITTED, StateType.FAILED]
+    failed = watched.states[-1].state.message
+    assert failed is not None
+    assert failed.startswith(f"The flow's process could not be started ({MAX_START_ATTEMPTS} attempts): OSError(")
 
 
 def _timing_out(settings: Settings, seconds: float) -> Settings:
