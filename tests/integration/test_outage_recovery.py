@@ -9,6 +9,7 @@ be missing, stopped and started again; every other service runs throughout.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -126,7 +127,7 @@ async def test_a_runner_waits_out_a_state_service_restart(
 
 class _FailingLauncher(Launcher):
     """Starts no process for the first ``failures`` runs it is given (as a fork
-    that fails for want of memory or processes would), then starts them."""
+    that fails for want of memory would), then starts them."""
 
     def __init__(self, failures: int) -> None:
         super().__init__()
@@ -135,7 +136,7 @@ class _FailingLauncher(Launcher):
     def start(self, flow_run_id: str, env: dict[str, str]) -> FlowProcess:
         if self.failures > 0:
             self.failures -= 1
-            raise OSError(11, "Resource temporarily unavailable")
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
         return super().start(flow_run_id, env)
 
 
@@ -212,14 +213,17 @@ async def test_a_state_write_that_was_lost_is_resent_and_applies_once(
     back, it did not apply, so it is sent again, and applies."""
     run = await client.create_flow_run_out(await register_greeting_flow(client, tmp_path), labels=[unique("none")])
     lost = await _swallow_first(nc, subjects.StateCommands.SET_FLOW_RUN_STATE)
-    async with AsyncClient(_timing_out(settings, 1.0), outage_seconds=30) as writer:
-        write = asyncio.create_task(
-            set_state_surviving_lost_reply(writer, run.id, run.version, StateType.SUBMITTED, "mine")
-        )
-        await lost
-        await state_service.start()
-        out = await write
+    resent = asyncio.Event()
+    with _log_events("flowbus.runner", "The Submitted write of flow run", resent):
+        async with AsyncClient(_timing_out(settings, 1.0), outage_seconds=30) as writer:
+            write = asyncio.create_task(
+                set_state_surviving_lost_reply(writer, run.id, run.version, StateType.SUBMITTED, "mine")
+            )
+            await lost
+            await state_service.start()
+            out = await write
 
+    assert resent.is_set(), "the write was not resent"
     assert (out.version, out.state.type) == (run.version + 1, StateType.SUBMITTED)
     history = await client.get_flow_run_history(run.id)
     assert [(e.version, e.type) for e in history] == [(1, StateType.SCHEDULED), (2, StateType.SUBMITTED)]
