@@ -82,6 +82,11 @@ class NatsTuning(BaseModel):
     # How long a command is resent while no service instance receives it
     # (restarts, NATS fail-over) before the client gives up.
     unavailable_retry_seconds: float = 3.0
+    # The same for agents and runners, which must outlive a stack restart (a
+    # few seconds to a minute): resent with exponential back-off for this
+    # long. 120 s is the Zombie Killer's default threshold (4 x 30 s) that a
+    # Running run is judged by anyway.
+    outage_retry_seconds: PositiveSeconds = 120.0
     # How long a command waits for its events to be published before it
     # replies anyway (they stay in the outbox; only ordering is then best effort).
     publish_wait_seconds: float = 2.0

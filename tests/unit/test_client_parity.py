@@ -10,6 +10,7 @@ from flowbus.client import AsyncClient, Client
 # Public AsyncClient methods that have no blocking twin, and why.
 ASYNC_ONLY = {
     "connect": "the NATS connection lives on the blocking client's private loop thread",
+    "backoff": "pauses on the caller's event loop, for asyncio code that resends its own commands (the runner)",
 }
 
 

@@ -3,7 +3,9 @@
 It long-polls a durable consumer over its label sets' run queues (recreated
 if it disappears), claims each run (Submitted at its queued version: one
 claim wins), starts it in a process of its own and, on a cancel, stops that
-process; ``limit`` caps the runs in hand (docs/architecture.md, "Agent and runner").
+process; whatever fails between the claim and the process's start returns
+the run to Scheduled; ``limit`` caps the runs in hand (docs/architecture.md,
+"Agent and runner").
 With flow roots it fails, unstarted, a run whose flow's code lies outside
 them; it never hands a flow's process the run config's denied variables
 (docs/security.md).
@@ -28,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -37,7 +40,7 @@ from flowbus import subjects
 from flowbus.agent.flow_roots import OutsideFlowRoots, check_roots_exist, check_storage, resolve_roots
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
-from flowbus.agent.runner import settle_unfinished_run
+from flowbus.agent.runner import set_state_surviving_lost_reply, settle_unfinished_run
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
@@ -61,6 +64,12 @@ FETCH_WAIT = 1.0
 # Shared by every agent with the same labels, so it must not cap them: each
 # agent limits itself by fetching only as many runs as it has free slots.
 CONSUMER_MAX_ACK_PENDING = 10_000
+# How long a run-queue message may stay unacknowledged before it is delivered again.
+ACK_WAIT_SECONDS = 30
+# A claimed run whose process fails to start is returned to Scheduled; the
+# third failure in a row here ends it Failed instead, so that a fault that
+# repeats (not an outage) does not send the run round the queue for ever.
+MAX_START_ATTEMPTS = 3
 
 
 class LocalAgent:
@@ -87,7 +96,17 @@ class LocalAgent:
         if self.limit < 1:
             raise ValueError(f"An agent's limit must be at least 1, got {self.limit}.")
         self.id = str(uuid.uuid4())
-        self.client = AsyncClient(self.settings, role=BusRole.AGENT)
+        # Everything but claims waits out a stack restart (nats.outage_retry_seconds).
+        self.client = AsyncClient(
+            self.settings, role=BusRole.AGENT, outage_seconds=self.settings.nats.outage_retry_seconds
+        )
+        # Claims (on the same connection, from run()) give up as quickly as a
+        # prompt: the run-queue message is handed back and comes again, and a
+        # claim must end well within its ack wait, or a second delivery of the
+        # message could be claimed meanwhile and taken for our own.
+        self._claims: AsyncClient | None = None
+        # Failed starts per run, while the run keeps coming back here.
+        self._failed_starts: dict[str, int] = {}
         self._launcher = Launcher()
         # Runs being claimed or executed; never more than `limit`.
         self._active: set[asyncio.Task[None]] = set()
@@ -108,6 +127,7 @@ class LocalAgent:
     async def run(self) -> None:
         queues = subjects.agent_run_queues(self.labels)  # validates the label cap first
         nc = await self.client.connect()
+        self._claims = AsyncClient(self.settings, nc=nc, role=BusRole.AGENT)
         await self._launcher.warm_up()
         await self.client.request(
             subjects.HeartbeatCommands.REGISTER_AGENT,
@@ -123,7 +143,7 @@ class LocalAgent:
                 filter_subjects=queues,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
+                ack_wait=ACK_WAIT_SECONDS,
                 max_ack_pending=CONSUMER_MAX_ACK_PENDING,
                 inactive_threshold=CONSUMER_IDLE_EXPIRY.total_seconds(),
             ),
@@ -173,13 +193,16 @@ class LocalAgent:
         self._active.discard(task)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
+            # Each run's errors are handled in _take; one that still escapes is not silent.
             log.error("flow run handling failed", exc_info=task.exception())
 
     async def _heartbeats(self) -> None:
         subject = subjects.agent_heartbeat(self.id)
         while True:
             beat = AgentHeartbeat(agent_id=self.id, timestamp=datetime.now(UTC))
-            await self.client.nc.publish(subject, beat.model_dump_json().encode())
+            # A beat lost in an outage is replaced by the next one; the loop must go on.
+            with contextlib.suppress(NatsError):
+                await self.client.nc.publish(subject, beat.model_dump_json().encode())
             await asyncio.sleep(self.settings.heartbeat.agent_interval_seconds)
 
     async def _take(self, msg: Msg) -> None:
@@ -190,96 +213,157 @@ class LocalAgent:
             log.warning("dropping a malformed run-queue message")
             await msg.term()
             return
-        if await self._prefect_flow(queued.flow_id):
-            # Registered by Prefect 1.x: only a Prefect agent can load its storage,
-            # and one polls for it (get_runs_in_queue); the run stays Scheduled.
-            await msg.ack()
+        try:
+            ours = await self._claim(queued)
+        except ServiceUnavailable as exc:
+            log.warning("Flow run %s: not claimed (%s); it is offered again.", queued.flow_run_id, exc)
+            await msg.nak(delay=2.0)
             return
         try:
-            await self.client.set_flow_run_state(
+            await msg.ack()
+        except NatsError as exc:
+            if ours:
+                # Delivered again, the message would pass for our own claim's: hand the run back instead.
+                await self._return_run(queued, exc)
+            return
+        if ours:
+            await self._run_child(queued)
+
+    async def _claim(self, queued: RunQueued) -> bool:
+        """Whether the run is ours to start: claimed now, or by an earlier delivery whose reply was lost."""
+        claims = self._claims
+        assert claims is not None, "run() connects first"
+        if await self._prefect_flow(claims, queued.flow_id):
+            # Registered by Prefect 1.x: only a Prefect agent can load its storage,
+            # and one polls for it (get_runs_in_queue); the run stays Scheduled.
+            return False
+        try:
+            await claims.set_flow_run_state(
                 queued.flow_run_id, queued.version, StateType.SUBMITTED, "Submitted for execution", agent_id=self.id
             )
         except (VersionLockingError, Conflict, NotFound):
-            if not await self._claimed_by_us(queued):
-                # Claimed by another agent, already run, or gone: nothing to do.
-                await msg.ack()
-                return
-        except ServiceUnavailable:
-            await msg.nak(delay=2.0)
-            return
-        await msg.ack()
-        await self._run_child(queued)
+            # Claimed by another agent, already run, or gone, unless the claim was ours.
+            return await self._claimed_by_us(claims, queued)
+        return True
 
-    async def _prefect_flow(self, flow_id: str) -> bool:
+    async def _prefect_flow(self, claims: AsyncClient, flow_id: str) -> bool:
         """True for a flow Prefect 1.x registered (asked once per flow: a flow version never changes storage)."""
         known = self._prefect_flows.get(flow_id)
         if known is None:
             try:
-                known = (await self.client.get_flow(flow_id)).storage.type == "prefect"
+                known = (await claims.get_flow(flow_id)).storage.type == "prefect"
             except FlowbusError:
                 return False  # the claim will say what is wrong with the run
             self._prefect_flows[flow_id] = known
         return known
 
-    async def _claimed_by_us(self, queued: RunQueued) -> bool:
+    async def _claimed_by_us(self, claims: AsyncClient, queued: RunQueued) -> bool:
         """True when an earlier claim of ours went through but its reply was lost
         (a redelivery after a NATS fail-over): the run is ours to start."""
         try:
-            run = (await self.client.get_flow_run(queued.flow_run_id)).run
+            run = (await claims.get_flow_run(queued.flow_run_id)).run
         except FlowbusError:
             return False
         return run.agent_id == self.id and run.state.type is StateType.SUBMITTED and run.version == queued.version + 1
 
     async def _run_child(self, queued: RunQueued) -> None:
+        """Start the claimed run's process and settle the run after it.
+
+        The claim and the start are one recoverable step: any error before
+        the process runs returns the run to the queue (``_return_run``).
+        After it, the run is the runner's; an error settling it is logged
+        (Lazarus and the Zombie Killer look after a run left behind).
+        """
         run_id = queued.flow_run_id
         shipper = LogShipper(self.client.nc.jetstream(), run_id, asyncio.get_running_loop())
         cancelling = asyncio.Event()
+        watch: Subscription | None = None
+        proc: FlowProcess | None = None
 
         async def on_state(msg: Msg) -> None:
             with contextlib.suppress(ValidationError):
                 if StateChanged.model_validate_json(msg.data).state.type is StateType.CANCELLING:
                     cancelling.set()
 
-        # Cancellation arrives by push: the run's state events, as they are published.
-        watch = await self.client.nc.subscribe(subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE), cb=on_state)
         try:
-            # Read after subscribing: a cancel that came before the subscription is in the run's state.
-            detail = await self.client.get_flow_run(run_id)
-            if detail.run.state.type is StateType.CANCELLING:
-                await self._settle(run_id, 0)
+            # Cancellation arrives by push: the run's state events, as they are published.
+            event = subjects.flow_run_event(run_id, subjects.FlowRunFact.STATE)
+            watch = await self.client.nc.subscribe(event, cb=on_state)
+            proc = await self._start(queued, shipper)
+            if proc is None:
                 return
-            try:
-                check_storage(detail.storage, self.flow_roots)
-            except OutsideFlowRoots as exc:
-                await self._fail_unstarted(detail, shipper, logging.WARNING, str(exc))
-                return
-            try:
-                # The runner gets the endpoint file's URL: wait for it while `flowbus up` restarts.
-                await nats_servers(self.settings)
-                proc = self._launcher.start(run_id, self._run_env(detail, shipper))
-            except Exception as exc:
-                await self._fail_unstarted(detail, shipper, logging.ERROR, f"Failed to start the flow process: {exc!r}")
-                return
-            message = f"Submitted for execution: PID: {proc.pid}"
-            log.info("Flow run %s: %s", run_id, message)
-            shipper.log(logging.INFO, message)
             await shipper.drain()
             code = await self._wait_or_cancel(proc, cancelling, shipper)
             await self._settle(run_id, code)
-        except FlowbusError as exc:
-            log.error("Flow run %s: %s", run_id, exc.message)
+        except Exception as exc:
+            if proc is None:
+                await self._return_run(queued, exc, shipper)
+            else:
+                log.error("Flow run %s: could not settle it after its process %d: %r", run_id, proc.pid, exc)
         finally:
-            with contextlib.suppress(NatsError):
-                await watch.unsubscribe()
+            if watch is not None:
+                with contextlib.suppress(NatsError):
+                    await watch.unsubscribe()
             await shipper.stop()
 
-    async def _fail_unstarted(self, detail: FlowRunDetail, shipper: LogShipper, level: int, reason: str) -> None:
+    async def _start(self, queued: RunQueued, shipper: LogShipper) -> FlowProcess | None:
+        """The claimed run's process, started; None when the run ended without
+        one (cancelled meanwhile, or refused by the flow roots)."""
+        run_id = queued.flow_run_id
+        # Read after subscribing: a cancel that came before the subscription is in the run's state.
+        detail = await self.client.get_flow_run(run_id)
+        if detail.run.state.type is StateType.CANCELLING:
+            await self._settle(run_id, 0)
+            return None
+        try:
+            check_storage(detail.storage, self.flow_roots)
+        except OutsideFlowRoots as exc:
+            await self._fail_unstarted(detail.run.id, detail.run.version, shipper, logging.WARNING, str(exc))
+            return None
+        # The runner gets the endpoint file's URL: wait for it while `flowbus up` restarts.
+        await nats_servers(self.settings)
+        proc = self._launcher.start(run_id, self._run_env(detail, shipper))
+        self._failed_starts.pop(run_id, None)
+        message = f"Submitted for execution: PID: {proc.pid}"
+        log.info("Flow run %s: %s", run_id, message)
+        shipper.log(logging.INFO, message)
+        return proc
+
+    async def _return_run(self, queued: RunQueued, exc: Exception, shipper: LogShipper | None = None) -> None:
+        """After a failure between our claim and the process's start: the run
+        back to Scheduled, from the Submitted of our claim, so that it is
+        offered again (Failed instead at the MAX_START_ATTEMPTS-th failure)."""
+        run_id, claimed = queued.flow_run_id, queued.version + 1
+        failures = self._failed_starts.get(run_id, 0) + 1
+        self._failed_starts[run_id] = failures
+        if failures >= MAX_START_ATTEMPTS:
+            del self._failed_starts[run_id]
+            reason = f"The flow's process could not be started ({failures} attempts): {exc!r}"
+            with contextlib.suppress(FlowbusError, ServiceUnavailable):
+                await self._fail_unstarted(run_id, claimed, shipper, logging.ERROR, reason)
+            return
+        reason = f"Returned to the queue by agent {self.name}: its process was not started ({exc!r})."
+        log.warning("Flow run %s: %s", run_id, reason, exc_info=exc)
+        if shipper is not None:
+            shipper.log(logging.WARNING, reason)
+        try:
+            await set_state_surviving_lost_reply(self.client, run_id, claimed, StateType.SCHEDULED, reason)
+        except (VersionLockingError, Conflict, NotFound) as refused:
+            # It moved on (cancelled, taken by another writer, deleted): leave it as it is.
+            log.info("Flow run %s: left as it is (%s).", run_id, refused.message)
+        except ServiceUnavailable as lost:
+            log.error("Flow run %s: could not return it to the queue, it stays Submitted: %s", run_id, lost)
+
+    async def _fail_unstarted(
+        self, run_id: str, version: int, shipper: LogShipper | None, level: int, reason: str
+    ) -> None:
         """End a claimed run Failed before any process of it started."""
-        log.log(level, "Flow run %s: %s", detail.run.id, reason)
-        shipper.log(level, reason)
-        await shipper.drain()
+        log.log(level, "Flow run %s: %s", run_id, reason)
+        if shipper is not None:
+            shipper.log(level, reason)
+            await shipper.drain()
         with contextlib.suppress(VersionLockingError, Conflict):
-            await self.client.set_flow_run_state(detail.run.id, detail.run.version, StateType.FAILED, reason)
+            await set_state_surviving_lost_reply(self.client, run_id, version, StateType.FAILED, reason)
 
     def _run_env(self, detail: FlowRunDetail, shipper: LogShipper | None = None) -> dict[str, str]:
         """The flow process's environment; later layers win:

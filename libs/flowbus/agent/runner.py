@@ -103,25 +103,55 @@ async def set_state_surviving_lost_reply(
     message: str | None,
     task_run_id: str | None = None,
 ) -> StateSet:
-    """A state write that survives a lost reply (a NATS fail-over).
+    """A state write of the caller's own run that survives a lost reply and an outage.
 
-    After a time-out the write may or may not have happened; the run is read
+    No service running is waited out by the client (its ``outage_seconds``).
+    After a time-out the write may or may not have happened: the run is read
     back, and if it sits at ``version + 1`` in ``state`` the write went
-    through. Only the runner writes these states of its own run, so that
-    reading is unambiguous.
+    through; otherwise it is sent again, within the same ``outage_seconds``.
+    Resending is safe because the write names its version: a lost one
+    applies, a duplicate of one that did apply is refused (then the run is
+    read back again). Only the caller writes these states of its own run, so
+    that reading is unambiguous.
     """
-    try:
-        if task_run_id is not None:
-            return await client.set_task_run_state(task_run_id, version, state, message)
-        return await client.set_flow_run_state(flow_run_id, version, state, message)
-    except ServiceUnavailable:
-        detail = await client.get_flow_run(flow_run_id)
-        rows: list[FlowRunOut | TaskRunOut] = (
-            [detail.run] if task_run_id is None else [t for t in detail.task_runs if t.id == task_run_id]
-        )
-        if rows and rows[0].version == version + 1 and rows[0].state.type is state:
-            return StateSet(id=rows[0].id, version=rows[0].version, state=rows[0].state)
-        raise
+    backoff = client.backoff()
+    unsure = False  # an earlier attempt may have applied
+    while True:
+        try:
+            if task_run_id is not None:
+                return await client.set_task_run_state(task_run_id, version, state, message)
+            return await client.set_flow_run_state(flow_run_id, version, state, message)
+        except ServiceUnavailable:
+            if backoff.expired:
+                raise
+            unsure = True
+        except VersionLockingError:
+            if not unsure:
+                raise
+            applied = await _own_write(client, flow_run_id, version, state, task_run_id)
+            if applied is None:
+                raise
+            return applied
+        applied = await _own_write(client, flow_run_id, version, state, task_run_id)
+        if applied is not None:
+            return applied
+        what = f"task run {task_run_id}" if task_run_id is not None else f"flow run {flow_run_id}"
+        log.warning("The %s write of %s got no answer and did not apply: resending it.", state.value, what)
+        if not await backoff.pause():
+            raise ServiceUnavailable(f"the {state.value} write of {what} did not apply in time")
+
+
+async def _own_write(
+    client: AsyncClient, flow_run_id: str, version: int, state: StateType, task_run_id: str | None
+) -> StateSet | None:
+    """The run (or task run) as that write left it, when it sits at ``version + 1`` in ``state``."""
+    detail = await client.get_flow_run(flow_run_id)
+    rows: list[FlowRunOut | TaskRunOut] = (
+        [detail.run] if task_run_id is None else [t for t in detail.task_runs if t.id == task_run_id]
+    )
+    if rows and rows[0].version == version + 1 and rows[0].state.type is state:
+        return StateSet(id=rows[0].id, version=rows[0].version, state=rows[0].state)
+    return None
 
 
 class FlowCrashed(Exception):
@@ -503,9 +533,13 @@ async def settle_unfinished_run(client: AsyncClient, flow_run_id: str, failure: 
     leave it as it is). The one place a client decides that.
 
     Read fresh, because the flow's thread may have moved the run on; one
-    command, because the state service takes the run's task runs along.
+    command, because the state service takes the run's task runs along. A
+    write that got no answer is read again (it may have applied) and resent
+    within the client's ``outage_seconds``.
     """
-    for _ in range(3):
+    backoff = client.backoff()
+    conflicts = 0
+    while conflicts < 3:
         run = (await client.get_flow_run(flow_run_id)).run
         if is_finished(run.state.type):
             return
@@ -519,7 +553,10 @@ async def settle_unfinished_run(client: AsyncClient, flow_run_id: str, failure: 
             await client.set_flow_run_state(flow_run_id, run.version, target, message)
             return
         except (VersionLockingError, Conflict):
-            continue  # it moved on meanwhile: read it again
+            conflicts += 1  # it moved on meanwhile: read it again
+        except ServiceUnavailable:
+            if not await backoff.pause():
+                raise
     log.error("Could not end flow run %s: it kept changing.", flow_run_id)
 
 
@@ -578,7 +615,7 @@ def _aware(when: datetime) -> datetime:
 async def execute(flow_run_id: str, settings: Settings) -> int:
     """The agent's runner: run the claimed flow run ``flow_run_id`` in this process."""
     with StopSignals() as signals:
-        async with AsyncClient(settings) as client:
+        async with AsyncClient(settings, outage_seconds=settings.nats.outage_retry_seconds) as client:
             return await run_claimed(client, flow_run_id, settings, signals, settle_on_exit=False)
 
 

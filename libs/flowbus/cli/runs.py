@@ -47,6 +47,8 @@ async def _execute(client: AsyncClient, create: Callable[[], Awaitable[FlowRunOu
             show_run(client, created.id, StateType.SUBMITTED, created.scheduled_start_time, echo)
         )
         settled = False
+        # From here this process is the run's runner: it waits out a restart as an agent's does.
+        client.outage_seconds = client.settings.nats.outage_retry_seconds
         try:
             await execute_here(client, created, client.settings, signals)
             settled = True
