@@ -1,7 +1,8 @@
 """Heartbeat use cases. Owns the agent and run_heartbeat tables.
 
-The Zombie Killer lives in ``zombies.py`` and Lazarus in ``lazarus.py``;
-they only ever *propose* transitions to the state service, never write runs. A heartbeat counts at
+The Zombie Killer lives in ``zombies.py``, Lazarus in ``lazarus.py`` and the
+requeue of stuck claims in ``claims.py``; they only ever *propose*
+transitions to the state service, never write runs. A heartbeat counts at
 the time this service receives it, never the sender's clock.
 """
 
