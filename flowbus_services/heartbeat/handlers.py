@@ -2,7 +2,8 @@
 
 Reads: ``flowbus.cmd.heartbeat.*`` (queue group ``heartbeat``),
 ``flowbus.hb.flow_run.*`` and ``flowbus.hb.agent.*`` (fire and forget,
-queue group ``heartbeat``: a malformed heartbeat is logged and dropped).
+queue group ``heartbeat``: a malformed heartbeat is logged and dropped; a
+heartbeat counts when it arrives, its ``timestamp`` is not used).
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ def register(ctx: ServiceContext) -> None:
     @sub(subjects.flow_run_heartbeat("*"), queue=queue, title="flow_run_heartbeat", no_reply=True)
     async def flow_run_heartbeat(body: Any) -> None:
         beat = _parse_or_drop(RunHeartbeat, body)
-        if beat is not None and not await usecases.run_heartbeat(db, beat.flow_run_id, beat.timestamp):
+        if beat is not None and not await usecases.run_heartbeat(db, beat.flow_run_id):
             log.warning("heartbeat for unknown flow run %s", beat.flow_run_id)
 
     @sub(subjects.agent_heartbeat("*"), queue=queue, title="agent_heartbeat", no_reply=True)
     async def agent_heartbeat(body: Any) -> None:
         beat = _parse_or_drop(AgentHeartbeat, body)
         if beat is not None:
-            await usecases.agent_seen(db, beat.agent_id, beat.timestamp)
+            await usecases.agent_seen(db, beat.agent_id)
 
 
 def _parse_or_drop(model: type[B], body: Any) -> B | None:

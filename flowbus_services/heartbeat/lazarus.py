@@ -2,7 +2,8 @@
 
 Reads flow_run, flow_group, task_run and run_heartbeat; finds Submitted or
 Running runs that have been silent for ``lazarus.stale_after_seconds`` and
-have no active task run, and asks the state service to resurrect each
+have no active task run (judging nothing within a stale time of this
+instance's connecting: ``grace.py``), and asks the state service to resurrect each
 (Scheduled, ``times_resurrected`` + 1) at the version it read, or, once
 ``lazarus.max_resurrections`` is reached, to fail it. It writes no run, so
 any number of instances is safe: only one proposal per version can win
@@ -19,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import exists, or_, select
@@ -31,6 +32,7 @@ from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun, utcnow
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import ACTIVE_TASK_RUN_STATES, StateType
+from flowbus_services.heartbeat.grace import silence_cutoff
 from flowbus_services.heartbeat.proposing import propose
 
 RESCHEDULED_MESSAGE = "Rescheduled by a Lazarus process."
@@ -94,7 +96,10 @@ def _candidates_query(cutoff: datetime) -> Any:
 
 
 async def find_candidates(ctx: ServiceContext) -> list[Candidate]:
-    cutoff = utcnow() - timedelta(seconds=ctx.settings.lazarus.stale_after_seconds)
+    # Beats lost while this instance was down or disconnected show nothing (grace.py).
+    cutoff = silence_cutoff(ctx, ctx.settings.lazarus.stale_after_seconds)
+    if cutoff is None:
+        return []
     async with ctx.db.read_session() as session:
         rows = (await session.execute(_candidates_query(cutoff))).all()
     return [Candidate(run_id, version, times) for run_id, version, times in rows]

@@ -1,10 +1,11 @@
 """Entry module of the heartbeat service.
 
 Handlers: see ``handlers.py``. Background loops: the Zombie Killer
-(``zombies.py``) and Lazarus (``lazarus.py``), which request
-``flowbus.cmd.state.set_flow_run_state`` and publish on
-``flowbus.logs.<flow_run_id>``; each runs only while this instance holds
-its lease (``heartbeat.zombie_killer``, ``heartbeat.lazarus``).
+(``zombies.py``), Lazarus (``lazarus.py``) and the requeue of stuck claims
+(``claims.py``), which request ``flowbus.cmd.state.set_flow_run_state`` and
+publish on ``flowbus.logs.<flow_run_id>``; each runs only while this
+instance holds its lease (``heartbeat.zombie_killer``, ``heartbeat.lazarus``,
+``heartbeat.stuck_claims``).
 Run alone with ``flowbus service run heartbeat`` or
 ``uvicorn flowbus_services.heartbeat.main:app``. No work happens at import.
 """
@@ -19,6 +20,7 @@ from flowbus import subjects
 from flowbus.runtime.lease import leased
 from flowbus.runtime.service import build_service
 from flowbus.settings import Settings
+from flowbus_services.heartbeat.claims import StuckClaimStats, stuck_claims_loop
 from flowbus_services.heartbeat.handlers import register
 from flowbus_services.heartbeat.lazarus import LazarusStats, lazarus_loop
 from flowbus_services.heartbeat.zombies import ZombieKillerStats, zombie_loop
@@ -30,10 +32,12 @@ NAME = subjects.Service.HEARTBEAT
 _ZOMBIES: weakref.WeakKeyDictionary[AsgiFastStream, ZombieKillerStats] = weakref.WeakKeyDictionary()
 # Lazarus's counters of each app build_app made.
 _LAZARUS: weakref.WeakKeyDictionary[AsgiFastStream, LazarusStats] = weakref.WeakKeyDictionary()
+# The stuck-claim requeue's counters of each app build_app made.
+_CLAIMS: weakref.WeakKeyDictionary[AsgiFastStream, StuckClaimStats] = weakref.WeakKeyDictionary()
 
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
-    stats, lazarus = ZombieKillerStats(), LazarusStats()
+    stats, lazarus, claims = ZombieKillerStats(), LazarusStats(), StuckClaimStats()
     app = build_service(
         NAME,
         settings or Settings(),
@@ -41,10 +45,12 @@ def build_app(settings: Settings | None = None) -> AsgiFastStream:
         loops=[
             leased("heartbeat.zombie_killer", zombie_loop(stats)),
             leased("heartbeat.lazarus", lazarus_loop(lazarus)),
+            leased("heartbeat.stuck_claims", stuck_claims_loop(claims)),
         ],
     )
     _ZOMBIES[app] = stats
     _LAZARUS[app] = lazarus
+    _CLAIMS[app] = claims
     return app
 
 
@@ -56,6 +62,11 @@ def zombie_killer_stats(app: AsgiFastStream) -> ZombieKillerStats:
 def lazarus_stats(app: AsgiFastStream) -> LazarusStats:
     """The counters of Lazarus running in ``app``: its passes, the runs it rescheduled and failed."""
     return _LAZARUS[app]
+
+
+def stuck_claims_stats(app: AsgiFastStream) -> StuckClaimStats:
+    """The counters of the stuck-claim requeue running in ``app``: its passes, the runs it requeued and failed."""
+    return _CLAIMS[app]
 
 
 app = build_app()

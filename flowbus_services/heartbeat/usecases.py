@@ -1,12 +1,12 @@
 """Heartbeat use cases. Owns the agent and run_heartbeat tables.
 
-The Zombie Killer lives in ``zombies.py`` and Lazarus in ``lazarus.py``; they
-only ever *proposes* transitions to the state service, never writes runs.
+The Zombie Killer lives in ``zombies.py``, Lazarus in ``lazarus.py`` and the
+requeue of stuck claims in ``claims.py``; they only ever *propose*
+transitions to the state service, never write runs. A heartbeat counts at
+the time this service receives it, never the sender's clock.
 """
 
 from __future__ import annotations
-
-from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,9 +33,10 @@ async def register_agent(db: Database, cmd: RegisterAgent) -> AgentOut:
         return _agent_out(agent)
 
 
-async def agent_seen(db: Database, agent_id: str, when: datetime) -> None:
+async def agent_seen(db: Database, agent_id: str) -> None:
+    """Record that an agent was heard from now."""
     async with db.write_session() as session:
-        await session.execute(update(Agent).where(Agent.id == agent_id).values(last_seen=when))  # type: ignore[arg-type]
+        await session.execute(update(Agent).where(Agent.id == agent_id).values(last_seen=utcnow()))  # type: ignore[arg-type]
 
 
 async def list_agents(db: Database, query: ListAgents) -> AgentList:
@@ -45,15 +46,18 @@ async def list_agents(db: Database, query: ListAgents) -> AgentList:
         return AgentList(agents=[_agent_out(a) for (a,) in rows])
 
 
-async def run_heartbeat(db: Database, flow_run_id: str, when: datetime) -> bool:
-    """Record a run's heartbeat; False when the run does not exist."""
+async def run_heartbeat(db: Database, flow_run_id: str) -> bool:
+    """Record that a run's heartbeat arrived now; False when the run does not exist."""
+    now = utcnow()
     try:
         async with db.write_session() as session:
             row = await session.get(RunHeartbeat, flow_run_id)
             if row is None:
-                session.add(RunHeartbeat(flow_run_id=flow_run_id, last_heartbeat=when))
-            elif row.last_heartbeat < when:
-                row.last_heartbeat = when
+                session.add(RunHeartbeat(flow_run_id=flow_run_id, last_heartbeat=now))
+            else:
+                # Unconditionally: a row stamped ahead (by a sender's clock, as
+                # older versions stored) must not outlive the run's silence.
+                row.last_heartbeat = now
                 session.add(row)
         return True
     except IntegrityError:

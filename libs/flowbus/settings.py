@@ -211,6 +211,14 @@ class HeartbeatSettings(BaseModel):
     # heartbeat is older than zombie_missed_beats x interval_seconds.
     zombie_check_interval_seconds: PositiveSeconds = 10.0
     zombie_missed_beats: int = Field(default=4, ge=1)
+    # A run still Submitted this long after its claim, with no heartbeat since,
+    # goes back to Scheduled (FLOWBUS_HEARTBEAT__SUBMITTED_TIMEOUT_SECONDS):
+    # its agent died or gave up before the flow's process set Running, and
+    # nothing else would ever start it. Checked with the Zombie Killer's
+    # interval. It must exceed what a live agent takes from its claim to
+    # Running (under a second, plus loading the flow's code), or a slow start
+    # is requeued under it; the slow runner's Running is then refused.
+    submitted_timeout_seconds: PositiveSeconds = 180.0
 
 
 class LeaseSettings(BaseModel):

@@ -244,6 +244,12 @@ def lazarus_log_msg_id(flow_run_id: str, version: int) -> str:
     return f"lazarus:{flow_run_id}:{version}"
 
 
+def requeue_log_msg_id(flow_run_id: str, version: int) -> str:
+    """The ``Nats-Msg-Id`` of the log batch of a stuck claim's requeue, for a
+    run read at one version: two heartbeat instances log it once."""
+    return f"requeue:{flow_run_id}:{version}"
+
+
 # ---- run queues (JetStream stream RUNQ) ------------------------------------
 
 RUNQ_STREAM: Final = "FLOWBUS_RUNQ"

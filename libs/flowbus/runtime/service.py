@@ -23,6 +23,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import Any, TypeVar, cast
 
@@ -83,6 +84,11 @@ class ServiceContext:
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # When the broker's connection, which the handlers receive on, last came
+    # up: at start-up, then at each reconnect; None before and while it is
+    # down. Core NATS messages sent meanwhile are lost, so a loop that judges
+    # by messages it did not receive (the Zombie Killer) waits after it.
+    connected_since: datetime | None = None
     committers: list[GroupCommitter[Any, Any]] = field(default_factory=list)
 
     @property
@@ -225,9 +231,18 @@ def _broker_security(credential: Credential | None, tls: SSLContext | None) -> d
 
 # The servers of a broker built while no NATS URL was known (see _point_broker).
 UNKNOWN_SERVERS = ["nats://unknown.invalid:4222"]
+Callback = Callable[[], Awaitable[None]]
 
 
-def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) -> NatsBroker:
+def make_broker(
+    settings: Settings,
+    name: str,
+    role: BusRole = BusRole.SERVICE,
+    *,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+) -> NatsBroker:
+    """The service's broker; the callbacks are nats-py's, called when its connection drops and comes back."""
     return NatsBroker(
         known_servers(settings) or UNKNOWN_SERVERS,
         **_broker_security(settings.nats_credential(role), tls_context(settings)),
@@ -248,6 +263,8 @@ def make_broker(settings: Settings, name: str, role: BusRole = BusRole.SERVICE) 
         log_level=logging.DEBUG,
         logger=_faststream_logger(),
         graceful_timeout=5.0,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
     )
 
 
@@ -289,7 +306,14 @@ def build_service(
     """Assemble one service. ``name``: its ``subjects.Service``; ``register`` adds its handlers to ``ctx.broker``.
 
     ``role``: its NATS credential's; only the ``service`` role declares the streams."""
-    broker = make_broker(settings, name, role)
+
+    async def disconnected() -> None:
+        ctx.connected_since = None
+
+    async def reconnected() -> None:
+        ctx.connected_since = datetime.now(UTC)
+
+    broker = make_broker(settings, name, role, disconnected_cb=disconnected, reconnected_cb=reconnected)
     spec_broker = NatsBroker(known_servers(settings) or UNKNOWN_SERVERS, name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(
@@ -362,6 +386,8 @@ def _lifecycle(
     async def after_startup() -> None:
         assert ctx.nc is not None
         await fast_lane.start(ctx.nc)
+        # The broker has subscribed: from now on this instance hears what is sent.
+        ctx.connected_since = datetime.now(UTC)
         ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
         if db.sqlite:
             ctx.tasks.append(asyncio.create_task(_restart_on_crash(_checkpoint, ctx), name=f"{name}-checkpoint"))
