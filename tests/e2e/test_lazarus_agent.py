@@ -15,7 +15,7 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -111,21 +111,23 @@ class Scene:
         assert run.state.type is StateType.SUBMITTED
         return run_id
 
-    def stop_agents(self) -> None:
+    async def stop_agents(self) -> None:
+        # In a thread: the services the agents are finishing their work with
+        # (settling a run, shipping its last logs) run on this event loop.
         for agent in self.agents:
             if agent.poll() is None:
-                stop(agent, signal.SIGTERM)
+                await asyncio.to_thread(stop, agent, signal.SIGTERM)
         if self.hold.exists():
             self.hold.unlink()
 
 
 @pytest.fixture
-def scene(services: Services, tmp_path: Path) -> Iterator[Scene]:
+async def scene(services: Services, tmp_path: Path) -> AsyncIterator[Scene]:
     scene = Scene(services, tmp_path)
     try:
         yield scene
     finally:
-        scene.stop_agents()
+        await scene.stop_agents()
 
 
 async def test_a_run_whose_agent_died_after_the_claim_is_rescheduled_and_run_by_another_agent(
