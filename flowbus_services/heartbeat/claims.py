@@ -19,19 +19,18 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlmodel import col
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
-from flowbus.db.tables import FlowRun, RunHeartbeat, utcnow
+from flowbus.db.tables import FlowRun, RunHeartbeat
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import StateType
 from flowbus_services.heartbeat.grace import silence_cutoff
-from flowbus_services.heartbeat.proposing import propose
+from flowbus_services.heartbeat.proposing import Resurrection, SilentRun, resurrect_or_fail
 
 LOGGER_NAME = "flowbus.stuck_claims"
 
@@ -54,13 +53,7 @@ class StuckClaimStats:
     flow_runs_failed: int = 0
 
 
-@dataclass(frozen=True)
-class StuckClaim:
-    """A Submitted flow run past the timeout, as it was read."""
-
-    flow_run_id: str
-    version: int
-    times_resurrected: int
+StuckClaim = SilentRun
 
 
 def _stuck_query(cutoff: datetime) -> Any:
@@ -99,36 +92,21 @@ async def requeue(ctx: ServiceContext, stats: StuckClaimStats, claims: list[Stuc
     timeout, limit = ctx.settings.heartbeat.submitted_timeout_seconds, ctx.settings.lazarus.max_resurrections
     changed = 0
     for claim in claims:
-        if claim.times_resurrected < limit:
-            # A resurrection, as Lazarus sends: counted, and the run is queued again.
-            message = requeued_message(timeout)
-            await _log(ctx, claim, "INFO", message)
-            request = client.set_flow_run_state(
-                claim.flow_run_id, claim.version, StateType.SCHEDULED, message, resurrect=True
-            )
-            if await propose(request, "stuck claims"):
-                stats.flow_runs_requeued += 1
-                changed += 1
-        else:
-            message = failed_message(timeout, limit)
-            await _log(ctx, claim, "ERROR", message)
-            request = client.set_flow_run_state(claim.flow_run_id, claim.version, StateType.FAILED, message)
-            if await propose(request, "stuck claims"):
-                stats.flow_runs_failed += 1
-                changed += 1
+        how = Resurrection(
+            loop="stuck claims",
+            logger_name=LOGGER_NAME,
+            log_msg_id=subjects.requeue_log_msg_id(claim.flow_run_id, claim.version),
+            rescheduled_log=requeued_message(timeout),
+            rescheduled_state=requeued_message(timeout),
+            failed=failed_message(timeout, limit),
+        )
+        outcome = await resurrect_or_fail(ctx, client, claim, how)
+        if outcome == "rescheduled":
+            stats.flow_runs_requeued += 1
+        elif outcome == "failed":
+            stats.flow_runs_failed += 1
+        changed += outcome is not None
     return changed
-
-
-async def _log(ctx: ServiceContext, claim: StuckClaim, level: Literal["INFO", "ERROR"], message: str) -> None:
-    # Before the state, as the Zombie Killer does: a watcher may stop reading at the state change.
-    record = LogRecord(
-        flow_run_id=claim.flow_run_id, timestamp=utcnow(), name=LOGGER_NAME, level=level, message=message
-    )
-    await ctx.jetstream.publish(
-        subjects.logs(claim.flow_run_id),
-        LogBatch(records=[record]).model_dump_json().encode(),
-        headers={"Nats-Msg-Id": subjects.requeue_log_msg_id(claim.flow_run_id, claim.version)},
-    )
 
 
 def stuck_claims_loop(stats: StuckClaimStats) -> Callable[[ServiceContext], Awaitable[None]]:

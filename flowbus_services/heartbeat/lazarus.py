@@ -21,19 +21,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import exists, or_, select
 from sqlmodel import col
 
 from flowbus import subjects
 from flowbus.client import AsyncClient
-from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun, utcnow
+from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun
 from flowbus.runtime.service import ServiceContext
-from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import ACTIVE_TASK_RUN_STATES, StateType
 from flowbus_services.heartbeat.grace import silence_cutoff
-from flowbus_services.heartbeat.proposing import propose
+from flowbus_services.heartbeat.proposing import Resurrection, SilentRun, resurrect_or_fail
 
 RESCHEDULED_MESSAGE = "Rescheduled by a Lazarus process."
 LOGGER_NAME = "flowbus.lazarus"
@@ -58,13 +57,7 @@ class LazarusStats:
     flow_runs_failed: int = 0
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A flow run Lazarus would act on, as it read it."""
-
-    flow_run_id: str
-    version: int
-    times_resurrected: int
+Candidate = SilentRun
 
 
 def _candidates_query(cutoff: datetime) -> Any:
@@ -110,42 +103,28 @@ async def revive(ctx: ServiceContext, stats: LazarusStats, candidates: list[Cand
     was read; returns how many changes went through."""
     assert ctx.nc is not None
     client = AsyncClient(ctx.settings, nc=ctx.nc)
-    limit = ctx.settings.lazarus.max_resurrections
     changed = 0
     for run in candidates:
-        if run.times_resurrected < limit:
-            # Logs before the state, as the Zombie Killer does: a watcher may
-            # stop reading at the state change.
-            await _log(ctx, run, "INFO", rescheduled_log_message(run.times_resurrected + 1))
-            request = client.set_flow_run_state(
-                run.flow_run_id, run.version, StateType.SCHEDULED, RESCHEDULED_MESSAGE, resurrect=True
-            )
-            if await propose(request, "lazarus"):
-                stats.flow_runs_rescheduled += 1
-                changed += 1
-        else:
-            message = failed_message(limit)
-            await _log(ctx, run, "ERROR", message)
-            if await propose(
-                client.set_flow_run_state(run.flow_run_id, run.version, StateType.FAILED, message), "lazarus"
-            ):
-                stats.flow_runs_failed += 1
-                changed += 1
+        how = Resurrection(
+            loop="lazarus",
+            logger_name=LOGGER_NAME,
+            log_msg_id=subjects.lazarus_log_msg_id(run.flow_run_id, run.version),
+            rescheduled_log=rescheduled_log_message(run.times_resurrected + 1),
+            rescheduled_state=RESCHEDULED_MESSAGE,
+            failed=failed_message(ctx.settings.lazarus.max_resurrections),
+        )
+        outcome = await resurrect_or_fail(ctx, client, run, how)
+        if outcome == "rescheduled":
+            stats.flow_runs_rescheduled += 1
+        elif outcome == "failed":
+            stats.flow_runs_failed += 1
+        changed += outcome is not None
     return changed
 
 
 async def lazarus_pass(ctx: ServiceContext, stats: LazarusStats) -> int:
     """One pass: find the candidates, act on each; returns how many changed."""
     return await revive(ctx, stats, await find_candidates(ctx))
-
-
-async def _log(ctx: ServiceContext, run: Candidate, level: Literal["INFO", "ERROR"], message: str) -> None:
-    record = LogRecord(flow_run_id=run.flow_run_id, timestamp=utcnow(), name=LOGGER_NAME, level=level, message=message)
-    await ctx.jetstream.publish(
-        subjects.logs(run.flow_run_id),
-        LogBatch(records=[record]).model_dump_json().encode(),
-        headers={"Nats-Msg-Id": subjects.lazarus_log_msg_id(run.flow_run_id, run.version)},
-    )
 
 
 def lazarus_loop(stats: LazarusStats) -> Callable[[ServiceContext], Awaitable[None]]:

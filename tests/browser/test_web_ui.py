@@ -61,6 +61,24 @@ def run_state(stack: Stack, run_id: str) -> dict[str, Any]:
     return result
 
 
+def expect_run_state(page: Page, stack: Stack, run_id: str, state: str) -> None:
+    """The run page shows ``state``; when it does not, the failure says what the
+    API and the page's live line said, and what the agent printed last, so a
+    run stuck for real and a page that stopped following can be told apart."""
+    try:
+        expect(page.locator("#run-state")).to_have_text(state)
+    except AssertionError as exc:
+        history = stack.data(
+            "query($id: uuid!) { flow_run_by_pk(id: $id) { states(order_by: {version: asc}) { state version } } }",
+            {"id": run_id},
+        )
+        live = page.locator("p.live").inner_text()
+        agent = "".join(stack.outputs.get("agent", [])[-30:])
+        raise AssertionError(
+            f"{exc}\nthe API: {run_state(stack, run_id)}, history {history}\nthe live line: {live}\nthe agent:\n{agent}"
+        ) from exc
+
+
 def schematic(page: Page) -> Any:
     return page.get_by_role("group", name="Tasks and their dependencies")
 
@@ -128,7 +146,7 @@ def test_a_failing_flow_shows_failed_and_its_error_log(page: Page, stack: Stack)
     run_id = create_run(stack, "failing-flow")
     # The run link the Prefect 1.x client prints: the tenant's slug first.
     login(page, stack.key, f"/default/flow-run/{run_id}")
-    expect(page.locator("#run-state")).to_have_text("Failed")
+    expect_run_state(page, stack, run_id, "Failed")
     expect(page.get_by_role("log", name="Logs")).to_contain_text("kaboom: the flow failed on purpose")
     expect(schematic(page).get_by_role("img", name="explode: Failed")).to_be_visible()
     # The level filter hides the INFO lines and keeps the error.
@@ -322,9 +340,9 @@ def test_the_dashboard_sums_up_runs_late_runs_and_agents(page: Page, stack: Stac
     overdue = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
     late = create_run(stack, "hello-flow", labels=["no-agent-has-this"], scheduled_start_time=overdue)
     login(page, stack.key, f"/flow-run/{succeeded}")
-    expect(page.locator("#run-state")).to_have_text("Success")
+    expect_run_state(page, stack, succeeded, "Success")
     page.goto(f"/flow-run/{failed}")
-    expect(page.locator("#run-state")).to_have_text("Failed")
+    expect_run_state(page, stack, failed, "Failed")
 
     page.get_by_role("link", name="Dashboard").click()
     chart = page.get_by_role("list", name=re.compile(r"^Runs created in the last 24 hours by state"))
