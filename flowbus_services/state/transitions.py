@@ -177,8 +177,11 @@ class _TransitionBatch:
         self.now = now
         self.flow_runs: dict[str, _Run] = {}
         self.task_runs: dict[str, _Run] = {}
-        self.flow_updates: list[dict[str, Any]] = []
-        self.task_updates: list[dict[str, Any]] = []
+        # Each run's row is written once per batch, with its last values, at
+        # the version the batch read (one UPDATE over many rows, on PostgreSQL,
+        # changes a row once: a second change of it would not match).
+        self.flow_updates: dict[str, dict[str, Any]] = {}
+        self.task_updates: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
         self.events = OutboxBatch()
 
@@ -322,9 +325,11 @@ class _TransitionBatch:
         if task_run_id is None:
             values["agent_id"] = run.agent_id
             values["times_resurrected"] = run.times_resurrected
-            self.flow_updates.append(values)
-        else:
-            self.task_updates.append(values)
+        updates = self.flow_updates if task_run_id is None else self.task_updates
+        earlier = updates.get(run.id)
+        if earlier is not None:
+            values["b_version"] = earlier["b_version"]
+        updates[run.id] = values
         self.history.append(
             {
                 "flow_run_id": run.flow_run_id,
@@ -364,17 +369,10 @@ class _TransitionBatch:
                 run.times_resurrected += 1
 
     async def flush(self) -> None:
-        sane = self.conn.dialect.supports_sane_multi_rowcount
-        for statement, params in ((_UPDATE_FLOW_RUN, self.flow_updates), (_UPDATE_TASK_RUN, self.task_updates)):
-            if not params:
-                continue
-            if sane:
-                matched = await self.conn.run_bulk(statement, params)
-            else:
-                matched = 0
-                for p in params:
-                    matched += await self.conn.run_bulk(statement, [p])
-            if matched != len(params):
+        for statement, updates in ((_UPDATE_FLOW_RUN, self.flow_updates), (_UPDATE_TASK_RUN, self.task_updates)):
+            # In id order: concurrent batches (PostgreSQL) then lock rows in one order, never in a cycle.
+            rows = [updates[run_id] for run_id in sorted(updates)]
+            if rows and await self.conn.run_bulk(statement, rows) != len(rows):
                 raise _RaceLost
         await self.conn.run_bulk(_INSERT_HISTORY, self.history)
 

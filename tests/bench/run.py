@@ -46,6 +46,11 @@ due runs that no agent takes, and the scheduler releases the oldest due
 Scheduled runs ``scheduler.release_batch`` (500) at a time: behind them, a
 later-scheduled run would never be released.
 
+``BENCH_DATABASE`` picks the database of the stack: ``sqlite`` (the
+default: the home's SQLite file), ``postgres`` (a fresh database created at
+127.0.0.1:5432 as user ``postgres``, dropped at the end) or a SQLAlchemy URL
+(``postgresql+asyncpg://...``, used as it is). The JSON names it.
+
 Never part of the test suite: numbers are printed, not asserted.
 ``BENCH_SCALE=0.1`` runs a tenth of the requests and runs (a smoke run).
 ``BENCH_ONLY=create,set_state`` runs only the named parts (``delivery``,
@@ -510,14 +515,51 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
     return results
 
 
+BENCH_DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
+PG_SERVER = "127.0.0.1:5432"
+
+
+async def _pg_admin(statement: str) -> None:
+    import asyncpg
+
+    host, port = PG_SERVER.split(":")
+    conn = await asyncpg.connect(host=host, port=int(port), user="postgres", database="postgres")
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 @contextlib.contextmanager
-def _serving(extra_env: dict[str, str] | None = None) -> Iterator[tuple[Settings, dict[str, str], str]]:
+def _database() -> Iterator[tuple[str | None, str]]:
+    """The stack's database URL (None: the home's SQLite file) and how the JSON names it."""
+    if BENCH_DATABASE == "sqlite":
+        yield None, "SQLite WAL"
+    elif BENCH_DATABASE == "postgres":
+        name = f"flowbus_bench_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        try:
+            yield f"postgresql+asyncpg://postgres@{PG_SERVER}/{name}", f"PostgreSQL at {PG_SERVER} (fresh database)"
+        finally:
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    elif "://" in BENCH_DATABASE:
+        yield BENCH_DATABASE, BENCH_DATABASE.split("://", 1)[0].split("+", 1)[0]
+    else:
+        raise SystemExit(f"BENCH_DATABASE must be sqlite, postgres or a database URL, not {BENCH_DATABASE!r}")
+
+
+@contextlib.contextmanager
+def _serving(
+    database_url: str | None, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[Settings, dict[str, str], str]]:
     """A fresh ``flowbus up`` in a temporary home: its settings, environment and process layout."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         env = {**os.environ, "FLOWBUS_HOME": str(home), **(extra_env or {})}
         for var in ("FLOWBUS_NATS_URL", "FLOWBUS_DATABASE_URL", "FLOWBUS_AUTH_DIR", "FLOWBUS_NATS_CREDS"):
             env.pop(var, None)
+        if database_url:
+            env["FLOWBUS_DATABASE_URL"] = database_url
         up = subprocess.Popen(
             [sys.executable, "-m", "flowbus_services.cli", "up"],
             env=env,
@@ -539,7 +581,7 @@ def _serving(extra_env: dict[str, str] | None = None) -> Iterator[tuple[Settings
             tail: collections.deque[str] = collections.deque(maxlen=40)
             threading.Thread(target=tail.extend, args=(up.stdout,), daemon=True).start()
             try:
-                yield Settings(home=home), env, layout
+                yield Settings(home=home, database_url=database_url), env, layout
             except BaseException:
                 print("".join(tail), file=sys.stderr)
                 raise
@@ -551,17 +593,22 @@ def _serving(extra_env: dict[str, str] | None = None) -> Iterator[tuple[Settings
 def main() -> None:
     results: list[dict[str, Any]] = []
     layout = "?"
+    database = "?"
     if ONLY & set(PARTS) - {"schedules"}:
-        with _serving() as (settings, env, layout):
+        with _database() as (url, database), _serving(url) as (settings, env, layout):
             results.extend(asyncio.run(bench(settings, env)))
-    # Last, each on a stack of its own: the schedules leave thousands of due runs behind.
+    # Last, each on a stack (and database) of its own: the schedules leave thousands of due runs behind.
     for count in SCHEDULE_COUNTS if "schedules" in ONLY else ():
-        with _serving({"FLOWBUS_SCHEDULER__PLAN_RUNS": "false"}) as (settings, env, layout):
+        with (
+            _database() as (url, database),
+            _serving(url, {"FLOWBUS_SCHEDULER__PLAN_RUNS": "false"}) as (settings, env, layout),
+        ):
             results.append(scheduler_cost(settings, env, count))
     print(
         json.dumps(
             {
-                "stack": f"flowbus up (embedded nats-server, SQLite WAL; service processes: {layout})",
+                "stack": f"flowbus up (embedded nats-server, {database}; service processes: {layout})",
+                "database": database,
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "results": results,
             },

@@ -73,3 +73,36 @@ async def test_a_failed_batch_is_retried_one_command_at_a_time() -> None:
     assert isinstance(results[1], RuntimeError)
     assert log == [[1, 2, 3], [1], [2], [3]]
     await committer.close()
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+async def test_batches_are_written_side_by_side_only_with_more_than_one_writer(writers: int) -> None:
+    writing = 0
+    most = 0
+    release = asyncio.Event()
+    both_started = asyncio.Event()
+
+    async def process(commands: Sequence[int]) -> list[int | FlowbusError]:
+        nonlocal writing, most
+        writing += 1
+        most = max(most, writing)
+        if writing == 2:
+            both_started.set()
+        try:
+            await release.wait()  # a write that waits on the database
+        finally:
+            writing -= 1
+        return list(commands)
+
+    committer: GroupCommitter[int, int] = GroupCommitter("t", process, pipeline=4, writers=writers)
+    first = asyncio.create_task(committer.submit(1))
+    for _ in range(20):  # the first batch is being written
+        await asyncio.sleep(0)
+    second = asyncio.create_task(committer.submit(2))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert both_started.is_set() is (writers == 2)
+    release.set()
+    assert (await first, await second) == (1, 2)
+    assert most == writers
+    await committer.close()

@@ -7,23 +7,34 @@ from the table definition (its column defaults; None for a nullable column
 without one), computed once per Bulk.
 
 How a Bulk runs is the write connection's business
-(``WriteConnection.run_bulk``, flowbus.db.connection): through SQLAlchemy's
-executemany, or, on the inline SQLite connection, compiled once per dialect
-into positional SQL and the columns' own bind processors, its rows handed
-to ``sqlite3`` as plain tuples (SQLAlchemy's per-row machinery costs more
-there than the SQL itself). The values stored are the same either way.
+(``WriteConnection.run_bulk``, flowbus.db.connection):
+
+- on the inline SQLite connection, compiled once per key set into
+  positional SQL and the columns' own bind processors, its rows handed to
+  ``sqlite3`` as plain tuples (SQLAlchemy's per-row machinery costs more
+  there than the SQL itself);
+- on PostgreSQL, as ONE statement whatever the number of rows: each column
+  sent as an array and the rows rebuilt by ``unnest`` on the server
+  (``INSERT ... SELECT ... FROM unnest(...)``, ``UPDATE ... FROM unnest(...)``).
+  An executemany there is a statement per row, and asyncpg reports no row
+  count for it, so a versioned UPDATE had to go row by row, a round trip each;
+- otherwise through SQLAlchemy's executemany.
+
+The values stored are the same whichever way.
 
 Touches no subject.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import psycopg2 as _pyformat
 
 Processor = Callable[[Any], Any]
 Row = dict[str, Any]
@@ -80,6 +91,28 @@ class Compiled:
 
 
 @dataclass(frozen=True)
+class Unnested:
+    """A Bulk as one PostgreSQL statement over column arrays, for one key set."""
+
+    sql: str  # $1..$n: one array per column, in ``keys`` order
+    keys: tuple[str, ...]
+    processors: tuple[Processor | None, ...]  # per column, None when the value goes as it is
+
+    def params(self, rows: Sequence[Row]) -> tuple[list[Any], ...]:
+        columns = []
+        for key, process in zip(self.keys, self.processors, strict=True):
+            values = [row[key] for row in rows]
+            columns.append(values if process is None else [process(v) for v in values])
+        return tuple(columns)
+
+
+# A pyformat bind as the psycopg2 dialect renders it, with the cast a JSON column adds.
+_BIND = re.compile(r"%\((\w+)\)s")
+# (A RETURNING of the generated key, which the pyformat dialect adds, is dropped: nothing reads it.)
+_INSERT_VALUES = re.compile(r"^(INSERT INTO .+?\)) VALUES \((.+?)\)(?: RETURNING .+)?$", re.DOTALL)
+
+
+@dataclass(frozen=True)
 class _Defaults:
     """What an INSERT fills in for the columns a row leaves out."""
 
@@ -123,6 +156,7 @@ class Bulk:
         self._defaults = _Defaults.of(statement)
         self._missing: dict[tuple[str, ...], tuple[Row, tuple[tuple[str, Callable[[], Any]], ...]]] = {}
         self._compiled: dict[tuple[str, tuple[str, ...]], Compiled] = {}
+        self._unnested: dict[tuple[str, ...], Unnested] = {}
 
     def complete(self, row: Row) -> Row:
         """``row`` with every column it leaves out set to its default (a new dict)."""
@@ -160,6 +194,44 @@ class Bulk:
         if found is None:
             found = self._compiled[(dialect.name, keys)] = self._compile(dialect, keys)
         return found
+
+    def unnested(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> Unnested:
+        """The one-statement PostgreSQL form for rows with ``keys`` (built once per key set)."""
+        found = self._unnested.get(keys)
+        if found is None:
+            found = self._unnested[keys] = self._unnest(dialect, keys)
+        return found
+
+    def _unnest(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> Unnested:
+        # Rendered by the pyformat dialect, whose binds are easy to find and
+        # name, then each bind replaced by the column of the unnested rows.
+        compiled = self.statement.compile(dialect=_pyformat.dialect(), column_keys=list(keys))  # type: ignore[no-untyped-call]
+        names = _BIND.findall(compiled.string)
+        if set(names) - set(keys) or not names:
+            raise ValueError(f"rows lack {sorted(set(names) - set(keys))} for {compiled.string!r}")
+        ordered = tuple(dict.fromkeys(names))
+        arrays, processors = [], []
+        for i, name in enumerate(ordered, start=1):
+            column_type = compiled.binds[name].type
+            # JSON travels as text and is cast by the statement itself (the
+            # compiled form already says ``::JSON``): no array codec needed.
+            json = isinstance(column_type, sa.JSON)
+            sql_type = "TEXT" if json else column_type.compile(dialect=dialect)
+            arrays.append(f"${i}::{sql_type}[]")
+            process = bind_processor(column_type, dialect)
+            processors.append(_memo_empty(process) if json and process else process)
+        quote = dialect.identifier_preparer.quote_identifier  # always quoted: "type", "timestamp"
+        rows = f"unnest({', '.join(arrays)}) AS v({', '.join(quote(n) for n in ordered)})"
+        sql = _BIND.sub(lambda m: f"v.{quote(m.group(1))}", compiled.string)
+        if self.inserts:
+            match = _INSERT_VALUES.match(sql)
+            if match is None:
+                raise ValueError(f"not a single-row INSERT: {compiled.string!r}")
+            sql = f"{match.group(1)} SELECT {match.group(2)} FROM {rows}"
+        else:
+            head, where, tail = sql.partition(" WHERE ")
+            sql = f"{head} FROM {rows}{where}{tail}"
+        return Unnested(sql, ordered, tuple(processors))
 
     def _compile(self, dialect: sa.Dialect, keys: tuple[str, ...]) -> Compiled:
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))

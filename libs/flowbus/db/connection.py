@@ -43,7 +43,7 @@ class WriteConnection(Protocol):
 
     async def run_bulk(self, bulk: Bulk, rows: Sequence[Row]) -> int:
         """Run ``bulk`` for every row, omitted columns set to their defaults; how many rows it
-        inserted, or for an UPDATE, matched."""
+        inserted, or for an UPDATE, matched (exactly: versioned updates count on it)."""
         ...
 
     async def insert_outbox_row(self, owner: str, messages: bytes, created: datetime) -> int:
@@ -67,8 +67,20 @@ class SqlAlchemyWriteConnection:
     async def run_bulk(self, bulk: Bulk, rows: Sequence[Row]) -> int:
         if not rows:
             return 0
-        result = await self._conn.execute(bulk.statement, list(bulk.completed(rows)))
-        return len(rows) if bulk.inserts else int(result.rowcount)  # asyncpg counts no executemany insert
+        rows = bulk.completed(rows)
+        dialect = self._conn.dialect
+        if dialect.name == "postgresql":
+            # One statement, one round trip, an exact row count (flowbus.db.bulk).
+            unnested = bulk.unnested(dialect, tuple(rows[0]))
+            result = await self._conn.exec_driver_sql(unnested.sql, unnested.params(rows))
+            return int(result.rowcount)
+        if bulk.inserts or dialect.supports_sane_multi_rowcount:
+            result = await self._conn.execute(bulk.statement, list(rows))
+            return len(rows) if bulk.inserts else int(result.rowcount)
+        matched = 0  # a driver that cannot count an executemany's rows: one by one
+        for row in rows:
+            matched += int((await self._conn.execute(bulk.statement, row)).rowcount)
+        return matched
 
     async def insert_outbox_row(self, owner: str, messages: bytes, created: datetime) -> int:
         row = {"owner": owner, "messages": messages, "created": created}

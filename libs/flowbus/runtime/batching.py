@@ -5,6 +5,10 @@ worker processes every waiting command in one transaction, has the outbox
 relay publish their events, then answers each. A refusal is one command's
 outcome; a failed batch is retried command by command
 (docs/architecture.md, "The hot path: fast lane and group commit").
+Where the database takes concurrent writers (PostgreSQL), up to
+``writers`` batches are written at once; two that touch the same run are
+ordered by the database (the later one loses its version race and is
+retried command by command).
 """
 
 from __future__ import annotations
@@ -83,10 +87,14 @@ class GroupCommitter(Generic[C, R]):
         after_commit: Callable[[], Awaitable[None]] | None = None,
         max_batch: int = 256,
         pipeline: int = 4,
+        writers: int = 1,
     ) -> None:
         self.name = name
-        self._in_flight = asyncio.Semaphore(pipeline)
+        self._in_flight = asyncio.Semaphore(max(pipeline, writers))
+        self._writers = asyncio.Semaphore(writers)
+        self._writer_count = writers
         self._finishers: set[asyncio.Task[None]] = set()
+        self._writing: set[asyncio.Task[None]] = set()
         self._process = process
         self._after_commit = after_commit
         self._max_batch = max_batch
@@ -115,6 +123,7 @@ class GroupCommitter(Generic[C, R]):
         """Finish what is queued, then stop."""
         if self._worker is not None and not self._worker.done():
             await self._queue.join()
+        await asyncio.gather(*self._writing, return_exceptions=True)
         await asyncio.gather(*self._finishers, return_exceptions=True)
         if self._worker is not None:
             self._worker.cancel()
@@ -129,16 +138,26 @@ class GroupCommitter(Generic[C, R]):
             # previous batch's events and replies leave before this batch is
             # written, and what arrives meanwhile joins this batch.
             await self._in_flight.acquire()
+            await self._writers.acquire()
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._handle(batch)
-            except BaseException:
-                self._in_flight.release()
-                raise
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            # With one writer, written here and now (what arrives meanwhile
+            # waits for the next batch); with more, beside the batches under way.
+            writing = asyncio.create_task(self._write(batch))
+            self._writing.add(writing)
+            writing.add_done_callback(self._writing.discard)
+            if self._writer_count == 1:
+                await asyncio.gather(writing, return_exceptions=True)
+
+    async def _write(self, batch: list[tuple[C, asyncio.Future[R] | Respond]]) -> None:
+        try:
+            await self._handle(batch)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        finally:
+            for _ in batch:
+                self._queue.task_done()
 
     async def _handle(self, batch: list[tuple[C, asyncio.Future[R] | Respond]]) -> None:
         commands = [cmd for cmd, _to in batch]
@@ -156,6 +175,8 @@ class GroupCommitter(Generic[C, R]):
                         outcomes.extend(await self._process([cmd]))
                     except Exception as single:
                         outcomes.append(single)
+        finally:
+            self._writers.release()
         # Publishing and replying overlap the next batch's writes (up to
         # ``pipeline`` batches). Finishers run in batch order: the relay's
         # lock is first come, first served.

@@ -90,6 +90,9 @@ class OutboxRelay:
         self._lock = asyncio.Lock()
         self._committed: list[OutboxBatch] = []  # committed, not yet published
         self._published: set[int] = set()  # published, their rows not yet deleted
+        # Of those, the ids a transaction under way deletes: concurrent writers
+        # (PostgreSQL) each take others, never waiting on each other's row locks.
+        self._clearing: set[int] = set()
         # Sent without waiting (``reply_after_stored`` off): row id -> the task awaiting the acks.
         self._confirming: dict[int, asyncio.Task[None]] = {}
 
@@ -109,13 +112,16 @@ class OutboxRelay:
         """
         if batch.messages:
             batch.row_id = await conn.insert_outbox_row(self.owner, pack(batch.messages), now)
-        if self._published:
-            batch.cleared = sorted(self._published)
+        clear = self._published - self._clearing
+        if clear:
+            batch.cleared = sorted(clear)
+            self._clearing.update(clear)  # given back by committed() or, on a rollback, by the sweep
             await conn.execute(_DELETE, {"ids": batch.cleared})
 
     def committed(self, batch: OutboxBatch) -> None:
         """Take a batch whose transaction has committed, to publish from memory."""
         self._published.difference_update(batch.cleared)
+        self._clearing.difference_update(batch.cleared)
         if batch.row_id is not None:
             self._committed.append(batch)
 
@@ -221,6 +227,7 @@ class OutboxRelay:
             async with self.db.write_connection() as conn:
                 await conn.execute(_DELETE, {"ids": ids})
             self._published.difference_update(ids)
+            self._clearing.difference_update(ids)
 
     async def _flush_rows(self, before: datetime) -> int:
         rows = await self._pending(before)

@@ -140,6 +140,7 @@ class ServiceContext:
             after_commit=self.relay.publish_before_reply,
             # Its depth follows the reply mode (docs/architecture.md, "Delivery guarantees").
             pipeline=4 if self.relay.reply_after_stored else 1,
+            writers=self.relay.db.concurrent_writes,
         )
         self.committers.append(committer)
         return committer
