@@ -43,7 +43,6 @@ current_run: ContextVar[str | None] = ContextVar("flowbus_flow_run", default=Non
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The attributes of every LogRecord: what is not among them came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_FLOWBUS_LOGGERS = ("flowbus", "flowbus_services")
 _HANDLER_NAME = "flowbus"
 
 
@@ -57,12 +56,13 @@ def run_context(flow_run_id: str | None) -> Iterator[None]:
         current_run.reset(token)
 
 
-def _service_of(record: logging.LogRecord, component: str) -> str:
+def _service_of(record: logging.LogRecord, component: str, services: frozenset[str]) -> str:
     service = current_service.get()
     if service:
         return service
-    parts = record.name.split(".")
-    if len(parts) > 1 and parts[0] == "flowbus_services":
+    # A service's own modules log under <package>.<service>.<module>.
+    parts = record.name.split(".", 2)
+    if len(parts) > 1 and parts[1] in services:
         return parts[1]
     return component
 
@@ -76,9 +76,10 @@ class ContextFilter(logging.Filter):
         self.component = component
         self.default_level = default_level
         self.levels = dict(levels or {})
+        self.services = _known_components()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        service = _service_of(record, self.component)
+        service = _service_of(record, self.component, self.services)
         if record.levelno < self.levels.get(service, self.default_level):
             return False
         record.service = service
@@ -160,12 +161,15 @@ def configure_logging(
     level: str = "INFO",
     levels: Mapping[str, str] | None = None,
     stream: IO[str] | None = None,
+    packages: tuple[str, ...] = ("flowbus",),
 ) -> logging.Handler:
     """Send this process's log records to ``stream`` (stderr) in ``log_format``; returns the handler.
 
     ``component`` names the process's records that no service claims (``up``,
-    ``agent``, or the one service a process runs). Calling it again replaces
-    the handler it installed before."""
+    ``agent``, or the one service a process runs); ``packages`` are the
+    loggers the levels apply to (the services' package adds its own; any
+    other logger stays at WARNING). Calling it again replaces the handler it
+    installed before."""
     default = level_number(level)
     per_service = {name: level_number(value) for name, value in (levels or {}).items()}
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
@@ -179,7 +183,7 @@ def configure_logging(
     # The loggers let through the lowest level any service wants; the filter applies each one's own.
     lowest = min([default, *per_service.values()])
     root.setLevel(logging.WARNING)
-    for name in _FLOWBUS_LOGGERS:
+    for name in packages:
         logging.getLogger(name).setLevel(lowest)
     for name, number in per_service.items():
         if "." in name or name not in _known_components():

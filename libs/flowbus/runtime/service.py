@@ -22,6 +22,7 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,7 +52,7 @@ from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
 from flowbus.runtime.log_format import current_run, current_service
 from flowbus.runtime.metrics import CommandStats, ComponentMetrics, Families, subject_label
-from flowbus.runtime.metrics_http import metrics_endpoint
+from flowbus.runtime.metrics_http import metrics_endpoint, process_app, serve
 from flowbus.runtime.nats import connect, ensure_streams, known_servers, tls_context
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.payload import PayloadLimits, PayloadRefused
@@ -499,6 +500,18 @@ async def readiness(ctx: ServiceContext, *databases: Database) -> list[str]:
             problems.append("database")
             break
     return problems
+
+
+async def serve_metrics(apps: Sequence[AsgiFastStream], sock: socket.socket) -> None:
+    """Serve ``/metrics`` of ``apps`` (the services of one process, merged), ``/healthz`` and
+    ``/readyz`` (every one of them ready) on ``sock`` until cancelled: what a process of
+    `flowbus up` answers, since it serves none of the services' own ASGI apps."""
+    contexts = [service_context(app) for app in apps]
+
+    async def ready() -> list[str]:
+        return [f"{ctx.name}: {problem}" for ctx in contexts for problem in await readiness(ctx)]
+
+    await serve(process_app(lambda: [ctx.metrics for ctx in contexts], ready), sock)
 
 
 def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
