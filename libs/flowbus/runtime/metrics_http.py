@@ -163,7 +163,7 @@ class _Server(uvicorn.Server):
 
 async def serve(app: ASGIApp, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until cancelled (the socket stays open: a restarted process serves it again)."""
-    config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", access_log=False, ws="none")
     server = _Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
