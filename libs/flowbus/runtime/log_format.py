@@ -44,6 +44,8 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The attributes of every LogRecord: what is not among them came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _HANDLER_NAME = "flowbus"
+# What ContextFilter adds to a record (written, when set, by the formatters themselves).
+_CONTEXT = ("service", "flow_run_id", "trace_id", "span_id")
 
 
 @contextmanager
@@ -112,12 +114,12 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "pid": record.process,
         }
-        for key in ("flow_run_id", "trace_id", "span_id"):
+        for key in _CONTEXT[1:]:
             value = getattr(record, key, None)
             if value is not None:
                 line[key] = value
         for key, value in vars(record).items():
-            if key not in _RECORD_ATTRIBUTES and key not in line and key != "service":
+            if key not in _RECORD_ATTRIBUTES and key not in _CONTEXT and key not in line:
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
