@@ -5,9 +5,10 @@ broker whose command handlers always answer with a ``Reply`` envelope (a
 malformed, wrong-typed, oversize or too deeply nested command gets
 ``VALIDATION_ERROR``, a refusal its stable code, a bug ``INTERNAL``; the
 service keeps serving), an
-ASGI app with /healthz, /readyz, /metrics (flowbus.runtime.metrics: this
-service's counters, and the gauges ``metrics_for`` adds) and /docs/asyncapi,
-log records tagged with the service (flowbus.runtime.log_format), OpenTelemetry spans with
+ASGI app with /healthz, /readyz, /metrics (flowbus.runtime.metrics: what
+every service counts, and what the service adds with ``ctx.metrics``) and
+/docs/asyncapi, log records tagged with the service
+(flowbus.runtime.log_format), OpenTelemetry spans with
 the trace context carried in NATS headers, a database with migrations
 applied, the JetStream streams, an outbox relay (its rows tagged with the
 service's name; every write's events published before the reply,
