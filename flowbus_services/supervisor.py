@@ -38,6 +38,7 @@ from typing import Any, NoReturn, Protocol
 
 import uvloop
 
+from flowbus.runtime.log_format import current_service
 from flowbus.runtime.service import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -364,6 +365,7 @@ async def serve_until_stopped(
         loop.add_signal_handler(signo, stopping.set)
     async with AsyncExitStack() as stack:
         apps = [await stack.enter_async_context(build(name)) for name in services]
+        current_service.set(None)  # each service's tasks keep theirs; what follows here is no service's
         metrics = None
         if metrics_socket is not None:
             metrics = asyncio.create_task(serve_metrics(apps, metrics_socket), name="metrics-http")

@@ -49,7 +49,7 @@ from flowbus.bus_auth import (
 )
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
 from flowbus.db.migrate import upgrade_async
-from flowbus.runtime.log_format import configure_logging
+from flowbus.runtime.log_format import configure_logging, current_service
 from flowbus.runtime.metrics_http import listen, url_of
 from flowbus.runtime.nats import NatsUnavailable, connect, redacted, without_userinfo
 from flowbus.runtime.service import serve_metrics
@@ -396,6 +396,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         await upgrade_async(db_url)
         async with AsyncExitStack() as stack:
             apps = [await stack.enter_async_context(build_service_app(name, settings)) for name in SERVICE_MODULES]
+            current_service.set(None)  # each service's tasks keep theirs; what follows here is `up`'s
             serving = asyncio.create_task(serve_metrics(apps, metrics[0][1]), name="metrics-http")
             key_line = await ensure_api_key(settings)
             _announce_up(settings, server, db_url, ", ".join(SERVICE_MODULES), key_line, metrics)
