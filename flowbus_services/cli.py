@@ -8,6 +8,7 @@ The ``flowbus`` console script runs ``main`` (as does ``python -m flowbus_servic
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 import typer
@@ -22,17 +23,21 @@ service_app = typer.Typer(help="Run one service on its own.", no_args_is_help=Tr
 
 @app.command("up", help="Start NATS, the database and all services in the foreground (Ctrl-C stops).")
 def up() -> None:
-    from flowbus_services.up import run_foreground
+    from flowbus_services.up import log_to_stderr, run_foreground
 
+    settings = Settings()
+    log_to_stderr(settings, "up")
     try:
-        run_foreground(Settings())
+        run_foreground(settings)
     except NatsUnavailable as exc:
         raise fail(str(exc)) from None
     except (RuntimeError, ValueError) as exc:  # already running, a service process failed, bad up.processes
         raise fail(str(exc)) from None
 
 
-@service_app.command("run", help="Run one service alone under uvicorn, with /healthz, /readyz, /docs/asyncapi.")
+@service_app.command(
+    "run", help="Run one service alone under uvicorn, with /healthz, /readyz, /metrics, /docs/asyncapi."
+)
 def service_run(
     name: Annotated[str, typer.Argument(help="registration, run_creation, state, heartbeat, scheduler or gateway")],
     host: str = "127.0.0.1",
@@ -41,10 +46,12 @@ def service_run(
     import uvicorn
 
     from flowbus_services.registry import SERVICE_MODULES, build_service_app
+    from flowbus_services.up import log_to_stderr
 
     if name not in SERVICE_MODULES:
         raise fail(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
     settings = Settings()
+    log_to_stderr(settings, name)
     try:
         asyncio.run(nats_servers(settings))
     except NatsUnavailable as exc:  # no FLOWBUS_NATS_URL and no `flowbus up`, not even one starting
@@ -62,7 +69,9 @@ def service_run(
         except OSError as exc:
             raise fail(f"the gateway cannot listen on {gateway.host}:{gateway.port}: {exc}") from None
         return
-    uvicorn.run(build_service_app(name, settings), host=host, port=port, log_level="info")
+    # Our log lines, not uvicorn's own configuration; its start line (the port) but no line per request.
+    logging.getLogger("uvicorn.error").setLevel(logging.INFO)
+    uvicorn.run(build_service_app(name, settings), host=host, port=port, log_config=None, access_log=False)
 
 
 app.add_typer(service_app, name="service")

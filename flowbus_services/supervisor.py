@@ -28,6 +28,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -36,6 +37,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import uvloop
+
+from flowbus.runtime.log_format import current_service
+from flowbus.runtime.service import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -328,11 +332,15 @@ def _signal(pid: int, signo: int) -> None:
         os.kill(pid, signo)
 
 
-def serve_in_child(build: Callable[[str], Any]) -> Callable[[tuple[str, ...], Callable[[], None]], None]:
-    """The body of a service process: enter each service's app, report ready, wait for a stop signal."""
+def serve_in_child(
+    build: Callable[[str], Any], metrics_socket: socket.socket | None = None
+) -> Callable[[tuple[str, ...], Callable[[], None]], None]:
+    """The body of a service process: enter each service's app, report ready, wait for a stop signal;
+    with ``metrics_socket`` (bound by the parent, so a restarted process serves the same port),
+    serve the services' /metrics, /healthz and /readyz on it."""
 
     def run(services: tuple[str, ...], ready: Callable[[], None]) -> None:
-        run_services(serve_until_stopped(build, services, ready))
+        run_services(serve_until_stopped(build, services, ready, metrics_socket))
 
     return run
 
@@ -344,15 +352,27 @@ def run_services(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def serve_until_stopped(
-    build: Callable[[str], Any], services: Sequence[str], ready: Callable[[], None] = lambda: None
+    build: Callable[[str], Any],
+    services: Sequence[str],
+    ready: Callable[[], None] = lambda: None,
+    metrics_socket: socket.socket | None = None,
 ) -> None:
-    """Enter each service's app, call ``ready``, and serve until SIGINT or SIGTERM."""
+    """Enter each service's app, call ``ready``, and serve until SIGINT or SIGTERM
+    (and their /metrics on ``metrics_socket``, when given)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signo in _STOP_SIGNALS:
         loop.add_signal_handler(signo, stopping.set)
     async with AsyncExitStack() as stack:
-        for name in services:
-            await stack.enter_async_context(build(name))
+        apps = [await stack.enter_async_context(build(name)) for name in services]
+        current_service.set(None)  # each service's tasks keep theirs; what follows here is no service's
+        metrics = None
+        if metrics_socket is not None:
+            metrics = asyncio.create_task(serve_metrics(apps, metrics_socket), name="metrics-http")
         ready()
-        await stopping.wait()
+        try:
+            await stopping.wait()
+        finally:
+            if metrics is not None:
+                metrics.cancel()
+                await asyncio.gather(metrics, return_exceptions=True)

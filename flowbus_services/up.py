@@ -9,7 +9,10 @@ with the NATS server, restarting one that dies; or all in this process with
 ``up.single_process``), and writes ``$FLOWBUS_HOME/endpoint.json`` so
 that the CLI, the SDK and agents in other shells find the server (while it
 starts, ``$FLOWBUS_HOME/up.pid`` tells them to wait for that file). SIGINT or
-SIGTERM stops the services, then the NATS server, and removes both files. ``FLOWBUS_NATS_URL`` /
+SIGTERM stops the services, then the NATS server, and removes both files. Each service
+process serves its services' ``/metrics`` (with ``/healthz`` and ``/readyz``) on
+a loopback port this process binds for it (``metrics.up_port``, or a free one),
+printed at start and written to the endpoint file. ``FLOWBUS_NATS_URL`` /
 ``FLOWBUS_DATABASE_URL`` point it at existing servers instead.
 
 On its first start (no ``$FLOWBUS_HOME/api-key`` yet) it creates an admin API
@@ -46,7 +49,10 @@ from flowbus.bus_auth import (
 )
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
 from flowbus.db.migrate import upgrade_async
+from flowbus.runtime.log_format import configure_logging, current_service
+from flowbus.runtime.metrics_http import listen, url_of
 from flowbus.runtime.nats import NatsUnavailable, connect, redacted, without_userinfo
+from flowbus.runtime.service import serve_metrics
 from flowbus.schemas.api_keys import ApiKeyCreated, Role
 from flowbus.schemas.common import Conflict
 from flowbus.settings import DEFAULT_EMBEDDED_NATS_PORT, EmbeddedNatsSettings, Settings, live_pid
@@ -299,14 +305,50 @@ def _credentials_line(settings: Settings) -> str:
     return f"{auth} (one per role)" if (auth / USERS_FILE).exists() else "none (the NATS server has no authorization)"
 
 
-def write_endpoint(settings: Settings, server: NatsServer | None, db_url: str) -> None:
-    """``$FLOWBUS_HOME/endpoint.json``: where the CLI, the SDK and agents find this stack."""
+def log_to_stderr(settings: Settings, component: str) -> None:
+    """This process's log lines (and its service processes', which inherit them) as the settings say."""
+    configure_logging(
+        component,
+        log_format=settings.log_format,
+        level=settings.log_level,
+        levels=settings.log_levels,
+        packages=("flowbus", "flowbus_services"),
+    )
+
+
+# Each service process's /metrics: the services it runs, and its socket, bound by this process.
+MetricsEndpoints = list[tuple[tuple[str, ...], socket.socket]]
+
+
+def metrics_sockets(settings: Settings, groups: list[tuple[str, ...]]) -> MetricsEndpoints:
+    """One listening socket per service process, on ``metrics.host``: ``metrics.up_port`` and the
+    ports after it, or free ones. Bound here, in the parent, so that a restarted process serves the same port."""
+    base = settings.metrics.up_port
+    endpoints: MetricsEndpoints = []
+    try:
+        for index, group in enumerate(groups):
+            endpoints.append((group, listen(settings.metrics.host, base + index if base else 0)))
+    except OSError as exc:
+        for _group, sock in endpoints:
+            sock.close()
+        raise RuntimeError(
+            f"cannot serve /metrics on {settings.metrics.host} (metrics.up_port {base}): {exc}"
+        ) from None
+    return endpoints
+
+
+def write_endpoint(
+    settings: Settings, server: NatsServer | None, db_url: str, metrics: MetricsEndpoints | None = None
+) -> None:
+    """``$FLOWBUS_HOME/endpoint.json``: where the CLI, the SDK and agents find this stack
+    (and `flowbus status` its processes' /metrics)."""
     nats_url = ",".join(without_userinfo(u) for u in settings.nats_servers())
-    endpoint = {
+    endpoint: dict[str, object] = {
         "nats_url": nats_url,
         "database_url": redacted(db_url),
         "graphql_url": graphql_url(settings),
         "pid": os.getpid(),
+        "metrics": [{"services": list(group), "url": url_of(sock)} for group, sock in metrics or []],
     }
     if server is not None and server.proc is not None:
         # `flowbus auth` reloads the server's users through these.
@@ -314,10 +356,17 @@ def write_endpoint(settings: Settings, server: NatsServer | None, db_url: str) -
     write_private(settings.endpoint_file, json.dumps(endpoint))
 
 
-def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, services: str, key_line: str) -> None:
+def _announce_up(
+    settings: Settings,
+    server: NatsServer | None,
+    db_url: str,
+    services: str,
+    key_line: str,
+    metrics: MetricsEndpoints,
+) -> None:
     url = graphql_url(settings)
     nats_url = ",".join(without_userinfo(u) for u in settings.nats_servers())
-    write_endpoint(settings, server, db_url)
+    write_endpoint(settings, server, db_url, metrics)
     print(f"flowbus is up (home {settings.home})", flush=True)
     print(f"  NATS:     {redacted(nats_url)}", flush=True)
     print(f"  NATS credentials: {_credentials_line(settings)}", flush=True)
@@ -326,6 +375,8 @@ def _announce_up(settings: Settings, server: NatsServer | None, db_url: str, ser
     print(f"  GraphQL: {url}", flush=True)
     if settings.gateway.ui:
         print(f"  Web UI:  {url.removesuffix('graphql')}", flush=True)
+    for index, (group, sock) in enumerate(metrics):
+        print(f"  {'Metrics:' if index == 0 else '':<9}{url_of(sock)} ({'+'.join(group)})", flush=True)
     print(key_line, flush=True)
     print("Press Ctrl-C to stop.", flush=True)
 
@@ -338,23 +389,28 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     settings = with_gateway_port(settings)
+    metrics = metrics_sockets(settings, [tuple(SERVICE_MODULES)])
     server, settings = await _start_nats(settings)
     try:
         db_url = settings.resolved_database_url()
         await upgrade_async(db_url)
         async with AsyncExitStack() as stack:
-            for name in SERVICE_MODULES:
-                app = build_service_app(name, settings)
-                await stack.enter_async_context(app)
+            apps = [await stack.enter_async_context(build_service_app(name, settings)) for name in SERVICE_MODULES]
+            current_service.set(None)  # each service's tasks keep theirs; what follows here is `up`'s
+            serving = asyncio.create_task(serve_metrics(apps, metrics[0][1]), name="metrics-http")
             key_line = await ensure_api_key(settings)
-            _announce_up(settings, server, db_url, ", ".join(SERVICE_MODULES), key_line)
+            _announce_up(settings, server, db_url, ", ".join(SERVICE_MODULES), key_line, metrics)
             try:
                 await stop.wait()
             finally:
                 settings.endpoint_file.unlink(missing_ok=True)
+                serving.cancel()
+                await asyncio.gather(serving, return_exceptions=True)
     finally:
         if server is not None:
             server.stop()
+        for _group, sock in metrics:
+            sock.close()
         print("flowbus stopped.", flush=True)
 
 
@@ -368,6 +424,7 @@ def serve_processes(settings: Settings) -> None:
 def _serve_processes(settings: Settings) -> None:
     settings = with_gateway_port(settings)
     groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
+    metrics = metrics_sockets(settings, groups)
     server, settings = asyncio.run(_start_nats(settings))
     failure: str | None = None
     try:
@@ -379,8 +436,8 @@ def _serve_processes(settings: Settings) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         children: list[supervisor.ServiceProcess] = []
         try:
-            body = supervisor.serve_in_child(lambda name: build_service_app(name, settings))
-            for group in groups:
+            for group, sock in metrics:
+                body = supervisor.serve_in_child(lambda name: build_service_app(name, settings), sock)
                 children.append(supervisor.spawn(group, body))
             supervisor.wait_ready(children)
             key_line = asyncio.run(ensure_api_key(settings))
@@ -391,13 +448,14 @@ def _serve_processes(settings: Settings) -> None:
                 db_url,
                 ", ".join("+".join(group) + (f" x{counts[group]}" if counts[group] > 1 else "") for group in counts),
                 key_line,
+                metrics,
             )
             policy = supervisor.RestartPolicy(settings.up.restart_burst, settings.up.restart_window_seconds)
             members: list[supervisor.Supervised] = [*children, *([server] if server is not None else [])]
 
             def restarted(member: supervisor.Supervised) -> None:
                 if member is server:  # its new pid, for `flowbus auth`
-                    write_endpoint(settings, server, db_url)
+                    write_endpoint(settings, server, db_url, metrics)
 
             failure = supervisor.supervise(members, policy, restarted)
         finally:
@@ -406,6 +464,8 @@ def _serve_processes(settings: Settings) -> None:
     finally:
         if server is not None:
             server.stop()
+        for _group, sock in metrics:
+            sock.close()
         print("flowbus stopped.", flush=True)
     if failure is not None:
         raise RuntimeError(failure)

@@ -79,7 +79,7 @@ def register(ctx: ServiceContext) -> KeyStore:
 
 async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore, service: Any = None) -> None:
     """Serve GraphQL and health on ``sock`` until cancelled, verifying keys with ``keys``;
-    ``service`` (the gateway's own ASGI app) answers /docs/asyncapi, as every service's port does."""
+    ``service`` (the gateway's own ASGI app) answers /docs/asyncapi and /metrics, as every service's port does."""
     settings = ctx.settings
     assert ctx.nc is not None
     read_url = settings.gateway.read_database_url
@@ -87,7 +87,10 @@ async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore, s
     await keys.listen(ctx.nc)
     gateway = Gateway(settings=settings, db=reads, client=AsyncClient(settings, nc=ctx.nc), keys=keys)
     extra = (reads,) if read_url else ()
-    docs: list[BaseRoute] = [Route("/docs/asyncapi", service, methods=["GET"])] if service is not None else []
+    docs: list[BaseRoute] = []
+    if service is not None:
+        # /metrics takes every method: it answers a wrong one itself, with a clear message.
+        docs = [Route("/docs/asyncapi", service, methods=["GET"]), Route("/metrics", service)]
     app = build_http_app(gateway, build_schema(), readiness=partial(readiness, ctx, *extra), extra_routes=docs)
     config = uvicorn.Config(
         app,

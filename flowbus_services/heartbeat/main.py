@@ -5,7 +5,8 @@ Handlers: see ``handlers.py``. Background loops: the Zombie Killer
 (``claims.py``), which request ``flowbus.cmd.state.set_flow_run_state`` and
 publish on ``flowbus.logs.<flow_run_id>``; each runs only while this
 instance holds its lease (``heartbeat.zombie_killer``, ``heartbeat.lazarus``,
-``heartbeat.stuck_claims``).
+``heartbeat.stuck_claims``). Its own metrics (what the loops did, agents
+online, runs per agent): ``metrics.py``.
 Run alone with ``flowbus service run heartbeat`` or
 ``uvicorn flowbus_services.heartbeat.main:app``. No work happens at import.
 """
@@ -18,11 +19,12 @@ from faststream.asgi import AsgiFastStream
 
 from flowbus import subjects
 from flowbus.runtime.lease import leased
-from flowbus.runtime.service import build_service
+from flowbus.runtime.service import ServiceContext, build_service
 from flowbus.settings import Settings
 from flowbus_services.heartbeat.claims import StuckClaimStats, stuck_claims_loop
 from flowbus_services.heartbeat.handlers import register
 from flowbus_services.heartbeat.lazarus import LazarusStats, lazarus_loop
+from flowbus_services.heartbeat.metrics import add_metrics
 from flowbus_services.heartbeat.zombies import ZombieKillerStats, zombie_loop
 
 NAME = subjects.Service.HEARTBEAT
@@ -38,10 +40,15 @@ _CLAIMS: weakref.WeakKeyDictionary[AsgiFastStream, StuckClaimStats] = weakref.We
 
 def build_app(settings: Settings | None = None) -> AsgiFastStream:
     stats, lazarus, claims = ZombieKillerStats(), LazarusStats(), StuckClaimStats()
+
+    def handlers(ctx: ServiceContext) -> None:
+        register(ctx)
+        add_metrics(ctx, stats, lazarus, claims)
+
     app = build_service(
         NAME,
         settings or Settings(),
-        register,
+        handlers,
         loops=[
             leased("heartbeat.zombie_killer", zombie_loop(stats)),
             leased("heartbeat.lazarus", lazarus_loop(lazarus)),

@@ -97,9 +97,12 @@ def register(ctx: ServiceContext) -> None:
 
 async def write_logs(ctx: ServiceContext) -> None:
     """Persist log batches from the LOGS stream."""
+    stored = ctx.metrics.counter("flowbus_log_records_stored", "Flow-run log records stored.")
 
     async def store(batches: list[tuple[str, LogBatch]]) -> None:
-        await logs.store_logs(ctx.db, [r for subject, b in batches for r in logs.records_of(subject, b)])
+        stored.value += await logs.store_logs(
+            ctx.db, [r for subject, b in batches for r in logs.records_of(subject, b)]
+        )
 
     await consume(
         ctx.jetstream,

@@ -258,6 +258,38 @@ class LogSettings(BaseModel):
     prune_batch: int = Field(default=5000, ge=1, le=100_000)
 
 
+class MetricsSettings(BaseModel):
+    """Where ``/metrics`` is served beyond each service's own HTTP app (docs/operations.md)."""
+
+    # The address `flowbus up`'s service processes and an agent's metrics server listen on.
+    host: str = "127.0.0.1"
+    # `flowbus up`: the first service process's metrics port, the next ones following
+    # (FLOWBUS_METRICS__UP_PORT=9400 gives 9400, 9401, ...); 0: free ports, written to
+    # endpoint.json and printed at start.
+    up_port: int = Field(default=0, ge=0, le=65535)
+    # A scrape-time gauge (a database query) that takes longer is left out of that scrape.
+    scrape_timeout_seconds: PositiveSeconds = 5.0
+    # Label sets reported per run-queue gauge; the rest are summed under labels="(other)".
+    max_label_sets: int = Field(default=50, ge=1, le=10_000)
+
+
+def _level(value: object) -> object:
+    if isinstance(value, str):
+        upper = value.strip().upper()
+        if upper not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}: choose from {', '.join(_LOG_LEVELS)}")
+        return upper
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LogLevel = Annotated[str, BeforeValidator(_level)]
+
+
 class AgentSettings(BaseModel):
     name: str | None = None
     labels: list[str] = Field(default_factory=list)
@@ -269,6 +301,9 @@ class AgentSettings(BaseModel):
     # (FLOWBUS_AGENT__FLOW_ROOTS='["/srv/flows"]'; --flow-root); see
     # flowbus.agent.flow_roots. Empty: the agent runs whatever it is given.
     flow_roots: list[Path] = Field(default_factory=list)
+    # FLOWBUS_AGENT__METRICS_PORT (--metrics-port): serve /metrics on this port of
+    # metrics.host (0: a free one, printed at start); unset: no HTTP server.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 class UpSettings(BaseModel):
@@ -351,6 +386,13 @@ class Settings(BaseSettings):
     # FLOWBUS_UI_URL: the web UI's base URL, for the links the CLI and the SDK
     # print; when unset, the gateway of the running `flowbus up` (see resolved_ui_url).
     ui_url: str | None = None
+    # FLOWBUS_LOG_FORMAT: the services', `flowbus up`'s and agents' own log lines,
+    # "text" (readable) or "json" (one object per line); see flowbus.runtime.log_format.
+    log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
+    # FLOWBUS_LOG_LEVEL: their level; FLOWBUS_LOG_LEVELS='{"state": "DEBUG", "agent": "WARNING"}'
+    # sets it per service (or per logger name, e.g. "sqlalchemy.engine").
+    log_level: LogLevel = "INFO"
+    log_levels: dict[str, LogLevel] = Field(default_factory=dict)
 
     nats: NatsTuning = Field(default_factory=NatsTuning)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -363,6 +405,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     embedded_nats: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
     nats_tls: NatsTlsSettings = Field(default_factory=NatsTlsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _flat_heartbeat_interval(self) -> Settings:

@@ -270,3 +270,33 @@ def test_the_python_client_sets_states_and_reads_runs(stack: tuple[Path, Path]) 
         "False",
         "[]",
     ]
+
+
+def test_status_shows_the_stack_at_a_glance(stack: tuple[Path, Path]) -> None:
+    home, work = stack
+    label = f"status-{datetime.now(UTC).strftime('%H%M%S%f')}"
+    flowbus(home, work, "run", "--name", "params-flow", "--param", "x=1", "--label", label, "-q")
+
+    shown = flowbus(home, work, "status").stdout
+    lines = {line.split(":", 1)[0]: line for line in shown.splitlines() if not line.startswith(" ")}
+    services = "gateway, heartbeat, registration, run_creation, scheduler, state"
+    assert lines["Services"] == f"Services:     6 up: {services}", shown
+    assert lines["Agents"] == "Agents:       0 online", shown
+    assert re.search(r"Scheduled [1-9]", lines["Runs"]), shown
+    # Due at once and no agent has its label: waiting, and said so.
+    assert f"{label} (1)" in lines["Due, waiting"], shown
+    assert re.fullmatch(r"Late runs:    \d+", lines["Late runs"]), shown
+    assert re.fullmatch(r"Outbox:       \d+ rows waiting.*", lines["Outbox"]), shown
+
+    summary = json.loads(flowbus(home, work, "status", "--json").stdout)
+    assert summary["services"]["up"] == services.split(", ")
+    assert summary["services"]["down"] == []
+    assert summary["due"]["no_agent_for"][label] == 1
+
+    # A process that does not answer is named, with exit code 1.
+    from flowbus_services.up import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}/metrics"
+    gone = run([FLOWBUS, "status", "--metrics-url", nowhere], home, work)
+    assert gone.returncode == 1
+    assert f"DOWN: services ({nowhere}: " in gone.stdout, gone.stdout

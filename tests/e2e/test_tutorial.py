@@ -101,6 +101,16 @@ def test_no_endpoint_file_fails_at_once_saying_no_server_runs(tmp_path: Path, wo
     assert "`flowbus up`" in line
 
 
+def test_status_without_a_server_says_so_at_once(tmp_path: Path, workdir: Path) -> None:
+    env = cli_env(tmp_path / "never-started", {"FLOWBUS_NATS__ENDPOINT_WAIT_SECONDS": "3600"})
+    result = subprocess.run(
+        [FLOWBUS, "status"], check=False, env=env, cwd=workdir, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: no flowbus server is running"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_first_flow_tutorial(server: subprocess.Popen[str], home: Path, workdir: Path) -> None:
     endpoint = json.loads((home / "endpoint.json").read_text())
     assert not endpoint["nats_url"].endswith(":4222"), "must never take the system NATS port"

@@ -23,6 +23,7 @@ from tests.helpers.processes import (
     UP_READY,
     children_of,
     flowbus,
+    http_get,
     is_gone,
     nats_is_listening,
     start,
@@ -71,6 +72,16 @@ def test_up_runs_services_in_processes_and_restarts_one_that_dies(home: Path, wo
         workers = service_processes(up)
         assert len(workers) == 3, workers
         flowbus(home, workdir, "create", "project", "before")
+        # Each process's /metrics, on a port `flowbus up` bound for it.
+        listed = json.loads((home / "endpoint.json").read_text())["metrics"]
+        assert [entry["services"] for entry in listed] == [
+            ["run_creation"],
+            ["state"],
+            ["registration", "heartbeat", "scheduler", "gateway"],
+        ]
+        metrics_url = listed[0]["url"]
+        connected = 'flowbus_service_nats_connected{service="run_creation"} 1.0'
+        assert connected in http_get(metrics_url)[1].decode()
 
         victim = workers[0]  # run_creation's
         os.kill(victim, signal.SIGKILL)
@@ -83,6 +94,10 @@ def test_up_runs_services_in_processes_and_restarts_one_that_dies(home: Path, wo
 
         flowbus(home, workdir, "create", "project", "after")  # served by the new run_creation process
         assert up.poll() is None
+        # The new process serves /metrics on the same port: a scraper's target does not move.
+        status, body = http_get(metrics_url)
+        assert status == 200
+        assert connected in body.decode()
     finally:
         stop_and_check_all_gone(up)
     assert not (home / "endpoint.json").exists()

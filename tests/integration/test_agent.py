@@ -7,8 +7,10 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from nats.aio.client import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from flowbus import subjects
 from flowbus.agent.local import LocalAgent
@@ -27,7 +29,8 @@ async def test_agent_runs_a_flow_to_success_and_ships_logs(
     stack: Settings, client: AsyncClient, tmp_path: Path
 ) -> None:
     flow_id = await register_greeting_flow(client, tmp_path)
-    agent = LocalAgent(stack, labels=["itest"], hostname_label=True)
+    with_metrics = stack.model_copy(update={"agent": stack.agent.model_copy(update={"metrics_port": 0})})
+    agent = LocalAgent(with_metrics, labels=["itest"], hostname_label=True)
     async with running_agents(agent):
         run_id = await client.create_flow_run(flow_id, labels=["itest"], parameters={"name": "Cloud"})
         watched = await watch_until_finished(client, run_id)
@@ -46,6 +49,26 @@ async def test_agent_runs_a_flow_to_success_and_ships_logs(
         )
         agents = (await client.get_agents()).agents
         assert agent.id in [a.id for a in agents]
+
+        # The agent's own /metrics: one run claimed, started and ended with exit code 0.
+        async def scrape() -> dict[str, float]:
+            assert agent.metrics_url is not None
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(agent.metrics_url)).text
+            return {
+                s.name: s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name != "flowbus_agent_runs_finished_total" or s.labels["exit"] == "zero"
+            }
+
+        seen = await eventually(
+            scrape, "the agent counted its run's end", until=lambda m: m["flowbus_agent_runs_finished_total"] == 1
+        )
+        assert seen["flowbus_agent_runs_claimed_total"] == 1
+        assert seen["flowbus_agent_runs_started_total"] == 1
+        assert seen["flowbus_agent_runs_executing"] == 0
+        assert seen["flowbus_agent_claims_lost_total"] == 0
 
 
 async def test_failing_flow_ends_failed(stack: Settings, client: AsyncClient, tmp_path: Path) -> None:

@@ -26,6 +26,13 @@ async def test_health_and_graphiql(gql: GraphQL) -> None:
     page = await gql.http.get(gql.url)
     assert page.status_code == 200
     assert "graphiql" in page.text.lower()
+    # /metrics on the gateway's own port, as on every service's; no API key needed, like health.
+    metrics = await gql.http.get(f"{base}/metrics")
+    assert metrics.status_code == 200
+    assert 'flowbus_service_nats_connected{service="gateway"} 1.0' in metrics.text
+    wrong = await gql.http.post(f"{base}/metrics")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_variables_as_an_object_or_a_json_string_and_no_errors_key(gql: GraphQL) -> None:

@@ -8,7 +8,10 @@ the run to Scheduled; ``limit`` caps the runs in hand (docs/architecture.md,
 "Agent and runner").
 With flow roots it fails, unstarted, a run whose flow's code lies outside
 them; it never hands a flow's process the run config's denied variables
-(docs/security.md).
+(docs/security.md). With ``agent.metrics_port`` it serves its ``/metrics``
+(runs claimed, started, finished, executing; log publish failures; memory,
+event-loop lag) on that port of ``metrics.host``; its log lines carry the
+run each is about (flowbus.runtime.log_format).
 
 Reads: ``flowbus.runq.<key>`` (RUNQ stream), ``flowbus.evt.flow_run.<id>.state``.
 Writes: ``flowbus.cmd.heartbeat.register_agent``, ``flowbus.hb.agent.<id>``,
@@ -26,6 +29,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,6 +49,9 @@ from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
 from flowbus.runtime.consumer import DurablePull
+from flowbus.runtime.log_format import configure_logging, current_service, run_context
+from flowbus.runtime.metrics import ComponentMetrics, Families
+from flowbus.runtime.metrics_http import listen, process_app, serve, url_of
 from flowbus.runtime.nats import nats_servers
 from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
@@ -70,6 +77,20 @@ ACK_WAIT_SECONDS = 30
 # third failure in a row here ends it Failed instead, so that a fault that
 # repeats (not an outage) does not send the run round the queue for ever.
 MAX_START_ATTEMPTS = 3
+
+
+@dataclass
+class AgentStats:
+    """What the agent did since it started, for its /metrics."""
+
+    claimed: int = 0  # claims won (Scheduled -> Submitted by this agent)
+    claims_lost: int = 0  # another agent (or a cancel) was first
+    started: int = 0  # flow processes started
+    returned: int = 0  # claimed runs whose process did not start (handed back, or failed at the last attempt)
+    finished: int = 0  # flow processes that ended (whatever their exit code)
+    failed_exits: int = 0  # of those, the ones that exited non-zero or by a signal
+    executing: int = 0  # flow processes running now
+    log_publish_failures: int = 0  # log batches JetStream did not take (each is tried again)
 
 
 class LocalAgent:
@@ -115,6 +136,11 @@ class LocalAgent:
         self.consumer: DurablePull | None = None
         # Whether each flow seen was registered by Prefect 1.x (its runs are left to Prefect agents).
         self._prefect_flows: dict[str, bool] = {}
+        self.stats = AgentStats()
+        self.metrics = ComponentMetrics("agent", self.settings.metrics.scrape_timeout_seconds)
+        self.metrics.add(self._collect)
+        # Where /metrics is served, once run() started it (agent.metrics_port set).
+        self.metrics_url: str | None = None
 
     def stop(self) -> None:
         """Take no new runs; those running finish, then ``run()`` returns."""
@@ -124,8 +150,61 @@ class LocalAgent:
     def running(self) -> int:
         return len(self._active)
 
+    def _collect(self, f: Families) -> None:
+        stats = self.stats
+        info = f.gauge("flowbus_agent_info", "1, with this agent's id and name.", ["agent_id", "agent"])
+        info.add(1, self.id, self.name)
+        f.gauge("flowbus_agent_runs_executing", "Flow processes this agent runs now.").add(stats.executing)
+        f.gauge("flowbus_agent_limit", "Most flow runs this agent takes at once.").add(self.limit)
+        f.counter("flowbus_agent_runs_claimed", "Runs this agent claimed (Scheduled -> Submitted).").add(stats.claimed)
+        f.counter("flowbus_agent_claims_lost", "Claims another agent (or a cancel) was first to.").add(
+            stats.claims_lost
+        )
+        f.counter("flowbus_agent_runs_started", "Flow processes started.").add(stats.started)
+        f.counter(
+            "flowbus_agent_runs_unstarted",
+            "Claimed runs whose process did not start (handed back to the queue, or Failed at the last attempt).",
+        ).add(stats.returned)
+        finished = f.counter("flowbus_agent_runs_finished", "Flow processes that ended, by exit.", ["exit"])
+        finished.add(stats.finished - stats.failed_exits, "zero")
+        finished.add(stats.failed_exits, "nonzero")
+        f.counter(
+            "flowbus_jetstream_publish_failures",
+            "Log batches JetStream did not take (each is tried again).",
+        ).add(stats.log_publish_failures)
+
+    async def _serve_metrics(self) -> asyncio.Task[None] | None:
+        """Serve /metrics when ``agent.metrics_port`` is set (0: a free port); its URL is printed."""
+        port, host = self.settings.agent.metrics_port, self.settings.metrics.host
+        if port is None:
+            return None
+        try:
+            sock = listen(host, port)
+        except OSError as exc:
+            raise ValueError(f"the agent cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self.metrics_url = url_of(sock)
+
+        async def ready() -> list[str]:
+            try:
+                return [] if self.client.nc.is_connected else ["nats"]
+            except Exception:  # not connected yet
+                return ["nats"]
+
+        print(f"Agent {self.name} metrics: {self.metrics_url}", flush=True)
+        return asyncio.create_task(serve(process_app(lambda: [self.metrics], ready), sock), name="agent-metrics")
+
     async def run(self) -> None:
+        current_service.set("agent")
         queues = subjects.agent_run_queues(self.labels)  # validates the label cap first
+        http = await self._serve_metrics()
+        try:
+            await self._run(queues)
+        finally:
+            if http is not None:
+                http.cancel()
+                await asyncio.gather(http, return_exceptions=True)
+
+    async def _run(self, queues: list[str]) -> None:
         nc = await self.client.connect()
         self._claims = AsyncClient(self.settings, nc=nc, role=BusRole.AGENT)
         await self._launcher.warm_up()
@@ -155,10 +234,12 @@ class LocalAgent:
             f"Agent {self.name} waiting for flow runs (labels: {self.labels}, limit: {self.limit}{roots})", flush=True
         )
         beat = asyncio.create_task(self._heartbeats())
+        lag = asyncio.create_task(self.metrics.watch_loop_lag())
         try:
             await self._take_runs(self.consumer)
         finally:
             beat.cancel()
+            lag.cancel()
             if self._active:
                 print(f"Agent {self.name} stopping: waiting for {len(self._active)} flow run(s) to finish", flush=True)
                 await asyncio.gather(*self._active, return_exceptions=True)
@@ -213,6 +294,10 @@ class LocalAgent:
             log.warning("dropping a malformed run-queue message")
             await msg.term()
             return
+        with run_context(queued.flow_run_id):  # this task's log lines are this run's
+            await self._take_run(msg, queued)
+
+    async def _take_run(self, msg: Msg, queued: RunQueued) -> None:
         try:
             ours = await self._claim(queued)
         except ServiceUnavailable as exc:
@@ -227,7 +312,10 @@ class LocalAgent:
                 await self._return_run(queued, exc)
             return
         if ours:
+            self.stats.claimed += 1
             await self._run_child(queued)
+        else:
+            self.stats.claims_lost += 1
 
     async def _claim(self, queued: RunQueued) -> bool:
         """Whether the run is ours to start: claimed now, or by an earlier delivery whose reply was lost."""
@@ -293,7 +381,13 @@ class LocalAgent:
             if proc is None:
                 return
             await shipper.drain()
-            code = await self._wait_or_cancel(proc, cancelling, shipper)
+            self.stats.executing += 1
+            try:
+                code = await self._wait_or_cancel(proc, cancelling, shipper)
+            finally:
+                self.stats.executing -= 1
+            self.stats.finished += 1
+            self.stats.failed_exits += code != 0
             await self._settle(run_id, code)
         except Exception as exc:
             if proc is None:
@@ -305,6 +399,7 @@ class LocalAgent:
                 with contextlib.suppress(NatsError):
                     await watch.unsubscribe()
             await shipper.stop()
+            self.stats.log_publish_failures += shipper.publish_failures
 
     async def _start(self, queued: RunQueued, shipper: LogShipper) -> FlowProcess | None:
         """The claimed run's process, started; None when the run ended without
@@ -323,6 +418,7 @@ class LocalAgent:
         # The runner gets the endpoint file's URL: wait for it while `flowbus up` restarts.
         await nats_servers(self.settings)
         proc = self._launcher.start(run_id, self._run_env(detail, shipper))
+        self.stats.started += 1
         self._failed_starts.pop(run_id, None)
         message = f"Submitted for execution: PID: {proc.pid}"
         log.info("Flow run %s: %s", run_id, message)
@@ -334,6 +430,7 @@ class LocalAgent:
         back to Scheduled, from the Submitted of our claim, so that it is
         offered again (Failed instead at the MAX_START_ATTEMPTS-th failure)."""
         run_id, claimed = queued.flow_run_id, queued.version + 1
+        self.stats.returned += 1
         failures = self._failed_starts.get(run_id, 0) + 1
         self._failed_starts[run_id] = failures
         if failures >= MAX_START_ATTEMPTS:
@@ -436,8 +533,9 @@ def run_local_agent(
 ) -> None:
     """Run an agent in the foreground until SIGINT or SIGTERM (running flows finish first);
     ``flow_roots`` (None: the settings') limits the flows it runs, see ``flowbus.agent.flow_roots``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s | %(message)s")
-    agent = LocalAgent(settings, labels, name, hostname_label, limit, flow_roots)
+    chosen = settings or Settings()
+    configure_logging("agent", log_format=chosen.log_format, level=chosen.log_level, levels=chosen.log_levels)
+    agent = LocalAgent(chosen, labels, name, hostname_label, limit, flow_roots)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

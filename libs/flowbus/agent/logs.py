@@ -38,6 +38,8 @@ class LogShipper(logging.Handler):
         self.pending: deque[LogRecord] = deque()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Batches JetStream did not take (each is tried again), for the agent's /metrics.
+        self.publish_failures = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -83,7 +85,11 @@ class LogShipper(logging.Handler):
         async with self._lock:
             while self.pending:
                 payload, count = pack_log_batch(list(itertools.islice(self.pending, BATCH)))
-                await self.js.publish(subjects.logs(self.flow_run_id), payload)
+                try:
+                    await self.js.publish(subjects.logs(self.flow_run_id), payload)
+                except NatsError:
+                    self.publish_failures += 1
+                    raise
                 for _ in range(count):
                     self.pending.popleft()
 

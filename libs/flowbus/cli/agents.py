@@ -57,14 +57,31 @@ def local_agent_start(
             "before the check). Default: FLOWBUS_AGENT__FLOW_ROOTS, else any flow.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve /metrics on this port (0: a free one, printed at start). Default: FLOWBUS_AGENT__METRICS_PORT,"
+            " else none.",
+        ),
+    ] = None,
 ) -> None:
     from flowbus.agent.local import run_local_agent
+    from flowbus.settings import Settings
 
+    settings = Settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(
+            update={"agent": settings.agent.model_copy(update={"metrics_port": metrics_port})}
+        )
     try:
         run_local_agent(
             labels=label or [],
             name=name,
             hostname_label=not no_hostname_label,
+            settings=settings,
             limit=limit,
             flow_roots=flow_root or None,
         )

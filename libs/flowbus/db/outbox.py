@@ -29,11 +29,16 @@ class Event(Protocol):
 
     def model_dump_json(self) -> str: ...
 
+    def tally_key(self) -> tuple[str, str] | None:
+        """What /metrics counts this event as, once committed (``("created", "")``,
+        ``("flow_run", "Running")``, ...); None: not counted."""
+        ...
+
 
 class OutboxBatch:
     """The events of one transaction, in the order they were emitted."""
 
-    __slots__ = ("cleared", "hints", "messages", "row_id")
+    __slots__ = ("cleared", "hints", "messages", "row_id", "tally")
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, str, bytes]] = []  # subject, message id, payload
@@ -41,11 +46,16 @@ class OutboxBatch:
         self.hints: list[tuple[str, bytes]] = []
         self.row_id: int | None = None  # the outbox row, once written
         self.cleared: list[int] = []  # earlier published rows this transaction deletes
+        # The events counted by their tally key: added to the service's metrics once committed.
+        self.tally: dict[tuple[str, str], int] = {}
 
     def emit(self, event: Event) -> bytes:
         """Stage ``event``; return its payload."""
         payload = event.model_dump_json().encode()
         self.messages.append((event.subject(), event.msg_id(), payload))
+        key = event.tally_key()
+        if key is not None:
+            self.tally[key] = self.tally.get(key, 0) + 1
         return payload
 
     def hint(self, subject: str, payload: bytes) -> None:

@@ -23,6 +23,7 @@ from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import utcnow
+from flowbus.runtime.metrics import BATCH_BUCKETS, Histogram
 from flowbus.runtime.outbox import committer_publishes
 from flowbus.schemas.common import FlowbusError
 
@@ -102,6 +103,8 @@ class GroupCommitter(Generic[C, R]):
         # coroutine function that replies, so a caller need not wait for it).
         self._queue: asyncio.Queue[tuple[C, asyncio.Future[R] | Respond]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        # Commands per batch, for /metrics.
+        self.batch_sizes = Histogram(BATCH_BUCKETS)
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -141,6 +144,7 @@ class GroupCommitter(Generic[C, R]):
             await self._writers.acquire()
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self.batch_sizes.observe(len(batch))
             # With one writer, written here and now (what arrives meanwhile
             # waits for the next batch); with more, beside the batches under way.
             writing = asyncio.create_task(self._write(batch))

@@ -25,12 +25,17 @@ drops (the requester's timeout answers those).
 The subjects are also declared on the service's documentation broker, so
 they appear in the AsyncAPI document like any other command. A message with
 a W3C ``traceparent`` header gets a span that continues the caller's trace.
+
+Per command it only adds to the service's ``CommandStats`` (flowbus.runtime.metrics):
+its time from arrival to reply and, when refused, its code. No log line at
+INFO; at DEBUG, one per command, with its run and under its span.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +47,18 @@ from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from flowbus.runtime.batching import GroupCommitter
+from flowbus.runtime.log_format import run_context
+from flowbus.runtime.metrics import CommandStats
 from flowbus.runtime.payload import PayloadLimits, PayloadRefused
 from flowbus.schemas.common import ErrorCode, ErrorInfo, FlowbusError, Message, Reply, validation_failed
 
 log = logging.getLogger(__name__)
 
+UNAVAILABLE, INVALID, INTERNAL = (
+    ErrorCode.UNAVAILABLE.value,
+    ErrorCode.VALIDATION_ERROR.value,
+    ErrorCode.INTERNAL.value,
+)
 # The least nats-py's queue in front of the callback holds: a burst that
 # arrives in one read must reach the callback, which answers UNAVAILABLE.
 BURST_MSGS = 65_536
@@ -86,8 +98,10 @@ class FastLane:
         tracer: trace.Tracer,
         max_pending: int = 65_536,
         max_pending_bytes: int = 256 << 20,
+        stats: CommandStats | None = None,
     ) -> None:
         self.service = service
+        self.stats = stats if stats is not None else CommandStats()
         self.limits = limits
         self.tracer = tracer
         self.max_pending = max_pending
@@ -125,24 +139,30 @@ class FastLane:
         self._subscriptions.clear()
 
     def _callback(self, nc: NatsClient, lane: _Lane) -> Callable[[Msg], Any]:
+        stats = self.stats
+
         async def on_message(msg: Msg) -> None:
             reply_to = msg.reply
             if not reply_to:
                 return  # a command nobody waits for: nothing to answer, nothing to do
+            start = time.perf_counter()
             size = len(msg.data)
             if self.pending and (
                 self.pending >= self.max_pending or self.pending_bytes + size > self.max_pending_bytes
             ):
                 self.turned_away += 1
+                stats.refused(lane.subject, UNAVAILABLE)
                 await nc.publish(reply_to, self._unavailable)
                 return
             try:
                 self.limits.check(msg.data)
                 command = lane.model.model_validate_json(msg.data)
             except PayloadRefused as exc:
+                stats.refused(lane.subject, INVALID)
                 await nc.publish(reply_to, error_reply(exc.info()))
                 return
             except ValidationError as exc:
+                stats.refused(lane.subject, INVALID)
                 await nc.publish(reply_to, error_reply(validation_failed(exc).info()))
                 return
             span = self._span(lane, msg)
@@ -153,6 +173,13 @@ class FastLane:
                 try:
                     await nc.publish(reply_to, outcome_reply(outcome))
                 finally:
+                    elapsed = time.perf_counter() - start
+                    stats.observe(lane.subject, elapsed)
+                    if isinstance(outcome, BaseException):
+                        code = outcome.code.value if isinstance(outcome, FlowbusError) else INTERNAL
+                        stats.refused(lane.subject, code)
+                    if log.isEnabledFor(logging.DEBUG):
+                        self._debug(lane, command, outcome, elapsed, span)
                     if span is not None:
                         span.end()
 
@@ -161,6 +188,20 @@ class FastLane:
             lane.committer.submit_nowait(command, respond)
 
         return on_message
+
+    @staticmethod
+    def _debug(lane: _Lane, command: Any, outcome: Any, elapsed: float, span: trace.Span | None) -> None:
+        """One DEBUG line for one command: its run and its span, so its trace, go with it."""
+        code = "ok"
+        if isinstance(outcome, BaseException):
+            code = outcome.code.value if isinstance(outcome, FlowbusError) else INTERNAL
+        run_id = getattr(command, "flow_run_id", None)
+        with run_context(run_id if isinstance(run_id, str) else None):
+            if span is None:
+                log.debug("%s answered %s in %.1f ms", lane.subject, code, elapsed * 1000)
+                return
+            with trace.use_span(span, end_on_exit=False):
+                log.debug("%s answered %s in %.1f ms", lane.subject, code, elapsed * 1000)
 
     @functools.cached_property
     def _unavailable(self) -> bytes:

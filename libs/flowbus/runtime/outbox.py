@@ -95,6 +95,9 @@ class OutboxRelay:
         self._clearing: set[int] = set()
         # Sent without waiting (``reply_after_stored`` off): row id -> the task awaiting the acks.
         self._confirming: dict[int, asyncio.Task[None]] = {}
+        # For /metrics: the committed events by tally key, and the publishes JetStream did not acknowledge.
+        self.tally: dict[tuple[str, str], int] = {}
+        self.publish_failures = 0
 
     def connect(self, nc: Client) -> None:
         """Publish through ``nc`` from now on (at start-up, once NATS is connected)."""
@@ -103,6 +106,11 @@ class OutboxRelay:
     @property
     def connected(self) -> bool:
         return self._publisher is not None
+
+    @property
+    def unpublished(self) -> int:
+        """Committed batches not acknowledged yet (held in memory, or awaiting their acks)."""
+        return len(self._committed) + len(self._confirming)
 
     async def stage(self, conn: WriteConnection, batch: OutboxBatch, now: datetime) -> None:
         """Write ``batch`` as one row in its transaction, with the deletion of the rows published so far.
@@ -124,6 +132,8 @@ class OutboxRelay:
         self._clearing.difference_update(batch.cleared)
         if batch.row_id is not None:
             self._committed.append(batch)
+        for key, count in batch.tally.items():
+            self.tally[key] = self.tally.get(key, 0) + count
 
     async def after_commit(self) -> None:
         """A unit of work is over: publish what has committed, acknowledged, unless the group
@@ -199,7 +209,11 @@ class OutboxRelay:
                 self._committed.remove(batch)  # not pop(0): a failed batch may have come back to the front
                 self._published.add(batch.row_id)
             else:
-                sent = await self._sender.send(batch.messages)
+                try:
+                    sent = await self._sender.send(batch.messages)
+                except NatsError:
+                    self.publish_failures += 1
+                    raise
                 self._committed.remove(batch)
                 self._confirming[batch.row_id] = asyncio.create_task(self._confirm(batch, sent))
             hints, batch.hints = batch.hints, []
@@ -210,6 +224,7 @@ class OutboxRelay:
         try:
             await self._sender.confirm(sent, self.ack_timeout)
         except (NatsError, TimeoutError) as exc:
+            self.publish_failures += 1
             log.warning("outbox of %s: a batch was not acknowledged (%s); publishing it again", self.owner, exc)
             self._committed.insert(0, batch)
         else:
@@ -258,4 +273,8 @@ class OutboxRelay:
     async def _publish(self, messages: list[Staged]) -> None:
         # Publishes leave one connection in order, so per-entity order holds.
         # On failure the rows stay; the sweep publishes them again (deduplicated by id).
-        await self._sender.publish(messages, self.ack_timeout)
+        try:
+            await self._sender.publish(messages, self.ack_timeout)
+        except (NatsError, TimeoutError):
+            self.publish_failures += 1
+            raise

@@ -5,7 +5,10 @@ broker whose command handlers always answer with a ``Reply`` envelope (a
 malformed, wrong-typed, oversize or too deeply nested command gets
 ``VALIDATION_ERROR``, a refusal its stable code, a bug ``INTERNAL``; the
 service keeps serving), an
-ASGI app with /healthz, /readyz and /docs/asyncapi, OpenTelemetry spans with
+ASGI app with /healthz, /readyz, /metrics (flowbus.runtime.metrics: what
+every service counts, and what the service adds with ``ctx.metrics``) and
+/docs/asyncapi, log records tagged with the service
+(flowbus.runtime.log_format), OpenTelemetry spans with
 the trace context carried in NATS headers, a database with migrations
 applied, the JetStream streams, an outbox relay (its rows tagged with the
 service's name; every write's events published before the reply,
@@ -20,6 +23,8 @@ import asyncio
 import gc
 import json
 import logging
+import socket
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,14 +42,18 @@ from faststream.specification import AsyncAPI
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from flowbus import subjects
 from flowbus.bus_auth import BusRole, Credential
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
+from flowbus.db.tables import Outbox, utcnow
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
+from flowbus.runtime.log_format import current_run, current_service
+from flowbus.runtime.metrics import CommandStats, ComponentMetrics, Families, subject_label
+from flowbus.runtime.metrics_http import metrics_endpoint, process_app, serve
 from flowbus.runtime.nats import connect, ensure_streams, known_servers, tls_context
 from flowbus.runtime.outbox import OutboxRelay
 from flowbus.runtime.payload import PayloadLimits, PayloadRefused
@@ -81,6 +90,8 @@ class ServiceContext:
     fast_lane: FastLane
     # The database's outbox: every write hands it its events; it publishes once started.
     relay: OutboxRelay
+    # What /metrics reports for this service (the service adds its own: ``metrics.add``).
+    metrics: ComponentMetrics
     nc: NatsClient | None = None
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -135,7 +146,7 @@ class ServiceContext:
         """A group committer for a hot-path command: batches share one
         transaction, and their events are published before any reply."""
         committer: GroupCommitter[C, R] = GroupCommitter(
-            f"{self.name}.{name}",
+            name,
             process,
             after_commit=self.relay.publish_before_reply,
             # Its depth follows the reply mode (docs/architecture.md, "Delivery guarantees").
@@ -214,6 +225,53 @@ def envelope_middleware() -> ExceptionMiddleware:
     return mw
 
 
+class CommandObserver:
+    """faststream middleware (a factory, as faststream takes them): each message's
+    handler time and refusal code into ``stats``, with the run it names as the
+    log context, and at DEBUG one line per command. Placed inside the envelope
+    middleware, so it sees the refusal before it becomes a reply."""
+
+    def __init__(self, stats: CommandStats) -> None:
+        self.stats = stats
+
+    def __call__(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
+        return _Observed(msg, context=context, stats=self.stats)
+
+
+class _Observed(BaseMiddleware):
+    def __init__(self, msg: Any, *, context: Any, stats: CommandStats) -> None:
+        super().__init__(msg, context=context)
+        self.stats = stats
+
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        subject = subject_label(getattr(msg.raw_message, "subject", ""))
+        decoded = await msg.decode()
+        run_id = decoded.get("flow_run_id") if isinstance(decoded, dict) else None
+        token = current_run.set(run_id if isinstance(run_id, str) else None)
+        start = time.perf_counter()
+        code: str | None = None
+        try:
+            return await call_next(msg)
+        except ValidationError:
+            code = ErrorCode.VALIDATION_ERROR.value
+            raise
+        except FlowbusError as exc:
+            code = exc.code.value
+            raise
+        except Exception:
+            code = ErrorCode.INTERNAL.value
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            if subject.startswith("flowbus.cmd."):
+                self.stats.observe(subject, elapsed)
+            if code is not None:
+                self.stats.refused(subject, code)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s answered %s in %.1f ms", subject, code or "ok", elapsed * 1000)
+            current_run.reset(token)
+
+
 def _faststream_logger() -> logging.Logger:
     quiet = logging.getLogger("flowbus.faststream")
     quiet.setLevel(logging.WARNING)
@@ -242,8 +300,10 @@ def make_broker(
     *,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
+    stats: CommandStats | None = None,
 ) -> NatsBroker:
-    """The service's broker; the callbacks are nats-py's, called when its connection drops and comes back."""
+    """The service's broker; the callbacks are nats-py's, called when its connection drops and comes back;
+    ``stats`` gets each command's time and refusals."""
     return NatsBroker(
         known_servers(settings) or UNKNOWN_SERVERS,
         **_broker_security(settings.nats_credential(role), tls_context(settings)),
@@ -257,6 +317,7 @@ def make_broker(
         middlewares=[
             NatsTelemetryMiddleware(tracer_provider=tracer_provider(name, settings.otel_console)),
             envelope_middleware(),
+            CommandObserver(stats if stats is not None else CommandStats()),
             _PayloadGuard,
         ],
         # faststream logs two lines per message at INFO (and, for concurrent
@@ -314,7 +375,8 @@ def build_service(
     async def reconnected() -> None:
         ctx.connected_since = datetime.now(UTC)
 
-    broker = make_broker(settings, name, role, disconnected_cb=disconnected, reconnected_cb=reconnected)
+    stats = CommandStats()
+    broker = make_broker(settings, name, role, disconnected_cb=disconnected, reconnected_cb=reconnected, stats=stats)
     spec_broker = NatsBroker(known_servers(settings) or UNKNOWN_SERVERS, name=f"flowbus-{name}")
     db = Database(settings.resolved_database_url())
     fast_lane = FastLane(
@@ -323,6 +385,7 @@ def build_service(
         tracer(name, settings.otel_console),
         max_pending=settings.nats.fast_lane_max_pending,
         max_pending_bytes=settings.nats.fast_lane_max_pending_bytes,
+        stats=stats,
     )
     relay = OutboxRelay(
         name,
@@ -338,7 +401,9 @@ def build_service(
         spec_broker=spec_broker,
         fast_lane=fast_lane,
         relay=relay,
+        metrics=ComponentMetrics(name, settings.metrics.scrape_timeout_seconds),
     )
+    _service_metrics(ctx, stats)
     register(ctx)
     on_startup, after_startup, on_shutdown, after_shutdown = _lifecycle(ctx, loops, startup, migrate=migrate, role=role)
     app = AsgiFastStream(
@@ -373,6 +438,8 @@ def _lifecycle(
     name, settings, db, fast_lane = ctx.name, ctx.settings, ctx.db, ctx.fast_lane
 
     async def on_startup() -> None:
+        # What this service starts from here (broker, fast lane, loops) logs as this service.
+        current_service.set(name)
         if migrate:
             await upgrade_async(db.url)
         ctx.nc = await connect(settings, f"flowbus-{name}-relay", role)
@@ -390,6 +457,7 @@ def _lifecycle(
         # The broker has subscribed: from now on this instance hears what is sent.
         ctx.connected_since = datetime.now(UTC)
         ctx.tasks.append(asyncio.create_task(ctx.relay.run(), name=f"{name}-outbox"))
+        ctx.tasks.append(asyncio.create_task(ctx.metrics.watch_loop_lag(), name=f"{name}-loop-lag"))
         if db.sqlite:
             ctx.tasks.append(asyncio.create_task(_restart_on_crash(_checkpoint, ctx), name=f"{name}-checkpoint"))
         for loop in loops:
@@ -436,8 +504,20 @@ async def readiness(ctx: ServiceContext, *databases: Database) -> list[str]:
     return problems
 
 
+async def serve_metrics(apps: Sequence[AsgiFastStream], sock: socket.socket) -> None:
+    """Serve ``/metrics`` of ``apps`` (the services of one process, merged), ``/healthz`` and
+    ``/readyz`` (every one of them ready) on ``sock`` until cancelled: what a process of
+    `flowbus up` answers, since it serves none of the services' own ASGI apps."""
+    contexts = [service_context(app) for app in apps]
+
+    async def ready() -> list[str]:
+        return [f"{ctx.name}: {problem}" for ctx in contexts for problem in await readiness(ctx)]
+
+    await serve(process_app(lambda: [ctx.metrics for ctx in contexts], ready), sock)
+
+
 def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
-    """/healthz (the process answers) and /readyz (NATS and the database answer)."""
+    """/healthz (the process answers), /readyz (NATS and the database answer), /metrics."""
 
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
@@ -449,7 +529,7 @@ def _health_routes(ctx: ServiceContext) -> list[tuple[str, Any]]:
         body = json.dumps({"status": "ok" if not problems else "unavailable", "failing": problems})
         return AsgiResponse(body.encode(), 200 if not problems else 503, headers={"content-type": "application/json"})
 
-    return [("/healthz", healthz), ("/readyz", readyz)]
+    return [("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics_endpoint(lambda: [ctx.metrics]))]
 
 
 async def _checkpoint(ctx: ServiceContext) -> None:
@@ -477,3 +557,73 @@ async def _restart_on_crash(loop: Loop, ctx: ServiceContext) -> None:
         except Exception:
             log.exception("%s loop %s crashed; restarting", ctx.name, loop.__name__)
             await asyncio.sleep(1.0)
+
+
+_OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+
+
+def _service_metrics(ctx: ServiceContext, stats: CommandStats) -> None:
+    """What every service reports: its commands, group commits, events and outbox."""
+
+    def collect(f: Families) -> None:
+        f.gauge("flowbus_service_nats_connected", "1 while the service's NATS connection is up.").add(
+            1.0 if ctx.connected_since is not None else 0.0
+        )
+        tally = ctx.relay.tally
+        f.counter("flowbus_runs_created", "Flow runs created (committed).").add(tally.get(("created", ""), 0))
+        transitions = f.counter(
+            "flowbus_state_transitions",
+            "States entered (committed), by the kind of run and the state's type; a new run's first"
+            " Scheduled counts, in run_creation.",
+            ["kind", "state"],
+        )
+        for (kind, state), count in sorted(tally.items()):
+            if kind in ("flow_run", "task_run"):
+                transitions.add(count, kind, state)
+        refusals = f.counter(
+            "flowbus_refusals", "Commands answered with an error, by subject and code.", ["subject", "code"]
+        )
+        for (subject, code), count in sorted(stats.refusals.items()):
+            refusals.add(count, subject, code)
+        latency = f.histogram(
+            "flowbus_command_duration_seconds",
+            "Time from a command's arrival to its reply (fast lane) or its handler's end, by subject.",
+            ["subject"],
+        )
+        for subject, histogram in sorted(stats.latency.items()):
+            latency.add(histogram, subject)
+        batches = f.histogram("flowbus_group_commit_batch_size", "Commands per group commit.", ["committer"])
+        for committer in ctx.committers:
+            batches.add(committer.batch_sizes, committer.name)
+        f.gauge("flowbus_fast_lane_pending", "Hot-path commands taken and not answered yet.").add(ctx.fast_lane.pending)
+        f.counter(
+            "flowbus_jetstream_publish_failures",
+            "Event batches JetStream did not acknowledge (refused, timed out, NATS away); they are published again.",
+        ).add(ctx.relay.publish_failures)
+        f.gauge("flowbus_outbox_unpublished_batches", "Committed event batches in memory, not yet acknowledged.").add(
+            ctx.relay.unpublished
+        )
+
+    async def outbox_backlog(f: Families) -> None:
+        owner = _OUTBOX.c.owner == str(ctx.name)
+        async with ctx.db.read_session() as session:
+            rows = (await session.execute(select(func.count()).select_from(_OUTBOX).where(owner))).scalar_one()
+            oldest = (
+                await session.execute(select(_OUTBOX.c.created).where(owner).order_by(_OUTBOX.c.id).limit(1))
+            ).scalar_one_or_none()
+        f.gauge(
+            "flowbus_outbox_backlog_rows",
+            "Rows of this service's outbox (one per committed write); published ones go within about a second.",
+        ).add(rows)
+        age = (utcnow() - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+        f.gauge("flowbus_outbox_oldest_age_seconds", "Age of this service's oldest outbox row (0: none).").add(
+            max(0.0, age)
+        )
+
+    ctx.metrics.add(collect)
+    ctx.metrics.add_scrape("outbox", outbox_backlog)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

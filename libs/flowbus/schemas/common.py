@@ -129,6 +129,11 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def tally_key(self) -> tuple[str, str] | None:
+        """What /metrics counts this message as when a service commits it as an event
+        (flowbus.db.outbox); most are not counted."""
+        return None
+
 
 class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"

@@ -317,6 +317,9 @@ class StateChanged(Message):
     def subject(self) -> str:
         return subjects.flow_run_event(self.flow_run_id, _STATE if self.task_run_id is None else _TASK_STATE)
 
+    def tally_key(self) -> tuple[str, str]:
+        return ("flow_run" if self.task_run_id is None else "task_run", self.state.type.value)
+
     def msg_id(self) -> str:
         return subjects.state_event_msg_id(self.task_run_id or self.flow_run_id, self.version)
 
@@ -345,6 +348,9 @@ class FlowRunCreated(Message):
 
     def subject(self) -> str:
         return subjects.flow_run_event(self.flow_run_id, _CREATED)
+
+    def tally_key(self) -> tuple[str, str]:
+        return ("created", "")
 
     def msg_id(self) -> str:
         return subjects.event_msg_id("flow_run", self.flow_run_id, _CREATED)
