@@ -132,11 +132,12 @@ class Load:
     acked: dict[str, str | None] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    # The first acknowledgement after each moment a probe asks about (recovery times).
-    ack_times: list[float] = field(default_factory=list)
+    # (sent, acknowledged), monotonic, of each attempt that was answered: for recovery times.
+    ack_times: list[tuple[float, float]] = field(default_factory=list)
 
     def first_ack_after(self, moment: float) -> float | None:
-        later = [t for t in self.ack_times if t > moment]
+        """When the first attempt sent after ``moment`` was acknowledged (one in flight before does not count)."""
+        later = [acked for sent, acked in self.ack_times if sent > moment]
         return min(later) if later else None
 
 

@@ -144,7 +144,13 @@ class ChaosStack:
         self.work = root / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.env = {**CHAOS_ENV, "FLOWBUS_EMBEDDED_NATS__PORT": str(self.port), **(env or {})}
+        self.env = {
+            **CHAOS_ENV,
+            "FLOWBUS_EMBEDDED_NATS__PORT": str(self.port),
+            # Not 4200, which every other `flowbus up` on the machine tries first.
+            "FLOWBUS_GATEWAY__PORT": str(free_port()),
+            **(env or {}),
+        }
         self.up: subprocess.Popen[str] | None = None
         self.log: OutputLog | None = None
         self.starts = 0
@@ -330,6 +336,7 @@ async def generate_load(
             attempts = 0
             while True:
                 attempts += 1
+                sent = time.monotonic()
                 try:
                     run_id = await client.create_flow_run(
                         flow_id, labels=list(labels), idempotency_key=key, parameters=dict(parameters or {})
@@ -341,7 +348,7 @@ async def generate_load(
                     await asyncio.sleep(0.25)
                     continue
                 load.acked[key] = run_id
-                load.ack_times.append(time.monotonic())
+                load.ack_times.append((sent, time.monotonic()))
                 break
             load.attempts[key] = attempts
 
