@@ -174,3 +174,45 @@ async def test_hostile_payloads_are_validation_errors_on_every_kind_of_subject(
     # Refusals, not bugs: nothing logged a traceback or an error.
     assert "Traceback" not in caplog.text
     assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+# Integers past what a database column holds (SQLite and PostgreSQL: 64-bit
+# signed). The chaos suite's fuzz (tests/chaos/test_fuzz.py) found
+# list_flow_runs answering INTERNAL (an OverflowError from SQLite) for such
+# an offset.
+TOO_BIG = [2**63, 2**64, -(2**63) - 1]
+WIDE_INTEGER_FIELDS = [
+    pytest.param(subjects.StateCommands.LIST_FLOW_RUNS, {"offset": "N"}, id="list_flow_runs-offset"),
+    pytest.param(subjects.RegistrationCommands.LIST_FLOWS, {"offset": "N"}, id="list_flows-offset"),
+    pytest.param(subjects.RegistrationCommands.LIST_PROJECTS, {"offset": "N"}, id="list_projects-offset"),
+    pytest.param(subjects.HeartbeatCommands.LIST_AGENTS, {"offset": "N"}, id="list_agents-offset"),
+    pytest.param(
+        subjects.StateCommands.SET_FLOW_RUN_STATE,
+        {"flow_run_id": "r", "version": "N", "state": {"type": "Running"}},
+        id="set_flow_run_state-version",
+    ),
+    pytest.param(
+        subjects.StateCommands.SET_TASK_RUN_STATE,
+        {"task_run_id": "t", "version": "N", "state": {"type": "Running"}},
+        id="set_task_run_state-version",
+    ),
+    pytest.param(subjects.StateCommands.DELETE_FLOW_RUN, {"flow_run_id": "r", "version": "N"}, id="delete-version"),
+    pytest.param(
+        subjects.StateCommands.ENSURE_TASK_RUN,
+        {"flow_run_id": "r", "task_id": "t", "map_index": "N"},
+        id="ensure_task_run-map_index",
+    ),
+]
+
+
+@pytest.mark.parametrize(("subject", "template"), WIDE_INTEGER_FIELDS)
+async def test_integers_too_big_for_a_column_are_validation_errors(
+    stack: Settings, nc: Client, subject: str, template: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    for value in TOO_BIG:
+        body = json.loads(json.dumps(template).replace('"N"', str(value)))
+        reply = await send(nc, subject, body)
+        assert reply["ok"] is False, (subject, value, reply)
+        assert reply["error"]["code"] in ("VALIDATION_ERROR", "NOT_FOUND"), (subject, value, reply)
+    assert "Traceback" not in caplog.text

@@ -43,6 +43,10 @@ MAX_JSON_DEPTH = 32
 # The page of the list commands (list_projects, list_flows, list_agents).
 LIST_LIMIT_DEFAULT = 1_000
 LIST_LIMIT_MAX = 10_000
+# The largest ``offset`` of a list command: far past any table, and within
+# every database's integer (a larger one reached SQLite and PostgreSQL as an
+# overflow, answered INTERNAL).
+MAX_OFFSET = 2**31 - 1
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from flowbus.schemas.common import (
     MAX_EDGES,
     MAX_ENV_VARS,
     MAX_LABELS,
+    MAX_OFFSET,
     MAX_PARAMETERS,
     MAX_TASK_TAGS,
     MAX_TASKS,
@@ -45,7 +46,7 @@ ParameterValues = Annotated[dict[ParameterKey, JsonValue], shallow, at_most(MAX_
 JsonObject = Annotated[dict[ParameterKey, JsonValue], shallow, at_most(MAX_PARAMETERS, "entries")]
 # The page of a list command: ``limit`` items from ``offset`` on.
 Limit = Annotated[int, Field(ge=1, le=LIST_LIMIT_MAX)]
-Offset = Annotated[int, Field(ge=0)]
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 
 
 # ---- the serialized flow (what `flow.serialize()` produces) ---------------

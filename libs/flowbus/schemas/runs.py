@@ -18,6 +18,7 @@ from flowbus.schemas.flows import (
     Labels,
     Limit,
     Name,
+    Offset,
     ParameterValues,
     RunConfigSpec,
     StorageSpec,
@@ -277,7 +278,7 @@ class ListFlowRuns(Message):
     # True: only late runs; False: only runs that are not late.
     late: bool | None = None
     limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: Offset = 0
 
 
 class FlowRunList(Message):
