@@ -10,7 +10,16 @@ from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, field_v
 from pydantic_core import to_json
 
 from flowbus import subjects
-from flowbus.schemas.common import LIST_LIMIT_DEFAULT, TEXT_MAX, ErrorInfo, Json, Message, at_most, is_none
+from flowbus.schemas.common import (
+    INT_COLUMN_MAX,
+    LIST_LIMIT_DEFAULT,
+    TEXT_MAX,
+    ErrorInfo,
+    Json,
+    Message,
+    at_most,
+    is_none,
+)
 from flowbus.schemas.flows import (
     CheckedRunConfig,
     JsonObject,
@@ -169,7 +178,7 @@ class EnsureTaskRun(Message):
 
     flow_run_id: Key
     task_id: Key
-    map_index: int = Field(default=-1, ge=-1)
+    map_index: int = Field(default=-1, ge=-1, le=INT_COLUMN_MAX)
 
 
 class TaskRunInfo(Message):
