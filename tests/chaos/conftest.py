@@ -29,9 +29,13 @@ from tests.helpers.chaos import REPORT, database_engine
 from tests.helpers.chaos_stack import ChaosStack, Probe
 
 
+@pytest.fixture(scope="package", autouse=True)
+def _report_path(tmp_path_factory: pytest.TempPathFactory) -> None:
+    REPORT.default_path = tmp_path_factory.getbasetemp() / "chaos-report.json"
+
+
 @pytest.fixture(scope="package")
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
-    REPORT.default_path = tmp_path_factory.getbasetemp() / "chaos-report.json"
     stack = ChaosStack(tmp_path_factory.mktemp("chaos"))
     stack.start()
     try:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flowbus.client import CLIENT_ERRORS, AsyncClient
 from flowbus.settings import NatsTuning, Settings
@@ -269,10 +269,18 @@ class ChaosStack:
         return "".join(path.read_text() for path in sorted(self.root.glob("up-*.log")))
 
 
+class Where(Protocol):
+    """Where an agent runs: its home, its working folder, the variables that point it at the stack."""
+
+    home: Path
+    work: Path
+    env: dict[str, str]
+
+
 class ChaosAgent:
     """`flowbus agent local start` leading a process group of its own."""
 
-    def __init__(self, stack: ChaosStack, root: Path, name: str, labels: Sequence[str], limit: int = 16) -> None:
+    def __init__(self, stack: Where, root: Path, name: str, labels: Sequence[str], limit: int = 16) -> None:
         self.stack = stack
         self.name = name
         args = [FLOWBUS, "agent", "local", "start", "--no-hostname-label", "--name", name, "--limit", str(limit)]
