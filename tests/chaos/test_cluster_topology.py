@@ -16,6 +16,7 @@ with CHAOS_TOPOLOGY=cluster. It needs PostgreSQL at 127.0.0.1:5432.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -77,8 +78,8 @@ async def test_cluster_topology(topology: ClusterStack, tmp_path: Path) -> None:
         check_key = f"{name}-check"
         check_run = await client.create_flow_run(flow_id, labels=[label], idempotency_key=check_key)
         try:
-            for agent in ("a", "b"):
-                agents.append(await asyncio.to_thread(ChaosAgent, topology, tmp_path, f"{name}-{agent}", [label]))
+            for letter in ("a", "b"):
+                agents.append(await asyncio.to_thread(ChaosAgent, topology, tmp_path, f"{name}-{letter}", [label]))
             checker = AsyncClient(topology.settings(request_timeout=1.0), outage_seconds=0.2)
             await checker.connect()
             # Stream information is the services' to read: the probe looks with their credential.
@@ -118,7 +119,7 @@ async def test_cluster_topology(topology: ClusterStack, tmp_path: Path) -> None:
                 for victim in SERVICE_MODULES:
                     killed_at = time.monotonic()
                     await asyncio.to_thread(topology.kill_service, victim)
-                    back = await commands_back(lambda victim=victim: served_by(victim), killed_at)
+                    back = await commands_back(functools.partial(served_by, victim), killed_at)
                     recovery.append({"kill": f"{victim} (1 of 2)", "commands_back_s": back})
                     await asyncio.sleep(SETTLE_SECONDS)
                 js = service_nc.jetstream()
@@ -126,7 +127,7 @@ async def test_cluster_topology(topology: ClusterStack, tmp_path: Path) -> None:
                 leader = info.leader if info is not None and info.leader else "n0"
                 killed_at = time.monotonic()
                 await asyncio.to_thread(topology.cluster.kill, int(leader.removeprefix("n")))
-                commands = asyncio.create_task(commands_back(lambda: served_by("state"), killed_at))
+                commands = asyncio.create_task(commands_back(functools.partial(served_by, "state"), killed_at))
                 await topology.cluster.wait_for_leaders(harness, leader, timeout=120)
                 leaders_at = time.monotonic()
                 back = await commands

@@ -11,6 +11,7 @@ whole history and every event (tests.helpers.chaos).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import pytest
@@ -79,7 +80,7 @@ async def test_kill_9(
                 killed_at = time.monotonic()
                 name, mark = chaos_stack.kill_service(victim)
                 ready_at = await asyncio.to_thread(chaos_stack.await_restart, name, mark)
-                back = await commands_back(lambda victim=victim: served_by(victim), killed_at)
+                back = await commands_back(functools.partial(served_by, victim), killed_at)
                 recovery.append(
                     {"kill": victim, "restarted_s": round(ready_at - killed_at, 2), "commands_back_s": back}
                 )

@@ -89,8 +89,8 @@ class InstanceBuilder:
             low = node.get("minimum", 0)
             return self.rng.randint(low, min(node.get("maximum", low + 10), low + 10))
         if kind == "number":
-            low = node.get("minimum", node.get("exclusiveMinimum", 0))
-            return float(low) + self.rng.choice((0.5, 1.0, 30.0))
+            low = float(node.get("minimum", node.get("exclusiveMinimum", 0)) or 0)
+            return low + self.rng.choice((0.5, 1.0, 30.0))
         if kind == "boolean":
             return self.rng.random() < 0.5
         if kind == "null":

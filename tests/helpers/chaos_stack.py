@@ -360,7 +360,7 @@ async def generate_load(
                 break
             load.attempts[key] = attempts
 
-        tasks = []
+        tasks: list[asyncio.Task[None]] = []
         # Bounded: a probe whose `until` never comes still stops, at 100 times ``count``.
         while len(tasks) < count or (until is not None and not until.is_set() and len(tasks) < 100 * count):
             tasks.append(asyncio.create_task(one(f"{prefix}-{len(tasks):05d}")))
