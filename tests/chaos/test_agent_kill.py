@@ -37,9 +37,9 @@ async def test_kill_an_agent_mid_run(
 ) -> None:
     flow_id = await probe.register_flow(client)
     lost_label, healthy_label = f"{probe.label}-a", f"{probe.label}-b"
-    victim = probe.agent(f"{probe.name}-a", [lost_label])
-    probe.agent(f"{probe.name}-b", [healthy_label])
     running, submitted = scaled(3), scaled(2)
+    victim = probe.agent(f"{probe.name}-a", [lost_label], limit=running + submitted)
+    probe.agent(f"{probe.name}-b", [healthy_label])
 
     async def create(count: int, seconds: float) -> list[str]:
         return [
@@ -78,7 +78,7 @@ async def test_kill_an_agent_mid_run(
     killed_at = time.monotonic()
     await asyncio.to_thread(victim.kill)
     probe.hold.unlink()
-    probe.agent(f"{probe.name}-a2", [lost_label])
+    probe.agent(f"{probe.name}-a2", [lost_label], limit=running + submitted)
 
     # When the killed runs were settled and the held ones requeued, for the recovery figures.
     settled_at: float | None = None

@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240 * chaos_scale())]
 
 PER_SUBJECT = 40  # payloads per subject at CHAOS_SCALE=1 (and one past 2 MiB)
 IN_FLIGHT = 8
-REPLY_TIMEOUT = 5.0
+REPLY_TIMEOUT = 10.0  # the client's own request timeout
 # CHAOS_SEED varies the payloads (the summary records the seed, which reproduces them).
 SEED = int(os.environ.get("CHAOS_SEED", "20261207"))
 DESTRUCTIVE = ("delete", "archive", "rename")
