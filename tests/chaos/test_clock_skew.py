@@ -111,7 +111,11 @@ async def test_clock_skewed_heartbeats(
             1 for i in (control, ahead) if (by_id[i].state, by_id[i].message) != (StateType.FAILED, FLOW_RUN_MESSAGE)
         ),
         agent_seen_in_the_future=int(seen > datetime.now(UTC) + timedelta(minutes=1)),
-        beats={"ahead": str(AHEAD), "behind": str(BEHIND), "beating_for_s": beating_for},
+        beats={
+            "ahead_s": AHEAD.total_seconds(),
+            "behind_s": BEHIND.total_seconds(),
+            "beating_for_s": beating_for,
+        },
     )
     record_and_check(
         summary,
