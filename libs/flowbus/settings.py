@@ -161,8 +161,13 @@ class NatsTlsSettings(BaseModel):
 
 
 class EmbeddedNatsSettings(BaseModel):
-    """The limits ``flowbus up`` gives the nats-server it starts (its own defaults are unlimited)."""
+    """The nats-server ``flowbus up`` starts: its port, and its limits (its own defaults are unlimited)."""
 
+    # FLOWBUS_EMBEDDED_NATS__PORT: the port it listens on, at every start, so
+    # that agents and clients holding its URL reconnect after a restart by
+    # hand (a supervisor's restart keeps the port anyway); taken, the start
+    # fails. Unset: DEFAULT_EMBEDDED_NATS_PORT when free, else a free one.
+    port: int | None = Field(default=None, ge=1, le=65535)
     max_file_store: int = Field(default=10 * 1024**3, ge=1024**2)
     max_memory_store: int = Field(default=256 * 1024**2, ge=1024**2)
     max_connections: int = Field(default=10_000, ge=16)
@@ -174,7 +179,7 @@ class EmbeddedNatsSettings(BaseModel):
     max_payload: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
 
     def limits(self) -> ServerLimits:
-        return ServerLimits(**self.model_dump())
+        return ServerLimits(**self.model_dump(exclude={"port"}))
 
 
 class SchedulerSettings(BaseModel):

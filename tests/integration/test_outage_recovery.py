@@ -1,6 +1,7 @@
 """Agents and runners through a state-service outage: a write waits for the
 service to come back, a write whose answer was lost is resent and applies
-once, and a claimed run whose process does not start goes back to the queue.
+once, a claimed run whose process does not start goes back to the queue, and
+a runner started while NATS is down waits for it.
 
 The state service is started by each test (``StateService``), so that it can
 be missing, stopped and started again; every other service runs throughout.
@@ -23,12 +24,13 @@ from nats.aio.msg import Msg
 from flowbus import subjects
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.local import MAX_START_ATTEMPTS, LocalAgent
-from flowbus.agent.runner import set_state_surviving_lost_reply
+from flowbus.agent.runner import connect_through_outage, set_state_surviving_lost_reply
 from flowbus.client import AsyncClient
 from flowbus.schemas.runs import LogRecord
 from flowbus.settings import Settings
 from flowbus.states import StateType
 from flowbus_services.registry import SERVICE_MODULES, build_service_app
+from flowbus_services.up import NatsServer, free_port
 from tests.helpers import unique
 from tests.helpers.agents import running_agents
 from tests.helpers.runs import WatchItem, watch_until_finished
@@ -268,6 +270,26 @@ async def test_a_write_waits_for_a_state_service_that_starts_late(
             await state_service.start()
             out = await write
     assert (out.version, out.state.type) == (run.version + 1, StateType.SUBMITTED)
+
+
+async def test_a_runner_started_while_nats_is_down_connects_once_it_is_back(tmp_path: Path) -> None:
+    """The agent started the flow's process just as the server died (the chaos
+    suite's NATS kill): the runner waits for the server rather than exiting,
+    which left its run to be failed without ever running."""
+    port = free_port()
+    server = NatsServer(tmp_path / "js", Settings().auth_path(), port=port)
+    refused = asyncio.Event()
+    client = AsyncClient(Settings(nats_url=f"nats://127.0.0.1:{port}"), outage_seconds=60)
+    with _log_events("flowbus.runner", "cannot reach the flowbus NATS server", refused):
+        connecting = asyncio.create_task(connect_through_outage(client))
+        await refused.wait()
+        server.start()
+        try:
+            await asyncio.wait_for(connecting, 60)
+            assert client.nc.is_connected
+            await client.close()
+        finally:
+            server.stop()
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from flowbus.client import AsyncClient
 from flowbus.schemas.common import MAX_JSON_DEPTH
 from flowbus.settings import Settings
 from tests.helpers.commands import send
+from tests.helpers.scripts import register_greeting_flow
 from tests.helpers.waiting import eventually
 
 BAD_BODIES = [
@@ -174,3 +176,78 @@ async def test_hostile_payloads_are_validation_errors_on_every_kind_of_subject(
     # Refusals, not bugs: nothing logged a traceback or an error.
     assert "Traceback" not in caplog.text
     assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+# Integers past what a database column holds (SQLite and PostgreSQL: 64-bit
+# signed), in every integer field of a command that reaches the database, on
+# a run that exists (so the field is not refused for another reason first).
+# The chaos suite's fuzz (tests/chaos/test_fuzz.py) found list_flow_runs and
+# ensure_task_run answering INTERNAL (SQLite's OverflowError) for such values.
+# A version too big is a version no run is at: VERSION_LOCKING_ERROR.
+TOO_BIG: list[Any] = [2**31, 2**63, 2**64, -(2**63) - 1, 1e30]
+WIDE_INTEGER_FIELDS = [
+    pytest.param(subjects.StateCommands.LIST_FLOW_RUNS, {"offset": "N"}, id="list_flow_runs-offset"),
+    pytest.param(subjects.RegistrationCommands.LIST_FLOWS, {"offset": "N"}, id="list_flows-offset"),
+    pytest.param(subjects.RegistrationCommands.LIST_PROJECTS, {"offset": "N"}, id="list_projects-offset"),
+    pytest.param(subjects.HeartbeatCommands.LIST_AGENTS, {"offset": "N"}, id="list_agents-offset"),
+    pytest.param(
+        subjects.StateCommands.SET_FLOW_RUN_STATE,
+        {"flow_run_id": "RUN", "version": "N", "state": {"type": "Running"}},
+        id="set_flow_run_state-version",
+    ),
+    pytest.param(
+        subjects.StateCommands.SET_TASK_RUN_STATE,
+        {"task_run_id": "TASK_RUN", "version": "N", "state": {"type": "Running"}},
+        id="set_task_run_state-version",
+    ),
+    pytest.param(subjects.StateCommands.DELETE_FLOW_RUN, {"flow_run_id": "RUN", "version": "N"}, id="delete-version"),
+    pytest.param(
+        subjects.StateCommands.ENSURE_TASK_RUN,
+        {"flow_run_id": "RUN", "task_id": "TASK", "map_index": "N"},
+        id="ensure_task_run-map_index",
+    ),
+    pytest.param(
+        subjects.RegistrationCommands.ADD_FLOW_TASKS,
+        {"flow_id": "FLOW", "tasks": [{"slug": "extra-1", "name": "extra", "max_retries": "N"}]},
+        id="add_flow_tasks-max_retries",
+    ),
+]
+
+
+async def _task_id(settings: Settings, flow_id: str) -> str:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(settings.resolved_database_url())
+    try:
+        async with engine.connect() as conn:
+            query = text("SELECT id FROM task WHERE flow_id = :flow AND slug LIKE 'greet%'")
+            return str((await conn.execute(query, {"flow": flow_id})).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(("subject", "template"), WIDE_INTEGER_FIELDS)
+async def test_integers_too_big_for_a_column_are_validation_errors(
+    stack: Settings,
+    nc: Client,
+    subject: str,
+    template: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with AsyncClient(stack) as client:
+        flow_id = await register_greeting_flow(client, tmp_path)
+        run_id = await client.create_flow_run(flow_id, labels=["nobody-takes-it"])
+        task_run = (await client.get_flow_run(run_id)).task_runs[0]
+        ids = {"RUN": run_id, "TASK_RUN": task_run.id, "FLOW": flow_id, "TASK": await _task_id(stack, flow_id)}
+    for value in TOO_BIG:
+        text = json.dumps(template).replace('"N"', json.dumps(value))
+        for placeholder, real in ids.items():
+            text = text.replace(f'"{placeholder}"', json.dumps(real))
+        reply = await send(nc, subject, text.encode())
+        assert reply["ok"] is False, (subject, value, reply)
+        allowed = {"VALIDATION_ERROR", "VERSION_LOCKING_ERROR"} if '"version"' in text else {"VALIDATION_ERROR"}
+        assert reply["error"]["code"] in allowed, (subject, value, reply)
+    assert "Traceback" not in caplog.text

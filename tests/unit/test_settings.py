@@ -122,6 +122,26 @@ def test_a_chosen_reply_point_is_kept_on_the_embedded_server(monkeypatch: pytest
         Settings()
 
 
+def test_the_embedded_nats_port_is_fixed_by_the_setting_and_refused_when_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart by hand must find the server on the port its agents hold (docs/reliability.md)."""
+    import socket
+
+    from flowbus_services.up import choose_port, free_port
+
+    port = free_port()
+    monkeypatch.setenv("FLOWBUS_EMBEDDED_NATS__PORT", str(port))
+    settings = Settings().embedded_nats
+    assert choose_port(settings) == port
+    assert "port" not in vars(settings.limits())  # not a limit of the account
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(RuntimeError, match=f"NATS port {port} .* is taken"):
+            choose_port(settings)
+
+
 def test_a_run_is_late_15_seconds_after_its_start_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().scheduler.late_after == 15.0
     monkeypatch.setenv("FLOWBUS_SCHEDULER__LATE_AFTER", "2m")

@@ -40,6 +40,7 @@ from flowbus import subjects
 from flowbus.agent.flow_roots import OutsideFlowRoots, check_storage, resolve_roots
 from flowbus.agent.logs import LogShipper
 from flowbus.client import CLIENT_ERRORS, AsyncClient, ServiceUnavailable, describe_error
+from flowbus.runtime.nats import NatsUnreachable
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.common import Conflict, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
@@ -612,10 +613,32 @@ def _aware(when: datetime) -> datetime:
     return when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+async def connect_through_outage(client: AsyncClient) -> None:
+    """Connect ``client``, waiting with back-off for its ``outage_seconds`` while no
+    NATS server accepts the connection: the agent may start this process just as the
+    server dies or restarts, and a runner that gave up at once would leave its run
+    to be failed unstarted. Any other failure (a refused credential) is raised at once."""
+    backoff = client.backoff()
+    said = False
+    while True:
+        try:
+            await client.connect()
+            return
+        except NatsUnreachable as exc:
+            if backoff.expired:
+                raise
+            if not said:
+                log.info("%s: retrying for up to %g s.", exc, client.outage_seconds)
+                said = True
+            await backoff.pause()
+
+
 async def execute(flow_run_id: str, settings: Settings) -> int:
     """The agent's runner: run the claimed flow run ``flow_run_id`` in this process."""
     with StopSignals() as signals:
-        async with AsyncClient(settings, outage_seconds=settings.nats.outage_retry_seconds) as client:
+        client = AsyncClient(settings, outage_seconds=settings.nats.outage_retry_seconds)
+        await connect_through_outage(client)
+        async with client:
             return await run_claimed(client, flow_run_id, settings, signals, settle_on_exit=False)
 
 

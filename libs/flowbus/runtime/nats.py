@@ -46,6 +46,11 @@ class NatsUnavailable(ConnectionError):
         self.url = url
 
 
+class NatsUnreachable(NatsUnavailable):
+    """Nothing accepted a connection at the URL (refused, or timed out): a server
+    that is down, perhaps restarting. A refused credential is not this."""
+
+
 class NoServerRunning(NatsUnavailable):
     """No ``FLOWBUS_NATS_URL`` and no endpoint file: no `flowbus up` to connect to."""
 
@@ -97,7 +102,7 @@ async def _probe(url: str, timeout: float) -> None:
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError) as exc:
-        raise NatsUnavailable(
+        raise NatsUnreachable(
             url, "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc) or "timed out"
         ) from None
     writer.close()
@@ -156,7 +161,7 @@ async def connect(settings: Settings, name: str, role: BusRole, credential: Cred
         except NatsUnavailable as exc:
             failures.append(exc)
     else:
-        raise failures[0] if len(failures) == 1 else NatsUnavailable(url, "no server of the cluster answered")
+        raise failures[0] if len(failures) == 1 else NatsUnreachable(url, "no server of the cluster answered")
     # nats-py retries a first connect that fails for ever: a credential the
     # server refuses, or a TLS handshake that fails, is reported at once.
     who = f"the {credential.role.value!r} credential {credential.name!r}" if credential else "a client without one"

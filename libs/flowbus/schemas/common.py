@@ -43,6 +43,12 @@ MAX_JSON_DEPTH = 32
 # The page of the list commands (list_projects, list_flows, list_agents).
 LIST_LIMIT_DEFAULT = 1_000
 LIST_LIMIT_MAX = 10_000
+# The largest integer a command may carry into an integer column or a query:
+# what PostgreSQL's INTEGER holds (a larger one reached the database as an
+# overflow, answered INTERNAL): a task's max_retries, a map index, the
+# ``offset`` of a list command.
+INT_COLUMN_MAX = 2**31 - 1
+MAX_OFFSET = INT_COLUMN_MAX
 
 
 @dataclass(frozen=True)

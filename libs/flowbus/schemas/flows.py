@@ -12,6 +12,7 @@ from flowbus import clocks, subjects
 from flowbus.run_env import check_run_env
 from flowbus.schemas.common import (
     ENV_VALUE_MAX,
+    INT_COLUMN_MAX,
     LABEL_MAX,
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
@@ -20,6 +21,7 @@ from flowbus.schemas.common import (
     MAX_EDGES,
     MAX_ENV_VARS,
     MAX_LABELS,
+    MAX_OFFSET,
     MAX_PARAMETERS,
     MAX_TASK_TAGS,
     MAX_TASKS,
@@ -45,7 +47,7 @@ ParameterValues = Annotated[dict[ParameterKey, JsonValue], shallow, at_most(MAX_
 JsonObject = Annotated[dict[ParameterKey, JsonValue], shallow, at_most(MAX_PARAMETERS, "entries")]
 # The page of a list command: ``limit`` items from ``offset`` on.
 Limit = Annotated[int, Field(ge=1, le=LIST_LIMIT_MAX)]
-Offset = Annotated[int, Field(ge=0)]
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 
 
 # ---- the serialized flow (what `flow.serialize()` produces) ---------------
@@ -63,7 +65,7 @@ class TaskSpec(Message):
     # What kind of task it is, as its framework names it (Prefect 1.x: the
     # task's class, e.g. prefect.core.parameter.Parameter); "" when unnamed.
     type: str = Field(default="", max_length=NAME_MAX)
-    max_retries: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=0, ge=0, le=INT_COLUMN_MAX)
     retry_delay_seconds: float | None = Field(default=None, ge=0)
     tags: Annotated[list[Label], at_most(MAX_TASK_TAGS, "tags")] = Field(default_factory=list)
 

@@ -10,7 +10,16 @@ from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, field_v
 from pydantic_core import to_json
 
 from flowbus import subjects
-from flowbus.schemas.common import LIST_LIMIT_DEFAULT, TEXT_MAX, ErrorInfo, Json, Message, at_most, is_none
+from flowbus.schemas.common import (
+    INT_COLUMN_MAX,
+    LIST_LIMIT_DEFAULT,
+    TEXT_MAX,
+    ErrorInfo,
+    Json,
+    Message,
+    at_most,
+    is_none,
+)
 from flowbus.schemas.flows import (
     CheckedRunConfig,
     JsonObject,
@@ -18,6 +27,7 @@ from flowbus.schemas.flows import (
     Labels,
     Limit,
     Name,
+    Offset,
     ParameterValues,
     RunConfigSpec,
     StorageSpec,
@@ -168,7 +178,7 @@ class EnsureTaskRun(Message):
 
     flow_run_id: Key
     task_id: Key
-    map_index: int = Field(default=-1, ge=-1)
+    map_index: int = Field(default=-1, ge=-1, le=INT_COLUMN_MAX)
 
 
 class TaskRunInfo(Message):
@@ -277,7 +287,7 @@ class ListFlowRuns(Message):
     # True: only late runs; False: only runs that are not late.
     late: bool | None = None
     limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: Offset = 0
 
 
 class FlowRunList(Message):
