@@ -14,11 +14,8 @@ service that owns it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -30,6 +27,7 @@ from flowbus import subjects
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient
 from flowbus.db.engine import Database
+from flowbus.runtime.asgi_serving import listen, serve_on
 from flowbus.runtime.service import ServiceContext, build_service, readiness
 from flowbus.settings import GatewaySettings, Settings
 from flowbus_services.gateway.context import Gateway
@@ -45,31 +43,7 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 def bind(settings: GatewaySettings) -> socket.socket:
     """The gateway's listening socket (shared with other instances on the same port)."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if settings.reuse_port and hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    # Inherited by every accepted connection. Without it a response's second
-    # write (its body) waits for the client's delayed ACK: 40 ms per request
-    # on a kept-alive connection.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the service process owns SIGINT and SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    return listen(settings.host, settings.port, backlog=2048, reuse_port=settings.reuse_port, nodelay=True)
 
 
 def register(ctx: ServiceContext) -> KeyStore:
@@ -102,14 +76,8 @@ async def serve_http(sock: socket.socket, ctx: ServiceContext, keys: KeyStore, s
         ws_max_size=settings.gateway.max_body_bytes,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
     )
-    server = _Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        server.should_exit = True
-        await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS * 2)
-        raise
+        await serve_on(config, sock, SHUTDOWN_GRACE_SECONDS)
     finally:
         await keys.close()
         if read_url:

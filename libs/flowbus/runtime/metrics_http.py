@@ -19,17 +19,16 @@ Reads and writes no NATS subject.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 import uvicorn
 
+from flowbus.runtime import asgi_serving
 from flowbus.runtime.metrics import ComponentMetrics, render
 
 Scope = dict[str, Any]
@@ -134,17 +133,7 @@ def process_app(
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (0: a free port), ready to hand to ``serve``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+    return asgi_serving.listen(host, port)
 
 
 def url_of(sock: socket.socket, path: str = "/metrics") -> str:
@@ -153,22 +142,7 @@ def url_of(sock: socket.socket, path: str = "/metrics") -> str:
     return f"http://{shown}:{port}{path}"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the process owns SIGINT and SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(app: ASGIApp, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until cancelled (the socket stays open: a restarted process serves it again)."""
     config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", access_log=False, ws="none")
-    server = _Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        server.should_exit = True
-        await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS * 2)
-        raise
+    await asgi_serving.serve_on(config, sock, SHUTDOWN_GRACE_SECONDS)
