@@ -84,8 +84,13 @@ browser: install browser-env ## The web UI in headless Chromium (Playwright)
 screenshots: install browser-env ## Retake docs/images/*.png (the README's screenshots) from the browser tests
 	FLOWBUS_UI_SCREENSHOTS=docs/images $(BIN)/pytest tests/browser -k "tutorial_flow_runs" $(PYTEST_FLAGS)
 
+# Most tests wait on processes, the bus and the databases more than they compute, so two
+# workers (pytest-xdist, one test module each at a time) nearly halve the wall time on two
+# cores. The chaos tier kills processes and measures recovery: it runs alone, after.
+TEST_WORKERS ?= 2
 test: install lint typecheck $(PREFECT1)/.synced browser-env ## Lint, type-check and run every test tier (compat and browser included)
-	$(BIN)/pytest $(PYTEST_FLAGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --ignore tests/chaos $(PYTEST_FLAGS)
+	$(BIN)/pytest tests/chaos $(PYTEST_FLAGS)
 
 contracts: install ## Regenerate contracts/ (AsyncAPI and JSON Schemas)
 	$(BIN)/python -m flowbus_services.contracts

@@ -168,10 +168,9 @@ def test_cancel_stops_a_running_flow(page: Page, stack: Stack, tmp_path: Path) -
     never = tmp_path / "never-created"
     run_id = create_run(stack, "hello-flow", parameters={"gate": str(never)})
     login(page, stack.key, f"/flow-run/{run_id}")
-    state = page.locator("#run-state")
-    expect(state).to_have_text("Running")
+    expect_run_state(page, stack, run_id, "Running")
     page.get_by_role("button", name="Cancel").click()
-    expect(state).to_have_text("Cancelled")
+    expect_run_state(page, stack, run_id, "Cancelled")
     assert run_state(stack, run_id)["state"] == "Cancelled"
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flowbus.settings import Settings
+from flowbus_services.up import free_port
 from tests.helpers.waiting import wait_until
 
 BIN = Path(sys.executable).parent
@@ -29,9 +30,15 @@ FLOWBUS = str(BIN / "flowbus")
 UP_READY = "Press Ctrl-C to stop."  # what `flowbus up` prints once it serves
 
 
+# Each home's gateway port, chosen once: left to take 4200, two `flowbus up` started at
+# once by parallel test workers both find it free and one fails to bind it.
+_GATEWAY_PORTS: dict[Path, str] = {}
+
+
 def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBUS_")}
     env["FLOWBUS_HOME"] = str(home)
+    env["FLOWBUS_GATEWAY__PORT"] = _GATEWAY_PORTS.setdefault(home, str(free_port()))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
