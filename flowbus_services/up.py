@@ -48,7 +48,7 @@ from flowbus.bus_auth import (
     write_server_config,
 )
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
-from flowbus.db.migrate import upgrade_async
+from flowbus.db.migrate import upgrade, upgrade_async
 from flowbus.runtime.log_format import configure_logging, current_service
 from flowbus.runtime.metrics_http import listen, url_of
 from flowbus.runtime.nats import NatsUnavailable, connect, redacted, without_userinfo
@@ -222,6 +222,13 @@ def _claimed_home(settings: Settings) -> Iterator[None]:
 
 async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
     """The embedded NATS server, unless FLOWBUS_NATS_URL names one; settings pointing at it."""
+    server, settings = _launch_nats(settings)
+    await _nats_ready(server)
+    return server, settings
+
+
+def _launch_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
+    """Start the embedded NATS server (not waiting for it), unless FLOWBUS_NATS_URL names one."""
     if settings.nats_url is not None:
         return None, settings
     auth = AuthStore(settings.auth_path())
@@ -235,12 +242,17 @@ async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
         settings.embedded_nats.limits(),
     )
     server.start()
+    return server, on_embedded_server(settings, server.url)
+
+
+async def _nats_ready(server: NatsServer | None) -> None:
+    if server is None:
+        return
     try:
         await server.wait_ready()
     except Exception as exc:
         server.stop()
         raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
-    return server, on_embedded_server(settings, server.url)
 
 
 def on_embedded_server(settings: Settings, url: str) -> Settings:
@@ -432,13 +444,17 @@ def _serve_processes(settings: Settings) -> None:
     settings = with_gateway_port(settings)
     groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
     metrics = metrics_sockets(settings, groups)
-    server, settings = asyncio.run(_start_nats(settings))
+    # nats-server recovers its store in its own process (on the other core) while this one migrates
+    # the database and imports the services; the services are forked once both are done.
+    server, settings = _launch_nats(settings)
     failure: str | None = None
     try:
         db_url = settings.resolved_database_url()
-        asyncio.run(upgrade_async(db_url))
+        upgrade(db_url)
         for module in SERVICE_MODULES.values():
             importlib.import_module(module)  # once, before forking: children share it
+        asyncio.run(_nats_ready(server))
+        supervisor.share_heap()
         # From here the stop signals wait for supervisor.supervise, not a handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         children: list[supervisor.ServiceProcess] = []
