@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -181,6 +182,18 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def share_heap() -> None:
+    """Call once before forking the service processes: keep the heap they inherit shared.
+
+    A child's first full garbage collection would otherwise write to the
+    header of every object the parent made (its imports), copying each page
+    of that heap into the child; frozen objects are never collected, so those
+    pages stay shared with the parent and the other children (CPython's
+    ``gc.freeze`` documentation describes this use)."""
+    gc.collect()
+    gc.freeze()
 
 
 def spawn(services: tuple[str, ...], run: Callable[[tuple[str, ...], Callable[[], None]], None]) -> ServiceProcess:

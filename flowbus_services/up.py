@@ -28,6 +28,7 @@ import asyncio
 import collections
 import importlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -48,7 +49,7 @@ from flowbus.bus_auth import (
     write_server_config,
 )
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
-from flowbus.db.migrate import upgrade_async
+from flowbus.db.migrate import HEAD_REVISION, sqlite_revision, upgrade, upgrade_async
 from flowbus.runtime.log_format import configure_logging, current_service
 from flowbus.runtime.metrics_http import listen, url_of
 from flowbus.runtime.nats import NatsUnavailable, connect, redacted, without_userinfo
@@ -222,6 +223,13 @@ def _claimed_home(settings: Settings) -> Iterator[None]:
 
 async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
     """The embedded NATS server, unless FLOWBUS_NATS_URL names one; settings pointing at it."""
+    server, settings = _launch_nats(settings)
+    await _nats_ready(server)
+    return server, settings
+
+
+def _launch_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
+    """Start the embedded NATS server (not waiting for it), unless FLOWBUS_NATS_URL names one."""
     if settings.nats_url is not None:
         return None, settings
     auth = AuthStore(settings.auth_path())
@@ -235,12 +243,17 @@ async def _start_nats(settings: Settings) -> tuple[NatsServer | None, Settings]:
         settings.embedded_nats.limits(),
     )
     server.start()
+    return server, on_embedded_server(settings, server.url)
+
+
+async def _nats_ready(server: NatsServer | None) -> None:
+    if server is None:
+        return
     try:
         await server.wait_ready()
     except Exception as exc:
         server.stop()
         raise NatsUnavailable(server.url, f"embedded nats-server did not start: {exc}") from exc
-    return server, on_embedded_server(settings, server.url)
 
 
 def on_embedded_server(settings: Settings, url: str) -> Settings:
@@ -421,6 +434,40 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         print("flowbus stopped.", flush=True)
 
 
+def start_migration(db_url: str) -> int | None:
+    """Bring the database to the newest schema in a forked child: its pid; None when it is there already.
+
+    In a child, Alembic's imports and the migrations run beside this process's
+    imports of the services, and stay out of the heap the service processes inherit."""
+    if sqlite_revision(db_url) == HEAD_REVISION:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            supervisor.die_with_parent()
+            upgrade(db_url)
+        except BaseException:
+            logging.getLogger(__name__).exception("the database migration failed")
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def finish_migration(pid: int | None) -> None:
+    """Wait for ``start_migration``'s child; RuntimeError when it failed."""
+    if pid is None:
+        return
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        raise RuntimeError(f"the database migration {supervisor.describe_exit(code)} (its error is logged above)")
+
+
 def serve_processes(settings: Settings) -> None:
     """Run everything as service processes until SIGINT or SIGTERM, restarting a process
     (the nats-server too) that dies, until one dies too often."""
@@ -432,13 +479,18 @@ def _serve_processes(settings: Settings) -> None:
     settings = with_gateway_port(settings)
     groups = supervisor.layout(list(SERVICE_MODULES), settings.up.processes)
     metrics = metrics_sockets(settings, groups)
-    server, settings = asyncio.run(_start_nats(settings))
+    # nats-server recovers its store and a child migrates the database (each a process of its own,
+    # on the other core) while this one imports the services; the services are forked once all is done.
+    server, settings = _launch_nats(settings)
     failure: str | None = None
     try:
         db_url = settings.resolved_database_url()
-        asyncio.run(upgrade_async(db_url))
+        migration = start_migration(db_url)
         for module in SERVICE_MODULES.values():
             importlib.import_module(module)  # once, before forking: children share it
+        finish_migration(migration)
+        asyncio.run(_nats_ready(server))
+        supervisor.share_heap()
         # From here the stop signals wait for supervisor.supervise, not a handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         children: list[supervisor.ServiceProcess] = []

@@ -54,15 +54,19 @@ default: the home's SQLite file), ``postgres`` (a fresh database created at
 Never part of the test suite: numbers are printed, not asserted.
 ``BENCH_SCALE=0.1`` runs a tenth of the requests and runs (a smoke run).
 ``BENCH_ONLY=create,set_state`` runs only the named parts (``delivery``,
-``e2e``, ``create``, ``set_state``, ``gateway``, ``schedules``), for working on one of them.
+``e2e``, ``create``, ``set_state``, ``gateway``, ``schedules``, ``startup``), for working on one of them.
 
 ``gateway`` (tests/bench/gateway.py): ``create_flow_run``,
 ``set_flow_run_states`` and a query of 50 runs with their task runs, as
 GraphQL over HTTP through the gateway.
 
-``schedules`` (tests/bench/schedules.py) runs last, on fresh stacks of its
+``schedules`` (tests/bench/schedules.py) runs on fresh stacks of its
 own: the scheduler's CPU and fill time with 1,000 and 10,000 active cron
 schedules (``BENCH_SCHEDULE_MINUTES`` minutes of steady state each, default 2).
+
+``startup`` (tests/bench/startup.py) runs last: the time from spawning
+``flowbus up`` to its first answered command on fresh and existing homes,
+and the idle stack's PSS per process (``STARTUP_*`` settings there).
 """
 
 from __future__ import annotations
@@ -102,9 +106,10 @@ from flowbus.settings import Settings
 from flowbus.states import StateType, is_finished
 from tests.bench.gateway import gateway_bench
 from tests.bench.schedules import SCHEDULE_COUNTS, scheduler_cost
+from tests.bench.startup import startup_bench
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
-PARTS = ("delivery", "e2e", "create", "set_state", "gateway", "schedules")
+PARTS = ("delivery", "e2e", "create", "set_state", "gateway", "schedules", "startup")
 ONLY = {p.strip() for p in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if p.strip()}
 CREATES = {1: int(1000 * SCALE), 64: int(20000 * SCALE)}
 WALKS = {1: int(300 * SCALE), 64: int(6000 * SCALE)}  # runs walked through 3 transitions each
@@ -594,7 +599,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     layout = "?"
     database = "?"
-    if ONLY & set(PARTS) - {"schedules"}:
+    if ONLY & set(PARTS) - {"schedules", "startup"}:
         with _database() as (url, database), _serving(url) as (settings, env, layout):
             results.extend(asyncio.run(bench(settings, env)))
     # Last, each on a stack (and database) of its own: the schedules leave thousands of due runs behind.
@@ -604,6 +609,8 @@ def main() -> None:
             _serving(url, {"FLOWBUS_SCHEDULER__PLAN_RUNS": "false"}) as (settings, env, layout),
         ):
             results.append(scheduler_cost(settings, env, count))
+    if "startup" in ONLY:
+        results.extend(startup_bench())
     print(
         json.dumps(
             {
