@@ -15,7 +15,7 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased
 from typer.testing import CliRunner
 
 from flowbus.cli import app
@@ -125,7 +125,12 @@ def test_the_sampling_ratio_setting_is_parent_based(monkeypatch: pytest.MonkeyPa
         telemetry._config.sample_ratio = 0.25
         sampler = telemetry._sampler()
         assert isinstance(sampler, ParentBased)
-        assert "0.25" in sampler.get_description()
+        # New traces: a quarter of the trace-id space is sampled.
+        assert sampler.should_sample(None, 1, "root").decision is Decision.RECORD_AND_SAMPLE
+        assert sampler.should_sample(None, (1 << 64) - 1, "root").decision is not Decision.RECORD_AND_SAMPLE
+        # A sampled parent's children are, whatever their id: a run's trace is whole or absent.
+        parent = telemetry.parent_of("00-0000000000000000ffffffffffffffff-b7ad6b7169203331-01")
+        assert sampler.should_sample(parent, (1 << 64) - 1, "child").decision is Decision.RECORD_AND_SAMPLE
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
         assert telemetry._sampler() is None  # the SDK reads OTEL_TRACES_SAMPLER itself
     finally:
