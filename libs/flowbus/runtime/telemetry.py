@@ -167,7 +167,8 @@ def extract(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
     """The context carried in message headers (None when there is none)."""
     if not carrier or "traceparent" not in carrier:
         return None
-    return propagate.extract(carrier)
+    # The W3C propagator alone: the global one also parses baggage, which flowbus sends none of.
+    return _W3C.extract(carrier)
 
 
 def traceparent(span: trace.Span | None = None) -> str | None:
