@@ -379,7 +379,8 @@ def build_service(
     async def reconnected() -> None:
         ctx.connected_since = datetime.now(UTC)
 
-    telemetry.configure(settings, name)
+    # The client's own spans in a service process (a run created through the gateway) are the gateway's.
+    telemetry.configure(settings, "gateway" if name == "gateway" else None)
     stats = CommandStats()
     broker = make_broker(settings, name, role, disconnected_cb=disconnected, reconnected_cb=reconnected, stats=stats)
     spec_broker = NatsBroker(known_servers(settings) or UNKNOWN_SERVERS, name=f"flowbus-{name}")
