@@ -165,3 +165,23 @@ def test_flowbus_trace_without_a_traces_folder_says_how_to_get_one(
     assert result.exit_code == 1
     assert "no traces folder" in result.output
     assert "flowbus up --traces" in result.output
+
+
+def test_the_fast_lane_s_recorded_spans_join_the_caller_s_trace(tmp_path: Path) -> None:
+    exporter = telemetry.JsonLinesExporter(tmp_path, "flowbus-state")
+    recorder = telemetry.SpanRecorder(exporter)
+    sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    not_sampled = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    recorder.record(sampled, "set_flow_run_state Running", 1_000, 3_000_000, telemetry.attributes("run-9"))
+    recorder.record(not_sampled, "set_flow_run_state Running", 1_000, 2_000, telemetry.attributes("run-9"))
+    recorder.record("garbage", "set_flow_run_state Running", 1_000, 2_000, {})
+    recorder.flush()
+    exporter.shutdown()
+    (span,) = read_spans(tmp_path)
+    assert (span.trace_id, span.parent_id) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert (span.name, span.service, span.attributes) == (
+        "set_flow_run_state Running",
+        "state",
+        {"flowbus.flow_run_id": "run-9"},
+    )
+    assert span.seconds == pytest.approx(0.002999)

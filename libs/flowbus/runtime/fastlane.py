@@ -71,6 +71,12 @@ BURST_MSGS = 65_536
 BURST_BYTES = 64 << 20
 
 
+def _ids(command: Any) -> dict[str, str]:
+    return telemetry.attributes(
+        getattr(command, "flow_run_id", None), getattr(command, "flow_id", None), getattr(command, "task_run_id", None)
+    )
+
+
 @dataclass(frozen=True)
 class _Lane:
     subject: str
@@ -127,6 +133,8 @@ class FastLane:
         # Commands answered UNAVAILABLE since the start.
         self.turned_away = 0
         self._lanes: list[_Lane] = []
+        # Spans recorded light (SpanRecorder) rather than as SDK spans.
+        self._recording = telemetry.recorder(service) is not None
         self._subscriptions: list[Subscription] = []
 
     def add(
@@ -164,12 +172,14 @@ class FastLane:
 
     def _callback(self, nc: NatsClient, lane: _Lane) -> Callable[[Msg], Any]:
         stats = self.stats
+        recorder = telemetry.recorder(self.service)
 
         async def on_message(msg: Msg) -> None:
             reply_to = msg.reply
             if not reply_to:
                 return  # a command nobody waits for: nothing to answer, nothing to do
             start = time.perf_counter()
+            start_ns = time.time_ns()
             size = len(msg.data)
             if self.pending and (
                 self.pending >= self.max_pending or self.pending_bytes + size > self.max_pending_bytes
@@ -190,6 +200,13 @@ class FastLane:
                 await nc.publish(reply_to, error_reply(validation_failed(exc).info()))
                 return
             span = self._span(lane, msg, command)
+            # A traced command of a lane that starts no trace, when spans go to the home's files alone:
+            # recorded (flowbus.runtime.telemetry.SpanRecorder), not an SDK span.
+            light = (
+                msg.headers.get("traceparent")
+                if recorder is not None and span is None and msg.headers and not lane.starts_traces
+                else None
+            )
 
             async def respond(outcome: Any) -> None:
                 self.pending -= 1
@@ -204,6 +221,8 @@ class FastLane:
                         stats.refused(lane.subject, code)
                     if log.isEnabledFor(logging.DEBUG):
                         self._debug(lane, command, outcome, elapsed, span)
+                    if light is not None:
+                        recorder.record(light, lane.span_name(command), start_ns, time.time_ns(), _ids(command))
                     if span is not None:
                         if lane.starts_traces and not isinstance(outcome, BaseException):
                             # The new run's ids: `flowbus trace` finds its trace by them.
@@ -241,6 +260,8 @@ class FastLane:
         )
 
     def _span(self, lane: _Lane, msg: Msg, command: Any) -> trace.Span | None:
+        if not lane.starts_traces and (self._recording or not msg.headers):
+            return None  # recorded, or nothing to continue
         parent = telemetry.extract(msg.headers)
         if parent is None and not lane.starts_traces:
             return None
@@ -248,11 +269,7 @@ class FastLane:
             lane.span_name(command),
             context=parent,
             kind=trace.SpanKind.SERVER,
-            attributes=telemetry.attributes(
-                getattr(command, "flow_run_id", None),
-                getattr(command, "flow_id", None),
-                getattr(command, "task_run_id", None),
-            ),
+            attributes=_ids(command),
         )
         if lane.starts_traces:
             command.set_traceparent(telemetry.traceparent(span))

@@ -485,7 +485,7 @@ def _lifecycle(
             await ctx.nc.close()
         await db.dispose()
         # A service process may end with os._exit, past atexit: its spans are written now.
-        await asyncio.to_thread(telemetry.tracer_provider(name).force_flush)
+        await asyncio.to_thread(telemetry.force_flush, name)
 
     return on_startup, after_startup, on_shutdown, after_shutdown
 
