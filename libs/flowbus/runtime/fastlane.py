@@ -221,7 +221,7 @@ class FastLane:
                         stats.refused(lane.subject, code)
                     if log.isEnabledFor(logging.DEBUG):
                         self._debug(lane, command, outcome, elapsed, span)
-                    if light is not None:
+                    if light is not None and recorder is not None:
                         recorder.record(light, lane.span_name(command), start_ns, time.time_ns(), _ids(command))
                     if span is not None:
                         if lane.starts_traces and not isinstance(outcome, BaseException):
