@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Annotated, Any
 
 import typer
@@ -22,9 +23,21 @@ service_app = typer.Typer(help="Run one service on its own.", no_args_is_help=Tr
 
 
 @app.command("up", help="Start NATS, the database and all services in the foreground (Ctrl-C stops).")
-def up() -> None:
+def up(
+    traces: Annotated[
+        bool,
+        typer.Option(
+            "--traces",
+            help="Every process of this home (services, CLI, SDK, agents, runners) writes its spans"
+            " under $FLOWBUS_HOME/traces; `flowbus trace RUN_ID` prints a run's.",
+        ),
+    ] = False,
+) -> None:
     from flowbus_services.up import log_to_stderr, run_foreground
 
+    if traces:
+        # Read by this process's settings and inherited by what it starts; endpoint.json tells the others.
+        os.environ["FLOWBUS_TRACES"] = "1"
     settings = Settings()
     log_to_stderr(settings, "up")
     try:

@@ -369,6 +369,8 @@ def write_endpoint(
         "graphql_url": graphql_url(settings),
         "pid": os.getpid(),
         "metrics": [{"services": list(group), "url": url_of(sock)} for group, sock in metrics or []],
+        # `flowbus up --traces`: the home's processes write their spans under $FLOWBUS_HOME/traces.
+        "traces": settings.traces,
     }
     if server is not None and server.proc is not None:
         # `flowbus auth` reloads the server's users through these.

@@ -66,7 +66,7 @@ def _candidates_query(cutoff: datetime) -> Any:
         col(tr.flow_run_id) == col(fr.id), col(tr.state).in_([s.value for s in ACTIVE_TASK_RUN_STATES])
     )
     return (
-        select(col(fr.id), col(fr.version), col(fr.times_resurrected))
+        select(col(fr.id), col(fr.version), col(fr.times_resurrected), col(fr.traceparent))
         .join(FlowGroup, col(FlowGroup.id) == col(fr.flow_group_id))
         .outerjoin(hb, col(hb.flow_run_id) == col(fr.id))
         .where(
@@ -95,7 +95,7 @@ async def find_candidates(ctx: ServiceContext) -> list[Candidate]:
         return []
     async with ctx.db.read_session() as session:
         rows = (await session.execute(_candidates_query(cutoff))).all()
-    return [Candidate(run_id, version, times) for run_id, version, times in rows]
+    return [Candidate(run_id, version, times, traceparent) for run_id, version, times, traceparent in rows]
 
 
 async def revive(ctx: ServiceContext, stats: LazarusStats, candidates: list[Candidate]) -> int:

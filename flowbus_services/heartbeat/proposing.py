@@ -15,6 +15,7 @@ from typing import Literal
 from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.tables import utcnow
+from flowbus.runtime import telemetry
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.common import Conflict, NotFound, VersionLockingError
 from flowbus.schemas.runs import LogBatch, LogRecord
@@ -42,6 +43,8 @@ class SilentRun:
     flow_run_id: str
     version: int
     times_resurrected: int
+    # The run's trace (flow_run.traceparent): the loop's decision is a span in it.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,20 @@ async def resurrect_or_fail(
     """Resurrect the run at the version it was read (Scheduled, counted, queued
     again) or, once ``lazarus.max_resurrections`` is reached, fail it; None
     when the run moved on meanwhile and was left alone."""
-    if run.times_resurrected < ctx.settings.lazarus.max_resurrections:
+    resurrect = run.times_resurrected < ctx.settings.lazarus.max_resurrections
+    with telemetry.run_span(
+        f"{how.loop} {'reschedule' if resurrect else 'fail'}",
+        run.traceparent,
+        service="heartbeat",
+        flow_run_id=run.flow_run_id,
+    ):
+        return await _resurrect_or_fail(ctx, client, run, how, resurrect)
+
+
+async def _resurrect_or_fail(
+    ctx: ServiceContext, client: AsyncClient, run: SilentRun, how: Resurrection, resurrect: bool
+) -> Literal["rescheduled", "failed"] | None:
+    if resurrect:
         await _log(ctx, run, how, "INFO", how.rescheduled_log)
         request = client.set_flow_run_state(
             run.flow_run_id, run.version, StateType.SCHEDULED, how.rescheduled_state, resurrect=True

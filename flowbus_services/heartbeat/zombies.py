@@ -27,6 +27,7 @@ from sqlmodel import col
 from flowbus import subjects
 from flowbus.client import AsyncClient
 from flowbus.db.tables import FlowGroup, FlowRun, RunHeartbeat, TaskRun, utcnow
+from flowbus.runtime import telemetry
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.runs import LogBatch, LogRecord
 from flowbus.states import StateType
@@ -55,6 +56,7 @@ class _Zombie:
     version: int
     state: StateType
     running_task_run_ids: tuple[str, ...]
+    traceparent: str | None = None
 
 
 def _zombies_query(cutoff: datetime) -> Any:
@@ -78,7 +80,7 @@ def _zombies_query(cutoff: datetime) -> Any:
         or_(col(hb.last_heartbeat).is_(None), col(hb.last_heartbeat) < cutoff),
     )
     return (
-        select(col(fr.id), col(fr.version), col(fr.state))
+        select(col(fr.id), col(fr.version), col(fr.state), col(fr.traceparent))
         .join(FlowGroup, col(FlowGroup.id) == col(fr.flow_group_id))
         .outerjoin(hb, col(hb.flow_run_id) == col(fr.id))
         .where(
@@ -103,10 +105,13 @@ async def find_zombies(ctx: ServiceContext, cutoff: datetime) -> list[_Zombie]:
         rows = (await session.execute(_zombies_query(cutoff))).all()
         if not rows:
             return []
-        tasks: dict[str, list[str]] = {run_id: [] for run_id, _, _ in rows}
+        tasks: dict[str, list[str]] = {row[0]: [] for row in rows}
         for flow_run_id, task_run_id in (await session.execute(_running_tasks_query(list(tasks)))).all():
             tasks[flow_run_id].append(task_run_id)
-    return [_Zombie(run_id, version, StateType(state), tuple(tasks[run_id])) for run_id, version, state in rows]
+    return [
+        _Zombie(run_id, version, StateType(state), tuple(tasks[run_id]), traceparent)
+        for run_id, version, state, traceparent in rows
+    ]
 
 
 async def kill_zombies(ctx: ServiceContext, stats: ZombieKillerStats) -> int:
@@ -120,7 +125,14 @@ async def kill_zombies(ctx: ServiceContext, stats: ZombieKillerStats) -> int:
     client = AsyncClient(ctx.settings, nc=ctx.nc)
     ended = 0
     for zombie in await find_zombies(ctx, cutoff):
-        if await _end(ctx, client, zombie):
+        with telemetry.run_span(
+            "zombie killer " + ("cancel" if zombie.state is StateType.CANCELLING else "fail"),
+            zombie.traceparent,
+            service="heartbeat",
+            flow_run_id=zombie.flow_run_id,
+        ):
+            killed = await _end(ctx, client, zombie)
+        if killed:
             ended += 1
             if zombie.state is StateType.CANCELLING:
                 stats.flow_runs_cancelled += 1

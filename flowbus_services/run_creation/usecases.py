@@ -40,6 +40,7 @@ from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, T
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
 from flowbus.parameters import merge_parameters
+from flowbus.runtime import telemetry
 from flowbus.runtime.batching import write_batch
 from flowbus.schemas.common import Archived, Conflict, FlowbusError, NotFound
 from flowbus.schemas.flows import ParameterSpec, RunConfigSpec
@@ -285,6 +286,7 @@ class _CreateRunsBatch:
                 "state_serialized": None,
                 "created": now,
                 "updated": now,
+                "traceparent": cmd.traceparent,
             }
         )
         self.runs.append(row)
@@ -301,10 +303,10 @@ class _CreateRunsBatch:
             }
         )
         out = _run_out(row, target)
-        self._stage_events(out, start)
+        self._stage_events(out, start, cmd.traceparent)
         return out
 
-    def _stage_events(self, out: FlowRunOut, start: datetime) -> None:
+    def _stage_events(self, out: FlowRunOut, start: datetime, traceparent: str | None) -> None:
         """``created`` and the first ``state``; then the run-queue message if it is due, else a wake hint."""
         run_id, version, labels = out.id, out.version, out.labels
         created = FlowRunCreated(
@@ -314,7 +316,14 @@ class _CreateRunsBatch:
         self.events.emit(StateChanged(flow_run_id=run_id, version=version, state=out.state))
         if start <= self.now:
             queued = RunQueued(
-                flow_run_id=run_id, flow_id=out.flow_id, version=version, labels=labels, scheduled_start_time=start
+                flow_run_id=run_id,
+                flow_id=out.flow_id,
+                version=version,
+                labels=labels,
+                scheduled_start_time=start,
+                traceparent=telemetry.step_traceparent(
+                    "queue_flow_run", traceparent, service="run_creation", flow_run_id=run_id, flow_id=out.flow_id
+                ),
             )
             self.events.emit(queued)
         else:

@@ -25,6 +25,7 @@ from sqlmodel import col
 
 from flowbus import subjects
 from flowbus.db.tables import FlowRun, utcnow
+from flowbus.runtime import telemetry
 from flowbus.runtime.service import ServiceContext
 from flowbus.schemas.runs import FlowRunCreated, RunQueued
 from flowbus.states import StateType
@@ -51,7 +52,14 @@ class ReleaseCursor:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-_COLUMNS = (FlowRun.id, FlowRun.flow_id, FlowRun.version, FlowRun.labels, FlowRun.scheduled_start_time)
+_COLUMNS = (
+    FlowRun.id,
+    FlowRun.flow_id,
+    FlowRun.version,
+    FlowRun.labels,
+    FlowRun.scheduled_start_time,
+    FlowRun.traceparent,
+)
 
 
 def _due_page(since: datetime | None, until: datetime, after: tuple[datetime, str] | None, limit: int) -> Any:
@@ -97,12 +105,19 @@ async def release_due_runs(ctx: ServiceContext, state: ReleaseCursor) -> int:
     mono = time.monotonic()
     window = settings.nats.duplicate_window_seconds
     due: dict[str, RunQueued] = {}
-    for run_id, flow_id, version, labels, start in rows:
+    for run_id, flow_id, version, labels, start, traceparent in rows:
         previous = state.recent.get(run_id)
         if previous is not None and previous[0] == version and mono - previous[1] < window:
             continue
         due[run_id] = RunQueued(
-            flow_run_id=run_id, flow_id=flow_id, version=version, labels=labels, scheduled_start_time=start
+            flow_run_id=run_id,
+            flow_id=flow_id,
+            version=version,
+            labels=labels,
+            scheduled_start_time=start,
+            traceparent=telemetry.step_traceparent(
+                "queue_flow_run", traceparent, service="scheduler", flow_run_id=run_id, flow_id=flow_id
+            ),
         )
     if due:
         js = ctx.jetstream

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 from flowbus import subjects
 from flowbus.runtime.consumer import consume
@@ -47,6 +49,13 @@ log = logging.getLogger(__name__)
 LOG_FETCH_BATCH = 256
 
 
+def _span_name(title: str) -> Callable[[Any], str]:
+    """A state write's span: ``set_flow_run_state Running``; a cancel's: ``cancel_flow_run``."""
+    if title == "cancel_flow_run":
+        return lambda _command: title
+    return lambda command: f"{title} {command.state.type.value}"
+
+
 def register(ctx: ServiceContext) -> None:
     sub = ctx.subscriber
     queue = StateCommands.QUEUE
@@ -63,7 +72,15 @@ def register(ctx: ServiceContext) -> None:
         (StateCommands.SET_TASK_RUN_STATE, SetTaskRunState, "set_task_run_state"),
         (StateCommands.CANCEL_FLOW_RUN, CancelFlowRun, "cancel_flow_run"),
     ):
-        ctx.fast_command(subject, queue=queue, model=model, reply=StateSet, committer=transitions, title=title)
+        ctx.fast_command(
+            subject,
+            queue=queue,
+            model=model,
+            reply=StateSet,
+            committer=transitions,
+            title=title,
+            span_name=_span_name(title),
+        )
 
     @sub(StateCommands.GET_FLOW_RUN, queue=queue, title="get_flow_run")
     async def get_flow_run(query: GetFlowRun) -> Reply[FlowRunDetail]:
@@ -111,6 +128,8 @@ async def write_logs(ctx: ServiceContext) -> None:
         filter_subjects=[subjects.LOGS_ALL],
         model=LogBatch,
         handle=store,
+        span_name="store_logs",
+        service="state",
     )
 
 

@@ -24,6 +24,7 @@ from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.outbox import OutboxBatch
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun
+from flowbus.runtime import telemetry
 from flowbus.runtime.batching import write_batch
 from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import (
@@ -66,6 +67,7 @@ _SELECT_FLOW_RUNS = select(
     _fr.c.scheduled_start_time,
     _fr.c.labels,
     _fr.c.times_resurrected,
+    _fr.c.traceparent,
 ).where(_fr.c.id.in_(bindparam("ids", expanding=True)))
 _TASK_COLUMNS = (
     _tr.c.id,
@@ -139,6 +141,7 @@ class _Run:
     scheduled_start_time: datetime | None = None
     labels: list[str] = field(default_factory=list)
     times_resurrected: int = 0
+    traceparent: str | None = None
 
     @classmethod
     def of(cls, kind: RunKind, row: Any) -> _Run:
@@ -158,6 +161,7 @@ class _Run:
             scheduled_start_time=row.scheduled_start_time if flow else None,
             labels=list(row.labels or []) if flow else [],
             times_resurrected=row.times_resurrected if flow else 0,
+            traceparent=row.traceparent if flow else None,
         )
 
 
@@ -275,6 +279,10 @@ class _TransitionBatch:
                 version=run.version,
                 labels=run.labels,
                 scheduled_start_time=run.scheduled_start_time,
+                # Queued again (returned, resurrected): the next claim is still in the run's trace.
+                traceparent=telemetry.step_traceparent(
+                    "queue_flow_run", run.traceparent, service="state", flow_run_id=run.id, flow_id=run.flow_id
+                ),
             )
         )
 

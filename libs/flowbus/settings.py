@@ -378,6 +378,13 @@ class Settings(BaseSettings):
     # FLOWBUS_OTEL_CONSOLE: also print every span to the console (the OTLP
     # export follows the SDK's own OTEL_EXPORTER_OTLP_ENDPOINT).
     otel_console: bool = False
+    # FLOWBUS_TRACES: write this process's spans as JSON lines under
+    # $FLOWBUS_HOME/traces (`flowbus up --traces` sets it for its processes and
+    # says so in endpoint.json, which the CLI, SDK, agents and runners read).
+    traces: bool = False
+    # FLOWBUS_TRACE_SAMPLE_RATIO: the share of new traces (runs) sampled,
+    # parent-based; OTEL_TRACES_SAMPLER, when set, wins. Unset: every trace.
+    trace_sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     # FLOWBUS_API_KEY: the key to send to the gateway; when unset, the one
     # `flowbus up` wrote to $FLOWBUS_HOME/api-key (see gateway_api_key).
     api_key: SecretStr | None = None

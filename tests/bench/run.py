@@ -52,6 +52,12 @@ default: the home's SQLite file), ``postgres`` (a fresh database created at
 (``postgresql+asyncpg://...``, used as it is). The JSON names it.
 
 Never part of the test suite: numbers are printed, not asserted.
+``BENCH_TRACES=1`` runs the stack with ``flowbus up --traces`` (the
+services, the agents and their runners write every span to the home's
+``traces/`` folder) and sends each create with a new sampled trace's W3C
+``traceparent`` header and each run's state writes with one of their own, as
+traced clients do: the cost of tracing at a sampling ratio of 1.0
+(docs/performance.md, "Tracing").
 ``BENCH_SCALE=0.1`` runs a tenth of the requests and runs (a smoke run).
 ``BENCH_ONLY=create,set_state`` runs only the named parts (``delivery``,
 ``e2e``, ``create``, ``set_state``, ``gateway``, ``schedules``, ``startup``), for working on one of them.
@@ -91,6 +97,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from flowbus import subjects
 from flowbus.agent.launcher import Launcher
@@ -109,6 +118,9 @@ from tests.bench.schedules import SCHEDULE_COUNTS, scheduler_cost
 from tests.bench.startup import startup_bench
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+# BENCH_TRACES=1: the stack runs with `flowbus up --traces` (every process writes its spans
+# under the home) and every command the bench sends carries a sampled trace's W3C context.
+TRACES = os.environ.get("BENCH_TRACES", "") not in ("", "0")
 PARTS = ("delivery", "e2e", "create", "set_state", "gateway", "schedules", "startup")
 ONLY = {p.strip() for p in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if p.strip()}
 CREATES = {1: int(1000 * SCALE), 64: int(20000 * SCALE)}
@@ -192,9 +204,25 @@ async def _drive(workers: int, jobs: list[Callable[[], Awaitable[list[float]]]])
     return latencies, time.perf_counter() - start
 
 
-async def _request(nc: Any, subject: str, payload: bytes) -> tuple[dict[str, Any], float]:
+def _trace_headers() -> dict[str, str] | None:
+    """With BENCH_TRACES, a new sampled trace's W3C context, as a traced client's command carries
+    (made with the SDK's propagator before the clock starts); else None."""
+    if not TRACES:
+        return None
+    ids = RandomIdGenerator()
+    parent = NonRecordingSpan(
+        SpanContext(ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(1))
+    )
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(parent))
+    return carrier
+
+
+async def _request(
+    nc: Any, subject: str, payload: bytes, headers: dict[str, str] | None = None
+) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
-    msg = await nc.request(subject, payload, timeout=30)
+    msg = await nc.request(subject, payload, timeout=30, headers=headers)
     took = time.perf_counter() - start
     reply = json.loads(msg.data)
     if not reply["ok"]:
@@ -478,13 +506,20 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
         for concurrency, count in CREATES.items() if "create" in ONLY else ():
             created: list[str] = []
             payloads = [
-                CreateFlowRun(flow_id=flow.id, idempotency_key=f"bench-{concurrency}-{i}").model_dump_json().encode()
+                (
+                    CreateFlowRun(flow_id=flow.id, idempotency_key=f"bench-{concurrency}-{i}")
+                    .model_dump_json()
+                    .encode(),
+                    _trace_headers(),
+                )
                 for i in range(count)
             ]
 
-            def create(payload: bytes, created: list[str] = created) -> Callable[[], Awaitable[list[float]]]:
+            def create(
+                prepared: tuple[bytes, dict[str, str] | None], created: list[str] = created
+            ) -> Callable[[], Awaitable[list[float]]]:
                 async def go() -> list[float]:
-                    data, took = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, payload)
+                    data, took = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, *prepared)
                     created.append(data["id"])
                     return [took]
 
@@ -498,12 +533,14 @@ async def bench(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]
                 runs = [await client.create_flow_run_out(flow.id) for _ in range(count)]
 
                 def walk(run_id: str) -> Callable[[], Awaitable[list[float]]]:
+                    headers = _trace_headers()  # one trace per run, as a traced runner's writes
+
                     async def go() -> list[float]:
                         version, took_all = 1, []
                         for target in WALK:
                             cmd = SetFlowRunState(flow_run_id=run_id, version=version, state=StateSpec(type=target))
                             data, took = await _request(
-                                nc, subjects.StateCommands.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode()
+                                nc, subjects.StateCommands.SET_FLOW_RUN_STATE, cmd.model_dump_json().encode(), headers
                             )
                             version = data["version"]
                             took_all.append(took)
@@ -566,7 +603,7 @@ def _serving(
         if database_url:
             env["FLOWBUS_DATABASE_URL"] = database_url
         up = subprocess.Popen(
-            [sys.executable, "-m", "flowbus_services.cli", "up"],
+            [sys.executable, "-m", "flowbus_services.cli", "up", *(["--traces"] if TRACES else [])],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -616,6 +653,7 @@ def main() -> None:
             {
                 "stack": f"flowbus up (embedded nats-server, {database}; service processes: {layout})",
                 "database": database,
+                "traces": TRACES,
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "results": results,
             },

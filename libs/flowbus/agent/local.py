@@ -48,6 +48,7 @@ from flowbus.agent.runner import set_state_surviving_lost_reply, settle_unfinish
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
+from flowbus.runtime import telemetry
 from flowbus.runtime.consumer import DurablePull
 from flowbus.runtime.log_format import configure_logging, current_service, run_context
 from flowbus.runtime.metrics import ComponentMetrics, Families
@@ -104,6 +105,7 @@ class LocalAgent:
         flow_roots: Sequence[str | Path] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        telemetry.configure(self.settings, "agent")
         roots = flow_roots if flow_roots is not None else self.settings.agent.flow_roots
         check_roots_exist(roots)
         # Real paths, so that a root reached through a symlink still matches.
@@ -294,7 +296,12 @@ class LocalAgent:
             log.warning("dropping a malformed run-queue message")
             await msg.term()
             return
-        with run_context(queued.flow_run_id):  # this task's log lines are this run's
+        with (
+            run_context(queued.flow_run_id),  # this task's log lines are this run's
+            telemetry.run_span(
+                "take_flow_run", queued.traceparent, flow_run_id=queued.flow_run_id, flow_id=queued.flow_id
+            ),
+        ):
             await self._take_run(msg, queued)
 
     async def _take_run(self, msg: Msg, queued: RunQueued) -> None:
@@ -326,9 +333,10 @@ class LocalAgent:
             # and one polls for it (get_runs_in_queue); the run stays Scheduled.
             return False
         try:
-            await claims.set_flow_run_state(
-                queued.flow_run_id, queued.version, StateType.SUBMITTED, "Submitted for execution", agent_id=self.id
-            )
+            with telemetry.run_span("claim", None, flow_run_id=queued.flow_run_id, flow_id=queued.flow_id):
+                await claims.set_flow_run_state(
+                    queued.flow_run_id, queued.version, StateType.SUBMITTED, "Submitted for execution", agent_id=self.id
+                )
         except (VersionLockingError, Conflict, NotFound):
             # Claimed by another agent, already run, or gone, unless the claim was ours.
             return await self._claimed_by_us(claims, queued)
@@ -487,6 +495,8 @@ class LocalAgent:
                 "FLOWBUS_LABELS": json.dumps(detail.run.labels),
                 "FLOWBUS_AGENT_ID": self.id,
                 FLOW_ROOTS_ENV: json.dumps(self.flow_roots),
+                # The runner's spans go under this agent's, in the run's trace.
+                telemetry.TRACEPARENT_ENV: telemetry.traceparent() or "",
             }
         )
         env.update(self._credential_env())

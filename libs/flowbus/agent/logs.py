@@ -2,8 +2,9 @@
 
 A logging handler (safe to call from any thread) feeds a queue; a task on
 the shipper's loop publishes ``LogBatch`` messages to JetStream on
-``flowbus.logs.<flow_run_id>``. The state service persists them; watchers
-read them straight from the stream.
+``flowbus.logs.<flow_run_id>``, with the W3C context of the span that
+started the shipper (the run's, in the agent and the runner) in their
+headers. The state service persists them; watchers read them straight from the stream.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from flowbus import subjects
+from flowbus.runtime import telemetry
 from flowbus.schemas.runs import LOG_MESSAGE_MAX_CHARS, LogRecord, pack_log_batch
 from flowbus.sdk import context
 
@@ -86,7 +88,7 @@ class LogShipper(logging.Handler):
             while self.pending:
                 payload, count = pack_log_batch(list(itertools.islice(self.pending, BATCH)))
                 try:
-                    await self.js.publish(subjects.logs(self.flow_run_id), payload)
+                    await self.js.publish(subjects.logs(self.flow_run_id), payload, headers=telemetry.headers())
                 except NatsError:
                     self.publish_failures += 1
                     raise

@@ -40,6 +40,7 @@ from flowbus import subjects
 from flowbus.agent.flow_roots import OutsideFlowRoots, check_storage, resolve_roots
 from flowbus.agent.logs import LogShipper
 from flowbus.client import CLIENT_ERRORS, AsyncClient, ServiceUnavailable, describe_error
+from flowbus.runtime import telemetry
 from flowbus.runtime.nats import NatsUnreachable
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.common import Conflict, VersionLockingError
@@ -330,15 +331,16 @@ class BackendHooks:
         if entry is None:
             return True
         task_run_id, version = entry
-        future = asyncio.run_coroutine_threadsafe(
-            set_state_surviving_lost_reply(self.client, self.flow_run_id, version, state, message, task_run_id),
-            self.loop,
-        )
-        try:
-            out = future.result()
-        except (VersionLockingError, Conflict) as exc:
-            log.error("Task run %s: %s", slug, exc.message)
-            return False
+        with telemetry.run_span(f"task_run {state.value}", None, flow_run_id=self.flow_run_id, task_run_id=task_run_id):
+            future = asyncio.run_coroutine_threadsafe(
+                set_state_surviving_lost_reply(self.client, self.flow_run_id, version, state, message, task_run_id),
+                self.loop,
+            )
+            try:
+                out = future.result()
+            except (VersionLockingError, Conflict) as exc:
+                log.error("Task run %s: %s", slug, exc.message)
+                return False
         self.task_runs[slug] = (task_run_id, out.version)
         if self.on_task_running is not None:
             running = task_run_id if state is StateType.RUNNING else None
@@ -635,7 +637,9 @@ async def connect_through_outage(client: AsyncClient) -> None:
 
 async def execute(flow_run_id: str, settings: Settings) -> int:
     """The agent's runner: run the claimed flow run ``flow_run_id`` in this process."""
-    with StopSignals() as signals:
+    # Under the agent's span, in the run's trace (the agent sets TRACEPARENT).
+    parent = os.environ.get(telemetry.TRACEPARENT_ENV)
+    with StopSignals() as signals, telemetry.run_span("flow_run", parent or None, flow_run_id=flow_run_id):
         client = AsyncClient(settings, outage_seconds=settings.nats.outage_retry_seconds)
         await connect_through_outage(client)
         async with client:
@@ -648,11 +652,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flowbus.agent.runner FLOW_RUN_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s | %(message)s")
+    settings = Settings()
+    telemetry.configure(settings, "runner")
     try:
-        return asyncio.run(execute(args[0], Settings()))
+        return asyncio.run(execute(args[0], settings))
     except CLIENT_ERRORS as exc:
         print(f"flowbus runner: {describe_error(exc)}", file=sys.stderr)
         return 1
+    finally:
+        telemetry.shutdown()  # a forked runner ends with os._exit: no atexit
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 # order: keep these imports in this order.
 from flowbus.cli import system
 from flowbus.cli import status
+from flowbus.cli import traces
 from flowbus.cli import projects
 from flowbus.cli import flows
 from flowbus.cli import runs
@@ -24,6 +25,6 @@ from flowbus.cli import auth
 # isort: on
 from flowbus.cli.app import app
 
-COMMAND_MODULES = (system, status, projects, flows, runs, agents, schedules, keys, auth)
+COMMAND_MODULES = (system, status, traces, projects, flows, runs, agents, schedules, keys, auth)
 
 __all__ = ["COMMAND_MODULES", "app"]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import typer
 
 from flowbus.client import CLIENT_ERRORS, NATS_HINT, AsyncClient, describe_error
+from flowbus.runtime import telemetry
 from flowbus.settings import Settings
 
 app = typer.Typer(help="flowbus: workflow orchestration over NATS.", no_args_is_help=True, add_completion=False)
@@ -54,7 +55,9 @@ def with_client(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         async def go() -> T:
-            async with AsyncClient(Settings()) as client:
+            settings = Settings()
+            telemetry.configure(settings, "cli")  # its spans are the CLI's
+            async with AsyncClient(settings) as client:
                 return await fn(client, *args, **kwargs)
 
         try:

@@ -22,6 +22,7 @@ from flowbus.cli._watching import quiet_echo, show_run
 from flowbus.cli.app import app, client_command, fail, get_app
 from flowbus.client import AsyncClient
 from flowbus.links import flow_run_url
+from flowbus.runtime import telemetry
 from flowbus.schemas.common import NotFound
 from flowbus.schemas.runs import FlowRunOut, LogRecord
 from flowbus.states import StateType
@@ -147,14 +148,21 @@ def _creator(
     """Create the run of the flow given by id (or its group's id) or by name; ``fields`` is read when it runs."""
 
     async def create() -> FlowRunOut:
-        if flow_id is not None:
-            try:
-                return await client.create_flow_run_out(flow_id, **fields)
-            except NotFound:
-                return await client.create_flow_run_out(version_group_id=flow_id, **fields)
-        return await client.create_flow_run_out(flow_name=name, project_name=project, **fields)
+        with telemetry.tracer().start_as_current_span("flowbus run"):
+            return await _create_run(client, flow_id, name, project, fields)
 
     return create
+
+
+async def _create_run(
+    client: AsyncClient, flow_id: str | None, name: str | None, project: str | None, fields: dict[str, Any]
+) -> FlowRunOut:
+    if flow_id is not None:
+        try:
+            return await client.create_flow_run_out(flow_id, **fields)
+        except NotFound:
+            return await client.create_flow_run_out(version_group_id=flow_id, **fields)
+    return await client.create_flow_run_out(flow_name=name, project_name=project, **fields)
 
 
 async def _create(client: AsyncClient, create: Callable[[], Awaitable[FlowRunOut]], watch: bool, quiet: bool) -> int:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from opentelemetry.trace import SpanKind
 from pydantic import JsonValue
 
 from flowbus import subjects
@@ -17,6 +18,7 @@ from flowbus.client._commands import StateLike, build, state_spec
 from flowbus.client._run_info import FlowRunInfo
 from flowbus.client._transport import Transport
 from flowbus.ids import uuid7
+from flowbus.runtime import telemetry
 from flowbus.schemas.agents import RunHeartbeat
 from flowbus.schemas.common import ValidationFailed
 from flowbus.schemas.flows import Deleted, RunConfigSpec
@@ -129,7 +131,11 @@ class Runs(Transport):
             # A random key per call makes the client's own retries safe.
             idempotency_key=idempotency_key or f"client-{uuid7()}",
         )
-        return await self.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
+        # The run's trace starts here (or under the caller's span: the CLI's, a parent run's).
+        with telemetry.tracer().start_as_current_span("create_flow_run", kind=SpanKind.CLIENT) as span:
+            out = await self.request(subjects.RunCreationCommands.CREATE_FLOW_RUN, cmd, FlowRunOut, idempotent=True)
+            span.set_attributes(telemetry.attributes(out.id, out.flow_id))
+            return out
 
     async def create_flow_runs(self, runs: Sequence[CreateFlowRun]) -> list[CreateOutcome]:
         """Create up to 500 runs in one command, each decided as if sent alone;

@@ -6,7 +6,7 @@ envelope: data is returned, an error is raised as the matching
 is waited out with ``Backoff`` for the transport's ``outage_seconds``
 (docs/architecture.md, "Fail-over").
 
-Writes: ``flowbus.cmd.*`` requests.
+Writes: ``flowbus.cmd.*`` requests, with the current span's W3C context in their headers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from flowbus import subjects
 from flowbus.bus_auth import BusRole, PermissionDenied, permissions
+from flowbus.runtime import telemetry
 from flowbus.runtime.nats import connect
 from flowbus.schemas.common import ErrorCode, Forbidden, Message, Reply, error_from_info
 from flowbus.settings import Settings
@@ -139,6 +140,8 @@ class Transport:
         nc = await self.connect()
         self._check_publish(subject)
         payload = message.model_dump_json().encode()
+        # The caller's span, if any, continues in the service that takes the command.
+        headers = telemetry.headers()
         service = subjects.service_of(subject)
         backoff = self.backoff()
         full = self.settings.nats.request_timeout
@@ -146,7 +149,7 @@ class Transport:
         waiting = False
         while True:
             try:
-                msg = await nc.request(subject, payload, timeout=timeouts[0])
+                msg = await nc.request(subject, payload, timeout=timeouts[0], headers=headers)
             except (NoRespondersError, ConnectionReconnectingError) as exc:
                 # Nothing received the command (a service restarting, or this
                 # connection failing over to another NATS node): safe to resend.

@@ -240,6 +240,9 @@ class FlowRun(SQLModel, table=True):
     times_resurrected: int = 0
     created: datetime = _ts(default_factory=utcnow)
     updated: datetime = _ts(default_factory=utcnow)
+    # The W3C traceparent of the span that created the run: later actors'
+    # spans go under it (flowbus.runtime.telemetry). None: no trace.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class TaskRun(SQLModel, table=True):

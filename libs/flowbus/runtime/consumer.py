@@ -32,7 +32,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
+
+from flowbus.runtime import telemetry
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -122,8 +125,12 @@ async def consume(
     handle: Callable[[list[tuple[str, M]]], Awaitable[None]],
     batch: int = 256,
     ack_wait: float = 30.0,
+    span_name: str | None = None,
+    service: str | None = None,
 ) -> None:
-    """Fetch, parse, handle and ack for ever; ``handle`` gets (subject, message) pairs."""
+    """Fetch, parse, handle and ack for ever; ``handle`` gets (subject, message) pairs.
+    ``span_name``: each message with a W3C ``traceparent`` header gets a span of that
+    name (``service``'s) in its trace, from before the handler to its end."""
     consumer = DurablePull(
         js,
         stream,
@@ -151,6 +158,28 @@ async def consume(
             except ValidationError:
                 log.warning("dropping a malformed %s on %s", model.__name__, msg.subject)
                 await msg.term()
-        if parsed:
-            await handle(parsed)
+        spans = _spans(span_name, service, good) if span_name is not None else []
+        try:
+            if parsed:
+                await handle(parsed)
+        finally:
+            for span in spans:
+                span.end()
         await asyncio.gather(*(m.ack() for m in good))
+
+
+def _spans(name: str, service: str | None, msgs: list[Msg]) -> list[trace.Span]:
+    spans = []
+    tracer = telemetry.tracer(service)
+    for msg in msgs:
+        parent = telemetry.extract(msg.headers)
+        if parent is not None:
+            spans.append(
+                tracer.start_span(
+                    name,
+                    context=parent,
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={"messaging.destination.name": msg.subject},
+                )
+            )
+    return spans

@@ -24,7 +24,12 @@ drops (the requester's timeout answers those).
 
 The subjects are also declared on the service's documentation broker, so
 they appear in the AsyncAPI document like any other command. A message with
-a W3C ``traceparent`` header gets a span that continues the caller's trace.
+a W3C ``traceparent`` header gets a span that continues the caller's trace,
+named by its lane for what it does (``create_flow_run``, ``set_flow_run_state
+Running``) and carrying the run's ids; a lane that ``starts_traces`` (run
+creation) gives a command without one a span of its own, a new trace, and
+hands the span's ``traceparent`` to its committer on the command
+(``TracedCommand``), which stores it with the run.
 
 Per command it only adds to the service's ``CommandStats`` (flowbus.runtime.metrics):
 its time from arrival to reply and, when refused, its code. No log line at
@@ -38,14 +43,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from pydantic import ValidationError
 
+from flowbus.runtime import telemetry
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.log_format import run_context
 from flowbus.runtime.metrics import CommandStats
@@ -65,12 +71,27 @@ BURST_MSGS = 65_536
 BURST_BYTES = 64 << 20
 
 
+def _ids(command: Any) -> dict[str, str]:
+    return telemetry.attributes(
+        getattr(command, "flow_run_id", None), getattr(command, "flow_id", None), getattr(command, "task_run_id", None)
+    )
+
+
 @dataclass(frozen=True)
 class _Lane:
     subject: str
     queue: str
     model: type[Message]
     committer: GroupCommitter[Any, Any]
+    # The command's span name, from the command (its state, ...).
+    span_name: Callable[[Any], str]
+    starts_traces: bool
+
+
+class TracedCommand(Protocol):
+    """A command whose lane starts traces: the fast lane sets its span's ``traceparent``."""
+
+    def set_traceparent(self, value: str | None) -> None: ...
 
 
 _Envelope = Reply[Any]  # parametrized once: pydantic's lookup per reply costs as much as the reply
@@ -112,10 +133,21 @@ class FastLane:
         # Commands answered UNAVAILABLE since the start.
         self.turned_away = 0
         self._lanes: list[_Lane] = []
+        # Spans recorded light (SpanRecorder) rather than as SDK spans.
+        self._recording = telemetry.recorder(service) is not None
         self._subscriptions: list[Subscription] = []
 
-    def add(self, subject: str, queue: str, model: type[Message], committer: GroupCommitter[Any, Any]) -> None:
-        self._lanes.append(_Lane(subject, queue, model, committer))
+    def add(
+        self,
+        subject: str,
+        queue: str,
+        model: type[Message],
+        committer: GroupCommitter[Any, Any],
+        span_name: Callable[[Any], str] | None = None,
+        starts_traces: bool = False,
+    ) -> None:
+        name = subject.rsplit(".", 1)[-1]
+        self._lanes.append(_Lane(subject, queue, model, committer, span_name or (lambda _command: name), starts_traces))
 
     async def start(self, nc: NatsClient) -> None:
         for lane in self._lanes:
@@ -140,12 +172,14 @@ class FastLane:
 
     def _callback(self, nc: NatsClient, lane: _Lane) -> Callable[[Msg], Any]:
         stats = self.stats
+        recorder = telemetry.recorder(self.service)
 
         async def on_message(msg: Msg) -> None:
             reply_to = msg.reply
             if not reply_to:
                 return  # a command nobody waits for: nothing to answer, nothing to do
             start = time.perf_counter()
+            start_ns = time.time_ns()
             size = len(msg.data)
             if self.pending and (
                 self.pending >= self.max_pending or self.pending_bytes + size > self.max_pending_bytes
@@ -165,7 +199,14 @@ class FastLane:
                 stats.refused(lane.subject, INVALID)
                 await nc.publish(reply_to, error_reply(validation_failed(exc).info()))
                 return
-            span = self._span(lane, msg)
+            span = self._span(lane, msg, command)
+            # A traced command of a lane that starts no trace, when spans go to the home's files alone:
+            # recorded (flowbus.runtime.telemetry.SpanRecorder), not an SDK span.
+            light = (
+                msg.headers.get("traceparent")
+                if recorder is not None and span is None and msg.headers and not lane.starts_traces
+                else None
+            )
 
             async def respond(outcome: Any) -> None:
                 self.pending -= 1
@@ -180,7 +221,12 @@ class FastLane:
                         stats.refused(lane.subject, code)
                     if log.isEnabledFor(logging.DEBUG):
                         self._debug(lane, command, outcome, elapsed, span)
+                    if light is not None and recorder is not None:
+                        recorder.record(light, lane.span_name(command), start_ns, time.time_ns(), _ids(command))
                     if span is not None:
+                        if lane.starts_traces and not isinstance(outcome, BaseException):
+                            # The new run's ids: `flowbus trace` finds its trace by them.
+                            span.set_attributes(telemetry.attributes(outcome.id, outcome.flow_id))
                         span.end()
 
             self.pending += 1
@@ -213,13 +259,18 @@ class FastLane:
             )
         )
 
-    def _span(self, lane: _Lane, msg: Msg) -> trace.Span | None:
-        if not msg.headers or "traceparent" not in msg.headers:
+    def _span(self, lane: _Lane, msg: Msg, command: Any) -> trace.Span | None:
+        if not lane.starts_traces and (self._recording or not msg.headers):
+            return None  # recorded, or nothing to continue
+        parent = telemetry.extract(msg.headers)
+        if parent is None and not lane.starts_traces:
             return None
-        parent = propagate.extract(msg.headers)
-        return self.tracer.start_span(
-            f"{lane.subject} process",
+        span = self.tracer.start_span(
+            lane.span_name(command),
             context=parent,
-            kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.system": "nats", "messaging.destination.name": lane.subject},
+            kind=trace.SpanKind.SERVER,
+            attributes=_ids(command),
         )
+        if lane.starts_traces:
+            command.set_traceparent(telemetry.traceparent(span))
+        return span

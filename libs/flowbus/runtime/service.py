@@ -49,6 +49,7 @@ from flowbus.bus_auth import BusRole, Credential
 from flowbus.db.engine import Database
 from flowbus.db.migrate import upgrade_async
 from flowbus.db.tables import Outbox, utcnow
+from flowbus.runtime import telemetry
 from flowbus.runtime.batching import GroupCommitter
 from flowbus.runtime.fastlane import FastLane
 from flowbus.runtime.log_format import current_run, current_service
@@ -130,9 +131,12 @@ class ServiceContext:
         reply: type[Message],
         committer: GroupCommitter[Any, Any],
         title: str,
+        span_name: Callable[[Any], str] | None = None,
+        starts_traces: bool = False,
     ) -> None:
-        """Serve a hot-path command through the fast lane into ``committer``."""
-        self.fast_lane.add(subject, queue, model, committer)
+        """Serve a hot-path command through the fast lane into ``committer``; its span is named
+        ``span_name(command)`` (default: ``title``); ``starts_traces``: see flowbus.runtime.fastlane."""
+        self.fast_lane.add(subject, queue, model, committer, span_name or (lambda _command: title), starts_traces)
 
         async def documented(cmd: Any) -> Any:
             raise NotImplementedError("served by the fast lane")
@@ -375,6 +379,8 @@ def build_service(
     async def reconnected() -> None:
         ctx.connected_since = datetime.now(UTC)
 
+    # The client's own spans in a service process (a run created through the gateway) are the gateway's.
+    telemetry.configure(settings, "gateway" if name == "gateway" else None)
     stats = CommandStats()
     broker = make_broker(settings, name, role, disconnected_cb=disconnected, reconnected_cb=reconnected, stats=stats)
     spec_broker = NatsBroker(known_servers(settings) or UNKNOWN_SERVERS, name=f"flowbus-{name}")
@@ -478,6 +484,8 @@ def _lifecycle(
             # The loops are stopped and every outbox publish was acknowledged.
             await ctx.nc.close()
         await db.dispose()
+        # A service process may end with os._exit, past atexit: its spans are written now.
+        await asyncio.to_thread(telemetry.force_flush, name)
 
     return on_startup, after_startup, on_shutdown, after_shutdown
 

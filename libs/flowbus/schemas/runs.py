@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, field_validator, model_validator
+from pydantic import AwareDatetime, Field, JsonValue, PrivateAttr, StringConstraints, field_validator, model_validator
 from pydantic_core import to_json
 
 from flowbus import subjects
@@ -85,6 +85,16 @@ class CreateFlowRun(Message):
     # The scheduler's runs: their key is unique in the flow's group (not per
     # flow) and never expires, so one clock time makes one run whatever happens.
     auto_scheduled: bool = False
+    # The W3C traceparent of the span that created the run, set by the service
+    # (flowbus.runtime.fastlane), never sent: stored with the run.
+    _traceparent: str | None = PrivateAttr(default=None)
+
+    def set_traceparent(self, value: str | None) -> None:
+        self._traceparent = value
+
+    @property
+    def traceparent(self) -> str | None:
+        return self._traceparent
 
     @model_validator(mode="after")
     def _target(self) -> CreateFlowRun:
@@ -195,6 +205,9 @@ class RunQueued(Message):
     version: int
     labels: list[str]
     scheduled_start_time: datetime
+    # The W3C traceparent of the span that queued the run, in the run's trace:
+    # the agent's spans continue it (the outbox keeps payloads, not headers).
+    traceparent: str | None = None
 
     def subject(self) -> str:
         return subjects.run_queue(self.labels)
