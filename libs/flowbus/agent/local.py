@@ -45,6 +45,7 @@ from flowbus.agent.flow_roots import OutsideFlowRoots, check_roots_exist, check_
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
 from flowbus.agent.runner import set_state_surviving_lost_reply, settle_unfinished_run
+from flowbus.agent.warm_pool import WarmPool
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
@@ -129,6 +130,8 @@ class LocalAgent:
         # Failed starts per run, while the run keeps coming back here.
         self._failed_starts: dict[str, int] = {}
         self._launcher = Launcher()
+        # Flow processes started and connected ahead of the runs they will take.
+        self._warm = WarmPool(self._launcher.context, self.settings.agent.warm_processes, self._agent_env)
         # Runs being claimed or executed; never more than `limit`.
         self._active: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -236,10 +239,12 @@ class LocalAgent:
         beat = asyncio.create_task(self._heartbeats())
         lag = asyncio.create_task(self.metrics.watch_loop_lag())
         try:
+            self._warm.fill()
             await self._take_runs(self.consumer)
         finally:
             beat.cancel()
             lag.cancel()
+            await self._warm.close()
             if self._active:
                 print(f"Agent {self.name} stopping: waiting for {len(self._active)} flow run(s) to finish", flush=True)
                 await asyncio.gather(*self._active, return_exceptions=True)
@@ -417,7 +422,8 @@ class LocalAgent:
             return None
         # The runner gets the endpoint file's URL: wait for it while `flowbus up` restarts.
         await nats_servers(self.settings)
-        proc = self._launcher.start(run_id, self._run_env(detail, shipper))
+        env = self._run_env(detail, shipper)
+        proc = self._warm.assign(run_id, env, detail) or self._launcher.start(run_id, env)
         self.stats.started += 1
         self._failed_starts.pop(run_id, None)
         message = f"Submitted for execution: PID: {proc.pid}"
@@ -485,6 +491,21 @@ class LocalAgent:
                 "FLOWBUS_FLOW_RUN_ID": detail.run.id,
                 "FLOWBUS_FLOW_ID": detail.run.flow_id,
                 "FLOWBUS_LABELS": json.dumps(detail.run.labels),
+                "FLOWBUS_AGENT_ID": self.id,
+                FLOW_ROOTS_ENV: json.dumps(self.flow_roots),
+            }
+        )
+        env.update(self._credential_env())
+        return env
+
+    async def _agent_env(self) -> dict[str, str]:
+        """A warm flow process's environment before it has a run: ``_run_env``
+        less the run's own layers (its run config's ``env``, its identity)."""
+        await nats_servers(self.settings)
+        env = dict(os.environ)
+        env.update(
+            {
+                "FLOWBUS_NATS_URL": self.settings.resolved_nats_url(),
                 "FLOWBUS_AGENT_ID": self.id,
                 FLOW_ROOTS_ENV: json.dumps(self.flow_roots),
             }

@@ -424,7 +424,13 @@ class _ClaimedRun:
 
 
 async def run_claimed(
-    client: AsyncClient, flow_run_id: str, settings: Settings, signals: StopSignals, *, settle_on_exit: bool
+    client: AsyncClient,
+    flow_run_id: str,
+    settings: Settings,
+    signals: StopSignals,
+    *,
+    settle_on_exit: bool,
+    detail: FlowRunDetail | None = None,
 ) -> int:
     """Run a claimed (Submitted) flow run here; the process's exit code.
 
@@ -433,8 +439,11 @@ async def run_claimed(
     True (``run --execute``, no agent behind it): a signal ends the run Failed
     here, and a cancel (Cancelling) stops the flow and ends it Cancelled. A
     crash of flow code or an unexpected error ends it Failed either way.
+    ``detail``: the run as the agent read it after its claim (a warm process,
+    flowbus.agent.warm_pool), saving a read; None: read here.
     """
-    detail = await client.get_flow_run(flow_run_id)
+    if detail is None:
+        detail = await client.get_flow_run(flow_run_id)
     async with _FlowLogs(client, detail.run.id) as shipper:
         claimed = _ClaimedRun(client, detail, shipper, settle_on_exit)
         try:
