@@ -274,10 +274,14 @@ def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
 class Heartbeats:
     """A flow run's heartbeats on ``flowbus.hb.flow_run.<id>``: one every
-    interval, and one at once when a task run starts, each naming the task
-    run that is Running (``task_run_id``; None between tasks). The engine runs
-    one task at a time, so one message per beat covers the flow run and its
-    running task run."""
+    interval from the first interval on, and then one at once when a task run
+    starts, each naming the task run that is Running (``task_run_id``; None
+    between tasks). The engine runs one task at a time, so one message per
+    beat covers the flow run and its running task run.
+
+    None in the first interval: a run that ends within it needs none (the
+    Zombie Killer counts from the run's start time until a beat arrives), and
+    most runs are that short; each beat costs a message and a write."""
 
     def __init__(self, client: AsyncClient, flow_run_id: str, interval: float) -> None:
         self.client = client
@@ -285,15 +289,18 @@ class Heartbeats:
         self.interval = interval
         self.task_run_id: str | None = None
         self._wake = asyncio.Event()
+        self._beating = False  # the first interval has passed
 
     def task_running(self, task_run_id: str | None) -> None:
         """Called on the loop's thread when a task run enters (or leaves) Running."""
         self.task_run_id = task_run_id
-        if task_run_id is not None:
+        if task_run_id is not None and self._beating:
             self._wake.set()
 
     async def run(self) -> None:
         subject = subjects.flow_run_heartbeat(self.flow_run_id)
+        await asyncio.sleep(self.interval)
+        self._beating = True
         while True:
             self._wake.clear()
             beat = RunHeartbeat(flow_run_id=self.flow_run_id, task_run_id=self.task_run_id, timestamp=datetime.now(UTC))
