@@ -42,7 +42,7 @@ from flowbus.agent.logs import LogShipper
 from flowbus.client import CLIENT_ERRORS, AsyncClient, ServiceUnavailable, describe_error
 from flowbus.runtime.nats import NatsUnreachable
 from flowbus.schemas.agents import RunHeartbeat
-from flowbus.schemas.common import Conflict, VersionLockingError
+from flowbus.schemas.common import Conflict, Reply, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
 from flowbus.schemas.runs import FlowRunDetail, FlowRunOut, StateChanged, StateSet, TaskRunOut
 from flowbus.sdk import context
@@ -52,6 +52,12 @@ from flowbus.settings import Settings
 from flowbus.states import CANCELLED_MESSAGE, StateType, is_finished
 
 log = logging.getLogger("flowbus.runner")
+# Built now, in the fork server that imports this module: pydantic builds a
+# generic model's parametrization on first use, about 10 ms each, which
+# every flow process forked from it would otherwise pay again.
+for _reply in (StateSet, FlowRunDetail):
+    Reply[_reply]
+
 T = TypeVar("T")
 # The signals that stop a runner; SIGINT too, because Ctrl-C on an agent's
 # terminal reaches the runners it started (same process group).
