@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -144,6 +145,9 @@ def _discard(warm: _Warm) -> None:
 
 
 def _warm_main(assignments: Connection, env: dict[str, str]) -> None:
+    # What the fork server imported stays out of this process's collections:
+    # collecting would walk (and so copy, page by page) memory shared with it.
+    gc.freeze()
     # The fork server's environment is the agent's at start-up; the agent's of now wins.
     os.environ.clear()
     os.environ.update(env)
