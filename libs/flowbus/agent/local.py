@@ -58,7 +58,7 @@ from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
 from flowbus.settings import FLOW_ROOTS_ENV, Settings
-from flowbus.states import StateType
+from flowbus.states import StateType, is_finished
 
 log = logging.getLogger("flowbus.agent")
 CONSUMER_IDLE_EXPIRY = timedelta(days=1)
@@ -370,13 +370,17 @@ class LocalAgent:
         run_id = queued.flow_run_id
         shipper = LogShipper(self.client.nc.jetstream(), run_id, asyncio.get_running_loop())
         cancelling = asyncio.Event()
+        finished = asyncio.Event()  # the run's finished state was published
         watch: Subscription | None = None
         proc: FlowProcess | None = None
 
         async def on_state(msg: Msg) -> None:
             with contextlib.suppress(ValidationError):
-                if StateChanged.model_validate_json(msg.data).state.type is StateType.CANCELLING:
+                state = StateChanged.model_validate_json(msg.data).state.type
+                if state is StateType.CANCELLING:
                     cancelling.set()
+                elif is_finished(state):
+                    finished.set()
 
         try:
             # Cancellation arrives by push: the run's state events, as they are published.
@@ -393,7 +397,9 @@ class LocalAgent:
                 self.stats.executing -= 1
             self.stats.finished += 1
             self.stats.failed_exits += code != 0
-            await self._settle(run_id, code)
+            if code != 0 or not finished.is_set():
+                # A clean exit after the run's finished state leaves nothing to settle: no read.
+                await self._settle(run_id, code)
         except Exception as exc:
             if proc is None:
                 await self._return_run(queued, exc, shipper)

@@ -167,6 +167,7 @@ def serve_one(assignments: Connection) -> int:
 
 
 async def _serve_one(assignments: Connection) -> int:
+    base = dict(os.environ)
     with StopSignals() as signals:
         ahead = Settings()
         warm = AsyncClient(ahead, outage_seconds=ahead.nats.outage_retry_seconds)
@@ -180,7 +181,7 @@ async def _serve_one(assignments: Connection) -> int:
         flow_run_id, env, detail_json = assignment
         os.environ.clear()
         os.environ.update(env)
-        settings = Settings()
+        settings = ahead if _settings_env(env) == _settings_env(base) else Settings()
         detail = FlowRunDetail.model_validate_json(detail_json)
         client = warm
         if _bus_of(settings) != _bus_of(ahead):
@@ -197,6 +198,19 @@ async def _serve_one(assignments: Connection) -> int:
             await connect_through_outage(client)
         async with client:
             return await run_claimed(client, flow_run_id, settings, signals, settle_on_exit=False, detail=detail)
+
+
+def _settings_env(env: dict[str, str]) -> dict[str, str]:
+    """What ``Settings()`` reads of ``env``: the ``FLOWBUS_`` variables but the run's
+    identity (no setting), and ``HOME`` (the default home)."""
+    return {
+        name: value
+        for name, value in env.items()
+        if (name.upper().startswith("FLOWBUS_") and name not in _RUN_IDENTITY) or name == "HOME"
+    }
+
+
+_RUN_IDENTITY = frozenset({"FLOWBUS_FLOW_RUN_ID", "FLOWBUS_FLOW_ID", "FLOWBUS_LABELS"})
 
 
 def _bus_of(settings: Settings) -> tuple[str, str | None, BusRole, str]:
