@@ -56,7 +56,7 @@ log = logging.getLogger("flowbus.runner")
 # generic model's parametrization on first use, about 10 ms each, which
 # every flow process forked from it would otherwise pay again.
 for _reply in (StateSet, FlowRunDetail):
-    Reply[_reply]
+    Reply[_reply]  # type: ignore[valid-type]
 
 T = TypeVar("T")
 # The signals that stop a runner; SIGINT too, because Ctrl-C on an agent's

@@ -225,7 +225,12 @@ async def _receive(assignments: Connection) -> tuple[str, dict[str, str], str] |
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     fd = assignments.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
     try:
         await ready
     finally:

@@ -13,6 +13,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from flowbus.schemas.flows import (
@@ -243,7 +244,7 @@ def _caller_storage() -> StorageSpec:
     """Where the code that builds this flow lives: the first frame outside flowbus."""
     # Frames walked by hand: inspect.stack() reads every frame's source (tens of
     # milliseconds per flow built, which a flow run's process pays at its start).
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         globals_ = frame.f_globals
         frame = frame.f_back
