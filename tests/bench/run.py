@@ -37,7 +37,11 @@ Run delivery and agents (measured first, on the fresh stack; see below):
   of one no-op task in the bench's temporary home, ``E2E_IN_FLIGHT`` runs
   created and not yet finished at any time; per run, latency from sending the
   create request to its finished state event (``flowbus.evt.flow_run.*.state``,
-  core NATS, no polling); ``final_states`` counts how the runs ended.
+  core NATS, no polling); ``final_states`` counts how the runs ended
+  (with the ``E2E_TIMELINE_RUNS`` created one at a time after the load).
+  ``timeline_loaded_ms`` and ``timeline_idle_ms``: each step's median offset
+  from the create request, as seen on the bus (tests/bench/timeline.py),
+  for the runs under load and for those created one at a time afterwards.
   The agents get SIGTERM at the end (running flows finish) and their process
   groups are killed if they have not stopped after ``AGENT_STOP_SECONDS``.
 
