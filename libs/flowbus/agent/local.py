@@ -2,8 +2,9 @@
 
 It long-polls a durable consumer over its label sets' run queues (recreated
 if it disappears), claims each run (Submitted at its queued version: one
-claim wins), starts it in a process of its own and, on a cancel, stops that
-process; whatever fails between the claim and the process's start returns
+claim wins), starts it in a process of its own (one forked and connected
+ahead of demand when there is one: flowbus.agent.warm_pool) and, on a
+cancel, stops that process; whatever fails between the claim and the process's start returns
 the run to Scheduled; ``limit`` caps the runs in hand (docs/architecture.md,
 "Agent and runner").
 With flow roots it fails, unstarted, a run whose flow's code lies outside
