@@ -23,14 +23,11 @@ import contextlib
 import multiprocessing
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 _RUNNER_MODULE = "flowbus.agent.runner"
-# One process start at a time hides ``__main__`` (the warm pool starts its processes on a thread).
-_HIDING = threading.Lock()
 
 
 def _child_main(flow_run_id: str, env: dict[str, str]) -> None:
@@ -115,16 +112,14 @@ def _main_module_hidden() -> Iterator[None]:
     script calling ``flow.register()`` and ``flow.run_agent()`` without an
     ``if __name__ == "__main__"`` guard (the tutorial's second variant):
     re-running it would register again and start a second agent. Hidden only
-    while the child's start-up data is taken (on the loop's thread, or the warm
-    pool's), one start at a time.
+    while the child's start-up data is taken, on the loop's thread.
     """
-    with _HIDING:
-        main = sys.modules["__main__"]
-        saved = {key: main.__dict__.pop(key) for key in ("__file__",) if key in main.__dict__}
-        spec = getattr(main, "__spec__", None)
-        main.__spec__ = None
-        try:
-            yield
-        finally:
-            main.__dict__.update(saved)
-            main.__spec__ = spec
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__.pop(key) for key in ("__file__",) if key in main.__dict__}
+    spec = getattr(main, "__spec__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+        main.__spec__ = spec

@@ -77,12 +77,7 @@ class WarmPool:
                 env = await self._base_env()
                 if self._closed:
                     return
-                # Off the loop: starting a process waits for the fork server's answer (its PID).
-                warm = await asyncio.to_thread(self._spawn, env)
-                if self._closed:
-                    _discard(warm)
-                    return
-                self._idle.append(warm)
+                self._idle.append(self._spawn(env))
             except Exception as exc:
                 # The run is then started cold; the pool tries again on the next claim.
                 log.warning("could not start a warm flow process: %r", exc)
