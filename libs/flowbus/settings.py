@@ -300,6 +300,9 @@ class AgentSettings(BaseModel):
     labels: list[str] = Field(default_factory=list)
     no_hostname_label: bool = False
     max_concurrent_runs: int = 16
+    # Flow processes each agent keeps started and connected ahead of demand
+    # (flowbus.agent.warm_pool); 0: each run's process starts when it is claimed.
+    warm_processes: int = Field(default=2, ge=0)
     # How long a cancelled flow's process gets to stop after SIGTERM before SIGKILL.
     cancel_grace_seconds: float = 5.0
     # When set, only flows whose code lies inside one of these folders run

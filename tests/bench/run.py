@@ -37,7 +37,11 @@ Run delivery and agents (measured first, on the fresh stack; see below):
   of one no-op task in the bench's temporary home, ``E2E_IN_FLIGHT`` runs
   created and not yet finished at any time; per run, latency from sending the
   create request to its finished state event (``flowbus.evt.flow_run.*.state``,
-  core NATS, no polling); ``final_states`` counts how the runs ended.
+  core NATS, no polling); ``final_states`` counts how the runs ended
+  (with the ``E2E_TIMELINE_RUNS`` created one at a time after the load).
+  ``timeline_loaded_ms`` and ``timeline_idle_ms``: each step's median offset
+  from the create request, as seen on the bus (tests/bench/timeline.py),
+  for the runs under load and for those created one at a time afterwards.
   The agents get SIGTERM at the end (running flows finish) and their process
   groups are killed if they have not stopped after ``AGENT_STOP_SECONDS``.
 
@@ -116,6 +120,7 @@ from flowbus.states import StateType, is_finished
 from tests.bench.gateway import gateway_bench
 from tests.bench.schedules import SCHEDULE_COUNTS, scheduler_cost
 from tests.bench.startup import startup_bench
+from tests.bench.timeline import Tap, summarize
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 # BENCH_TRACES=1: the stack runs with `flowbus up --traces` (every process writes its spans
@@ -143,6 +148,8 @@ E2E_RUNS = int(400 * SCALE)
 E2E_AGENTS = 2
 E2E_IN_FLIGHT = 16  # runs created and not yet finished, at any time
 E2E_TIMEOUT = 300.0
+# After the load: runs created one at a time on the idle agents, for the timeline of an unloaded run.
+E2E_TIMELINE_RUNS = 20
 AGENT_START_SECONDS = 60.0
 AGENT_STOP_SECONDS = 30.0
 
@@ -245,6 +252,7 @@ class ReceivingAgent(LocalAgent):
     def __init__(self, settings: Settings, labels: list[str]) -> None:
         super().__init__(settings, labels=labels, name="bench-receiver", hostname_label=False)
         self._launcher = _NoForkServer()
+        self._warm.size = 0
         # run id -> (time.time(), time.perf_counter()) when _take first got it
         self.received: dict[str, tuple[float, float]] = {}
         self.got_one = asyncio.Event()
@@ -442,11 +450,14 @@ async def e2e_noop_flow_runs(settings: Settings, env: dict[str, str], nc: Any) -
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
+    tap = Tap()
+
     def run_one(payload: bytes) -> Callable[[], Awaitable[list[float]]]:
         async def go() -> list[float]:
             start = time.perf_counter()
             data, _ = await _request(nc, subjects.RunCreationCommands.CREATE_FLOW_RUN, payload)
             run_id = data["id"]
+            tap.created[run_id] = start
             if run_id not in finished:
                 waiting[run_id] = asyncio.get_running_loop().create_future()
                 await waiting[run_id]
@@ -468,8 +479,20 @@ async def e2e_noop_flow_runs(settings: Settings, env: dict[str, str], nc: Any) -
             tails = [(settings.home / f"agent-{i}.log").read_text(errors="replace")[-2000:] for i in range(E2E_AGENTS)]
             codes = [a.poll() for a in agents]
             raise RuntimeError(f"agents not ready in {AGENT_START_SECONDS} s (exit codes {codes}): {tails}") from None
+        await tap.start(nc)
         latencies, elapsed = await asyncio.wait_for(_drive(E2E_IN_FLIGHT, [run_one(p) for p in payloads]), E2E_TIMEOUT)
+        loaded = tap.steps()
+        tap.created.clear()
+        idle = [
+            CreateFlowRun(flow_id=flow.id, idempotency_key=f"bench-e2e-idle-{i}").model_dump_json().encode()
+            for i in range(E2E_TIMELINE_RUNS)
+        ]
+        for payload in idle:
+            await run_one(payload)()
+            await asyncio.sleep(0.05)  # the runner's exit and the agent's settling, out of the next run's way
+        unloaded = tap.steps()
     finally:
+        await tap.stop()
         await states.unsubscribe()
         _stop_agents(agents)
         for log in logs:
@@ -480,6 +503,9 @@ async def e2e_noop_flow_runs(settings: Settings, env: dict[str, str], nc: Any) -
         "agents": E2E_AGENTS,
         "agent_limit": settings.agent.max_concurrent_runs,
         "final_states": dict(ended),
+        # Each step's median ms from sending the create (tests/bench/timeline.py), under the load and idle.
+        "timeline_loaded_ms": summarize(loaded),
+        "timeline_idle_ms": summarize(unloaded),
     }
 
 

@@ -145,6 +145,8 @@ class _FailingLauncher(Launcher):
 def _agent(settings: Settings, failures: int) -> LocalAgent:
     agent = LocalAgent(settings, labels=[LABEL], hostname_label=False)
     agent._launcher = _FailingLauncher(failures)
+    # Every run's process from the launcher: none forked ahead (agent/warm_pool.py).
+    agent._warm.size = 0
     return agent
 
 

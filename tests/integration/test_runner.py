@@ -251,8 +251,8 @@ async def test_a_running_task_heartbeats_every_interval(
             run_id = await client.create_flow_run(flow_id, labels=[LABEL])
             task_beats: list[RunHeartbeat] = []
             async with asyncio.timeout(60):
-                # Three beats naming the blocked task run: the one sent when it
-                # started Running and two more, one interval apart.
+                # Three beats naming the blocked task run, one interval apart
+                # (the first comes one interval after the flow run started).
                 while len(task_beats) < 3:
                     beat = await beats.get()
                     if beat.flow_run_id == run_id and beat.task_run_id is not None:

@@ -83,6 +83,10 @@ class Launcher:
         self._context: ForkServerContext = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([_RUNNER_MODULE])
 
+    @property
+    def context(self) -> ForkServerContext:
+        return self._context
+
     async def warm_up(self) -> None:
         """Start the fork server (it imports the runner: most of a second) off the loop."""
         import multiprocessing.forkserver

@@ -2,8 +2,9 @@
 
 It long-polls a durable consumer over its label sets' run queues (recreated
 if it disappears), claims each run (Submitted at its queued version: one
-claim wins), starts it in a process of its own and, on a cancel, stops that
-process; whatever fails between the claim and the process's start returns
+claim wins), starts it in a process of its own (one forked and connected
+ahead of demand when there is one: flowbus.agent.warm_pool) and, on a
+cancel, stops that process; whatever fails between the claim and the process's start returns
 the run to Scheduled; ``limit`` caps the runs in hand (docs/architecture.md,
 "Agent and runner").
 With flow roots it fails, unstarted, a run whose flow's code lies outside
@@ -45,6 +46,7 @@ from flowbus.agent.flow_roots import OutsideFlowRoots, check_roots_exist, check_
 from flowbus.agent.launcher import FlowProcess, Launcher
 from flowbus.agent.logs import LogShipper
 from flowbus.agent.runner import set_state_surviving_lost_reply, settle_unfinished_run
+from flowbus.agent.warm_pool import WarmPool
 from flowbus.bus_auth import BusRole
 from flowbus.client import AsyncClient, ServiceUnavailable
 from flowbus.run_env import allowed_run_env
@@ -58,7 +60,7 @@ from flowbus.schemas.agents import AgentHeartbeat, AgentOut, RegisterAgent
 from flowbus.schemas.common import Conflict, FlowbusError, NotFound, VersionLockingError
 from flowbus.schemas.runs import FlowRunDetail, RunQueued, StateChanged
 from flowbus.settings import FLOW_ROOTS_ENV, Settings
-from flowbus.states import StateType
+from flowbus.states import StateType, is_finished
 
 log = logging.getLogger("flowbus.agent")
 CONSUMER_IDLE_EXPIRY = timedelta(days=1)
@@ -131,6 +133,8 @@ class LocalAgent:
         # Failed starts per run, while the run keeps coming back here.
         self._failed_starts: dict[str, int] = {}
         self._launcher = Launcher()
+        # Flow processes started and connected ahead of the runs they will take.
+        self._warm = WarmPool(self._launcher.context, self.settings.agent.warm_processes, self._agent_env)
         # Runs being claimed or executed; never more than `limit`.
         self._active: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -238,10 +242,12 @@ class LocalAgent:
         beat = asyncio.create_task(self._heartbeats())
         lag = asyncio.create_task(self.metrics.watch_loop_lag())
         try:
+            self._warm.fill()
             await self._take_runs(self.consumer)
         finally:
             beat.cancel()
             lag.cancel()
+            await self._warm.close()
             if self._active:
                 print(f"Agent {self.name} stopping: waiting for {len(self._active)} flow run(s) to finish", flush=True)
                 await asyncio.gather(*self._active, return_exceptions=True)
@@ -373,13 +379,17 @@ class LocalAgent:
         run_id = queued.flow_run_id
         shipper = LogShipper(self.client.nc.jetstream(), run_id, asyncio.get_running_loop())
         cancelling = asyncio.Event()
+        finished = asyncio.Event()  # the run's finished state was published
         watch: Subscription | None = None
         proc: FlowProcess | None = None
 
         async def on_state(msg: Msg) -> None:
             with contextlib.suppress(ValidationError):
-                if StateChanged.model_validate_json(msg.data).state.type is StateType.CANCELLING:
+                state = StateChanged.model_validate_json(msg.data).state.type
+                if state is StateType.CANCELLING:
                     cancelling.set()
+                elif is_finished(state):
+                    finished.set()
 
         try:
             # Cancellation arrives by push: the run's state events, as they are published.
@@ -396,7 +406,9 @@ class LocalAgent:
                 self.stats.executing -= 1
             self.stats.finished += 1
             self.stats.failed_exits += code != 0
-            await self._settle(run_id, code)
+            if code != 0 or not finished.is_set():
+                # A clean exit after the run's finished state leaves nothing to settle: no read.
+                await self._settle(run_id, code)
         except Exception as exc:
             if proc is None:
                 await self._return_run(queued, exc, shipper)
@@ -425,7 +437,8 @@ class LocalAgent:
             return None
         # The runner gets the endpoint file's URL: wait for it while `flowbus up` restarts.
         await nats_servers(self.settings)
-        proc = self._launcher.start(run_id, self._run_env(detail, shipper))
+        env = self._run_env(detail, shipper)
+        proc = self._warm.assign(run_id, env, detail) or self._launcher.start(run_id, env)
         self.stats.started += 1
         self._failed_starts.pop(run_id, None)
         message = f"Submitted for execution: PID: {proc.pid}"
@@ -497,6 +510,21 @@ class LocalAgent:
                 FLOW_ROOTS_ENV: json.dumps(self.flow_roots),
                 # The runner's spans go under this agent's, in the run's trace.
                 telemetry.TRACEPARENT_ENV: telemetry.traceparent() or "",
+            }
+        )
+        env.update(self._credential_env())
+        return env
+
+    async def _agent_env(self) -> dict[str, str]:
+        """A warm flow process's environment before it has a run: ``_run_env``
+        less the run's own layers (its run config's ``env``, its identity)."""
+        await nats_servers(self.settings)
+        env = dict(os.environ)
+        env.update(
+            {
+                "FLOWBUS_NATS_URL": self.settings.resolved_nats_url(),
+                "FLOWBUS_AGENT_ID": self.id,
+                FLOW_ROOTS_ENV: json.dumps(self.flow_roots),
             }
         )
         env.update(self._credential_env())

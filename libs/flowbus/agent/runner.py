@@ -43,7 +43,7 @@ from flowbus.client import CLIENT_ERRORS, AsyncClient, ServiceUnavailable, descr
 from flowbus.runtime import telemetry
 from flowbus.runtime.nats import NatsUnreachable
 from flowbus.schemas.agents import RunHeartbeat
-from flowbus.schemas.common import Conflict, VersionLockingError
+from flowbus.schemas.common import Conflict, Reply, VersionLockingError
 from flowbus.schemas.flows import StorageSpec
 from flowbus.schemas.runs import FlowRunDetail, FlowRunOut, StateChanged, StateSet, TaskRunOut
 from flowbus.sdk import context
@@ -53,6 +53,12 @@ from flowbus.settings import Settings
 from flowbus.states import CANCELLED_MESSAGE, StateType, is_finished
 
 log = logging.getLogger("flowbus.runner")
+# Built now, in the fork server that imports this module: pydantic builds a
+# generic model's parametrization on first use, about 10 ms each, which
+# every flow process forked from it would otherwise pay again.
+for _reply in (StateSet, FlowRunDetail):
+    Reply[_reply]  # type: ignore[valid-type]
+
 T = TypeVar("T")
 # The signals that stop a runner; SIGINT too, because Ctrl-C on an agent's
 # terminal reaches the runners it started (same process group).
@@ -275,10 +281,14 @@ def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
 class Heartbeats:
     """A flow run's heartbeats on ``flowbus.hb.flow_run.<id>``: one every
-    interval, and one at once when a task run starts, each naming the task
-    run that is Running (``task_run_id``; None between tasks). The engine runs
-    one task at a time, so one message per beat covers the flow run and its
-    running task run."""
+    interval from the first interval on, and then one at once when a task run
+    starts, each naming the task run that is Running (``task_run_id``; None
+    between tasks). The engine runs one task at a time, so one message per
+    beat covers the flow run and its running task run.
+
+    None in the first interval: a run that ends within it needs none (the
+    Zombie Killer counts from the run's start time until a beat arrives), and
+    most runs are that short; each beat costs a message and a write."""
 
     def __init__(self, client: AsyncClient, flow_run_id: str, interval: float) -> None:
         self.client = client
@@ -286,15 +296,18 @@ class Heartbeats:
         self.interval = interval
         self.task_run_id: str | None = None
         self._wake = asyncio.Event()
+        self._beating = False  # the first interval has passed
 
     def task_running(self, task_run_id: str | None) -> None:
         """Called on the loop's thread when a task run enters (or leaves) Running."""
         self.task_run_id = task_run_id
-        if task_run_id is not None:
+        if task_run_id is not None and self._beating:
             self._wake.set()
 
     async def run(self) -> None:
         subject = subjects.flow_run_heartbeat(self.flow_run_id)
+        await asyncio.sleep(self.interval)
+        self._beating = True
         while True:
             self._wake.clear()
             beat = RunHeartbeat(flow_run_id=self.flow_run_id, task_run_id=self.task_run_id, timestamp=datetime.now(UTC))
@@ -426,7 +439,13 @@ class _ClaimedRun:
 
 
 async def run_claimed(
-    client: AsyncClient, flow_run_id: str, settings: Settings, signals: StopSignals, *, settle_on_exit: bool
+    client: AsyncClient,
+    flow_run_id: str,
+    settings: Settings,
+    signals: StopSignals,
+    *,
+    settle_on_exit: bool,
+    detail: FlowRunDetail | None = None,
 ) -> int:
     """Run a claimed (Submitted) flow run here; the process's exit code.
 
@@ -435,8 +454,11 @@ async def run_claimed(
     True (``run --execute``, no agent behind it): a signal ends the run Failed
     here, and a cancel (Cancelling) stops the flow and ends it Cancelled. A
     crash of flow code or an unexpected error ends it Failed either way.
+    ``detail``: the run as the agent read it after its claim (a warm process,
+    flowbus.agent.warm_pool), saving a read; None: read here.
     """
-    detail = await client.get_flow_run(flow_run_id)
+    if detail is None:
+        detail = await client.get_flow_run(flow_run_id)
     async with _FlowLogs(client, detail.run.id) as shipper:
         claimed = _ClaimedRun(client, detail, shipper, settle_on_exit)
         try:
