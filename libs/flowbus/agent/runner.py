@@ -657,11 +657,16 @@ async def connect_through_outage(client: AsyncClient) -> None:
             await backoff.pause()
 
 
+def flow_run_span(flow_run_id: str) -> contextlib.AbstractContextManager[object]:
+    """This process's span of the run: under the agent's, in the run's trace (the agent
+    sets TRACEPARENT in the run's environment)."""
+    parent = os.environ.get(telemetry.TRACEPARENT_ENV)
+    return telemetry.run_span("flow_run", parent or None, flow_run_id=flow_run_id)
+
+
 async def execute(flow_run_id: str, settings: Settings) -> int:
     """The agent's runner: run the claimed flow run ``flow_run_id`` in this process."""
-    # Under the agent's span, in the run's trace (the agent sets TRACEPARENT).
-    parent = os.environ.get(telemetry.TRACEPARENT_ENV)
-    with StopSignals() as signals, telemetry.run_span("flow_run", parent or None, flow_run_id=flow_run_id):
+    with StopSignals() as signals, flow_run_span(flow_run_id):
         client = AsyncClient(settings, outage_seconds=settings.nats.outage_retry_seconds)
         await connect_through_outage(client)
         async with client:

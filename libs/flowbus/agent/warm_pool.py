@@ -36,9 +36,10 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 from flowbus.agent.launcher import FlowProcess, _main_module_hidden
-from flowbus.agent.runner import Interrupted, StopSignals, connect_through_outage, run_claimed
+from flowbus.agent.runner import Interrupted, StopSignals, connect_through_outage, flow_run_span, run_claimed
 from flowbus.bus_auth import BusRole
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
+from flowbus.runtime import telemetry
 from flowbus.schemas.runs import FlowRunDetail
 from flowbus.settings import Settings
 
@@ -164,6 +165,8 @@ def serve_one(assignments: Connection) -> int:
         return 1
     except Interrupted as exc:
         return 128 + exc.signum
+    finally:
+        telemetry.shutdown()  # a forked process ends with os._exit: no atexit
 
 
 async def _serve_one(assignments: Connection) -> int:
@@ -196,8 +199,10 @@ async def _serve_one(assignments: Connection) -> int:
         except Exception:
             # Failed while idle (an outage longer than its patience): once more, now that a run waits.
             await connect_through_outage(client)
+        telemetry.configure(settings, "runner")
         async with client:
-            return await run_claimed(client, flow_run_id, settings, signals, settle_on_exit=False, detail=detail)
+            with flow_run_span(flow_run_id):
+                return await run_claimed(client, flow_run_id, settings, signals, settle_on_exit=False, detail=detail)
 
 
 def _settings_env(env: dict[str, str]) -> dict[str, str]:
