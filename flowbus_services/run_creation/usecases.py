@@ -36,7 +36,6 @@ from flowbus.db.bulk import Bulk
 from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.outbox import OutboxBatch
-from flowbus.db.sql import in_list
 from flowbus.db.tables import Flow, FlowGroup, FlowRun, Project, StateHistory, TaskRun
 from flowbus.db.views import flow_run_out
 from flowbus.names import generate_run_name
@@ -73,12 +72,14 @@ _FROM_TARGET = _f.join(_g, _g.c.id == _f.c.flow_group_id).join(_p, _p.c.id == _f
 _SELECT_FLOW = select(*_TARGET_COLUMNS).select_from(_FROM_TARGET).where(_f.c.id == bindparam("flow_id"))
 _SELECT_UNARCHIVED = select(*_TARGET_COLUMNS).select_from(_FROM_TARGET).where(_f.c.archived.is_(False))
 _SELECT_GROUP = select(_g.c.id).where(_g.c.id == bindparam("group_id"))
-_SELECT_KEYS = select(_fr).where(_fr.c.flow_id == bindparam("flow_id"), in_list(_fr.c.idempotency_key, "keys"))
+_SELECT_KEYS = select(_fr).where(
+    _fr.c.flow_id == bindparam("flow_id"), _fr.c.idempotency_key.in_(bindparam("keys", expanding=True))
+)
 # The scheduler's keys are unique per group (index uq_flow_run_auto_key).
 _SELECT_AUTO_KEYS = select(_fr).where(
     _fr.c.flow_group_id == bindparam("group_id"),
     _fr.c.auto_scheduled == true(),  # the partial indexes' own condition, so they are used
-    in_list(_fr.c.idempotency_key, "keys"),
+    _fr.c.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
 _RELEASE_OR_REFRESH_KEY = (
     update(_fr)

@@ -23,7 +23,6 @@ from flowbus.db.bulk import Bulk
 from flowbus.db.connection import WriteConnection
 from flowbus.db.engine import Database
 from flowbus.db.outbox import OutboxBatch
-from flowbus.db.sql import in_list
 from flowbus.db.tables import FlowRun, StateHistory, TaskRun
 from flowbus.runtime.batching import write_batch
 from flowbus.schemas.common import FlowbusError, NotFound, VersionLockingError
@@ -67,7 +66,7 @@ _SELECT_FLOW_RUNS = select(
     _fr.c.scheduled_start_time,
     _fr.c.labels,
     _fr.c.times_resurrected,
-).where(in_list(_fr.c.id, "ids"))
+).where(_fr.c.id.in_(bindparam("ids", expanding=True)))
 _TASK_COLUMNS = (
     _tr.c.id,
     _tr.c.flow_run_id,
@@ -78,7 +77,7 @@ _TASK_COLUMNS = (
     _tr.c.start_time,
     _tr.c.end_time,
 )
-_SELECT_TASK_RUNS = select(*_TASK_COLUMNS).where(in_list(_tr.c.id, "ids"))
+_SELECT_TASK_RUNS = select(*_TASK_COLUMNS).where(_tr.c.id.in_(bindparam("ids", expanding=True)))
 _sh = StateHistory.__table__  # type: ignore[attr-defined]
 # A cascade's view of a flow run's task runs: with the retries each may use,
 # and how many times each has run (its Running entries; task_run keeps no count).
