@@ -88,6 +88,49 @@ async def test_a_bulk_insert_fills_omitted_columns_from_their_defaults(db: Datab
     assert all(before <= r.seen <= utcnow() for r in rows)
 
 
+async def test_inserts_are_written_in_order_with_what_follows_them(db: Database) -> None:
+    """PostgreSQL holds an INSERT back and sends it with the next statement: what follows
+    still sees its rows, a plain statement and the transaction's end send what is held."""
+    rename = Bulk(sa.update(_thing).where(_thing.c.id == sa.bindparam("b_id")).values(name=sa.bindparam("name")))
+    async with db.write_connection() as conn:
+        await conn.run_bulk(Bulk(sa.insert(_thing)), [{"id": "x", "name": "a"}])
+        # A plain statement reads what was inserted before it.
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(_thing))).scalar_one() == 1
+        await conn.run_bulk(Bulk(sa.insert(_thing)), [{"id": "w", "name": "b"}])
+        assert await conn.run_bulk(rename, [{"b_id": "x", "name": "z"}]) == 1
+        first = await conn.write_outbox("test", b"[]", utcnow(), [])
+        second = await conn.write_outbox("test", b"[]", utcnow(), [])
+        await conn.run_bulk(Bulk(sa.insert(_thing)), [{"id": "v", "name": "c"}])  # held to the end
+        assert first is not None
+        assert second is not None
+        assert await conn.write_outbox("test", None, utcnow(), [first]) is None
+    async with db.read_connection() as conn:
+        names = {r.id: r.name for r in (await conn.execute(sa.select(_thing.c.id, _thing.c.name))).all()}
+        outbox = (await conn.execute(sa.text("SELECT id FROM outbox WHERE owner = 'test'"))).scalars().all()
+    assert names == {"x": "z", "w": "b", "v": "c"}
+    assert list(outbox) == [second]
+
+
+async def test_a_held_insert_that_fails_fails_its_transaction(db: Database) -> None:
+    insert = Bulk(sa.insert(_thing))
+    async with db.write_connection() as conn:
+        await conn.run_bulk(insert, [{"id": "x", "name": "a"}])
+
+    async def taken_again() -> None:
+        async with db.write_connection() as writing:
+            await writing.run_bulk(insert, [{"id": "y", "name": "b"}])
+            await writing.run_bulk(insert, [{"id": "x", "name": "again"}])
+            await writing.write_outbox("test", b"[]", utcnow(), [])
+
+    with pytest.raises((sa.exc.IntegrityError, sqlite3.IntegrityError)):  # the inline path: sqlite3's own
+        await taken_again()
+    async with db.read_connection() as reading:
+        names = {r.id: r.name for r in (await reading.execute(sa.select(_thing.c.id, _thing.c.name))).all()}
+        outbox = (await reading.execute(sa.text("SELECT count(*) FROM outbox"))).scalar_one()
+    assert names == {"x": "a"}
+    assert outbox == 0
+
+
 async def test_a_bulk_update_counts_the_rows_it_matched(db: Database) -> None:
     rename = Bulk(sa.update(_thing).where(_thing.c.id == sa.bindparam("b_id")).values(name=sa.bindparam("name")))
     async with db.write_connection() as conn:
@@ -125,11 +168,11 @@ async def test_the_inline_sqlite_path_stores_what_sqlalchemy_stores(tmp_path: Pa
     async with _database(f"sqlite+aiosqlite:///{path}") as db:
         async with db.write_connection() as inline:
             await inline.run_bulk(insert, [{"id": 1, **row}])
-            outbox_inline = await inline.insert_outbox_row("test", b"[]", at)
+            outbox_inline = await inline.write_outbox("test", b"[]", at, [])
         async with db.engine.begin() as conn:
             generic = SqlAlchemyWriteConnection(conn)
             await generic.run_bulk(insert, [{"id": 2, **row}])
-            outbox_generic = await generic.insert_outbox_row("test", b"[]", at)
+            outbox_generic = await generic.write_outbox("test", b"[]", at, [])
     assert _stored(path, "bulk_kinds", 1) == _stored(path, "bulk_kinds", 2)
     assert _stored(path, "outbox", outbox_inline) == _stored(path, "outbox", outbox_generic)
 

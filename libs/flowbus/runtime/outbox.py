@@ -118,13 +118,13 @@ class OutboxRelay:
         Riding on each batch's commit, the deletes are small and even. Should the transaction roll back, the ids
         stay for the next batch or the sweep.
         """
-        if batch.messages:
-            batch.row_id = await conn.insert_outbox_row(self.owner, pack(batch.messages), now)
         clear = self._published - self._clearing
         if clear:
             batch.cleared = sorted(clear)
             self._clearing.update(clear)  # given back by committed() or, on a rollback, by the sweep
-            await conn.execute(_DELETE, {"ids": batch.cleared})
+        if batch.messages or batch.cleared:
+            messages = pack(batch.messages) if batch.messages else None
+            batch.row_id = await conn.write_outbox(self.owner, messages, now, batch.cleared)
 
     def committed(self, batch: OutboxBatch) -> None:
         """Take a batch whose transaction has committed, to publish from memory."""
