@@ -7,6 +7,7 @@ that changes states.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from flowbus import subjects
@@ -27,10 +28,22 @@ ARCHIVED_MESSAGE = "Flow {flow_id} was archived."
 CLEANUP_CHUNK = 256
 
 
-async def _delete(session: WriteSession, run: FlowRun, reason: str) -> None:
+async def delete_as_read(session: WriteSession, run: FlowRun, reason: str) -> bool:
+    """Delete ``run`` as it was read (at its version), and say whether it was.
+
+    The read takes no lock on PostgreSQL: an agent's claim or another clean-up
+    may move or delete the run before this write. They win; a claimed run
+    is never deleted under its agent, and nothing is emitted for it."""
     # Task runs, history, logs and the heartbeat row go with it (ON DELETE CASCADE).
-    await session.delete(run)
+    result = await session.execute(
+        sa.delete(FlowRun).where(col(FlowRun.id) == run.id, col(FlowRun.version) == run.version)
+    )
+    if run in session:
+        session.expunge(run)  # gone from the table: the session must not flush it
+    if int(getattr(result, "rowcount", 0) or 0) != 1:
+        return False
     session.emit(FlowRunDeleted(flow_run_id=run.id, reason=reason))
+    return True
 
 
 async def delete_flow_run(db: Database, cmd: DeleteFlowRun) -> Deleted:
@@ -43,7 +56,8 @@ async def delete_flow_run(db: Database, cmd: DeleteFlowRun) -> Deleted:
             raise VersionLockingError(
                 f"Flow run {run.id} is at version {run.version}, not {cmd.version}: it was not deleted."
             )
-        await _delete(session, run, "deleted by command")
+        if not await delete_as_read(session, run, "deleted by command"):
+            raise VersionLockingError(f"Flow run {run.id} changed while it was being deleted: it was not deleted.")
     return Deleted(id=cmd.flow_run_id)
 
 
@@ -61,8 +75,7 @@ async def clean_up_flow_runs(db: Database, flow_id: str, fact: str) -> int:
         ).all()
         deleted = 0
         for run in waiting:
-            if run.auto_scheduled:
-                await _delete(session, run, f"flow {flow_id}: {fact}")
+            if run.auto_scheduled and await delete_as_read(session, run, f"flow {flow_id}: {fact}"):
                 deleted += 1
         to_cancel = [(r.id, r.version) for r in waiting if not r.auto_scheduled]
     if fact != subjects.FlowFact.ARCHIVED or not to_cancel:
