@@ -39,6 +39,22 @@ def _child_main(flow_run_id: str, env: dict[str, str]) -> None:
     sys.exit(runner.main([flow_run_id]))
 
 
+async def fd_readable(fd: int) -> None:
+    """Until ``fd`` is readable, on the running loop: no thread, no polling."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def on_ready() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 class FlowProcess:
     """One running flow: its PID, its exit, and the signals that stop it."""
 
@@ -52,20 +68,7 @@ class FlowProcess:
 
     async def wait(self) -> int:
         """The exit code, once the process has ended (negative: killed by that signal)."""
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        sentinel = self._process.sentinel
-
-        def on_ready() -> None:
-            if not ended.done():
-                ended.set_result(None)
-
-        # The sentinel becomes readable when the process ends: no thread, no polling.
-        loop.add_reader(sentinel, on_ready)
-        try:
-            await ended
-        finally:
-            loop.remove_reader(sentinel)
+        await fd_readable(self._process.sentinel)  # readable once the process has ended
         self._process.join()
         code = self._process.exitcode
         self._process.close()

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
-from flowbus.agent.launcher import FlowProcess, _main_module_hidden
+from flowbus.agent.launcher import FlowProcess, _main_module_hidden, fd_readable
 from flowbus.agent.runner import Interrupted, StopSignals, connect_through_outage, flow_run_span, run_claimed
 from flowbus.bus_auth import BusRole
 from flowbus.client import CLIENT_ERRORS, AsyncClient, describe_error
@@ -227,19 +227,7 @@ def _bus_of(settings: Settings) -> tuple[str, str | None, BusRole, str]:
 
 async def _receive(assignments: Connection) -> tuple[str, dict[str, str], str] | None:
     """The run handed over the pipe; None when the pipe closed first (no run for this process)."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    fd = assignments.fileno()
-
-    def on_readable() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
+    await fd_readable(assignments.fileno())
     try:
         received: tuple[str, dict[str, str], str] = assignments.recv()
     except EOFError:
