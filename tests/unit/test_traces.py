@@ -99,13 +99,31 @@ def test_no_current_span_means_no_headers_and_no_traceparent() -> None:
     assert telemetry.extract({"other": "x"}) is None
 
 
-def test_step_traceparent_continues_the_stored_trace() -> None:
+def test_step_traceparent_continues_the_stored_trace(tmp_path: Path) -> None:
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    step = telemetry.step_traceparent("queue_flow_run", parent, service="unit-test", flow_run_id="r")
+    saved = (telemetry._config.traces_dir, telemetry._config.configured)
+    telemetry._config.traces_dir, telemetry._config.configured = tmp_path, True  # spans go to files
+    try:
+        step = telemetry.step_traceparent("queue_flow_run", parent, service="unit-test-files", flow_run_id="r")
+    finally:
+        telemetry._config.traces_dir, telemetry._config.configured = saved
     assert step is not None
     assert step.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     assert step.split("-")[2] != "b7ad6b7169203331"
-    assert telemetry.step_traceparent("queue_flow_run", None, service="unit-test") is None
+    assert telemetry.step_traceparent("queue_flow_run", None, service="unit-test-files") is None
+
+
+def test_a_service_that_exports_nowhere_makes_no_span_and_passes_the_context_on() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert not telemetry.exporting("unit-test-nowhere")
+    assert telemetry.step_traceparent("queue_flow_run", parent, service="unit-test-nowhere") == parent
+    made = telemetry.new_traceparent()
+    assert telemetry.canonical(made) == made
+    assert made.split("-")[1] != parent.split("-")[1]
+    # What a client sent is kept only when it is a W3C traceparent (the column holds 55 characters).
+    assert telemetry.canonical(parent.upper()) is None
+    assert telemetry.canonical("00-" + "x" * 200) is None
+    assert telemetry.canonical("") is None
 
 
 def test_tracing_is_on_for_a_home_whose_endpoint_file_says_so(tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ class FastLane:
         self._lanes: list[_Lane] = []
         # Spans recorded light (SpanRecorder) rather than as SDK spans.
         self._recording = telemetry.recorder(service) is not None
+        self._exporting = telemetry.exporting(service)
         self._subscriptions: list[Subscription] = []
 
     def add(
@@ -260,6 +261,11 @@ class FastLane:
         )
 
     def _span(self, lane: _Lane, msg: Msg, command: Any) -> trace.Span | None:
+        if not self._exporting:
+            if lane.starts_traces:
+                received = msg.headers.get("traceparent") if msg.headers else None
+                command.set_traceparent(telemetry.canonical(received) or telemetry.new_traceparent())
+            return None
         if not lane.starts_traces and (self._recording or not msg.headers):
             return None  # recorded, or nothing to continue
         parent = telemetry.extract(msg.headers)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -73,6 +74,8 @@ class _Config:
 _config = _Config()
 _providers: dict[str, TracerProvider] = {}
 _recorders: dict[str, SpanRecorder] = {}
+# Whether a service's spans go anywhere (OTLP, the console, the home's files).
+_exporting: dict[str, bool] = {}
 _lock = threading.Lock()
 
 
@@ -134,6 +137,9 @@ def tracer_provider(service: str, console: bool = False) -> TracerProvider:
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         if console or _config.console:
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        _exporting[service] = bool(
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or console or _config.console or _config.traces_dir
+        )
         if _config.traces_dir is not None:
             exporter = JsonLinesExporter(_config.traces_dir, name)
             provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -147,6 +153,14 @@ def recorder(service: str) -> SpanRecorder | None:
     """``service``'s light recorder when its spans go to the home's files alone (else None: SDK spans)."""
     tracer_provider(service)
     return _recorders.get(service)
+
+
+def exporting(service: str) -> bool:
+    """Whether ``service``'s spans go anywhere. Where they do not, its hot paths make no
+    span (an SDK span costs tens of microseconds, and nobody would see it) and only
+    pass the runs' trace context on, so the processes after them can still join it."""
+    tracer_provider(service)
+    return _exporting[service]
 
 
 def tracer(service: str | None = None, console: bool = False) -> trace.Tracer:
@@ -206,6 +220,19 @@ def traceparent(span: trace.Span | None = None) -> str | None:
     return carrier.get("traceparent")
 
 
+def canonical(value: str | None) -> str | None:
+    """A received ``traceparent`` as the W3C propagator reads it (None when it is not one)."""
+    return traceparent(trace.get_current_span(parent_of(value))) if value else None
+
+
+def new_traceparent() -> str:
+    """A new trace's context, no span recorded: what a process that exports nothing gives a
+    run that came without one. Sampled as the sampling ratio says."""
+    ratio = _config.sample_ratio
+    sampled = ratio is None or random.random() < ratio
+    return f"00-{_ids.generate_trace_id():032x}-{_ids.generate_span_id():016x}-{'01' if sampled else '00'}"
+
+
 def parent_of(value: str | None) -> otel_context.Context | None:
     """The context a stored ``traceparent`` names (None: a new trace)."""
     if not value:
@@ -254,6 +281,8 @@ def step_traceparent(
     the step's traceparent, for the actor that comes next. None, and no span, without a parent."""
     if parent is None:
         return None
+    if not exporting(service):
+        return parent  # no span to add: the next actor joins the run's trace at its parent
     with run_span(name, parent, service=service, flow_run_id=flow_run_id, flow_id=flow_id) as span:
         return traceparent(span)
 
