@@ -77,6 +77,13 @@ def _ids(command: Any) -> dict[str, str]:
     )
 
 
+def _callers_span(msg: Msg) -> trace.Span | None:
+    """The caller's span from the message's ``traceparent`` (non-recording): the trace a
+    DEBUG line names where this service made no span of its own."""
+    parent = telemetry.extract(msg.headers)
+    return trace.get_current_span(parent) if parent is not None else None
+
+
 @dataclass(frozen=True)
 class _Lane:
     subject: str
@@ -221,7 +228,7 @@ class FastLane:
                         code = outcome.code.value if isinstance(outcome, FlowbusError) else INTERNAL
                         stats.refused(lane.subject, code)
                     if log.isEnabledFor(logging.DEBUG):
-                        self._debug(lane, command, outcome, elapsed, span)
+                        self._debug(lane, command, outcome, elapsed, span or _callers_span(msg))
                     if light is not None and recorder is not None:
                         recorder.record(light, lane.span_name(command), start_ns, time.time_ns(), _ids(command))
                     if span is not None:
