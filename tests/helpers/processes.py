@@ -30,15 +30,20 @@ FLOWBUS = str(BIN / "flowbus")
 UP_READY = "Press Ctrl-C to stop."  # what `flowbus up` prints once it serves
 
 
-# Each home's gateway port, chosen once: left to take 4200, two `flowbus up` started at
-# once by parallel test workers both find it free and one fails to bind it.
-_GATEWAY_PORTS: dict[Path, str] = {}
+# Each home's gateway and embedded NATS ports, chosen once: left to take 4200 and 4322, two
+# `flowbus up` started at once by parallel test workers both find them free and one fails to
+# bind them. Kept per home, so a restart comes back on the same ports.
+_PORTS: dict[Path, dict[str, str]] = {}
 
 
 def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBUS_")}
     env["FLOWBUS_HOME"] = str(home)
-    env["FLOWBUS_GATEWAY__PORT"] = _GATEWAY_PORTS.setdefault(home, str(free_port()))
+    env.update(
+        _PORTS.setdefault(
+            home, {"FLOWBUS_GATEWAY__PORT": str(free_port()), "FLOWBUS_EMBEDDED_NATS__PORT": str(free_port())}
+        )
+    )
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
