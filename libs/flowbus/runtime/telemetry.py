@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -198,7 +198,7 @@ def headers() -> dict[str, str] | None:
     if not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _W3C.inject(carrier)  # as ``extract`` reads it: the global propagator would add baggage too
     return carrier
 
 
